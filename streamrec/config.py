@@ -1,0 +1,157 @@
+"""One typed, frozen settings object for every entry point.
+
+Values come from (highest first): explicit overrides (CLI flags), ``STREAMREC_*`` environment
+variables, a ``.env`` file in the working directory, then the defaults below. Only entry points
+(CLI, worker, bench scripts) build a :class:`Settings`; library classes take plain keyword
+arguments.
+
+>>> s = Settings(bootstrap_servers="kafka:9092", partitions=3)
+>>> s.topic_events, s.partitions
+('shop.events', 3)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from streamrec.errors import ConfigError
+
+EventType = Literal["view", "add_to_cart", "remove_from_cart", "purchase"]
+EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "remove_from_cart", "purchase")
+
+_TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Each field maps to ``STREAMREC_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- Kafka connection -------------------------------------------------------------------
+    bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers, host:port[,host:port]. Unset: the local broker "
+        "started by `streamrec kafka up`, else 127.0.0.1:9092."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    # --- topics -----------------------------------------------------------------------------
+    topic_events: str = Field("shop.events", pattern=_TOPIC_PATTERN)
+    topic_catalog: str = Field("shop.catalog", pattern=_TOPIC_PATTERN)
+    topic_recommendations: str = Field("shop.recommendations", pattern=_TOPIC_PATTERN)
+    topic_dlq: str = Field("shop.events.dlq", pattern=_TOPIC_PATTERN)
+    topic_model_updates: str = Field("streamrec.model-updates", pattern=_TOPIC_PATTERN)
+    partitions: int = Field(4, ge=1, le=1024, description="partitions of the keyed topics")
+    replication_factor: int = Field(1, ge=1, le=16)
+
+    # --- storage and compute -----------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="registry, worker state, local Kafka")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # --- worker -----------------------------------------------------------------------------
+    app_id: str = Field("streamrec", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    web_port: int = Field(6066, ge=0, le=65535)
+    web_host: str = "127.0.0.1"
+    batch_max: int = Field(256, ge=1, le=10_000, description="events per scoring batch")
+    batch_within_s: float = Field(0.005, gt=0, le=10, description="max wait to fill a batch")
+    top_k: int = Field(10, ge=1, le=1000, description="items per recommendation")
+    history_len: int = Field(50, ge=1, le=1000, description="interactions kept per user")
+    purchased_max: int = Field(500, ge=0, le=100_000, description="purchased items kept per user")
+    trigger_types: Annotated[tuple[EventType, ...], NoDecode] = EVENT_TYPES  # comma-separated
+
+    # --- index ------------------------------------------------------------------------------
+    index_kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
+    index_exact_max: int = Field(50_000, ge=0, description="auto: exact search up to this size")
+    hnsw_m: int = Field(32, ge=4, le=256)
+    hnsw_ef_construction: int = Field(80, ge=8, le=4096)
+    hnsw_ef_search: int = Field(128, ge=8, le=4096)
+    ivf_nlist: int = Field(1024, ge=1, le=1_000_000)
+    ivf_nprobe: int = Field(32, ge=1, le=1_000_000)
+
+    @field_validator("trigger_types", mode="before")
+    @classmethod
+    def _split_types(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                return json.loads(v)
+            return tuple(t.strip() for t in v.split(",") if t.strip())
+        return v
+
+    # -- derived helpers -----------------------------------------------------------------------
+
+    @property
+    def kafka_dir(self) -> Path:
+        """Where `streamrec kafka up` keeps the local broker's data, log and state file."""
+        return self.data_dir / "kafka"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def resolved_bootstrap(self) -> str:
+        """The broker to talk to: the setting, else the local broker's state file, else :9092."""
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        state = self.kafka_dir / "state.json"
+        if state.is_file():
+            try:
+                return str(json.loads(state.read_text())["bootstrap"])
+            except (ValueError, KeyError):
+                pass
+        return "127.0.0.1:9092"
+
+    def confluent_config(self) -> dict[str, Any]:
+        """librdkafka (confluent-kafka) client settings: bootstrap plus SASL/SSL pass-through."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.resolved_bootstrap(),
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = str(self.ssl_cafile)
+        if self.ssl_certfile:
+            conf["ssl.certificate.location"] = str(self.ssl_certfile)
+        if self.ssl_keyfile:
+            conf["ssl.key.location"] = str(self.ssl_keyfile)
+        return conf
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment plus ``overrides`` (``None`` values are ignored).
+
+    Raises :class:`ConfigError` naming each bad setting and its value, so that entry points can
+    print one clear line instead of a traceback.
+    """
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**clean)
+    except SettingsError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from None
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            env = f"STREAMREC_{field.upper()}"
+            value = clean.get(field, os.environ.get(env, err.get("input")))
+            problems.append(f"{field} ({env}) = {value!r}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""FAISS candidate retrieval over the live catalog. No Kafka here."""

@@ -1,0 +1,1 @@
+"""Torch code: the sequential recommender, its training, evaluation and registry. No Kafka here."""
