@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, le=1024, description="partitions of the keyed topics")
     replication_factor: int = Field(1, ge=1, le=16)
 
+    kafka_libs: Path = Field(
+        Path.home() / ".cache" / "streamrec" / "kafka-libs",
+        description="where the Apache Kafka jars for `streamrec kafka up` are kept",
+    )
+    kafka_heap: str = Field("768m", pattern=r"^[0-9]+[mMgG]$", description="local broker JVM heap")
+
     # --- storage and compute -----------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="registry, worker state, local Kafka")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,0 +1,63 @@
+# streamrec developer tasks. `make test` and `make demo` work on a fresh machine with Python 3.11,
+# Java 17+ and Maven (they install everything else themselves).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
+TEST_KAFKA_DIR := .cache/test-kafka
+PYTEST_ARGS ?=
+DEMO_SECONDS ?=
+
+.PHONY: install kafka-jars test test-fast test-unit demo bench clean schemas help
+
+help:
+	@echo "make install    create .venv, install streamrec + dev tools, fetch the Kafka jars"
+	@echo "make test       install, start a local Kafka, run all tests (slow ones too), stop Kafka"
+	@echo "make test-fast  the same without tests marked slow"
+	@echo "make demo       local Kafka, topics, model, worker, simulator and a live view (DEMO_SECONDS=N)"
+	@echo "make bench      run the benchmarks in bench/ (long)"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -q --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -q -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed kafka-jars
+
+kafka-jars: $(VENV)/.installed
+	@$(VENV)/bin/streamrec --log-level WARNING kafka jars >/dev/null
+
+# The pytest session fixture would start a broker itself; starting it here exercises the CLI and
+# lets every test process (workers included) share it. It is stopped whatever the outcome.
+test: install
+	@set -euo pipefail; \
+	rm -rf $(TEST_KAFKA_DIR); \
+	if [ -z "$${STREAMREC_BOOTSTRAP_SERVERS:-}" ]; then \
+	  bootstrap=$$(STREAMREC_DATA_DIR=$(TEST_KAFKA_DIR) $(VENV)/bin/streamrec --log-level WARNING kafka up); \
+	  trap 'STREAMREC_DATA_DIR=$(TEST_KAFKA_DIR) $(VENV)/bin/streamrec --log-level WARNING kafka down >/dev/null' EXIT; \
+	  export STREAMREC_BOOTSTRAP_SERVERS=$$bootstrap; \
+	  echo "test Kafka at $$bootstrap"; \
+	fi; \
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: PYTEST_ARGS += -m "not slow"
+test-fast: test
+
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
+
+demo: install
+	@DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m streamrec.demo
+
+bench: install
+	$(PY) bench/quality.py
+	$(PY) bench/retrieval.py
+	$(PY) bench/pipeline.py
+
+schemas: $(VENV)/.installed
+	$(PY) -m streamrec.schemas
+
+clean:
+	rm -rf .cache/test-kafka .pytest_cache build dist *.egg-info

@@ -1,0 +1,280 @@
+"""The ``streamrec`` command line: one entry point, subcommands per role.
+
+Errors the user can fix (bad flag values, missing files, unreachable Kafka) print one line that
+names the bad value and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from streamrec import __version__
+from streamrec.config import Settings, load_settings
+from streamrec.errors import StreamrecError
+
+log = logging.getLogger("streamrec.cli")
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return path
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# kafka / topics
+
+
+def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec import localkafka
+
+    if args.action == "jars":
+        libs = localkafka.ensure_jars(settings.kafka_libs.expanduser())
+        print(libs)
+        return 0
+    if args.action == "up":
+        if settings.bootstrap_servers:
+            print(f"STREAMREC_BOOTSTRAP_SERVERS is set: using {settings.bootstrap_servers}, nothing started")
+            return 0
+        state = localkafka.start(
+            settings.kafka_dir.resolve(), libs=settings.kafka_libs.expanduser(), heap=settings.kafka_heap
+        )
+        print(state.bootstrap)
+        return 0
+    if args.action == "down":
+        stopped = localkafka.stop(settings.kafka_dir.resolve())
+        print("stopped" if stopped else "not running")
+        return 0
+    # status
+    state = localkafka.read_state(settings.kafka_dir.resolve())
+    if state is None:
+        print("not running")
+        return 1
+    ok = localkafka.broker_reachable(state.bootstrap, timeout=5)
+    print(f"{'running' if ok else 'not answering'} bootstrap={state.bootstrap} pid={state.pid}")
+    return 0 if ok else 1
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.streams.topics import create_topics, topic_specs
+
+    if args.action == "list":
+        for spec in topic_specs(settings):
+            print(f"{spec.name}\tpartitions={spec.partitions}\t{spec.config}\t{spec.purpose}")
+        return 0
+    for name, status in create_topics(settings).items():
+        print(f"{name}: {status}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# simulator / replay / tail
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.client import EventProducer
+    from streamrec.simulator import ShopSimulator, run_simulation
+
+    sim = ShopSimulator(seed=args.seed, n_items=args.items, n_users=args.users)
+    if args.write_dataset:
+        seq, text = sim.write_dataset(args.write_dataset, n_events=args.events or 20_000)
+        print(f"wrote {seq} and {text}")
+        return 0
+    if args.events is None and args.duration is None:
+        print("simulating until Ctrl-C (use --events or --duration to stop earlier)", file=sys.stderr)
+    with EventProducer.from_settings(settings) as producer:
+        sent = run_simulation(
+            producer, sim, rate=args.rate, duration=args.duration, max_events=args.events,
+            send_catalog=not args.no_catalog,
+        )
+    print(f"sent {sent} events to {settings.topic_events} via {settings.resolved_bootstrap()}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.client import EventProducer
+    from streamrec.replay import read_item_text, read_sequences, run_replay
+
+    sequences = read_sequences(args.sequences)
+    texts = read_item_text(args.item_text) if args.item_text else {}
+    with EventProducer.from_settings(settings) as producer:
+        sent = run_replay(
+            producer, sequences, texts, rate=args.rate, max_events=args.events, event_type=args.event_type
+        )
+    print(f"replayed {sent} events from {args.sequences} to {settings.topic_events}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    """Print what arrives on a topic (one JSON line each) — a tiny kcat for shops and demos."""
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    conf = settings.confluent_config()
+    conf.update({
+        "group.id": f"streamrec-tail-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+        "enable.auto.commit": False,
+    })
+    consumer = Consumer(conf)
+    topic = args.topic or settings.topic_events
+    consumer.subscribe([topic])
+    seen = 0
+    deadline = time.monotonic() + args.seconds if args.seconds else None
+    try:
+        while args.max is None or seen < args.max:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            seen += 1
+            value = msg.value() or b""
+            key = (msg.key() or b"").decode("utf-8", "replace")
+            print(f"{msg.partition()}@{msg.offset()} key={key} {value.decode('utf-8', 'replace')}", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    print(f"{seen} messages from {topic}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamrec", description="Streaming recommendations for online shops."
+    )
+    parser.add_argument("--version", action="version", version=f"streamrec {__version__}")
+    parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (STREAMREC_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--data-dir", type=Path, help="data directory (STREAMREC_DATA_DIR)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch/faiss device (STREAMREC_DEVICE)")
+    parser.add_argument("--log-level", default=os.environ.get("STREAMREC_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("kafka", help="run a local single-node Kafka (no Docker needed)")
+    p.add_argument("action", choices=["up", "down", "status", "jars"])
+    p.set_defaults(func=cmd_kafka)
+
+    p = sub.add_parser("topics", help="create (idempotent) or list streamrec's topics")
+    p.add_argument("action", choices=["create", "list"])
+    p.add_argument("--partitions", type=_positive_int, help="partitions of keyed topics (STREAMREC_PARTITIONS)")
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("simulate", help="a synthetic shop emitting catalog and events")
+    p.add_argument("--events", type=_positive_int, help="stop after this many events")
+    p.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
+    p.add_argument("--rate", type=_positive_float, help="events per second (default: as fast as possible)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--items", type=_positive_int, default=500, help="catalog size")
+    p.add_argument("--users", type=_positive_int, default=200, help="number of shoppers")
+    p.add_argument("--no-catalog", action="store_true", help="do not emit the catalog first")
+    p.add_argument("--write-dataset", type=Path, metavar="DIR",
+                   help="write sequences.txt + item_text.tsv for training instead of producing")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("replay", help="replay a real dataset (sequences + item text) as events")
+    p.add_argument("--sequences", type=_existing_file, required=True)
+    p.add_argument("--item-text", type=_existing_file)
+    p.add_argument("--rate", type=_positive_float)
+    p.add_argument("--events", type=_positive_int, help="stop after this many events")
+    p.add_argument("--event-type", default="purchase",
+                   choices=["view", "add_to_cart", "remove_from_cart", "purchase"])
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("tail", help="print messages arriving on a topic")
+    p.add_argument("--topic", help="topic (default: the events topic)")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--max", type=_positive_int, help="stop after this many messages")
+    p.add_argument("--seconds", type=_positive_float, help="stop after this many seconds")
+    p.set_defaults(func=cmd_tail)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands owned by the model and streams packages."""
+    import importlib
+
+    for name in ("streamrec.model.cli", "streamrec.streams.cli"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # pragma: no cover - only while a package is being built
+            if exc.name != name:
+                raise
+            log.debug("commands of %s unavailable: %s", name, exc)
+            continue
+        module.add_commands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        overrides = {
+            "bootstrap_servers": args.bootstrap_servers,
+            "data_dir": args.data_dir,
+            "device": args.device,
+            "partitions": getattr(args, "partitions", None),
+        }
+        settings = load_settings(**overrides)
+        return int(args.func(args, settings) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (StreamrecError, ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"streamrec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""A real single-node Apache Kafka (KRaft broker+controller) on 127.0.0.1, without Docker.
+
+The jars come from Maven Central through ``infra/kafka/pom.xml`` (``make kafka-jars``); this
+module formats a KRaft data dir, starts ``kafka.Kafka`` in its own process group on free ports,
+waits until an admin client sees it, and records ``state.json`` (bootstrap, pid) so that other
+commands find it. Used by ``streamrec kafka up|down|status`` and by the test suite.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamrec.errors import KafkaRuntimeError
+
+log = logging.getLogger(__name__)
+
+POM_RELATIVE = Path("infra") / "kafka" / "pom.xml"
+
+_LOG4J2 = """\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = WARN
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+"""
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    """What ``state.json`` records about a running local broker."""
+
+    bootstrap: str
+    controller: str
+    pid: int
+    data_dir: str
+    log_file: str
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_pom(start: Path | None = None) -> Path | None:
+    """The repo's Kafka pom: searched from ``start`` (cwd) upwards, then beside the package."""
+    candidates = []
+    here = (start or Path.cwd()).resolve()
+    candidates += [p / POM_RELATIVE for p in (here, *here.parents)]
+    candidates.append(Path(__file__).resolve().parents[1] / POM_RELATIVE)
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def jars_present(libs: Path) -> bool:
+    return libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")) and any(libs.glob("log4j-core-*.jar"))
+
+
+def ensure_jars(libs: Path, *, pom: Path | None = None) -> Path:
+    """Make sure the Kafka runtime jars are in ``libs`` (resolving them with Maven if not)."""
+    if jars_present(libs):
+        return libs
+    pom = pom or find_pom()
+    if pom is None:
+        raise KafkaRuntimeError(
+            f"Kafka jars not found in {libs} and no {POM_RELATIVE} to fetch them with; "
+            "run `make kafka-jars` in the streamrec checkout or set STREAMREC_KAFKA_LIBS"
+        )
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaRuntimeError("Maven (mvn) is needed to fetch the Kafka jars; install it (apt-get install maven)")
+    libs.mkdir(parents=True, exist_ok=True)
+    log.info("fetching Kafka jars with Maven into %s", libs)
+    proc = subprocess.run(
+        [mvn, "-B", "-q", "-f", str(pom), f"-Dkafka.libs={libs}", "package"],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0 or not jars_present(libs):
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        raise KafkaRuntimeError(f"Maven could not fetch the Kafka jars (exit {proc.returncode}): {tail}")
+    return libs
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").is_file():
+        return str(Path(home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise KafkaRuntimeError("Java is needed to run Kafka; install OpenJDK 17+ (apt-get install openjdk-17-jre-headless)")
+    return java
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); look at its state.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_state(kafka_dir: Path) -> BrokerState | None:
+    """The recorded broker, if its process is still alive."""
+    path = kafka_dir / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        state = BrokerState(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None
+    return state if _pid_alive(state.pid) else None
+
+
+def broker_reachable(bootstrap: str, *, timeout: float = 5.0, config: dict | None = None) -> bool:
+    """True when an admin client gets cluster metadata from ``bootstrap`` within ``timeout``."""
+    from confluent_kafka.admin import AdminClient
+
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:  # cheap TCP probe first: keeps librdkafka from logging connection refusals
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=min(timeout, 2.0)).close()
+    except (OSError, ValueError):
+        return False
+    conf = {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0}
+    conf.update(config or {})
+    try:
+        md = AdminClient(conf).list_topics(timeout=timeout)
+    except Exception:
+        return False
+    return bool(md.brokers)
+
+
+def start(
+    kafka_dir: Path,
+    *,
+    libs: Path,
+    heap: str = "768m",
+    port: int | None = None,
+    timeout: float = 90.0,
+) -> BrokerState:
+    """Format (first time) and start a broker; return once an admin client sees it.
+
+    The broker runs in its own session (it outlives this process) until :func:`stop`.
+    """
+    existing = read_state(kafka_dir)
+    if existing is not None:
+        if broker_reachable(existing.bootstrap, timeout=5):
+            return existing
+        raise KafkaRuntimeError(
+            f"a local broker (pid {existing.pid}) is recorded in {kafka_dir} but does not answer; "
+            "run `streamrec kafka down` first"
+        )
+    ensure_jars(libs)
+    kafka_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    cport = free_port()
+    logs = kafka_dir / "logs"
+    log_file = kafka_dir / "kafka.log"
+    props = kafka_dir / "server.properties"
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{cport}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={logs}",
+                "num.partitions=1",
+                "auto.create.topics.enable=true",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.hours=24",
+                "log.segment.bytes=67108864",
+                "",
+            ]
+        )
+    )
+    (kafka_dir / "log4j2.properties").write_text(_LOG4J2.format(log=log_file))
+    java = _java()
+    cp = f"{libs}/*"
+    jvm = [java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+           f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.properties'}", "-cp", cp]
+    if not (logs / "meta.properties").is_file():
+        # Controller port changes each start, so the quorum is static and re-formatting is not needed;
+        # format only once per data dir (--ignore-formatted keeps re-runs harmless).
+        fmt = subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", _cluster_id(),
+             "-c", str(props)],
+            capture_output=True, text=True,
+        )
+        if fmt.returncode != 0:
+            raise KafkaRuntimeError(f"kafka storage format failed: {(fmt.stdout + fmt.stderr)[-2000:]}")
+    out = open(kafka_dir / "kafka.out", "ab")
+    proc = subprocess.Popen(
+        [*jvm, "kafka.Kafka", str(props)],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    out.close()
+    state = BrokerState(
+        bootstrap=f"127.0.0.1:{port}", controller=f"127.0.0.1:{cport}", pid=proc.pid,
+        data_dir=str(kafka_dir), log_file=str(log_file),
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (kafka_dir / "kafka.out").read_text(errors="replace")[-3000:]
+            raise KafkaRuntimeError(f"Kafka exited with code {proc.returncode} while starting: {tail}")
+        if broker_reachable(state.bootstrap, timeout=2):
+            (kafka_dir / "state.json").write_text(state.to_json())
+            log.info("kafka up bootstrap=%s pid=%s", state.bootstrap, proc.pid)
+            return state
+        time.sleep(0.5)
+    _terminate(proc.pid, timeout=10)
+    raise KafkaRuntimeError(f"Kafka did not answer on {state.bootstrap} within {timeout:.0f}s; see {kafka_dir}/kafka.out")
+
+
+def _terminate(pid: int, *, timeout: float) -> bool:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # reap if it is our child
+            if done == pid:
+                return True
+        except ChildProcessError:
+            pass
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return False
+
+
+def stop(kafka_dir: Path, *, timeout: float = 30.0) -> bool:
+    """Stop the recorded broker with SIGTERM (SIGKILL after ``timeout``). False if none ran."""
+    path = kafka_dir / "state.json"
+    state = read_state(kafka_dir)
+    if state is None:
+        path.unlink(missing_ok=True)
+        return False
+    clean = _terminate(state.pid, timeout=timeout)
+    path.unlink(missing_ok=True)
+    if not clean:
+        log.warning("kafka pid=%s did not stop within %.0fs and was killed", state.pid, timeout)
+    return True

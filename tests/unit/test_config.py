@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from streamrec.config import Settings, load_settings
+from streamrec.errors import ConfigError
+
+
+def test_env_and_overrides(monkeypatch):
+    monkeypatch.setenv("STREAMREC_PARTITIONS", "3")
+    monkeypatch.setenv("STREAMREC_TRIGGER_TYPES", "purchase,add_to_cart")
+    s = load_settings(top_k=5)
+    assert s.partitions == 3 and s.top_k == 5
+    assert s.trigger_types == ("purchase", "add_to_cart")
+    assert load_settings(partitions=7).partitions == 7  # flag beats env
+
+
+def test_bad_value_names_setting_and_value(monkeypatch):
+    monkeypatch.setenv("STREAMREC_PARTITIONS", "lots")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "STREAMREC_PARTITIONS" in str(info.value) and "lots" in str(info.value)
+    monkeypatch.delenv("STREAMREC_PARTITIONS")
+    with pytest.raises(ConfigError, match="bogus"):
+        load_settings(trigger_types="view,bogus")
+
+
+def test_security_passes_through_and_secret_hidden():
+    s = Settings(bootstrap_servers="b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                 sasl_username="shop", sasl_password="s3cret", ssl_cafile="/ca.pem")
+    conf = s.confluent_config()
+    assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.password"] == "s3cret"
+    assert conf["ssl.ca.location"] == "/ca.pem"
+    assert "s3cret" not in repr(s)
+
+
+def test_settings_are_frozen():
+    s = Settings()
+    with pytest.raises(Exception):
+        s.partitions = 9  # type: ignore[misc]
+
+
+def test_bootstrap_from_local_state(tmp_path):
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / "state.json").write_text('{"bootstrap": "127.0.0.1:4242"}')
+    assert Settings(data_dir=tmp_path).resolved_bootstrap() == "127.0.0.1:4242"
+    assert Settings(data_dir=tmp_path, bootstrap_servers="x:1").resolved_bootstrap() == "x:1"
