@@ -113,21 +113,41 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 # simulator / replay / tail
 
 
+def _stop_on_signals() -> "threading.Event":
+    """SIGINT/SIGTERM set the returned event, so runners stop cleanly and flush."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.client import EventProducer
-    from streamrec.simulator import ShopSimulator, run_simulation
+    from streamrec.simulator import ShopSimulator, run_simulation, write_dataset
 
-    sim = ShopSimulator(seed=args.seed, n_items=args.items, n_users=args.users)
+    sim = ShopSimulator(
+        seed=args.seed, n_items=args.items, n_users=args.users, new_item_rate=args.new_item_rate,
+        id_prefix=args.id_prefix or f"run{int(time.time())}",
+    )
     if args.write_dataset:
-        seq, text = sim.write_dataset(args.write_dataset, n_events=args.events or 20_000)
+        seq, text = write_dataset(sim, args.write_dataset, n_events=args.events or 20_000,
+                                  with_types=args.with_types)
         print(f"wrote {seq} and {text}")
         return 0
     if args.events is None and args.duration is None:
         print("simulating until Ctrl-C (use --events or --duration to stop earlier)", file=sys.stderr)
+    stop = _stop_on_signals()
     with EventProducer.from_settings(settings) as producer:
         sent = run_simulation(
             producer, sim, rate=args.rate, duration=args.duration, max_events=args.events,
-            send_catalog=not args.no_catalog,
+            send_catalog=not args.no_catalog, stop=stop,
         )
     print(f"sent {sent} events to {settings.topic_events} via {settings.resolved_bootstrap()}")
     return 0
@@ -139,9 +159,11 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     sequences = read_sequences(args.sequences)
     texts = read_item_text(args.item_text) if args.item_text else {}
+    stop = _stop_on_signals()
     with EventProducer.from_settings(settings) as producer:
         sent = run_replay(
-            producer, sequences, texts, rate=args.rate, max_events=args.events, event_type=args.event_type
+            producer, sequences, texts, rate=args.rate, max_events=args.events, event_type=args.event_type,
+            duration=args.duration, send_catalog=not args.no_catalog, stop=stop,
         )
     print(f"replayed {sent} events from {args.sequences} to {settings.topic_events}")
     return 0
@@ -216,8 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=_positive_int, default=500, help="catalog size")
     p.add_argument("--users", type=_positive_int, default=200, help="number of shoppers")
     p.add_argument("--no-catalog", action="store_true", help="do not emit the catalog first")
+    p.add_argument("--new-item-rate", type=float, default=0.0,
+                   help="chance per event that a brand-new catalog item appears (zero-shot drill)")
+    p.add_argument("--id-prefix", help="event id prefix (default: run<unix time>, unique per run)")
     p.add_argument("--write-dataset", type=Path, metavar="DIR",
                    help="write sequences.txt + item_text.tsv for training instead of producing")
+    p.add_argument("--with-types", action="store_true", help="with --write-dataset: item:type tokens")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("replay", help="replay a real dataset (sequences + item text) as events")
@@ -225,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item-text", type=_existing_file)
     p.add_argument("--rate", type=_positive_float)
     p.add_argument("--events", type=_positive_int, help="stop after this many events")
+    p.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
+    p.add_argument("--no-catalog", action="store_true", help="do not emit the catalog first")
     p.add_argument("--event-type", default="purchase",
                    choices=["view", "add_to_cart", "remove_from_cart", "purchase"])
     p.set_defaults(func=cmd_replay)

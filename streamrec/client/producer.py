@@ -42,6 +42,9 @@ class EventProducer:
             "acks": "all",
             "linger.ms": 5,
             "compression.type": "lz4",
+            # Kafka's (Java) default partitioner, as Faust and aiokafka use: a user's events land
+            # on the partition whose worker owns that user's state and HTTP route.
+            "partitioner": "murmur2_random",
             "client.id": "streamrec-event-producer",
         }
         conf.update(config or {})  # SASL/SSL and tuning pass through untouched
