@@ -8,7 +8,8 @@
 #
 # Build args:
 #   EXTRAS           optional-dependency groups of pyproject.toml, comma-separated ("" = none:
-#                    faiss-cpu). `gpu` installs `.[gpu]` (faiss-gpu instead of faiss-cpu).
+#                    faiss-cpu). `gpu` installs `.[gpu]`, then removes faiss-cpu so that
+#                    faiss-gpu alone provides the `faiss` module (both wheels ship it).
 #   TORCH_INDEX_URL  where torch comes from; the default CPU index keeps the image ~1 GB smaller
 #                    than PyPI's CUDA build. Empty: whatever PyPI resolves.
 
@@ -36,6 +37,7 @@ RUN pip install --upgrade pip setuptools wheel \
  && if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch; fi \
  && mkdir -p streamrec && touch streamrec/__init__.py \
  && pip install ".${EXTRAS:+[$EXTRAS]}" \
+ && case ",$EXTRAS," in *,gpu,*) pip uninstall -y faiss-cpu && pip install --force-reinstall --no-deps faiss-gpu ;; esac \
  && pip uninstall -y streamrec \
  && rm -rf streamrec build *.egg-info
 

@@ -1,0 +1,71 @@
+"""Per-user state kept in the worker's RocksDB-backed table, as a small JSON-able dict.
+
+>>> s = UserState()
+>>> s.update(event_id="e1", item_id="a", type="purchase", ts=1, session_id="s1", history_len=3, purchased_max=5)
+True
+>>> s.history_pairs(), sorted(s.purchased)
+([('a', 'purchase')], ['a'])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class UserState:
+    """The last N interactions, a bounded set of purchases, the session and the latest list."""
+
+    #: ``[item_id, type, ts, event_id]`` oldest first, at most ``history_len`` long.
+    history: list[list[Any]] = field(default_factory=list)
+    #: purchased item ids, oldest first, at most ``purchased_max`` long (a list keeps the order).
+    purchased_list: list[str] = field(default_factory=list)
+    session_id: str | None = None
+    #: the latest recommendation sent: ``{"items": [[id, score], ...], "model_version", "event_id", "produced_ts"}``
+    latest: dict[str, Any] | None = None
+
+    @property
+    def purchased(self) -> set[str]:
+        return set(self.purchased_list)
+
+    def seen(self, event_id: str) -> bool:
+        """True when this event is already in the history (a redelivery after a crash)."""
+        return any(h[3] == event_id for h in self.history)
+
+    def update(
+        self, *, event_id: str, item_id: str, type: str, ts: int, session_id: str,
+        history_len: int, purchased_max: int,
+    ) -> bool:
+        """Apply one event; returns False (and changes nothing) for a duplicate event id."""
+        if self.seen(event_id):
+            return False
+        self.history.append([item_id, type, ts, event_id])
+        if len(self.history) > history_len:
+            del self.history[: len(self.history) - history_len]
+        if type == "purchase" and purchased_max > 0:
+            if item_id in self.purchased_list:
+                self.purchased_list.remove(item_id)
+            self.purchased_list.append(item_id)
+            if len(self.purchased_list) > purchased_max:
+                del self.purchased_list[: len(self.purchased_list) - purchased_max]
+        self.session_id = session_id
+        return True
+
+    def history_pairs(self) -> list[tuple[str, str]]:
+        """``(item_id, event_type)`` oldest first: what the model encodes."""
+        return [(h[0], h[1]) for h in self.history]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"h": self.history, "p": self.purchased_list, "s": self.session_id, "r": self.latest}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "UserState":
+        if not data:
+            return cls()
+        return cls(
+            history=[list(h) for h in data.get("h") or []],
+            purchased_list=list(data.get("p") or []),
+            session_id=data.get("s"),
+            latest=data.get("r"),
+        )

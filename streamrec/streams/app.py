@@ -1,0 +1,268 @@
+"""The Faust app: events -> per-user state -> batched model + index -> recommendations.
+
+Agents stay thin: parsing, state updates and scoring are the pure code in
+:mod:`streamrec.serving` and :mod:`streamrec.streams.pipeline`; this module only wires topics,
+the table, the catalog reader and the web views together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.streams import _current_event  # see _as_current()
+
+from streamrec.config import Settings
+from streamrec.errors import SchemaError
+from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ScoredItem, ShopEvent
+from streamrec.serving.state import UserState
+from streamrec.streams.kafka_config import aiokafka_config, faust_brokers, faust_credentials
+from streamrec.streams.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+CATALOG_BATCH = 512
+CATALOG_READY_TIMEOUT_S = 300.0
+
+
+def _as_current(event: Any) -> None:
+    """Make ``event`` Faust's current event.
+
+    Faust picks the table partition (store and changelog) from the *current* event. Inside a
+    ``take_events`` batch that is the last event of the batch, so each user's update is bound to
+    its own event first; otherwise a user's state could land in another partition's changelog
+    and be lost on recovery.
+    """
+    _current_event.set(weakref.ref(event))
+
+
+def worker_datadir(settings: Settings) -> Path:
+    """Each worker its own RocksDB dir (two workers on one host would fight over LOCK files)."""
+    return settings.data_dir / "worker" / f"{settings.app_id}-{settings.web_port}"
+
+
+def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[faust.App, Pipeline]:
+    """Build the worker app around a loaded model and an (empty or restored) item index."""
+    pipeline = Pipeline(
+        recommender=recommender, index=index, top_k=settings.top_k, history_len=settings.history_len,
+        purchased_max=settings.purchased_max, trigger_types=settings.trigger_types,
+    )
+    datadir = worker_datadir(settings)
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=faust_brokers(settings),
+        broker_credentials=faust_credentials(settings),
+        store="rocksdb://",
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host if settings.web_host != "0.0.0.0" else "localhost",
+        producer_acks=-1,
+        producer_linger_ms=1,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        autodiscover=False,
+        web_in_thread=False,
+        logging_config=None,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    events_topic = app.topic(settings.topic_events, partitions=settings.partitions, **raw)
+    recs_topic = app.topic(settings.topic_recommendations, partitions=settings.partitions, **raw)
+    dlq_topic = app.topic(settings.topic_dlq, partitions=settings.partitions, **raw)
+    users = app.Table(
+        "users", default=None, partitions=settings.partitions,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        help="per-user history, purchases, latest list",
+    )
+
+    async def dead_letter(event: Any, reason: str) -> None:
+        msg = event.message
+        pipeline.metrics.dlq += 1
+        log.warning("dead-letter topic=%s partition=%s offset=%s reason=%s", msg.topic, msg.partition,
+                    msg.offset, reason)
+        dl = DeadLetter.wrap(topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                             reason=reason, original=msg.value)
+        await dlq_topic.send(key=msg.key, value=dl.to_bytes())
+
+    @app.agent(events_topic, concurrency=1)
+    async def process_events(stream: Any) -> None:
+        if not pipeline.catalog_ready.is_set():
+            try:
+                await asyncio.wait_for(pipeline.catalog_ready.wait(), CATALOG_READY_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.warning("catalog not caught up after %.0fs; scoring with what is loaded", CATALOG_READY_TIMEOUT_S)
+        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            await handle_batch(batch)
+
+    async def handle_batch(batch: list[Any]) -> None:
+        metrics = pipeline.metrics
+        metrics.events_in += len(batch)
+        metrics.batches += 1
+        metrics.batch_size.observe(len(batch))
+        answer: dict[str, tuple[UserState, ShopEvent]] = {}  # user -> (state, latest triggering event)
+        source: dict[str, Any] = {}  # user -> the Faust event of that user's latest message
+        fresh: list[ShopEvent] = []
+        for event in batch:
+            try:
+                ev = ShopEvent.from_bytes(event.message.value)
+            except SchemaError as exc:
+                await dead_letter(event, exc.reason)
+                continue
+            try:
+                _as_current(event)
+                state = UserState.from_json(users.get(ev.user_id))
+                if pipeline.apply_event(state, ev):
+                    fresh.append(ev)
+                users[ev.user_id] = state.to_json()
+            except Exception as exc:  # a bug or a corrupt stored state must not stop the stream
+                log.exception("event failed user=%s event=%s", ev.user_id, ev.event_id)
+                await dead_letter(event, f"processing failed: {type(exc).__name__}: {exc}")
+                continue
+            source[ev.user_id] = event
+            if ev.type in pipeline.trigger_types:
+                answer[ev.user_id] = (state, ev)
+        items = list(answer.values())
+        try:
+            lists = await pipeline.run(pipeline.score, [s for s, _ in items], fresh)
+        except Exception as exc:
+            log.exception("scoring failed batch=%d users=%d", len(batch), len(items))
+            for _, ev in items:
+                await dead_letter(source[ev.user_id], f"scoring failed: {type(exc).__name__}: {exc}")
+            return
+        now = pipeline.now_ms()
+        for (state, ev), recs in zip(items, lists):
+            rec = Recommendation(
+                user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
+                model_version=pipeline.model_version, event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
+            )
+            await recs_topic.send(key=ev.user_id.encode(), value=rec.to_bytes())
+            metrics.recommendations_out += 1
+            metrics.observe_latency_ms(max(0, now - ev.ts))
+            state.latest = {"items": [[i, s] for i, s in recs], "model_version": rec.model_version,
+                            "event_id": ev.event_id, "produced_ts": now}
+        # keep each user's latest list for GET /users/{id}/recommendations
+        for state, ev in items:
+            _as_current(source[ev.user_id])
+            users[ev.user_id] = state.to_json()
+
+    @app.task
+    async def read_catalog() -> None:
+        await catalog_reader(settings, pipeline)
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        ready = pipeline.catalog_ready.is_set()
+        return web.json({
+            "status": "ok" if ready else "starting",
+            "model_version": pipeline.model_version,
+            "catalog_items": len(pipeline.scorer.index),
+            "catalog_ready": ready,
+        }, status=200 if ready else 503)
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        lag = _consumer_lag(app)
+        text = pipeline.metrics.render(model_version=pipeline.model_version, consumer_lag=lag)
+        return web.text(text, content_type="text/plain", headers={"X-Prometheus-Format": "0.0.4"})
+
+    @app.page("/users/{user_id}/recommendations")
+    @app.table_route(table=users, match_info="user_id")
+    async def user_recommendations(web: Any, request: Any, user_id: str) -> Any:
+        if not 1 <= len(user_id) <= 128:
+            return web.json({"error": "user id must be 1..128 characters"}, status=400)
+        state = UserState.from_json(users.get(user_id))
+        if state.latest is None:
+            return web.json({"user_id": user_id, "error": "no recommendation yet"}, status=404)
+        return web.json({"user_id": user_id, **state.latest})
+
+    app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]
+    return app, pipeline
+
+
+def _consumer_lag(app: faust.App) -> dict[str, int]:
+    """Best effort: end offset minus position for each assigned partition."""
+    try:
+        consumer = app.consumer
+        lag = {}
+        for tp in consumer.assignment():
+            hw = consumer.highwater(tp)
+            pos = consumer._last_offset.get(tp)  # noqa: SLF001 - faust keeps no public position
+            if hw is not None and pos is not None:
+                lag[f"{tp.topic}/{tp.partition}"] = max(0, int(hw) - int(pos) - 1)
+        return lag
+    except Exception:  # pragma: no cover - metrics must never fail the view
+        return {}
+
+
+async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
+    """Read the whole compacted catalog topic on every worker (no consumer group), then follow it.
+
+    Every worker needs every item in its own index, so this is a plain assign-all consumer rather
+    than part of the worker's consumer group. ``catalog_ready`` is set once the end offsets seen at
+    start-up have been reached.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        **aiokafka_config(settings), enable_auto_commit=False, group_id=None, auto_offset_reset="earliest",
+        client_id=f"{settings.app_id}-catalog",
+    )
+    await consumer.start()
+    try:
+        parts = None
+        for _ in range(120):
+            parts = consumer.partitions_for_topic(settings.topic_catalog)
+            if parts:
+                break
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await asyncio.sleep(0.5)
+        if not parts:
+            log.warning("catalog topic %s not found; serving without a catalog", settings.topic_catalog)
+            pipeline.catalog_ready.set()
+            return
+        tps = [TopicPartition(settings.topic_catalog, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        started = time.monotonic()
+        pending = {tp for tp, off in end.items() if off > 0}
+        if not pending:
+            pipeline.catalog_ready.set()
+        while True:
+            records = await consumer.getmany(timeout_ms=200, max_records=CATALOG_BATCH * 4)
+            changes: list[tuple[str, CatalogItem | None]] = []
+            for tp, msgs in records.items():
+                for msg in msgs:
+                    if tp in pending and msg.offset + 1 >= end[tp]:
+                        pending.discard(tp)
+                    if msg.value is None:
+                        if msg.key:
+                            changes.append((msg.key.decode("utf-8", "replace")[:128], None))
+                        continue
+                    try:
+                        item = CatalogItem.from_bytes(msg.value)
+                    except SchemaError as exc:
+                        log.warning("bad catalog item topic=%s partition=%s offset=%s reason=%s",
+                                    tp.topic, tp.partition, msg.offset, exc.reason)
+                        continue
+                    changes.append((item.item_id, item))
+            for i in range(0, len(changes), CATALOG_BATCH):
+                await pipeline.run(pipeline.apply_catalog, changes[i : i + CATALOG_BATCH])
+            if pending:
+                for tp in list(pending):
+                    if await consumer.position(tp) >= end[tp]:
+                        pending.discard(tp)
+            if not pending and not pipeline.catalog_ready.is_set():
+                log.info("catalog loaded items=%d seconds=%.1f", len(pipeline.catalog), time.monotonic() - started)
+                pipeline.catalog_ready.set()
+    finally:
+        await consumer.stop()
