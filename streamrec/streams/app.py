@@ -68,6 +68,10 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
         producer_acks=-1,
         producer_linger_ms=1,
         broker_commit_interval=1.0,
+        # A worker that dies (SIGKILL, OOM) holds its partitions until the session times out;
+        # keep that short so a restarted or surviving worker takes over within seconds.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         autodiscover=False,
@@ -95,11 +99,14 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
 
     @app.agent(events_topic, concurrency=1)
     async def process_events(stream: Any) -> None:
+        log.info("events agent waiting for the catalog topic=%s", settings.topic_events)
         if not pipeline.catalog_ready.is_set():
             try:
                 await asyncio.wait_for(pipeline.catalog_ready.wait(), CATALOG_READY_TIMEOUT_S)
             except asyncio.TimeoutError:
                 log.warning("catalog not caught up after %.0fs; scoring with what is loaded", CATALOG_READY_TIMEOUT_S)
+        log.info("events agent consuming topic=%s batch_max=%d within_s=%s", settings.topic_events,
+                 settings.batch_max, settings.batch_within_s)
         async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             await handle_batch(batch)
 

@@ -1,0 +1,219 @@
+"""The stream worker end to end: real Kafka, real `streamrec worker` processes, a trained model."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from streamrec.client import EventProducer, RecommendationSubscriber
+from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ShopEvent
+from streamrec.streams.topics import create_topics
+from tests.integration.worker_harness import start_worker
+
+DEADLINE_S = 60.0
+
+
+def ev(user: str, item: str, type_: str = "view", *, i: int | None = None) -> ShopEvent:
+    return ShopEvent(event_id=f"{user}-{uuid.uuid4().hex[:10]}" if i is None else f"{user}-{i}", user_id=user,
+                     session_id=f"{user}-s1", item_id=item, type=type_, ts=int(time.time() * 1000))
+
+
+def wait_for(sub: RecommendationSubscriber, pred, timeout: float = DEADLINE_S) -> list[Recommendation]:
+    """Collect recommendations until ``pred(collected)`` is true (or fail at the deadline)."""
+    got: list[Recommendation] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rec = sub.poll(0.5)
+        if rec is not None:
+            got.append(rec)
+            if pred(got):
+                return got
+    raise AssertionError(f"condition not met within {timeout}s; got {len(got)} recommendations")
+
+
+def setup_shop(settings, shop, catalog=None):
+    create_topics(settings)
+    with EventProducer.from_settings(settings) as producer:
+        for item in catalog or shop.catalog():
+            producer.send_catalog(item)
+
+
+@pytest.fixture
+def worker(kafka_settings, sim_model, shop, tmp_path):
+    setup_shop(kafka_settings, shop)
+    started = []
+
+    def start(**env):
+        w = start_worker(kafka_settings, sim_model, tmp_path, **env)
+        started.append(w)
+        w.wait_healthy()
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def test_session_gets_recommendation_without_purchased_items(kafka_settings, worker, shop):
+    w = worker()
+    items = [c.item_id for c in shop.catalog() if c.in_stock][:5]
+    session = [ev("alice", items[0]), ev("alice", items[1]), ev("alice", items[1], "add_to_cart"),
+               ev("alice", items[1], "purchase"), ev("alice", items[2]), ev("alice", items[0], "purchase")]
+    with RecommendationSubscriber.from_settings(kafka_settings, user_ids={"alice"}) as sub:
+        sub.wait_ready()
+        with EventProducer.from_settings(kafka_settings) as producer:
+            for e in session:
+                producer.send(e)
+        last = session[-1].event_id
+        recs = wait_for(sub, lambda got: any(r.event_id == last for r in got))
+    final = next(r for r in recs if r.event_id == last)
+    ids = [i.item_id for i in final.items]
+    assert len(ids) == kafka_settings.top_k == len(set(ids))
+    assert items[0] not in ids and items[1] not in ids  # purchased items are never recommended
+    assert final.model_version and final.event_ts == session[-1].ts and final.produced_ts >= final.event_ts
+    out_of_stock = {c.item_id for c in shop.catalog() if not c.in_stock}
+    assert not out_of_stock & set(ids)
+    # the latest list is also served over HTTP by the worker that owns the user
+    status, body = w.get("/users/alice/recommendations")
+    assert status == 200 and json.loads(body)["event_id"] == last
+    status, metrics = w.get("/metrics")
+    assert status == 200 and "streamrec_recommendations_out_total" in metrics
+
+
+def test_malformed_burst_goes_to_dlq_and_valid_events_still_answered(kafka_settings, worker, shop):
+    w = worker()
+    item = shop.catalog()[0].item_id
+    good = ev("bob", item)
+    bad: list[tuple[bytes, str]] = [
+        (b"not json at all", "not JSON"),
+        (b"\xff\xfe\xfd", "not UTF-8"),
+        (json.dumps({**good.to_dict(), "ts": "yesterday"}).encode(), "ts"),
+        (json.dumps({**good.to_dict(), "type": "teleport"}).encode(), "type"),
+        (json.dumps({**good.to_dict(), "user_id": "u" * 5000}).encode(), "user_id"),
+        (b"[]", "JSON object"),
+        (b"", "not JSON"),
+        (b"{" * 70_000, "exceeds"),
+    ]
+    raw = Producer({"bootstrap.servers": kafka_settings.resolved_bootstrap(), "partitioner": "murmur2_random"})
+    with RecommendationSubscriber.from_settings(kafka_settings, user_ids={"bob"}) as sub:
+        sub.wait_ready()
+        raw.produce(kafka_settings.topic_events, key=b"bob", value=ev("bob", item).to_bytes())
+        for value, _ in bad:
+            raw.produce(kafka_settings.topic_events, key=b"bob", value=value)
+        raw.produce(kafka_settings.topic_events, key=b"bob", value=good.to_bytes())
+        raw.flush(10)
+        wait_for(sub, lambda got: any(r.event_id == good.event_id for r in got))
+    c = Consumer({"bootstrap.servers": kafka_settings.resolved_bootstrap(), "group.id": uuid.uuid4().hex,
+                  "auto.offset.reset": "earliest"})
+    c.subscribe([kafka_settings.topic_dlq])
+    letters: list[DeadLetter] = []
+    deadline = time.monotonic() + 30
+    while len(letters) < len(bad) and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            letters.append(DeadLetter.from_bytes(m.value()))
+    c.close()
+    assert len(letters) == len(bad)
+    for (value, reason), letter in zip(bad, sorted(letters, key=lambda d: d.offset)):
+        assert letter.original_bytes() == value  # the original bytes are kept, exactly
+        assert reason in letter.reason, (reason, letter.reason)
+        assert letter.topic == kafka_settings.topic_events
+    assert w.get("/health")[0] == 200  # still running
+
+
+def test_new_catalog_item_is_recommended_from_its_text(kafka_settings, worker, shop):
+    w = worker(STREAMREC_TOP_K="20")
+    catalog = shop.catalog()
+    # A user who only looks at one brand's items in one category ...
+    anchor = catalog[0]
+    liked = [c for c in catalog if c.category == anchor.category and c.brand == anchor.brand and c.in_stock][:4]
+    assert len(liked) >= 2
+    # ... then the shop lists a new item of that brand and category (no clicks, no retraining).
+    new = CatalogItem(item_id="sku-brand-new", title=liked[0].title, category=anchor.category,
+                      brand=anchor.brand, price=liked[0].price, in_stock=True,
+                      description=liked[0].description, updated_ts=int(time.time() * 1000))
+    with EventProducer.from_settings(kafka_settings) as producer:
+        producer.send_catalog(new)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and json.loads(w.get("/health")[1])["catalog_items"] < len(catalog) + 1:
+        time.sleep(0.5)
+    with RecommendationSubscriber.from_settings(kafka_settings, user_ids={"carol"}) as sub:
+        sub.wait_ready()
+        events = [ev("carol", c.item_id) for c in liked for _ in range(2)]
+        with EventProducer.from_settings(kafka_settings) as producer:
+            for e in events:
+                producer.send(e)
+        recs = wait_for(sub, lambda got: any(r.event_id == events[-1].event_id for r in got))
+    final = next(r for r in recs if r.event_id == events[-1].event_id)
+    assert "sku-brand-new" in [i.item_id for i in final.items]
+
+
+def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(kafka_settings, worker, shop, tmp_path):
+    w = worker()
+    catalog = [c.item_id for c in shop.catalog() if c.in_stock]
+    users = [f"user{i}" for i in range(12)]
+    bought = {u: catalog[i] for i, u in enumerate(users)}
+    sent: list[ShopEvent] = []
+    with RecommendationSubscriber.from_settings(kafka_settings, user_ids=set(users)) as sub:
+        sub.wait_ready()
+        with EventProducer.from_settings(kafka_settings) as producer:
+            for u in users:  # a purchase before the crash: must still be excluded after it
+                sent.append(producer.send(ev(u, bought[u], "purchase")))
+        wait_for(sub, lambda got: {r.user_id for r in got} == set(users))
+        # a stream in flight: kill the worker while it is being consumed
+        with EventProducer.from_settings(kafka_settings) as producer:
+            for n in range(300):
+                u = users[n % len(users)]
+                sent.append(producer.send(ev(u, catalog[(n * 7) % len(catalog)], i=n)))
+                if n == 150:
+                    producer.flush()
+                    w.kill()
+        w2 = worker()
+        last = {e.user_id: e for e in sent}
+        try:
+            got = wait_for(sub, lambda got: {r.event_id for r in got} >= {e.event_id for e in last.values()},
+                           timeout=120)
+        except AssertionError as exc:
+            metrics = w2.get("/metrics")[1] if w2.proc.poll() is None else "(exited)"
+            raise AssertionError(f"{exc}\n--- metrics ---\n{metrics}\n--- restarted worker log ---\n"
+                                 f"{w2.log()[-3000:]}") from None
+    assert w2.proc.poll() is None and "Traceback" not in w2.log()
+    answered = {}
+    for r in got:
+        answered.setdefault(r.user_id, []).append(r)
+    for e in sent:  # at-least-once: each event is answered by a list for it or a later event
+        assert any(r.event_ts >= e.ts for r in answered.get(e.user_id, [])), e
+    for u in users:  # the state from before the crash was recovered from the changelog
+        final = next(r for r in got if r.event_id == last[u].event_id)
+        assert bought[u] not in [i.item_id for i in final.items]
+
+
+@pytest.mark.slow
+def test_two_workers_share_partitions_and_serve_every_user(kafka_settings, worker, shop):
+    w1 = worker()
+    w2 = worker()
+    users = [f"shopper{i}" for i in range(30)]
+    item = next(c.item_id for c in shop.catalog() if c.in_stock)
+    time.sleep(5)  # let the group settle with two members
+    with RecommendationSubscriber.from_settings(kafka_settings, user_ids=set(users)) as sub:
+        sub.wait_ready()
+        with EventProducer.from_settings(kafka_settings) as producer:
+            events = [producer.send(ev(u, item, "purchase")) for u in users]
+        got = wait_for(sub, lambda got: {r.event_id for r in got} >= {e.event_id for e in events}, timeout=120)
+    for r in got:
+        assert item not in [i.item_id for i in r.items] and len(r.items) == kafka_settings.top_k
+    counts = []
+    for w in (w1, w2):
+        metrics = w.get("/metrics")[1]
+        line = next(x for x in metrics.splitlines() if x.startswith("streamrec_events_in_total"))
+        counts.append(int(line.split()[1]))
+    assert all(c > 0 for c in counts), counts  # both workers took a share of the partitions
+    for u in users[:5]:  # either worker answers for any user (routed to the owner)
+        for w in (w1, w2):
+            status, body = w.get(f"/users/{u}/recommendations")
+            assert status == 200, body

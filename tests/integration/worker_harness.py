@@ -1,0 +1,93 @@
+"""Start real `streamrec worker` processes for integration tests, and a small trained model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamrec.config import Settings
+from streamrec.localkafka import free_port
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    for name in ("bootstrap_servers", "topic_events", "topic_catalog", "topic_recommendations", "topic_dlq",
+                 "topic_model_updates", "app_id", "partitions", "data_dir", "top_k"):
+        value = getattr(settings, name)
+        env[f"STREAMREC_{name.upper()}"] = str(value)
+    env["STREAMREC_BOOTSTRAP_SERVERS"] = settings.resolved_bootstrap()
+    env["STREAMREC_DEVICE"] = "cpu"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def wait_healthy(self, timeout: float = 180.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                status, body = self.get("/health", timeout=2)
+                if status == 200:
+                    return json.loads(body)
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"worker not healthy after {timeout}s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+
+def start_worker(settings: Settings, model_dir: Path, log_dir: Path, *, port: int | None = None,
+                 **extra_env: str) -> WorkerProcess:
+    port = port or free_port()
+    env = settings_env(settings, STREAMREC_WEB_PORT=str(port), **extra_env)
+    log_path = log_dir / f"worker-{port}-{int(time.time() * 1000)}.log"
+    out = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamrec.cli", "worker", "--model", str(model_dir)],
+        env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    out.close()
+    return WorkerProcess(proc, port, log_path)
