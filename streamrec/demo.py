@@ -1,0 +1,238 @@
+"""``make demo``: the whole pipeline on one machine, with a live terminal view.
+
+Local Kafka (unless STREAMREC_BOOTSTRAP_SERVERS is set), topics, a model (the registry's current
+one, else one trained on the simulator's shop), one worker, the simulator emitting events, and a
+rich view of events/s, recommendations/s, latency, DLQ count, model version and a few users'
+latest recommendations with item titles. Runs until DEMO_SECONDS pass or Ctrl-C, then stops
+everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import deque
+from pathlib import Path
+
+from streamrec.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+SIM_SEED = 0
+SIM_ITEMS = 500
+SIM_USERS = 300
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", *args]
+
+
+def _env(settings: Settings, bootstrap: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["STREAMREC_BOOTSTRAP_SERVERS"] = bootstrap
+    env["STREAMREC_DATA_DIR"] = str(settings.data_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def ensure_model(settings: Settings, env: dict[str, str]) -> str:
+    from streamrec.model.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.registry_dir)
+    if registry.current_path() is not None:
+        return str(registry.current_version())
+    sim_dir = settings.data_dir / "sim"
+    print("no model yet: training one on the simulator's shop (about a minute)...", flush=True)
+    subprocess.run(_cli("simulate", "--write-dataset", str(sim_dir), "--events", "30000", "--seed", str(SIM_SEED),
+                        "--items", str(SIM_ITEMS), "--users", str(SIM_USERS), "--with-types"), env=env, check=True)
+    subprocess.run(_cli("train", "--sequences", str(sim_dir / "sequences.txt"), "--item-text",
+                        str(sim_dir / "item_text.tsv"), "--time-budget", "60", "--no-progress"), env=env, check=True)
+    return str(ModelRegistry(settings.registry_dir).current_version())
+
+
+class LiveStats:
+    """What the view shows, fed by a recommendation subscriber thread and the worker's /metrics."""
+
+    def __init__(self) -> None:
+        self.recs: deque[tuple[float, float]] = deque(maxlen=20_000)  # (arrival, latency ms)
+        self.latest: dict[str, list[str]] = {}
+        self.order: deque[str] = deque(maxlen=5)
+        self.metrics: dict[str, float] = {}
+        self.model_version = "?"
+        self.lock = threading.Lock()
+
+    def on_rec(self, rec) -> None:  # noqa: ANN001
+        with self.lock:
+            self.recs.append((time.monotonic(), rec.produced_ts - rec.event_ts))
+            self.latest[rec.user_id] = [i.item_id for i in rec.items[:5]]
+            if rec.user_id not in self.order:
+                self.order.append(rec.user_id)
+            self.model_version = rec.model_version
+
+
+def _scrape(url: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, _, value = line.partition(" ")
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+    return out
+
+
+def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], elapsed: float):  # noqa: ANN202
+    from rich.console import Group
+    from rich.table import Table
+
+    with stats.lock:
+        now = time.monotonic()
+        window = [lat for t, lat in stats.recs if now - t <= 10]
+        lat = sorted(window)
+        p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")  # noqa: E731
+        head = Table(title=f"streamrec demo - {elapsed:.0f}s", show_header=True)
+        for col in ("events/s", "recs/s", "p50 ms", "p99 ms", "DLQ", "catalog", "model"):
+            head.add_column(col, justify="right")
+        head.add_row(f"{rates.get('events', 0):.0f}", f"{rates.get('recs', 0):.0f}", f"{p(0.5):.0f}",
+                     f"{p(0.99):.0f}", f"{stats.metrics.get('streamrec_dlq_total', 0):.0f}",
+                     f"{stats.metrics.get('streamrec_catalog_items', 0):.0f}", stats.model_version)
+        users = Table(title="latest recommendations", show_header=True)
+        users.add_column("user")
+        users.add_column("top items")
+        for u in list(stats.order):
+            users.add_row(u, "; ".join(titles.get(i, i)[:40] for i in stats.latest.get(u, [])[:3]))
+    return Group(head, users)
+
+
+def run(seconds: float | None) -> int:
+    from rich.live import Live
+
+    from streamrec import localkafka
+    from streamrec.client import RecommendationSubscriber
+    from streamrec.simulator import ShopSimulator
+
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    started_kafka = False
+    if settings.bootstrap_servers:
+        bootstrap = settings.bootstrap_servers
+    else:
+        state = localkafka.start(settings.kafka_dir.resolve(), libs=settings.kafka_libs.expanduser(),
+                                 heap=settings.kafka_heap)
+        bootstrap, started_kafka = state.bootstrap, True
+    env = _env(settings, bootstrap)
+    procs: list[subprocess.Popen] = []
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        subprocess.run(_cli("topics", "create"), env=env, check=True, stdout=subprocess.DEVNULL)
+        ensure_model(settings, env)
+        logs = settings.data_dir / "demo-logs"
+        logs.mkdir(exist_ok=True)
+        worker = subprocess.Popen(_cli("worker"), env=env, stdout=open(logs / "worker.log", "wb"),
+                                  stderr=subprocess.STDOUT)
+        procs.append(worker)
+        url = f"http://127.0.0.1:{settings.web_port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if worker.poll() is not None:
+                print(f"worker exited; see {logs / 'worker.log'}", file=sys.stderr)
+                return 1
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        sim = ShopSimulator(seed=SIM_SEED, n_items=SIM_ITEMS, n_users=SIM_USERS)
+        titles = {c.item_id: c.title for c in sim.catalog()}
+        stats = LiveStats()
+        sub = RecommendationSubscriber(bootstrap, topic=settings.topic_recommendations)
+        sub.wait_ready()
+
+        def consume() -> None:
+            while not stop.is_set():
+                rec = sub.poll(0.5)
+                if rec is not None:
+                    stats.on_rec(rec)
+
+        reader = threading.Thread(target=consume, daemon=True)
+        reader.start()
+        simulator = subprocess.Popen(
+            _cli("simulate", "--rate", os.environ.get("DEMO_RATE", "300"), "--seed", str(SIM_SEED),
+                 "--items", str(SIM_ITEMS), "--users", str(SIM_USERS), "--new-item-rate", "0.002"),
+            env=env, stdout=open(logs / "simulator.log", "wb"), stderr=subprocess.STDOUT,
+        )
+        procs.append(simulator)
+        t0 = time.monotonic()
+        last = (t0, 0.0, 0.0)
+        rates: dict[str, float] = {}
+        with Live(_render(stats, titles, rates, 0), refresh_per_second=2, transient=False) as live:
+            while not stop.is_set() and (seconds is None or time.monotonic() - t0 < seconds):
+                time.sleep(1.0)
+                try:
+                    stats.metrics = _scrape(url + "/metrics")
+                except OSError:
+                    pass
+                now = time.monotonic()
+                ev = stats.metrics.get("streamrec_events_in_total", 0.0)
+                rc = stats.metrics.get("streamrec_recommendations_out_total", 0.0)
+                rates = {"events": (ev - last[1]) / (now - last[0]), "recs": (rc - last[2]) / (now - last[0])}
+                last = (now, ev, rc)
+                live.update(_render(stats, titles, rates, now - t0))
+        stop.set()
+        reader.join(5)
+        sub.close()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop.set()
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if started_kafka:
+            localkafka.stop(settings.kafka_dir.resolve())
+        print("demo stopped: worker, simulator" + (" and Kafka" if started_kafka else "") + " shut down")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streamrec.demo")
+    parser.add_argument("--seconds", type=float, default=None)
+    args = parser.parse_args(argv)
+    seconds = args.seconds
+    if seconds is None and os.environ.get("DEMO_SECONDS"):
+        try:
+            seconds = float(os.environ["DEMO_SECONDS"])
+        except ValueError:
+            print(f"DEMO_SECONDS={os.environ['DEMO_SECONDS']!r}: expected a number of seconds", file=sys.stderr)
+            return 2
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        return run(seconds)
+    except Exception as exc:  # the demo's last line should say what broke, not dump a traceback
+        from streamrec.errors import StreamrecError
+
+        if isinstance(exc, (StreamrecError, subprocess.CalledProcessError)):
+            print(f"demo failed: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
