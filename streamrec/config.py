@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     index_kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
     index_exact_max: int = Field(50_000, ge=0, description="auto: exact search up to this size")
     hnsw_m: int = Field(32, ge=4, le=256)
-    hnsw_ef_construction: int = Field(80, ge=8, le=4096)
+    hnsw_ef_construction: int = Field(200, ge=8, le=4096)
     hnsw_ef_search: int = Field(128, ge=8, le=4096)
     ivf_nlist: int = Field(1024, ge=1, le=1_000_000)
     ivf_nprobe: int = Field(32, ge=1, le=1_000_000)

@@ -31,6 +31,8 @@ class Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     #: File name of the committed JSON Schema for this contract.
     schema_file: ClassVar[str] = ""
+    #: Largest accepted message of this contract on the wire, bytes.
+    max_bytes: ClassVar[int] = MAX_MESSAGE_BYTES
 
     def to_bytes(self) -> bytes:
         """Serialise to compact UTF-8 JSON (optional fields that are unset are left out)."""
@@ -47,8 +49,8 @@ class Contract(BaseModel):
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogatepass")
         raw = bytes(raw)
-        if len(raw) > MAX_MESSAGE_BYTES:
-            raise SchemaError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        if len(raw) > cls.max_bytes:
+            raise SchemaError(f"message of {len(raw)} bytes exceeds {cls.max_bytes}")
         try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:

@@ -18,6 +18,9 @@ from streamrec.schemas.base import Contract, Id, LongText, ShortText, TimestampM
 EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase")
 EventType = Literal["view", "add_to_cart", "remove_from_cart", "purchase"]
 MAX_RECOMMENDED_ITEMS = 1000
+#: Original bytes kept in a dead letter (Kafka's default max message size); beyond it, truncated.
+MAX_ORIGINAL_BYTES = 1_048_576
+MAX_ORIGINAL_B64 = 4 * ((MAX_ORIGINAL_BYTES + 2) // 3)
 Price = Annotated[float, Field(ge=0, le=1e9)]
 
 
@@ -77,20 +80,25 @@ class DeadLetter(Contract):
     """A message the worker refused. Topic ``shop.events.dlq``; ``original`` is base64 bytes."""
 
     schema_file = "dead_letter.schema.json"
+    max_bytes = 1_500_000
     topic: Annotated[str, Field(min_length=1, max_length=255)]
     partition: Annotated[int, Field(ge=0)]
     offset: Annotated[int, Field(ge=0)]
     reason: Annotated[str, Field(min_length=1, max_length=2048)]
-    original: Annotated[str, Field(max_length=200_000)]
+    original: Annotated[str, Field(max_length=MAX_ORIGINAL_B64)]
 
     @classmethod
     def wrap(cls, *, topic: str, partition: int, offset: int, reason: str, original: bytes | None) -> "DeadLetter":
+        original = original or b""
+        if len(original) > MAX_ORIGINAL_BYTES:
+            reason = f"{reason} (original truncated from {len(original)} to {MAX_ORIGINAL_BYTES} bytes)"
+            original = original[:MAX_ORIGINAL_BYTES]
         return cls(
             topic=topic,
             partition=partition,
             offset=offset,
             reason=reason[:2048] or "unknown",
-            original=base64.b64encode(original or b"").decode("ascii"),
+            original=base64.b64encode(original).decode("ascii"),
         )
 
     def original_bytes(self) -> bytes:
