@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     hnsw_ef_construction: int = Field(200, ge=8, le=4096)
     hnsw_ef_search: int = Field(128, ge=8, le=4096)
     ivf_nlist: int = Field(1024, ge=1, le=1_000_000)
-    ivf_nprobe: int = Field(32, ge=1, le=1_000_000)
+    ivf_nprobe: int = Field(64, ge=1, le=1_000_000)
 
     @field_validator("trigger_types", mode="before")
     @classmethod

@@ -170,7 +170,7 @@ class ItemIndex:
 
     def __init__(self, dim: int, *, kind: str = "auto", exact_max: int = 50_000, hnsw_m: int = 32,
                  hnsw_ef_construction: int = 200, hnsw_ef_search: int = 128, ivf_nlist: int = 1024,
-                 ivf_nprobe: int = 32, device: str = "auto") -> None:
+                 ivf_nprobe: int = 64, device: str = "auto") -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if kind not in ("auto", *KINDS):

@@ -1,0 +1,104 @@
+"""Pure serving logic with a real tiny model and a real FAISS index (no Kafka)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamrec.indexer import ItemIndex
+from streamrec.model.inference import Recommender
+from streamrec.schemas import CatalogItem, ShopEvent
+from streamrec.serving.metrics import Metrics
+from streamrec.serving.popularity import Popularity
+from streamrec.serving.state import UserState
+from streamrec.streams.pipeline import Pipeline
+
+TS = 1_767_225_600_000
+TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase")
+
+
+def item(i: int, *, in_stock: bool = True, title: str | None = None) -> CatalogItem:
+    colour = ("red", "green", "blue")[i % 3]
+    return CatalogItem(item_id=f"i{i}", title=title if title is not None else f"{colour} lipstick shade {i}",
+                       category="makeup", brand="Tiny", price=9.0, in_stock=in_stock, updated_ts=TS)
+
+
+@pytest.fixture
+def pipeline(tiny_checkpoint) -> Pipeline:
+    rec = Recommender.load(tiny_checkpoint, device="cpu")
+    p = Pipeline(recommender=rec, index=ItemIndex(rec.dim, kind="flat"), top_k=5, history_len=4,
+                 purchased_max=3, trigger_types=TYPES)
+    p.apply_catalog([(f"i{i}", item(i)) for i in range(1, 25)])
+    return p
+
+
+def event(user: str, i: int, type_: str = "view", n: int = 0) -> ShopEvent:
+    return ShopEvent(event_id=f"{user}-{i}-{type_}-{n}", user_id=user, session_id="s", item_id=f"i{i}",
+                     type=type_, ts=TS + n)
+
+
+def test_user_state_is_bounded_and_dedupes():
+    s = UserState()
+    for n in range(10):
+        assert s.update(event_id=f"e{n}", item_id=f"i{n}", type="purchase", ts=n, session_id="s",
+                        history_len=4, purchased_max=3)
+    assert len(s.history) == 4 and s.purchased_list == ["i7", "i8", "i9"]
+    assert not s.update(event_id="e9", item_id="i9", type="view", ts=99, session_id="s",
+                        history_len=4, purchased_max=3)  # a redelivered event changes nothing
+    assert UserState.from_json(s.to_json()) == s
+
+
+def test_popularity_weights_types_and_decays():
+    p = Popularity(half_life_s=1)
+    p.add("old", "purchase", ts_ms=0)             # 5 points, long ago
+    p.add("new", "view", ts_ms=10_000)             # 1 point, 10 half-lives later: worth more now
+    assert p.top(2) == ["new", "old"]
+    assert p.top(2, exclude={"new"}) == ["old"]
+    assert p.top(2, eligible=lambda i: i != "old") == ["new"]
+
+
+def test_scorer_excludes_purchased_and_out_of_stock_and_returns_k(pipeline):
+    st = UserState()
+    for n, (i, t) in enumerate([(1, "view"), (4, "purchase"), (7, "view"), (10, "purchase")]):
+        pipeline.apply_event(st, event("u", i, t, n))
+    pipeline.apply_catalog([("i13", item(13, in_stock=False)), ("i16", None)])  # out of stock; deleted
+    [recs] = pipeline.score([st], [])
+    ids = [i for i, _ in recs]
+    assert len(ids) == 5 == len(set(ids))
+    assert not {"i4", "i10", "i13", "i16"} & set(ids)
+    scores = [s for _, s in recs]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_cold_user_gets_popular_items_never_empty(pipeline):
+    fresh = [event("a", 2, "purchase", 1), event("b", 2, "view", 2), event("c", 8, "view", 3)]
+    [recs] = pipeline.score([UserState()], fresh)
+    ids = [i for i, _ in recs]
+    assert ids[:2] == ["i2", "i8"] and len(ids) == 5  # popular first, topped up to k
+    # even with no popularity at all, a cold user still gets k eligible items
+    empty = Pipeline(recommender=pipeline.scorer.recommender, index=pipeline.scorer.index, top_k=5,
+                     history_len=4, purchased_max=3, trigger_types=TYPES)
+    [recs] = empty.score([UserState()], [])
+    assert len(recs) == 5
+
+
+def test_catalog_changes_reach_the_index(pipeline):
+    index = pipeline.scorer.index
+    pipeline.apply_catalog([("i30", item(30, title="violet lipstick shade 30"))])  # zero-shot: text only
+    assert "i30" in index and index.is_eligible("i30")
+    pipeline.apply_catalog([("i30", item(30, in_stock=False, title="violet lipstick shade 30"))])
+    assert not index.is_eligible("i30")
+    pipeline.apply_catalog([("i31", item(31, title=""))])  # no text, no history: a default vector
+    assert "i31" in index
+    pipeline.apply_catalog([("i30", None)])
+    assert "i30" not in index and pipeline.metrics.catalog_items == len(index)
+
+
+def test_metrics_render_prometheus_text():
+    m = Metrics()
+    m.events_in, m.dlq = 3, 1
+    m.observe_latency_ms(7.0)
+    m.batch_size.observe(3)
+    text = m.render(model_version="v9", consumer_lag={"t/0": 4})
+    assert "streamrec_events_in_total 3" in text and "streamrec_dlq_total 1" in text
+    assert 'streamrec_event_to_recommendation_ms_bucket{le="10"} 1' in text
+    assert 'streamrec_model_info{version="v9"} 1' in text and 'streamrec_consumer_lag{partition="t/0"} 4' in text
