@@ -177,7 +177,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
-        lag = _consumer_lag(app)
+        lag = await _consumer_lag(app, settings.topic_events)
         text = pipeline.metrics.render(model_version=pipeline.model_version, consumer_lag=lag)
         return web.text(text, content_type="text/plain", headers={"X-Prometheus-Format": "0.0.4"})
 
@@ -195,18 +195,21 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
     return app, pipeline
 
 
-def _consumer_lag(app: faust.App) -> dict[str, int]:
-    """Best effort: end offset minus position for each assigned partition."""
+async def _consumer_lag(app: faust.App, topic: str) -> dict[str, int]:
+    """Best effort: end offset minus position for each assigned partition of ``topic``."""
     try:
         consumer = app.consumer
         lag = {}
-        for tp in consumer.assignment():
-            hw = consumer.highwater(tp)
-            pos = consumer._last_offset.get(tp)  # noqa: SLF001 - faust keeps no public position
-            if hw is not None and pos is not None:
-                lag[f"{tp.topic}/{tp.partition}"] = max(0, int(hw) - int(pos) - 1)
+        for tp in sorted(consumer.assignment()):
+            if tp.topic != topic:
+                continue
+            high = consumer.highwater(tp)
+            pos = await consumer.position(tp)
+            if high is not None and pos is not None and high >= 0:
+                lag[f"{tp.topic}/{tp.partition}"] = max(0, int(high) - int(pos))
         return lag
     except Exception:  # pragma: no cover - metrics must never fail the view
+        log.debug("consumer lag unavailable", exc_info=True)
         return {}
 
 
