@@ -111,11 +111,14 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
             await handle_batch(batch)
 
     async def handle_batch(batch: list[Any]) -> None:
+        """Parse, update each user's state in memory, score once, publish, then write each
+        touched user's state once (bound to that user's own event, see ``_as_current``)."""
         metrics = pipeline.metrics
         metrics.events_in += len(batch)
         metrics.batches += 1
         metrics.batch_size.observe(len(batch))
-        answer: dict[str, tuple[UserState, ShopEvent]] = {}  # user -> (state, latest triggering event)
+        states: dict[str, UserState] = {}
+        answer: dict[str, ShopEvent] = {}  # user -> latest triggering event
         source: dict[str, Any] = {}  # user -> the Faust event of that user's latest message
         fresh: list[ShopEvent] = []
         for event in batch:
@@ -125,41 +128,51 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
                 await dead_letter(event, exc.reason)
                 continue
             try:
-                _as_current(event)
-                state = UserState.from_json(users.get(ev.user_id))
+                state = states.get(ev.user_id)
+                if state is None:
+                    _as_current(event)
+                    state = UserState.from_json(users.get(ev.user_id))
                 if pipeline.apply_event(state, ev):
                     fresh.append(ev)
-                users[ev.user_id] = state.to_json()
             except Exception as exc:  # a bug or a corrupt stored state must not stop the stream
                 log.exception("event failed user=%s event=%s", ev.user_id, ev.event_id)
                 await dead_letter(event, f"processing failed: {type(exc).__name__}: {exc}")
                 continue
+            states[ev.user_id] = state
             source[ev.user_id] = event
             if ev.type in pipeline.trigger_types:
-                answer[ev.user_id] = (state, ev)
-        items = list(answer.values())
+                answer[ev.user_id] = ev
         try:
-            lists = await pipeline.run(pipeline.score, [s for s, _ in items], fresh)
+            await publish(states, answer, source, fresh)
+        finally:  # state changes are kept even when scoring fails (those events went to the DLQ)
+            for user, state in states.items():
+                _as_current(source[user])
+                users[user] = state.to_json()
+
+    async def publish(states: dict[str, UserState], answer: dict[str, ShopEvent], source: dict[str, Any],
+                      fresh: list[ShopEvent]) -> None:
+        metrics = pipeline.metrics
+        events = list(answer.values())
+        try:
+            lists = await pipeline.run(pipeline.score, [states[e.user_id] for e in events], fresh)
         except Exception as exc:
-            log.exception("scoring failed batch=%d users=%d", len(batch), len(items))
-            for _, ev in items:
+            log.exception("scoring failed users=%d", len(events))
+            for ev in events:
                 await dead_letter(source[ev.user_id], f"scoring failed: {type(exc).__name__}: {exc}")
             return
         now = pipeline.now_ms()
-        for (state, ev), recs in zip(items, lists):
+        version = pipeline.model_version
+        for ev, recs in zip(events, lists):
             rec = Recommendation(
                 user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
-                model_version=pipeline.model_version, event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
+                model_version=version, event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
             )
             await recs_topic.send(key=ev.user_id.encode(), value=rec.to_bytes())
             metrics.recommendations_out += 1
             metrics.observe_latency_ms(max(0, now - ev.ts))
-            state.latest = {"items": [[i, s] for i, s in recs], "model_version": rec.model_version,
-                            "event_id": ev.event_id, "produced_ts": now}
-        # keep each user's latest list for GET /users/{id}/recommendations
-        for state, ev in items:
-            _as_current(source[ev.user_id])
-            users[ev.user_id] = state.to_json()
+            # kept for GET /users/{id}/recommendations
+            states[ev.user_id].latest = {"items": [[i, s] for i, s in recs], "model_version": version,
+                                         "event_id": ev.event_id, "produced_ts": now}
 
     @app.task
     async def read_catalog() -> None:
