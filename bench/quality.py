@@ -1,0 +1,206 @@
+"""Model quality on Amazon Beauty: the standard leave-one-out full-ranking protocol.
+
+Usage (from the repo root; fits in < 30 min on 2 CPU cores with the defaults)::
+
+    .venv/bin/python bench/quality.py [--time-budget 1140] [--zero-shot-budget 300]
+
+Data: ``$STREAMREC_DATA_DIR`` or ``../shared/data/beauty`` (relative to the repo root).
+
+Prints (1) HR@10 / NDCG@10 of our model next to the published full-ranking figures and the
+popularity and co-occurrence baselines measured in the same run, training time and inference
+throughput of ``Recommender.encode_users`` at batch 1 / 64 / 256; (2) a zero-shot report: 10 % of
+the items are hidden from training (all their interactions), and users whose test target is a
+hidden item are ranked with the hidden items embedded from their title only, against popularity
+and a text-similarity baseline (mean MiniLM vector of the history). Early stopping and every
+choice made here use the validation split only; test is measured once at the end.
+The last line of output is one JSON object with the headline numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from streamrec.model.checkpoint import save_checkpoint  # noqa: E402
+from streamrec.model.data import (  # noqa: E402
+    Encoded, Interactions, encode, leave_one_out, read_item_text, read_sequences,
+)
+from streamrec.model.evaluate import (  # noqa: E402
+    cooccurrence_score_fn, evaluate_model, popularity_score_fn, rank_all,
+)
+from streamrec.model.inference import Recommender  # noqa: E402
+from streamrec.model.train import TrainSettings, add_items, item_text_matrix, train  # noqa: E402
+
+PUBLISHED = [  # (model, HR@10, NDCG@10, source) — same split, full ranking
+    ("popularity", 0.0152, 0.0068, "S3-Rec (CIKM 2020)"),
+    ("SASRec", 0.0605, 0.0318, "S3-Rec (CIKM 2020)"),
+    ("SASRec + sampled softmax", 0.0921, 0.0531, "eSASRec (arXiv 2508.06450)"),
+    ("eSASRec", 0.0928, 0.0523, "eSASRec (arXiv 2508.06450)"),
+]
+
+# The configuration chosen on the VALIDATION split (see bench/RESULTS.md).
+MODEL_CONFIG = dict(d_model=64, n_layers=2, n_heads=2, d_ff=256, max_len=50, dropout=0.2,
+                    emb_dropout=0.5, id_dropout=0.1, use_text=True, loss="full")
+TRAIN = dict(lr=1e-3, batch_size=128, patience=5, weight_decay=0.0, val_users=5000)
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("STREAMREC_DATA_DIR", REPO.parent / "shared" / "data" / "beauty"))
+
+
+def row(name: str, hr: float, ndcg: float, note: str = "") -> str:
+    return f"| {name:38s} | {hr:7.4f} | {ndcg:7.4f} | {note} |"
+
+
+def throughput(rec: Recommender, histories: list[list[tuple[str, str]]], batch: int, seconds: float = 3.0) -> float:
+    rec.encode_users(histories[:batch])  # warm-up
+    n, t0, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        chunk = histories[i : i + batch]
+        if len(chunk) < batch:
+            i, chunk = 0, histories[:batch]
+        rec.encode_users(chunk)
+        n += len(chunk)
+        i += batch
+    return n / (time.perf_counter() - t0)
+
+
+def hide_items(data: Interactions, hidden: set[str]) -> Interactions:
+    out = Interactions()
+    for u, s, t in zip(data.users, data.items, data.types):
+        keep = [(i, e) for i, e in zip(s, t) if i not in hidden]
+        if len(keep) >= 1:
+            out.users.append(u)
+            out.items.append([i for i, _ in keep])
+            out.types.append([e for _, e in keep])
+    return out
+
+
+def zero_shot(data: Interactions, text: dict, args, cfg: dict, tr: dict) -> dict:
+    rng = np.random.default_rng(args.seed + 1)
+    all_items = sorted({i for s in data.items for i in s})
+    hidden = set(rng.choice(all_items, size=len(all_items) // 10, replace=False).tolist())
+    # Users whose test target (their last item) is hidden; history = everything before it.
+    cases = [k for k, s in enumerate(data.items) if s[-1] in hidden and len(s) >= 2]
+    res = train(hide_items(data, hidden), item_text=text, config=cfg,
+                settings=TrainSettings(time_budget=args.zero_shot_budget, seed=args.seed,
+                                       device="auto", progress=False, text_cache=args.text_cache, **tr))
+    model, vocab = res.model, res.vocab
+    add_items(model, vocab, sorted(hidden), text, cache_file=args.text_cache)  # text only
+    model.eval()
+    sub = data.subset(cases)
+    enc = encode(sub, vocab)
+    inputs = Encoded([s[:-1] for s in enc.items], [t[:-1] for t in enc.types])
+    targets = np.array([s[-1] for s in enc.items], dtype=np.int64)
+    out = {"hidden_items": len(hidden), "users": len(cases), "train_seconds": res.metrics["train_seconds"]}
+    out["model"] = evaluate_model(model, inputs, targets)
+    train_enc = encode(hide_items(data, hidden), vocab)
+    out["popularity"] = rank_all(popularity_score_fn(train_enc, len(vocab)), inputs, targets, len(vocab))
+    # Text similarity: cosine between the mean title vector of the history and every title.
+    T = torch.cat([torch.zeros(1, 384), item_text_matrix(vocab, text, cache_file=args.text_cache)])
+    Tn = torch.nn.functional.normalize(T, dim=-1)
+
+    def text_fn(items, types):
+        q = torch.stack([T[torch.as_tensor(h, dtype=torch.long)].mean(0) if h else torch.zeros(384)
+                         for h in items])
+        return torch.nn.functional.normalize(q, dim=-1) @ Tn.T
+
+    out["text_similarity"] = rank_all(text_fn, inputs, targets, len(vocab))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--time-budget", type=float, default=1140.0, help="seconds to train the main model")
+    ap.add_argument("--zero-shot-budget", type=float, default=300.0, help="seconds for the zero-shot model")
+    ap.add_argument("--skip-zero-shot", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", type=json.loads, default={}, help="JSON overrides of MODEL_CONFIG")
+    ap.add_argument("--train", type=json.loads, default={}, help="JSON overrides of TRAIN")
+    ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text_emb.safetensors"))
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    cfg, tr = MODEL_CONFIG | args.config, TRAIN | args.train
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+
+    d = data_dir()
+    if not (d / "sequences.txt").is_file():
+        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_DATA_DIR)")
+        return 2
+    data = read_sequences(d / "sequences.txt")
+    text = read_item_text(d / "item_text.tsv") if (d / "item_text.tsv").is_file() else {}
+    print(f"data {d}: {len(data)} users, {sum(map(len, data.items))} interactions; "
+          f"torch threads {torch.get_num_threads()}; device auto")
+    print(f"config {json.dumps(cfg)} train {json.dumps(tr)} budget {args.time_budget:.0f}s")
+
+    t0 = time.monotonic()
+    res = train(data, item_text=text, config=cfg,
+                settings=TrainSettings(time_budget=args.time_budget, seed=args.seed, device="auto",
+                                       progress=args.progress, text_cache=args.text_cache, **tr))
+    wall = time.monotonic() - t0
+    m, val = res.metrics["test"], res.metrics["val"]
+    split = leave_one_out(encode(data, res.vocab))
+    n = len(res.vocab)
+    pop = rank_all(popularity_score_fn(split.test_inputs, n), split.test_inputs, split.test_targets, n)
+    co = rank_all(cooccurrence_score_fn(split.test_inputs, n), split.test_inputs, split.test_targets, n)
+
+    print("\n## Beauty, leave-one-out, full ranking over all items (history excluded)\n")
+    print(f"| {'model':38s} | HR@10   | NDCG@10 | note |")
+    print(f"|{'-' * 40}|---------|---------|------|")
+    for name, hr, nd, src in PUBLISHED:
+        print(row(name, hr, nd, f"published, {src}"))
+    print(row("popularity (this run)", pop["hr@10"], pop["ndcg@10"], "measured"))
+    print(row("item-to-item co-occurrence (this run)", co["hr@10"], co["ndcg@10"], "measured"))
+    print(row("streamrec SASRec+text, full softmax", m["hr@10"], m["ndcg@10"],
+              f"test; val NDCG@10 {val['ndcg@10']:.4f}"))
+    print(f"\nHR@5 {m['hr@5']:.4f} NDCG@5 {m['ndcg@5']:.4f} HR@20 {m['hr@20']:.4f} "
+          f"NDCG@20 {m['ndcg@20']:.4f} coverage@10 {m['coverage@10']:.4f}")
+    print(f"training: {res.metrics['train_seconds']:.0f}s (incl. validation each epoch), "
+          f"{res.metrics['epochs']} epochs, best epoch {res.metrics['best_epoch']}, "
+          f"stop: {res.metrics['stop_reason']}; wall incl. text encoding {wall:.0f}s; "
+          f"params {res.model.num_params}")
+    print("val NDCG@10 per epoch: " + " ".join(f"{h.get('val_ndcg@10', 0):.4f}" for h in res.metrics["history"]))
+
+    # Inference throughput through the public API (save, load, encode_users).
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(res.model, res.vocab, Path(tmp) / "ckpt")
+        rec = Recommender.load(Path(tmp) / "ckpt", device="auto")
+    hist = [[(i, "view") for i in s[:-1]] for s in data.items]
+    tput = {b: throughput(rec, hist, b) for b in (1, 64, 256)}
+    print("inference (encode_users, device %s): " % rec.device
+          + ", ".join(f"batch {b}: {v:,.0f} seq/s" for b, v in tput.items()))
+
+    if not args.skip_zero_shot:
+        z = zero_shot(data, text, args, cfg, tr)
+        print(f"\n## Zero-shot: {z['hidden_items']} items (10%) hidden from training; "
+              f"{z['users']} users whose test target is hidden; hidden items scored from title only\n")
+        print(f"| {'method':38s} | HR@10   | NDCG@10 | HR@20   |")
+        print(f"|{'-' * 40}|---------|---------|---------|")
+        for k, label in (("model", "streamrec (text path, zero-shot)"), ("popularity", "popularity"),
+                         ("text_similarity", "text similarity (mean MiniLM of history)")):
+            print(f"| {label:38s} | {z[k]['hr@10']:7.4f} | {z[k]['ndcg@10']:7.4f} | {z[k]['hr@20']:7.4f} |")
+        print(f"zero-shot model trained {z['train_seconds']:.0f}s")
+
+    print(json.dumps({"hr_at_10": round(m["hr@10"], 4), "ndcg_at_10": round(m["ndcg@10"], 4),
+                      "train_seconds": round(res.metrics["train_seconds"], 1),
+                      "seq_per_s_batch_256": round(tput[256], 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

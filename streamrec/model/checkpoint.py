@@ -1,0 +1,128 @@
+"""Checkpoint directory layout, writing and (never-unpickling) loading.
+
+A checkpoint is a directory:
+
+- ``config.json`` + ``model.safetensors``: written by ``SASRec.save_pretrained``
+- ``item_map.json``: external item id (str) -> row (1..n), row 0 is PAD
+- ``text_emb.safetensors``: the cached MiniLM title embedding of every row, (n+1, 384), so that
+  loading never re-encodes the catalog
+- ``metrics.json`` and ``train_settings.json``: what training measured and how it was run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from streamrec.errors import CheckpointError
+from streamrec.model.data import ItemVocab
+from streamrec.model.sasrec import SASRec, SASRecConfig
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+ITEM_MAP = "item_map.json"
+TEXT_EMB = "text_emb.safetensors"
+METRICS = "metrics.json"
+TRAIN_SETTINGS = "train_settings.json"
+REQUIRED = (CONFIG, WEIGHTS, ITEM_MAP, TEXT_EMB)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    model: SASRec,
+    vocab: ItemVocab,
+    out_dir: str | Path,
+    *,
+    metrics: dict[str, Any] | None = None,
+    train_settings: dict[str, Any] | None = None,
+) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(vocab) != model.config.n_items:
+        raise ValueError(f"item map has {len(vocab)} items but the model {model.config.n_items}")
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(out), safe_serialization=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    vocab.save(out / ITEM_MAP)
+    tmp = out / (TEXT_EMB + ".tmp")
+    save_file({"text_emb": model.text_emb.detach().cpu().contiguous()}, str(tmp))
+    os.replace(tmp, out / TEXT_EMB)
+    if metrics is not None:
+        write_json(out / METRICS, metrics)
+    if train_settings is not None:
+        write_json(out / TRAIN_SETTINGS, train_settings)
+    return out
+
+
+def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[SASRec, ItemVocab]:
+    """Model (eval mode, on ``device``) and its item map. CheckpointError says what is wrong.
+
+    Only JSON and safetensors are read: nothing is unpickled.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {str(p)!r}")
+    missing = [f for f in REQUIRED if not (p / f).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(p)!r} is incomplete: missing {', '.join(missing)}")
+    try:
+        cfg_dict = json.loads((p / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(p)!r}: unreadable {CONFIG}: {exc}") from None
+    if cfg_dict.get("model_type") != SASRecConfig.model_type:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r}: model_type {cfg_dict.get('model_type')!r} is not "
+            f"{SASRecConfig.model_type!r} (incompatible checkpoint)"
+        )
+    try:
+        config = SASRecConfig.from_dict(cfg_dict)
+        vocab = ItemVocab.load(p / ITEM_MAP)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {str(p)!r}: bad config or item map: {exc}") from None
+    if len(vocab) != config.n_items:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r}: item map has {len(vocab)} items, config says {config.n_items}"
+        )
+    try:
+        state = load_file(str(p / WEIGHTS))
+        text = load_file(str(p / TEXT_EMB))["text_emb"]
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"checkpoint {str(p)!r}: corrupt safetensors file: {exc}") from None
+    try:
+        model = SASRec(config)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(p)!r}: weights do not fit the config: {exc}") from None
+    if tuple(text.shape) != (config.n_items + 1, config.text_dim):
+        raise CheckpointError(
+            f"checkpoint {str(p)!r}: {TEXT_EMB} has shape {tuple(text.shape)}, "
+            f"expected {(config.n_items + 1, config.text_dim)}"
+        )
+    model.text_emb = text.float()
+    return model.to(device).eval(), vocab
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    f = Path(path) / METRICS
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}

@@ -1,0 +1,298 @@
+"""``streamrec train | finetune | evaluate | models`` subcommands.
+
+The top-level ``streamrec/cli.py`` calls :func:`add_commands`, builds the settings and calls
+``args.func(args, settings)``; it prints any ``StreamrecError`` / ``ValueError`` as one line with
+exit code 2, so the handlers raise those with messages that name the bad value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from streamrec.config import Settings
+from streamrec.model.sasrec import SASRecConfig
+
+log = logging.getLogger(__name__)
+
+
+def _positive(kind: type, name: str):
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
+        return v
+    return parse
+
+
+def _prob(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return v
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sequences", required=True, type=Path, help="'user item item ...' per line")
+    p.add_argument("--item-text", type=Path, default=None, help="TSV item_id<TAB>title with header")
+
+
+def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
+    p.add_argument("--out", type=Path, default=None,
+                   help="write the checkpoint here (default: register a new version in the registry)")
+    p.add_argument("--time-budget", type=_positive(float, "--time-budget"), default=None,
+                   metavar="SECONDS", help="stop training after this many seconds")
+    p.add_argument("--max-epochs", type=_positive(int, "--max-epochs"), default=200)
+    p.add_argument("--patience", type=_positive(int, "--patience"), default=5,
+                   help="epochs without validation NDCG@10 gain before stopping")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=_positive(float, "--lr"), default=None)
+    p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=128)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--val-users", type=_positive(int, "--val-users"), default=None,
+                   help="hold out only N random users' second-last item for validation; the "
+                        "others train on it too (default: every user's, the classic split)")
+    p.add_argument("--text-cache", type=Path, default=None,
+                   help="safetensors file that keeps MiniLM title vectors between runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if not model_flags:
+        return
+    d = SASRecConfig()
+    g = p.add_argument_group("model")
+    g.add_argument("--d-model", type=_positive(int, "--d-model"), default=d.d_model)
+    g.add_argument("--n-layers", type=_positive(int, "--n-layers"), default=d.n_layers)
+    g.add_argument("--n-heads", type=_positive(int, "--n-heads"), default=d.n_heads)
+    g.add_argument("--d-ff", type=_positive(int, "--d-ff"), default=d.d_ff)
+    g.add_argument("--max-len", type=_positive(int, "--max-len"), default=d.max_len)
+    g.add_argument("--dropout", type=_prob, default=d.dropout)
+    g.add_argument("--emb-dropout", type=_prob, default=d.emb_dropout)
+    g.add_argument("--id-dropout", type=_prob, default=d.id_dropout)
+    g.add_argument("--loss", choices=("full", "sampled"), default=d.loss)
+    g.add_argument("--n-negatives", type=_positive(int, "--n-negatives"), default=d.n_negatives)
+    g.add_argument("--no-text", action="store_true", help="id embeddings only (ignore item text)")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a new model (leave-one-out early stopping)")
+    _data_args(p)
+    _train_args(p, model_flags=True)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("finetune", help="warm-start a model on new data")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint dir (default: the registry's current model)")
+    _data_args(p)
+    _train_args(p, model_flags=False)
+    p.set_defaults(func=cmd_finetune)
+
+    p = subparsers.add_parser("evaluate", help="leave-one-out full-ranking HR/NDCG@5/10/20")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint dir (default: the registry's current model)")
+    _data_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--baselines", action="store_true",
+                   help="add popularity and item-to-item co-occurrence, with the model's lift")
+    p.add_argument("--keep-seen", action="store_true",
+                   help="rank items already in the history too (default: excluded, as S3-Rec)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("models", help="list or promote registered model versions")
+    sub = p.add_subparsers(dest="models_command", required=True)
+    q = sub.add_parser("list", help="registered versions, newest last")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_models_list)
+    q = sub.add_parser("promote", help="make VERSION the current model")
+    q.add_argument("version")
+    q.set_defaults(func=cmd_models_promote)
+
+
+# -- handlers -------------------------------------------------------------------------------------
+
+
+def _load_data(args: argparse.Namespace):
+    from streamrec.model.data import read_item_text, read_sequences
+
+    return read_sequences(args.sequences), read_item_text(args.item_text)
+
+
+def _settings(args: argparse.Namespace, settings: Settings):
+    from streamrec.model.train import TrainSettings
+
+    kw: dict[str, Any] = dict(
+        batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
+        time_budget=args.time_budget, seed=args.seed, device=settings.device,
+        progress=not args.no_progress, weight_decay=args.weight_decay,
+        text_cache=str(args.text_cache) if args.text_cache else None, val_users=args.val_users,
+    )
+    if args.lr is not None:
+        kw["lr"] = args.lr
+    return TrainSettings(**kw)
+
+
+def _model_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    if args.model is not None:
+        return args.model
+    from streamrec.model.registry import ModelRegistry
+
+    return ModelRegistry(settings.registry_dir).require_current()
+
+
+def _publish(res, args: argparse.Namespace, settings: Settings) -> str:
+    """Save to --out, or register in the registry (current if none is). Returns where."""
+    from streamrec.model.checkpoint import save_checkpoint
+    from streamrec.model.registry import ModelRegistry
+
+    if args.out is not None:
+        save_checkpoint(res.model, res.vocab, args.out, metrics=res.metrics, train_settings=res.settings)
+        return str(args.out)
+    reg = ModelRegistry(settings.registry_dir)
+    settings.registry_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=settings.registry_dir))
+    try:
+        save_checkpoint(res.model, res.vocab, tmp, metrics=res.metrics, train_settings=res.settings)
+        version = reg.register(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    promoted = reg.current_version() is None
+    if promoted:
+        reg.promote(version)
+    return f"registry version {version}" + (" (now current)" if promoted else "")
+
+
+def _summary(res, where: str) -> None:
+    m = res.metrics
+    print(f"saved: {where}")
+    print(f"epochs: {m.get('epochs')} (best {m.get('best_epoch')}, stop: {m.get('stop_reason')}), "
+          f"seconds: {m.get('train_seconds')}")
+    for split in ("val", "test"):
+        if split in m:
+            s = m[split]
+            print(f"{split}: HR@10 {s['hr@10']:.4f}  NDCG@10 {s['ndcg@10']:.4f}  "
+                  f"HR@20 {s['hr@20']:.4f}  NDCG@20 {s['ndcg@20']:.4f}")
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.model.train import train
+
+    data, text = _load_data(args)
+    cfg = dict(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
+               max_len=args.max_len, dropout=args.dropout, emb_dropout=args.emb_dropout,
+               id_dropout=args.id_dropout, loss=args.loss, n_negatives=args.n_negatives,
+               use_text=not args.no_text)
+    if cfg["d_model"] % cfg["n_heads"]:
+        raise ValueError(f"--d-model {args.d_model} must be divisible by --n-heads {args.n_heads}")
+    res = train(data, item_text=text, config=cfg, settings=_settings(args, settings))
+    _summary(res, _publish(res, args, settings))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.model.checkpoint import load_checkpoint
+    from streamrec.model.train import finetune
+
+    model, vocab = load_checkpoint(_model_dir(args, settings))
+    data, text = _load_data(args)
+    res = finetune(model, vocab, data, item_text=text, settings=_settings(args, settings))
+    _summary(res, _publish(res, args, settings))
+    print(f"items added to the vocabulary: {res.metrics.get('added_items', 0)}")
+    return 0
+
+
+def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: str = "auto",
+                 baselines: bool = False, exclude_seen: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint on ``data``: per user the last item is the target, the rest the
+    history. Items unknown to the model are embedded from their text (zero-shot)."""
+    from streamrec.model.checkpoint import load_checkpoint
+    from streamrec.model.data import Encoded, encode
+    from streamrec.model.evaluate import (
+        cooccurrence_score_fn, evaluate_model, lift, popularity_score_fn, rank_all,
+    )
+    from streamrec.model.text import resolve_device
+    from streamrec.model.train import add_items
+
+    import numpy as np
+
+    dev = resolve_device(device)
+    model, vocab = load_checkpoint(model_dir, device=dev)
+    unknown = [i for seq in data.items for i in seq if i not in vocab]
+    added = add_items(model, vocab, unknown, text, device=str(dev))
+    model.to(dev).eval()
+    enc = encode(data, vocab)
+    keep = [k for k, s in enumerate(enc.items) if len(s) >= 2]
+    inputs = Encoded([enc.items[k][:-1] for k in keep], [enc.types[k][:-1] for k in keep])
+    targets = np.array([enc.items[k][-1] for k in keep], dtype=np.int64)
+    if len(targets) == 0:
+        raise ValueError("no user in the sequences file has 2 or more interactions to evaluate")
+    report: dict[str, Any] = {"model": str(model_dir), "users": int(len(targets)),
+                              "items": int(model.config.n_items), "items_added_from_text": len(added),
+                              "exclude_seen": exclude_seen}
+    report["model_metrics"] = evaluate_model(model, inputs, targets, device=dev, exclude_seen=exclude_seen)
+    if baselines:
+        n = model.config.n_items
+        for name, fn in (("popularity", popularity_score_fn(inputs, n)),
+                         ("cooccurrence", cooccurrence_score_fn(inputs, n))):
+            m = rank_all(fn, inputs, targets, n, exclude_seen=exclude_seen)
+            report[name] = m
+            report[f"lift_over_{name}"] = lift(report["model_metrics"], m)
+    return report
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    model_dir = _model_dir(args, settings)
+    data, text = _load_data(args)
+    rep = evaluate_dir(model_dir, data, text, device=settings.device, baselines=args.baselines,
+                       exclude_seen=not args.keep_seen)
+    if args.json:
+        print(json.dumps(rep, sort_keys=True))
+        return 0
+    print(f"model {rep['model']}  users {rep['users']}  items {rep['items']} "
+          f"(+{rep['items_added_from_text']} from text)  history excluded: {rep['exclude_seen']}")
+    cols = ["hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "coverage@10"]
+    print(f"{'':14s}" + "".join(f"{c:>12s}" for c in cols))
+    for name in ("model_metrics", "popularity", "cooccurrence"):
+        if name in rep:
+            label = "model" if name == "model_metrics" else name
+            print(f"{label:14s}" + "".join(f"{rep[name][c]:12.4f}" for c in cols))
+    for name in ("popularity", "cooccurrence"):
+        if f"lift_over_{name}" in rep:
+            lf = rep[f"lift_over_{name}"]
+            print(f"lift vs {name}: NDCG@10 {lf['ndcg@10']:+.1%}  HR@10 {lf['hr@10']:+.1%}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.model.registry import ModelRegistry
+
+    versions = ModelRegistry(settings.registry_dir).list()
+    if getattr(args, "json", False):
+        print(json.dumps([{"version": v.version, "path": str(v.path), "created_ts": v.created_ts,
+                           "is_current": v.is_current,
+                           "test_ndcg@10": v.metrics.get("test", {}).get("ndcg@10")} for v in versions]))
+        return 0
+    if not versions:
+        print(f"no models in {settings.registry_dir}: train one with `streamrec train --sequences FILE`")
+        return 0
+    for v in versions:
+        ndcg = v.metrics.get("test", {}).get("ndcg@10")
+        print(f"{'*' if v.is_current else ' '} {v.version}  test NDCG@10 "
+              f"{'-' if ndcg is None else f'{ndcg:.4f}'}  {v.path}")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.model.registry import ModelRegistry
+
+    ModelRegistry(settings.registry_dir).promote(args.version)
+    print(f"current model: {args.version}")
+    return 0

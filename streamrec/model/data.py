@@ -1,0 +1,244 @@
+"""Reading interaction files, the item vocabulary and leave-one-out splits.
+
+File formats:
+
+- sequences: one user per line, ``user item item ...`` oldest first, whitespace separated. A
+  token may carry an event type as ``item:purchase`` (``view``, ``add_to_cart``,
+  ``remove_from_cart``, ``purchase``); a bare item is a ``view``.
+- item text: TSV ``item_id<TAB>title`` with a header line; the title may be empty.
+
+Leave-one-out (the published protocol): per user the last item is the test target, the one
+before it the validation target, everything earlier is training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from streamrec.config import EVENT_TYPES
+from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS, PAD_ID
+
+
+@dataclass
+class Interactions:
+    """Users' histories, oldest first, with the external ids as in the file."""
+
+    users: list[str] = field(default_factory=list)
+    items: list[list[str]] = field(default_factory=list)
+    types: list[list[str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def subset(self, idx: Iterable[int]) -> "Interactions":
+        idx = list(idx)
+        return Interactions([self.users[i] for i in idx], [self.items[i] for i in idx],
+                            [self.types[i] for i in idx])
+
+
+def _split_token(tok: str) -> tuple[str, str]:
+    head, sep, tail = tok.rpartition(":")
+    if sep and tail in EVENT_TYPES and head:
+        return head, tail
+    return tok, DEFAULT_EVENT_TYPE
+
+
+def read_sequences(path: str | Path) -> Interactions:
+    """Parse a sequences file. ValueError naming the file (and line) when it is unusable."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"sequences file not found: {str(p)!r}")
+    out = Interactions()
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise ValueError(f"{p}:{n}: expected 'user item [item ...]', got {line.strip()!r}")
+            toks = [_split_token(t) for t in parts[1:]]
+            out.users.append(parts[0])
+            out.items.append([t[0] for t in toks])
+            out.types.append([t[1] for t in toks])
+    if not out.users:
+        raise ValueError(f"sequences file {str(p)!r} holds no interactions")
+    return out
+
+
+def read_item_text(path: str | Path | None) -> dict[str, str | None]:
+    """Parse an ``item_id<TAB>title`` TSV (header line first). Missing path -> ValueError."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"item text file not found: {str(p)!r}")
+    out: dict[str, str | None] = {}
+    with p.open(encoding="utf-8") as f:
+        header = f.readline()
+        if "\t" not in header:
+            raise ValueError(f"{p}: expected a header line 'item_id<TAB>title', got {header.strip()!r}")
+        for line in f:
+            line = line.rstrip("\n").rstrip("\r")
+            if not line:
+                continue
+            item, _, title = line.partition("\t")
+            out[item.strip()] = title.strip() or None
+    return out
+
+
+class ItemVocab:
+    """External item id (str) <-> row (1..n). Row 0 is PAD. Saved as ``item_map.json``."""
+
+    def __init__(self, ids: Sequence[str] = ()) -> None:
+        self.ids: list[str] = []
+        self.rows: dict[str, int] = {}
+        self.add(ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, item: str) -> bool:
+        return item in self.rows
+
+    def add(self, ids: Iterable[str]) -> list[str]:
+        """Append unseen ids (in order); returns the ones that were new."""
+        new = []
+        for i in ids:
+            if i not in self.rows:
+                self.ids.append(i)
+                self.rows[i] = len(self.ids)
+                new.append(i)
+        return new
+
+    def row(self, item: str) -> int:
+        return self.rows.get(item, PAD_ID)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.rows, ensure_ascii=False))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "ItemVocab":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, dict):
+            raise ValueError("item map must be a JSON object {item_id: row}")
+        ordered = sorted(rows.items(), key=lambda kv: kv[1])
+        if [r for _, r in ordered] != list(range(1, len(ordered) + 1)):
+            raise ValueError("item map rows must be 1..n without gaps")
+        return cls([str(k) for k, _ in ordered])
+
+
+def vocab_from(data: Interactions) -> ItemVocab:
+    """Items in order of first appearance (deterministic for a given file)."""
+    vocab = ItemVocab()
+    for seq in data.items:
+        vocab.add(seq)
+    return vocab
+
+
+@dataclass
+class Encoded:
+    """Histories as rows and event-type ids (PAD-free python lists)."""
+
+    items: list[list[int]]
+    types: list[list[int]]
+
+
+def encode(data: Interactions, vocab: ItemVocab, *, drop_unknown: bool = True) -> Encoded:
+    items, types = [], []
+    for seq, ts in zip(data.items, data.types):
+        r = [(vocab.row(i), EVENT_TYPE_IDS.get(t, 1)) for i, t in zip(seq, ts)]
+        if drop_unknown:
+            r = [x for x in r if x[0] != PAD_ID]
+        items.append([x[0] for x in r])
+        types.append([x[1] for x in r])
+    return Encoded(items, types)
+
+
+@dataclass
+class Split:
+    """Leave-one-out split. ``train`` sequences; eval = (input history, target row) pairs."""
+
+    train: Encoded
+    val_inputs: Encoded
+    val_targets: np.ndarray
+    test_inputs: Encoded
+    test_targets: np.ndarray
+
+
+def leave_one_out(enc: Encoded, *, val_users: int | None = None, seed: int = 0) -> Split:
+    """Users with >= 3 items give a test case (last item, history = all before it).
+
+    ``val_users=None`` (the classic split): every such user also gives a validation case (the
+    second-last item, history = all before it) and trains on what precedes it. ``val_users=N``:
+    only N random users are held out for validation; all others also train on their second-last
+    item (more and fresher training data, same test). Users with < 3 items only train.
+    """
+    eligible = [k for k, s in enumerate(enc.items) if len(s) >= 3]
+    if val_users is None or val_users >= len(eligible):
+        held = set(eligible)
+    else:
+        rng = np.random.default_rng(seed)
+        held = set(rng.choice(eligible, size=max(val_users, 0), replace=False).tolist())
+    tr_i, tr_t, vi, vt, vy, ti, tt, ty = [], [], [], [], [], [], [], []
+    for k, (s, t) in enumerate(zip(enc.items, enc.types)):
+        if len(s) >= 3:
+            ti.append(s[:-1]); tt.append(t[:-1]); ty.append(s[-1])
+            if k in held:
+                tr_i.append(s[:-2]); tr_t.append(t[:-2])
+                vi.append(s[:-2]); vt.append(t[:-2]); vy.append(s[-2])
+            else:
+                tr_i.append(s[:-1]); tr_t.append(t[:-1])
+        else:
+            tr_i.append(s); tr_t.append(t)
+    return Split(Encoded(tr_i, tr_t), Encoded(vi, vt), np.array(vy, dtype=np.int64),
+                 Encoded(ti, tt), np.array(ty, dtype=np.int64))
+
+
+def pad_left(seqs: Sequence[Sequence[int]], length: int) -> torch.Tensor:
+    """Left-pad (and keep the newest ``length``) -> (B, length) int64."""
+    out = torch.full((len(seqs), length), PAD_ID, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        s = list(s)[-length:] if length > 0 else []
+        if s:
+            out[b, length - len(s):] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def history_batch(items: Sequence[Sequence[int]], types: Sequence[Sequence[int]], max_len: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Histories -> left-padded (B, T) item rows and type ids, T = min(longest, max_len) >= 1."""
+    T = max(1, min(max_len, max((len(s) for s in items), default=1)))
+    return pad_left(items, T), pad_left(types, T)
+
+
+def training_batches(train: Encoded, *, max_len: int, batch_size: int, rng: np.random.Generator
+                     ) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Shuffled (inputs, types, targets) batches: input s[:-1] predicts s[1:] at every position."""
+    idx = np.array([i for i, s in enumerate(train.items) if len(s) >= 2], dtype=np.int64)
+    lens = np.array([min(len(train.items[i]), max_len + 1) for i in idx])
+    # Length bucketing: shuffle, sort within pools of 50 batches by length, shuffle the batches.
+    # Short histories then share a batch and are not padded to the longest one (most shop
+    # histories are short, so this saves most of the transformer's work).
+    order = rng.permutation(len(idx))
+    pool = 50 * batch_size
+    batches = []
+    for p in range(0, len(order), pool):
+        part = order[p : p + pool]
+        part = part[np.argsort(lens[part], kind="stable")]
+        batches.extend(part[s : s + batch_size] for s in range(0, len(part), batch_size))
+    for b in rng.permutation(len(batches)):
+        chunk = [int(idx[j]) for j in batches[b]]
+        seqs = [train.items[i][-(max_len + 1):] for i in chunk]
+        tys = [train.types[i][-(max_len + 1):] for i in chunk]
+        T = max(len(x) for x in seqs) - 1
+        yield pad_left([x[:-1] for x in seqs], T), pad_left([x[:-1] for x in tys], T), \
+            pad_left([x[1:] for x in seqs], T)

@@ -1,0 +1,153 @@
+"""The inference API the stream workers call: user vectors, item vectors, scores.
+
+A score is always the inner product ``user_vec . item_vec`` (the FAISS index uses inner
+product), so everything the model does to score lives inside the two vectors.
+
+>>> rec = Recommender.load("data/models/versions/v0001-...")            # doctest: +SKIP
+>>> ids, vecs = rec.item_vectors()                                       # (N, d) for the index
+>>> u = rec.encode_users([[("42", "view"), ("7", "add_to_cart")]])       # (1, d)
+>>> rec.score(u, ["42", "99"])                                           # (1, 2)
+
+Item vectors: a known item gets its learned id embedding + the projection of its cached title
+embedding; an unknown item with text gets the text projection alone (zero-shot); an unknown item
+without text gets the model's default vector (the projection of the zero text vector). Items
+added with :meth:`Recommender.add_items` become part of the vocabulary and may appear in user
+histories afterwards. A known item's cached title embedding is kept (re-encoding the whole
+catalog on every worker start would be slow); an item that had no text gets the one given.
+
+An empty history (or one with only unknown items) encodes to the zero vector: every item then
+scores 0, so callers should fall back to popularity for such users.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from streamrec.model.checkpoint import load_checkpoint
+from streamrec.model.data import ItemVocab, history_batch
+from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS, PAD_ID, SASRec
+from streamrec.model.text import TextEncoder, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+class Recommender:
+    version: str  # registry version or checkpoint dir name
+    dim: int  # vector dimension d of user and item vectors
+
+    def __init__(self, model: SASRec, vocab: ItemVocab, *, version: str, device: str = "auto",
+                 text_encoder: TextEncoder | None = None) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.vocab = vocab
+        self.version = version
+        self.dim = int(model.config.d_model)
+        self._encoder = text_encoder
+        self._lock = threading.RLock()
+        self._table: torch.Tensor | None = None  # (N+1, d) cached item vectors
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "auto", version: str | None = None) -> "Recommender":
+        """Load a checkpoint dir. CheckpointError (clear message) when missing/corrupt/incompatible."""
+        dev = resolve_device(device)
+        model, vocab = load_checkpoint(path, device=dev)
+        return cls(model, vocab, version=version or Path(path).name, device=str(dev))
+
+    # -- items --------------------------------------------------------------------------------------
+
+    def _item_table(self) -> torch.Tensor:
+        if self._table is None:
+            with torch.inference_mode():
+                self._table = self.model.item_table()  # (N+1, d)
+        return self._table
+
+    def item_vectors(self) -> tuple[list[str], np.ndarray]:
+        """All items the model knows (incl. added ones): ids and (N, d) float32 vectors."""
+        with self._lock:
+            table = self._item_table()
+            return list(self.vocab.ids), table[1:].float().cpu().numpy().copy()
+
+    def add_items(self, items: Sequence[tuple[str, str | None]]) -> np.ndarray:
+        """Vectors (len(items), d) float32 for the index; unknown ids join the vocabulary."""
+        items = [(str(i), t if (t is not None and str(t).strip()) else None) for i, t in items]
+        with self._lock:
+            # Unknown ids (first occurrence wins) and known ids that lack text but now have it.
+            new: dict[str, str | None] = {}
+            fill: dict[str, str] = {}
+            for i, t in items:
+                if i in self.vocab:
+                    row = self.vocab.row(i)
+                    if t is not None and not bool(self.model.text_emb[row].any()):
+                        fill[i] = t
+                elif i not in new:
+                    new[i] = t
+                elif new[i] is None and t is not None:
+                    new[i] = t
+            to_encode = [t for t in list(new.values()) + list(fill.values()) if t is not None]
+            vecs = self._encode_texts(to_encode) if to_encode else torch.zeros(0, 384)
+            it = iter(vecs)
+            new_emb = torch.stack([next(it) if t is not None else torch.zeros(384)
+                                   for t in new.values()]) if new else torch.zeros(0, 384)
+            for i in fill:
+                self.model.text_emb[self.vocab.row(i)] = next(it).to(self.device)
+            if new:
+                self.model.grow(new_emb)
+                self.vocab.add(list(new))
+            if new or fill:
+                self._table = None
+            table = self._item_table()
+            rows = torch.as_tensor([self.vocab.row(i) for i, _ in items], dtype=torch.long,
+                                   device=table.device)
+            return table[rows].float().cpu().numpy().copy() if items else np.zeros((0, self.dim), np.float32)
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        if self._encoder is None:
+            self._encoder = TextEncoder(device=str(self.device))
+        return torch.from_numpy(self._encoder.encode(texts))
+
+    # -- users --------------------------------------------------------------------------------------
+
+    def encode_users(self, histories: Sequence[Sequence[tuple[str, str]]]) -> np.ndarray:
+        """(B, d) float32 user vectors; one batched forward. Unknown items are skipped; only the
+        newest ``max_len`` are read; an empty history gives the zero vector."""
+        if len(histories) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        default_type = EVENT_TYPE_IDS[DEFAULT_EVENT_TYPE]
+        rows, types = [], []
+        with self._lock:
+            for h in histories:
+                r, t = [], []
+                for item, etype in h:
+                    row = self.vocab.row(str(item))
+                    if row != PAD_ID:
+                        r.append(row)
+                        t.append(EVENT_TYPE_IDS.get(etype, default_type))
+                rows.append(r[-self.model.config.max_len:])
+                types.append(t[-self.model.config.max_len:])
+            table = self._item_table()
+            x, t = history_batch(rows, types, self.model.config.max_len)
+            with torch.inference_mode():
+                h = self.model.encode(x.to(self.device), t.to(self.device), table)[:, -1]  # (B, d)
+        return h.float().cpu().numpy().copy()
+
+    def score(self, user_vecs: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+        """(B, len(item_ids)) inner products; unknown ids score with the default item vector."""
+        u = np.asarray(user_vecs, dtype=np.float32)
+        if u.ndim != 2 or u.shape[1] != self.dim:
+            raise ValueError(f"user_vecs must have shape (B, {self.dim}), got {u.shape}")
+        with self._lock:
+            table = self._item_table()
+            default = self.model.default_vector().to(table.device)
+            rows = [self.vocab.row(str(i)) for i in item_ids]
+            idx = torch.as_tensor(rows, dtype=torch.long, device=table.device)
+            vecs = table[idx] if rows else torch.zeros(0, self.dim, device=table.device)
+            if rows:
+                vecs = torch.where((idx == PAD_ID)[:, None], default[None], vecs)
+            v = vecs.float().cpu().numpy()
+        return u @ v.T

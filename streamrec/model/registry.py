@@ -1,0 +1,136 @@
+"""A directory of model versions with one atomically switched "current" pointer.
+
+Layout::
+
+    root/
+      versions/v0001-20250101T120000Z/   a full checkpoint (copied in, never changed again)
+      versions/v0002-.../
+      CURRENT                            the current version's name (one line)
+
+``promote`` writes ``CURRENT`` to a temp file and ``os.replace``-s it, so a reader sees the old
+or the new version, never half a name. Versions are copied into a temp dir first and renamed
+into place, so a half-copied version is never listed.
+
+>>> import tempfile, pathlib
+>>> reg = ModelRegistry(pathlib.Path(tempfile.mkdtemp()))
+>>> reg.current_version() is None
+True
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from streamrec.errors import CheckpointError, NoModelError
+from streamrec.model.checkpoint import REQUIRED, read_metrics
+
+_VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}T\d{6}Z$")
+CURRENT = "CURRENT"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: str  # "v0001-20250101T120000Z"
+    path: Path  # root/versions/<version>
+    metrics: dict[str, Any] = field(default_factory=dict)  # the checkpoint's metrics.json
+    created_ts: float = 0.0  # unix time the version was registered
+    is_current: bool = False  # whether CURRENT points at it
+
+
+class ModelRegistry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _names(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        names = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
+        return sorted(names, key=lambda n: int(_VERSION_RE.match(n).group(1)))  # type: ignore[union-attr]
+
+    def current_version(self) -> str | None:
+        f = self.root / CURRENT
+        try:
+            name = f.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        return name if name and (self.versions_dir / name).is_dir() else None
+
+    def current_path(self) -> Path | None:
+        v = self.current_version()
+        return None if v is None else self.versions_dir / v
+
+    def require_current(self) -> Path:
+        p = self.current_path()
+        if p is None:
+            raise NoModelError(
+                f"no current model in registry {str(self.root)!r}: train one with "
+                "`streamrec train --sequences FILE [--item-text FILE]` "
+                "or promote a version with `streamrec models promote VERSION`"
+            )
+        return p
+
+    def list(self) -> list[ModelVersion]:
+        cur = self.current_version()
+        out = []
+        for name in self._names():
+            p = self.versions_dir / name
+            try:
+                created = p.stat().st_mtime
+                meta = (p / ".created").read_text().strip()
+                created = float(meta)
+            except (OSError, ValueError):
+                pass
+            out.append(ModelVersion(name, p, read_metrics(p), created, name == cur))
+        return out
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def register(self, src_dir: str | Path, *, metrics: dict[str, Any] | None = None) -> str:
+        """Copy a checkpoint dir in as a new version; returns its name. Does not promote."""
+        src = Path(src_dir)
+        if not src.is_dir():
+            raise CheckpointError(f"cannot register {str(src)!r}: not a directory")
+        missing = [f for f in REQUIRED if not (src / f).is_file()]
+        if missing:
+            raise CheckpointError(f"cannot register {str(src)!r}: missing {', '.join(missing)}")
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.versions_dir / f".tmp-{uuid.uuid4().hex}"
+        shutil.copytree(src, tmp)
+        if metrics is not None:
+            from streamrec.model.checkpoint import METRICS, write_json
+
+            write_json(tmp / METRICS, metrics)
+        now = time.time()
+        (tmp / ".created").write_text(repr(now))
+        while True:  # a concurrent register may take the number: retry with the next one
+            names = self._names()
+            n = int(_VERSION_RE.match(names[-1]).group(1)) + 1 if names else 1  # type: ignore[union-attr]
+            stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            name = f"v{n:04d}-{stamp}"
+            try:
+                os.rename(tmp, self.versions_dir / name)
+                return name
+            except OSError:
+                if not (self.versions_dir / name).exists():
+                    raise
+
+    def promote(self, version: str) -> None:
+        """Make ``version`` current (atomic). ValueError when there is no such version."""
+        if version not in self._names():
+            known = ", ".join(self._names()) or "none"
+            raise ValueError(f"unknown model version {version!r} (known: {known})")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{CURRENT}.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(version + "\n", encoding="utf-8")
+        os.replace(tmp, self.root / CURRENT)

@@ -1,0 +1,208 @@
+"""Training and fine-tuning with validation-based early stopping (Python API; the CLI wraps it).
+
+>>> from streamrec.model.data import read_sequences, read_item_text           # doctest: +SKIP
+>>> res = train(read_sequences("seq.txt"), item_text=read_item_text("t.tsv"),  # doctest: +SKIP
+...             settings=TrainSettings(time_budget=600))
+>>> res.metrics["test"]["ndcg@10"]                                              # doctest: +SKIP
+
+Split: leave-one-out per user (last item = test, second last = validation, the rest trains).
+With ``TrainSettings(val_users=N)`` only N random users keep their second-last item for
+validation and everyone else trains on it too (the test split is unchanged).
+Every epoch the validation NDCG@10 (full ranking) is measured; the best epoch's weights are kept
+and training stops after ``patience`` epochs without gain, at ``max_epochs`` or when the time
+budget is spent. The test split is only measured once, at the end: never tune on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from streamrec.model.data import (
+    Interactions, ItemVocab, encode, leave_one_out, training_batches, vocab_from,
+)
+from streamrec.model.evaluate import evaluate_model
+from streamrec.model.sasrec import SASRec, SASRecConfig
+from streamrec.model.text import TextEncoder, encode_cached, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train (the model's shape lives in :class:`SASRecConfig`)."""
+
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (not on norms/biases)
+    batch_size: int = 128  # users per step
+    max_epochs: int = 200  # hard stop
+    patience: int = 5  # epochs without a validation NDCG@10 gain before stopping
+    time_budget: float | None = None  # seconds for the whole run (training + validation)
+    seed: int = 0  # seeds torch and numpy for a repeatable run
+    device: str = "auto"  # "auto" (CUDA if present), "cpu" or "cuda"
+    progress: bool = True  # tqdm progress bar per epoch
+    text_cache: str | None = None  # optional safetensors file reused across runs for MiniLM vectors
+    eval_batch_size: int = 512  # users per validation batch
+    val_users: int | None = None  # None: every user's 2nd-last item validates (classic split);
+    # N: only N random users validate, the others also train on their 2nd-last item
+
+
+@dataclass
+class TrainResult:
+    model: SASRec
+    vocab: ItemVocab
+    metrics: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def item_text_matrix(vocab: ItemVocab, item_text: dict[str, str | None], ids: list[str] | None = None,
+                     *, encoder: TextEncoder | None = None, cache_file: str | Path | None = None,
+                     device: str = "auto") -> torch.Tensor:
+    """MiniLM vectors of ``ids`` (default: all vocab items), zeros for items without text."""
+    ids = vocab.ids if ids is None else ids
+    texts = [item_text.get(i) for i in ids]
+    if not any(texts):
+        return torch.zeros(len(ids), 384)
+    enc = encoder or TextEncoder(device=device)
+    emb = encode_cached(texts, enc, cache_file=Path(cache_file) if cache_file else None)
+    return torch.from_numpy(emb)
+
+
+def _optimizer(model: SASRec, s: TrainSettings) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=s.lr, betas=(0.9, 0.98),
+    )
+
+
+def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSettings) -> TrainResult:
+    """The training loop shared by :func:`train` and :func:`finetune`."""
+    s = settings
+    t0 = time.monotonic()
+    dev = resolve_device(s.device)
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    model.to(dev)
+    split = leave_one_out(encode(data, vocab), val_users=s.val_users, seed=s.seed)
+    opt = _optimizer(model, s)
+    has_val = len(split.val_targets) > 0
+    best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
+    stop_reason = "max_epochs"
+    n_batches = math.ceil(sum(len(x) >= 2 for x in split.train.items) / s.batch_size)
+    for epoch in range(1, s.max_epochs + 1):
+        model.train()
+        losses = []
+        bar = tqdm(training_batches(split.train, max_len=model.config.max_len,
+                                    batch_size=s.batch_size, rng=rng),
+                   total=n_batches, desc=f"epoch {epoch}", disable=not s.progress, leave=False)
+        out_of_time = False
+        for x, t, y in bar:
+            _, loss = model(x.to(dev), t.to(dev), y.to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(loss.item())
+            if len(losses) % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if s.time_budget is not None and time.monotonic() - t0 > s.time_budget:
+                out_of_time = True
+                break
+        entry: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else None,
+                                 "seconds": round(time.monotonic() - t0, 1)}
+        if has_val:
+            val = evaluate_model(model, split.val_inputs, split.val_targets, device=dev,
+                                 batch_size=s.eval_batch_size)
+            entry["val_ndcg@10"] = val["ndcg@10"]
+            entry["val_hr@10"] = val["hr@10"]
+            score = val["ndcg@10"]
+        else:
+            score = -float(entry["loss"] or 0.0)
+        history.append(entry)
+        log.info("epoch=%d loss=%s val_ndcg@10=%s seconds=%s", epoch, entry["loss"],
+                 entry.get("val_ndcg@10"), entry["seconds"])
+        if score > best:
+            best, best_epoch, bad = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+        if out_of_time:
+            stop_reason = "time_budget"
+            break
+        if bad >= s.patience:
+            stop_reason = "early_stopping"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    train_seconds = time.monotonic() - t0
+    model.eval()
+    metrics: dict[str, Any] = {
+        "best_epoch": best_epoch, "epochs": len(history), "stop_reason": stop_reason,
+        "train_seconds": round(train_seconds, 1), "history": history,
+        "n_items": model.config.n_items, "n_users": len(data),
+    }
+    if has_val:
+        metrics["val"] = evaluate_model(model, split.val_inputs, split.val_targets, device=dev)
+        metrics["test"] = evaluate_model(model, split.test_inputs, split.test_targets, device=dev)
+    settings_dict = dataclasses.asdict(s) | {"device_used": str(dev)}
+    return TrainResult(model, vocab, metrics, settings_dict)
+
+
+def train(data: Interactions, *, item_text: dict[str, str | None] | None = None,
+          config: SASRecConfig | dict[str, Any] | None = None,
+          settings: TrainSettings = TrainSettings()) -> TrainResult:
+    """Train a new model on ``data`` (see module docstring for the split)."""
+    vocab = vocab_from(data)
+    cfg = config if isinstance(config, SASRecConfig) else SASRecConfig(**(config or {}))
+    cfg.n_items = len(vocab)
+    text = item_text or {}
+    if cfg.use_text and not any(text.get(i) for i in vocab.ids):
+        log.warning("no item text for any item: the model uses id embeddings only")
+    torch.manual_seed(settings.seed)
+    model = SASRec(cfg)
+    if cfg.use_text:
+        model.text_emb = torch.cat([torch.zeros(1, cfg.text_dim), item_text_matrix(
+            vocab, text, cache_file=settings.text_cache, device=settings.device)])
+    return fit(model, vocab, data, settings)
+
+
+def add_items(model: SASRec, vocab: ItemVocab, ids: list[str], item_text: dict[str, str | None], *,
+              encoder: TextEncoder | None = None, cache_file: str | Path | None = None,
+              device: str = "auto") -> list[str]:
+    """Grow ``model`` and ``vocab`` by the ``ids`` not yet known; returns the new ones."""
+    new = [i for i in dict.fromkeys(ids) if i not in vocab]
+    if not new:
+        return []
+    emb = item_text_matrix(vocab, item_text, new, encoder=encoder, cache_file=cache_file, device=device)
+    model.grow(emb)
+    vocab.add(new)
+    return new
+
+
+def finetune(model: SASRec, vocab: ItemVocab, data: Interactions, *,
+             item_text: dict[str, str | None] | None = None,
+             settings: TrainSettings = TrainSettings()) -> TrainResult:
+    """Warm-start from a trained model. Items new to its vocabulary are appended (rows start as
+    their text projection); existing rows keep their place and their learned values."""
+    vocab = copy.deepcopy(vocab)
+    new: list[str] = []
+    for seq in data.items:
+        new.extend(i for i in seq if i not in vocab)
+    added = add_items(model, vocab, new, item_text or {}, cache_file=settings.text_cache,
+                      device=settings.device)
+    res = fit(model, vocab, data, settings)
+    res.metrics["added_items"] = len(added)
+    return res

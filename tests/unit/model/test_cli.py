@@ -1,0 +1,98 @@
+"""CLI subcommands through argparse, as the lead's streamrec/cli.py will call them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from streamrec.config import Settings
+from streamrec.errors import NoModelError
+from streamrec.model.cli import add_commands
+
+from .conftest import TINY_CONFIG, make_interactions, write_item_text, write_sequences
+
+
+def _run(argv, settings):
+    parser = argparse.ArgumentParser(prog="streamrec")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args, settings)
+
+
+def _tiny_flags():
+    c = TINY_CONFIG
+    return ["--d-model", str(c["d_model"]), "--n-layers", "1", "--d-ff", str(c["d_ff"]),
+            "--max-len", str(c["max_len"]), "--max-epochs", "2", "--no-progress"]
+
+
+@pytest.fixture()
+def settings(tmp_path):
+    return Settings(data_dir=tmp_path / "data", device="cpu")
+
+
+def test_missing_sequences_file_is_clear(tmp_path, settings):
+    with pytest.raises(ValueError, match="missing.txt"):
+        _run(["train", "--sequences", str(tmp_path / "missing.txt"), "--no-progress"], settings)
+
+
+def test_bad_flag_values_rejected(tmp_path, settings):
+    seq = write_sequences(tmp_path / "s.txt", make_interactions(10))
+    with pytest.raises(SystemExit):
+        _run(["train", "--sequences", str(seq), "--time-budget", "-3"], settings)
+    with pytest.raises(ValueError, match="--n-heads 3"):
+        _run(["train", "--sequences", str(seq), "--n-heads", "3"], settings)
+
+
+def test_no_current_model(tmp_path, settings):
+    seq = tmp_path / "s.txt"
+    seq.write_text("u a b c\n")
+    with pytest.raises(NoModelError, match="streamrec train --sequences"):
+        _run(["evaluate", "--sequences", str(seq)], settings)
+    with pytest.raises(ValueError, match="v0042"):
+        _run(["models", "promote", "v0042"], settings)
+
+
+def test_train_register_evaluate_finetune_promote(tmp_path, settings, tiny_data, capsys):
+    seq = write_sequences(tmp_path / "s.txt", tiny_data)
+    text = write_item_text(tmp_path / "t.tsv")
+    assert _run(["train", "--sequences", str(seq), "--item-text", str(text)] + _tiny_flags(), settings) == 0
+    assert "now current" in capsys.readouterr().out
+    from streamrec.model.registry import ModelRegistry
+
+    reg = ModelRegistry(settings.registry_dir)
+    v1 = reg.current_version()
+    assert v1 and v1.startswith("v0001-")
+    # evaluate the current model, with baselines, as JSON; an unknown item comes from text
+    seq2 = tmp_path / "s2.txt"
+    seq2.write_text("z1 i1 i4 brand-new\nz2 i2 i5 i8\n")
+    text2 = tmp_path / "t2.tsv"
+    text2.write_text("item_id\ttitle\nbrand-new\tred lipstick shade 100\n")
+    assert _run(["evaluate", "--sequences", str(seq2), "--item-text", str(text2), "--json",
+                 "--baselines"], settings) == 0
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rep["users"] == 2 and rep["items_added_from_text"] == 1
+    assert {"model_metrics", "popularity", "cooccurrence", "lift_over_popularity"} <= set(rep)
+    # plain table
+    assert _run(["evaluate", "--sequences", str(seq), "--baselines"], settings) == 0
+    assert "lift vs popularity" in capsys.readouterr().out
+    # finetune into a second version, then promote it
+    assert _run(["finetune", "--sequences", str(seq2), "--item-text", str(text2),
+                 "--max-epochs", "1", "--no-progress"], settings) == 0
+    versions = [v.version for v in reg.list()]
+    assert len(versions) == 2 and reg.current_version() == v1
+    assert _run(["models", "promote", versions[1]], settings) == 0
+    assert reg.current_version() == versions[1]
+    assert _run(["models", "list"], settings) == 0
+    out = capsys.readouterr().out
+    assert f"* {versions[1]}" in out
+
+
+def test_train_to_out_dir(tmp_path, settings, tiny_data):
+    seq = write_sequences(tmp_path / "s.txt", tiny_data)
+    out = tmp_path / "ckpt"
+    assert _run(["train", "--sequences", str(seq), "--out", str(out), "--no-text"] + _tiny_flags(),
+                settings) == 0
+    assert (out / "model.safetensors").is_file() and (out / "train_settings.json").is_file()
+    assert not settings.registry_dir.exists() or not any(settings.registry_dir.iterdir())

@@ -1,0 +1,97 @@
+"""Shapes, causal masking, padding without NaN, grads, vocabulary growth."""
+
+from __future__ import annotations
+
+import torch
+
+from streamrec.model.sasrec import PAD_ID, SASRec, SASRecConfig
+
+
+def _model(**kw) -> SASRec:
+    torch.manual_seed(0)
+    cfg = SASRecConfig(n_items=30, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=8, **kw)
+    m = SASRec(cfg)
+    m.text_emb = torch.randn(31, cfg.text_dim)
+    m.text_emb[PAD_ID] = 0
+    return m
+
+
+def test_shapes_and_loss():
+    m = _model()
+    x = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
+    y = torch.tensor([[0, 0, 4, 5, 6], [2, 3, 4, 5, 6]])
+    h, loss = m(x, None, y)
+    assert h.shape == (2, 5, 16)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    h2, none = m(x)
+    assert none is None and h2.shape == (2, 5, 16)
+    assert m.item_table().shape == (31, 16)
+
+
+def test_small_init():
+    m = _model()
+    assert float(m.id_emb.weight.detach().std()) < 0.05
+    assert torch.all(m.id_emb.weight[PAD_ID] == 0)
+
+
+def test_no_future_leakage():
+    m = _model().eval()
+    x = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    table = m.item_table()
+    h1 = m.encode(x, None, table)
+    x2 = x.clone()
+    x2[0, 6] = 20  # change a later item
+    h2 = m.encode(x2, None, table)
+    assert torch.allclose(h1[0, :6], h2[0, :6], atol=1e-6)
+    assert not torch.allclose(h1[0, 6:], h2[0, 6:])
+
+
+def test_no_nan_with_left_right_and_full_padding():
+    m = _model()
+    for train_mode in (True, False):
+        m.train(train_mode)
+        x = torch.tensor([[0, 0, 0, 1, 2], [1, 2, 0, 0, 0], [0, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
+        y = torch.tensor([[0, 0, 0, 2, 3], [2, 3, 0, 0, 0], [0, 0, 0, 0, 0], [2, 3, 4, 5, 6]])
+        h, loss = m(x, None, y)
+        assert torch.isfinite(h).all() and torch.isfinite(loss)
+        assert torch.all(h[x == PAD_ID] == 0), "padded positions must be zeroed"
+        loss.backward()
+        for name, p in m.named_parameters():
+            assert p.grad is None or torch.isfinite(p.grad).all(), name
+        m.zero_grad()
+
+
+def test_padding_length_does_not_change_output():
+    m = _model().eval()
+    table = m.item_table()
+    a = m.encode(torch.tensor([[3, 4, 5]]), None, table)[:, -1]
+    b = m.encode(torch.tensor([[0, 0, 0, 3, 4, 5]]), None, table)[:, -1]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_event_types_enter_the_input():
+    m = _model().eval()
+    table = m.item_table()
+    x = torch.tensor([[3, 4, 5]])
+    a = m.encode(x, torch.tensor([[1, 1, 1]]), table)[:, -1]
+    b = m.encode(x, torch.tensor([[1, 1, 4]]), table)[:, -1]
+    assert not torch.allclose(a, b)
+
+
+def test_sampled_loss_finite():
+    m = _model(loss="sampled", n_negatives=16)
+    x = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    y = torch.tensor([[0, 2, 3], [4, 5, 6]])
+    _, loss = m(x, None, y)
+    assert torch.isfinite(loss)
+
+
+def test_grow_keeps_old_rows_and_new_rows_are_text_only():
+    m = _model().eval()
+    old_table = m.item_table().clone()
+    new_text = torch.randn(2, m.config.text_dim)
+    m.grow(new_text)
+    assert m.config.n_items == 32
+    t = m.item_table()
+    assert torch.equal(t[:31], old_table)
+    assert torch.allclose(t[31:], m.text_proj(new_text), atol=1e-6)

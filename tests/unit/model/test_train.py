@@ -1,0 +1,94 @@
+"""Training API: metrics, finetune growing the vocabulary, data parsing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamrec.model.checkpoint import load_checkpoint
+from streamrec.model.data import Interactions, ItemVocab, leave_one_out, read_item_text, read_sequences
+from streamrec.model.train import TrainSettings, finetune
+
+from .conftest import write_item_text, write_sequences
+
+
+def test_trained_metrics(tiny_checkpoint):
+    model, vocab = load_checkpoint(tiny_checkpoint)
+    import json
+
+    m = json.loads((tiny_checkpoint / "metrics.json").read_text())
+    assert m["epochs"] >= 1 and m["best_epoch"] >= 1
+    assert 0 <= m["test"]["ndcg@10"] <= 1 and "hr@20" in m["val"]
+
+
+def test_finetune_grows_vocab_keeps_old_rows(tiny_checkpoint, tiny_text):
+    model, vocab = load_checkpoint(tiny_checkpoint)
+    old_rows = dict(vocab.rows)
+    old_emb = model.id_emb.weight.detach().clone()
+    data = Interactions(["x1", "x2"], [["i1", "i2", "fresh1", "i3"], ["fresh2", "i1", "i2", "fresh1"]],
+                        [["view"] * 4, ["view"] * 4])
+    text = dict(tiny_text, fresh1="blue lipstick shade 77")
+    res = finetune(model, vocab, data, item_text=text,
+                   settings=TrainSettings(max_epochs=1, device="cpu", progress=False, lr=1e-12))
+    assert res.metrics["added_items"] == 2
+    assert len(res.vocab) == len(old_rows) + 2
+    assert all(res.vocab.rows[k] == v for k, v in old_rows.items())
+    assert res.vocab.ids[-2:] == ["fresh1", "fresh2"]
+    n_old = len(old_rows) + 1
+    # lr ~ 0: old rows are kept (to float precision), new rows started at zero (= text only)
+    assert torch.allclose(res.model.id_emb.weight[:n_old], old_emb, atol=1e-6)
+    assert torch.allclose(res.model.id_emb.weight[n_old:], torch.zeros(2, old_emb.shape[1]), atol=1e-6)
+    assert res.model.text_emb[res.vocab.row("fresh1")].abs().sum() > 0
+    assert res.model.text_emb[res.vocab.row("fresh2")].abs().sum() == 0  # no text given
+
+
+def test_read_files(tmp_path, tiny_data):
+    p = write_sequences(tmp_path / "s.txt", tiny_data)
+    back = read_sequences(p)
+    assert back.users == tiny_data.users and back.items == tiny_data.items
+    t = read_item_text(write_item_text(tmp_path / "t.tsv"))
+    assert t["i1"] and t["i5"] is None
+    (tmp_path / "typed.txt").write_text("u1 a:purchase b c:add_to_cart x:y\n")
+    typed = read_sequences(tmp_path / "typed.txt")
+    assert typed.items == [["a", "b", "c", "x:y"]]
+    assert typed.types == [["purchase", "view", "add_to_cart", "view"]]
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ValueError, match="nope.txt"):
+        read_sequences(tmp_path / "nope.txt")
+    (tmp_path / "one.txt").write_text("lonely_user\n")
+    with pytest.raises(ValueError, match="one.txt:1"):
+        read_sequences(tmp_path / "one.txt")
+    (tmp_path / "t.tsv").write_text("no header here\n")
+    with pytest.raises(ValueError, match="header"):
+        read_item_text(tmp_path / "t.tsv")
+
+
+def test_leave_one_out_split():
+    from streamrec.model.data import Encoded
+
+    s = leave_one_out(Encoded([[1, 2, 3, 4], [5, 6]], [[1] * 4, [1] * 2]))
+    assert s.train.items == [[1, 2], [5, 6]]
+    assert s.val_inputs.items == [[1, 2]] and list(s.val_targets) == [3]
+    assert s.test_inputs.items == [[1, 2, 3]] and list(s.test_targets) == [4]
+
+
+def test_item_vocab_roundtrip(tmp_path):
+    v = ItemVocab(["a", "b"])
+    assert v.add(["b", "c"]) == ["c"] and v.row("c") == 3 and v.row("zz") == 0
+    v.save(tmp_path / "m.json")
+    assert ItemVocab.load(tmp_path / "m.json").ids == ["a", "b", "c"]
+
+
+def test_leave_one_out_val_users_subset():
+    from streamrec.model.data import Encoded
+
+    enc = Encoded([[1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11], [12, 13]], [[1] * 4, [1] * 3, [1] * 4, [1] * 2])
+    s = leave_one_out(enc, val_users=1, seed=0)
+    assert len(s.val_targets) == 1 and len(s.test_targets) == 3
+    # the held-out user trains without its 2nd-last item, the others with it
+    trained_on_val_item = sum(1 for seq in s.train.items if seq[-1] in (3, 6, 10))
+    assert trained_on_val_item == 2
+    assert list(s.test_targets) == [4, 7, 11]
+    assert leave_one_out(enc, val_users=99).val_targets.tolist() == leave_one_out(enc).val_targets.tolist()
