@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, Mapping
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from streamrec.errors import SchemaError, StreamrecError
 from streamrec.schemas import Recommendation
@@ -69,10 +69,27 @@ class RecommendationSubscriber:
             # Pin "latest" to the end offsets as of now: librdkafka resolves it lazily at the
             # first fetch, which would silently skip what is produced right after wait_ready().
             for tp in partitions:
-                _, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-                tp.offset = high
+                tp.offset = self._end_offset(consumer, tp)
             consumer.assign(partitions)
         self._assigned = True
+
+    @staticmethod
+    def _end_offset(consumer: Consumer, tp: TopicPartition, timeout: float = 15.0) -> int:
+        """The partition's end offset now; retried while a fresh topic elects its leader.
+
+        Runs inside librdkafka's rebalance callback, so it must never raise.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                return int(high)
+            except Exception as exc:  # KafkaException/KafkaError: not leader yet, timeout
+                if time.monotonic() > deadline:
+                    log.warning("end offset of %s[%d] unknown (%s); starting at the latest", tp.topic,
+                                tp.partition, exc)
+                    return OFFSET_END
+                time.sleep(0.2)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until partitions are assigned (so that nothing produced from now on is missed)."""
