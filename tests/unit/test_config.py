@@ -40,7 +40,8 @@ def test_settings_are_frozen():
         s.partitions = 9  # type: ignore[misc]
 
 
-def test_bootstrap_from_local_state(tmp_path):
+def test_bootstrap_from_local_state(tmp_path, monkeypatch):
+    monkeypatch.delenv("STREAMREC_BOOTSTRAP_SERVERS", raising=False)
     (tmp_path / "kafka").mkdir()
     (tmp_path / "kafka" / "state.json").write_text('{"bootstrap": "127.0.0.1:4242"}')
     assert Settings(data_dir=tmp_path).resolved_bootstrap() == "127.0.0.1:4242"
