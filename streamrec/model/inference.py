@@ -9,7 +9,12 @@ product), so everything the model does to score lives inside the two vectors.
 >>> rec.score(u, ["42", "99"])                                           # (1, 2)
 
 Item vectors: a known item gets its learned id embedding + the projection of its cached title
-embedding; an unknown item with text gets the text projection alone (zero-shot); an unknown item
+embedding; an unknown item with text gets the projection of its text plus an id embedding
+borrowed from the trained items whose titles are closest to its own (a similarity-weighted mean
+of their learned id embeddings, ``impute_neighbors`` of them; 0 turns this off and leaves the text
+projection alone). Both parts come from the text alone, so this is still zero-shot: no click on the
+new item is needed. The id part matters because a known item's vector carries its learned id
+embedding, and a text-only vector is outranked by it (see bench/RESULTS.md). An unknown item
 without text gets the model's default vector (the projection of the zero text vector). Items
 added with :meth:`Recommender.add_items` become part of the vocabulary and may appear in user
 histories afterwards. A known item's cached title embedding is kept (re-encoding the whole
@@ -42,7 +47,8 @@ class Recommender:
     dim: int  # vector dimension d of user and item vectors
 
     def __init__(self, model: SASRec, vocab: ItemVocab, *, version: str, device: str = "auto",
-                 text_encoder: TextEncoder | None = None) -> None:
+                 text_encoder: TextEncoder | None = None, impute_neighbors: int = 10,
+                 impute_temperature: float = 0.05) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.vocab = vocab
@@ -51,13 +57,21 @@ class Recommender:
         self._encoder = text_encoder
         self._lock = threading.RLock()
         self._table: torch.Tensor | None = None  # (N+1, d) cached item vectors
+        if impute_neighbors < 0 or impute_temperature <= 0:
+            raise ValueError(f"impute_neighbors must be >= 0 and impute_temperature > 0, got "
+                             f"{impute_neighbors}, {impute_temperature}")
+        self.impute_neighbors = impute_neighbors
+        self.impute_temperature = impute_temperature
+        self._n_trained = int(model.config.n_items)  # rows 1..n learned in training
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "auto", version: str | None = None) -> "Recommender":
-        """Load a checkpoint dir. CheckpointError (clear message) when missing/corrupt/incompatible."""
+    def load(cls, path: str | Path, *, device: str = "auto", version: str | None = None,
+             **options: float) -> "Recommender":
+        """Load a checkpoint dir. CheckpointError (clear message) when missing/corrupt/incompatible.
+        ``options`` go to the constructor (``impute_neighbors``, ``impute_temperature``)."""
         dev = resolve_device(device)
         model, vocab = load_checkpoint(path, device=dev)
-        return cls(model, vocab, version=version or Path(path).name, device=str(dev))
+        return cls(model, vocab, version=version or Path(path).name, device=str(dev), **options)
 
     # -- items --------------------------------------------------------------------------------------
 
@@ -97,14 +111,41 @@ class Recommender:
             for i in fill:
                 self.model.text_emb[self.vocab.row(i)] = next(it).to(self.device)
             if new:
+                first = int(self.model.config.n_items) + 1
                 self.model.grow(new_emb)
                 self.vocab.add(list(new))
+                self._impute_ids(first, new_emb)
             if new or fill:
                 self._table = None
             table = self._item_table()
             rows = torch.as_tensor([self.vocab.row(i) for i, _ in items], dtype=torch.long,
                                    device=table.device)
             return table[rows].float().cpu().numpy().copy() if items else np.zeros((0, self.dim), np.float32)
+
+    @torch.no_grad()
+    def _impute_ids(self, first_row: int, text: torch.Tensor, chunk: int = 1024) -> None:
+        """Give new rows ``first_row..`` (with text) the similarity-weighted mean id embedding of
+        the trained items with the most similar titles (cosine of MiniLM vectors)."""
+        n, k = self._n_trained, min(self.impute_neighbors, self._n_trained)
+        if k == 0:
+            return
+        known_text = self.model.text_emb[1 : n + 1]  # (n, 384)
+        has_text = known_text.abs().sum(1) > 0  # (n,)
+        if not bool(has_text.any()):
+            return
+        known = torch.nn.functional.normalize(known_text, dim=1)
+        known_ids = self.model.id_emb.weight[1 : n + 1]  # (n, d)
+        text = text.to(known.device, torch.float32)
+        for start in range(0, text.shape[0], chunk):
+            q = text[start : start + chunk]  # (c, 384)
+            with_text = q.abs().sum(1) > 0  # (c,)
+            sim = torch.nn.functional.normalize(q, dim=1) @ known.T  # (c, n)
+            sim[:, ~has_text] = -2.0
+            top, idx = sim.topk(k, dim=1)  # (c, k)
+            w = torch.softmax(top / self.impute_temperature, dim=1)  # (c, k)
+            imputed = (w.unsqueeze(-1) * known_ids[idx]).sum(1)  # (c, d)
+            rows = torch.arange(first_row + start, first_row + start + q.shape[0], device=known.device)
+            self.model.id_emb.weight[rows[with_text]] = imputed[with_text]
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         if self._encoder is None:

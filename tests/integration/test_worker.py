@@ -127,21 +127,13 @@ def test_malformed_burst_goes_to_dlq_and_valid_events_still_answered(kafka_setti
 
 
 def test_new_catalog_item_is_recommended_from_its_text(kafka_settings, worker, shop):
-    w = worker(STREAMREC_TOP_K="20")
+    w = worker(STREAMREC_TOP_K="30")
     catalog = shop.catalog()
-    # A user who only looks at one brand's items in one category ...
+    by_id = {c.item_id: c for c in catalog}
+    # A user who looks at one brand's items in one category ...
     anchor = catalog[0]
     liked = [c for c in catalog if c.category == anchor.category and c.brand == anchor.brand and c.in_stock][:4]
     assert len(liked) >= 2
-    # ... then the shop lists a new item of that brand and category (no clicks, no retraining).
-    new = CatalogItem(item_id="sku-brand-new", title=liked[0].title, category=anchor.category,
-                      brand=anchor.brand, price=liked[0].price, in_stock=True,
-                      description=liked[0].description, updated_ts=int(time.time() * 1000))
-    with EventProducer.from_settings(kafka_settings) as producer:
-        producer.send_catalog(new)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and json.loads(w.get("/health")[1])["catalog_items"] < len(catalog) + 1:
-        time.sleep(0.5)
     with RecommendationSubscriber.from_settings(kafka_settings, user_ids={"carol"}) as sub:
         sub.wait_ready()
         events = [ev("carol", c.item_id) for c in liked for _ in range(2)]
@@ -149,8 +141,27 @@ def test_new_catalog_item_is_recommended_from_its_text(kafka_settings, worker, s
             for e in events:
                 producer.send(e)
         recs = wait_for(sub, lambda got: any(r.event_id == events[-1].event_id for r in got))
-    final = next(r for r in recs if r.event_id == events[-1].event_id)
-    assert "sku-brand-new" in [i.item_id for i in final.items]
+        before = next(r for r in recs if r.event_id == events[-1].event_id)
+        # ... then the shop lists a new item described like what she is shown first, and one from
+        # a category she never looked at (no clicks on either, no retraining).
+        best = by_id[before.items[0].item_id]
+        other = next(c for c in catalog if c.in_stock and c.category not in (anchor.category, best.category))
+        now = int(time.time() * 1000)
+        new_like = best.model_copy(update={"item_id": "sku-brand-new", "updated_ts": now})
+        new_other = other.model_copy(update={"item_id": "sku-other-new", "updated_ts": now})
+        with EventProducer.from_settings(kafka_settings) as producer:
+            producer.send_catalog(new_like)
+            producer.send_catalog(new_other)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and json.loads(w.get("/health")[1])["catalog_items"] < len(catalog) + 2:
+            time.sleep(0.2)
+        again = ev("carol", liked[0].item_id)
+        with EventProducer.from_settings(kafka_settings) as producer:
+            producer.send(again)
+        recs = wait_for(sub, lambda got: any(r.event_id == again.event_id for r in got))
+    after = [i.item_id for i in next(r for r in recs if r.event_id == again.event_id).items]
+    assert "sku-brand-new" in after  # recommendable from its text within seconds of its catalog event
+    assert "sku-other-new" not in after  # ... and only where its text fits
 
 
 def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(kafka_settings, worker, shop, tmp_path):
