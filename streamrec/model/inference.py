@@ -9,12 +9,11 @@ product), so everything the model does to score lives inside the two vectors.
 >>> rec.score(u, ["42", "99"])                                           # (1, 2)
 
 Item vectors: a known item gets its learned id embedding + the projection of its cached title
-embedding; an unknown item with text gets the projection of its text plus an id embedding
-borrowed from the trained items whose titles are closest to its own (a similarity-weighted mean
-of their learned id embeddings, ``impute_neighbors`` of them; 0 turns this off and leaves the text
-projection alone). Both parts come from the text alone, so this is still zero-shot: no click on the
-new item is needed. The id part matters because a known item's vector carries its learned id
-embedding, and a text-only vector is outranked by it (see bench/RESULTS.md). An unknown item
+embedding; an unknown item with text gets the projection of its text (zero-shot: no click on
+the new item is needed). Optionally (``impute_neighbors`` > 0) it also borrows an id embedding:
+the similarity-weighted mean of the learned id embeddings of the trained items whose titles are
+closest to its own. That helped on the simulator's templated titles but hurt on Amazon Beauty
+(bench/RESULTS.md, zero-shot section), so it is off by default. An unknown item
 without text gets the model's default vector (the projection of the zero text vector). Items
 added with :meth:`Recommender.add_items` become part of the vocabulary and may appear in user
 histories afterwards. A known item's cached title embedding is kept (re-encoding the whole
@@ -47,7 +46,7 @@ class Recommender:
     dim: int  # vector dimension d of user and item vectors
 
     def __init__(self, model: SASRec, vocab: ItemVocab, *, version: str, device: str = "auto",
-                 text_encoder: TextEncoder | None = None, impute_neighbors: int = 10,
+                 text_encoder: TextEncoder | None = None, impute_neighbors: int = 0,
                  impute_temperature: float = 0.05) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()

@@ -1,4 +1,5 @@
-"""Zero-shot items borrow id embeddings from the trained items with the closest titles."""
+"""Zero-shot items: text projection by default; optionally an id embedding borrowed from the
+trained items with the closest titles."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_new_item_with_a_known_title_lands_next_to_that_item(tiny_checkpoint):
-    with_knn = Recommender.load(tiny_checkpoint, device="cpu")
-    text_only = Recommender.load(tiny_checkpoint, device="cpu", impute_neighbors=0)
+    with_knn = Recommender.load(tiny_checkpoint, device="cpu", impute_neighbors=10)
+    text_only = Recommender.load(tiny_checkpoint, device="cpu")  # the default: text projection only
     known = with_knn.add_items([("i7", None)])[0]
     twin = with_knn.add_items([("twin-of-7", item_title(7))])[0]
     plain = text_only.add_items([("twin-of-7", item_title(7))])[0]
