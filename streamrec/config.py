@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="registry, worker state, local Kafka")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    torch_threads: int = Field(
+        0, ge=0, le=256, description="torch threads in the worker; 0: all cores but one (the event loop's)"
+    )
+
     # --- worker -----------------------------------------------------------------------------
     app_id: str = Field("streamrec", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     web_port: int = Field(6066, ge=0, le=65535)

@@ -20,11 +20,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[Any, Any]:
     """Load the model (clear error if there is none) and build the app; returns (app, pipeline)."""
+    import os
+
+    import torch
+
     from streamrec.indexer import ItemIndex
     from streamrec.model.inference import Recommender
     from streamrec.model.registry import ModelRegistry
     from streamrec.streams.app import create_app
 
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(threads)
     if model_path:
         path, version = model_path, None
     else:
