@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 CATALOG_BATCH = 512
 CATALOG_READY_TIMEOUT_S = 300.0
-
-
 def _as_current(event: Any) -> None:
     """Make ``event`` Faust's current event.
 
@@ -78,6 +76,9 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
         web_in_thread=False,
         logging_config=None,
     )
+    # Table writes queue changelog messages in Faust's producer buffer; past 100 (its default) the
+    # stream pauses to drain it ("producer buffer full"), which every full batch of users hit.
+    app.producer.buffer.max_messages = 8 * settings.batch_max
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic_events, partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic_recommendations, partitions=settings.partitions, **raw)
