@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from streamrec import __version__
+from streamrec.argtypes import existing_file, positive_float, positive_int
 from streamrec.config import Settings, load_settings
 from streamrec.errors import StreamrecError
 
@@ -26,33 +27,6 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def _existing_file(text: str) -> Path:
-    path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
-    return path
 
 
 def configure_logging(level: str) -> None:
@@ -227,16 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("topics", help="create (idempotent) or list streamrec's topics")
     p.add_argument("action", choices=["create", "list"])
-    p.add_argument("--partitions", type=_positive_int, help="partitions of keyed topics (STREAMREC_PARTITIONS)")
+    p.add_argument("--partitions", type=positive_int, help="partitions of keyed topics (STREAMREC_PARTITIONS)")
     p.set_defaults(func=cmd_topics)
 
     p = sub.add_parser("simulate", help="a synthetic shop emitting catalog and events")
-    p.add_argument("--events", type=_positive_int, help="stop after this many events")
-    p.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
-    p.add_argument("--rate", type=_positive_float, help="events per second (default: as fast as possible)")
+    p.add_argument("--events", type=positive_int, help="stop after this many events")
+    p.add_argument("--duration", type=positive_float, help="stop after this many seconds")
+    p.add_argument("--rate", type=positive_float, help="events per second (default: as fast as possible)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--items", type=_positive_int, default=500, help="catalog size")
-    p.add_argument("--users", type=_positive_int, default=200, help="number of shoppers")
+    p.add_argument("--items", type=positive_int, default=500, help="catalog size")
+    p.add_argument("--users", type=positive_int, default=200, help="number of shoppers")
     p.add_argument("--no-catalog", action="store_true", help="do not emit the catalog first")
     p.add_argument("--new-item-rate", type=float, default=0.0,
                    help="chance per event that a brand-new catalog item appears (zero-shot drill)")
@@ -247,11 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("replay", help="replay a real dataset (sequences + item text) as events")
-    p.add_argument("--sequences", type=_existing_file, required=True)
-    p.add_argument("--item-text", type=_existing_file)
-    p.add_argument("--rate", type=_positive_float)
-    p.add_argument("--events", type=_positive_int, help="stop after this many events")
-    p.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
+    p.add_argument("--sequences", type=existing_file, required=True)
+    p.add_argument("--item-text", type=existing_file)
+    p.add_argument("--rate", type=positive_float)
+    p.add_argument("--events", type=positive_int, help="stop after this many events")
+    p.add_argument("--duration", type=positive_float, help="stop after this many seconds")
     p.add_argument("--no-catalog", action="store_true", help="do not emit the catalog first")
     p.add_argument("--event-type", default="purchase",
                    choices=["view", "add_to_cart", "remove_from_cart", "purchase"])
@@ -260,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tail", help="print messages arriving on a topic")
     p.add_argument("--topic", help="topic (default: the events topic)")
     p.add_argument("--from-beginning", action="store_true")
-    p.add_argument("--max", type=_positive_int, help="stop after this many messages")
-    p.add_argument("--seconds", type=_positive_float, help="stop after this many seconds")
+    p.add_argument("--max", type=positive_int, help="stop after this many messages")
+    p.add_argument("--seconds", type=positive_float, help="stop after this many seconds")
     p.set_defaults(func=cmd_tail)
 
     _add_optional_commands(sub)

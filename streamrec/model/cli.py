@@ -15,32 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from streamrec.argtypes import positive_float, positive_int, probability
 from streamrec.config import Settings
 from streamrec.model.sasrec import SASRecConfig
 
 log = logging.getLogger(__name__)
-
-
-def _positive(kind: type, name: str):
-    def parse(text: str) -> Any:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
-        return v
-    return parse
-
-
-def _prob(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return v
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -51,16 +30,16 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="write the checkpoint here (default: register a new version in the registry)")
-    p.add_argument("--time-budget", type=_positive(float, "--time-budget"), default=None,
+    p.add_argument("--time-budget", type=positive_float, default=None,
                    metavar="SECONDS", help="stop training after this many seconds")
-    p.add_argument("--max-epochs", type=_positive(int, "--max-epochs"), default=200)
-    p.add_argument("--patience", type=_positive(int, "--patience"), default=5,
+    p.add_argument("--max-epochs", type=positive_int, default=200)
+    p.add_argument("--patience", type=positive_int, default=5,
                    help="epochs without validation NDCG@10 gain before stopping")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=_positive(float, "--lr"), default=None)
-    p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=128)
+    p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--val-users", type=_positive(int, "--val-users"), default=None,
+    p.add_argument("--val-users", type=positive_int, default=None,
                    help="hold out only N random users' second-last item for validation; the "
                         "others train on it too (default: every user's, the classic split)")
     p.add_argument("--text-cache", type=Path, default=None,
@@ -70,16 +49,16 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         return
     d = SASRecConfig()
     g = p.add_argument_group("model")
-    g.add_argument("--d-model", type=_positive(int, "--d-model"), default=d.d_model)
-    g.add_argument("--n-layers", type=_positive(int, "--n-layers"), default=d.n_layers)
-    g.add_argument("--n-heads", type=_positive(int, "--n-heads"), default=d.n_heads)
-    g.add_argument("--d-ff", type=_positive(int, "--d-ff"), default=d.d_ff)
-    g.add_argument("--max-len", type=_positive(int, "--max-len"), default=d.max_len)
-    g.add_argument("--dropout", type=_prob, default=d.dropout)
-    g.add_argument("--emb-dropout", type=_prob, default=d.emb_dropout)
-    g.add_argument("--id-dropout", type=_prob, default=d.id_dropout)
+    g.add_argument("--d-model", type=positive_int, default=d.d_model)
+    g.add_argument("--n-layers", type=positive_int, default=d.n_layers)
+    g.add_argument("--n-heads", type=positive_int, default=d.n_heads)
+    g.add_argument("--d-ff", type=positive_int, default=d.d_ff)
+    g.add_argument("--max-len", type=positive_int, default=d.max_len)
+    g.add_argument("--dropout", type=probability, default=d.dropout)
+    g.add_argument("--emb-dropout", type=probability, default=d.emb_dropout)
+    g.add_argument("--id-dropout", type=probability, default=d.id_dropout)
     g.add_argument("--loss", choices=("full", "sampled"), default=d.loss)
-    g.add_argument("--n-negatives", type=_positive(int, "--n-negatives"), default=d.n_negatives)
+    g.add_argument("--n-negatives", type=positive_int, default=d.n_negatives)
     g.add_argument("--no-text", action="store_true", help="id embeddings only (ignore item text)")
 
 
