@@ -16,8 +16,8 @@ from streamrec.replay import (
     run_replay,
 )
 from streamrec.schemas import CatalogItem, ShopEvent
+from tests.unit.fakes import FakeProducer
 
-BEAUTY = Path("/work/shared/data/beauty")
 
 
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
@@ -27,23 +27,6 @@ def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
     else:
         p.write_text(text, encoding="utf-8")
     return p
-
-
-class FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[ShopEvent | CatalogItem] = []
-        self.flushes = 0
-
-    def send(self, event: ShopEvent) -> ShopEvent:
-        self.sent.append(event)
-        return event
-
-    def send_catalog(self, item: CatalogItem) -> CatalogItem:
-        self.sent.append(item)
-        return item
-
-    def flush(self, timeout: float = 30.0) -> None:
-        self.flushes += 1
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -175,10 +158,9 @@ def test_run_replay_sends_catalog_then_paced_events() -> None:
     assert all(e.ts >= 1_900_000_000_000 for e in evs)
 
 
-@pytest.mark.skipif(not BEAUTY.is_dir(), reason="Beauty data not present")
-def test_reads_the_beauty_dataset() -> None:
-    seqs = read_sequences(BEAUTY / "sequences.txt")
-    texts = read_item_text(BEAUTY / "item_text.tsv")
+def test_reads_the_beauty_dataset(beauty_dir: Path) -> None:
+    seqs = read_sequences(beauty_dir / "sequences.txt")
+    texts = read_item_text(beauty_dir / "item_text.tsv")
     assert len(seqs) == 22_363 and sum(map(len, seqs.values())) == 198_502
     catalog = catalog_from_dataset(dataset_items(seqs, texts), texts)
     assert len(catalog) == 12_101 and sum(not c.title for c in catalog) == 97

@@ -19,6 +19,7 @@ from streamrec.simulator import (
     run_simulation,
     write_dataset,
 )
+from tests.unit.fakes import FakeProducer
 
 N = 5000  # events per statistical check: ~0.1 s each
 
@@ -31,25 +32,6 @@ def sim() -> ShopSimulator:
 @pytest.fixture(scope="module")
 def events(sim: ShopSimulator) -> list[ShopEvent]:
     return list(sim.events(N))
-
-
-class FakeProducer:
-    """Records what a runner sends, in order."""
-
-    def __init__(self) -> None:
-        self.sent: list[ShopEvent | CatalogItem] = []
-        self.flushes = 0
-
-    def send(self, event: ShopEvent) -> ShopEvent:
-        self.sent.append(event)
-        return event
-
-    def send_catalog(self, item: CatalogItem) -> CatalogItem:
-        self.sent.append(item)
-        return item
-
-    def flush(self, timeout: float = 30.0) -> None:
-        self.flushes += 1
 
 
 class FakeTime:
