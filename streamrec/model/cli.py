@@ -37,6 +37,8 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
                    help="epochs without validation NDCG@10 gain before stopping")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=positive_float, default=None)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                   help="cosine: anneal the learning rate over the time budget (or max epochs)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--val-users", type=positive_int, default=None,
@@ -116,6 +118,8 @@ def _settings(args: argparse.Namespace, settings: Settings):
     )
     if args.lr is not None:
         kw["lr"] = args.lr
+    if args.lr_schedule is not None:
+        kw["lr_schedule"] = args.lr_schedule
     return TrainSettings(**kw)
 
 

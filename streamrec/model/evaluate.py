@@ -56,18 +56,21 @@ def rank_all(
     """Metrics of ``score_fn`` on (history, target) pairs, ranking against all rows 1..n_items."""
     ranks = np.empty(len(targets), dtype=np.int64)
     seen_top = np.zeros(n_items + 1, dtype=bool)
+    # Users in order of history length: a batch is padded only to its own longest history.
+    order = np.argsort([len(h) for h in inputs.items], kind="stable")
     for s in range(0, len(targets), batch_size):
-        items = inputs.items[s : s + batch_size]
-        types = inputs.types[s : s + batch_size]
-        y = torch.as_tensor(targets[s : s + batch_size], dtype=torch.long)
+        idx = order[s : s + batch_size]
+        items = [inputs.items[i] for i in idx]
+        types = [inputs.types[i] for i in idx]
+        y = torch.as_tensor(targets[idx], dtype=torch.long)
         scores = score_fn(items, types).float().cpu()  # (B, N+1)
         scores[:, PAD_ID] = float("-inf")
         if exclude_seen:
-            for b, h in enumerate(items):
-                if h:
-                    scores[b, torch.as_tensor(h, dtype=torch.long)] = float("-inf")
+            rows = torch.as_tensor(np.repeat(np.arange(len(items)), [len(h) for h in items]))
+            cols = torch.as_tensor([i for h in items for i in h], dtype=torch.long)
+            scores[rows, cols] = float("-inf")
         tgt = scores.gather(1, y[:, None])  # (B, 1)
-        ranks[s : s + len(y)] = (scores > tgt).sum(1).numpy()
+        ranks[idx] = (scores > tgt).sum(1).numpy()
         top = scores.topk(min(10, n_items), dim=1).indices.numpy()
         seen_top[top.ravel()] = True
     out = metrics_from_ranks(ranks, ks)
@@ -80,10 +83,11 @@ def rank_all(
 def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu") -> ScoreFn:
     """Scores of all rows for a batch of histories: last hidden state . item table."""
     model.eval()
+    with torch.inference_mode():
+        table = model.item_table()  # (N+1, d), once per evaluation
 
     @torch.inference_mode()
     def fn(items: list[list[int]], types: list[list[int]]) -> torch.Tensor:
-        table = model.item_table()  # (N+1, d)
         x, t = history_batch(items, types, model.config.max_len)
         h = model.encode(x.to(device), t.to(device), table)[:, -1]  # (B, d)
         return h @ table.T  # (B, N+1)

@@ -55,6 +55,10 @@ class TrainSettings:
     eval_batch_size: int = 512  # users per validation batch
     val_users: int | None = None  # None: every user's 2nd-last item validates (classic split);
     # N: only N random users validate, the others also train on their 2nd-last item
+    lr_schedule: str = "constant"  # "constant", or "cosine": decay to lr * min_lr_ratio over the
+    # run's length (the time budget when set, else max_epochs), so a budgeted run ends annealed
+    min_lr_ratio: float = 0.05  # floor of the cosine schedule, as a fraction of lr
+    warmup_steps: int = 0  # linear warm-up steps before the schedule
 
 
 @dataclass
@@ -88,6 +92,19 @@ def _optimizer(model: SASRec, s: TrainSettings) -> torch.optim.Optimizer:
     )
 
 
+def lr_at(s: TrainSettings, step: int, progress: float) -> float:
+    """Learning rate at optimiser ``step`` with ``progress`` in [0, 1] of the run."""
+    lr = s.lr
+    if s.lr_schedule == "cosine":
+        p = min(max(progress, 0.0), 1.0)
+        lr = s.lr * (s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * p)))
+    elif s.lr_schedule != "constant":
+        raise ValueError(f"unknown lr_schedule {s.lr_schedule!r}: use 'constant' or 'cosine'")
+    if s.warmup_steps > 0 and step < s.warmup_steps:
+        lr *= (step + 1) / s.warmup_steps
+    return lr
+
+
 def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSettings) -> TrainResult:
     """The training loop shared by :func:`train` and :func:`finetune`."""
     s = settings
@@ -102,6 +119,8 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
     stop_reason = "max_epochs"
     n_batches = math.ceil(sum(len(x) >= 2 for x in split.train.items) / s.batch_size)
+    lr_at(s, 0, 0.0)  # validates lr_schedule before any work
+    step = 0
     for epoch in range(1, s.max_epochs + 1):
         model.train()
         losses = []
@@ -109,7 +128,13 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
                                     batch_size=s.batch_size, rng=rng),
                    total=n_batches, desc=f"epoch {epoch}", disable=not s.progress, leave=False)
         out_of_time = False
-        for x, t, y in bar:
+        for b, (x, t, y) in enumerate(bar):
+            progress = (epoch - 1 + b / max(n_batches, 1)) / s.max_epochs
+            if s.time_budget is not None:
+                progress = max(progress, (time.monotonic() - t0) / s.time_budget)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(s, step, progress)
+            step += 1
             _, loss = model(x.to(dev), t.to(dev), y.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -9,7 +9,7 @@ from streamrec.model.checkpoint import load_checkpoint
 from streamrec.model.data import Interactions, ItemVocab, leave_one_out, read_item_text, read_sequences
 from streamrec.model.train import TrainSettings, finetune
 
-from .conftest import write_item_text, write_sequences
+from .conftest import TINY_CONFIG, write_item_text, write_sequences
 
 
 def test_trained_metrics(tiny_checkpoint):
@@ -92,3 +92,42 @@ def test_leave_one_out_val_users_subset():
     assert trained_on_val_item == 2
     assert list(s.test_targets) == [4, 7, 11]
     assert leave_one_out(enc, val_users=99).val_targets.tolist() == leave_one_out(enc).val_targets.tolist()
+
+
+def test_lr_schedules():
+    from streamrec.model.train import lr_at
+
+    const = TrainSettings(lr=1e-3)
+    assert lr_at(const, 0, 0.0) == lr_at(const, 500, 0.9) == 1e-3
+    cos = TrainSettings(lr=1e-3, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(cos, 0, 0.0) == pytest.approx(1e-3)
+    assert lr_at(cos, 0, 0.5) == pytest.approx(0.55e-3)
+    assert lr_at(cos, 0, 1.0) == pytest.approx(1e-4)
+    assert lr_at(cos, 0, 7.0) == pytest.approx(1e-4)  # past the end of the budget: the floor
+    warm = TrainSettings(lr=1e-3, warmup_steps=10)
+    assert lr_at(warm, 0, 0.0) == pytest.approx(1e-4) and lr_at(warm, 10, 0.0) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule 'step'"):
+        lr_at(TrainSettings(lr_schedule="step"), 0, 0.0)
+
+
+def test_cosine_schedule_reaches_the_floor_by_max_epochs(tiny_data, tiny_text):
+    """The optimiser's last learning rate is near lr * min_lr_ratio at the end of max_epochs."""
+    from streamrec.model.train import train
+
+    seen = []
+    orig = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return orig(self, *a, **k)
+
+    torch.optim.AdamW.step = spy
+    try:
+        train(tiny_data, item_text=tiny_text, config=TINY_CONFIG,
+              settings=TrainSettings(max_epochs=3, patience=10, device="cpu", progress=False,
+                                     batch_size=8, lr=1e-2, lr_schedule="cosine", min_lr_ratio=0.1))
+    finally:
+        torch.optim.AdamW.step = orig
+    assert seen[0] == pytest.approx(1e-2)
+    assert seen == sorted(seen, reverse=True)
+    assert seen[-1] < 0.25e-2  # the last step starts at progress (3 - 1/steps_per_epoch) / 3
