@@ -23,7 +23,6 @@ The last line of output is one JSON object with the headline numbers (means over
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -65,12 +64,6 @@ def as_views(enc: Encoded) -> Encoded:
 
 def subset(enc: Encoded, idx: np.ndarray) -> Encoded:
     return Encoded([enc.items[i] for i in idx], [enc.types[i] for i in idx])
-
-
-def settings(**kw) -> TrainSettings:
-    """TrainSettings with only the fields this version of it has."""
-    names = {f.name for f in dataclasses.fields(TrainSettings)}
-    return TrainSettings(**{k: v for k, v in kw.items() if k in names})
 
 
 def ms(xs: list[float]) -> str:
@@ -143,9 +136,9 @@ def main() -> int:
         for name, data in (("A", typed), ("B", plain)):
             t0 = time.monotonic()
             r = train(data, item_text=text, config=cfg,
-                      settings=settings(max_epochs=args.epochs, patience=args.epochs, seed=seed,
-                                        progress=False, device="cpu", val_users=None,
-                                        lr_schedule="constant", text_cache=text_cache))
+                      settings=TrainSettings(max_epochs=args.epochs, patience=args.epochs, seed=seed,
+                                             progress=False, device="cpu", val_users=None,
+                                             lr_schedule="constant", text_cache=text_cache))
             assert r.vocab.ids == vocab.ids
             runs.append(dict(variant=name, seed=seed, seconds=round(time.monotonic() - t0, 1),
                              best_epoch=r.metrics["best_epoch"],

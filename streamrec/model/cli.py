@@ -32,8 +32,9 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
                    help="write the checkpoint here (default: register a new version in the registry)")
     p.add_argument("--time-budget", type=positive_float, default=None,
                    metavar="SECONDS", help="stop training after this many seconds")
-    p.add_argument("--max-epochs", type=positive_int, default=200)
-    p.add_argument("--patience", type=positive_int, default=5,
+    p.add_argument("--max-epochs", type=positive_int, default=40,
+                   help="hard stop, and the length of the cosine learning-rate schedule")
+    p.add_argument("--patience", type=positive_int, default=10,
                    help="epochs without validation NDCG@10 gain before stopping")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=positive_float, default=None)

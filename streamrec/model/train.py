@@ -45,8 +45,8 @@ class TrainSettings:
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay (not on norms/biases)
     batch_size: int = 128  # users per step
-    max_epochs: int = 200  # hard stop
-    patience: int = 5  # epochs without a validation NDCG@10 gain before stopping
+    max_epochs: int = 40  # hard stop; also the length of the cosine schedule (without a budget)
+    patience: int = 10  # epochs without a validation NDCG@10 gain before stopping
     time_budget: float | None = None  # seconds for the whole run (training + validation)
     seed: int = 0  # seeds torch and numpy for a repeatable run
     device: str = "auto"  # "auto" (CUDA if present), "cpu" or "cuda"
@@ -55,8 +55,9 @@ class TrainSettings:
     eval_batch_size: int = 512  # users per validation batch
     val_users: int | None = None  # None: every user's 2nd-last item validates (classic split);
     # N: only N random users validate, the others also train on their 2nd-last item
-    lr_schedule: str = "constant"  # "constant", or "cosine": decay to lr * min_lr_ratio over the
-    # run's length (the time budget when set, else max_epochs), so a budgeted run ends annealed
+    lr_schedule: str = "cosine"  # "cosine": decay to lr * min_lr_ratio over the run, or "constant";
+    # the run's length is max_epochs or the time budget, whichever runs out first, so a budgeted
+    # run also ends annealed (chosen on Beauty's validation split: bench/RESULTS.md)
     min_lr_ratio: float = 0.05  # floor of the cosine schedule, as a fraction of lr
     warmup_steps: int = 0  # linear warm-up steps before the schedule
 
