@@ -21,6 +21,7 @@ from streamrec.config import Settings
 from streamrec.errors import SchemaError
 from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ScoredItem, ShopEvent
 from streamrec.serving.state import UserState
+from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import aiokafka_config, faust_brokers, faust_credentials
 from streamrec.streams.pipeline import Pipeline
 
@@ -39,6 +40,15 @@ def _as_current(event: Any) -> None:
     _current_event.set(weakref.ref(event))
 
 
+class StreamApp(faust.App):
+    """``faust.App`` whose consumer seeks uncommitted source partitions to the beginning when
+    streams resume (see :mod:`streamrec.streams.consumer`; without it a restarted worker of a group
+    that never committed could skip the events its predecessor had not committed)."""
+
+    def _new_transport(self) -> Any:
+        return Transport(self.conf.broker_consumer, self)
+
+
 def worker_datadir(settings: Settings) -> Path:
     """Each worker its own RocksDB dir (two workers on one host would fight over LOCK files)."""
     return settings.data_dir / "worker" / f"{settings.app_id}-{settings.web_port}"
@@ -52,7 +62,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
     )
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = StreamApp(
         settings.app_id,
         broker=faust_brokers(settings),
         broker_credentials=faust_credentials(settings),

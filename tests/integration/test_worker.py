@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streamrec.client import EventProducer, RecommendationSubscriber
 from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ShopEvent
@@ -34,6 +34,24 @@ def wait_for(sub: RecommendationSubscriber, pred, timeout: float = DEADLINE_S) -
             if pred(got):
                 return got
     raise AssertionError(f"condition not met within {timeout}s; got {len(got)} recommendations")
+
+
+def group_offsets(settings) -> tuple[dict[int, int], dict[int, int]]:
+    """(committed offset, end offset) of each events partition for the worker group (committed < 0: none)."""
+    c = Consumer({"bootstrap.servers": settings.resolved_bootstrap(), "group.id": settings.app_id,
+                  "enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(settings.topic_events, p) for p in range(settings.partitions)]
+        committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=15)}
+        end = {tp.partition: c.get_watermark_offsets(tp, timeout=15)[1] for tp in tps}
+    finally:
+        c.close()
+    return committed, end
+
+
+def metric(w, name: str) -> int:
+    text = w.get("/metrics")[1]
+    return int(next(x for x in text.splitlines() if x.startswith(name + " ")).split()[1])
 
 
 def setup_shop(settings, shop, catalog=None):
@@ -176,10 +194,8 @@ def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(kafka_s
             for u in users:  # a purchase before the crash: must still be excluded after it
                 sent.append(producer.send(ev(u, bought[u], "purchase")))
         wait_for(sub, lambda got: {r.user_id for r in got} == set(users))
-        # Let the worker commit once (broker_commit_interval is 1 s). Known gap, seen ~1 run in 8: a
-        # worker of a brand-new group killed before its first offset commit left its successor
-        # positioned at the end of the partitions, consuming nothing (see the issue note).
-        time.sleep(3)
+        # No pause for an offset commit: the worker may die before its first one (the successor
+        # then reads from the beginning; see test_worker_killed_before_its_first_commit_...).
         # a stream in flight: kill the worker while it is being consumed
         with EventProducer.from_settings(kafka_settings) as producer:
             for n in range(300):
@@ -188,6 +204,8 @@ def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(kafka_s
                 if n == 150:
                     producer.flush()
                     w.kill()
+        committed, end = group_offsets(kafka_settings)
+        owed = sum(end[p] - max(committed[p], 0) for p in end)  # all of it if nothing was committed
         w2 = worker()
         last = {e.user_id: e for e in sent}
         try:
@@ -198,6 +216,8 @@ def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(kafka_s
             raise AssertionError(f"{exc}\n--- metrics ---\n{metrics}\n--- restarted worker log ---\n"
                                  f"{w2.log()[-3000:]}") from None
     assert w2.proc.poll() is None and "Traceback" not in w2.log()
+    consumed = metric(w2, "streamrec_events_in_total")  # nothing after the committed offsets skipped
+    assert consumed >= owed, f"consumed {consumed} of {owed}; committed {committed}, end {end}"
     answered = {}
     for r in got:
         answered.setdefault(r.user_id, []).append(r)
@@ -206,6 +226,51 @@ def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(kafka_s
     for u in users:  # the state from before the crash was recovered from the changelog
         final = next(r for r in got if r.event_id == last[u].event_id)
         assert bought[u] not in [i.item_id for i in final.items]
+
+
+def test_worker_killed_before_its_first_commit_successor_reads_every_event(kafka_settings, worker, shop):
+    """The first worker of a brand-new group dies (SIGKILL) before it ever commits an offset: the
+    restarted worker must re-read the events partitions from the beginning (auto_offset_reset is
+    "earliest"), not from wherever the fetcher happened to be when the recovered streams resumed."""
+    w = worker()
+    catalog = [c.item_id for c in shop.catalog() if c.in_stock]
+    users = [f"early{i}" for i in range(12)]
+    changelog = [TopicPartition(f"{kafka_settings.app_id}-users-changelog", p)
+                 for p in range(kafka_settings.partitions)]
+    sent: list[ShopEvent] = []
+    with RecommendationSubscriber.from_settings(kafka_settings, user_ids=set(users)) as sub:
+        sub.wait_ready()
+        with EventProducer.from_settings(kafka_settings) as producer:
+            for n in range(120):
+                u = users[n % len(users)]
+                sent.append(producer.send(ev(u, catalog[(n * 5) % len(catalog)], i=n)))
+        # Kill as soon as some user state reached the changelog (so the successor has a table to
+        # recover, the path that lost events) and well within the 1 s commit interval.
+        probe = Consumer({"bootstrap.servers": kafka_settings.resolved_bootstrap(), "group.id": uuid.uuid4().hex})
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            while not any(probe.get_watermark_offsets(tp, timeout=5)[1] > 0 for tp in changelog):
+                assert time.monotonic() < deadline, "the first worker never wrote user state"
+                time.sleep(0.01)
+            w.kill()
+        finally:
+            probe.close()
+        committed, end = group_offsets(kafka_settings)
+        assert sum(end.values()) == len(sent)
+        # The successor owes every event after the group's committed offsets (all of them when
+        # nothing was committed); at-least-once, so it may consume more, never fewer.
+        owed = sum(end[p] - max(committed[p], 0) for p in end)
+        w2 = worker()
+        deadline = time.monotonic() + 90
+        while (consumed := metric(w2, "streamrec_events_in_total")) < owed and time.monotonic() < deadline:
+            time.sleep(0.5)
+        lag = [x for x in w2.get("/metrics")[1].splitlines() if x.startswith("streamrec_consumer_lag")]
+        assert consumed >= owed, (
+            f"restarted worker consumed {consumed} of the {owed} events after the committed offsets "
+            f"{committed} (end offsets {end}); {lag}")
+        last = {e.user_id: e.event_id for e in sent}
+        wait_for(sub, lambda got: {r.event_id for r in got} >= set(last.values()))
+    assert w2.proc.poll() is None and "Traceback" not in w2.log()
 
 
 @pytest.mark.slow

@@ -97,14 +97,14 @@ def test_leave_one_out_val_users_subset():
 def test_lr_schedules():
     from streamrec.model.train import lr_at
 
-    const = TrainSettings(lr=1e-3)
+    const = TrainSettings(lr=1e-3, lr_schedule="constant")
     assert lr_at(const, 0, 0.0) == lr_at(const, 500, 0.9) == 1e-3
     cos = TrainSettings(lr=1e-3, lr_schedule="cosine", min_lr_ratio=0.1)
     assert lr_at(cos, 0, 0.0) == pytest.approx(1e-3)
     assert lr_at(cos, 0, 0.5) == pytest.approx(0.55e-3)
     assert lr_at(cos, 0, 1.0) == pytest.approx(1e-4)
     assert lr_at(cos, 0, 7.0) == pytest.approx(1e-4)  # past the end of the budget: the floor
-    warm = TrainSettings(lr=1e-3, warmup_steps=10)
+    warm = TrainSettings(lr=1e-3, lr_schedule="constant", warmup_steps=10)
     assert lr_at(warm, 0, 0.0) == pytest.approx(1e-4) and lr_at(warm, 10, 0.0) == 1e-3
     with pytest.raises(ValueError, match="lr_schedule 'step'"):
         lr_at(TrainSettings(lr_schedule="step"), 0, 0.0)

@@ -1,0 +1,83 @@
+"""The worker's Kafka consumer: Faust's aiokafka consumer with one data-loss fix (seek on resume).
+
+When a worker has finished recovering its tables, Faust (faust-streaming 0.15.3,
+``Recovery.on_recovery_completed``) resumes the source partitions, then "seeks them to the
+committed offsets" (``Consumer.perform_seek``), then empties every stream queue
+(``flow_control.resume()``). The fetcher is already running at that point (it was started to
+read the changelogs), so records it fetches from the resumed partitions before the clear are
+delivered into the stream queue and thrown away. For a partition with a committed offset the seek
+rewinds the fetch position and they are fetched again. aiokafka's ``seek_to_committed`` does
+nothing for a partition with no committed offset (a new group whose first worker died before its
+first commit), so the position stays where the fetcher left it, often at the end of the
+partition, and the discarded events are never read. That is lost recommendations. Nothing is
+committed, so the restarted worker shows a lag of 0 and no events in.
+
+:class:`Consumer` fixes both parts:
+
+* it seeks partitions that have no committed offset to the beginning, as
+  ``auto_offset_reset="earliest"`` asks;
+* it stops the flow before seeking. The recovery path leaves the flow running; Faust's own
+  rebalance path stops it. While the flow is stopped nothing is fetched or delivered until the
+  caller resumes it, after the stream queues are cleared. Otherwise a fetched batch still being
+  delivered could move the read offsets past the rewound position. Faust would then drop the
+  records it fetches again as already read.
+
+Every Faust 0.15.3 caller of ``perform_seek`` (``Recovery._resume_streams``,
+``Recovery.on_recovery_completed``, and ``Consumer.getmany`` when the flow is stopped) either
+resumes the flow itself right after clearing the queues or runs while it is already stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger(__name__)
+
+
+def partitions_to_rewind(committed: Mapping[Any, int | None], *, is_source: Callable[[Any], bool],
+                         auto_offset_reset: str) -> list[Any]:
+    """The source partitions that ``seek_to_committed`` leaves unpositioned and that must start
+    from the beginning: those with no committed offset (when the reset policy is "earliest") and
+    those committed at 0 (aiokafka seeks only to offsets > 0)."""
+    out = []
+    for tp, offset in committed.items():
+        if not is_source(tp):
+            continue
+        if offset == 0 or ((offset is None or offset < 0) and auto_offset_reset == "earliest"):
+            out.append(tp)
+    return out
+
+
+class Consumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, but "seek to committed" never skips uncommitted partitions."""
+
+    async def perform_seek(self) -> None:
+        # The callers resume the flow (consumer.resume_flow()) after flow_control.resume() has
+        # emptied the stream queues; see the module docstring.
+        self.stop_flow()
+        await super().perform_seek()
+
+    async def seek_to_committed(self) -> Mapping[Any, int]:
+        committed = await super().seek_to_committed()
+        rewind = partitions_to_rewind(
+            committed, is_source=self._is_source_tp,
+            auto_offset_reset=self.app.conf.consumer_auto_offset_reset,
+        )
+        if rewind:
+            log.info("no committed offset, reading from the beginning: %s",
+                     ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(rewind)))
+            await self._thread.seek_to_beginning(*rewind)
+        return committed
+
+    def _is_source_tp(self, tp: Any) -> bool:
+        """A partition whose progress the worker commits: not a changelog (recovery positions
+        those) and not an internal topic consumed without acks (the assignor's leader topic)."""
+        return not self._is_changelog_tp(tp) and self.app.topics.acks_enabled_for(tp.topic)
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer
