@@ -70,17 +70,24 @@ def save_checkpoint(
     return out
 
 
+def check_complete(path: str | Path, what: str = "checkpoint") -> Path:
+    """``path`` as a Path if it is a directory with every required file; else CheckpointError
+    naming the directory and what is missing (``what`` starts the message)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"{what} {str(p)!r}: directory not found")
+    missing = [f for f in REQUIRED if not (p / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{what} {str(p)!r} is incomplete: missing {', '.join(missing)}")
+    return p
+
+
 def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[SASRec, ItemVocab]:
     """Model (eval mode, on ``device``) and its item map. CheckpointError says what is wrong.
 
     Only JSON and safetensors are read: nothing is unpickled.
     """
-    p = Path(path)
-    if not p.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {str(p)!r}")
-    missing = [f for f in REQUIRED if not (p / f).is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint {str(p)!r} is incomplete: missing {', '.join(missing)}")
+    p = check_complete(path)
     try:
         cfg_dict = json.loads((p / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

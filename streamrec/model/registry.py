@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from streamrec.errors import CheckpointError, NoModelError
-from streamrec.model.checkpoint import REQUIRED, read_metrics
+from streamrec.errors import NoModelError
+from streamrec.model.checkpoint import check_complete, read_metrics
 
 _VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}T\d{6}Z$")
 CURRENT = "CURRENT"
@@ -98,12 +98,7 @@ class ModelRegistry:
 
     def register(self, src_dir: str | Path, *, metrics: dict[str, Any] | None = None) -> str:
         """Copy a checkpoint dir in as a new version; returns its name. Does not promote."""
-        src = Path(src_dir)
-        if not src.is_dir():
-            raise CheckpointError(f"cannot register {str(src)!r}: not a directory")
-        missing = [f for f in REQUIRED if not (src / f).is_file()]
-        if missing:
-            raise CheckpointError(f"cannot register {str(src)!r}: missing {', '.join(missing)}")
+        src = check_complete(src_dir, "cannot register")
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.versions_dir / f".tmp-{uuid.uuid4().hex}"
         shutil.copytree(src, tmp)
