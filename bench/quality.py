@@ -89,10 +89,15 @@ def hide_items(data: Interactions, hidden: set[str]) -> Interactions:
     return out
 
 
-def zero_shot(data: Interactions, text: dict, args, cfg: dict, tr: dict) -> dict:
-    rng = np.random.default_rng(args.seed + 1)
+def hidden_items(data: Interactions, seed: int) -> set[str]:
+    """The 10 % of the items that the zero-shot reports hide from training (fixed by ``seed``)."""
+    rng = np.random.default_rng(seed + 1)
     all_items = sorted({i for s in data.items for i in s})
-    hidden = set(rng.choice(all_items, size=len(all_items) // 10, replace=False).tolist())
+    return set(rng.choice(all_items, size=len(all_items) // 10, replace=False).tolist())
+
+
+def zero_shot(data: Interactions, text: dict, args, cfg: dict, tr: dict) -> dict:
+    hidden = hidden_items(data, args.seed)
     # Users whose test target (their last item) is hidden; history = everything before it.
     cases = [k for k, s in enumerate(data.items) if s[-1] in hidden and len(s) >= 2]
     res = train(hide_items(data, hidden), item_text=text, config=cfg,

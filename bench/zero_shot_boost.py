@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import MODEL_CONFIG, TRAIN, data_dir, hide_items  # noqa: E402
+from quality import MODEL_CONFIG, TRAIN, data_dir, hidden_items, hide_items  # noqa: E402
 
 from streamrec.model.data import Encoded, encode, read_item_text, read_sequences  # noqa: E402
 from streamrec.model.evaluate import model_score_fn, rank_all  # noqa: E402
@@ -54,9 +54,7 @@ def main() -> int:
     t0 = time.monotonic()
     data = read_sequences(d / "sequences.txt")
     text = read_item_text(d / "item_text.tsv")
-    rng = np.random.default_rng(args.seed + 1)  # the hidden items of bench/quality.py
-    all_items = sorted({i for s in data.items for i in s})
-    hidden = set(rng.choice(all_items, size=len(all_items) // 10, replace=False).tolist())
+    hidden = hidden_items(data, args.seed)  # the hidden items of bench/quality.py
     res = train(hide_items(data, hidden), item_text=text, config=MODEL_CONFIG,
                 settings=TrainSettings(time_budget=args.budget, seed=args.seed, progress=False,
                                        text_cache=args.text_cache, **TRAIN))
