@@ -83,6 +83,10 @@ class Metrics:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def value(self, sample: str, **labels: str) -> float:
+        """One sample's current value by its exposed name (``streamrec_dlq_total``), 0 if absent."""
+        return self.registry.get_sample_value(sample, labels) or 0.0
+
     def observe_latency_ms(self, ms: float) -> None:
         self.latency.observe(ms)
         self.recent_latency.append(ms)

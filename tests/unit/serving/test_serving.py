@@ -90,7 +90,7 @@ def test_catalog_changes_reach_the_index(pipeline):
     pipeline.apply_catalog([("i31", item(31, title=""))])  # no text, no history: a default vector
     assert "i31" in index
     pipeline.apply_catalog([("i30", None)])
-    assert "i30" not in index and pipeline.metrics.catalog_items == len(index)
+    assert "i30" not in index and pipeline.metrics.value("streamrec_catalog_items") == len(index)
 
 
 def test_metrics_render_prometheus_text():

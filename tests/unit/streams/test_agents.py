@@ -103,7 +103,7 @@ async def test_invalid_event_goes_to_dlq_with_reason_and_original_bytes(harness)
     assert dl.original_bytes() == b'{"user_id": "u1", "type": "explode"}'
     assert (dl.topic, dl.partition, dl.offset) == (TOPIC, 1, bad.message.offset) and dl.reason
     assert [r.user_id for r in harness.recommendations()] == ["u1"]  # the valid event is still answered
-    assert harness.pipeline.metrics.dlq._value.get() == 1
+    assert harness.pipeline.metrics.value("streamrec_dlq_total") == 1
 
 
 async def test_redelivered_event_is_applied_once(harness):
@@ -112,7 +112,7 @@ async def test_redelivered_event_is_applied_once(harness):
     await harness.handler.handle([harness.shop("u1", 3, n=1)])  # and again in a later batch
     state = UserState.from_json(harness.users.get("u1"))
     assert [h[3] for h in state.history] == ["u1-3-view-1"]
-    assert harness.pipeline.metrics.duplicates._value.get() == 2
+    assert harness.pipeline.metrics.value("streamrec_duplicate_events_total") == 2
 
 
 async def test_state_written_once_per_user_per_batch_on_its_own_partition(harness):
@@ -140,7 +140,7 @@ async def test_recommendation_fields(harness):
     assert scores == sorted(scores, reverse=True)
     latest = UserState.from_json(harness.users.get("u")).latest
     assert latest["event_id"] == "u-4-view-2" and [i for i, _ in latest["items"]] == ids
-    assert harness.pipeline.metrics.recommendations_out._value.get() == 2
+    assert harness.pipeline.metrics.value("streamrec_recommendations_out_total") == 2
 
 
 async def test_scoring_failure_dead_letters_the_events_and_keeps_state(harness):
@@ -172,7 +172,7 @@ async def test_undecodable_stored_state_is_reset_not_dead_lettered(harness):
     assert harness.dead_letters() == []
     assert [h[0] for h in UserState.from_json(harness.users.get("u")).history] == ["i2"]
     assert [r.user_id for r in harness.recommendations()] == ["u"]
-    assert harness.pipeline.metrics.state_resets._value.get() == 1
+    assert harness.pipeline.metrics.value("streamrec_state_resets_total") == 1
 
 
 def test_metrics_text_reads_back_with_the_prometheus_parser(harness):
