@@ -75,7 +75,7 @@ class BatchHandler:
             log.warning("user state reset user=%s topic=%s partition=%s offset=%s reason=%s", user,
                         msg.topic, msg.partition, msg.offset, decision.reason)
         else:
-            if stage is not Stage.PARSE:
+            if stage in (Stage.STATE, Stage.APPLY):  # parse errors are bad input; scoring logs once per batch
                 log.error("event failed stage=%s user=%s", stage.value, user, exc_info=exc)
             await self.dead_letter(event, decision.reason)
         return decision
@@ -161,7 +161,7 @@ class BatchHandler:
             with metrics.stage("score"):
                 lists = await pipeline.run(pipeline.score, [states[e.user_id] for e in events], fresh, model)
         except Exception as exc:
-            log.error("scoring failed users=%d", len(events))
+            log.error("scoring failed users=%d", len(events), exc_info=exc)
             for ev in events:
                 await self.on_error(Stage.SCORE, exc, source[ev.user_id], user=ev.user_id)
             return
