@@ -28,7 +28,13 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 #: Content type of the text exposition format that :meth:`Metrics.render` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -60,12 +60,12 @@ class UserState:
         return {"h": self.history, "p": self.purchased_list, "s": self.session_id, "r": self.latest}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "UserState":
-        """Decode a stored state; ``ValueError`` when it does not have this release's shape."""
+    def from_json(cls, data: dict[str, Any] | None) -> UserState:
+        """Decode a stored state; ``ValueError`` or ``TypeError`` when it does not have this release's shape."""
         if not data:
             return cls()
         if not isinstance(data, dict):
-            raise ValueError(f"user state must be an object, got {type(data).__name__}")
+            raise TypeError(f"user state must be an object, got {type(data).__name__}")
         history = data.get("h") or []
         purchased = data.get("p") or []
         latest = data.get("r")

@@ -97,7 +97,7 @@ class BatchHandler:
         as_current(event)
         try:
             return UserState.from_json(self.users.get(user_id))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the error policy decides
             decision = await self.on_error(Stage.STATE, exc, event, user=user_id)
             return UserState() if decision.action is Action.RESET else None
 
@@ -118,7 +118,7 @@ class BatchHandler:
             t0 = time.perf_counter()
             try:
                 ev = ShopEvent.from_bytes(event.message.value)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the error policy decides
                 await self.on_error(Stage.PARSE, exc, event)
                 continue
             finally:
@@ -133,7 +133,7 @@ class BatchHandler:
             try:
                 if pipeline.apply_event(state, ev):
                     fresh.append(ev)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the error policy decides
                 await self.on_error(Stage.APPLY, exc, event, user=ev.user_id)
                 continue
             states[ev.user_id] = state
@@ -175,7 +175,7 @@ class BatchHandler:
                 )
                 try:
                     await self.recommendations.send(key=ev.user_id.encode(), value=rec.to_bytes())
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - the error policy decides
                     await self.on_error(Stage.PRODUCE, exc, source[ev.user_id], user=ev.user_id)
                 metrics.recommendations_out.inc()
                 metrics.observe_latency_ms(max(0, now - ev.ts))
@@ -192,7 +192,7 @@ async def consume_events(stream: Any, handler: BatchHandler, *, batch_max: int, 
     if not ready.is_set():
         try:
             await asyncio.wait_for(ready.wait(), catalog_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("catalog not caught up after %.0fs; scoring with what is loaded", catalog_timeout_s)
     log.info("events agent consuming batch_max=%d within_s=%s", batch_max, within_s)
     async for batch in stream.take_events(batch_max, within=within_s):

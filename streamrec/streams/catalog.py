@@ -26,7 +26,7 @@ async def refresh_metadata(consumer: Any) -> None:
     (``AIOKafkaClient.force_metadata_update()`` returns an awaitable);
     tests/unit/streams/test_internals.py fails if it moves or changes.
     """
-    await consumer._client.force_metadata_update()  # noqa: SLF001
+    await consumer._client.force_metadata_update()
 
 
 async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:

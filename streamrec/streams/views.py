@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from streamrec.serving.metrics import CONTENT_TYPE
 from streamrec.serving.state import UserState
 from streamrec.streams.pipeline import Pipeline
 
@@ -36,7 +35,7 @@ def user_recommendations_body(stored: Any, user_id: str) -> tuple[dict[str, Any]
         return {"error": "user id must be 1..128 characters"}, 400
     try:
         state = UserState.from_json(stored)
-    except ValueError:  # reset by the next event of this user (see streams.policy)
+    except (TypeError, ValueError):  # reset by the next event of this user (see streams.policy)
         state = UserState()
     if state.latest is None:
         return {"user_id": user_id, "error": "no recommendation yet"}, 404
@@ -72,7 +71,7 @@ def register_views(app: Any, pipeline: Pipeline, users: Any, *, events_topic: st
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         text = metrics_text(pipeline, await consumer_lag(app, events_topic))
-        return web.text(text, content_type=CONTENT_TYPE.split(";")[0], headers={"X-Prometheus-Format": "0.0.4"})
+        return web.text(text, content_type="text/plain", headers={"X-Prometheus-Format": "0.0.4"})
 
     @app.page("/users/{user_id}/recommendations")
     @app.table_route(table=users, match_info="user_id")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
@@ -12,7 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.client import EventProducer, RecommendationSubscriber
-from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ShopEvent
+from streamrec.schemas import DeadLetter, Recommendation, ShopEvent
 from streamrec.streams.topics import create_topics
 from tests.integration.worker_harness import start_worker
 
