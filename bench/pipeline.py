@@ -35,10 +35,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streamrec import localkafka  # noqa: E402
+from streamrec.devtools import localkafka  # noqa: E402
 from streamrec.client import EventProducer, RecommendationSubscriber  # noqa: E402
 from streamrec.config import Settings  # noqa: E402
-from streamrec.replay import catalog_from_dataset, dataset_items, read_item_text, read_sequences  # noqa: E402
+from streamrec.devtools.replay import catalog_from_dataset, dataset_items, read_item_text, read_sequences  # noqa: E402
 from streamrec.schemas import ShopEvent  # noqa: E402
 from streamrec.streams.topics import create_topics  # noqa: E402
 

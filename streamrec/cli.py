@@ -42,7 +42,7 @@ def configure_logging(level: str) -> None:
 
 
 def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
-    from streamrec import localkafka
+    from streamrec.devtools import localkafka
 
     if args.action == "jars":
         libs = localkafka.ensure_jars(settings.kafka_libs.expanduser())
@@ -104,7 +104,7 @@ def _stop_on_signals() -> "threading.Event":
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.client import EventProducer
-    from streamrec.simulator import ShopSimulator, run_simulation, write_dataset
+    from streamrec.devtools.simulator import ShopSimulator, run_simulation, write_dataset
 
     sim = ShopSimulator(
         seed=args.seed, n_items=args.items, n_users=args.users, new_item_rate=args.new_item_rate,
@@ -129,7 +129,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.client import EventProducer
-    from streamrec.replay import read_item_text, read_sequences, run_replay
+    from streamrec.devtools.replay import read_item_text, read_sequences, run_replay
 
     sequences = read_sequences(args.sequences)
     texts = read_item_text(args.item_text) if args.item_text else {}

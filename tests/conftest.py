@@ -31,7 +31,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    from streamrec import localkafka
+    from streamrec.devtools import localkafka
     from streamrec.config import Settings
 
     libs = Settings().kafka_libs.expanduser()

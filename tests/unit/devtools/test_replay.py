@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import streamrec.replay as replay
-from streamrec.replay import (
+import streamrec.devtools.replay as replay
+from streamrec.devtools.replay import (
     catalog_from_dataset,
     dataset_items,
     read_item_text,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
 from streamrec.schemas import EVENT_TYPES, TS_MAX_MS, TS_MIN_MS, CatalogItem, ShopEvent
-from streamrec.simulator import DEFAULT_BASE_TS_MS, EventSink, emit, wall_clock_ms
+from streamrec.devtools.pacing import DEFAULT_BASE_TS_MS, EventSink, emit, wall_clock_ms
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def run_replay(
 ) -> int:
     """Send the dataset's catalog, then its interactions at ``rate``/s; flush; return the count.
 
-    Like :func:`streamrec.simulator.run_simulation`: events carry the send time as ``ts``
+    Like :func:`streamrec.devtools.simulator.run_simulation`: events carry the send time as ``ts``
     (``clock=None`` keeps the replay's synthetic timestamps), and the run ends at
     ``max_events``, ``duration`` seconds, ``stop`` or the end of the data.
     """
