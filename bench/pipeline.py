@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 from streamrec.devtools import localkafka  # noqa: E402
 from streamrec.client import EventProducer, RecommendationSubscriber  # noqa: E402
 from streamrec.config import Settings  # noqa: E402
-from streamrec.devtools.replay import catalog_from_dataset, dataset_items, read_item_text, read_sequences  # noqa: E402
+from streamrec.datafiles import read_item_text, read_sequences  # noqa: E402
+from streamrec.devtools.replay import catalog_from_dataset, dataset_items  # noqa: E402
 from streamrec.schemas import ShopEvent  # noqa: E402
 from streamrec.streams.topics import create_topics  # noqa: E402
 

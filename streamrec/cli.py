@@ -129,7 +129,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.client import EventProducer
-    from streamrec.devtools.replay import read_item_text, read_sequences, run_replay
+    from streamrec.datafiles import read_item_text, read_sequences
+    from streamrec.devtools.replay import run_replay
 
     sequences = read_sequences(args.sequences)
     texts = read_item_text(args.item_text) if args.item_text else {}

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from streamrec.devtools.pacing import DEFAULT_BASE_TS_MS, Pacer, emit
-from streamrec.devtools.replay import read_item_text, read_sequences
+from streamrec.datafiles import read_item_text, read_sequences
 from streamrec.devtools.simulator import ShopSimulator, interest_sequences, run_simulation, write_dataset
 from streamrec.schemas import CatalogItem, ShopEvent
 from tests.unit.fakes import FakeProducer
