@@ -16,7 +16,6 @@ before it the validation target, everything earlier is training.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from streamrec import datafiles
+from streamrec.fsutil import atomic_write_text
 from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS, PAD_ID
 
 
@@ -94,9 +94,7 @@ class ItemVocab:
         return self.rows.get(item, PAD_ID)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.rows, ensure_ascii=False))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.rows, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: Path) -> "ItemVocab":
