@@ -19,6 +19,7 @@ from streamrec import __version__
 from streamrec.argtypes import existing_file, positive_float, positive_int
 from streamrec.config import Settings, load_settings
 from streamrec.errors import StreamrecError
+from streamrec.schemas import EVENT_TYPES
 
 log = logging.getLogger("streamrec.cli")
 
@@ -229,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=positive_float, help="stop after this many seconds")
     p.add_argument("--no-catalog", action="store_true", help="do not emit the catalog first")
     p.add_argument("--event-type", default="purchase",
-                   choices=["view", "add_to_cart", "remove_from_cart", "purchase"])
+                   choices=list(EVENT_TYPES))
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("tail", help="print messages arriving on a topic")
