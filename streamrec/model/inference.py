@@ -4,9 +4,9 @@ A score is always the inner product ``user_vec . item_vec`` (the FAISS index use
 product), so everything the model does to score lives inside the two vectors.
 
 >>> rec = Recommender.load("data/models/versions/v0001-...")            # doctest: +SKIP
->>> ids, vecs = rec.item_vectors()                                       # (N, d) for the index
->>> u = rec.encode_users([[("42", "view"), ("7", "add_to_cart")]])       # (1, d)
->>> rec.score(u, ["42", "99"])                                           # (1, 2)
+>>> ids, vecs = rec.item_vectors()                                       # (N, d) for the index  # doctest: +SKIP
+>>> u = rec.encode_users([[("42", "view"), ("7", "add_to_cart")]])       # (1, d)  # doctest: +SKIP
+>>> rec.score(u, ["42", "99"])                                           # (1, 2)  # doctest: +SKIP
 
 Item vectors: a known item gets its learned id embedding + the projection of its cached title
 embedding; an unknown item with text gets the projection of its text (zero-shot: no click on
