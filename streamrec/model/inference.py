@@ -121,6 +121,20 @@ class Recommender:
                                    device=table.device)
             return table[rows].float().cpu().numpy().copy() if items else np.zeros((0, self.dim), np.float32)
 
+    def title_embeddings(self, item_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """The title embeddings this model holds for ``item_ids`` (items it knows, with a title):
+        ids and (k, TEXT_DIM) float32. A hot swap reuses them instead of re-running MiniLM."""
+        with self._lock:
+            emb = self.model.text_emb
+            pairs = [(str(i), self.vocab.row(str(i))) for i in item_ids]
+            pairs = [(i, r) for i, r in pairs if r != PAD_ID and r < emb.shape[0]]
+            if not pairs:
+                return [], np.zeros((0, TEXT_DIM), np.float32)
+            rows = torch.as_tensor([r for _, r in pairs], dtype=torch.long, device=emb.device)
+            vecs = emb[rows].float().cpu().numpy().copy()
+        has = np.abs(vecs).sum(1) > 0
+        return [i for (i, _), h in zip(pairs, has) if h], vecs[has]
+
     @torch.no_grad()
     def _impute_ids(self, first_row: int, text: torch.Tensor, chunk: int = 1024) -> None:
         """Give new rows ``first_row..`` (with text) the similarity-weighted mean id embedding of

@@ -1,7 +1,8 @@
 """The Faust app: events -> per-user state -> batched model + index -> recommendations.
 
 This module only wires: topics, the table, the events agent (:mod:`streamrec.streams.agents`),
-the catalog reader (:mod:`streamrec.streams.catalog`) and the web views
+the catalog reader (:mod:`streamrec.streams.catalog`), the model-updates reader that hot-swaps
+new versions (:mod:`streamrec.streams.model_follower`) and the web views
 (:mod:`streamrec.streams.views`). The logic lives in those modules and in :mod:`streamrec.serving`.
 """
 
@@ -18,7 +19,8 @@ from streamrec.streams.agents import BatchHandler, consume_events
 from streamrec.streams.catalog import catalog_reader
 from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import faust_brokers, faust_credentials
-from streamrec.streams.pipeline import Pipeline
+from streamrec.streams.model_follower import follow_model_updates
+from streamrec.streams.pipeline import ModelLoader, Pipeline
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
@@ -38,16 +40,47 @@ def worker_datadir(settings: Settings) -> Path:
     return settings.data_dir / "worker" / f"{settings.app_id}-{settings.web_port}"
 
 
-def create_app(settings: Settings, *, recommender: Any, index: Any,
-               store: str = "rocksdb://") -> tuple[faust.App, Pipeline]:
+def new_index(settings: Settings, dim: int) -> Any:
+    """An empty item index with the worker's index settings (at start and for each new version)."""
+    from streamrec.indexer import ItemIndex
+
+    return ItemIndex(
+        dim, kind=settings.index_kind, exact_max=settings.index_exact_max,
+        hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,
+        hnsw_ef_search=settings.hnsw_ef_search, ivf_nlist=settings.ivf_nlist,
+        ivf_nprobe=settings.ivf_nprobe, device=settings.device,
+    )
+
+
+def model_loader(settings: Settings) -> ModelLoader:
+    """``load(path, version, encoder)``: a version's Recommender, sharing the worker's title encoder."""
+
+    def load(path: Path, version: str, encoder: Any) -> Any:
+        from streamrec.model.inference import Recommender
+
+        return Recommender.load(path, device=settings.device, version=version, text_encoder=encoder)
+
+    return load
+
+
+def create_app(settings: Settings, *, recommender: Any, index: Any, store: str = "rocksdb://",
+               encoder: Any = None, follow_models: bool = True) -> tuple[faust.App, Pipeline]:
     """Build the worker app around a loaded model and an (empty or restored) item index.
 
-    ``store`` is the table store (``memory://`` in unit tests). The app carries its
-    :class:`BatchHandler` as ``app.streamrec_handler`` and the pipeline as ``app.streamrec_pipeline``.
+    ``store`` is the table store (``memory://`` in unit tests). ``encoder`` is the title encoder
+    ``recommender`` uses (a :class:`~streamrec.serving.swap.TitleEncoder`, shared with the
+    versions it hot-swaps; None: hot swaps build their own). ``follow_models`` starts the
+    model-updates reader. The app carries its :class:`BatchHandler` as ``app.streamrec_handler``
+    and the pipeline as ``app.streamrec_pipeline``.
     """
+    if encoder is None:
+        from streamrec.serving.swap import TitleEncoder
+
+        encoder = TitleEncoder.minilm(settings.device)
     pipeline = Pipeline(
         recommender=recommender, index=index, top_k=settings.top_k, history_len=settings.history_len,
         purchased_max=settings.purchased_max, trigger_types=settings.trigger_types,
+        new_index=lambda dim: new_index(settings, dim), load_model=model_loader(settings), encoder=encoder,
     )
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +130,11 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     @app.task
     async def read_catalog() -> None:
         await catalog_reader(settings, pipeline)
+
+    if follow_models:
+        @app.task
+        async def follow_models_task() -> None:
+            await follow_model_updates(settings, pipeline)
 
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]

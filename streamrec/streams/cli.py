@@ -24,10 +24,10 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
 
     import torch
 
-    from streamrec.indexer import ItemIndex
     from streamrec.model.inference import Recommender
     from streamrec.model.registry import ModelRegistry
-    from streamrec.streams.app import create_app
+    from streamrec.serving.swap import TitleEncoder
+    from streamrec.streams.app import create_app, new_index
 
     threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
     torch.set_num_threads(threads)
@@ -37,15 +37,11 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
         registry = ModelRegistry(settings.registry_dir)
         path = registry.require_current()
         version = registry.current_version()
-    recommender = Recommender.load(path, device=settings.device, version=version)
-    index = ItemIndex(
-        recommender.dim, kind=settings.index_kind, exact_max=settings.index_exact_max,
-        hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,
-        hnsw_ef_search=settings.hnsw_ef_search, ivf_nlist=settings.ivf_nlist,
-        ivf_nprobe=settings.ivf_nprobe, device=settings.device,
-    )
+    encoder = TitleEncoder.minilm(settings.device)  # shared with every version hot-swapped in
+    recommender = Recommender.load(path, device=settings.device, version=version, text_encoder=encoder)
+    index = new_index(settings, recommender.dim)
     log.info("model loaded version=%s dim=%d path=%s", recommender.version, recommender.dim, path)
-    return create_app(settings, recommender=recommender, index=index)
+    return create_app(settings, recommender=recommender, index=index, encoder=encoder)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -2,34 +2,62 @@
 
 Model and index calls run on one dedicated executor thread, so the event loop keeps consuming,
 heartbeating and serving HTTP while a batch is scored, and the model is never used by two
-threads at once.
+threads at once. A new model version is built on a second thread (:meth:`Pipeline.swap_model`)
+and swapped in on the model thread between two scoring calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
+from streamrec.errors import CheckpointError
 from streamrec.schemas import CatalogItem, ShopEvent
 from streamrec.serving.metrics import Metrics
 from streamrec.serving.popularity import Popularity
 from streamrec.serving.scorer import Scorer, ServingModel
 from streamrec.serving.state import UserState
+from streamrec.serving.swap import (
+    Built, SwapStats, TitleEncoder, apply_changes, build_serving_model, lacking_titles, seed_titles,
+    text_key,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Most items a worker accepts into its catalog (a bound on memory for hostile catalog topics).
 MAX_CATALOG_ITEMS = 5_000_000
+#: While a new version is built, logged catalog changes are replayed onto it off the model thread
+#: until fewer than this remain; the rest is replayed on the model thread right before the swap.
+SWAP_CATCH_UP = 64
+#: Niceness added to the swap thread (Linux: per thread), so that on a busy machine the scoring
+#: thread and the event loop win the CPU over a version being built.
+SWAP_THREAD_NICE = 10
+
+#: ``load_model(path, version, encoder)``: a Recommender for a checkpoint dir, or an exception.
+ModelLoader = Callable[[Path, str, Any], Any]
+
+
+def _lower_priority() -> None:
+    """Initializer of the swap thread: lower its priority (best effort; only Linux has per-thread nice)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SWAP_THREAD_NICE)
+    except (AttributeError, OSError):  # pragma: no cover - not Linux, or not permitted
+        pass
 
 
 class Pipeline:
     def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
-                 purchased_max: int, trigger_types: tuple[str, ...]) -> None:
+                 purchased_max: int, trigger_types: tuple[str, ...],
+                 new_index: Callable[[int], Any] | None = None, load_model: ModelLoader | None = None,
+                 encoder: TitleEncoder | None = None) -> None:
         self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k)
         self.history_len = history_len
         self.purchased_max = purchased_max
@@ -38,6 +66,17 @@ class Pipeline:
         self.catalog: dict[str, CatalogItem] = {}
         self.catalog_ready = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
+        # -- hot swap (see swap_model) --
+        self.new_index = new_index  # dim -> an empty index with the worker's settings
+        self.load_model = load_model
+        self.encoder = encoder  # the title encoder every version shares (None: no swaps' reuse)
+        #: item id -> text_key of the title embedded into the serving model's row at serving time
+        self.embedded: dict[str, bytes] = {}
+        self._swap_logs: list[list[str]] = []  # ids changed while a version is built (model thread)
+        self._swap_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-swap",
+                                                 initializer=_lower_priority)
+        self._swap_lock = asyncio.Lock()
+        self.swap_pending: str | None = None  # the version being built
 
     @property
     def model(self) -> ServingModel:
@@ -62,6 +101,7 @@ class Pipeline:
         items from their text and put them in the index; drop deleted ones."""
         model = self.scorer.model
         index = model.index
+        recommender = model.recommender
         latest: dict[str, CatalogItem | None] = {}
         for item_id, item in changes:  # last write per item wins within a batch
             latest[item_id] = item
@@ -89,9 +129,109 @@ class Pipeline:
             if ids:
                 index.set_in_stock(ids, flag)
         if embed:
-            vecs = model.recommender.add_items([(it.item_id, it.text() or None) for it in embed])
+            untitled = lacking_titles(recommender, embed)
+            vecs = recommender.add_items([(it.item_id, it.text() or None) for it in embed])
             index.upsert([it.item_id for it in embed], vecs, in_stock=[it.in_stock for it in embed])
+            for it in untitled:  # their rows now hold exactly this text's embedding (a swap reuses it)
+                self.embedded[it.item_id] = text_key(it.text())
+        for i in removed:
+            self.embedded.pop(i, None)
+        for change_log in self._swap_logs:  # a version being built replays these before its swap
+            change_log.extend(latest)
         self.metrics.catalog_items.set(len(index))
+
+    # -- hot swap ----------------------------------------------------------------------------
+
+    async def swap_model(self, version: str, path: str | Path) -> SwapStats | None:
+        """Build ``version`` (checkpoint dir ``path``) off the hot path and swap it in; None when it
+        is refused (logged and counted; the serving version keeps serving).
+
+        1. On the model thread: snapshot the catalog and start logging the ids it changes.
+        2. On the swap thread (lower priority): load and check the version, compute the vectors of
+           the whole snapshot (titles the serving model already embedded are reused), build a new
+           index with the worker's settings, and replay logged changes until few remain.
+        3. On the model thread, between two scoring calls: replay the rest and replace
+           ``scorer.model``. A batch takes that reference once, so it is scored and labelled by
+           one version; events are never touched by a swap, so none is lost or answered twice.
+        """
+        if self.new_index is None or self.load_model is None or self.encoder is None:
+            raise RuntimeError("this pipeline was built without a model loader: it cannot swap")
+        async with self._swap_lock:  # one build at a time
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            change_log: list[str] = []
+            self.swap_pending = version
+            self.metrics.model_swap_in_progress.set(1)
+            log.info("model swap started version=%s path=%s serving=%s", version, path, self.model_version)
+            try:
+                snapshot = await self.run(self._begin_swap, change_log)
+                built, done = await loop.run_in_executor(
+                    self._swap_executor, self._build, version, Path(path), snapshot, self.model, change_log)
+                replayed = await self.run(self._finish_swap, built, change_log, done)
+            except Exception as exc:  # noqa: BLE001 - any failure refuses the version, loudly
+                self.metrics.model_refusals.inc()
+                reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+                expected = isinstance(exc, (CheckpointError, OSError, ValueError))  # no traceback for these
+                log.error("model version refused version=%s path=%s serving=%s reason=%s", version, path,
+                          self.model_version, reason, exc_info=None if expected else exc)
+                return None
+            finally:
+                await self.run(self._end_swap, change_log)
+                self.encoder.clear_seeds()
+                self.swap_pending = None
+                self.metrics.model_swap_in_progress.set(0)
+            total = time.perf_counter() - started
+            stats = built.stats
+            self.metrics.model_swaps.inc()
+            self.metrics.model_swap_seconds.observe(total)
+            self.metrics.model_swap_titles.labels(source="reused").inc(stats.titles_reused)
+            self.metrics.model_swap_titles.labels(source="encoded").inc(stats.titles_encoded)
+            log.info("model swapped version=%s items=%d titles_reused=%d titles_encoded=%d replayed=%d "
+                     "build_s=%.2f total_s=%.2f", version, stats.items, stats.titles_reused,
+                     stats.titles_encoded, replayed, stats.build_s, total)
+            return stats
+
+    def _begin_swap(self, change_log: list[str]) -> dict[str, CatalogItem]:
+        """(model thread) The catalog as of now; changes from now on are logged in ``change_log``."""
+        self._swap_logs.append(change_log)
+        return dict(self.catalog)
+
+    def _build(self, version: str, path: Path, snapshot: dict[str, CatalogItem], old: ServingModel,
+               change_log: list[str]) -> tuple[Built, int]:
+        """(swap thread) The whole new version, caught up with all but the last few logged
+        changes; returns it and how many logged ids it has applied."""
+        assert self.load_model is not None and self.new_index is not None and self.encoder is not None
+        load_model, encoder = self.load_model, self.encoder
+        built = build_serving_model(
+            load=lambda: load_model(path, version, encoder), new_index=self.new_index,
+            catalog=snapshot, old=old, encoder=encoder, embedded=self.embedded)
+        done = 0
+        while len(change_log) - done >= SWAP_CATCH_UP:  # catch up off the model thread
+            end = len(change_log)
+            self._replay(built, old, change_log[done:end])
+            done = end
+        return built, done
+
+    def _replay(self, built: Built, old: ServingModel, ids: list[str]) -> int:
+        """Apply logged changes to ``built``; titles the serving model embedded meanwhile are reused."""
+        assert self.encoder is not None
+        items = [it for it in (self.catalog.get(i) for i in ids) if it is not None]
+        seed_titles(self.encoder, old.recommender, built.model.recommender, items, self.embedded)
+        return apply_changes(built, ids, self.catalog)
+
+    def _finish_swap(self, built: Built, change_log: list[str], done: int) -> int:
+        """(model thread) Replay the changes logged since the catch-up, then swap: nothing changes
+        the catalog in between, because catalog changes run on this thread too. Returns the
+        number of logged ids replayed in all."""
+        self._replay(built, self.scorer.model, change_log[done:])
+        self.scorer.model = built.model  # THE swap: one reference, between two batches
+        self.embedded = built.embedded
+        self.metrics.catalog_items.set(len(built.model.index))
+        return len(change_log)
+
+    def _end_swap(self, change_log: list[str]) -> None:
+        """(model thread) Stop logging for this build, whether it was swapped in or refused."""
+        self._swap_logs = [c for c in self._swap_logs if c is not change_log]
 
     # -- events ------------------------------------------------------------------------------
 

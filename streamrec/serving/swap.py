@@ -1,0 +1,256 @@
+"""Hot swap of a model version: build a whole new :class:`ServingModel` off the hot path.
+
+"Swap a whole, not parts" (TF Serving's version manager, RCU): the new version's model, the
+vectors of every live catalog item and a new index over them are built completely on a thread of
+their own, while the serving model keeps scoring; then ONE reference, ``scorer.model``, is
+replaced between two batches. The serving model is never mutated by a swap, and a version that
+fails anywhere on the way (missing directory, corrupt or incompatible files, non-finite vectors)
+is simply never swapped in.
+
+This module holds the pure parts, testable without Kafka:
+
+* :class:`TitleEncoder`: the worker's one title encoder, shared by every version it serves. A
+  swap seeds it with the title embeddings the serving model already holds, so a known title is
+  not run through MiniLM again; only titles no model has embedded yet are.
+* :func:`build_serving_model`: load, check, compute the catalog's item vectors, build the index.
+* :func:`apply_changes`: bring a new model up to date with catalog changes made while it was
+  being built (the worker replays the ids it logged, against its live catalog).
+
+The orchestration (which thread runs what, the change log, the swap itself) is
+:meth:`streamrec.streams.pipeline.Pipeline.swap_model`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamrec.errors import CheckpointError
+from streamrec.schemas import EVENT_TYPES, CatalogItem
+from streamrec.serving.scorer import ServingModel
+
+log = logging.getLogger(__name__)
+
+#: Catalog items embedded and indexed per call while a new version is built (bounds peak memory).
+BUILD_CHUNK = 4096
+#: Width of MiniLM title embeddings (streamrec.model.text.TEXT_DIM; not imported: no torch here).
+TITLE_DIM = 384
+
+
+def text_key(text: str) -> bytes:
+    """A 16-byte digest of a title text: what the worker remembers of the text it embedded.
+
+    >>> len(text_key("red lipstick")), text_key("a") == text_key("a")
+    (16, True)
+    """
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+class TitleEncoder:
+    """The worker's title encoder (MiniLM), shared by every model version it serves.
+
+    ``encode`` answers a title from the *seeds* when one is there (embeddings a serving model
+    already holds, given by a swap) and runs only the others through the wrapped encoder, under a
+    lock: the serving model (model thread) and a version being built (swap thread) may both ask,
+    and a Hugging Face fast tokenizer must not be used by two threads at once. ``reused`` and
+    ``encoded`` count titles answered each way.
+
+    >>> class Ones:
+    ...     def encode(self, texts): return np.ones((len(texts), 2), np.float32)
+    >>> enc = TitleEncoder(Ones(), dim=2)
+    >>> enc.seed(["known title"], np.zeros((1, 2), np.float32))
+    >>> enc.encode(["known title", "new title", ""]).tolist()
+    [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+    >>> enc.reused, enc.encoded
+    (1, 1)
+    """
+
+    def __init__(self, encoder: Any, *, dim: int = TITLE_DIM) -> None:
+        self._encoder = encoder
+        self.dim = dim
+        self._lock = threading.Lock()
+        self._seeds: dict[bytes, np.ndarray] = {}
+        self.reused = 0
+        self.encoded = 0
+
+    @classmethod
+    def minilm(cls, device: str = "auto") -> "TitleEncoder":
+        from streamrec.model.text import TEXT_DIM, TextEncoder
+
+        return cls(TextEncoder(device=device), dim=TEXT_DIM)
+
+    def seed(self, texts: Iterable[str], vectors: np.ndarray) -> None:
+        """Remember ``vectors`` (one row per text) as the embeddings of ``texts``."""
+        with self._lock:
+            for t, v in zip(texts, vectors):
+                self._seeds[text_key(t)] = np.asarray(v, dtype=np.float32)
+
+    def clear_seeds(self) -> None:
+        with self._lock:
+            self._seeds.clear()
+
+    def encode(self, texts: list[str | None], batch_size: int = 128) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        todo: list[int] = []
+        with self._lock:
+            for i, t in enumerate(texts):
+                if t is None or not str(t).strip():
+                    continue
+                v = self._seeds.get(text_key(str(t)))
+                if v is None:
+                    todo.append(i)
+                else:
+                    out[i] = v
+                    self.reused += 1
+            if todo:
+                out[todo] = self._encoder.encode([texts[i] for i in todo])
+                self.encoded += len(todo)
+        return out
+
+
+@dataclass(frozen=True)
+class SwapStats:
+    """What building one version took (logged, and counted in the worker's metrics)."""
+
+    version: str
+    items: int  # catalog items in the new index
+    titles_reused: int  # titles answered from embeddings the serving model held
+    titles_encoded: int  # titles run through MiniLM
+    build_s: float  # load + vectors + index, on the swap thread
+
+
+@dataclass
+class Built:
+    """A version built by :func:`build_serving_model`, not serving yet."""
+
+    model: ServingModel
+    stats: SwapStats
+    #: item id -> text_key of the title the new model embedded for it (rows it created; the
+    #: worker's ``Pipeline.embedded`` once the new model serves)
+    embedded: dict[str, bytes]
+
+
+def check_compatible(recommender: Any) -> None:
+    """CheckpointError unless the worker can serve ``recommender``: it must embed titles with
+    this worker's text model and read every event type of the contract. A different vector width
+    is fine: the model and its index are swapped together."""
+    cfg = recommender.model.config
+    if getattr(cfg, "use_text", True) and int(cfg.text_dim) != TITLE_DIM:
+        raise CheckpointError(f"incompatible model: text_dim {cfg.text_dim}, the worker's title "
+                              f"encoder gives {TITLE_DIM}")
+    if int(cfg.n_event_types) < len(EVENT_TYPES) + 1:
+        raise CheckpointError(f"incompatible model: {cfg.n_event_types} event types, the contract "
+                              f"has {len(EVENT_TYPES)} (+ padding)")
+
+
+def seed_titles(encoder: TitleEncoder, old: Any, new: Any, items: Iterable[CatalogItem],
+                embedded: Mapping[str, bytes]) -> int:
+    """Seed ``encoder`` with the serving model's (``old``) title embeddings of those ``items`` the
+    new model (``new``) holds no title embedding for, where the worker embedded exactly the item's current text
+    (``embedded``: item id -> :func:`text_key` of the text it embedded). Returns how many."""
+    items = list(items)
+    have, _ = new.title_embeddings([it.item_id for it in items])
+    has_title = set(have)
+    want: dict[str, str] = {}
+    for it in items:
+        if it.item_id in has_title:
+            continue
+        text = it.text()
+        key = embedded.get(it.item_id)
+        if text and key is not None and key == text_key(text):
+            want[it.item_id] = text
+    if not want:
+        return 0
+    ids, vecs = old.title_embeddings(list(want))
+    encoder.seed([want[i] for i in ids], vecs)
+    return len(ids)
+
+
+def lacking_titles(recommender: Any, items: list[CatalogItem]) -> list[CatalogItem]:
+    """The ``items`` with a text that ``recommender`` holds no title embedding for: adding them
+    embeds exactly their current text (new items, and known ones that had no title)."""
+    have, _ = recommender.title_embeddings([it.item_id for it in items])
+    has_title = set(have)
+    return [it for it in items if it.item_id not in has_title and it.text()]
+
+
+def _vectors(recommender: Any, items: list[CatalogItem], embedded: dict[str, bytes]) -> np.ndarray:
+    """Item vectors of ``items`` from ``recommender``; records in ``embedded`` the text of each
+    row the recommender creates now (it holds exactly that text's embedding)."""
+    untitled = lacking_titles(recommender, items)
+    vecs = recommender.add_items([(it.item_id, it.text() or None) for it in items])
+    for it in untitled:
+        embedded[it.item_id] = text_key(it.text())
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def build_serving_model(*, load: Callable[[], Any], new_index: Callable[[int], Any],
+                        catalog: Mapping[str, CatalogItem], old: ServingModel, encoder: TitleEncoder,
+                        embedded: Mapping[str, bytes]) -> Built:
+    """A complete new :class:`ServingModel`: the recommender from ``load()``, checked, with the
+    vectors of every item of ``catalog`` (a snapshot) in a new index from ``new_index(dim)``.
+    ``embedded`` says which titles the serving model (``old``) embedded (see :func:`seed_titles`).
+
+    Raises (CheckpointError, ValueError, OSError, ...) when the version cannot be served; nothing
+    shared is changed then, apart from new titles kept by ``encoder``.
+    """
+    t0 = time.perf_counter()
+    reused0, encoded0 = encoder.reused, encoder.encoded
+    rec = load()
+    check_compatible(rec)
+    items = list(catalog.values())
+    seed_titles(encoder, old.recommender, rec, items, embedded)
+    new_embedded: dict[str, bytes] = {}
+    ids: list[str] = []
+    parts: list[np.ndarray] = []
+    for s in range(0, len(items), BUILD_CHUNK):
+        chunk = items[s : s + BUILD_CHUNK]
+        parts.append(_vectors(rec, chunk, new_embedded))
+        ids.extend(it.item_id for it in chunk)
+    vecs = np.concatenate(parts) if parts else np.zeros((0, rec.dim), np.float32)
+    index = new_index(rec.dim)
+    # check_vectors inside: a model that yields NaN/inf vectors is refused here
+    index.rebuild(ids, vecs, in_stock=[it.in_stock for it in items], background=False)
+    probe = np.asarray(rec.encode_users([[(ids[0], "view")]] if ids else [[]]), dtype=np.float32)
+    if probe.shape != (1, rec.dim) or not np.isfinite(probe).all():
+        raise CheckpointError(f"model {rec.version} gives a non-finite or misshaped user vector {probe.shape}")
+    stats = SwapStats(version=str(rec.version), items=len(ids), titles_reused=encoder.reused - reused0,
+                      titles_encoded=encoder.encoded - encoded0, build_s=time.perf_counter() - t0)
+    return Built(ServingModel(recommender=rec, index=index), stats, new_embedded)
+
+
+def apply_changes(built: Built, ids: Iterable[str], catalog: Mapping[str, CatalogItem]) -> int:
+    """Make ``built``'s index agree with ``catalog`` (the live one) for ``ids``: the items changed
+    or deleted while it was being built from an older snapshot. Returns the ids applied.
+
+    Idempotent: replaying an id twice, or one whose change the snapshot already held, is harmless.
+    """
+    todo = list(dict.fromkeys(ids))
+    if not todo:
+        return 0
+    present: list[CatalogItem] = []
+    gone: list[str] = []
+    for i in todo:
+        it = catalog.get(i)
+        if it is None:
+            gone.append(i)
+        else:
+            present.append(it)
+    index = built.model.index
+    for i in gone:
+        built.embedded.pop(i, None)
+    gone = [i for i in gone if i in index]
+    if gone:
+        index.remove(gone)
+    for s in range(0, len(present), BUILD_CHUNK):
+        chunk = present[s : s + BUILD_CHUNK]
+        index.upsert([it.item_id for it in chunk], _vectors(built.model.recommender, chunk, built.embedded),
+                     in_stock=[it.in_stock for it in chunk])
+    return len(todo)
