@@ -1,0 +1,189 @@
+"""Hot swap in a real `streamrec worker` process on the real broker: a version announced on the
+model-updates topic is built off the hot path and swapped in while events keep flowing; a version
+that cannot be loaded is refused and the old one keeps serving."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from streamrec.client import EventProducer, RecommendationSubscriber
+from streamrec.model.registry import ModelRegistry
+from streamrec.schemas import ModelUpdate, Recommendation, ShopEvent
+from tests.integration.test_worker import metric, setup_shop
+from tests.integration.worker_harness import WorkerProcess, start_worker
+
+SWAP_DEADLINE_S = 120.0
+
+
+def perturbed_copy(src: Path, dst: Path) -> Path:
+    """Another model: the same checkpoint with its id embeddings scaled (different vectors)."""
+    import torch
+
+    from streamrec.model.checkpoint import load_checkpoint, save_checkpoint
+
+    model, vocab = load_checkpoint(src)
+    with torch.no_grad():
+        model.id_emb.weight.mul_(1.5)
+    save_checkpoint(model, vocab, dst, metrics={"note": "perturbed copy for the hot-swap test"})
+    return dst
+
+
+def announce(settings, version: str, path: Path | str) -> None:
+    """Publish a ModelUpdate with a plain producer (what the trainer and `models promote` send)."""
+    p = Producer({"bootstrap.servers": settings.resolved_bootstrap(), "acks": "all"})
+    upd = ModelUpdate(version=version, path=str(path), metrics={}, created_ts=int(time.time() * 1000))
+    p.produce(settings.topic_model_updates, key=b"current", value=upd.to_bytes())
+    assert p.flush(15) == 0
+
+
+def health(w: WorkerProcess) -> dict:
+    return json.loads(w.get("/health")[1])
+
+
+class Sender(threading.Thread):
+    """Sends events continuously (one user per event: the worker answers each user's latest
+    triggering event of a batch, so distinct users make "one answer per event" exact)."""
+
+    def __init__(self, settings, items: list[str], rate: float = 25.0, prefix: str = "hs") -> None:
+        super().__init__(daemon=True)
+        self.settings, self.items, self.rate, self.prefix = settings, items, rate, prefix
+        self.sent: list[tuple[float, ShopEvent]] = []  # (monotonic send time, event)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with EventProducer.from_settings(self.settings) as producer:
+            n = 0
+            start = time.monotonic()
+            while not self.stop.is_set():
+                user = f"{self.prefix}{n}"
+                e = ShopEvent(event_id=f"{user}-e", user_id=user, session_id=f"{user}-s",
+                              item_id=self.items[(n * 7) % len(self.items)], type="view",
+                              ts=int(time.time() * 1000))
+                producer.send(e)
+                self.sent.append((time.monotonic(), e))
+                n += 1
+                time.sleep(max(0.0, start + n / self.rate - time.monotonic()))
+
+
+def collect(sub: RecommendationSubscriber, got: list[Recommendation], until, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s ({len(got)} recommendations)"
+        rec = sub.poll(0.2)
+        if rec is not None:
+            got.append(rec)
+
+
+@pytest.fixture
+def registry_worker(kafka_settings, sim_model, shop, tmp_path):
+    """A worker serving the registry's current version (v1 = the simulator model)."""
+    setup_shop(kafka_settings, shop)
+    registry = ModelRegistry(kafka_settings.registry_dir)
+    v1 = registry.register(sim_model)
+    registry.promote(v1)
+    started: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        w = start_worker(kafka_settings, None, tmp_path)
+        started.append(w)
+        w.wait_healthy()
+        return w
+
+    yield registry, v1, start
+    for w in started:
+        w.stop()
+
+
+def test_announced_version_is_swapped_in_while_events_flow_and_every_event_is_answered_once(
+        kafka_settings, registry_worker, shop, tmp_path):
+    registry, v1, start = registry_worker
+    w = start()
+    assert health(w)["model_version"] == v1
+    items = [c.item_id for c in shop.catalog() if c.in_stock]
+    sender = Sender(kafka_settings, items)
+    got: list[Recommendation] = []
+    with RecommendationSubscriber.from_settings(kafka_settings) as sub:
+        sub.wait_ready()
+        sender.start()
+        try:
+            collect(sub, got, lambda: len(got) >= 40, 60, "recommendations before the swap")
+            v2 = registry.register(perturbed_copy(Path(registry.current_path()), tmp_path / "v2"))
+            registry.promote(v2)  # the registry first, then the announcement (as the trainer does)
+            t_announced = time.monotonic()
+            announce(kafka_settings, v2, registry.versions_dir / v2)
+            swapped_at: list[float] = []
+
+            def swapped() -> bool:
+                if not swapped_at and health(w)["model_version"] == v2:
+                    swapped_at.append(time.monotonic())
+                return bool(swapped_at)
+
+            collect(sub, got, swapped, SWAP_DEADLINE_S, "the worker never served v2")
+            t_swapped = swapped_at[0]
+            n_after = len(got)
+            collect(sub, got, lambda: len(got) >= n_after + 60, 60, "recommendations after the swap")
+        finally:
+            sender.stop.set()
+            sender.join(30)
+        sent = {e.event_id: (t, e) for t, e in sender.sent}
+        collect(sub, got, lambda: {r.event_id for r in got} >= set(sent), 90, "every event answered")
+        time.sleep(2)  # a late duplicate would arrive now
+        while (rec := sub.poll(0.5)) is not None:
+            got.append(rec)
+    counts: dict[str, int] = {}
+    for r in got:
+        counts[r.event_id] = counts.get(r.event_id, 0) + 1
+    assert set(counts) == set(sent)
+    assert all(c == 1 for c in counts.values()), {k: c for k, c in counts.items() if c != 1}
+    by_event = {r.event_id: r for r in got}
+    before = [by_event[i] for i, (t, _) in sent.items() if t < t_announced]
+    after = [by_event[i] for i, (t, _) in sent.items() if t > t_swapped]
+    assert before and after
+    assert {r.model_version for r in before} == {v1}
+    assert {r.model_version for r in after} == {v2}  # later recommendations carry the new version
+    assert {r.model_version for r in got} == {v1, v2}
+    h = health(w)
+    assert h["model_swaps"] == 1 and h["model_refusals"] == 0 and h["model_swap_pending"] is None
+    assert metric(w, "streamrec_model_swaps_total") == 1
+    assert 'streamrec_model_info{version="%s"} 1.0' % v2 in w.get("/metrics")[1]
+    assert w.proc.poll() is None and "Traceback" not in w.log()
+
+
+def test_corrupt_or_missing_checkpoint_is_refused_and_the_old_version_keeps_serving(
+        kafka_settings, registry_worker, shop, tmp_path):
+    registry, v1, start = registry_worker
+    w = start()
+    bad = registry.register(registry.current_path())
+    weights = registry.versions_dir / bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a torn copy
+    announce(kafka_settings, bad, registry.versions_dir / bad)
+    deadline = time.monotonic() + SWAP_DEADLINE_S
+    while metric(w, "streamrec_model_refusals_total") < 1:
+        assert time.monotonic() < deadline, w.log()[-3000:]
+        time.sleep(0.3)
+    announce(kafka_settings, "v9999-20990101T000000Z", tmp_path / "no-such-version")
+    while metric(w, "streamrec_model_refusals_total") < 2:
+        assert time.monotonic() < deadline, w.log()[-3000:]
+        time.sleep(0.3)
+    h = health(w)
+    assert h["model_version"] == v1 and h["model_refusals"] == 2 and h["model_swaps"] == 0
+    log_text = w.log()
+    assert f"model version refused version={bad}" in log_text and "corrupt" in log_text
+    assert "model version refused version=v9999-20990101T000000Z" in log_text
+    # still serving v1
+    item = next(c.item_id for c in shop.catalog() if c.in_stock)
+    with RecommendationSubscriber.from_settings(kafka_settings, user_ids={"after-refusal"}) as sub:
+        sub.wait_ready()
+        with EventProducer.from_settings(kafka_settings) as producer:
+            e = producer.send(ShopEvent(event_id="after-refusal-1", user_id="after-refusal", session_id="s",
+                                        item_id=item, type="view", ts=int(time.time() * 1000)))
+        got: list[Recommendation] = []
+        collect(sub, got, lambda: any(r.event_id == e.event_id for r in got), 60, "answer after refusal")
+    assert got[-1].model_version == v1
+    assert w.proc.poll() is None
