@@ -206,13 +206,14 @@ def build_serving_model(*, load: Callable[[], Any], new_index: Callable[[int], A
     rec = load()
     check_compatible(rec)
     items = list(catalog.values())
-    seed_titles(encoder, old.recommender, rec, items, embedded)
     new_embedded: dict[str, bytes] = {}
     ids: list[str] = []
     parts: list[np.ndarray] = []
-    for s in range(0, len(items), BUILD_CHUNK):
+    for s in range(0, len(items), BUILD_CHUNK):  # seeds per chunk: bounded memory
         chunk = items[s : s + BUILD_CHUNK]
+        seed_titles(encoder, old.recommender, rec, chunk, embedded)
         parts.append(_vectors(rec, chunk, new_embedded))
+        encoder.clear_seeds()
         ids.extend(it.item_id for it in chunk)
     vecs = np.concatenate(parts) if parts else np.zeros((0, rec.dim), np.float32)
     index = new_index(rec.dim)

@@ -177,7 +177,6 @@ class Pipeline:
                 return None
             finally:
                 await self.run(self._end_swap, change_log)
-                self.encoder.clear_seeds()
                 self.swap_pending = None
                 self.metrics.model_swap_in_progress.set(0)
             total = time.perf_counter() - started
@@ -217,7 +216,10 @@ class Pipeline:
         assert self.encoder is not None
         items = [it for it in (self.catalog.get(i) for i in ids) if it is not None]
         seed_titles(self.encoder, old.recommender, built.model.recommender, items, self.embedded)
-        return apply_changes(built, ids, self.catalog)
+        try:
+            return apply_changes(built, ids, self.catalog)
+        finally:
+            self.encoder.clear_seeds()
 
     def _finish_swap(self, built: Built, change_log: list[str], done: int) -> int:
         """(model thread) Replay the changes logged since the catch-up, then swap: nothing changes
