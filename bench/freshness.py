@@ -232,7 +232,8 @@ def main() -> int:
     settings = Settings(bootstrap_servers=bootstrap, topic_events=f"{tag}.events", topic_catalog=f"{tag}.catalog",
                         topic_recommendations=f"{tag}.recs", topic_dlq=f"{tag}.dlq",
                         topic_model_updates=f"{tag}.models", app_id=tag, data_dir=work / "data", partitions=4)
-    sim_kw = dict(seed=3, n_items=args.items, n_users=args.users, id_prefix=tag, drift_every=args.phase)
+    sim_kw = {"seed": 3, "n_items": args.items, "n_users": args.users, "id_prefix": tag,
+              "drift_every": args.phase}
     sim = ShopSimulator(**sim_kw)
     total = 3 * args.phase  # enough for phase 0 + live + window (never all of it)
     stream = list(sim.stream(total))

@@ -81,7 +81,7 @@ class TitleEncoder:
         self.encoded = 0
 
     @classmethod
-    def minilm(cls, device: str = "auto") -> "TitleEncoder":
+    def minilm(cls, device: str = "auto") -> TitleEncoder:
         from streamrec.model.text import TEXT_DIM, TextEncoder
 
         return cls(TextEncoder(device=device), dim=TEXT_DIM)

@@ -25,7 +25,13 @@ from streamrec.serving.popularity import Popularity
 from streamrec.serving.scorer import Scorer, ServingModel
 from streamrec.serving.state import UserState
 from streamrec.serving.swap import (
-    Built, SwapStats, TitleEncoder, apply_changes, build_serving_model, lacking_titles, seed_titles,
+    Built,
+    SwapStats,
+    TitleEncoder,
+    apply_changes,
+    build_serving_model,
+    lacking_titles,
+    seed_titles,
     text_key,
 )
 
@@ -168,7 +174,7 @@ class Pipeline:
                 built, done = await loop.run_in_executor(
                     self._swap_executor, self._build, version, Path(path), snapshot, self.model, change_log)
                 replayed = await self.run(self._finish_swap, built, change_log, done)
-            except Exception as exc:  # noqa: BLE001 - any failure refuses the version, loudly
+            except Exception as exc:  # any failure refuses the version, loudly
                 self.metrics.model_refusals.inc()
                 reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
                 expected = isinstance(exc, (CheckpointError, OSError, ValueError))  # no traceback for these

@@ -151,7 +151,7 @@ def test_announced_version_is_swapped_in_while_events_flow_and_every_event_is_an
     h = health(w)
     assert h["model_swaps"] == 1 and h["model_refusals"] == 0 and h["model_swap_pending"] is None
     assert metric(w, "streamrec_model_swaps_total") == 1
-    assert 'streamrec_model_info{version="%s"} 1.0' % v2 in w.get("/metrics")[1]
+    assert f'streamrec_model_info{{version="{v2}"}} 1.0' in w.get("/metrics")[1]
     assert w.proc.poll() is None and "Traceback" not in w.log()
 
 

@@ -7,6 +7,7 @@ answering, replays catalog changes made meanwhile, and flips ONE reference betwe
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 import threading
@@ -261,7 +262,7 @@ async def test_version_flips_once_between_batches_and_every_event_is_answered_on
     assert all(len(v) == 1 for v in versions), versions  # one version per batch
     flat = [v.pop() for v in versions]
     assert flat[0] == "v0001-20260101T000000Z" and flat[-1] == v2.name
-    flips = sum(1 for a, b in zip(flat, flat[1:]) if a != b)
+    flips = sum(1 for a, b in itertools.pairwise(flat) if a != b)
     assert flips == 1, flat  # v1 ... v1 v2 ... v2
     answered = [r.event_id for b in batches for r in b]
     assert sorted(answered) == sorted(sent)  # every event once, none twice
