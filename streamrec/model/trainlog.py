@@ -138,7 +138,9 @@ def events_table(records: Sequence[tuple[int, int, ShopEvent]]) -> pa.Table:
 class TrainLog:
     """Append-only Parquet segments of one topic's events in ``root`` (see module docstring).
 
-    Not thread-safe for writers: one trainer process appends. Readers in the same process
+    One process opens a log (opening deletes unfinished temp files, which would break another
+    writer's rename); other processes may read the segment files directly. Within the trainer
+    one thread appends. Readers in the same process
     (the retraining thread) call :meth:`read`, which only opens complete segments.
     """
 

@@ -68,17 +68,12 @@ def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     import signal
     import threading
 
-    import torch
-
     from streamrec.streams.trainer import Trainer, serve_metrics
 
     if args.metrics_port is not None:
         if not 0 <= args.metrics_port <= 65535:
             raise ValueError(f"--metrics-port {args.metrics_port}: must be 0..65535")
         settings = settings.model_copy(update={"trainer_web_port": args.metrics_port})
-    import os
-
-    torch.set_num_threads(settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
     for name in ("aiokafka", "faust", "kafka"):
         logging.getLogger(name).setLevel(logging.WARNING)
     stop = threading.Event()

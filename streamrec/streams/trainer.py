@@ -123,6 +123,8 @@ class Trainer:
         self._last_malformed_log = 0.0
         self._malformed_unlogged = 0
         self._last_retention = 0.0
+        # one poll never overfills a segment
+        self._take = max(1, min(1000, settings.trainlog_segment_events))
         self.metrics.set_current(self.registry.current_version())
         self._update_log_gauges()
 
@@ -160,7 +162,11 @@ class Trainer:
         from confluent_kafka import OFFSET_BEGINNING
 
         s = self.settings
-        self._consumer = Consumer(self._conf(s.trainer_group))
+        # Static membership: a restarted trainer (same group, same instance id) takes its
+        # partitions back at once instead of waiting for the dead member's session to time out,
+        # and a second trainer started on the same group fences the first (one log writer).
+        self._consumer = Consumer(self._conf(s.trainer_group) | {"group.instance.id": s.trainer_group,
+                                                                 "session.timeout.ms": 30_000})
         self._consumer.subscribe([s.topic_events], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._catalog_consumer = Consumer(self._conf(f"{s.trainer_group}-catalog"))
         try:
@@ -284,6 +290,9 @@ class Trainer:
         from streamrec.model.retrain import append_decision, retrain
         from streamrec.streams.model_updates import publish, update_for
 
+        import torch  # imported here: ingestion starts without waiting for torch
+
+        torch.set_num_threads(self.settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
         t0 = time.monotonic()
         self.metrics.running.set(1)
         mode = "full" if full else "finetune"
@@ -330,7 +339,7 @@ class Trainer:
                  self.registry.current_version())
         try:
             while not stop.is_set():
-                self.ingest(self._consumer.consume(num_messages=1000, timeout=0.2))
+                self.ingest(self._consumer.consume(num_messages=self._take, timeout=0.2))
                 if self._catalog_consumer is not None and self._catalog_consumer.assignment():
                     self.follow_catalog(self._catalog_consumer.consume(num_messages=1000, timeout=0))
                 if self.buffer.due():
