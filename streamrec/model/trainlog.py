@@ -15,7 +15,7 @@ This is the Kafka Connect HDFS/S3 sink pattern:
 * retention deletes whole segments: those whose newest event is older than ``max_age_s`` and,
   oldest first, those beyond ``max_bytes``.
 
-Leftover ``.tmp-*`` files (a crash mid-write) are deleted on open: their offsets were never
+Leftover temp files (``.<segment>.<pid>-<id>.tmp``) (a crash mid-write) are deleted on open: their offsets were never
 committed, so Kafka redelivers their events.
 
 >>> import tempfile
@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamrec.errors import SchemaError
+from streamrec.fsutil import atomic_write
 from streamrec.schemas import ShopEvent
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,6 @@ SCHEMA = pa.schema([
     ("offset", pa.int64()),
 ])
 SUFFIX = ".parquet"
-TMP_PREFIX = ".tmp-"
 _NAME_RE = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\+(?P<last>\d{20})"
                       r"(?:\+(?P<tag>[0-9a-f]{8}))?\.parquet$")
 
@@ -107,15 +107,9 @@ class AppendResult:
     segment: Path | None = None  # None when nothing new was left to write
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _is_temp(name: str) -> bool:
+    """An unfinished write of :func:`streamrec.fsutil.atomic_write` (``.<name>.<pid>-<id>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def events_table(records: Sequence[tuple[int, int, ShopEvent]]) -> pa.Table:
@@ -165,7 +159,7 @@ class TrainLog:
 
     def _scan(self) -> None:
         for p in self.root.iterdir():
-            if p.name.startswith(TMP_PREFIX):
+            if _is_temp(p.name):
                 log.info("removing unfinished segment file=%s (its offsets were never committed)", p)
                 p.unlink(missing_ok=True)
         for p in sorted(self.root.iterdir()):
@@ -273,17 +267,8 @@ class TrainLog:
         final = self.root / name
         if final.exists():  # the same range logged twice can only hold new ids: keep both files
             final = self.root / segment_name(self.topic, partition, first, last, uuid.uuid4().hex[:8])
-        tmp = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}{SUFFIX}"
-        try:
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f, compression="zstd")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.root)
+        # temp file beside it, fsync, os.replace, directory fsync
+        atomic_write(final, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         parsed = parse_segment_name(final.name)
         assert parsed is not None
         self._add(final, parsed, table.column("event_id").to_pylist(), table.column("ts"))
@@ -316,8 +301,6 @@ class TrainLog:
             s.path.unlink(missing_ok=True)
             self._ids.difference_update(self._seg_ids.pop(s.path, []))
             log.info("segment deleted by retention file=%s rows=%d max_ts=%d", s.path.name, s.rows, s.max_ts)
-        if doomed:
-            _fsync_dir(self.root)
         return [s.path for s in doomed]
 
 

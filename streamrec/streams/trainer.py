@@ -81,9 +81,9 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    from streamrec.fsutil import atomic_write_text
+
+    atomic_write_text(path, json.dumps(state, sort_keys=True))
 
 
 def retrain_config(settings: Settings) -> Any:

@@ -25,7 +25,7 @@ from streamrec.config import Settings
 from streamrec.model.registry import ModelRegistry
 from streamrec.model.trainlog import parse_segment_name
 from streamrec.schemas import ModelUpdate, ShopEvent
-from streamrec.simulator import ShopSimulator
+from streamrec.devtools.simulator import ShopSimulator
 from streamrec.streams.topics import create_topics
 from tests.integration.conftest import SIM
 from tests.integration.worker_harness import settings_env
@@ -136,7 +136,7 @@ def test_sigkill_mid_segment_then_restart_logs_every_event_once(kafka_settings: 
         m = scrape(url)
         assert m["streamrec_trainer_malformed_total"] >= 3
         assert m["streamrec_trainer_log_rows"] == len(want)
-        assert not list(trainlog.glob(".tmp-*"))
+        assert not list(trainlog.glob(".*.tmp"))
     finally:
         stop(second)
     assert second.returncode == 0, log_path.read_text()[-4000:]

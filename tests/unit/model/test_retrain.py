@@ -18,7 +18,7 @@ from streamrec.model.retrain import (
     training_window,
 )
 from streamrec.model.trainlog import TrainLog
-from streamrec.simulator import ShopSimulator
+from streamrec.devtools.simulator import ShopSimulator
 
 
 def _table(rows: list[tuple[str, str, str, int]]) -> pa.Table:

@@ -29,7 +29,7 @@ def test_segment_names_sort_by_offset_and_round_trip() -> None:
     assert sorted([b, a]) == [a, b]
     assert parse_segment_name(a) == (TOPIC, 2, 9, 10)
     assert parse_segment_name(segment_name(TOPIC, 1, 0, 0, "abcdef01")) == (TOPIC, 1, 0, 0)
-    for other in ("x.parquet", ".tmp-123.parquet", a + ".corrupt", "shop.events+2+9+10.parquet"):
+    for other in ("x.parquet", ".x.parquet.1-ab.tmp", a + ".corrupt", "shop.events+2+9+10.parquet"):
         assert parse_segment_name(other) is None
     with pytest.raises(ValueError, match="first <= last"):
         segment_name(TOPIC, 0, 5, 4)
@@ -45,7 +45,7 @@ def test_append_writes_a_parquet_segment_named_by_its_offsets(tmp_path: Path) ->
     assert table.column("offset").to_pylist() == list(range(10, 15))
     assert set(table.column("partition").to_pylist()) == {3}
     assert log.next_offsets() == {3: 15}
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_duplicates_within_a_batch_across_segments_and_after_reopen(tmp_path: Path) -> None:
@@ -80,9 +80,10 @@ def test_crash_mid_write_leaves_no_visible_segment(tmp_path: Path) -> None:
     its events are not in the log (their offsets were not committed: Kafka redelivers them)."""
     log = TrainLog(tmp_path, topic=TOPIC)
     log.append(0, 0, 1, [(0, ev(0)), (1, ev(1))])
-    (tmp_path / ".tmp-deadbeef.parquet").write_bytes(b"PAR1 half a file")
+    half = tmp_path / ("." + segment_name(TOPIC, 0, 2, 3) + ".123-deadbeef.tmp")  # fsutil's temp name
+    half.write_bytes(b"PAR1 half a file")
     reopened = TrainLog(tmp_path, topic=TOPIC)
-    assert not (tmp_path / ".tmp-deadbeef.parquet").exists()
+    assert not half.exists()
     assert reopened.rows == 2 and reopened.next_offsets() == {0: 2}
 
 
