@@ -122,6 +122,7 @@ class Trainer:
         self._catalog_consumer: Any = None
         self._last_malformed_log = 0.0
         self._malformed_unlogged = 0
+        self._last_error_log = 0.0
         self._last_retention = 0.0
         # one poll never overfills a segment
         self._take = max(1, min(1000, settings.trainlog_segment_events))
@@ -205,8 +206,11 @@ class Trainer:
     def ingest(self, messages: list[Any]) -> None:
         for m in messages:
             if m.error() is not None:
-                if m.error().code() != -191:  # _PARTITION_EOF
+                now = time.monotonic()
+                if m.error().code() != -191 and now - self._last_error_log >= MALFORMED_LOG_EVERY_S:
+                    # -191: _PARTITION_EOF. Rate-limited: librdkafka repeats e.g. an unknown topic.
                     log.warning("consumer error topic=%s reason=%s", m.topic(), m.error())
+                    self._last_error_log = now
                 continue
             reason = self.buffer.add(m.partition(), m.offset(), m.value())
             if reason is not None:

@@ -140,3 +140,18 @@ def test_rounds_bootstrap_refuse_a_worse_candidate_then_promote(sim_log, tmp_pat
     assert stored["current"]["ndcg@10"] == ft.current["ndcg@10"]
     # the same hold-out: the current version scored now as the candidate of the first round did
     assert ft.current["ndcg@10"] == pytest.approx(boot.candidate["ndcg@10"], abs=1e-6)
+
+
+@pytest.mark.gpu
+def test_a_round_trains_and_gates_on_cuda(sim_log, tmp_path: Path) -> None:
+    from streamrec.model.checkpoint import load_checkpoint
+
+    table, text = sim_log
+    reg = ModelRegistry(tmp_path / "models")
+    d = retrain(table, reg, text, RetrainConfig(time_budget_s=5, holdout_users=100, device="cuda", seed=1,
+                                                val_users=64, max_epochs=50, patience=10))
+    assert d.promoted and d.candidate["ndcg@10"] > 0.05
+    settings = json.loads((reg.current_path() / "train_settings.json").read_text())
+    assert settings["device_used"].startswith("cuda")
+    model, vocab = load_checkpoint(reg.current_path(), device="cpu")  # serves anywhere
+    assert len(vocab) == model.config.n_items >= 200
