@@ -282,7 +282,6 @@ class Trainer:
         if full is None:
             return
         self.flush()
-        self.full_pending = False
         self.state["last_round_unix"] = time.time()
         self.state["rounds"] = int(self.state.get("rounds", 0)) + 1
         _write_state(self.state_path, self.state)
@@ -315,6 +314,8 @@ class Trainer:
         finally:
             self.metrics.running.set(0)
             self.metrics.last_round_s.set(time.monotonic() - t0)
+        if full:
+            self.full_pending = False  # a --full that found too little data is retried next time
         self.metrics.retrains.labels(mode=decision.mode).inc()
         self.metrics.decisions.labels(decision="promoted" if decision.promoted else "rejected").inc()
         for name, values in (("candidate", decision.candidate), ("current", decision.current or {})):
