@@ -81,6 +81,7 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
+@pytest.mark.slow  # two trainer processes and a SIGKILL: 30-50 s on this machine
 def test_sigkill_mid_segment_then_restart_logs_every_event_once(kafka_settings: Settings, tmp_path: Path) -> None:
     s = kafka_settings
     create_topics(s)
