@@ -111,7 +111,7 @@ def sim_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[pa.Table, dict[st
 
 
 @pytest.mark.slow  # ~30 s: three real training rounds
-def test_rounds_bootstrap_refuse_a_worse_candidate_then_promote(sim_log, tmp_path: Path) -> None:
+def test_rounds_bootstrap_refuse_a_worse_candidate_then_promote(sim_log, tmp_path: Path, capsys) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -138,6 +138,16 @@ def test_rounds_bootstrap_refuse_a_worse_candidate_then_promote(sim_log, tmp_pat
     stored = reg.list()[-1].metrics["gate"]
     assert stored["candidate"]["ndcg@10"] == ft.candidate["ndcg@10"]
     assert stored["current"]["ndcg@10"] == ft.current["ndcg@10"]
+    import argparse
+
+    from streamrec.config import Settings
+    from streamrec.model.cli import cmd_models_list
+
+    settings = Settings(data_dir=tmp_path)
+    capsys.readouterr()
+    assert cmd_models_list(argparse.Namespace(json=True), settings) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["holdout_ndcg@10"] for v in listed] == [boot.candidate["ndcg@10"], ft.candidate["ndcg@10"]]
     # the same hold-out: the current version scored now as the candidate of the first round did
     assert ft.current["ndcg@10"] == pytest.approx(boot.candidate["ndcg@10"], abs=1e-6)
 
