@@ -36,9 +36,10 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -173,7 +174,7 @@ def training_window(seqs: dict[str, list[Step]], *, window_s: float, replay_rati
         horizon = newest - int(window_s * 1000)
         recent = [u for u in users if seqs[u][-1][2] >= horizon]
         older = [u for u in users if seqs[u][-1][2] < horizon]
-        k = min(len(older), int(round(replay_ratio * len(recent))))
+        k = min(len(older), round(replay_ratio * len(recent)))
         replay = [older[j] for j in sorted(rng.choice(len(older), size=k, replace=False))] if k else []
         users = recent + replay
     out = Interactions()

@@ -33,8 +33,8 @@ def _announce_promotions(sub: argparse._SubParsersAction) -> None:
     models = sub.choices.get("models")
     if models is None:
         return
-    for action in models._actions:  # noqa: SLF001 - argparse has no public accessor
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+    for action in models._actions:
+        if isinstance(action, argparse._SubParsersAction):
             promote = action.choices.get("promote")
             if promote is not None:
                 promote.add_argument("--no-announce", action="store_true",

@@ -159,8 +159,12 @@ class Trainer:
         self.flush()
 
     def _open(self) -> None:
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
-        from confluent_kafka import OFFSET_BEGINNING
+        from confluent_kafka import (
+            OFFSET_BEGINNING,
+            Consumer,
+            KafkaException,
+            TopicPartition,
+        )
 
         s = self.settings
         # Static membership: a restarted trainer (same group, same instance id) takes its
@@ -290,10 +294,10 @@ class Trainer:
         self.job.start()
 
     def _round(self, full: bool, catalog: dict[str, str | None]) -> None:
+        import torch  # imported here: ingestion starts without waiting for torch
+
         from streamrec.model.retrain import append_decision, retrain
         from streamrec.streams.model_updates import publish, update_for
-
-        import torch  # imported here: ingestion starts without waiting for torch
 
         torch.set_num_threads(self.settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
         t0 = time.monotonic()
@@ -307,7 +311,7 @@ class Trainer:
             self.metrics.retrain_errors.labels(reason="not_enough_data").inc()
             log.warning("retrain skipped mode=%s reason=%s", mode, exc)
             return
-        except Exception:  # noqa: BLE001 - a failed round must not stop ingestion
+        except Exception:
             self.metrics.retrain_errors.labels(reason="error").inc()
             log.exception("retrain failed mode=%s", mode)
             return

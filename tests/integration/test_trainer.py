@@ -5,9 +5,7 @@ topic (read back by a plain consumer), as is a rollback with `streamrec models p
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,10 +20,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streamrec.client import EventProducer
 from streamrec.config import Settings
+from streamrec.devtools.simulator import ShopSimulator
 from streamrec.model.registry import ModelRegistry
 from streamrec.model.trainlog import parse_segment_name
 from streamrec.schemas import ModelUpdate, ShopEvent
-from streamrec.devtools.simulator import ShopSimulator
 from streamrec.streams.topics import create_topics
 from tests.integration.conftest import SIM
 from tests.integration.worker_harness import settings_env
@@ -96,9 +94,9 @@ def test_sigkill_mid_segment_then_restart_logs_every_event_once(kafka_settings: 
         producer.flush()
     trainlog = s.trainlog_dir
     log_path = tmp_path / "trainer.log"
-    env = dict(STREAMREC_TRAINLOG_SEGMENT_EVENTS="40", STREAMREC_TRAINLOG_SEGMENT_S="0.3",
-               STREAMREC_RETRAIN_INTERVAL_S="100000",
-               STREAMREC_TRAINLOG_MAX_AGE_S="1e9")  # simulated event times lie in the past
+    env = {"STREAMREC_TRAINLOG_SEGMENT_EVENTS": "40", "STREAMREC_TRAINLOG_SEGMENT_S": "0.3",
+           "STREAMREC_RETRAIN_INTERVAL_S": "100000",
+           "STREAMREC_TRAINLOG_MAX_AGE_S": "1e9"}  # simulated event times lie in the past
     first = start_trainer(s, log_path, **env)
     try:
         deadline = time.monotonic() + 120
@@ -203,11 +201,11 @@ def test_trainer_promotes_and_announces_then_rollback_announces(
 
     env = settings_env(s)
     res = subprocess.run([sys.executable, "-m", "streamrec.cli", "models", "promote", first], env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
     assert reg.current_version() == first
     updates = read_updates(s, 10, timeout=15)
     assert updates[-1].version == first and updates[-1].metrics["rollback"] == 1.0
     bad = subprocess.run([sys.executable, "-m", "streamrec.cli", "models", "promote", "v9999-nope"], env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "v9999-nope" in bad.stderr and "Traceback" not in bad.stderr

@@ -11,7 +11,7 @@ import pytest
 from streamrec.devtools.simulator import ShopSimulator
 from streamrec.schemas import CatalogItem, ShopEvent
 
-KW = dict(seed=4, n_items=150, n_users=80)
+KW = {"seed": 4, "n_items": 150, "n_users": 80}
 
 
 def test_drift_is_deterministic_and_leaves_the_first_phase_as_default() -> None:

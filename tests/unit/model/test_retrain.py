@@ -11,14 +11,20 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from streamrec.devtools.simulator import ShopSimulator
 from streamrec.model.data import Interactions
 from streamrec.model.registry import ModelRegistry
 from streamrec.model.retrain import (
-    Decision, RetrainConfig, append_decision, gate, retrain, sequences_from_log, split_holdout,
+    Decision,
+    RetrainConfig,
+    append_decision,
+    gate,
+    retrain,
+    sequences_from_log,
+    split_holdout,
     training_window,
 )
 from streamrec.model.trainlog import TrainLog
-from streamrec.devtools.simulator import ShopSimulator
 
 
 def _table(rows: list[tuple[str, str, str, int]]) -> pa.Table:

@@ -9,7 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamrec.model.trainlog import (
-    SCHEMA, SegmentBuffer, TrainLog, parse_segment_name, segment_name,
+    SCHEMA,
+    SegmentBuffer,
+    TrainLog,
+    parse_segment_name,
+    segment_name,
 )
 from streamrec.schemas import ShopEvent
 
