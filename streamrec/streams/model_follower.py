@@ -35,7 +35,6 @@ from streamrec.streams.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 _VERSION_NUMBER = re.compile(r"^v(\d{1,12})-")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 #: How often a worker looks again for a model-updates topic that does not exist yet, s.
 TOPIC_RETRY_S = 5.0
 
@@ -65,12 +64,15 @@ def is_newer(announced: str, serving: str) -> bool:
 
 def resolve_checkpoint(update: ModelUpdate, registry_dir: Path) -> Path:
     """Where to load ``update`` from: the version in this worker's registry when it is there
-    (workers on other hosts mount the registry elsewhere), else the announced path."""
-    if _SAFE_NAME.match(update.version):  # never a path: the name comes from the network
-        local = registry_dir / "versions" / update.version
-        if local.is_dir():
-            return local
-    return Path(update.path)
+    (workers on other hosts mount the registry elsewhere), else the announced path. The
+    version name comes from the network: it is only matched against the registry's listing,
+    never joined into a path."""
+    from streamrec.model.registry import ModelRegistry
+
+    try:
+        return ModelRegistry(registry_dir).version_path(update.version)
+    except ValueError:
+        return Path(update.path)
 
 
 def parse_update(value: bytes | None, where: str) -> ModelUpdate | None:
