@@ -5,6 +5,7 @@ that cannot be loaded is refused and the old one keeps serving."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -187,3 +188,81 @@ def test_corrupt_or_missing_checkpoint_is_refused_and_the_old_version_keeps_serv
         collect(sub, got, lambda: any(r.event_id == e.event_id for r in got), 60, "answer after refusal")
     assert got[-1].model_version == v1
     assert w.proc.poll() is None
+
+
+@pytest.mark.slow  # a real trainer round (~8 s of training) and a swap, on top of the worker start
+def test_trainer_promotes_and_the_worker_swaps_while_every_event_is_answered(
+        kafka_settings, registry_worker, shop, tmp_path):
+    """End to end with a short interval: worker and trainer run, events flow, the trainer promotes
+    a version, the worker swaps to it, later recommendations carry it, and every event sent across
+    the swap got its recommendation."""
+    import uuid
+
+    from streamrec.devtools.simulator import ShopSimulator
+    from tests.integration.conftest import SIM
+    from tests.integration.test_trainer import start_trainer, stop
+
+    registry, v1, start = registry_worker
+    sim = ShopSimulator(**SIM, id_prefix=f"e2e{uuid.uuid4().hex[:6]}")
+    traffic = [r for r in sim.stream(2000) if isinstance(r, ShopEvent)]
+    with EventProducer.from_settings(kafka_settings) as producer:  # what the trainer learns from
+        for e in traffic:
+            producer.send(e)
+    w = start()
+    assert health(w)["model_version"] == v1
+    items = [c.item_id for c in shop.catalog() if c.in_stock]
+    sender = Sender(kafka_settings, items, rate=20.0, prefix="e2e-probe")
+    trainer_log = tmp_path / "trainer.log"
+    got: list[Recommendation] = []
+    with RecommendationSubscriber.from_settings(kafka_settings, from_beginning=True) as sub:
+        sub.wait_ready()
+        sender.start()
+        trainer = start_trainer(
+            kafka_settings, trainer_log, STREAMREC_RETRAIN_INTERVAL_S="3", STREAMREC_RETRAIN_MIN_EVENTS="500",
+            STREAMREC_RETRAIN_TIME_BUDGET_S="8", STREAMREC_RETRAIN_GATE_TOLERANCE="1.0",
+            STREAMREC_RETRAIN_HOLDOUT_USERS="60", STREAMREC_TRAINLOG_SEGMENT_S="0.5",
+            STREAMREC_TRAINLOG_MAX_AGE_S="1e9")
+        try:
+            swapped_at: list[float] = []
+
+            def swapped() -> bool:
+                assert trainer.poll() is None, trainer_log.read_text()[-4000:]
+                if not swapped_at and health(w)["model_version"] != v1:
+                    swapped_at.append(time.monotonic())
+                return bool(swapped_at)
+
+            collect(sub, got, swapped, 300, "the trainer's version never reached the worker")
+            n_after = len(got)
+            collect(sub, got, lambda: len(got) >= n_after + 40, 60, "recommendations after the swap")
+        finally:
+            sender.stop.set()
+            sender.join(30)
+            stop(trainer)
+        v2 = health(w)["model_version"]
+        probes = {e.event_id: (t, e) for t, e in sender.sent}
+        want = set(probes) | {e.event_id for e in traffic}
+        collect(sub, got, lambda: {r.event_id for r in got} >= set(probes), 90, "every probe answered")
+        time.sleep(2)
+        while (rec := sub.poll(0.5)) is not None:
+            got.append(rec)
+    assert v2 == registry.current_version() and v2 != v1
+    assert re.search(rf"retrain decision=promoted .*version={v2}", trainer_log.read_text())
+    counts: dict[str, int] = {}
+    for r in got:
+        counts[r.event_id] = counts.get(r.event_id, 0) + 1
+    assert all(counts.get(i) == 1 for i in probes), {i: counts.get(i) for i in probes if counts.get(i) != 1}
+    assert set(counts) <= want
+    by_event = {r.event_id: r for r in got}
+    later = [by_event[i] for i, (t, _) in probes.items() if t > swapped_at[0]]
+    assert later and {r.model_version for r in later} == {v2}
+    assert {r.model_version for r in got} == {v1, v2}
+    # the simulated traffic (users with several events): each event answered by a list for it or
+    # for a later event of the same user (the worker answers each user's latest event of a batch)
+    answered: dict[str, list[Recommendation]] = {}
+    for r in got:
+        answered.setdefault(r.user_id, []).append(r)
+    for e in traffic:
+        assert any(r.event_ts >= e.ts for r in answered.get(e.user_id, [])), e
+    h = health(w)
+    assert h["model_swaps"] == 1 and h["model_refusals"] == 0
+    assert w.proc.poll() is None and "Traceback" not in w.log()
