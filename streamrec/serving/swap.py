@@ -191,34 +191,61 @@ def _vectors(recommender: Any, items: list[CatalogItem], embedded: dict[str, byt
     return np.asarray(vecs, dtype=np.float32)
 
 
+#: Catalog changes in topic order: ``(item_id, item)``, ``item`` None for a deletion; a source of
+#: them yields lists (chunks) of these.
+Change = tuple[str, "CatalogItem | None"]
+
+
+def _latest(changes: Iterable[Change]) -> tuple[list[str], list[CatalogItem]]:
+    """Last write per item wins: (deleted ids, upserted items), each id once."""
+    last: dict[str, CatalogItem | None] = {}
+    for item_id, item in changes:
+        last.pop(item_id, None)  # keep the order of the latest writes
+        last[item_id] = item
+    gone = [i for i, it in last.items() if it is None]
+    return gone, [it for it in last.values() if it is not None]
+
+
 def build_serving_model(*, load: Callable[[], Any], new_index: Callable[[int], Any],
-                        catalog: Mapping[str, CatalogItem], old: ServingModel, encoder: TitleEncoder,
+                        catalog: Iterable[list[Change]], old: ServingModel, encoder: TitleEncoder,
                         embedded: Mapping[str, bytes]) -> Built:
     """A complete new :class:`ServingModel`: the recommender from ``load()``, checked, with the
-    vectors of every item of ``catalog`` (a snapshot) in a new index from ``new_index(dim)``.
-    ``embedded`` says which titles the serving model (``old``) embedded (see :func:`seed_titles`).
+    vectors of every live item of ``catalog`` in a new index from ``new_index(dim)``.
 
-    Raises (CheckpointError, ValueError, OSError, ...) when the version cannot be served; nothing
-    shared is changed then, apart from new titles kept by ``encoder``.
+    ``catalog`` yields chunks of changes in topic order (a snapshot of the worker's catalog, or the
+    compacted catalog topic read from its beginning); later writes win. ``embedded`` says which
+    titles the serving model (``old``) embedded (see :func:`seed_titles`). Raises
+    (CheckpointError, ValueError, OSError, ...) when the version cannot be served; nothing shared
+    is changed then, apart from new titles kept by ``encoder``.
     """
     t0 = time.perf_counter()
     reused0, encoded0 = encoder.reused, encoder.encoded
     rec = load()
     check_compatible(rec)
-    items = list(catalog.values())
     new_embedded: dict[str, bytes] = {}
-    ids: list[str] = []
+    live: dict[str, tuple[int, bool]] = {}  # id -> (row in the vectors so far, in stock)
     parts: list[np.ndarray] = []
-    for s in range(0, len(items), BUILD_CHUNK):  # seeds per chunk: bounded memory
-        chunk = items[s : s + BUILD_CHUNK]
-        seed_titles(encoder, old.recommender, rec, chunk, embedded)
-        parts.append(_vectors(rec, chunk, new_embedded))
-        encoder.clear_seeds()
-        ids.extend(it.item_id for it in chunk)
+    n_rows = 0
+    for chunk in catalog:
+        gone, items = _latest(chunk)
+        for i in gone:
+            live.pop(i, None)
+            new_embedded.pop(i, None)
+        for s in range(0, len(items), BUILD_CHUNK):  # title seeds per chunk: bounded memory
+            part = items[s : s + BUILD_CHUNK]
+            seed_titles(encoder, old.recommender, rec, part, embedded)
+            parts.append(_vectors(rec, part, new_embedded))
+            encoder.clear_seeds()
+            for k, it in enumerate(part):
+                live[it.item_id] = (n_rows + k, it.in_stock)
+            n_rows += len(part)
+    ids = list(live)
     vecs = np.concatenate(parts) if parts else np.zeros((0, rec.dim), np.float32)
+    rows = np.fromiter((live[i][0] for i in ids), dtype=np.int64, count=len(ids))
     index = new_index(rec.dim)
-    # check_vectors inside: a model that yields NaN/inf vectors is refused here
-    index.rebuild(ids, vecs, in_stock=[it.in_stock for it in items], background=False)
+    # one build over the whole catalog: the kind fits its size; check_vectors inside refuses a
+    # model that yields NaN/inf vectors
+    index.rebuild(ids, vecs[rows], in_stock=[live[i][1] for i in ids], background=False)
     probe = np.asarray(rec.encode_users([[(ids[0], "view")]] if ids else [[]]), dtype=np.float32)
     if probe.shape != (1, rec.dim) or not np.isfinite(probe).all():
         raise CheckpointError(f"model {rec.version} gives a non-finite or misshaped user vector {probe.shape}")
@@ -227,23 +254,13 @@ def build_serving_model(*, load: Callable[[], Any], new_index: Callable[[int], A
     return Built(ServingModel(recommender=rec, index=index), stats, new_embedded)
 
 
-def apply_changes(built: Built, ids: Iterable[str], catalog: Mapping[str, CatalogItem]) -> int:
-    """Make ``built``'s index agree with ``catalog`` (the live one) for ``ids``: the items changed
-    or deleted while it was being built from an older snapshot. Returns the ids applied.
+def apply_changes(built: Built, changes: Iterable[Change]) -> int:
+    """Apply catalog ``changes`` (in order; made while ``built`` was being built) to its index.
+    Returns the number of items touched.
 
-    Idempotent: replaying an id twice, or one whose change the snapshot already held, is harmless.
+    Idempotent: replaying a change the build already held, or twice, is harmless.
     """
-    todo = list(dict.fromkeys(ids))
-    if not todo:
-        return 0
-    present: list[CatalogItem] = []
-    gone: list[str] = []
-    for i in todo:
-        it = catalog.get(i)
-        if it is None:
-            gone.append(i)
-        else:
-            present.append(it)
+    gone, present = _latest(changes)
     index = built.model.index
     for i in gone:
         built.embedded.pop(i, None)
@@ -254,4 +271,4 @@ def apply_changes(built: Built, ids: Iterable[str], catalog: Mapping[str, Catalo
         chunk = present[s : s + BUILD_CHUNK]
         index.upsert([it.item_id for it in chunk], _vectors(built.model.recommender, chunk, built.embedded),
                      in_stock=[it.in_stock for it in chunk])
-    return len(todo)
+    return len(gone) + len(present)

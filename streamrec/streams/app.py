@@ -16,7 +16,7 @@ import faust
 
 from streamrec.config import Settings
 from streamrec.streams.agents import BatchHandler, consume_events
-from streamrec.streams.catalog import catalog_reader
+from streamrec.streams.catalog import catalog_reader, read_catalog_topic
 from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import faust_brokers, faust_credentials
 from streamrec.streams.model_follower import follow_model_updates
@@ -132,6 +132,9 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
         await catalog_reader(settings, pipeline)
 
     if follow_models:
+        # a new version is built from the catalog topic itself (the source of truth), as at a start
+        pipeline.catalog_source = lambda: read_catalog_topic(settings)
+
         @app.task
         async def follow_models_task() -> None:
             await follow_model_updates(settings, pipeline)

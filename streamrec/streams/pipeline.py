@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ from streamrec.serving.scorer import Scorer, ServingModel
 from streamrec.serving.state import UserState
 from streamrec.serving.swap import (
     Built,
+    Change,
     SwapStats,
     TitleEncoder,
     apply_changes,
@@ -78,7 +79,11 @@ class Pipeline:
         self.encoder = encoder  # the title encoder every version shares (None: no swaps' reuse)
         #: item id -> text_key of the title embedded into the serving model's row at serving time
         self.embedded: dict[str, bytes] = {}
-        self._swap_logs: list[list[str]] = []  # ids changed while a version is built (model thread)
+        #: catalog changes applied while a version is built, in order (appended on the model thread)
+        self._swap_logs: list[list[Change]] = []
+        #: where a build reads the whole catalog: None = a snapshot of ``self.catalog``; the worker
+        #: app reads the compacted catalog topic (see streams.model_follower.catalog_snapshot)
+        self.catalog_source: Callable[[], Iterable[list[Change]]] | None = None
         self._swap_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-swap",
                                                  initializer=_lower_priority)
         self._swap_lock = asyncio.Lock()
@@ -142,8 +147,10 @@ class Pipeline:
                 self.embedded[it.item_id] = text_key(it.text())
         for i in removed:
             self.embedded.pop(i, None)
-        for change_log in self._swap_logs:  # a version being built replays these before its swap
-            change_log.extend(latest)
+        if self._swap_logs:  # a version being built replays these before its swap
+            applied = [(i, it) for i, it in latest.items() if it is None or i in self.catalog]
+            for change_log in self._swap_logs:
+                change_log.extend(applied)
         self.metrics.catalog_items.set(len(index))
 
     # -- hot swap ----------------------------------------------------------------------------
@@ -152,10 +159,12 @@ class Pipeline:
         """Build ``version`` (checkpoint dir ``path``) off the hot path and swap it in; None when it
         is refused (logged and counted; the serving version keeps serving).
 
-        1. On the model thread: snapshot the catalog and start logging the ids it changes.
-        2. On the swap thread (lower priority): load and check the version, compute the vectors of
-           the whole snapshot (titles the serving model already embedded are reused), build a new
-           index with the worker's settings, and replay logged changes until few remain.
+        1. On the model thread: start logging the catalog changes applied from now on.
+        2. On the swap thread (lower priority): load and check the version, read the whole catalog
+           (the compacted catalog topic from its beginning, as at a start; a snapshot of
+           ``self.catalog`` where no ``catalog_source`` is set), compute every live item's vector
+           (titles the serving model already embedded are reused), build a new index with the
+           worker's settings, and replay logged changes until few remain.
         3. On the model thread, between two scoring calls: replay the rest and replace
            ``scorer.model``. A batch takes that reference once, so it is scored and labelled by
            one version; events are never touched by a swap, so none is lost or answered twice.
@@ -165,14 +174,14 @@ class Pipeline:
         async with self._swap_lock:  # one build at a time
             loop = asyncio.get_running_loop()
             started = time.perf_counter()
-            change_log: list[str] = []
+            change_log: list[Change] = []
             self.swap_pending = version
             self.metrics.model_swap_in_progress.set(1)
             log.info("model swap started version=%s path=%s serving=%s", version, path, self.model_version)
             try:
-                snapshot = await self.run(self._begin_swap, change_log)
+                catalog = await self.run(self._begin_swap, change_log)
                 built, done = await loop.run_in_executor(
-                    self._swap_executor, self._build, version, Path(path), snapshot, self.model, change_log)
+                    self._swap_executor, self._build, version, Path(path), catalog, self.model, change_log)
                 replayed = await self.run(self._finish_swap, built, change_log, done)
             except Exception as exc:  # any failure refuses the version, loudly
                 self.metrics.model_refusals.inc()
@@ -196,20 +205,24 @@ class Pipeline:
                      stats.titles_encoded, replayed, stats.build_s, total)
             return stats
 
-    def _begin_swap(self, change_log: list[str]) -> dict[str, CatalogItem]:
-        """(model thread) The catalog as of now; changes from now on are logged in ``change_log``."""
+    def _begin_swap(self, change_log: list[Change]) -> Callable[[], Iterable[list[Change]]]:
+        """(model thread) Start logging catalog changes in ``change_log``; returns where the build
+        reads the whole catalog (the catalog topic, or a snapshot of ``self.catalog`` as of now)."""
         self._swap_logs.append(change_log)
-        return dict(self.catalog)
+        if self.catalog_source is not None:
+            return self.catalog_source
+        snapshot = list(self.catalog.items())
+        return lambda: [snapshot]
 
-    def _build(self, version: str, path: Path, snapshot: dict[str, CatalogItem], old: ServingModel,
-               change_log: list[str]) -> tuple[Built, int]:
+    def _build(self, version: str, path: Path, catalog: Callable[[], Iterable[list[Change]]],
+               old: ServingModel, change_log: list[Change]) -> tuple[Built, int]:
         """(swap thread) The whole new version, caught up with all but the last few logged
-        changes; returns it and how many logged ids it has applied."""
+        changes; returns it and how many logged changes it has applied."""
         assert self.load_model is not None and self.new_index is not None and self.encoder is not None
         load_model, encoder = self.load_model, self.encoder
         built = build_serving_model(
             load=lambda: load_model(path, version, encoder), new_index=self.new_index,
-            catalog=snapshot, old=old, encoder=encoder, embedded=self.embedded)
+            catalog=catalog(), old=old, encoder=encoder, embedded=self.embedded)
         done = 0
         while len(change_log) - done >= SWAP_CATCH_UP:  # catch up off the model thread
             end = len(change_log)
@@ -217,27 +230,27 @@ class Pipeline:
             done = end
         return built, done
 
-    def _replay(self, built: Built, old: ServingModel, ids: list[str]) -> int:
+    def _replay(self, built: Built, old: ServingModel, changes: list[Change]) -> int:
         """Apply logged changes to ``built``; titles the serving model embedded meanwhile are reused."""
         assert self.encoder is not None
-        items = [it for it in (self.catalog.get(i) for i in ids) if it is not None]
+        items = [it for _, it in changes if it is not None]
         seed_titles(self.encoder, old.recommender, built.model.recommender, items, self.embedded)
         try:
-            return apply_changes(built, ids, self.catalog)
+            return apply_changes(built, changes)
         finally:
             self.encoder.clear_seeds()
 
-    def _finish_swap(self, built: Built, change_log: list[str], done: int) -> int:
+    def _finish_swap(self, built: Built, change_log: list[Change], done: int) -> int:
         """(model thread) Replay the changes logged since the catch-up, then swap: nothing changes
         the catalog in between, because catalog changes run on this thread too. Returns the
-        number of logged ids replayed in all."""
+        number of logged changes replayed in all."""
         self._replay(built, self.scorer.model, change_log[done:])
         self.scorer.model = built.model  # THE swap: one reference, between two batches
         self.embedded = built.embedded
         self.metrics.catalog_items.set(len(built.model.index))
         return len(change_log)
 
-    def _end_swap(self, change_log: list[str]) -> None:
+    def _end_swap(self, change_log: list[Change]) -> None:
         """(model thread) Stop logging for this build, whether it was swapped in or refused."""
         self._swap_logs = [c for c in self._swap_logs if c is not change_log]
 

@@ -266,3 +266,25 @@ def test_trainer_promotes_and_the_worker_swaps_while_every_event_is_answered(
     h = health(w)
     assert h["model_swaps"] == 1 and h["model_refusals"] == 0
     assert w.proc.poll() is None and "Traceback" not in w.log()
+
+
+def test_catalog_snapshot_reads_the_topic_to_its_end_with_updates_and_deletions(kafka_settings, shop):
+    """What a swap builds from: the compacted catalog topic from the beginning to its end offsets."""
+    from streamrec.streams.catalog import read_catalog_topic
+    from streamrec.streams.topics import create_topics
+
+    create_topics(kafka_settings)
+    items = shop.catalog()[:50]
+    with EventProducer.from_settings(kafka_settings) as producer:
+        for it in items:
+            producer.send_catalog(it)
+        producer.send_catalog(items[0].model_copy(update={"title": "renamed", "in_stock": False}))
+        producer.delete_item(items[1].item_id)
+    changes = [c for chunk in read_catalog_topic(kafka_settings, chunk=7) for c in chunk]
+    last: dict = {}
+    for item_id, item in changes:
+        last[item_id] = item
+    assert len(changes) == 52 and len(last) == 50
+    assert last[items[0].item_id].title == "renamed" and not last[items[0].item_id].in_stock
+    assert last[items[1].item_id] is None
+    assert all(last[it.item_id] == it for it in items[2:])
