@@ -5,12 +5,14 @@ retraining buys under drift, and what a hot swap costs in latency. One run, real
 1. Swap latency. The simulator's first drift phase is sent at ``--rate`` events/s through the
    worker while ``--swaps`` versions are announced on the model-updates topic (alternating between
    v1 and a perturbed copy of it). Produce -> recommendation latency of the events sent while a swap
-   is in progress (announcement sent .. the worker's /health serves the new version, plus 1 s for
+   is in progress (announcement sent .. the first recommendation by the new version, plus 1 s for
    the new version's first batches) is ``p99_ms_during_swap``; of all other events (after a
    warm-up) ``p99_ms_steady``; of the events sent in the 5 s before each announcement (the same
    machine load as the swap that follows: this machine is shared) ``p99_ms_before_swap``.
 2. event_to_model_s. The trainer starts (interval ``--interval`` s, ``--budget`` s of training per
-   round) and the drifted traffic flows at ``--train-rate`` events/s. For each promoted version, the
+   round) and the drifted traffic flows at ``--train-rate`` events/s. Once the trainer is warm (its
+   process is up and its first version serves: reported as ``trainer_warmup_s``), the events sent
+   until ``--promotions`` more versions serve are measured. For each promoted version, the
    trainer's log says how many logged events its round read (``retrain start ... events=N``); an
    event is trained into the first promoted version whose round read at least its position in send
    order (the error is the trainer's ingestion lag, well under a second at these rates). Its
@@ -125,6 +127,7 @@ class Recorder(threading.Thread):
         self.sub.wait_ready()
         self.arrived: dict[str, tuple[float, str]] = {}  # event id -> (wall time, version)
         self.first_seen: dict[str, float] = {}  # version -> wall time of its first recommendation
+        self.changes: list[tuple[float, str]] = []  # (wall time, version) whenever the version changed
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -134,6 +137,12 @@ class Recorder(threading.Thread):
                 now = time.time()
                 self.arrived.setdefault(r.event_id, (now, r.model_version))
                 self.first_seen.setdefault(r.model_version, now)
+                if not self.changes or self.changes[-1][1] != r.model_version:
+                    self.changes.append((now, r.model_version))
+
+    def served_since(self, version: str, t: float) -> float | None:
+        """When recommendations started carrying ``version`` at or after ``t`` (None: not yet)."""
+        return next((c for c, v in list(self.changes) if v == version and c >= t), None)
 
     def close(self) -> None:
         self.done.set()
@@ -195,7 +204,7 @@ ROUND_START = re.compile(r"retrain start mode=(\w+) events=(\d+)")
 DECISION = re.compile(r"retrain decision=(\w+) mode=\w+ version=(\S+)")
 
 
-STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]")
+STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})")
 
 
 def _stamp(line: str) -> float:
@@ -304,10 +313,15 @@ def main() -> int:
         lock = threading.Lock()
 
         def watch(target: str, t_ann: float) -> None:
-            while get_json(health).get("model_version") != target:
-                time.sleep(0.05)
+            # the swap is over when recommendations carry the target (no polling of the worker:
+            # the measurement must not load it)
+            deadline = time.monotonic() + 120
+            while (t_served := rec.served_since(target, t_ann)) is None:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"version {target} never served; see {work / 'worker.log'}")
+                time.sleep(0.02)
             with lock:
-                windows.append((t_ann, time.time()))
+                windows.append((t_ann, t_served))
 
         watchers: list[threading.Thread] = []
 
@@ -369,19 +383,27 @@ def main() -> int:
         print(f"part 2: trainer every {args.interval:.0f}s ({args.budget:.0f}s budget), traffic at "
               f"{args.train_rate:.0f}/s until {args.promotions} promotions (at most {args.max_live:.0f}s)...",
               flush=True)
-        live_start = len(sender.order)
         pos = 0
         chunk = max(1, int(args.train_rate))  # one second of traffic per call
         deadline = time.monotonic() + args.max_live
+        live_start = t_warm = None
         while time.monotonic() < deadline:
             part = rest[pos: pos + chunk]
             pos += len(part)
             sender.send(part, args.train_rate)
             promoted = [r for r in rounds_from_log(trainer_log.read_text(errors="replace")) if r[1]]
-            if len(promoted) >= args.promotions and all(r[1] in rec.first_seen for r in promoted):
+            served = [r for r in promoted if r[1] in rec.first_seen]
+            if live_start is None and served:
+                # warm-up over: the trainer process is up and its first version is serving;
+                # events from here on are measured
+                live_start, t_warm = len(sender.order), time.time()
+                measured_after = len(promoted)
+            if live_start is not None and len(served) >= measured_after + args.promotions:
                 break
             if trainer.poll() is not None:
                 raise SystemExit(f"trainer exited; see {trainer_log}")
+        if live_start is None:
+            raise SystemExit(f"the trainer promoted nothing within {args.max_live:.0f}s; see {trainer_log}")
         live_end = len(sender.order)
         stop(trainer)
         trainer = None
@@ -450,8 +472,9 @@ def main() -> int:
           f"{pct(during, 50):.1f} | {pct(during, 95):.1f} | {pct(during, 99):.1f} |")
     print()
     print(f"Freshness: trainer interval {args.interval:.0f}s, budget {args.budget:.0f}s, traffic "
-          f"{args.train_rate:.0f} events/s, {live_end - live_start} live events over "
-          f"{sender.order[live_end - 1][1] - t_trainer:.0f}s")
+          f"{args.train_rate:.0f} events/s; warm-up (trainer process start .. its first version serving) "
+          f"{t_warm - t_trainer:.0f}s, then {live_end - live_start} measured events over "
+          f"{sender.order[live_end - 1][1] - t_warm:.0f}s")
     print()
     print("| round | events read | round s (train + gate + register) | decision | version | "
           "first rec by it, s after trainer start |")
@@ -473,6 +496,7 @@ def main() -> int:
     result = {
         "event_to_model_s": round(max(e2m), 1) if e2m else None,
         "event_to_model_s_mean": round(float(np.mean(e2m)), 1) if e2m else None,
+        "trainer_warmup_s": round(t_warm - t_trainer, 1),
         "retrain_interval_s": args.interval, "retrain_budget_s": args.budget,
         "event_rate_while_training": args.train_rate,
         "stale_ndcg_at_10": round(stale["ndcg@10"], 4), "retrained_ndcg_at_10": round(fresh["ndcg@10"], 4),
