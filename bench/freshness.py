@@ -459,6 +459,7 @@ def main() -> int:
     fresh = rank_metrics(Recommender.load(registry.versions_dir / last, device="cpu"), catalog, cases)
 
     print()
+    print(f"Part 1: {sum(e in rec.arrived for e in part1)} of {len(part1)} events answered")
     print(f"Swap latency: one worker, {args.rate:.0f} events/s, {len(windows)} swaps "
           f"(catalog {args.items} items, each swap {np.mean(swap_s):.2f}s from announcement to serving)")
     print()
