@@ -115,13 +115,69 @@ class TitleEncoder:
         return out
 
 
+class TitleReuse:
+    """Carries title embeddings from the serving version to the next one, for a worker without a
+    persistent text cache: its Recommender keeps each title's MiniLM embedding in the model's rows.
+
+    The worker notes which text each row it creates was embedded from (``embedded``: item id ->
+    :func:`text_key`); a build seeds :class:`TitleEncoder` with the serving model's rows for items
+    the new model holds no title for and whose text is unchanged, so those titles are not run
+    through MiniLM again. (With a shared text cache the cache does this, and no TitleReuse is used.)
+    """
+
+    def __init__(self, encoder: TitleEncoder) -> None:
+        self.encoder = encoder
+        self.embedded: dict[str, bytes] = {}  # of the serving model
+
+    def untitled(self, recommender: Any, items: list[CatalogItem]) -> list[CatalogItem]:
+        """The ``items`` that adding to ``recommender`` embeds from their current text."""
+        return lacking_titles(recommender, items)
+
+    @staticmethod
+    def note(embedded: dict[str, bytes], items: list[CatalogItem]) -> None:
+        for it in items:
+            embedded[it.item_id] = text_key(it.text())
+
+    def seed(self, old: Any, new: Any, items: Iterable[CatalogItem]) -> int:
+        return seed_titles(self.encoder, old, new, items, self.embedded)
+
+    def clear(self) -> None:
+        self.encoder.clear_seeds()
+
+
+@dataclass
+class VersionLoader:
+    """How a worker loads another version so that it shares the serving one's title machinery.
+
+    ``load(path, version)`` returns a Recommender (or raises); ``reuse`` carries titles over where
+    no text cache is shared (None otherwise); ``counts()`` is (titles reused, titles embedded) so
+    far, for the swap's statistics.
+    """
+
+    load: Callable[[Any, str], Any]
+    reuse: TitleReuse | None = None
+    counts: Callable[[], tuple[int, int]] = lambda: (0, 0)
+
+    @classmethod
+    def with_encoder(cls, encoder: TitleEncoder, *, device: str = "auto") -> VersionLoader:
+        """Versions share ``encoder`` (the serving Recommender's ``text_encoder``) and reuse titles
+        from the serving model's rows."""
+
+        def load(path: Any, version: str) -> Any:
+            from streamrec.model.inference import Recommender
+
+            return Recommender.load(path, device=device, version=version, text_encoder=encoder)
+
+        return cls(load=load, reuse=TitleReuse(encoder), counts=lambda: (encoder.reused, encoder.encoded))
+
+
 @dataclass(frozen=True)
 class SwapStats:
     """What building one version took (logged, and counted in the worker's metrics)."""
 
     version: str
     items: int  # catalog items in the new index
-    titles_reused: int  # titles answered from embeddings the serving model held
+    titles_reused: int  # titles not run through MiniLM again (seeded, or text-cache hits)
     titles_encoded: int  # titles run through MiniLM
     build_s: float  # load + vectors + index, on the swap thread
 
@@ -133,7 +189,7 @@ class Built:
     model: ServingModel
     stats: SwapStats
     #: item id -> text_key of the title the new model embedded for it (rows it created; the
-    #: worker's ``Pipeline.embedded`` once the new model serves)
+    #: TitleReuse's ``embedded`` once the new model serves); empty without a TitleReuse
     embedded: dict[str, bytes]
 
 
@@ -181,13 +237,13 @@ def lacking_titles(recommender: Any, items: list[CatalogItem]) -> list[CatalogIt
     return [it for it in items if it.item_id not in has_title and it.text()]
 
 
-def _vectors(recommender: Any, items: list[CatalogItem], embedded: dict[str, bytes]) -> np.ndarray:
-    """Item vectors of ``items`` from ``recommender``; records in ``embedded`` the text of each
-    row the recommender creates now (it holds exactly that text's embedding)."""
-    untitled = lacking_titles(recommender, items)
+def _vectors(recommender: Any, items: list[CatalogItem], reuse: TitleReuse | None,
+             embedded: dict[str, bytes]) -> np.ndarray:
+    """Item vectors of ``items`` from ``recommender``; with ``reuse``, records in ``embedded`` the
+    text of each row the recommender creates now (it holds exactly that text's embedding)."""
+    untitled = reuse.untitled(recommender, items) if reuse is not None else []
     vecs = recommender.add_items([(it.item_id, it.text() or None) for it in items])
-    for it in untitled:
-        embedded[it.item_id] = text_key(it.text())
+    TitleReuse.note(embedded, untitled)
     return np.asarray(vecs, dtype=np.float32)
 
 
@@ -206,21 +262,22 @@ def _latest(changes: Iterable[Change]) -> tuple[list[str], list[CatalogItem]]:
     return gone, [it for it in last.values() if it is not None]
 
 
-def build_serving_model(*, load: Callable[[], Any], new_index: Callable[[int], Any],
-                        catalog: Iterable[list[Change]], old: ServingModel, encoder: TitleEncoder,
-                        embedded: Mapping[str, bytes]) -> Built:
-    """A complete new :class:`ServingModel`: the recommender from ``load()``, checked, with the
-    vectors of every live item of ``catalog`` in a new index from ``new_index(dim)``.
+def build_serving_model(*, loader: VersionLoader, path: Any, version: str, new_index: Callable[[int], Any],
+                        catalog: Iterable[list[Change]], old: ServingModel) -> Built:
+    """A complete new :class:`ServingModel`: ``version`` loaded from ``path`` by ``loader``,
+    checked, with the vectors of every live item of ``catalog`` in a new index from
+    ``new_index(dim)``.
 
     ``catalog`` yields chunks of changes in topic order (a snapshot of the worker's catalog, or the
-    compacted catalog topic read from its beginning); later writes win. ``embedded`` says which
-    titles the serving model (``old``) embedded (see :func:`seed_titles`). Raises
-    (CheckpointError, ValueError, OSError, ...) when the version cannot be served; nothing shared
-    is changed then, apart from new titles kept by ``encoder``.
+    compacted catalog topic read from its beginning); later writes win. ``old`` is the serving
+    model (titles are reused from it through ``loader.reuse``). Raises (CheckpointError,
+    ValueError, OSError, ...) when the version cannot be served; nothing shared is changed then,
+    apart from new titles kept by the encoder or cache.
     """
     t0 = time.perf_counter()
-    reused0, encoded0 = encoder.reused, encoder.encoded
-    rec = load()
+    reused0, encoded0 = loader.counts()
+    reuse = loader.reuse
+    rec = loader.load(path, version)
     check_compatible(rec)
     new_embedded: dict[str, bytes] = {}
     live: dict[str, tuple[int, bool]] = {}  # id -> (row in the vectors so far, in stock)
@@ -231,11 +288,18 @@ def build_serving_model(*, load: Callable[[], Any], new_index: Callable[[int], A
         for i in gone:
             live.pop(i, None)
             new_embedded.pop(i, None)
+        remove_items = getattr(rec, "remove_items", None)
+        if gone and remove_items is not None:  # a deleted item leaves the model too
+            remove_items(gone)
         for s in range(0, len(items), BUILD_CHUNK):  # title seeds per chunk: bounded memory
             part = items[s : s + BUILD_CHUNK]
-            seed_titles(encoder, old.recommender, rec, part, embedded)
-            parts.append(_vectors(rec, part, new_embedded))
-            encoder.clear_seeds()
+            if reuse is not None:
+                reuse.seed(old.recommender, rec, part)
+            try:
+                parts.append(_vectors(rec, part, reuse, new_embedded))
+            finally:
+                if reuse is not None:
+                    reuse.clear()
             for k, it in enumerate(part):
                 live[it.item_id] = (n_rows + k, it.in_stock)
             n_rows += len(part)
@@ -249,26 +313,37 @@ def build_serving_model(*, load: Callable[[], Any], new_index: Callable[[int], A
     probe = np.asarray(rec.encode_users([[(ids[0], "view")]] if ids else [[]]), dtype=np.float32)
     if probe.shape != (1, rec.dim) or not np.isfinite(probe).all():
         raise CheckpointError(f"model {rec.version} gives a non-finite or misshaped user vector {probe.shape}")
-    stats = SwapStats(version=str(rec.version), items=len(ids), titles_reused=encoder.reused - reused0,
-                      titles_encoded=encoder.encoded - encoded0, build_s=time.perf_counter() - t0)
+    reused1, encoded1 = loader.counts()
+    stats = SwapStats(version=str(rec.version), items=len(ids), titles_reused=reused1 - reused0,
+                      titles_encoded=encoded1 - encoded0, build_s=time.perf_counter() - t0)
     return Built(ServingModel(recommender=rec, index=index), stats, new_embedded)
 
 
-def apply_changes(built: Built, changes: Iterable[Change]) -> int:
-    """Apply catalog ``changes`` (in order; made while ``built`` was being built) to its index.
-    Returns the number of items touched.
+def apply_changes(built: Built, changes: Iterable[Change], *, old: ServingModel,
+                  reuse: TitleReuse | None) -> int:
+    """Apply catalog ``changes`` (in order; made while ``built`` was being built) to it; titles
+    the serving model ``old`` embedded meanwhile are reused. Returns the number of items touched.
 
     Idempotent: replaying a change the build already held, or twice, is harmless.
     """
     gone, present = _latest(changes)
-    index = built.model.index
+    index, rec = built.model.index, built.model.recommender
     for i in gone:
         built.embedded.pop(i, None)
+    remove_items = getattr(rec, "remove_items", None)
+    if gone and remove_items is not None:
+        remove_items(gone)
     gone = [i for i in gone if i in index]
     if gone:
         index.remove(gone)
     for s in range(0, len(present), BUILD_CHUNK):
         chunk = present[s : s + BUILD_CHUNK]
-        index.upsert([it.item_id for it in chunk], _vectors(built.model.recommender, chunk, built.embedded),
-                     in_stock=[it.in_stock for it in chunk])
+        if reuse is not None:
+            reuse.seed(old.recommender, rec, chunk)
+        try:
+            vecs = _vectors(rec, chunk, reuse, built.embedded)
+        finally:
+            if reuse is not None:
+                reuse.clear()
+        index.upsert([it.item_id for it in chunk], vecs, in_stock=[it.in_stock for it in chunk])
     return len(gone) + len(present)

@@ -15,12 +15,13 @@ from typing import Any
 import faust
 
 from streamrec.config import Settings
+from streamrec.serving.swap import VersionLoader
 from streamrec.streams.agents import BatchHandler, consume_events
 from streamrec.streams.catalog import catalog_reader, read_catalog_topic
 from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import faust_brokers, faust_credentials
 from streamrec.streams.model_follower import follow_model_updates
-from streamrec.streams.pipeline import ModelLoader, Pipeline
+from streamrec.streams.pipeline import Pipeline
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
@@ -52,35 +53,20 @@ def new_index(settings: Settings, dim: int) -> Any:
     )
 
 
-def model_loader(settings: Settings) -> ModelLoader:
-    """``load(path, version, encoder)``: a version's Recommender, sharing the worker's title encoder."""
-
-    def load(path: Path, version: str, encoder: Any) -> Any:
-        from streamrec.model.inference import Recommender
-
-        return Recommender.load(path, device=settings.device, version=version, text_encoder=encoder)
-
-    return load
-
-
 def create_app(settings: Settings, *, recommender: Any, index: Any, store: str = "rocksdb://",
-               encoder: Any = None, follow_models: bool = True) -> tuple[faust.App, Pipeline]:
+               loader: VersionLoader | None = None, follow_models: bool = True) -> tuple[faust.App, Pipeline]:
     """Build the worker app around a loaded model and an (empty or restored) item index.
 
-    ``store`` is the table store (``memory://`` in unit tests). ``encoder`` is the title encoder
-    ``recommender`` uses (a :class:`~streamrec.serving.swap.TitleEncoder`, shared with the
-    versions it hot-swaps; None: hot swaps build their own). ``follow_models`` starts the
-    model-updates reader. The app carries its :class:`BatchHandler` as ``app.streamrec_handler``
-    and the pipeline as ``app.streamrec_pipeline``.
+    ``store`` is the table store (``memory://`` in unit tests). ``loader`` says how the worker
+    loads the versions it hot-swaps (sharing ``recommender``'s title encoder or text cache; see
+    :func:`streamrec.streams.cli.build_worker`); without one it serves ``recommender`` only.
+    ``follow_models`` starts the model-updates reader. The app carries its :class:`BatchHandler`
+    as ``app.streamrec_handler`` and the pipeline as ``app.streamrec_pipeline``.
     """
-    if encoder is None:
-        from streamrec.serving.swap import TitleEncoder
-
-        encoder = TitleEncoder.minilm(settings.device)
     pipeline = Pipeline(
         recommender=recommender, index=index, top_k=settings.top_k, history_len=settings.history_len,
         purchased_max=settings.purchased_max, trigger_types=settings.trigger_types,
-        new_index=lambda dim: new_index(settings, dim), load_model=model_loader(settings), encoder=encoder,
+        new_index=lambda dim: new_index(settings, dim), loader=loader,
     )
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +117,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
     async def read_catalog() -> None:
         await catalog_reader(settings, pipeline)
 
-    if follow_models:
+    if follow_models and loader is not None:
         # a new version is built from the catalog topic itself (the source of truth), as at a start
         pipeline.catalog_source = lambda: read_catalog_topic(settings)
 

@@ -96,7 +96,7 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
 
     from streamrec.model.inference import Recommender
     from streamrec.model.registry import ModelRegistry
-    from streamrec.serving.swap import TitleEncoder
+    from streamrec.serving.swap import TitleEncoder, VersionLoader
     from streamrec.streams.app import create_app, new_index
 
     threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
@@ -109,9 +109,10 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
         version = registry.current_version()
     encoder = TitleEncoder.minilm(settings.device)  # shared with every version hot-swapped in
     recommender = Recommender.load(path, device=settings.device, version=version, text_encoder=encoder)
+    loader = VersionLoader.with_encoder(encoder, device=settings.device)
     index = new_index(settings, recommender.dim)
     log.info("model loaded version=%s dim=%d path=%s", recommender.version, recommender.dim, path)
-    return create_app(settings, recommender=recommender, index=index, encoder=encoder)
+    return create_app(settings, recommender=recommender, index=index, loader=loader)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -28,12 +28,9 @@ from streamrec.serving.swap import (
     Built,
     Change,
     SwapStats,
-    TitleEncoder,
+    VersionLoader,
     apply_changes,
     build_serving_model,
-    lacking_titles,
-    seed_titles,
-    text_key,
 )
 
 log = logging.getLogger(__name__)
@@ -48,10 +45,6 @@ SWAP_CATCH_UP = 64
 #: thread and the event loop win the CPU over a version being built.
 SWAP_THREAD_NICE = 10
 
-#: ``load_model(path, version, encoder)``: a Recommender for a checkpoint dir, or an exception.
-ModelLoader = Callable[[Path, str, Any], Any]
-
-
 def _lower_priority() -> None:
     """Initializer of the swap thread: lower its priority (best effort; only Linux has per-thread nice)."""
     try:
@@ -63,8 +56,7 @@ def _lower_priority() -> None:
 class Pipeline:
     def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
                  purchased_max: int, trigger_types: tuple[str, ...],
-                 new_index: Callable[[int], Any] | None = None, load_model: ModelLoader | None = None,
-                 encoder: TitleEncoder | None = None) -> None:
+                 new_index: Callable[[int], Any] | None = None, loader: VersionLoader | None = None) -> None:
         self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k)
         self.history_len = history_len
         self.purchased_max = purchased_max
@@ -75,14 +67,11 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
         # -- hot swap (see swap_model) --
         self.new_index = new_index  # dim -> an empty index with the worker's settings
-        self.load_model = load_model
-        self.encoder = encoder  # the title encoder every version shares (None: no swaps' reuse)
-        #: item id -> text_key of the title embedded into the serving model's row at serving time
-        self.embedded: dict[str, bytes] = {}
+        self.loader = loader  # how another version is loaded (None: this pipeline cannot swap)
         #: catalog changes applied while a version is built, in order (appended on the model thread)
         self._swap_logs: list[list[Change]] = []
         #: where a build reads the whole catalog: None = a snapshot of ``self.catalog``; the worker
-        #: app reads the compacted catalog topic (see streams.model_follower.catalog_snapshot)
+        #: app reads the compacted catalog topic (streams.catalog.read_catalog_topic)
         self.catalog_source: Callable[[], Iterable[list[Change]]] | None = None
         self._swap_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-swap",
                                                  initializer=_lower_priority)
@@ -139,14 +128,16 @@ class Pipeline:
         for flag, ids in stock_only.items():
             if ids:
                 index.set_in_stock(ids, flag)
+        reuse = self.loader.reuse if self.loader is not None else None
         if embed:
-            untitled = lacking_titles(recommender, embed)
+            untitled = reuse.untitled(recommender, embed) if reuse is not None else []
             vecs = recommender.add_items([(it.item_id, it.text() or None) for it in embed])
             index.upsert([it.item_id for it in embed], vecs, in_stock=[it.in_stock for it in embed])
-            for it in untitled:  # their rows now hold exactly this text's embedding (a swap reuses it)
-                self.embedded[it.item_id] = text_key(it.text())
-        for i in removed:
-            self.embedded.pop(i, None)
+            if reuse is not None:  # their rows now hold exactly this text's embedding (a swap reuses it)
+                reuse.note(reuse.embedded, untitled)
+        if reuse is not None:
+            for i in removed:
+                reuse.embedded.pop(i, None)
         if self._swap_logs:  # a version being built replays these before its swap
             applied = [(i, it) for i, it in latest.items() if it is None or i in self.catalog]
             for change_log in self._swap_logs:
@@ -169,7 +160,7 @@ class Pipeline:
            ``scorer.model``. A batch takes that reference once, so it is scored and labelled by
            one version; events are never touched by a swap, so none is lost or answered twice.
         """
-        if self.new_index is None or self.load_model is None or self.encoder is None:
+        if self.new_index is None or self.loader is None:
             raise RuntimeError("this pipeline was built without a model loader: it cannot swap")
         async with self._swap_lock:  # one build at a time
             loop = asyncio.get_running_loop()
@@ -218,35 +209,25 @@ class Pipeline:
                old: ServingModel, change_log: list[Change]) -> tuple[Built, int]:
         """(swap thread) The whole new version, caught up with all but the last few logged
         changes; returns it and how many logged changes it has applied."""
-        assert self.load_model is not None and self.new_index is not None and self.encoder is not None
-        load_model, encoder = self.load_model, self.encoder
-        built = build_serving_model(
-            load=lambda: load_model(path, version, encoder), new_index=self.new_index,
-            catalog=catalog(), old=old, encoder=encoder, embedded=self.embedded)
+        assert self.loader is not None and self.new_index is not None
+        built = build_serving_model(loader=self.loader, path=path, version=version, new_index=self.new_index,
+                                    catalog=catalog(), old=old)
         done = 0
         while len(change_log) - done >= SWAP_CATCH_UP:  # catch up off the model thread
             end = len(change_log)
-            self._replay(built, old, change_log[done:end])
+            apply_changes(built, change_log[done:end], old=old, reuse=self.loader.reuse)
             done = end
         return built, done
-
-    def _replay(self, built: Built, old: ServingModel, changes: list[Change]) -> int:
-        """Apply logged changes to ``built``; titles the serving model embedded meanwhile are reused."""
-        assert self.encoder is not None
-        items = [it for _, it in changes if it is not None]
-        seed_titles(self.encoder, old.recommender, built.model.recommender, items, self.embedded)
-        try:
-            return apply_changes(built, changes)
-        finally:
-            self.encoder.clear_seeds()
 
     def _finish_swap(self, built: Built, change_log: list[Change], done: int) -> int:
         """(model thread) Replay the changes logged since the catch-up, then swap: nothing changes
         the catalog in between, because catalog changes run on this thread too. Returns the
         number of logged changes replayed in all."""
-        self._replay(built, self.scorer.model, change_log[done:])
+        assert self.loader is not None
+        apply_changes(built, change_log[done:], old=self.scorer.model, reuse=self.loader.reuse)
         self.scorer.model = built.model  # THE swap: one reference, between two batches
-        self.embedded = built.embedded
+        if self.loader.reuse is not None:
+            self.loader.reuse.embedded = built.embedded
         self.metrics.catalog_items.set(len(built.model.index))
         return len(change_log)
 

@@ -21,10 +21,10 @@ from streamrec.config import Settings
 from streamrec.indexer import ItemIndex
 from streamrec.model.inference import Recommender
 from streamrec.schemas import CatalogItem, ModelUpdate, Recommendation
-from streamrec.serving.swap import TitleEncoder
+from streamrec.serving.swap import TitleEncoder, VersionLoader
 from streamrec.streams import pipeline as pipeline_mod
 from streamrec.streams.agents import BatchHandler
-from streamrec.streams.app import create_app, model_loader
+from streamrec.streams.app import create_app
 from streamrec.streams.model_follower import ModelFollower, is_newer, resolve_checkpoint
 from streamrec.streams.pipeline import Pipeline
 from tests.unit.streams.test_agents import TS, Harness, item
@@ -56,29 +56,41 @@ def version_dir(src: Path, root: Path, name: str) -> Path:
 
 
 class Gate:
-    """A model loader that stops inside the build until released: catalog changes made while it
-    waits happen *during* the build."""
+    """Wraps a loader: the build stops inside ``load`` until released, so catalog changes made
+    while it waits happen *during* the build."""
 
-    def __init__(self) -> None:
+    def __init__(self, loader: VersionLoader) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
-        self.loader = model_loader(Settings(device="cpu"))
+        self.inner = loader.load
+        loader.load = self  # type: ignore[method-assign]
 
-    def __call__(self, path: Path, version: str, encoder: object) -> Recommender:
+    def __call__(self, path: Path, version: str) -> Recommender:
         self.entered.set()
         assert self.release.wait(60), "test never released the build"
-        return self.loader(path, version, encoder)
+        return self.inner(path, version)
 
     async def wait_entered(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, 60)
 
 
-def make_pipeline(ckpt: Path, encoder: TitleEncoder, load=None) -> Pipeline:
+def make_pipeline(ckpt: Path, encoder: TitleEncoder) -> tuple[Pipeline, Gate]:
     rec = Recommender.load(ckpt, device="cpu", version="v0001-20260101T000000Z", text_encoder=encoder)
-    return Pipeline(recommender=rec, index=ItemIndex(rec.dim, kind="flat", device="cpu"), top_k=5,
-                    history_len=4, purchased_max=3, trigger_types=("view", "purchase"),
-                    new_index=lambda dim: ItemIndex(dim, kind="flat", device="cpu"),
-                    load_model=load or model_loader(Settings(device="cpu")), encoder=encoder)
+    loader = VersionLoader.with_encoder(encoder, device="cpu")
+    gate = Gate(loader)
+    p = Pipeline(recommender=rec, index=ItemIndex(rec.dim, kind="flat", device="cpu"), top_k=5,
+                 history_len=4, purchased_max=3, trigger_types=("view", "purchase"),
+                 new_index=lambda dim: ItemIndex(dim, kind="flat", device="cpu"), loader=loader)
+    topic: list = []  # the catalog topic: what a build reads (a copy as of the call)
+    p.catalog_source = lambda: [list(topic)]
+    p.topic = topic  # type: ignore[attr-defined]
+    return p, gate
+
+
+async def publish(p: Pipeline, changes: list) -> None:
+    """A catalog change as the worker sees it: on the topic, and applied by the catalog reader."""
+    p.topic.extend(changes)  # type: ignore[attr-defined]
+    await p.run(p.apply_catalog, changes)
 
 
 def new_item(item_id: str, title: str, *, in_stock: bool = True) -> CatalogItem:
@@ -88,12 +100,10 @@ def new_item(item_id: str, title: str, *, in_stock: bool = True) -> CatalogItem:
 
 @pytest.fixture
 async def pipe(tiny_checkpoint, minilm):
-    encoder = TitleEncoder(minilm)
-    gate = Gate()
-    p = make_pipeline(tiny_checkpoint, encoder, gate)
+    p, gate = make_pipeline(tiny_checkpoint, TitleEncoder(minilm))
     catalog = [(f"i{i}", item(i)) for i in range(1, 25)]
     catalog += [(f"n{i}", new_item(f"n{i}", f"glossy lip balm number {i}")) for i in range(1, 6)]
-    await p.run(p.apply_catalog, catalog)
+    await publish(p, catalog)
     p.gate = gate  # type: ignore[attr-defined]
     yield p
     gate.release.set()
@@ -107,7 +117,7 @@ async def test_swap_keeps_catalog_changes_made_during_the_build(pipe, tiny_check
     swap = asyncio.create_task(pipe.swap_model(v2.name, v2))
     await pipe.gate.wait_entered()  # the build has taken its catalog snapshot and is loading
     assert pipe.swap_pending == v2.name and pipe.model is old
-    await pipe.run(pipe.apply_catalog, [
+    await publish(pipe, [
         ("n9", new_item("n9", "matte lip crayon")),  # added
         ("i3", None),  # deleted
         ("i4", item(4).model_copy(update={"in_stock": False})),  # out of stock
@@ -129,7 +139,7 @@ async def test_swap_keeps_catalog_changes_made_during_the_build(pipe, tiny_check
     assert pipe.metrics.value("streamrec_model_refusals_total") == 0
     assert pipe.swap_pending is None
     # later catalog changes go to the version now serving
-    await pipe.run(pipe.apply_catalog, [("n10", new_item("n10", "sheer lip tint"))])
+    await publish(pipe, [("n10", new_item("n10", "sheer lip tint"))])
     assert "n10" in new.index and "n10" not in old.index
 
 
@@ -139,8 +149,8 @@ async def test_catch_up_off_the_model_thread_replays_long_change_logs(pipe, tiny
     swap = asyncio.create_task(pipe.swap_model(v2.name, v2))
     await pipe.gate.wait_entered()
     for n in range(10):
-        await pipe.run(pipe.apply_catalog, [(f"m{n}", new_item(f"m{n}", f"velvet lip stain {n}"))])
-    await pipe.run(pipe.apply_catalog, [("m0", None)])
+        await publish(pipe, [(f"m{n}", new_item(f"m{n}", f"velvet lip stain {n}"))])
+    await publish(pipe, [("m0", None)])
     pipe.gate.release.set()
     assert await swap is not None
     assert "m0" not in pipe.model.index and all(f"m{n}" in pipe.model.index for n in range(1, 10))
@@ -151,7 +161,7 @@ async def test_known_titles_are_not_embedded_again(pipe, tiny_checkpoint, tmp_pa
     """The new version lacks the items added while serving (n1..n5) and the title of i5 (trained
     without one): those titles come from the serving model's stored embeddings. A title changed
     since it was embedded (n2) is embedded anew."""
-    await pipe.run(pipe.apply_catalog, [("n2", new_item("n2", "a new title for n2"))])
+    await publish(pipe, [("n2", new_item("n2", "a new title for n2"))])
     v2 = version_dir(tiny_checkpoint, tmp_path, "v0002-20260101T000100Z")
     pipe.gate.release.set()
     before = len(minilm.titles)
@@ -212,7 +222,7 @@ async def test_a_version_that_cannot_be_served_is_refused_and_the_old_one_keeps_
     assert any("model version refused" in r.message and "v0002" in r.message for r in caplog.records)
     assert not pipe._swap_logs and pipe.swap_pending is None
     # still serving, and still taking catalog changes
-    await pipe.run(pipe.apply_catalog, [("n7", new_item("n7", "plum lip liner"))])
+    await publish(pipe, [("n7", new_item("n7", "plum lip liner"))])
     assert "n7" in pipe.model.index
     # and a good version after the refusal swaps in
     good = version_dir(tiny_checkpoint, tmp_path, "v0003-20260101T000200Z")
@@ -226,11 +236,14 @@ async def harness(tiny_checkpoint, tmp_path, minilm):
     encoder = TitleEncoder(minilm)
     rec = Recommender.load(tiny_checkpoint, device="cpu", version="v0001-20260101T000000Z", text_encoder=encoder)
     app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat", device="cpu"),
-                               store="memory://", encoder=encoder, follow_models=False)
+                               store="memory://", loader=VersionLoader.with_encoder(encoder, device="cpu"),
+                               follow_models=False)
     app.finalize()
     app.conf.store = "memory://"
     app.flow_control.resume()
-    pipeline.apply_catalog([(f"i{i}", item(i)) for i in range(1, 25)])
+    catalog = [(f"i{i}", item(i)) for i in range(1, 25)]
+    pipeline.catalog_source = lambda: [catalog]
+    pipeline.apply_catalog(catalog)
     handler = BatchHandler(pipeline=pipeline, users=app.streamrec_handler.users, recommendations=app.channel(),
                            dead_letters=app.channel())
     yield Harness(app, handler)
