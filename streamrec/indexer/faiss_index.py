@@ -497,6 +497,13 @@ class ItemIndex:
             return choose_kind("auto", n, self.exact_max, self._device)
         return "flat" if n <= self.exact_max // 2 else kind
 
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of the index by part, read from the arrays and FAISS structures (the id -> slot
+        dict and FAISS's own hash maps are not counted: the bench's RSS covers them)."""
+        st = self._state
+        arrays = st.vecs.nbytes + st.live.nbytes + st.stock.nbytes + st.elig.nbytes + st.ext.nbytes
+        return {"index_arrays": int(arrays), "index_faiss": _faiss_bytes(st.index, self.dim)}
+
     def rebuilding(self) -> bool:
         """True while a rebuild is in flight (its change log is open)."""
         return bool(self._logs)
@@ -664,6 +671,27 @@ class ItemIndex:
         self._state = st
         self.kind, self.device = st.kind or self.kind, st.device
         return self
+
+
+def _faiss_bytes(index: Any, dim: int) -> int:
+    """Vector storage, graph links and id maps held by a FAISS index (CPU kinds; 0 if none)."""
+    if index is None:
+        return 0
+    n = int(index.ntotal)
+    total = n * 8  # IndexIDMap2's id map (int64 per entry)
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    if isinstance(inner, faiss.IndexHNSW):
+        h = inner.hnsw
+        total += n * dim * 4 + h.neighbors.size() * 4 + h.offsets.size() * 8 + h.levels.size() * 4
+    elif isinstance(inner, faiss.IndexFlat):
+        total += n * dim * 4
+    else:
+        try:
+            ivf = faiss.extract_index_ivf(index)
+            total += n * (dim * 4 + 8) + ivf.nlist * dim * 4
+        except RuntimeError:
+            total += n * dim * 4
+    return int(total)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
