@@ -88,6 +88,7 @@ class TextCache:
         self.embedded = 0  # titles embedded by this process
         self.hits = 0  # titles answered from the cache
         self.evicted = 0
+        self.embed_seconds = 0.0  # time spent in the encoder
         self.read_only = False
         self._lock = threading.Lock()
         self._mem: dict[bytes, np.ndarray] = {}  # used when the store is read-only or absent
@@ -199,7 +200,9 @@ class TextCache:
             self.hits += len(found)
             todo = [k for k in want if k not in found]
             if todo:
+                t0 = time.perf_counter()
                 vecs = self._encode([clean[k] for k in todo], batch_size)
+                self.embed_seconds += time.perf_counter() - t0
                 for k, v in zip(todo, vecs):
                     out[want[k]] = v
                 self.embedded += len(todo)

@@ -55,6 +55,12 @@ class Metrics:
     latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_MS))
     batch_size: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     recent_latency: deque = field(default_factory=lambda: deque(maxlen=2048))
+    titles_embedded: int = 0  # catalog titles run through MiniLM by this process
+    title_cache_hits: int = 0  # catalog titles answered by the text cache
+    title_embed_seconds: float = 0.0  # time spent in MiniLM
+    index_kind: str = ""
+    index_rebuilding: int = 0
+    memory: dict = field(default_factory=dict)  # part -> bytes
 
     def observe_latency_ms(self, ms: float) -> None:
         self.latency.observe(ms)
@@ -88,6 +94,27 @@ class Metrics:
             "# TYPE streamrec_model_info gauge",
             f'streamrec_model_info{{version="{model_version}"}} 1',
         ]
+        lines += [
+            "# HELP streamrec_titles_embedded_total Catalog titles embedded by MiniLM (text-cache misses).",
+            "# TYPE streamrec_titles_embedded_total counter",
+            f"streamrec_titles_embedded_total {self.titles_embedded}",
+            "# HELP streamrec_title_cache_hits_total Catalog titles answered by the text cache.",
+            "# TYPE streamrec_title_cache_hits_total counter",
+            f"streamrec_title_cache_hits_total {self.title_cache_hits}",
+            "# HELP streamrec_title_embed_seconds_total Seconds spent embedding titles.",
+            "# TYPE streamrec_title_embed_seconds_total counter",
+            f"streamrec_title_embed_seconds_total {self.title_embed_seconds:.3f}",
+            "# HELP streamrec_index_rebuilding 1 while the index is rebuilt in the background.",
+            "# TYPE streamrec_index_rebuilding gauge",
+            f"streamrec_index_rebuilding {self.index_rebuilding}",
+        ]
+        if self.index_kind:
+            lines += ["# HELP streamrec_index_info The index kind being served.",
+                      "# TYPE streamrec_index_info gauge", f'streamrec_index_info{{kind="{self.index_kind}"}} 1']
+        if self.memory:
+            lines += ["# HELP streamrec_memory_bytes Bytes held by each part of the worker.",
+                      "# TYPE streamrec_memory_bytes gauge"]
+            lines += [f'streamrec_memory_bytes{{part="{k}"}} {v}' for k, v in sorted(self.memory.items())]
         lines += self.batch_size.render("streamrec_batch_size", "Events per scoring batch.")
         lines += self.latency.render(
             "streamrec_event_to_recommendation_ms", "Event timestamp to recommendation produced, ms."

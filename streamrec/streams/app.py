@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CATALOG_BATCH = 512
 CATALOG_READY_TIMEOUT_S = 300.0
+MEMORY_GAUGE_INTERVAL_S = 10.0  # how often the per-part memory gauges are measured
 def _as_current(event: Any) -> None:
     """Make ``event`` Faust's current event.
 
@@ -189,6 +190,10 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
     async def read_catalog() -> None:
         await catalog_reader(settings, pipeline)
 
+    @app.timer(MEMORY_GAUGE_INTERVAL_S)
+    async def memory_gauges() -> None:
+        await pipeline.run(pipeline.update_memory)
+
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         ready = pipeline.catalog_ready.is_set()
@@ -202,6 +207,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         lag = await _consumer_lag(app, settings.topic_events)
+        pipeline.refresh_gauges()
         text = pipeline.metrics.render(model_version=pipeline.model_version, consumer_lag=lag)
         return web.text(text, content_type="text/plain", headers={"X-Prometheus-Format": "0.0.4"})
 
@@ -270,6 +276,7 @@ async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
         started = time.monotonic()
         pending = {tp for tp, off in end.items() if off > 0}
         if not pending:
+            await pipeline.run(pipeline.catalog_loaded)
             pipeline.catalog_ready.set()
         while True:
             records = await consumer.getmany(timeout_ms=200, max_records=CATALOG_BATCH * 4)
@@ -297,6 +304,7 @@ async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
                         pending.discard(tp)
             if not pending and not pipeline.catalog_ready.is_set():
                 log.info("catalog loaded items=%d seconds=%.1f", len(pipeline.catalog), time.monotonic() - started)
+                await pipeline.run(pipeline.catalog_loaded)  # the index kind for this size
                 pipeline.catalog_ready.set()
     finally:
         await consumer.stop()

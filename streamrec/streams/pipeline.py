@@ -117,12 +117,34 @@ class Pipeline:
         self.metrics.catalog_items = len(index)
         if self.catalog_ready.is_set():
             self.retune_index()
+        self._count_titles()
 
     def catalog_loaded(self) -> None:
         """The initial catalog is in (runs on the model thread): pick the index kind for it."""
         log.info("catalog loaded items=%d index_kind=%s", len(self.catalog),
                  getattr(self.scorer.index, "kind", "?"))
         self.retune_index()
+        self.update_memory()
+
+    def _count_titles(self) -> None:
+        cache = getattr(self.scorer.recommender, "text_cache", None)
+        if cache is not None:
+            m = self.metrics
+            m.titles_embedded, m.title_cache_hits = cache.embedded, cache.hits
+            m.title_embed_seconds = cache.embed_seconds
+
+    def refresh_gauges(self) -> None:
+        """Gauges read at scrape time on the event loop (plain attribute reads, no locks)."""
+        index = self.scorer.index
+        self.metrics.index_kind = str(getattr(index, "kind", ""))
+        rebuilding = getattr(index, "rebuilding", None)
+        self.metrics.index_rebuilding = int(bool(rebuilding())) if rebuilding else 0
+        if self.metrics.memory:
+            self.metrics.memory = {**self.metrics.memory, "rss": rss_bytes()}
+
+    def update_memory(self) -> None:
+        """Measure the parts' memory (on the model thread: the structures are not changing)."""
+        self.metrics.memory = self.memory_bytes()
 
     def retune_index(self) -> None:
         retune = getattr(self.scorer.index, "retune", None)
