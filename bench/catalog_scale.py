@@ -266,6 +266,11 @@ def report(rows: list[dict], args) -> None:
     print("|---|" + "---:|" * len(rows))
     for p in parts + ["rss"]:
         print(f"| {p} | " + " | ".join(f"{r['memory'].get(p, 0) / r['items']:,.0f}" for r in rows) + " |")
+    # RSS is mostly fixed cost (torch, MiniLM, Faust) at small sizes: the marginal figure is the
+    # RSS above the first size's, per item added
+    print(f"| rss above the {base['items']:,} run, per added item | - | " + " | ".join(
+        f"{(r['rss_gib'] - base['rss_gib']) * GIB / (r['items'] - base['items']):,.0f}"
+        if r["items"] > base["items"] else "-" for r in rows[1:]) + " |")
     print()
     keys = ("items", "cold_ready_s", "warm_ready_s", "titles_per_s", "events_per_s", "p99_ms", "rss_gib",
             "index_kind")
