@@ -43,11 +43,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from pipeline import beauty_events, latency_at  # noqa: E402  (bench/pipeline.py)
 
-from streamrec import localkafka  # noqa: E402
+from streamrec.devtools import localkafka  # noqa: E402
 from streamrec.client import EventProducer  # noqa: E402
 from streamrec.config import Settings  # noqa: E402
 from streamrec.indexer.faiss_index import choose_kind  # noqa: E402
-from streamrec.replay import catalog_from_dataset, dataset_items, read_item_text, read_sequences  # noqa: E402
+from streamrec.datafiles import read_item_text, read_sequences  # noqa: E402
+from streamrec.devtools.replay import catalog_from_dataset, dataset_items  # noqa: E402
 from streamrec.schemas import CatalogItem  # noqa: E402
 from streamrec.streams.topics import create_topics  # noqa: E402
 

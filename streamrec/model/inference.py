@@ -4,9 +4,9 @@ A score is always the inner product ``user_vec . item_vec`` (the FAISS index use
 product), so everything the model does to score lives inside the two vectors.
 
 >>> rec = Recommender.load("data/models/versions/v0001-...")            # doctest: +SKIP
->>> ids, vecs = rec.item_vectors()                                       # (N, d) for the index
->>> u = rec.encode_users([[("42", "view"), ("7", "add_to_cart")]])       # (1, d)
->>> rec.score(u, ["42", "99"])                                           # (1, 2)
+>>> ids, vecs = rec.item_vectors()                                       # (N, d) for the index  # doctest: +SKIP
+>>> u = rec.encode_users([[("42", "view"), ("7", "add_to_cart")]])       # (1, d)  # doctest: +SKIP
+>>> rec.score(u, ["42", "99"])                                           # (1, 2)  # doctest: +SKIP
 
 Item vectors: a known item gets its learned id embedding + the projection of its cached title
 embedding; an unknown item with text gets the projection of its text (zero-shot: no click on
@@ -227,7 +227,7 @@ class Recommender:
         known = torch.nn.functional.normalize(known_text, dim=1)
         known_ids = self.model.id_emb.weight[1 : n + 1].to(text.device)  # (n, d)
         for start in range(0, text.shape[0], chunk):
-            q = text[start : start + chunk]  # (c, 384)
+            q = text[start : start + chunk]  # (c, TEXT_DIM)
             with_text = q.abs().sum(1) > 0  # (c,)
             sim = torch.nn.functional.normalize(q, dim=1) @ known.T  # (c, n)
             sim[:, ~has_text] = -2.0

@@ -21,7 +21,7 @@ from streamrec.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-TEXT_DIM = 384
+TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding width: named here only, imported elsewhere
 MAX_TOKENS = 128  # titles are short; longer text is truncated
 
 
@@ -43,7 +43,7 @@ def model_path() -> Path:
 
 
 class TextEncoder:
-    """Sentence embeddings (N, 384) float32, L2-normalised; loaded lazily on first use.
+    """Sentence embeddings (N, TEXT_DIM) float32, L2-normalised; loaded lazily on first use.
 
     >>> enc = TextEncoder(device="cpu")            # doctest: +SKIP
     >>> enc.encode(["red nail polish", ""]).shape  # doctest: +SKIP

@@ -33,7 +33,7 @@ from streamrec.model.data import (
 )
 from streamrec.model.evaluate import evaluate_model
 from streamrec.model.sasrec import SASRec, SASRecConfig
-from streamrec.model.text import TextEncoder, resolve_device
+from streamrec.model.text import TEXT_DIM, TextEncoder, resolve_device
 from streamrec.model.textcache import TextCache
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def item_text_matrix(vocab: ItemVocab, item_text: dict[str, str | None], ids: li
     ids = vocab.ids if ids is None else ids
     texts = [item_text.get(i) for i in ids]
     if not any(texts):
-        return torch.zeros(len(ids), 384)
+        return torch.zeros(len(ids), TEXT_DIM)
     if cache is not None:
         return torch.from_numpy(cache.encode(texts))
     enc = encoder or TextEncoder(device=device)

@@ -23,13 +23,14 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from streamrec.schemas import CatalogItem, ShopEvent
 from streamrec.serving.metrics import Metrics
 from streamrec.serving.popularity import Popularity
-from streamrec.serving.scorer import Scorer
+from streamrec.serving.scorer import Scorer, ServingModel
 from streamrec.serving.state import UserState
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,15 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
 
     @property
+    def model(self) -> ServingModel:
+        """The model + index now serving: ONE reference (see :class:`~streamrec.serving.scorer.Scorer`).
+
+        A batch takes it once and uses it for scoring and for the version it reports; a hot swap
+        replaces ``self.scorer.model`` between two batches.
+        """
+        return self.scorer.model
+
+    @property
     def model_version(self) -> str:
         return self.scorer.model_version
 
@@ -78,7 +88,8 @@ class Pipeline:
     def apply_catalog(self, changes: list[tuple[str, CatalogItem | None]]) -> None:
         """Apply catalog upserts/deletions (runs on the model thread): embed new or changed
         items from their text and put them in the index; drop deleted ones everywhere."""
-        index = self.scorer.index
+        model = self.scorer.model  # one reference for the whole batch (a swap may replace it)
+        index = model.index
         latest: dict[str, CatalogItem | None] = {}
         for item_id, item in changes:  # last write per item wins within a batch
             latest[item_id] = item
@@ -87,7 +98,7 @@ class Pipeline:
         removed = [i for i, it in latest.items() if it is None]
         if removed:
             index.remove(removed)
-            remove_items = getattr(self.scorer.recommender, "remove_items", None)
+            remove_items = getattr(model.recommender, "remove_items", None)
             if remove_items is not None:
                 remove_items(removed)
             for i in removed:
@@ -112,12 +123,12 @@ class Pipeline:
             if ids:
                 index.set_in_stock(ids, flag)
         if embed:
-            vecs = self.scorer.recommender.add_items([(it.item_id, it.text() or None) for it in embed])
+            vecs = model.recommender.add_items([(it.item_id, it.text() or None) for it in embed])
             index.upsert([it.item_id for it in embed], vecs, in_stock=[it.in_stock for it in embed])
-        self.metrics.catalog_items = len(index)
+        self.metrics.catalog_items.set(len(index))
         if self.catalog_ready.is_set():
-            self.retune_index()
-        self._count_titles()
+            self.retune_index(model)
+        self._count_titles(model)
 
     def catalog_loaded(self) -> None:
         """The initial catalog is in (runs on the model thread): pick the index kind for it."""
@@ -126,39 +137,38 @@ class Pipeline:
         self.retune_index()
         self.update_memory()
 
-    def _count_titles(self) -> None:
-        cache = getattr(self.scorer.recommender, "text_cache", None)
+    def _count_titles(self, model: ServingModel) -> None:
+        cache = getattr(model.recommender, "text_cache", None)
         if cache is not None:
-            m = self.metrics
-            m.titles_embedded, m.title_cache_hits = cache.embedded, cache.hits
-            m.title_embed_seconds = cache.embed_seconds
+            self.metrics.count_titles(embedded=cache.embedded, hits=cache.hits, seconds=cache.embed_seconds)
 
     def refresh_gauges(self) -> None:
         """Gauges read at scrape time on the event loop (plain attribute reads, no locks)."""
         index = self.scorer.index
-        self.metrics.index_kind = str(getattr(index, "kind", ""))
         rebuilding = getattr(index, "rebuilding", None)
-        self.metrics.index_rebuilding = int(bool(rebuilding())) if rebuilding else 0
-        if self.metrics.memory:
-            self.metrics.memory = {**self.metrics.memory, "rss": rss_bytes()}
+        self.metrics.set_index(kind=str(getattr(index, "kind", "")),
+                               rebuilding=bool(rebuilding()) if rebuilding else False)
+        self.metrics.memory_bytes.labels(part="rss").set(rss_bytes())
 
     def update_memory(self) -> None:
         """Measure the parts' memory (on the model thread: the structures are not changing)."""
-        self.metrics.memory = self.memory_bytes()
+        for part, n in self.memory_bytes().items():
+            self.metrics.memory_bytes.labels(part=part).set(n)
 
-    def retune_index(self) -> None:
-        retune = getattr(self.scorer.index, "retune", None)
+    def retune_index(self, model: ServingModel | None = None) -> None:
+        retune = getattr((model or self.scorer.model).index, "retune", None)
         if retune is not None:
             retune(background=True)  # no-op unless the kind is due to change
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held per part of the worker, from the structures themselves, plus the RSS."""
+        model = self.scorer.model
         out: dict[str, int] = {}
-        for part in (self.scorer.recommender, self.scorer.index):
+        for part in (model.recommender, model.index):
             fn = getattr(part, "memory_bytes", None)
             if fn is not None:
                 out.update(fn())
-        cache = getattr(self.scorer.recommender, "text_cache", None)
+        cache = getattr(model.recommender, "text_cache", None)
         if cache is not None and hasattr(cache, "disk_bytes"):
             out["text_cache_disk"] = cache.disk_bytes()
         out["catalog_dict"] = catalog_dict_bytes(self.catalog)
@@ -174,16 +184,18 @@ class Pipeline:
             session_id=event.session_id, history_len=self.history_len, purchased_max=self.purchased_max,
         )
         if not fresh:
-            self.metrics.duplicates += 1
+            self.metrics.duplicates.inc()
         return fresh
 
-    def score(self, states: list[UserState], fresh_events: list[ShopEvent]) -> list[list[tuple[str, float]]]:
-        """Count the batch's new events into popularity, then score (on the model thread)."""
+    def score(self, states: list[UserState], fresh_events: list[ShopEvent],
+              model: ServingModel | None = None) -> list[list[tuple[str, float]]]:
+        """Count the batch's new events into popularity, then score with ``model`` (default: the
+        current one) on the model thread."""
         for ev in fresh_events:
             self.scorer.popularity.add(ev.item_id, ev.type, ts_ms=ev.ts)
         if not states:
             return []
-        return self.scorer.recommend(states)
+        return self.scorer.recommend(states, model)
 
     @staticmethod
     def now_ms() -> int:

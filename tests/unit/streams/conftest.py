@@ -1,3 +1,2 @@
-"""The tiny trained model of the model tests, shared with the pipeline tests."""
-
+# Reuse the model tests' tiny trained checkpoint (a real model, trained in seconds).
 from tests.unit.model.conftest import tiny_checkpoint, tiny_data, tiny_text  # noqa: F401
