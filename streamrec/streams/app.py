@@ -102,7 +102,8 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
 
     @app.timer(MEMORY_GAUGE_INTERVAL_S)
     async def memory_gauges() -> None:
-        await pipeline.run(pipeline.update_memory)
+        if pipeline.catalog_ready.is_set():  # while loading, each catalog batch measures it
+            await pipeline.run(pipeline.update_memory)
 
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]

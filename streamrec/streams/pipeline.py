@@ -38,6 +38,7 @@ T = TypeVar("T")
 
 #: Most items a worker accepts into its catalog (a bound on memory for hostile catalog topics).
 MAX_CATALOG_ITEMS = 5_000_000
+MEMORY_EVERY_S = 10.0  # catalog batches measure the memory gauges at most this often
 
 
 def catalog_entry(item: CatalogItem) -> int:
@@ -65,6 +66,7 @@ class Pipeline:
         self.metrics = Metrics()
         self.catalog: dict[str, int] = {}  # item id -> catalog_entry(item)
         self.catalog_ready = asyncio.Event()
+        self._memory_at = 0.0  # monotonic time of the last memory measurement
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
 
     @property
@@ -129,6 +131,8 @@ class Pipeline:
         if self.catalog_ready.is_set():
             self.retune_index(model)
         self._count_titles(model)
+        if time.monotonic() - self._memory_at >= MEMORY_EVERY_S:
+            self.update_memory()
 
     def catalog_loaded(self) -> None:
         """The initial catalog is in (runs on the model thread): pick the index kind for it."""
@@ -152,6 +156,7 @@ class Pipeline:
 
     def update_memory(self) -> None:
         """Measure the parts' memory (on the model thread: the structures are not changing)."""
+        self._memory_at = time.monotonic()
         for part, n in self.memory_bytes().items():
             self.metrics.memory_bytes.labels(part=part).set(n)
 

@@ -124,4 +124,13 @@ def test_memory_report_names_every_part(tiny_checkpoint, tmp_path):
     for part in ("item_vectors_used", "model_weights", "index_arrays", "index_faiss", "catalog_dict",
                  "text_cache_disk", "rss"):
         assert mem[part] > 0, part
+    p.update_memory()
+    p.refresh_gauges()
+    m = p.metrics
+    titles = {it.text() for _, it in random_log(3, 200) if it is not None and it.item_id not in TRAINED}
+    assert m.value("streamrec_titles_embedded_total") == len(titles)  # what /metrics exposes
+    assert m.value("streamrec_index_info", kind="flat") == 1
+    assert m.value("streamrec_index_rebuilding") == 0
+    assert m.value("streamrec_memory_bytes", part="index_faiss") == mem["index_faiss"]
+    assert 'streamrec_memory_bytes{part="rss"}' in m.render(model_version="v")
     p.scorer.recommender.text_cache.close()
