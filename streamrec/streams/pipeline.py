@@ -5,8 +5,9 @@ heartbeating and serving HTTP while a batch is scored, and the model is never us
 threads at once.
 
 Which items exist: the catalog topic is the source of truth. ``Pipeline.catalog`` holds one
-small int per item (a hash of its text and the stock flag: enough to tell what changed, about
-a tenth of the memory of the parsed item); every item in it is in the index and in the model's
+small int per item (a hash of its text and the stock flag: enough to tell what changed, and no
+parsed item kept; with its key about 130 B per item in ``bench/catalog_scale.py``); every item
+in it is in the index and in the model's
 vocabulary, and a deleted item leaves all three (its model row is freed). The model's vocabulary
 may also hold trained items the catalog never listed (they still encode user histories).
 
