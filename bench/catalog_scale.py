@@ -48,16 +48,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from pipeline import beauty_events, latency_at  # noqa: E402  (bench/pipeline.py)
+from pipeline import beauty_events, latency_at
 
-from streamrec.devtools import localkafka  # noqa: E402
-from streamrec.client import EventProducer  # noqa: E402
-from streamrec.config import Settings  # noqa: E402
-from streamrec.indexer.faiss_index import choose_kind  # noqa: E402
-from streamrec.datafiles import read_item_text, read_sequences  # noqa: E402
-from streamrec.devtools.replay import catalog_from_dataset, dataset_items  # noqa: E402
-from streamrec.schemas import CatalogItem  # noqa: E402
-from streamrec.streams.topics import create_topics  # noqa: E402
+from streamrec.client import EventProducer
+from streamrec.config import Settings
+from streamrec.datafiles import read_item_text, read_sequences
+from streamrec.devtools import localkafka
+from streamrec.devtools.replay import catalog_from_dataset, dataset_items
+from streamrec.indexer.faiss_index import choose_kind
+from streamrec.schemas import CatalogItem
+from streamrec.streams.topics import create_topics
 
 GIB = 1024 ** 3
 ADJ = ("Velvet", "Matte", "Hydrating", "Ultra", "Gentle", "Radiant", "Daily", "Intense", "Silky", "Pure",
@@ -123,7 +123,7 @@ def scrape(url: str) -> dict[str, float]:
 
 def proc_mem(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) bytes of ``pid``."""
-    fields = dict(re.findall(r"^(Vm\w+):\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M))
+    fields = dict(re.findall(r"^(Vm\w+):\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE))
     return int(fields.get("VmRSS", 0)) * 1024, int(fields.get("VmHWM", 0)) * 1024
 
 
@@ -138,9 +138,10 @@ class Worker:
         env.update({"STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(),
                     "STREAMREC_WEB_PORT": str(self.port), "STREAMREC_DEVICE": "cpu"})
         self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.cli", "--log-level", "INFO", "worker", "--model", str(model)],
-            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streamrec.cli", "--log-level", "INFO", "worker", "--model", str(model)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.log = log
 
     def url(self, path: str) -> str:

@@ -36,8 +36,9 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Self
 
 import numpy as np
 
@@ -337,7 +338,7 @@ class TextCache:
                 finally:
                     self._db = None
 
-    def __enter__(self) -> TextCache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
