@@ -96,7 +96,9 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
 
     from streamrec.model.inference import Recommender
     from streamrec.model.registry import ModelRegistry
-    from streamrec.serving.swap import TitleEncoder, VersionLoader
+    from streamrec.model.text import TextEncoder
+    from streamrec.model.textcache import TextCache
+    from streamrec.serving.swap import VersionLoader
     from streamrec.streams.app import create_app, new_index
 
     threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
@@ -107,9 +109,11 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
         registry = ModelRegistry(settings.registry_dir)
         path = registry.require_current()
         version = registry.current_version()
-    encoder = TitleEncoder.minilm(settings.device)  # shared with every version hot-swapped in
-    recommender = Recommender.load(path, device=settings.device, version=version, text_encoder=encoder)
-    loader = VersionLoader.with_encoder(encoder, device=settings.device)
+    # one text cache for the serving version and every version hot-swapped in
+    cache = TextCache(settings.text_cache_path, encoder=TextEncoder(device=settings.device),
+                      max_items=settings.text_cache_max_items)
+    recommender = Recommender.load(path, device=settings.device, version=version, text_cache=cache)
+    loader = VersionLoader.with_text_cache(cache, device=settings.device)
     index = new_index(settings, recommender.dim)
     log.info("model loaded version=%s dim=%d path=%s", recommender.version, recommender.dim, path)
     return create_app(settings, recommender=recommender, index=index, loader=loader)

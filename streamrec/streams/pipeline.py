@@ -4,11 +4,24 @@ Model and index calls run on one dedicated executor thread, so the event loop ke
 heartbeating and serving HTTP while a batch is scored, and the model is never used by two
 threads at once. A new model version is built on a second thread (:meth:`Pipeline.swap_model`)
 and swapped in on the model thread between two scoring calls.
+
+Which items exist: the catalog topic is the source of truth. ``Pipeline.catalog`` holds one
+small int per item (a hash of its text and the stock flag: enough to tell what changed, and no
+parsed item kept; with its key about 130 B per item in ``bench/catalog_scale.py``); every item
+in it is in the index and in the model's
+vocabulary, and a deleted item leaves all three (its model row is freed). The model's vocabulary
+may also hold trained items the catalog never listed (they still encode user histories).
+
+The index kind follows the catalog: after the initial load (:meth:`Pipeline.catalog_loaded`) and
+after every later change the index is asked to :meth:`~streamrec.indexer.ItemIndex.retune`, which
+rebuilds it in the background (flat -> HNSW on CPU / IVF on GPU past ``index_exact_max``) while
+events keep being served and catalog changes keep being applied.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import threading
@@ -53,6 +66,24 @@ def _lower_priority() -> None:
         pass
 
 
+MEMORY_EVERY_S = 10.0  # catalog batches measure the memory gauges at most this often
+
+
+def catalog_entry(item: CatalogItem) -> int:
+    """What the pipeline remembers of an item: 63 bits of its text's hash and the stock flag."""
+    h = int.from_bytes(hashlib.blake2b(item.text().encode("utf-8"), digest_size=8).digest(), "big")
+    return (h >> 1) << 1 | int(item.in_stock)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class Pipeline:
     def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
                  purchased_max: int, trigger_types: tuple[str, ...],
@@ -62,16 +93,17 @@ class Pipeline:
         self.purchased_max = purchased_max
         self.trigger_types = frozenset(trigger_types)
         self.metrics = Metrics()
-        self.catalog: dict[str, CatalogItem] = {}
+        self.catalog: dict[str, int] = {}  # item id -> catalog_entry(item)
         self.catalog_ready = asyncio.Event()
+        self._memory_at = 0.0  # monotonic time of the last memory measurement
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
         # -- hot swap (see swap_model) --
         self.new_index = new_index  # dim -> an empty index with the worker's settings
         self.loader = loader  # how another version is loaded (None: this pipeline cannot swap)
         #: catalog changes applied while a version is built, in order (appended on the model thread)
         self._swap_logs: list[list[Change]] = []
-        #: where a build reads the whole catalog: None = a snapshot of ``self.catalog``; the worker
-        #: app reads the compacted catalog topic (streams.catalog.read_catalog_topic)
+        #: where a build reads the whole catalog: the worker app reads the compacted catalog topic
+        #: (streams.catalog.read_catalog_topic); ``self.catalog`` keeps no texts
         self.catalog_source: Callable[[], Iterable[list[Change]]] | None = None
         self._swap_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-swap",
                                                  initializer=_lower_priority)
@@ -98,16 +130,21 @@ class Pipeline:
 
     def apply_catalog(self, changes: list[tuple[str, CatalogItem | None]]) -> None:
         """Apply catalog upserts/deletions (runs on the model thread): embed new or changed
-        items from their text and put them in the index; drop deleted ones."""
-        model = self.scorer.model
+        items from their text and put them in the index; drop deleted ones everywhere."""
+        model = self.scorer.model  # one reference for the whole batch (a swap may replace it)
         index = model.index
         recommender = model.recommender
         latest: dict[str, CatalogItem | None] = {}
         for item_id, item in changes:  # last write per item wins within a batch
             latest[item_id] = item
-        removed = [i for i, it in latest.items() if it is None and i in self.catalog]
+        # A deletion frees the item everywhere, also a trained item this run never listed (a
+        # compacted topic may hold only its tombstone); unknown ids are ignored downstream.
+        removed = [i for i, it in latest.items() if it is None]
         if removed:
             index.remove(removed)
+            remove_items = getattr(model.recommender, "remove_items", None)
+            if remove_items is not None:
+                remove_items(removed)
             for i in removed:
                 self.catalog.pop(i, None)
         embed: list[CatalogItem] = []
@@ -115,34 +152,79 @@ class Pipeline:
         for item_id, item in latest.items():
             if item is None:
                 continue
+            entry = catalog_entry(item)
             old = self.catalog.get(item_id)
-            if old is not None and old.text() == item.text() and item_id in index:
-                if old.in_stock != item.in_stock:
+            if old is not None and old >> 1 == entry >> 1 and item_id in index:
+                if old != entry:
                     stock_only[item.in_stock].append(item_id)
             elif len(self.catalog) < MAX_CATALOG_ITEMS or item_id in self.catalog:
                 embed.append(item)
             else:
                 log.warning("catalog full (%d items): dropping item=%s", MAX_CATALOG_ITEMS, item_id)
                 continue
-            self.catalog[item_id] = item
+            self.catalog[item_id] = entry
         for flag, ids in stock_only.items():
             if ids:
                 index.set_in_stock(ids, flag)
-        reuse = self.loader.reuse if self.loader is not None else None
         if embed:
-            untitled = reuse.untitled(recommender, embed) if reuse is not None else []
             vecs = recommender.add_items([(it.item_id, it.text() or None) for it in embed])
             index.upsert([it.item_id for it in embed], vecs, in_stock=[it.in_stock for it in embed])
-            if reuse is not None:  # their rows now hold exactly this text's embedding (a swap reuses it)
-                reuse.note(reuse.embedded, untitled)
-        if reuse is not None:
-            for i in removed:
-                reuse.embedded.pop(i, None)
         if self._swap_logs:  # a version being built replays these before its swap
             applied = [(i, it) for i, it in latest.items() if it is None or i in self.catalog]
             for change_log in self._swap_logs:
                 change_log.extend(applied)
         self.metrics.catalog_items.set(len(index))
+        if self.catalog_ready.is_set():
+            self.retune_index(model)
+        self._count_titles(model)
+        if time.monotonic() - self._memory_at >= MEMORY_EVERY_S:
+            self.update_memory()
+
+    def catalog_loaded(self) -> None:
+        """The initial catalog is in (runs on the model thread): pick the index kind for it."""
+        log.info("catalog loaded items=%d index_kind=%s", len(self.catalog),
+                 getattr(self.scorer.index, "kind", "?"))
+        self.retune_index()
+        self.update_memory()
+
+    def _count_titles(self, model: ServingModel) -> None:
+        cache = getattr(model.recommender, "text_cache", None)
+        if cache is not None:
+            self.metrics.count_titles(embedded=cache.embedded, hits=cache.hits, seconds=cache.embed_seconds)
+
+    def refresh_gauges(self) -> None:
+        """Gauges read at scrape time on the event loop (plain attribute reads, no locks)."""
+        index = self.scorer.index
+        rebuilding = getattr(index, "rebuilding", None)
+        self.metrics.set_index(kind=str(getattr(index, "kind", "")),
+                               rebuilding=bool(rebuilding()) if rebuilding else False)
+        self.metrics.memory_bytes.labels(part="rss").set(rss_bytes())
+
+    def update_memory(self) -> None:
+        """Measure the parts' memory (on the model thread: the structures are not changing)."""
+        self._memory_at = time.monotonic()
+        for part, n in self.memory_bytes().items():
+            self.metrics.memory_bytes.labels(part=part).set(n)
+
+    def retune_index(self, model: ServingModel | None = None) -> None:
+        retune = getattr((model or self.scorer.model).index, "retune", None)
+        if retune is not None:
+            retune(background=True)  # no-op unless the kind is due to change
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held per part of the worker, from the structures themselves, plus the RSS."""
+        model = self.scorer.model
+        out: dict[str, int] = {}
+        for part in (model.recommender, model.index):
+            fn = getattr(part, "memory_bytes", None)
+            if fn is not None:
+                out.update(fn())
+        cache = getattr(model.recommender, "text_cache", None)
+        if cache is not None and hasattr(cache, "disk_bytes"):
+            out["text_cache_disk"] = cache.disk_bytes()
+        out["catalog_dict"] = catalog_dict_bytes(self.catalog)
+        out["rss"] = rss_bytes()
+        return out
 
     # -- hot swap ----------------------------------------------------------------------------
 
@@ -152,9 +234,9 @@ class Pipeline:
 
         1. On the model thread: start logging the catalog changes applied from now on.
         2. On the swap thread (lower priority): load and check the version, read the whole catalog
-           (the compacted catalog topic from its beginning, as at a start; a snapshot of
-           ``self.catalog`` where no ``catalog_source`` is set), compute every live item's vector
-           (titles the serving model already embedded are reused), build a new index with the
+           (``catalog_source``: the compacted catalog topic from its beginning, as at a start),
+           compute every live item's vector (titles already embedded are text-cache hits), build a
+           new index with the
            worker's settings, and replay logged changes until few remain.
         3. On the model thread, between two scoring calls: replay the rest and replace
            ``scorer.model``. A batch takes that reference once, so it is scored and labelled by
@@ -172,7 +254,7 @@ class Pipeline:
             try:
                 catalog = await self.run(self._begin_swap, change_log)
                 built, done = await loop.run_in_executor(
-                    self._swap_executor, self._build, version, Path(path), catalog, self.model, change_log)
+                    self._swap_executor, self._build, version, Path(path), catalog, change_log)
                 replayed = await self.run(self._finish_swap, built, change_log, done)
             except Exception as exc:  # any failure refuses the version, loudly
                 self.metrics.model_refusals.inc()
@@ -198,24 +280,23 @@ class Pipeline:
 
     def _begin_swap(self, change_log: list[Change]) -> Callable[[], Iterable[list[Change]]]:
         """(model thread) Start logging catalog changes in ``change_log``; returns where the build
-        reads the whole catalog (the catalog topic, or a snapshot of ``self.catalog`` as of now)."""
+        reads the whole catalog."""
+        if self.catalog_source is None:
+            raise RuntimeError("this pipeline has no catalog source: it cannot build a new version")
         self._swap_logs.append(change_log)
-        if self.catalog_source is not None:
-            return self.catalog_source
-        snapshot = list(self.catalog.items())
-        return lambda: [snapshot]
+        return self.catalog_source
 
     def _build(self, version: str, path: Path, catalog: Callable[[], Iterable[list[Change]]],
-               old: ServingModel, change_log: list[Change]) -> tuple[Built, int]:
+               change_log: list[Change]) -> tuple[Built, int]:
         """(swap thread) The whole new version, caught up with all but the last few logged
         changes; returns it and how many logged changes it has applied."""
         assert self.loader is not None and self.new_index is not None
         built = build_serving_model(loader=self.loader, path=path, version=version, new_index=self.new_index,
-                                    catalog=catalog(), old=old)
+                                    catalog=catalog())
         done = 0
         while len(change_log) - done >= SWAP_CATCH_UP:  # catch up off the model thread
             end = len(change_log)
-            apply_changes(built, change_log[done:end], old=old, reuse=self.loader.reuse)
+            apply_changes(built, change_log[done:end])
             done = end
         return built, done
 
@@ -223,11 +304,8 @@ class Pipeline:
         """(model thread) Replay the changes logged since the catch-up, then swap: nothing changes
         the catalog in between, because catalog changes run on this thread too. Returns the
         number of logged changes replayed in all."""
-        assert self.loader is not None
-        apply_changes(built, change_log[done:], old=self.scorer.model, reuse=self.loader.reuse)
+        apply_changes(built, change_log[done:])
         self.scorer.model = built.model  # THE swap: one reference, between two batches
-        if self.loader.reuse is not None:
-            self.loader.reuse.embedded = built.embedded
         self.metrics.catalog_items.set(len(built.model.index))
         return len(change_log)
 
@@ -260,3 +338,17 @@ class Pipeline:
     @staticmethod
     def now_ms() -> int:
         return int(time.time() * 1000)
+
+
+def catalog_dict_bytes(catalog: dict[str, int], sample: int = 1000) -> int:
+    """Size of the catalog dict: its table plus keys and values (measured on a sample of up to
+    ``sample`` entries with ``sys.getsizeof`` and scaled; ids are of similar length)."""
+    import itertools
+    import sys
+
+    n = len(catalog)
+    if n == 0:
+        return sys.getsizeof(catalog)
+    picked = list(itertools.islice(catalog.items(), sample))
+    per = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in picked) / len(picked)
+    return sys.getsizeof(catalog) + int(per * n)

@@ -21,7 +21,8 @@ from streamrec.config import Settings
 from streamrec.indexer import ItemIndex
 from streamrec.model.inference import Recommender
 from streamrec.schemas import CatalogItem, ModelUpdate, Recommendation
-from streamrec.serving.swap import TitleEncoder, VersionLoader
+from streamrec.model.textcache import TextCache
+from streamrec.serving.swap import VersionLoader
 from streamrec.streams import pipeline as pipeline_mod
 from streamrec.streams.agents import BatchHandler
 from streamrec.streams.app import create_app
@@ -37,11 +38,12 @@ class CountingEncoder:
         from streamrec.model.text import TextEncoder
 
         self.inner = TextEncoder(device="cpu")
+        self.identity = self.inner.identity
         self.titles: list[str] = []
 
-    def encode(self, texts: list[str]) -> object:
+    def encode(self, texts: list[str], batch_size: int = 128) -> object:
         self.titles.extend(texts)
-        return self.inner.encode(texts)
+        return self.inner.encode(texts, batch_size)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +76,9 @@ class Gate:
         await asyncio.get_running_loop().run_in_executor(None, self.entered.wait, 60)
 
 
-def make_pipeline(ckpt: Path, encoder: TitleEncoder) -> tuple[Pipeline, Gate]:
-    rec = Recommender.load(ckpt, device="cpu", version="v0001-20260101T000000Z", text_encoder=encoder)
-    loader = VersionLoader.with_encoder(encoder, device="cpu")
+def make_pipeline(ckpt: Path, cache: TextCache) -> tuple[Pipeline, Gate]:
+    rec = Recommender.load(ckpt, device="cpu", version="v0001-20260101T000000Z", text_cache=cache)
+    loader = VersionLoader.with_text_cache(cache, device="cpu")
     gate = Gate(loader)
     p = Pipeline(recommender=rec, index=ItemIndex(rec.dim, kind="flat", device="cpu"), top_k=5,
                  history_len=4, purchased_max=3, trigger_types=("view", "purchase"),
@@ -100,7 +102,7 @@ def new_item(item_id: str, title: str, *, in_stock: bool = True) -> CatalogItem:
 
 @pytest.fixture
 async def pipe(tiny_checkpoint, minilm):
-    p, gate = make_pipeline(tiny_checkpoint, TitleEncoder(minilm))
+    p, gate = make_pipeline(tiny_checkpoint, TextCache(None, encoder=minilm))
     catalog = [(f"i{i}", item(i)) for i in range(1, 25)]
     catalog += [(f"n{i}", new_item(f"n{i}", f"glossy lip balm number {i}")) for i in range(1, 6)]
     await publish(p, catalog)
@@ -159,24 +161,25 @@ async def test_catch_up_off_the_model_thread_replays_long_change_logs(pipe, tiny
 
 async def test_known_titles_are_not_embedded_again(pipe, tiny_checkpoint, tmp_path, minilm):
     """The new version lacks the items added while serving (n1..n5) and the title of i5 (trained
-    without one): those titles come from the serving model's stored embeddings. A title changed
-    since it was embedded (n2) is embedded anew."""
+    without one); n2's title changed while serving. Every one of those titles was embedded by the
+    serving version already: the swap answers them all from the shared text cache."""
     await publish(pipe, [("n2", new_item("n2", "a new title for n2"))])
     v2 = version_dir(tiny_checkpoint, tmp_path, "v0002-20260101T000100Z")
     pipe.gate.release.set()
     before = len(minilm.titles)
     stats = await pipe.swap_model(v2.name, v2)
     assert stats is not None
-    assert minilm.titles[before:] == [pipe.catalog["n2"].text()]  # only the changed title
-    assert stats.titles_encoded == 1 and stats.titles_reused == 5
-    # and the reused embedding is the one MiniLM gives: same vectors as embedding afresh
-    ids = ["n1", "n3", "i5"]
-
-    fresh = Recommender.load(v2, device="cpu", version="check", text_encoder=minilm.inner)
-    got = pipe.model.recommender.add_items([(i, pipe.catalog[i].text()) for i in ids])
-    want = fresh.add_items([(i, pipe.catalog[i].text()) for i in ids])
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert pipe.metrics.value("streamrec_model_swap_titles_total", source="reused") == 5
+    assert minilm.titles[before:] == []  # nothing ran through MiniLM
+    assert stats.titles_encoded == 0 and stats.titles_reused >= 6
+    # and the new version's vectors for them are the ones MiniLM gives: same as embedding afresh
+    ids = ["n1", "n2", "i5"]
+    fresh = Recommender.load(v2, device="cpu", version="check", text_cache=TextCache(None, encoder=minilm.inner))
+    got = [pipe.model.index._state.vecs[pipe.model.index._state.ids[i]] for i in ids]
+    want = fresh.add_items([(i, text) for i, text in zip(ids, [
+        new_item("n1", "glossy lip balm number 1").text(), new_item("n2", "a new title for n2").text(),
+        item(5).text()])])
+    np.testing.assert_allclose(np.stack(got), want, rtol=1e-5, atol=1e-6)
+    assert pipe.metrics.value("streamrec_model_swap_titles_total", source="reused") == stats.titles_reused
 
 
 def corrupt(kind: str, src: Path, dst: Path) -> Path:
@@ -233,10 +236,10 @@ async def test_a_version_that_cannot_be_served_is_refused_and_the_old_one_keeps_
 async def harness(tiny_checkpoint, tmp_path, minilm):
     settings = Settings(data_dir=tmp_path, app_id=f"unit-{uuid.uuid4().hex[:8]}", top_k=5, history_len=4,
                         purchased_max=3, partitions=2, device="cpu", index_kind="flat")
-    encoder = TitleEncoder(minilm)
-    rec = Recommender.load(tiny_checkpoint, device="cpu", version="v0001-20260101T000000Z", text_encoder=encoder)
+    cache = TextCache(None, encoder=minilm)
+    rec = Recommender.load(tiny_checkpoint, device="cpu", version="v0001-20260101T000000Z", text_cache=cache)
     app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat", device="cpu"),
-                               store="memory://", loader=VersionLoader.with_encoder(encoder, device="cpu"),
+                               store="memory://", loader=VersionLoader.with_text_cache(cache, device="cpu"),
                                follow_models=False)
     app.finalize()
     app.conf.store = "memory://"
