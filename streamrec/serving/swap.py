@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from streamrec.errors import CheckpointError
+from streamrec.model.text import TEXT_DIM
 from streamrec.schemas import EVENT_TYPES, CatalogItem
 from streamrec.serving.scorer import ServingModel
 
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 #: Catalog items embedded and indexed per call while a new version is built (bounds peak memory).
 BUILD_CHUNK = 4096
-#: Width of MiniLM title embeddings (streamrec.model.text.TEXT_DIM; not imported: no torch here).
-TITLE_DIM = 384
 
 
 @dataclass
@@ -87,9 +86,9 @@ def check_compatible(recommender: Any) -> None:
     this worker's text model and read every event type of the contract. A different vector width
     is fine: the model and its index are swapped together."""
     cfg = recommender.model.config
-    if getattr(cfg, "use_text", True) and int(cfg.text_dim) != TITLE_DIM:
+    if getattr(cfg, "use_text", True) and int(cfg.text_dim) != TEXT_DIM:
         raise CheckpointError(f"incompatible model: text_dim {cfg.text_dim}, the worker's title "
-                              f"encoder gives {TITLE_DIM}")
+                              f"encoder gives {TEXT_DIM}")
     if int(cfg.n_event_types) < len(EVENT_TYPES) + 1:
         raise CheckpointError(f"incompatible model: {cfg.n_event_types} event types, the contract "
                               f"has {len(EVENT_TYPES)} (+ padding)")
