@@ -30,11 +30,12 @@ MAX_CATALOG_ITEMS = 5_000_000
 class Pipeline:
     def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
                  purchased_max: int, trigger_types: tuple[str, ...]) -> None:
-        self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k)
+        self.metrics = Metrics()
+        self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k,
+                             stage=self.metrics.stage)
         self.history_len = history_len
         self.purchased_max = purchased_max
         self.trigger_types = frozenset(trigger_types)
-        self.metrics = Metrics()
         self.catalog: dict[str, CatalogItem] = {}
         self.catalog_ready = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
