@@ -330,7 +330,7 @@ def run_worker(settings: Settings, model: Path, work: Path, *, guarantee: str, n
                 break
             if time.perf_counter() - t_start > 600:
                 raise SystemExit("worker did not drain the backlog in 10 minutes")
-            time.sleep(0.1)
+            time.sleep(0.25)  # each scrape costs the worker's event loop a few ms
         t1 = time.perf_counter()
         drain = probe.stop()
         if spy is not None:
@@ -375,7 +375,7 @@ def main() -> int:
     if not guarantees or any(g not in ("at_least_once", "exactly_once") for g in guarantees):
         print(f"--guarantees: expected at_least_once and/or exactly_once, got {args.guarantees!r}", file=sys.stderr)
         return 2
-    rates = [float(r) for r in args.rates.split(",")]
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
     profile = Path(args.profile) if args.profile else None
     d = data_dir()
     if not (d / "sequences.txt").is_file():

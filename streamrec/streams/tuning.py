@@ -49,16 +49,16 @@ def set_compute_threads(n: int) -> None:
 
 
 def quiet_third_party_loggers(level: int = logging.WARNING) -> None:
-    """Set the hot-path libraries' loggers to at least ``level`` (WARNING), so that a DEBUG or
-    INFO call inside them returns at the level check instead of building a record.
-
-    A logger with no level of its own asks its parents on every call; Faust's and mode's loggers
-    are also created per service. An explicit level on the package logger keeps the answer one
-    lookup (Python caches it per logger).
+    """Set the hot-path libraries' loggers (aiokafka, kafka, faust, mode) to ``level`` (WARNING),
+    so that their DEBUG and INFO calls return at the level check instead of building a record,
+    whatever the root level (Faust's worker may set the root to DEBUG, see
+    :func:`streamrec.streams.cli.disable_spinner`). Left alone when the process runs at DEBUG
+    (``--log-level DEBUG``: then their records are wanted).
     """
-    root = logging.getLogger().getEffectiveLevel()
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(max(level, root))
+        logging.getLogger(name).setLevel(level)
 
 
 async def watch_loop_lag(metrics: Any, interval: float = LOOP_PROBE_S) -> None:
