@@ -88,7 +88,6 @@ class BatchHandler:
                     msg.offset, reason)
         dl = DeadLetter.wrap(topic=msg.topic, partition=msg.partition, offset=msg.offset,
                              reason=reason, original=msg.value)
-        as_current(event)
         await self.dead_letters.send(key=msg.key, value=dl.to_bytes())
 
     # -- the batch ---------------------------------------------------------------------------
@@ -173,8 +172,6 @@ class BatchHandler:
             for ev, recs in zip(events, lists):
                 value = recommendation_bytes(user_id=ev.user_id, items=recs, model_version=version,
                                              event_id=ev.event_id, event_ts=ev.ts, produced_ts=now)
-                # bound to the user's own event: with exactly_once, its source partition's transaction
-                as_current(source[ev.user_id])
                 try:
                     await send(key=ev.user_id.encode(), value=value)
                 except Exception as exc:  # noqa: BLE001 - the error policy decides
