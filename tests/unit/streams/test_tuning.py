@@ -57,7 +57,7 @@ async def test_loop_lag_probe_sees_a_blocked_loop():
     m = Metrics()
     task = asyncio.create_task(watch_loop_lag(m, interval=0.01))
     await asyncio.sleep(0.02)
-    time.sleep(0.15)  # block the loop
+    time.sleep(0.15)  # noqa: ASYNC251 - block the loop on purpose
     await asyncio.sleep(0.03)
     task.cancel()
     assert m.value("streamrec_loop_lag_seconds_count") >= 1
