@@ -22,6 +22,7 @@ from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import faust_brokers, faust_credentials
 from streamrec.streams.model_follower import follow_model_updates
 from streamrec.streams.pipeline import Pipeline
+from streamrec.streams.tuning import watch_loop_lag
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
         web_host=settings.web_host if settings.web_host != "0.0.0.0" else "localhost",
         producer_acks=-1,
         producer_linger_ms=1,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval_s,
+        processing_guarantee=settings.processing_guarantee,
         # A worker that dies (SIGKILL, OOM) holds its partitions until the session times out;
         # keep that short so a restarted or surviving worker takes over within seconds.
         broker_session_timeout=10.0,
@@ -126,6 +128,10 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
         @app.task
         async def follow_models_task() -> None:
             await follow_model_updates(settings, pipeline)
+
+    @app.task
+    async def loop_lag() -> None:
+        await watch_loop_lag(pipeline.metrics)
 
     @app.timer(MEMORY_GAUGE_INTERVAL_S)
     async def memory_gauges() -> None:

@@ -88,11 +88,12 @@ class Pipeline:
     def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
                  purchased_max: int, trigger_types: tuple[str, ...],
                  new_index: Callable[[int], Any] | None = None, loader: VersionLoader | None = None) -> None:
-        self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k)
+        self.metrics = Metrics()
+        self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k,
+                             stage=self.metrics.stage)
         self.history_len = history_len
         self.purchased_max = purchased_max
         self.trigger_types = frozenset(trigger_types)
-        self.metrics = Metrics()
         self.catalog: dict[str, int] = {}  # item id -> catalog_entry(item)
         self.catalog_ready = asyncio.Event()
         self._memory_at = 0.0  # monotonic time of the last memory measurement
