@@ -151,7 +151,11 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
     from confluent_kafka import Consumer
 
+    from streamrec.client.connection import ConnectionWatch
+
     conf = settings.confluent_config()
+    watch = ConnectionWatch(conf["bootstrap.servers"])
+    watch.install(conf)
     conf.update({
         "group.id": f"streamrec-tail-{uuid.uuid4().hex[:8]}",
         "auto.offset.reset": "earliest" if args.from_beginning else "latest",
@@ -167,6 +171,7 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
             if deadline is not None and time.monotonic() > deadline:
                 break
             msg = consumer.poll(0.5)
+            watch.check()
             if msg is None or msg.error():
                 continue
             seen += 1

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     topic_recommendations: str = Field("shop.recommendations", pattern=_TOPIC_PATTERN)
     topic_dlq: str = Field("shop.events.dlq", pattern=_TOPIC_PATTERN)
     topic_model_updates: str = Field("streamrec.model-updates", pattern=_TOPIC_PATTERN)
+    topic_deletions: str = Field(
+        "shop.user-deletions", pattern=_TOPIC_PATTERN,
+        description="user deletion requests (right to erasure), key user_id",
+    )
     partitions: int = Field(4, ge=1, le=1024, description="partitions of the keyed topics")
     replication_factor: int = Field(1, ge=1, le=16)
 

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
+from streamrec.client.connection import ConnectionWatch
 from streamrec.errors import SchemaError, StreamrecError
 from streamrec.schemas import Recommendation
 
@@ -21,7 +22,9 @@ class RecommendationSubscriber:
 
     ``from_beginning=False`` (default) starts at the end of the topic: only recommendations
     produced after the subscriber is assigned its partitions are seen (call :meth:`wait_ready`
-    before emitting events if that matters). Malformed messages are skipped with a log line::
+    before emitting events if that matters). Malformed messages are skipped with a log line.
+    Credentials or a certificate that the broker refuses raise
+    :class:`~streamrec.errors.KafkaAuthError` from :meth:`wait_ready` / :meth:`poll`::
 
         with RecommendationSubscriber("localhost:9092", user_ids={"u1"}) as sub:
             for rec in sub:
@@ -53,7 +56,8 @@ class RecommendationSubscriber:
         self._from_beginning = from_beginning
         self._fresh_group = group_id is None
         self._assigned = False
-        self._consumer = Consumer(conf)
+        self._watch = ConnectionWatch(bootstrap_servers)
+        self._consumer = Consumer(self._watch.install(conf))
         self._consumer.subscribe([topic], on_assign=self._on_assign)
 
     @classmethod
@@ -98,6 +102,7 @@ class RecommendationSubscriber:
             if time.monotonic() > deadline:
                 raise StreamrecError(f"no partitions of {self.topic!r} assigned after {timeout:.0f}s")
             msg = self._consumer.poll(0.1)
+            self._watch.check()
             if msg is not None:
                 self._pending = msg
                 break
@@ -115,6 +120,7 @@ class RecommendationSubscriber:
                 if left <= 0:
                     return None
                 msg = self._consumer.poll(min(left, 0.5))
+                self._watch.check()
             if msg is None:
                 continue
             if msg.error():

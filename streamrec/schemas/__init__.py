@@ -16,12 +16,13 @@ from streamrec.schemas.contracts import (
     Recommendation,
     ScoredItem,
     ShopEvent,
+    UserDeletion,
 )
 
 __all__ = [
     "CONTRACTS", "EVENT_TYPES", "EventType", "MAX_MESSAGE_BYTES", "TS_MAX_MS", "TS_MIN_MS", "CatalogItem",
     "Contract", "DeadLetter", "ModelUpdate", "Recommendation", "ScoredItem", "ShopEvent",
-    "json_schema", "committed_schema",
+    "UserDeletion", "json_schema", "committed_schema",
 ]
 
 

@@ -1,4 +1,4 @@
-"""The five wire contracts. Field names are the JSON names every client relies on.
+"""The wire contracts. Field names are the JSON names every client relies on.
 
 >>> e = ShopEvent(event_id="e1", user_id="u1", session_id="s1", item_id="i9",
 ...               type="view", ts=1_700_000_000_000)
@@ -116,4 +116,19 @@ class ModelUpdate(Contract):
     created_ts: TimestampMs
 
 
-CONTRACTS: tuple[type[Contract], ...] = (ShopEvent, CatalogItem, Recommendation, DeadLetter, ModelUpdate)
+class UserDeletion(Contract):
+    """Erase everything streamrec keeps about a user (the right to erasure).
+
+    Topic ``shop.user-deletions``, key = ``user_id``, partitioned like the events topic so that the
+    worker that owns the user's state receives it. ``requested_ts`` is when the shop asked (epoch
+    ms); events of the user that arrive later start the user afresh.
+    """
+
+    schema_file = "user_deletion.schema.json"
+    user_id: Id
+    requested_ts: TimestampMs
+
+
+CONTRACTS: tuple[type[Contract], ...] = (
+    ShopEvent, CatalogItem, Recommendation, DeadLetter, ModelUpdate, UserDeletion,
+)

@@ -11,6 +11,7 @@ import pytest
 from streamrec.errors import SchemaError
 from streamrec.schemas import (
     CONTRACTS, MAX_MESSAGE_BYTES, CatalogItem, DeadLetter, ModelUpdate, Recommendation, ShopEvent,
+    UserDeletion,
     committed_schema, json_schema,
 )
 
@@ -29,6 +30,7 @@ VALID = {
                   "original": base64.b64encode(b"\xff").decode()}],
     ModelUpdate: [{"version": "v0001", "path": "/data/models/v0001", "metrics": {"ndcg_at_10": 0.05},
                    "created_ts": TS}],
+    UserDeletion: [{"user_id": "u1", "requested_ts": TS}],
 }
 
 INVALID = {
@@ -46,6 +48,8 @@ INVALID = {
     ],
     CatalogItem: [{**VALID[CatalogItem][0], "title": "t" * 513}, {**VALID[CatalogItem][0], "in_stock": "yes"}],
     Recommendation: [{**VALID[Recommendation][0], "items": [{"item_id": "a", "score": 1}] * 1001}],
+    UserDeletion: [{"user_id": "u1"}, {"user_id": "", "requested_ts": TS}, {"user_id": "u1", "requested_ts": 5},
+                   {"user_id": "u1", "requested_ts": TS, "reason": "gdpr"}],
 }
 
 
