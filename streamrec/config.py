@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     topic_recommendations: str = Field("shop.recommendations", pattern=_TOPIC_PATTERN)
     topic_dlq: str = Field("shop.events.dlq", pattern=_TOPIC_PATTERN)
     topic_model_updates: str = Field("streamrec.model-updates", pattern=_TOPIC_PATTERN)
+    topic_catalog_dlq: str = Field(
+        "shop.catalog.dlq", pattern=_TOPIC_PATTERN, description="refused catalog items with reasons",
+    )
     topic_deletions: str = Field(
         "shop.user-deletions", pattern=_TOPIC_PATTERN,
         description="user deletion requests (right to erasure), key user_id",

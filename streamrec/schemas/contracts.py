@@ -19,8 +19,10 @@ from streamrec.schemas.base import Contract, Id, LongText, ShortText, TimestampM
 EventType = Literal["view", "add_to_cart", "remove_from_cart", "purchase"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 MAX_RECOMMENDED_ITEMS = 1000
-#: Original bytes kept in a dead letter (Kafka's default max message size); beyond it, truncated.
-MAX_ORIGINAL_BYTES = 1_048_576
+#: Original bytes kept in a dead letter; beyond it, truncated (the reason says so). 512 KiB, so that
+#: the dead letter (base64: 4/3 of that, plus the reason) stays under the 1,000,000-byte message
+#: limit of Kafka producers' defaults: a bigger one could not be sent, and the worker would stop.
+MAX_ORIGINAL_BYTES = 524_288
 MAX_ORIGINAL_B64 = 4 * ((MAX_ORIGINAL_BYTES + 2) // 3)
 Price = Annotated[float, Field(ge=0, le=1e9)]
 
@@ -81,7 +83,7 @@ class DeadLetter(Contract):
     """A message the worker refused. Topic ``shop.events.dlq``; ``original`` is base64 bytes."""
 
     schema_file = "dead_letter.schema.json"
-    max_bytes = 1_500_000
+    max_bytes = 1_000_000  # MAX_ORIGINAL_B64 + reason + fields: about 702 KB at most
     topic: Annotated[str, Field(min_length=1, max_length=255)]
     partition: Annotated[int, Field(ge=0)]
     offset: Annotated[int, Field(ge=0)]
@@ -91,14 +93,16 @@ class DeadLetter(Contract):
     @classmethod
     def wrap(cls, *, topic: str, partition: int, offset: int, reason: str, original: bytes | None) -> "DeadLetter":
         original = original or b""
+        note = ""
         if len(original) > MAX_ORIGINAL_BYTES:
-            reason = f"{reason} (original truncated from {len(original)} to {MAX_ORIGINAL_BYTES} bytes)"
+            note = f" (original truncated from {len(original)} to {MAX_ORIGINAL_BYTES} bytes)"
             original = original[:MAX_ORIGINAL_BYTES]
+        reason = (reason or "unknown")[: 2048 - len(note)] + note  # the note survives a long reason
         return cls(
             topic=topic,
             partition=partition,
             offset=offset,
-            reason=reason[:2048] or "unknown",
+            reason=reason,
             original=base64.b64encode(original).decode("ascii"),
         )
 

@@ -22,11 +22,13 @@ from typing import Any
 # ``faust.current_event()``); tests/unit/streams/test_internals.py fails if it moves or changes.
 from faust.streams import _current_event
 
-from streamrec.schemas import DeadLetter, Recommendation, ScoredItem, ShopEvent
+from streamrec.errors import SchemaError
+from streamrec.schemas import DeadLetter, Recommendation, ScoredItem, ShopEvent, UserDeletion
 from streamrec.serving.scorer import ServingModel
 from streamrec.serving.state import UserState
 from streamrec.streams.pipeline import Pipeline
 from streamrec.streams.policy import Action, Decision, Stage, decide
+from streamrec.streams.tables import purge_local
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class BatchHandler:
         self.recommendations = recommendations
         self.dead_letters = dead_letters
         self.now_ms = now_ms
+        #: Held while a batch or a deletion runs: a user erased while a batch holds the user's
+        #: state in memory would otherwise be written back when the batch ends.
+        self.lock = asyncio.Lock()
 
     # -- the policy --------------------------------------------------------------------------
 
@@ -184,6 +189,39 @@ class BatchHandler:
                                              "event_id": ev.event_id, "produced_ts": now}
 
 
+    # -- the right to erasure ---------------------------------------------------------------
+
+    async def delete_user(self, event: Any) -> str | None:
+        """Erase the user a :class:`UserDeletion` message names: ``del users[id]`` writes a
+        tombstone to the changelog (bound to this message's partition, which is the user's: the
+        deletions topic is partitioned like the events topic) and the local RocksDB copy is
+        compacted away. Later events of the user start from an empty state. A malformed request
+        goes to the dead-letter topic. Returns the erased user id."""
+        try:
+            req = UserDeletion.from_bytes(event.message.value)
+        except SchemaError as exc:
+            await self.on_error(Stage.PARSE, exc, event)
+            return None
+        async with self.lock:
+            as_current(event)
+            try:
+                del self.users[req.user_id]
+            except KeyError:  # nothing stored here; the tombstone was written all the same
+                pass
+            await self.pipeline.run(purge_local, self.users, req.user_id)
+        self.pipeline.metrics.user_deletions.inc()
+        msg = event.message
+        log.info("user erased user=%s requested_ts=%d topic=%s partition=%s offset=%s", req.user_id,
+                 req.requested_ts, msg.topic, msg.partition, msg.offset)
+        return req.user_id
+
+
+async def consume_deletions(stream: Any, handler: BatchHandler) -> None:
+    """The deletions agent's body: one :class:`UserDeletion` at a time."""
+    async for event in stream.events():
+        await handler.delete_user(event)
+
+
 async def consume_events(stream: Any, handler: BatchHandler, *, batch_max: int, within_s: float,
                          catalog_timeout_s: float = CATALOG_READY_TIMEOUT_S) -> None:
     """The events agent's body: wait for the catalog, then hand batches to ``handler``."""
@@ -196,4 +234,5 @@ async def consume_events(stream: Any, handler: BatchHandler, *, batch_max: int, 
             log.warning("catalog not caught up after %.0fs; scoring with what is loaded", catalog_timeout_s)
     log.info("events agent consuming batch_max=%d within_s=%s", batch_max, within_s)
     async for batch in stream.take_events(batch_max, within=within_s):
-        await handler.handle(batch)
+        async with handler.lock:
+            await handler.handle(batch)

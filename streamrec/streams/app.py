@@ -14,11 +14,14 @@ from typing import Any
 import faust
 
 from streamrec.config import Settings
-from streamrec.streams.agents import BatchHandler, consume_events
+from streamrec.streams.agents import BatchHandler, consume_deletions, consume_events
 from streamrec.streams.catalog import catalog_reader
 from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import faust_brokers, faust_credentials
+from streamrec.streams.outage import BrokerWatch
+from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
+from streamrec.streams.tables import USERS_CHANGELOG_CONFIG
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
@@ -82,10 +85,15 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     events_topic = app.topic(settings.topic_events, partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic_recommendations, partitions=settings.partitions, **raw)
     dlq_topic = app.topic(settings.topic_dlq, partitions=settings.partitions, **raw)
+    # partitioned like the events topic: Faust's assignor gives both partitions p to one worker
+    deletions_topic = app.topic(settings.topic_deletions, partitions=settings.partitions, **raw)
+    catalog_dlq_topic = app.topic(settings.topic_catalog_dlq, partitions=settings.partitions, **raw)
     users = app.Table(
         "users", default=None, partitions=settings.partitions,
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
         help="per-user history, purchases, latest list",
+        # compaction bounded in time: a deleted user's records leave the changelog within 24 h
+        extra_topic_configs=USERS_CHANGELOG_CONFIG,
     )
 
     handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic)
@@ -94,11 +102,31 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     async def process_events(stream: Any) -> None:
         await consume_events(stream, handler, batch_max=settings.batch_max, within_s=settings.batch_within_s)
 
+    @app.agent(deletions_topic, concurrency=1)
+    async def process_deletions(stream: Any) -> None:
+        await consume_deletions(stream, handler)
+
     @app.task
     async def read_catalog() -> None:
-        await catalog_reader(settings, pipeline)
+        await catalog_reader(settings, pipeline, dead_letters=catalog_dlq_topic)
+
+    watch = BrokerWatch(settings.resolved_bootstrap().split(","))
+
+    @app.task
+    async def watch_broker() -> None:
+        # logging is configured by now (the worker sets it up before it starts the app's tasks)
+        mute_client_noise(watch)
+        metrics = pipeline.metrics
+
+        def on_change(available: bool) -> None:
+            metrics.kafka_available.set(1 if available else 0)
+            if not available:
+                metrics.kafka_outages.inc()
+
+        await watch.run(on_change=on_change)
 
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]
     app.streamrec_handler = handler  # type: ignore[attr-defined]
+    app.streamrec_broker_watch = watch  # type: ignore[attr-defined]
     return app, pipeline

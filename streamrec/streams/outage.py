@@ -83,10 +83,13 @@ class BrokerWatch:
             return True
         return False
 
-    async def run(self) -> None:
-        """Probe for ever (a worker task)."""
+    async def run(self, *, on_change: Callable[[bool], None] | None = None) -> None:
+        """Probe for ever (a worker task); ``on_change(available)`` is called on each change."""
         while True:
+            before = self.available
             self.observe(await self.probe())
+            if on_change is not None and self.available != before:
+                on_change(self.available)
             await asyncio.sleep(self.interval_s)
 
 

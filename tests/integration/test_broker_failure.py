@@ -38,7 +38,7 @@ def test_broker_killed_under_load_every_event_answered_and_outage_logged_once(si
     settings = Settings(
         bootstrap_servers=broker.bootstrap, topic_events=f"{tag}.events", topic_catalog=f"{tag}.catalog",
         topic_recommendations=f"{tag}.recs", topic_dlq=f"{tag}.dlq", topic_model_updates=f"{tag}.models",
-        topic_deletions=f"{tag}.deletions", app_id=f"app-{tag}", partitions=2, data_dir=tmp_path / "data",
+        topic_deletions=f"{tag}.deletions", topic_catalog_dlq=f"{tag}.catalog-dlq", app_id=f"app-{tag}", partitions=2, data_dir=tmp_path / "data",
     )
     w = None
     try:

@@ -71,7 +71,7 @@ def rocksdb_files(data_dir: Path) -> list[Path]:
 
 def test_deleted_user_leaves_nothing_in_state_http_changelog_or_a_restarted_worker(
         kafka_settings, sim_model, shop, tmp_path):
-    from rocksdict import AccessType, Rdict
+    from rocksdict import AccessType, Options, Rdict
 
     settings = kafka_settings
     create_topics(settings)
@@ -116,7 +116,7 @@ def test_deleted_user_leaves_nothing_in_state_http_changelog_or_a_restarted_work
         assert dbs, list((settings.data_dir / "worker").rglob("*"))
         keys: set[bytes] = set()
         for path in dbs:
-            db = Rdict(str(path), access_type=AccessType.read_only(), options=None)
+            db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
             try:
                 keys |= {bytes(k) if not isinstance(k, bytes) else k for k in db.keys()}
             finally:

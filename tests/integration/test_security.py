@@ -51,7 +51,7 @@ def secure_settings(secure_broker, data_dir: Path, *, password: str = PASSWORD) 
         bootstrap_servers=state.sasl_ssl_bootstrap, security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
         sasl_username=USER, sasl_password=password, ssl_cafile=ca,
         topic_events=f"{tag}.events", topic_catalog=f"{tag}.catalog", topic_recommendations=f"{tag}.recs",
-        topic_dlq=f"{tag}.dlq", topic_model_updates=f"{tag}.models", topic_deletions=f"{tag}.deletions",
+        topic_dlq=f"{tag}.dlq", topic_model_updates=f"{tag}.models", topic_deletions=f"{tag}.deletions", topic_catalog_dlq=f"{tag}.catalog-dlq",
         app_id=f"app-{tag}", partitions=2, data_dir=data_dir,
     )
 

@@ -107,3 +107,14 @@ def test_dead_letter_keeps_original_bytes():
 def test_catalog_text_joins_fields():
     item = CatalogItem.from_dict(VALID[CatalogItem][0])
     assert "Rose Serum" in item.text() and "Lumina" in item.text()
+
+
+def test_dead_letter_of_any_message_fits_a_default_kafka_message():
+    """A dead letter must always be sendable: producers refuse values over 1,000,000 bytes by
+    default, and a dead letter the worker cannot send would stop it."""
+    dl = DeadLetter.wrap(topic="t" * 255, partition=1, offset=2**40, reason="r" * 5000, original=b"\xff" * 3_000_000)
+    raw = dl.to_bytes()
+    assert len(raw) <= DeadLetter.max_bytes <= 1_000_000
+    back = DeadLetter.from_bytes(raw)
+    assert back.reason.endswith("(original truncated from 3000000 to 524288 bytes)") and len(back.reason) == 2048
+    assert back.original_bytes() == b"\xff" * 524_288
