@@ -56,6 +56,8 @@ class RecommendationSubscriber:
         self._from_beginning = from_beginning
         self._fresh_group = group_id is None
         self._assigned = False
+        #: next offset to read per (topic, partition), for resuming after a re-assignment
+        self._positions: dict[tuple[str, int], int] = {}
         self._watch = ConnectionWatch(bootstrap_servers)
         self._consumer = Consumer(self._watch.install(conf))
         self._consumer.subscribe([topic], on_assign=self._on_assign)
@@ -69,11 +71,21 @@ class RecommendationSubscriber:
         return cls(bootstrap, config=conf, **kwargs)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._fresh_group and not self._from_beginning:
-            # Pin "latest" to the end offsets as of now: librdkafka resolves it lazily at the
-            # first fetch, which would silently skip what is produced right after wait_ready().
+        if self._fresh_group:
+            # A fresh group commits nothing, so after a re-assignment (a broker restart, a group
+            # rebalance) "latest" or "earliest" would skip or repeat what came meanwhile: resume
+            # each partition we already read from where we left it.
             for tp in partitions:
-                tp.offset = self._end_offset(consumer, tp)
+                resume = self._positions.get((tp.topic, tp.partition))
+                if resume is not None:
+                    tp.offset = resume
+                elif not self._from_beginning:
+                    # Pin "latest" to the end offsets as of now: librdkafka resolves it lazily at
+                    # the first fetch, which would silently skip what is produced right after
+                    # wait_ready().
+                    tp.offset = self._end_offset(consumer, tp)
+                    if tp.offset >= 0:
+                        self._positions[(tp.topic, tp.partition)] = tp.offset
             consumer.assign(partitions)
         self._assigned = True
 
@@ -127,6 +139,7 @@ class RecommendationSubscriber:
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", msg.error())
                 continue
+            self._positions[(msg.topic(), msg.partition())] = msg.offset() + 1
             if self.user_ids is not None:
                 key = msg.key()
                 if key is not None and key.decode("utf-8", "replace") not in self.user_ids:
