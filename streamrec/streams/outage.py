@@ -2,11 +2,12 @@
 stays away, one line when it is back, and a gauge; not thousands of client error lines.
 
 While Kafka is unreachable, aiokafka, Faust and mode log every failed connection, heartbeat and
-commit (about 5,000 lines in a 20 s outage). :class:`BrokerWatch` probes the bootstrap servers
-(a TCP connect, every ``interval_s``) and decides whether the broker is up; :class:`ClientLogFilter`,
-installed on those libraries' loggers, drops their warnings and errors while the broker is down
-(counting them) and, while it is up, lets each distinct message through at most once per
-``window_s``.
+commit (about 5,000 lines in a 20 s outage). :class:`ClientLogFilter`, installed on those
+libraries' loggers, notices their connection errors; :class:`BrokerWatch` then probes the
+bootstrap servers (a TCP connect, every ``interval_s`` until one answers) and decides whether the
+broker is down. While it is down the filter drops the libraries' warnings and errors (counting
+them); while it is up it lets each distinct message through at most once per ``window_s``. A
+healthy worker does not probe at all (no connection churn in the broker's log).
 
 >>> import logging
 >>> watch = BrokerWatch(["127.0.0.1:1"], clock=lambda: 100.0)
@@ -46,6 +47,8 @@ class BrokerWatch:
         self._since = 0.0
         self._reminded = 0.0
         self._suppressed_at_start = 0
+        #: set by the log filter when a client library reports a connection error
+        self.suspect = False
 
     def observe(self, reachable: bool) -> None:
         """Record one probe result; logs only on a change, and a reminder every ``reminder_s``."""
@@ -84,13 +87,21 @@ class BrokerWatch:
         return False
 
     async def run(self, *, on_change: Callable[[bool], None] | None = None) -> None:
-        """Probe for ever (a worker task); ``on_change(available)`` is called on each change."""
+        """A worker task: probe while a connection error is suspected or the broker is down;
+        ``on_change(available)`` is called on each change."""
         while True:
-            before = self.available
-            self.observe(await self.probe())
-            if on_change is not None and self.available != before:
-                on_change(self.available)
+            if self.suspect or not self.available:
+                self.suspect = False
+                before = self.available
+                self.observe(await self.probe())
+                if on_change is not None and self.available != before:
+                    on_change(self.available)
             await asyncio.sleep(self.interval_s)
+
+
+#: Fragments of the client libraries' connection-error messages (aiokafka 0.14, faust 0.15.3).
+CONNECTION_ERRORS = ("Unable connect", "Connect call failed", "KafkaConnectionError", "Connection at",
+                     "NodeNotReadyError", "Unable to bootstrap", "Connection refused", "ConnectionError")
 
 
 class ClientLogFilter(logging.Filter):
@@ -105,6 +116,10 @@ class ClientLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or record.levelno >= logging.CRITICAL:
             return True
+        if self.watch.available and not self.watch.suspect:
+            text = record.getMessage()
+            if any(fragment in text for fragment in CONNECTION_ERRORS):
+                self.watch.suspect = True  # BrokerWatch.run probes at its next tick
         if not self.watch.available:
             self.watch.suppressed += 1
             return False
@@ -126,15 +141,16 @@ def install(watch: BrokerWatch, *, window_s: float = 30.0) -> ClientLogFilter:
     every handler sees them). Each record is judged once, whichever filter sees it first. Call it
     after logging is configured (the worker does so when it starts)."""
     flt = ClientLogFilter(watch, window_s=window_s)
+    mark = f"_streamrec_outage_{id(flt)}"
 
     class _OnlyClients(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             if record.name.split(".", 1)[0] not in CLIENT_LOGGERS:
                 return True
-            decided = getattr(record, "_streamrec_outage", None)  # seen by another handler already
+            decided = record.__dict__.get(mark)  # judged by this filter on another handler already
             if decided is None:
                 decided = flt.filter(record)
-                record._streamrec_outage = decided  # type: ignore[attr-defined]
+                record.__dict__[mark] = decided
             return decided
 
     only = _OnlyClients()

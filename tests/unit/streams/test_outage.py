@@ -5,7 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from streamrec.streams.outage import BrokerWatch, install
+from streamrec.streams.outage import CLIENT_LOGGERS, BrokerWatch, install
+
+
+def uninstall() -> None:
+    """Remove every outage filter this module's tests installed (loggers and root handlers)."""
+    for logger in [logging.getLogger(n) for n in CLIENT_LOGGERS]:
+        for f in list(logger.filters):
+            logger.removeFilter(f)
+    for h in logging.getLogger().handlers:
+        for f in list(h.filters):
+            if type(f).__name__ == "_OnlyClients":
+                h.removeFilter(f)
 
 
 class Clock:
@@ -48,9 +59,7 @@ def test_one_line_down_reminders_one_line_back_and_client_noise_muted(caplog):
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
-        for name in ("aiokafka", "faust", "mode", "kafka"):
-            for f in list(logging.getLogger(name).filters):
-                logging.getLogger(name).removeFilter(f)
+        uninstall()
     outage = [r.getMessage() for r in seen if r.name == "streamrec.streams.outage"]
     assert len(outage) == 3, outage
     assert outage[0].startswith("kafka unavailable")
@@ -72,3 +81,36 @@ def test_probe_sees_a_listening_port_and_a_closed_one():
         return up, down
 
     assert asyncio.run(main()) == (True, False)
+
+
+def test_a_healthy_worker_does_not_probe_until_a_client_reports_a_connection_error():
+    probes: list[int] = []
+
+    class Watch(BrokerWatch):
+        async def probe(self, timeout: float = 2.0) -> bool:
+            probes.append(1)
+            return len(probes) > 1  # down at the first probe, back at the second
+
+    watch = Watch(["127.0.0.1:9"], interval_s=0.01)
+    flt = install(watch)
+    changes: list[bool] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(watch.run(on_change=changes.append))
+        await asyncio.sleep(0.1)
+        assert probes == []  # nothing suspected: no probe
+        logging.getLogger("aiokafka").warning("Heartbeat session expired")  # not a connection error
+        await asyncio.sleep(0.1)
+        assert probes == []
+        logging.getLogger("aiokafka.conn").error("Unable connect to node with id 1: [Errno 111]")
+        for _ in range(100):
+            if len(changes) == 2:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+
+    try:
+        asyncio.run(main())
+    finally:
+        uninstall()
+    assert changes == [False, True] and len(probes) == 2 and flt is not None
