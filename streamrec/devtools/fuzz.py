@@ -218,6 +218,20 @@ def fuzz_batch(n: int, *, seed: int = 0, valid_share: float = 0.5, user_ids: lis
     return out
 
 
+def catalog_fuzz_batch(n: int, *, seed: int = 0, valid_share: float = 0.5) -> list[FuzzMessage]:
+    """``n`` catalog messages (valid items and near misses) from a seeded generator, no 1 MiB ones."""
+    rng = random.Random(seed)
+    names = [m for m in MUTATIONS if m != "mib_value"]
+    out = []
+    for _ in range(n):
+        item = valid_catalog_item(rng)
+        if rng.random() < valid_share:
+            out.append(FuzzMessage(_dump(item), "valid", False))
+        else:
+            out.append(mutate(item, rng.choice(names), rng))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # hypothesis strategies
 

@@ -16,9 +16,9 @@ from collections import Counter
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streamrec.devtools.fuzz import fuzz_batch
+from streamrec.devtools.fuzz import catalog_fuzz_batch, fuzz_batch
 from streamrec.errors import SchemaError
-from streamrec.schemas import DeadLetter, Recommendation, ShopEvent
+from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ShopEvent
 from streamrec.schemas.contracts import MAX_ORIGINAL_BYTES
 from streamrec.streams.topics import create_topics
 from tests.integration.worker_harness import start_worker
@@ -63,6 +63,14 @@ def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim
                     "linger.ms": 20, "message.max.bytes": 1_000_000})
     for item in shop.catalog():
         raw.produce(settings.topic_catalog, key=item.item_id.encode(), value=item.to_bytes())
+    # the catalog topic is fuzzed too: a malformed item goes to the catalog dead-letter topic
+    catalog_refused: list[bytes] = []
+    for i, m in enumerate(catalog_fuzz_batch(max(50, N // 20), seed=15)):
+        raw.produce(settings.topic_catalog, key=f"fz-item-{i}".encode(), value=m.raw)
+        try:
+            CatalogItem.from_bytes(m.raw)
+        except SchemaError:
+            catalog_refused.append(m.raw)
     # near-1 MB messages: the largest Kafka accepts by default (a 1 MiB value cannot even be produced)
     batch = fuzz_batch(N, seed=14, item_ids=catalog, big_share=0.0)
     big = [b"{" + b'"user_id":"' + b"x" * 900_000 + b'"}', b"\xff" * 950_000]
@@ -111,6 +119,13 @@ def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim
         # (originals beyond MAX_ORIGINAL_BYTES are kept truncated, and the reason says so)
         assert Counter(dl.original_bytes() for dl in letters) == Counter(m[:MAX_ORIGINAL_BYTES] for m in refused)
         assert sum("truncated" in dl.reason for dl in letters) == sum(len(m) > MAX_ORIGINAL_BYTES for m in refused)
+
+        # and each malformed catalog item is in the catalog dead-letter topic, with its bytes
+        assert metric(w, "streamrec_catalog_dlq_total") == len(catalog_refused) > 0
+        values = read_until(settings, settings.topic_catalog_dlq, lambda out: len(out) >= len(catalog_refused), 120)
+        letters = [DeadLetter.from_bytes(v) for v in values]
+        assert Counter(dl.original_bytes() for dl in letters) == Counter(catalog_refused)
+        assert all(dl.reason and dl.topic == settings.topic_catalog for dl in letters)
 
         # every user with valid events was answered for its latest one
         def answered(values: list[bytes]) -> dict[str, set[str]]:

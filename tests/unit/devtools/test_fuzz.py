@@ -70,3 +70,13 @@ def test_each_mutation_yields_bytes(name):
         m = mutate(valid_event(rng), name, rng)
         assert isinstance(m.raw, bytes)
         check(ShopEvent, m)
+
+
+def test_seeded_catalog_batch_is_classified():
+    from streamrec.devtools.fuzz import catalog_fuzz_batch
+
+    batch = catalog_fuzz_batch(500, seed=4)
+    assert batch == catalog_fuzz_batch(500, seed=4)
+    for m in batch:
+        check(CatalogItem, m)
+    assert {m.kind for m in batch} >= {"valid", "truncated", "not_utf8", "wrong_type"}
