@@ -21,7 +21,7 @@ from streamrec.streams.kafka_config import faust_brokers, faust_credentials
 from streamrec.streams.outage import BrokerWatch
 from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
-from streamrec.streams.tables import USERS_CHANGELOG_CONFIG
+from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, register_state_codec
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     catalog_dlq_topic = app.topic(settings.topic_catalog_dlq, partitions=settings.partitions, **raw)
     users = app.Table(
         "users", default=None, partitions=settings.partitions,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        # JSON values; one that does not decode resets its user instead of stopping recovery
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer=register_state_codec()),
         help="per-user history, purchases, latest list",
         # compaction bounded in time: a deleted user's records leave the changelog within 24 h
         extra_topic_configs=USERS_CHANGELOG_CONFIG,

@@ -65,3 +65,33 @@ def purge_local(table: Any, key: str) -> int:
         except Exception:  # noqa: BLE001 - the key is deleted either way; compaction will follow
             log.warning("could not compact the local store for a deleted key", exc_info=True)
     return n
+
+
+#: Name of the users table's value codec (registered with Faust by :func:`register_state_codec`).
+STATE_CODEC = "streamrec-state"
+
+
+def register_state_codec() -> str:
+    """Register (once) the users table's value codec with Faust and return its name.
+
+    It writes the same JSON as Faust's ``json`` codec, so existing changelogs and stores read as
+    before. It differs on reading: a stored value that is not JSON (damaged bytes, not UTF-8)
+    comes back as the raw ``bytes`` instead of raising. Faust decodes changelog records while a
+    worker recovers its table, and one undecodable record there stops the recovery for good (the
+    worker hangs at "Still fetching changelog topics"); as ``bytes`` it is restored as it is, and
+    the user's next event resets that user (:class:`~streamrec.serving.state.UserState` refuses a
+    non-object, and the error policy resets; see :mod:`streamrec.streams.policy`).
+    """
+    from faust.serializers import codecs
+
+    if STATE_CODEC not in codecs.codecs:
+
+        class StateCodec(codecs.json):  # type: ignore[misc, valid-type]
+            def _loads(self, s: bytes) -> Any:
+                try:
+                    return super()._loads(s)
+                except ValueError:  # includes UnicodeDecodeError
+                    return bytes(s)
+
+        codecs.register(STATE_CODEC, StateCodec())
+    return STATE_CODEC

@@ -8,13 +8,12 @@ with ``STREAMREC_FUZZ_DRILL_N=100000``.
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from streamrec.devtools.fuzz import catalog_fuzz_batch, fuzz_batch
 from streamrec.errors import SchemaError

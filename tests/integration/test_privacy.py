@@ -3,20 +3,18 @@ its changelog topic."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from streamrec.client import EventProducer, RecommendationSubscriber
 from streamrec.schemas import ShopEvent
 from streamrec.streams.tables import USERS_CHANGELOG_CONFIG
 from streamrec.streams.topics import create_topics
-from tests.integration.worker_harness import start_worker
+from tests.integration.worker_harness import changelog, start_worker, state_of
 
 DEADLINE_S = 90.0
 
@@ -34,38 +32,6 @@ def wait_until(check, what: str, timeout: float = DEADLINE_S):
             return value
         time.sleep(0.5)
     raise AssertionError(f"{what} not within {timeout}s")
-
-
-def changelog(settings) -> dict[bytes, list[bytes | None]]:
-    """Every record of the users table's changelog, values per key in offset order."""
-    topic = f"{settings.app_id}-users-changelog"
-    c = Consumer({"bootstrap.servers": settings.resolved_bootstrap(), "group.id": uuid.uuid4().hex,
-                  "enable.auto.commit": False})
-    out: dict[bytes, list[bytes | None]] = {}
-    try:
-        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=15)[1] for tp in tps}
-        c.assign([TopicPartition(topic, p, 0) for p in ends])
-        todo = {p for p, end in ends.items() if end > 0}
-        deadline = time.monotonic() + DEADLINE_S
-        while todo and time.monotonic() < deadline:
-            msg = c.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            # the table's keys are JSON strings in the changelog (b'"alice"'): keyed by user id here
-            key = msg.key() or b""
-            out.setdefault(key[1:-1] if key[:1] == b'"' else key, []).append(msg.value())
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                todo.discard(msg.partition())
-        assert not todo, f"changelog partitions {todo} not read to their end"
-    finally:
-        c.close()
-    return out
-
-
-def state_of(value: bytes) -> dict:
-    data = json.loads(value)
-    return json.loads(data) if isinstance(data, str) else data
 
 
 def rocksdb_files(data_dir: Path) -> list[Path]:

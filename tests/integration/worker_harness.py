@@ -10,8 +10,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
 
 from streamrec.config import Settings
 from streamrec.devtools.localkafka import free_port
@@ -91,3 +94,35 @@ def start_worker(settings: Settings, model_dir: Path, log_dir: Path, *, port: in
     )
     out.close()
     return WorkerProcess(proc, port, log_path)
+
+
+def changelog(settings) -> dict[bytes, list[bytes | None]]:
+    """Every record of the users table's changelog, values per key in offset order."""
+    topic = f"{settings.app_id}-users-changelog"
+    c = Consumer({"bootstrap.servers": settings.resolved_bootstrap(), "group.id": uuid.uuid4().hex,
+                  "enable.auto.commit": False})
+    out: dict[bytes, list[bytes | None]] = {}
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=15)[1] for tp in tps}
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        todo = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + 90
+        while todo and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            # the table's keys are JSON strings in the changelog (b'"alice"'): keyed by user id here
+            key = msg.key() or b""
+            out.setdefault(key[1:-1] if key[:1] == b'"' else key, []).append(msg.value())
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                todo.discard(msg.partition())
+        assert not todo, f"changelog partitions {todo} not read to their end"
+    finally:
+        c.close()
+    return out
+
+
+def state_of(value: bytes) -> dict:
+    data = json.loads(value)
+    return json.loads(data) if isinstance(data, str) else data

@@ -58,3 +58,16 @@ async def test_malformed_deletion_request_goes_to_the_dead_letter_topic(harness)
     [dl] = h.dead_letters()
     assert dl.original_bytes() == b'{"user_id": "alice"}' and "requested_ts" in dl.reason
     assert h.pipeline.metrics.value("streamrec_user_deletions_total") == 0
+
+
+def test_state_codec_reads_damaged_bytes_as_bytes_and_json_as_before():
+    from faust.serializers import codecs
+
+    from streamrec.streams.tables import register_state_codec
+
+    codec = codecs.get_codec(register_state_codec())
+    state = {"h": [["i1", "view", 1, "e1"]], "p": [], "s": "s", "r": None}
+    raw = codec.dumps(state)
+    assert raw == codecs.get_codec("json").dumps(state)  # the same bytes as Faust's json codec
+    assert codec.loads(raw) == state
+    assert codec.loads(b"\x00\xffnot json") == b"\x00\xffnot json"  # no exception: recovery goes on
