@@ -76,13 +76,16 @@ def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim
     messages = [m.raw for m in batch] + big
     refused: list[bytes] = []
     last_valid: dict[str, str] = {}
-    for m in messages:
+    keys: list[bytes] = []
+    for i, m in enumerate(messages):
         try:
             ev = ShopEvent.from_bytes(m)
         except SchemaError:
             refused.append(m)
+            keys.append(str(i % 97).encode())  # any key: the worker never trusts it
         else:
             last_valid[ev.user_id] = ev.event_id
+            keys.append(ev.user_id.encode())  # keyed by user, as a shop does: a user's events stay in order
     assert 0 < len(refused) < len(messages)
 
     w = start_worker(settings, sim_model, tmp_path)
@@ -91,7 +94,7 @@ def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim
         for i, m in enumerate(messages):
             while True:
                 try:
-                    raw.produce(settings.topic_events, key=str(i % 97).encode(), value=m)
+                    raw.produce(settings.topic_events, key=keys[i], value=m)
                     break
                 except BufferError:
                     raw.poll(0.1)
