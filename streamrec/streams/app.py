@@ -96,6 +96,14 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
         # compaction bounded in time: a deleted user's records leave the changelog within 24 h
         extra_topic_configs=USERS_CHANGELOG_CONFIG,
     )
+    # Faust takes the changelog's and the store's value codec from the table's value_serializer
+    # (derived from value_type: "json"), not from the schema, and app.Table() has already made the
+    # changelog topic: set the codec, then remake the topic with it (same name and configs).
+    # Private: checked against faust-streaming 0.15.3 (Collection._new_changelog_topic; the
+    # table manager looks the topic up by name, lazily); tests/unit/streams/test_deletion.py fails
+    # if the changelog stops using the codec.
+    users.value_serializer = register_state_codec()
+    users.changelog_topic = users._new_changelog_topic()
 
     handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic)
 

@@ -71,3 +71,12 @@ def test_state_codec_reads_damaged_bytes_as_bytes_and_json_as_before():
     assert raw == codecs.get_codec("json").dumps(state)  # the same bytes as Faust's json codec
     assert codec.loads(raw) == state
     assert codec.loads(b"\x00\xffnot json") == b"\x00\xffnot json"  # no exception: recovery goes on
+
+
+def test_users_changelog_and_store_use_the_state_codec(harness):  # noqa: F811
+    from streamrec.streams.tables import STATE_CODEC, USERS_CHANGELOG_CONFIG
+
+    users = harness.users
+    assert users.changelog_topic.value_serializer == STATE_CODEC
+    assert users.changelog_topic.config == USERS_CHANGELOG_CONFIG
+    assert users.data._decode_value(b"\x00\xffdamaged") == b"\x00\xffdamaged"  # restored as it is
