@@ -115,6 +115,8 @@ def test_wrong_password_fails_fast_with_one_clear_line(secure_broker, data_dir):
                            "in_stock": True, "updated_ts": 1_760_000_000_000})
     with pytest.raises(KafkaAuthError, match="invalid credentials"):
         producer.flush(timeout=300)
+    producer._producer.purge()  # drop the undeliverable message; the client is freed below
+    del producer
     with RecommendationSubscriber.from_settings(bad) as sub:
         with pytest.raises(KafkaAuthError, match="invalid credentials"):
             sub.wait_ready(timeout=300)
