@@ -78,12 +78,28 @@ class Settings(BaseSettings):
         0, ge=0, le=256, description="torch threads in the worker; 0: all cores but one (the event loop's)"
     )
 
+    text_cache_dir: Path | None = Field(
+        None, description="MiniLM title-vector cache (RocksDB dir) shared by the worker, train and "
+        "evaluate; unset: DATA_DIR/text-cache"
+    )
+    text_cache_max_items: int = Field(
+        2_000_000, ge=1, le=1_000_000_000, description="most title vectors kept in the text cache "
+        "(about 1.6 KB each on disk); the oldest-used go first"
+    )
+
     # --- worker -----------------------------------------------------------------------------
     app_id: str = Field("streamrec", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     web_port: int = Field(6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"
     batch_max: int = Field(256, ge=1, le=10_000, description="events per scoring batch")
     batch_within_s: float = Field(0.005, gt=0, le=10, description="max wait to fill a batch")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="Faust processing guarantee; exactly_once makes state, recommendations "
+        "and offsets one Kafka transaction per commit (readers must use isolation.level=read_committed)"
+    )
+    commit_interval_s: float = Field(
+        1.0, gt=0, le=60, description="how often the worker commits offsets (and, exactly_once, its transactions)"
+    )
     top_k: int = Field(10, ge=1, le=1000, description="items per recommendation")
     history_len: int = Field(50, ge=1, le=1000, description="interactions kept per user")
     purchased_max: int = Field(500, ge=0, le=100_000, description="purchased items kept per user")
@@ -160,6 +176,10 @@ class Settings(BaseSettings):
     @property
     def registry_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def text_cache_path(self) -> Path:
+        return self.text_cache_dir or self.data_dir / "text-cache"
 
     @property
     def trainlog_dir(self) -> Path:

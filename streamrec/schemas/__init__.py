@@ -17,12 +17,13 @@ from streamrec.schemas.contracts import (
     ScoredItem,
     ShopEvent,
     UserDeletion,
+    recommendation_bytes,
 )
 
 __all__ = [
     "CONTRACTS", "EVENT_TYPES", "EventType", "MAX_MESSAGE_BYTES", "TS_MAX_MS", "TS_MIN_MS", "CatalogItem",
     "Contract", "DeadLetter", "ModelUpdate", "Recommendation", "ScoredItem", "ShopEvent",
-    "UserDeletion", "json_schema", "committed_schema",
+    "UserDeletion", "json_schema", "committed_schema", "recommendation_bytes",
 ]
 
 

@@ -6,8 +6,9 @@ thread), so the model runs one forward pass and FAISS one search per batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +46,12 @@ class Scorer:
     so a batch never mixes two versions. Popularity is shared across versions.
     """
 
-    def __init__(self, *, recommender: Any, index: Any, popularity: Popularity, top_k: int) -> None:
+    def __init__(self, *, recommender: Any, index: Any, popularity: Popularity, top_k: int,
+                 stage: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None) -> None:
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be in 1..1000, got {top_k}")
+        #: times the ``model`` / ``index`` / ``filter`` stages (``Metrics.stage`` in the worker)
+        self.stage = stage or (lambda name: contextlib.nullcontext())
         self.model = ServingModel(recommender=recommender, index=index)
         self.popularity = popularity
         self.top_k = top_k
@@ -77,18 +81,25 @@ class Scorer:
         model = model or self.model
         index = model.index
         k = self.top_k
+        stage = self.stage
         results: list[list[tuple[str, float]]] = [[] for _ in states]
-        warm = [i for i, s in enumerate(states) if any(item in index for item, _ in s.history_pairs())]
-        if warm and len(index) > 0:
-            vecs = model.recommender.encode_users([states[i].history_pairs() for i in warm])
-            found = index.search(
-                np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm]
-            )
-            for i, items in zip(warm, found):
-                results[i] = [(item, float(score)) for item, score in items]
-        for i, state in enumerate(states):
-            if len(results[i]) < k:
-                results[i] = self._fill(model, results[i], state.purchased, k)
+        with stage("model"):
+            warm = [i for i, s in enumerate(states) if any(item in index for item, _ in s.history_pairs())]
+            vecs = None
+            if warm and len(index) > 0:
+                vecs = model.recommender.encode_users([states[i].history_pairs() for i in warm])
+        if vecs is not None:
+            with stage("index"):
+                found = index.search(
+                    np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm]
+                )
+        with stage("filter"):
+            if vecs is not None:
+                for i, items in zip(warm, found):
+                    results[i] = [(item, float(score)) for item, score in items]
+            for i, state in enumerate(states):
+                if len(results[i]) < k:
+                    results[i] = self._fill(model, results[i], state.purchased, k)
         return results
 
     def _fill(self, model: ServingModel, have: list[tuple[str, float]], purchased: set[str],

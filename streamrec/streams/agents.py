@@ -23,7 +23,7 @@ from typing import Any
 from faust.streams import _current_event
 
 from streamrec.errors import SchemaError
-from streamrec.schemas import DeadLetter, Recommendation, ScoredItem, ShopEvent, UserDeletion
+from streamrec.schemas import DeadLetter, ShopEvent, UserDeletion, recommendation_bytes
 from streamrec.serving.scorer import ServingModel
 from streamrec.serving.state import UserState
 from streamrec.streams.pipeline import Pipeline
@@ -172,21 +172,20 @@ class BatchHandler:
             return
         now = self.now_ms()
         version = model.version
+        send = self.recommendations.send
         with metrics.stage("produce"):
             for ev, recs in zip(events, lists):
-                rec = Recommendation(
-                    user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
-                    model_version=version, event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
-                )
+                value = recommendation_bytes(user_id=ev.user_id, items=recs, model_version=version,
+                                             event_id=ev.event_id, event_ts=ev.ts, produced_ts=now)
                 try:
-                    await self.recommendations.send(key=ev.user_id.encode(), value=rec.to_bytes())
+                    await send(key=ev.user_id.encode(), value=value)
                 except Exception as exc:  # noqa: BLE001 - the error policy decides
                     await self.on_error(Stage.PRODUCE, exc, source[ev.user_id], user=ev.user_id)
-                metrics.recommendations_out.inc()
                 metrics.observe_latency_ms(max(0, now - ev.ts))
                 # kept for GET /users/{id}/recommendations
                 states[ev.user_id].latest = {"items": [[i, s] for i, s in recs], "model_version": version,
                                              "event_id": ev.event_id, "produced_ts": now}
+            metrics.recommendations_out.inc(len(events))
 
 
     # -- the right to erasure ---------------------------------------------------------------

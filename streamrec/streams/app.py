@@ -22,9 +22,12 @@ from streamrec.streams.outage import BrokerWatch
 from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
 from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, register_state_codec
+from streamrec.streams.tuning import watch_loop_lag
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
+
+MEMORY_GAUGE_INTERVAL_S = 10.0  # how often the per-part memory gauges are measured
 
 
 class StreamApp(faust.App):
@@ -67,7 +70,8 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
         web_host=settings.web_host if settings.web_host != "0.0.0.0" else "localhost",
         producer_acks=-1,
         producer_linger_ms=1,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval_s,
+        processing_guarantee=settings.processing_guarantee,
         # A worker that dies (SIGKILL, OOM) holds its partitions until the session times out;
         # keep that short so a restarted or surviving worker takes over within seconds.
         broker_session_timeout=10.0,
@@ -133,6 +137,15 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
                 metrics.kafka_outages.inc()
 
         await watch.run(on_change=on_change)
+
+    @app.task
+    async def loop_lag() -> None:
+        await watch_loop_lag(pipeline.metrics)
+
+    @app.timer(MEMORY_GAUGE_INTERVAL_S)
+    async def memory_gauges() -> None:
+        if pipeline.catalog_ready.is_set():  # while loading, each catalog batch measures it
+            await pipeline.run(pipeline.update_memory)
 
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]

@@ -118,3 +118,16 @@ def test_dead_letter_of_any_message_fits_a_default_kafka_message():
     back = DeadLetter.from_bytes(raw)
     assert back.reason.endswith("(original truncated from 3000000 to 524288 bytes)") and len(back.reason) == 2048
     assert back.original_bytes() == b"\xff" * 524_288
+
+
+def test_recommendation_bytes_parse_back_to_the_same_recommendation():
+    from streamrec.schemas import Recommendation, ScoredItem, recommendation_bytes
+
+    items = [("i1", 0.5), ("sku-7~!", -1.25e-7), ("x" * 128, 3.0), ("i2", 1e300)]
+    raw = recommendation_bytes(user_id="u1", items=items, model_version="v0001-x", event_id="e1",
+                               event_ts=1_700_000_000_000, produced_ts=1_700_000_000_005)
+    expected = Recommendation(user_id="u1", items=[ScoredItem(item_id=i, score=s) for i, s in items],
+                              model_version="v0001-x", event_id="e1", event_ts=1_700_000_000_000,
+                              produced_ts=1_700_000_000_005)
+    assert Recommendation.from_bytes(raw) == expected
+    assert json.loads(raw) == json.loads(expected.to_bytes())
