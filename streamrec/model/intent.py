@@ -1,0 +1,231 @@
+"""Purchase intent: P(a purchase happens later in this session | the session so far, the user).
+
+A light model over the session and user counters of :mod:`streamrec.serving.session`
+(optionally with the SASRec user vector appended): standardised inputs, then a logistic
+regression (``hidden=0``) or one small hidden layer. Chosen over a head on the sequence encoder
+by ``bench/intent.py`` (see ``bench/RESULTS.md``, "User insights").
+
+Saved beside the recommender's checkpoint as ``intent.safetensors`` (weights, mean, std) plus
+``intent.json`` (feature names, shape, metrics): nothing is pickled. Inference is one matrix
+product per batch in numpy-sized tensors.
+
+>>> import numpy as np
+>>> x = np.random.default_rng(0).normal(size=(200, 3)).astype("float32"); y = (x[:, 0] > 0)
+>>> m = fit_intent(x, y.astype("float32"), feature_names=("a", "b", "c"), steps=200)
+>>> bool(m.predict(x[y]).mean() > m.predict(x[~y]).mean())
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from streamrec.errors import CheckpointError
+
+INTENT_WEIGHTS = "intent.safetensors"
+INTENT_CONFIG = "intent.json"
+
+
+@dataclass
+class IntentConfig:
+    feature_names: list[str]  # input columns, in order (session/user features, then user vector)
+    hidden: int = 0  # 0: logistic regression; >0: one hidden ReLU layer of this width
+    metrics: dict[str, Any] = field(default_factory=dict)  # what training measured
+
+
+class IntentModel(nn.Module):
+    """Standardise -> (Linear | Linear-ReLU-Linear) -> logit. ``forward`` returns (B,) logits."""
+
+    def __init__(self, cfg: IntentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n = len(cfg.feature_names)
+        self.register_buffer("mean", torch.zeros(n))
+        self.register_buffer("std", torch.ones(n))
+        if cfg.hidden > 0:
+            self.net: nn.Module = nn.Sequential(nn.Linear(n, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+        else:
+            self.net = nn.Linear(n, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) / self.std  # (B, F)
+        return self.net(z).squeeze(-1)  # (B,)
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(B,) probabilities in [0, 1] for a (B, F) float array."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != len(self.cfg.feature_names):
+            raise ValueError(f"intent inputs must have shape (B, {len(self.cfg.feature_names)}), got {x.shape}")
+        if x.shape[0] == 0:
+            return np.zeros(0, np.float32)
+        self.eval()
+        return torch.sigmoid(self(torch.from_numpy(x))).numpy().astype(np.float32)
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def save(self, out_dir: str | Path) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tmp = out / (INTENT_WEIGHTS + ".tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, out / INTENT_WEIGHTS)
+        tmp = out / (INTENT_CONFIG + ".tmp")
+        tmp.write_text(json.dumps(asdict(self.cfg), indent=2, sort_keys=True, default=float))
+        os.replace(tmp, out / INTENT_CONFIG)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "IntentModel | None":
+        """The intent model of a checkpoint dir, or None when it has none (older checkpoints)."""
+        p = Path(path)
+        if not (p / INTENT_CONFIG).is_file() and not (p / INTENT_WEIGHTS).is_file():
+            return None
+        try:
+            raw = json.loads((p / INTENT_CONFIG).read_text(encoding="utf-8"))
+            cfg = IntentConfig(feature_names=[str(x) for x in raw["feature_names"]],
+                               hidden=int(raw.get("hidden", 0)), metrics=dict(raw.get("metrics") or {}))
+            if not 1 <= len(cfg.feature_names) <= 4096 or not 0 <= cfg.hidden <= 4096:
+                raise ValueError("feature count or hidden width out of range")
+            state = load_file(str(p / INTENT_WEIGHTS))
+            model = cls(cfg)
+            model.load_state_dict(state, strict=True)
+        except Exception as exc:  # missing file, bad JSON, bad shapes, corrupt safetensors
+            raise CheckpointError(f"checkpoint {str(p)!r}: unusable intent model: {exc}") from None
+        return model.eval()
+
+
+def fit_intent(x: np.ndarray, y: np.ndarray, *, feature_names: Sequence[str], hidden: int = 0,
+               steps: int = 400, lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0) -> IntentModel:
+    """Full-batch Adam on the binary cross-entropy; inputs standardised with the training stats."""
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[1] != len(feature_names):
+        raise ValueError(f"x {x.shape} / y {y.shape} / {len(feature_names)} feature names do not agree")
+    if x.shape[0] == 0 or y.min() == y.max():
+        raise ValueError("intent training needs both positive and negative examples")
+    torch.manual_seed(seed)
+    model = IntentModel(IntentConfig(feature_names=list(feature_names), hidden=hidden))
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    model.mean.copy_(xt.mean(0))
+    model.std.copy_(xt.std(0).clamp_min(1e-6))
+    # Start at the base rate: the bias alone then already gives the base-rate log loss.
+    last = model.net[-1] if isinstance(model.net, nn.Sequential) else model.net
+    p = float(y.mean())
+    with torch.no_grad():
+        last.bias.fill_(float(np.log(p / (1 - p))))
+    opt = torch.optim.Adam(model.parameters(), lr=lr if hidden == 0 else lr / 5, weight_decay=weight_decay)
+    model.train()
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(model(xt), yt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@dataclass
+class IntentExamples:
+    """One row per non-purchase event: features, label, and where it comes from."""
+
+    x: np.ndarray  # (N, F) float32, columns FEATURE_NAMES
+    y: np.ndarray  # (N,) float32: 1 if a purchase follows later in the same session
+    session_start_ms: np.ndarray  # (N,) int64
+    session_end_ms: np.ndarray  # (N,) int64
+    user: list[str]
+    ts_ms: np.ndarray  # (N,) int64, the scored event's time
+
+    def select(self, mask: np.ndarray) -> "IntentExamples":
+        idx = np.flatnonzero(mask)
+        return IntentExamples(self.x[idx], self.y[idx], self.session_start_ms[idx], self.session_end_ms[idx],
+                              [self.user[i] for i in idx], self.ts_ms[idx])
+
+
+def intent_examples(users: dict[str, list[Any]]) -> IntentExamples:
+    """Replay every user's events (``TypedEvent``s, time-ordered) through one
+    :class:`~streamrec.serving.session.SessionStats` and emit a row at every event that is not a
+    purchase.
+
+    How the purchase is masked: the row at event j is computed from events 0..j only (the
+    tracker has not seen anything later), purchase events themselves are never scored, and the
+    label is "some event after j in this session is a purchase". A purchase earlier in the
+    session is visible (it did happen, the worker sees it too) but says nothing about the label
+    beyond what the live system would also know.
+    """
+    from streamrec.serving.session import SessionStats
+    from streamrec.typed_events import sessions
+
+    rows: list[list[float]] = []
+    ys: list[float] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    who: list[str] = []
+    ts: list[int] = []
+    for user, seq in users.items():
+        stats = SessionStats()
+        for sess in sessions(seq):
+            buy_after = [False] * len(sess)
+            later = False
+            for j in range(len(sess) - 1, -1, -1):
+                buy_after[j] = later
+                later = later or sess[j].type == "purchase"
+            for j, e in enumerate(sess):
+                stats.update(e.item_id, e.raw, e.ts_ms)
+                if e.type == "purchase":
+                    continue
+                rows.append(stats.row())
+                ys.append(float(buy_after[j]))
+                starts.append(sess[0].ts_ms)
+                ends.append(sess[-1].ts_ms)
+                who.append(user)
+                ts.append(e.ts_ms)
+    from streamrec.serving.session import FEATURE_NAMES
+
+    return IntentExamples(np.asarray(rows, np.float32).reshape(-1, len(FEATURE_NAMES)), np.asarray(ys, np.float32),
+                          np.asarray(starts, np.int64), np.asarray(ends, np.int64), who, np.asarray(ts, np.int64))
+
+
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half)."""
+    y = np.asarray(y) > 0.5
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    ps = np.asarray(p)[order]
+    ranks = np.empty(len(ps), np.float64)
+    i = 0
+    while i < len(ps):  # average ranks over ties
+        j = i
+        while j + 1 < len(ps) and ps[j + 1] == ps[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def pr_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Average precision (area under the precision-recall curve, step-wise)."""
+    y = np.asarray(y) > 0.5
+    if not y.any():
+        return float("nan")
+    order = np.argsort(-np.asarray(p), kind="mergesort")
+    hits = y[order]
+    prec = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(prec[hits].sum() / hits.sum())
+
+
+def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
+    p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+    y = np.asarray(y, np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
