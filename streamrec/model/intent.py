@@ -151,7 +151,7 @@ class IntentExamples:
                               [self.user[i] for i in idx], self.ts_ms[idx])
 
 
-def intent_examples(users: dict[str, list[Any]]) -> IntentExamples:
+def intent_examples(users: dict[str, list[Any]], *, favorites: bool = False) -> IntentExamples:
     """Replay every user's events (``TypedEvent``s, time-ordered) through one
     :class:`~streamrec.serving.session.SessionStats` and emit a row at every event that is not a
     purchase.
@@ -161,6 +161,9 @@ def intent_examples(users: dict[str, list[Any]]) -> IntentExamples:
     label is "some event after j in this session is a purchase". A purchase earlier in the
     session is visible (it did happen, the worker sees it too) but says nothing about the label
     beyond what the live system would also know.
+
+    ``favorites=False`` counts a Taobao favourite as the ``view`` it becomes on the wire (what a
+    worker sees, so what a shipped model must be trained on); True keeps it apart.
     """
     from streamrec.serving.session import SessionStats
     from streamrec.typed_events import sessions
@@ -180,7 +183,7 @@ def intent_examples(users: dict[str, list[Any]]) -> IntentExamples:
                 buy_after[j] = later
                 later = later or sess[j].type == "purchase"
             for j, e in enumerate(sess):
-                stats.update(e.item_id, e.raw, e.ts_ms)
+                stats.update(e.item_id, e.raw if favorites else e.type, e.ts_ms)
                 if e.type == "purchase":
                     continue
                 rows.append(stats.row())

@@ -12,6 +12,8 @@ from streamrec.schemas.contracts import (
     CatalogItem,
     DeadLetter,
     ModelUpdate,
+    Profile,
+    Reason,
     Recommendation,
     ScoredItem,
     ShopEvent,
@@ -19,7 +21,7 @@ from streamrec.schemas.contracts import (
 
 __all__ = [
     "CONTRACTS", "EVENT_TYPES", "MAX_MESSAGE_BYTES", "TS_MAX_MS", "TS_MIN_MS", "CatalogItem",
-    "Contract", "DeadLetter", "ModelUpdate", "Recommendation", "ScoredItem", "ShopEvent",
+    "Contract", "DeadLetter", "ModelUpdate", "Profile", "Reason", "Recommendation", "ScoredItem", "ShopEvent",
     "json_schema", "committed_schema",
 ]
 

@@ -1,4 +1,4 @@
-"""The five wire contracts. Field names are the JSON names every client relies on.
+"""The wire contracts. Field names are the JSON names every client relies on.
 
 >>> e = ShopEvent(event_id="e1", user_id="u1", session_id="s1", item_id="i9",
 ...               type="view", ts=1_700_000_000_000)
@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from streamrec.schemas.base import Contract, Id, LongText, ShortText, TimestampMs
 
@@ -59,12 +59,35 @@ class CatalogItem(Contract):
         return " | ".join(p for p in parts if p)
 
 
-class ScoredItem(Contract):
+ReasonKind = Literal["similar_to", "popular", "new_item"]
+#: Most entries of each list in a Profile.
+MAX_PROFILE_ENTRIES = 1000
+
+
+class Outbound(Contract):
+    """A contract streamrec produces and shops consume: readers ignore fields they do not know
+    (the schema allows additional properties), so that adding an optional field later does not
+    break a consumer built against this version. Producers still send only declared fields."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class Reason(Outbound):
+    """Why an item was recommended: ``similar_to`` names the history item whose vector is closest
+    (inner product) to it; ``popular`` is the popularity fill-in; ``new_item`` a catalog item the
+    model has never seen in training, scored from its text."""
+
+    kind: ReasonKind
+    item_id: Id | None = None
+
+
+class ScoredItem(Outbound):
     item_id: Id
     score: float
+    reason: Reason | None = None  # optional (added in 0.2); older producers leave it out
 
 
-class Recommendation(Contract):
+class Recommendation(Outbound):
     """What the shop receives. Topic ``shop.recommendations``, key = ``user_id``."""
 
     schema_file = "recommendation.schema.json"
@@ -73,6 +96,29 @@ class Recommendation(Contract):
     model_version: Annotated[str, Field(min_length=1, max_length=128)]
     event_id: Id
     event_ts: TimestampMs
+    produced_ts: TimestampMs
+    #: P(a purchase happens later in this session), when the model has an intent model.
+    purchase_intent: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+
+
+class WeightedName(Outbound):
+    name: ShortText
+    weight: Annotated[float, Field(ge=0.0)]
+
+
+class Profile(Outbound):
+    """A user's interests. Topic ``shop.profiles`` (compacted), key = ``user_id``.
+
+    Weights are decayed event-type-weighted counts at ``updated_ts`` (the user's latest event),
+    highest first; at most the worker's ``profile_max_entries`` per list."""
+
+    schema_file = "profile.schema.json"
+    user_id: Id
+    categories: Annotated[list[WeightedName], Field(max_length=MAX_PROFILE_ENTRIES)]
+    brands: Annotated[list[WeightedName], Field(max_length=MAX_PROFILE_ENTRIES)]
+    purchase_intent: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    event_id: Id
+    updated_ts: TimestampMs
     produced_ts: TimestampMs
 
 
@@ -115,4 +161,4 @@ class ModelUpdate(Contract):
     created_ts: TimestampMs
 
 
-CONTRACTS: tuple[type[Contract], ...] = (ShopEvent, CatalogItem, Recommendation, DeadLetter, ModelUpdate)
+CONTRACTS: tuple[type[Contract], ...] = (ShopEvent, CatalogItem, Recommendation, DeadLetter, ModelUpdate, Profile)
