@@ -141,3 +141,31 @@ def iter_sessions(users: dict[str, list[TypedEvent]]) -> Iterator[tuple[str, int
     for u, seq in users.items():
         for n, s in enumerate(sessions(seq)):
             yield u, n, s
+
+
+#: streamrec event type -> the file's behaviour name (Taobao's, so the file reads like theirs).
+WRITE_NAMES = {"view": "pv", "add_to_cart": "cart", "purchase": "buy", "remove_from_cart": "remove_from_cart"}
+
+
+def write_events(path: str | Path, events: Iterable[object], categories: dict[str, str]) -> int:
+    """Write ShopEvent-like objects (``user_id``, ``item_id``, ``type``, ``ts`` in ms) as a typed
+    events file; ``categories`` maps item ids to category ids (missing: ``unknown``). Timestamps
+    are truncated to seconds, as in the Taobao file. Returns the number of events written."""
+    p = Path(path)
+    n = 0
+    tmp = p.with_name(p.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(",".join(HEADER) + "\n")
+        for e in events:
+            cat = categories.get(e.item_id) or "unknown"  # type: ignore[attr-defined]
+            cat = cat if _ID_RE.match(cat) else re.sub(r"[^!-~]", "_", cat)[:128] or "unknown"
+            f.write(f"{e.user_id},{e.item_id},{cat},{WRITE_NAMES[e.type]},{e.ts // 1000}\n")  # type: ignore[attr-defined]
+            n += 1
+    tmp.replace(p)
+    return n
+
+
+def to_interactions_lists(users: dict[str, list[TypedEvent]]) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """(users, items, types) in the layout of :class:`streamrec.model.data.Interactions`."""
+    names = list(users)
+    return names, [[e.item_id for e in users[u]] for u in names], [[e.type for e in users[u]] for u in names]

@@ -28,13 +28,14 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from streamrec.model.checkpoint import load_checkpoint
 from streamrec.model.data import ItemVocab, history_batch
+from streamrec.model.intent import IntentModel
 from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS, PAD_ID, SASRec
 from streamrec.model.text import TextEncoder, resolve_device
 
@@ -62,6 +63,7 @@ class Recommender:
         self.impute_neighbors = impute_neighbors
         self.impute_temperature = impute_temperature
         self._n_trained = int(model.config.n_items)  # rows 1..n learned in training
+        self.intent: Any = None  # the checkpoint's IntentModel, if it has one (see load)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", version: str | None = None,
@@ -70,7 +72,9 @@ class Recommender:
         ``options`` go to the constructor (``impute_neighbors``, ``impute_temperature``)."""
         dev = resolve_device(device)
         model, vocab = load_checkpoint(path, device=dev)
-        return cls(model, vocab, version=version or Path(path).name, device=str(dev), **options)
+        rec = cls(model, vocab, version=version or Path(path).name, device=str(dev), **options)
+        rec.intent = IntentModel.load(path)
+        return rec
 
     # -- items --------------------------------------------------------------------------------------
 
@@ -175,6 +179,23 @@ class Recommender:
             with torch.inference_mode():
                 h = self.model.encode(x.to(self.device), t.to(self.device), table)[:, -1]  # (B, d)
         return h.float().cpu().numpy().copy()
+
+    def lookup(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(len(item_ids), d) float32 item vectors (unknown ids: the default vector) and an int8
+        array of what each is: 0 learned in training, 1 added since (zero-shot, from its text),
+        2 unknown to the model."""
+        with self._lock:
+            table = self._item_table()
+            rows = np.fromiter((self.vocab.row(str(i)) for i in item_ids), dtype=np.int64, count=len(item_ids))
+            idx = torch.from_numpy(rows).to(table.device)
+            vecs = table[idx]
+            unknown = rows == PAD_ID
+            if unknown.any():
+                default = self.model.default_vector().to(table.device)
+                vecs = torch.where(torch.from_numpy(unknown).to(table.device)[:, None], default[None], vecs)
+            kind = (rows > self._n_trained).astype(np.int8)
+            kind[unknown] = 2
+            return vecs.float().cpu().numpy(), kind
 
     def score(self, user_vecs: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
         """(B, len(item_ids)) inner products; unknown ids score with the default item vector."""

@@ -232,3 +232,36 @@ def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
     p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
     y = np.asarray(y, np.float64)
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def train_intent(users: dict[str, list[Any]], *, holdout: float = 0.2, seed: int = 0,
+                 steps: int = 400) -> tuple[IntentModel | None, dict[str, Any]]:
+    """Fit the shipped intent model on typed, timestamped events (``{user: [TypedEvent]}``).
+
+    The latest ``holdout`` share of the sessions (by start time) is held out once to measure
+    the model against the counts-only baseline and the base rate (kept in ``intent.json``);
+    then the model is refitted on every session. Returns (None, reason) when the data cannot
+    train one (no purchases, or nothing but purchases).
+    """
+    from streamrec.serving.session import BASELINE_FEATURES, FEATURE_NAMES, columns
+
+    ex = intent_examples(users)
+    if len(ex.y) == 0 or ex.y.min() == ex.y.max():
+        return None, {"skipped": "the events need sessions with and without a later purchase"}
+    cut = float(np.quantile(np.unique(ex.session_start_ms), 1.0 - holdout))
+    tr, te = ex.select(ex.session_end_ms < cut), ex.select(ex.session_start_ms >= cut)
+    metrics: dict[str, Any] = {"examples": int(len(ex.y)), "positive_rate": round(float(ex.y.mean()), 4)}
+    if len(tr.y) and len(te.y) and 0 < tr.y.mean() < 1 and 0 < te.y.mean() < 1:
+        cols = columns(BASELINE_FEATURES)
+        m = fit_intent(tr.x, tr.y, feature_names=FEATURE_NAMES, steps=steps, seed=seed)
+        b = fit_intent(tr.x[:, cols], tr.y, feature_names=BASELINE_FEATURES, steps=steps, seed=seed)
+        pm, pb = m.predict(te.x), b.predict(te.x[:, cols])
+        metrics["holdout"] = {
+            "examples": int(len(te.y)),
+            "model_roc_auc": round(roc_auc(te.y, pm), 4), "model_log_loss": round(log_loss(te.y, pm), 4),
+            "baseline_roc_auc": round(roc_auc(te.y, pb), 4), "baseline_log_loss": round(log_loss(te.y, pb), 4),
+            "base_rate_log_loss": round(log_loss(te.y, np.full(len(te.y), tr.y.mean())), 4),
+        }
+    model = fit_intent(ex.x, ex.y, feature_names=FEATURE_NAMES, steps=steps, seed=seed)
+    model.cfg.metrics = metrics
+    return model, metrics

@@ -1,7 +1,16 @@
 """One batched path from user states to recommendation lists: encode, search, filter, fall back.
 
-The worker calls :meth:`Scorer.recommend` once per batch of events (from a single executor
-thread), so the model runs one forward pass and FAISS one search per batch.
+The worker calls :meth:`Scorer.recommend_explained` once per batch of events (from a single
+executor thread), so the model runs one forward pass and FAISS one search per batch.
+
+Reasons (:meth:`Scorer.recommend_explained`): an item found by the model for a user with a
+history is ``("similar_to", h)`` where ``h`` is the history item whose vector has the largest
+inner product with the item's vector (the item itself excluded, unless it is the only one), or
+``("new_item", None)`` when the model never learned the item in training (a catalog item scored
+from its text alone); popularity fill-ins are ``("popular", None)``, and the cold-start fill
+(the model's ranking for an empty history) is ``("new_item", None)`` for zero-shot items and
+``("popular", None)`` otherwise. All item vectors of a batch come from one lookup and the
+inner products from one batched product.
 """
 
 from __future__ import annotations
@@ -16,6 +25,10 @@ from streamrec.serving.popularity import Popularity
 from streamrec.serving.state import UserState
 
 log = logging.getLogger(__name__)
+
+#: ``(kind, item_id or None)``: kind in similar_to / popular / new_item (the Reason contract).
+Reason = tuple[str, "str | None"]
+Explained = list[tuple[str, float, Reason]]
 
 
 class Scorer:
@@ -46,33 +59,107 @@ class Scorer:
         return self._cold_query
 
     def recommend(self, states: Sequence[UserState]) -> list[list[tuple[str, float]]]:
+        """Top-k ``(item_id, score)`` per state (no reasons: nothing extra is computed)."""
+        return [[(i, s) for i, s, _ in rows] for rows in self._recommend(states, explain=False)]
+
+    def recommend_explained(self, states: Sequence[UserState]) -> list[Explained]:
+        """Top-k ``(item_id, score, reason)`` per state (see the module docstring for reasons)."""
+        return self._recommend(states, explain=True)
+
+    def _recommend(self, states: Sequence[UserState], *, explain: bool) -> list[Explained]:
         k = self.top_k
-        results: list[list[tuple[str, float]]] = [[] for _ in states]
+        results: list[Explained] = [[] for _ in states]
         warm = [i for i, s in enumerate(states) if any(item in self.index for item, _ in s.history_pairs())]
         if warm and len(self.index) > 0:
             vecs = self.recommender.encode_users([states[i].history_pairs() for i in warm])
             found = self.index.search(
                 np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm]
             )
-            for i, items in zip(warm, found):
-                results[i] = [(item, float(score)) for item, score in items]
+            why = self._similar_reasons([states[i] for i in warm], found) if explain else None
+            for n, (i, items) in enumerate(zip(warm, found)):
+                results[i] = [(item, float(score), why[n][j] if why else ("", None))
+                              for j, (item, score) in enumerate(items)]
         for i, state in enumerate(states):
             if len(results[i]) < k:
-                results[i] = self._fill(results[i], state.purchased, k)
+                results[i] = self._fill(results[i], state.purchased, k, explain=explain)
         return results
 
-    def _fill(self, have: list[tuple[str, float]], purchased: set[str], k: int) -> list[tuple[str, float]]:
+    def _similar_reasons(self, states: Sequence[UserState], found: Sequence[Sequence[tuple[str, float]]]
+                         ) -> list[list[Reason]]:
+        """For each found item: ``new_item`` if zero-shot, else ``similar_to`` the history item
+        with the largest inner product. One vector lookup and one batched product per batch."""
+        hists = [list(dict.fromkeys(item for item, _ in s.history_pairs())) for s in states]
+        recs = [[item for item, _ in items] for items in found]
+        uniq = list(dict.fromkeys([i for h in hists for i in h] + [i for r in recs for i in r]))
+        if not uniq:
+            return [[] for _ in states]
+        vecs, kind = self.recommender.lookup(uniq)  # (U, d), (U,)
+        pos = {item: n for n, item in enumerate(uniq)}
+        B, H, K = len(states), max(1, max(len(h) for h in hists)), max(1, max(len(r) for r in recs))
+        h_idx = np.zeros((B, H), np.int64)
+        h_ok = np.zeros((B, H), bool)
+        r_idx = np.zeros((B, K), np.int64)
+        for b, (h, r) in enumerate(zip(hists, recs)):
+            h_idx[b, : len(h)] = [pos[i] for i in h]
+            h_ok[b, : len(h)] = True
+            r_idx[b, : len(r)] = [pos[i] for i in r]
+        h_ok &= kind[h_idx] != 2  # items unknown to the model have no meaningful vector
+        sims = np.einsum("bkd,bhd->bkh", vecs[r_idx], vecs[h_idx])  # (B, K, H)
+        valid = h_ok[:, None, :] & (h_idx[:, None, :] != r_idx[:, :, None])  # (B, K, H), not itself
+        # the item itself only when nothing else is there
+        valid |= (~valid.any(-1, keepdims=True)) & h_ok[:, None, :]
+        best = np.where(valid, sims, -np.inf).argmax(-1)  # (B, K)
+        has = valid.any(-1)  # (B, K)
+        out: list[list[Reason]] = []
+        for b, r in enumerate(recs):
+            row: list[Reason] = []
+            for j, item in enumerate(r):
+                if kind[r_idx[b, j]] != 0:
+                    row.append(("new_item", None))
+                elif has[b, j]:
+                    row.append(("similar_to", uniq[h_idx[b, best[b, j]]]))
+                else:
+                    row.append(("popular", None))
+            out.append(row)
+        return out
+
+    def _fill(self, have: Explained, purchased: set[str], k: int, *, explain: bool) -> Explained:
         """Top up a short list with popular items, then with the model's cold-start ranking.
 
         Fill-ins rank below the model's results; their scores only keep the order.
         """
         out = list(have)
-        taken = {item for item, _ in out} | purchased
+        taken = {item for item, _, _ in out} | purchased
         fill = self.popularity.top(k - len(out), exclude=taken, eligible=self.index.is_eligible)
+        reasons: list[Reason] = [("popular", None)] * len(fill)
         taken.update(fill)
         if len(out) + len(fill) < k and len(self.index) > 0:
-            extra = self.index.search(self.cold_query(), k, exclude=[taken])[0]
-            fill += [item for item, _ in extra[: k - len(out) - len(fill)]]
+            extra = [item for item, _ in self.index.search(self.cold_query(), k, exclude=[taken])[0]]
+            extra = extra[: k - len(out) - len(fill)]
+            if explain and extra:
+                kinds = self.recommender.lookup(extra)[1]
+                reasons += [("new_item", None) if kd != 0 else ("popular", None) for kd in kinds]
+            else:
+                reasons += [("popular", None)] * len(extra)
+            fill += extra
         floor = out[-1][1] if out else 0.0
-        out += [(item, floor - 1.0 - rank * 1e-3) for rank, item in enumerate(fill)]
+        out += [(item, floor - 1.0 - rank * 1e-3, reasons[rank]) for rank, item in enumerate(fill)]
         return out
+
+    def intent(self, states: Sequence[UserState]) -> list[float | None]:
+        """P(a purchase later in the session) per state, or None when the model has no intent
+        model. Features come from each state's session counters (one batched prediction)."""
+        model = getattr(self.recommender, "intent", None)
+        if model is None or not states:
+            return [None] * len(states)
+        from streamrec.serving.session import columns, features
+
+        try:
+            cols = columns(tuple(model.cfg.feature_names))
+        except ValueError:
+            if not getattr(self, "_intent_warned", False):
+                log.warning("intent model wants features this worker does not compute: %s", model.cfg.feature_names)
+                self._intent_warned = True
+            return [None] * len(states)
+        p = model.predict(features([s.session for s in states])[:, cols])
+        return [float(min(1.0, max(0.0, x))) for x in p]

@@ -13,10 +13,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
-from streamrec.schemas import CatalogItem, ShopEvent
+from streamrec.schemas import TS_MIN_MS, CatalogItem, Profile, ShopEvent
+from streamrec.schemas.contracts import WeightedName
 from streamrec.serving.metrics import Metrics
 from streamrec.serving.popularity import Popularity
-from streamrec.serving.scorer import Scorer
+from streamrec.serving.profile import ProfileWeights
+from streamrec.serving.scorer import Explained, Scorer
 from streamrec.serving.state import UserState
 
 log = logging.getLogger(__name__)
@@ -28,8 +30,10 @@ MAX_CATALOG_ITEMS = 5_000_000
 
 class Pipeline:
     def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
-                 purchased_max: int, trigger_types: tuple[str, ...]) -> None:
+                 purchased_max: int, trigger_types: tuple[str, ...],
+                 profile_weights: ProfileWeights | None = None) -> None:
         self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k)
+        self.profile_weights = profile_weights or ProfileWeights()
         self.history_len = history_len
         self.purchased_max = purchased_max
         self.trigger_types = frozenset(trigger_types)
@@ -86,9 +90,12 @@ class Pipeline:
 
     def apply_event(self, state: UserState, event: ShopEvent) -> bool:
         """Update one user's state; False for a duplicate (redelivered) event."""
+        item = self.catalog.get(event.item_id)
         fresh = state.update(
             event_id=event.event_id, item_id=event.item_id, type=event.type, ts=event.ts,
             session_id=event.session_id, history_len=self.history_len, purchased_max=self.purchased_max,
+            category=item.category if item else None, brand=item.brand if item else None,
+            profile_weights=self.profile_weights,
         )
         if not fresh:
             self.metrics.duplicates += 1
@@ -101,6 +108,30 @@ class Pipeline:
         if not states:
             return []
         return self.scorer.recommend(states)
+
+    def score_explained(self, states: list[UserState], fresh_events: list[ShopEvent]
+                        ) -> tuple[list[Explained], list[float | None]]:
+        """Like :meth:`score`, with a reason per item and each state's purchase intent."""
+        for ev in fresh_events:
+            self.scorer.popularity.add(ev.item_id, ev.type, ts_ms=ev.ts)
+        if not states:
+            return [], []
+        return self.scorer.recommend_explained(states), self.scorer.intent(states)
+
+    def profile_of(self, user_id: str, state: UserState, *, event_id: str, now_ms: int) -> Profile:
+        """The Profile message of a user (the web view and ``shop.profiles`` both use this)."""
+        w = self.profile_weights
+        prof = state.profile
+        at = prof.updated_ms or now_ms
+
+        def entries(kind: str) -> list[WeightedName]:
+            return [WeightedName(name=n, weight=round(v, 6))
+                    for n, v in prof.top(kind, now_ms=at, n=w.max_entries, half_life_s=w.half_life_s)]  # type: ignore[arg-type]
+
+        intent = (state.latest or {}).get("purchase_intent")
+        return Profile(user_id=user_id, categories=entries("categories"), brands=entries("brands"),
+                       purchase_intent=intent, event_id=event_id, updated_ts=max(at, TS_MIN_MS),
+                       produced_ts=now_ms)
 
     @staticmethod
     def now_ms() -> int:

@@ -34,6 +34,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_recommendations, n, {"retention.ms": str(DAY_MS)}, "recommendations, key user_id"),
         TopicSpec(settings.topic_dlq, n, {"retention.ms": str(14 * DAY_MS)}, "refused events with reasons"),
         TopicSpec(settings.topic_model_updates, 1, {"cleanup.policy": "compact"}, "model versions ready to serve"),
+        TopicSpec(settings.topic_profiles, n, {"cleanup.policy": "compact"}, "interest profiles, key user_id"),
     ]
 
 
