@@ -118,12 +118,17 @@ def fit_intent(x: np.ndarray, y: np.ndarray, *, feature_names: Sequence[str], hi
     model = IntentModel(IntentConfig(feature_names=list(feature_names), hidden=hidden))
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     model.mean.copy_(xt.mean(0))
-    model.std.copy_(xt.std(0).clamp_min(1e-6))
+    std = xt.std(0)
+    # a column constant in training (e.g. favourites where the data has none) stays unscaled,
+    # so that a value it never showed in training cannot blow up at serving time
+    model.std.copy_(torch.where(std < 1e-6, torch.ones_like(std), std))
     # Start at the base rate: the bias alone then already gives the base-rate log loss.
     last = model.net[-1] if isinstance(model.net, nn.Sequential) else model.net
     p = float(y.mean())
     with torch.no_grad():
         last.bias.fill_(float(np.log(p / (1 - p))))
+        if hidden == 0:
+            last.weight.zero_()  # convex: start from the base rate, untouched columns stay 0
     opt = torch.optim.Adam(model.parameters(), lr=lr if hidden == 0 else lr / 5, weight_decay=weight_decay)
     model.train()
     for _ in range(steps):
