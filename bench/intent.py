@@ -116,10 +116,60 @@ def profile_hits(users: dict, weights: ProfileWeights) -> dict[str, float]:
             "profile_only_hit_at_5": hit_prof_only / max(n, 1), "popularity_hit_at_5": hit_pop / max(n, 1)}
 
 
+def bootstrap_diff(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, groups: np.ndarray, n: int = 300,
+                   seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95 % intervals of (a - b) for ROC AUC and log loss, resampling whole sessions."""
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv))[:-1])
+    auc, ll = [], []
+    for _ in range(n):
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(uniq), len(uniq))])
+        auc.append(roc_auc(y[idx], pa[idx]) - roc_auc(y[idx], pb[idx]))
+        ll.append(log_loss(y[idx], pa[idx]) - log_loss(y[idx], pb[idx]))
+    q = lambda v: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))  # noqa: E731
+    return {"roc_auc": q(auc), "log_loss": q(ll)}
+
+
+def user_vector_rows(users: dict, budget_s: float, seed: int) -> np.ndarray:
+    """The sequence encoder's view: a SASRec trained (``budget_s`` seconds, id embeddings only,
+    the data has no titles) on every event before the test days, then the user vector of each
+    example's prefix (all of the user's events up to and including the scored one, newest 50),
+    in the order of :func:`intent_examples`' rows."""
+    from streamrec.model.data import Interactions
+    from streamrec.model.inference import Recommender
+    from streamrec.model.train import TrainSettings, train
+
+    data = Interactions()
+    for u, seq in users.items():
+        early = [e for e in seq if e.ts_ms < TEST_FROM]
+        if len(early) >= 3:
+            data.users.append(u)
+            data.items.append([e.item_id for e in early])
+            data.types.append([e.type for e in early])
+    res = train(data, config=dict(use_text=False, loss="sampled", n_negatives=2048),
+                settings=TrainSettings(time_budget=budget_s, max_epochs=30, device="cpu", progress=False,
+                                       seed=seed))
+    print(f"SASRec on the training days: {res.metrics['epochs']} epochs, val NDCG@10 "
+          f"{res.metrics.get('val', {}).get('ndcg@10', float('nan')):.4f}")
+    rec = Recommender(res.model, res.vocab, version="bench", device="cpu")
+    prefixes = []
+    for seq in users.values():
+        hist: list[tuple[str, str]] = []
+        for e in seq:
+            hist.append((e.item_id, e.type))
+            if e.type != "purchase":
+                prefixes.append(hist[-50:])
+    out = [rec.encode_users(prefixes[i : i + 1024]) for i in range(0, len(prefixes), 1024)]
+    return np.concatenate(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--encoder-budget", type=float, default=120.0,
+                    help="seconds to train the SASRec whose user vector is tried as extra input (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     f = data_file()
@@ -159,6 +209,21 @@ def main() -> int:
                            steps=args.steps, seed=args.seed)
     model = fit_intent(train.x[:, all_cols], train.y, feature_names=FEATURE_NAMES, hidden=hidden,
                        steps=args.steps, seed=args.seed)
+    uv_row = None
+    if args.encoder_budget > 0:
+        uv = user_vector_rows(users, args.encoder_budget, args.seed)
+        assert uv.shape[0] == len(ex.y)
+        names = FEATURE_NAMES + tuple(f"user_vec_{k}" for k in range(uv.shape[1]))
+        xa = np.concatenate([ex.x, uv], axis=1)
+        tr_mask, te_mask = ex.session_end_ms < TEST_FROM, ex.session_start_ms >= TEST_FROM
+        with_uv = fit_intent(xa[tr_mask], train.y, feature_names=names, hidden=hidden, steps=args.steps,
+                             seed=args.seed)
+        uv_only = fit_intent(uv[tr_mask], train.y, feature_names=names[len(FEATURE_NAMES):], hidden=hidden,
+                             steps=args.steps, seed=args.seed)
+        uv_row = (metrics(test.y, with_uv.predict(xa[te_mask])), metrics(test.y, uv_only.predict(uv[te_mask])))
+    p_model, p_base = model.predict(test.x), baseline.predict(test_fav.x[:, base_cols])
+    groups = np.asarray([f"{u}@{t}" for u, t in zip(test.user, test.session_start_ms.tolist())])
+    ci = bootstrap_diff(test.y, p_model, p_base, groups, seed=args.seed)
     rows = {
         "base rate": metrics(test.y, np.full(len(test.y), base_rate)),
         "counts-only logistic (baseline)": metrics(test.y, baseline.predict(test_fav.x[:, base_cols])),
@@ -166,6 +231,9 @@ def main() -> int:
             metrics(test.y, model.predict(test.x)),
         "same, favourites apart (not seen by a worker)": metrics(test.y, with_favs.predict(test_fav.x)),
     }
+    if uv_row is not None:
+        rows["same + SASRec user vector (sequence encoder)"] = uv_row[0]
+        rows["SASRec user vector alone"] = uv_row[1]
     print()
     print(f"| {'purchase intent, test (last two days)':<52} | ROC AUC | PR AUC | log loss |")
     print(f"|{'-' * 54}|--------:|-------:|---------:|")
@@ -174,6 +242,9 @@ def main() -> int:
 
     weights = ProfileWeights()
     prof = profile_hits(users, weights)
+    print(f"\nshipped model - baseline, 95 % interval over 300 session-bootstrap resamples: "
+          f"ROC AUC [{ci['roc_auc'][0]:+.4f}, {ci['roc_auc'][1]:+.4f}], "
+          f"log loss [{ci['log_loss'][0]:+.4f}, {ci['log_loss'][1]:+.4f}]")
     print()
     print(f"interest profile: {prof['purchases']} last-day purchases of {prof['users']} users")
     print("| categories of last-day purchases | hit@5 |")
@@ -190,11 +261,17 @@ def main() -> int:
         "baseline_roc_auc": round(rows["counts-only logistic (baseline)"]["roc_auc"], 4),
         "baseline_pr_auc": round(rows["counts-only logistic (baseline)"]["pr_auc"], 4),
         "baseline_log_loss": round(rows["counts-only logistic (baseline)"]["log_loss"], 4),
+        "model_minus_baseline_roc_auc_ci95": [round(v, 4) for v in ci["roc_auc"]],
+        "model_minus_baseline_log_loss_ci95": [round(v, 4) for v in ci["log_loss"]],
         "base_rate_log_loss": round(rows["base rate"]["log_loss"], 4),
         "base_rate_pr_auc": round(rows["base rate"]["pr_auc"], 4),
         "test_examples": int(len(test.y)), "test_positive_rate": round(float(test.y.mean()), 4),
         "favs_apart_roc_auc": round(rows[list(rows)[3]]["roc_auc"], 4),
         "favs_apart_log_loss": round(rows[list(rows)[3]]["log_loss"], 4),
+        **({"with_user_vector_roc_auc": round(uv_row[0]["roc_auc"], 4),
+            "with_user_vector_log_loss": round(uv_row[0]["log_loss"], 4),
+            "user_vector_only_roc_auc": round(uv_row[1]["roc_auc"], 4),
+            "user_vector_only_log_loss": round(uv_row[1]["log_loss"], 4)} if uv_row else {}),
         "profile_hit_at_5": round(prof["profile_hit_at_5"], 4),
         "profile_only_hit_at_5": round(prof["profile_only_hit_at_5"], 4),
         "popularity_hit_at_5": round(prof["popularity_hit_at_5"], 4),

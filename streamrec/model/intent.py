@@ -209,16 +209,9 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    ps = np.asarray(p)[order]
-    ranks = np.empty(len(ps), np.float64)
-    i = 0
-    while i < len(ps):  # average ranks over ties
-        j = i
-        while j + 1 < len(ps) and ps[j + 1] == ps[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
+    _, inverse, counts = np.unique(np.asarray(p), return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based first rank of each distinct value
+    ranks = (first + (counts + 1) / 2.0)[inverse]  # average 1-based rank over ties
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
