@@ -9,7 +9,7 @@ Taobao's ``fav`` (favourite) has no streamrec event type: it is read as ``favori
 the four contract types (a favourite is an expression of interest, as a view is).
 
 Files are untrusted input: lines, ids and timestamps are bounded and a bad line raises
-``ValueError`` naming the file and line. No torch, no Kafka: the model, the replay and the
+``DatasetError`` (a ``ValueError``) naming the file and line. No torch, no Kafka: the model, the replay and the
 benchmarks all read through here.
 
 >>> evs = parse_lines(["user_id,item_id,category_id,behavior,ts", "u1,i1,c1,pv,1511544070",
@@ -24,6 +24,9 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from streamrec.errors import DatasetError
+from streamrec.fsutil import atomic_write
 
 #: The file's behaviour names -> (streamrec event type, raw kind kept for features/benchmarks).
 BEHAVIORS: dict[str, tuple[str, str]] = {
@@ -64,34 +67,34 @@ def parse_lines(lines: Iterable[str], *, source: str = "<events>") -> list[Typed
     header = next(it, None)
     if header is None or tuple(c.strip() for c in header.lstrip("\ufeff").split(",")) != HEADER:
         shown = (header or "")[:80]
-        raise ValueError(f"{source}:1: expected the header {','.join(HEADER)!r}, got {shown!r}")
+        raise DatasetError(f"{source}:1: expected the header {','.join(HEADER)!r}, got {shown!r}")
     for lineno, line in enumerate(it, start=2):
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
         if len(line) > MAX_LINE_CHARS:
-            raise ValueError(f"{source}:{lineno}: line longer than {MAX_LINE_CHARS} characters")
+            raise DatasetError(f"{source}:{lineno}: line longer than {MAX_LINE_CHARS} characters")
         parts = [p.strip() for p in line.split(",")]
         if len(parts) != 5:
-            raise ValueError(f"{source}:{lineno}: expected 5 comma-separated fields, got {len(parts)}")
+            raise DatasetError(f"{source}:{lineno}: expected 5 comma-separated fields, got {len(parts)}")
         user, item, cat, beh, ts = parts
         for name, value in (("user_id", user), ("item_id", item), ("category_id", cat)):
             if not _ID_RE.match(value):
-                raise ValueError(f"{source}:{lineno}: {name} {value[:40]!r} is not an id "
+                raise DatasetError(f"{source}:{lineno}: {name} {value[:40]!r} is not an id "
                                  "(1..128 printable ASCII characters, no spaces)")
         kind = BEHAVIORS.get(beh)
         if kind is None:
-            raise ValueError(f"{source}:{lineno}: behavior {beh[:40]!r} is not one of "
+            raise DatasetError(f"{source}:{lineno}: behavior {beh[:40]!r} is not one of "
                              f"{', '.join(sorted(BEHAVIORS))}")
         try:
             ts_s = int(ts)
         except ValueError:
-            raise ValueError(f"{source}:{lineno}: ts {ts[:40]!r} is not an integer (unix seconds)") from None
+            raise DatasetError(f"{source}:{lineno}: ts {ts[:40]!r} is not an integer (unix seconds)") from None
         if not TS_MIN_S <= ts_s <= TS_MAX_S:
-            raise ValueError(f"{source}:{lineno}: ts {ts_s} is outside 2000..2100 (unix seconds expected)")
+            raise DatasetError(f"{source}:{lineno}: ts {ts_s} is outside 2000..2100 (unix seconds expected)")
         out.append(TypedEvent(user, item, cat, kind[0], ts_s * 1000, kind[1]))
         if len(out) > MAX_EVENTS:
-            raise ValueError(f"{source}: more than {MAX_EVENTS} events")
+            raise DatasetError(f"{source}: more than {MAX_EVENTS} events")
     return out
 
 
@@ -99,14 +102,14 @@ def read_events(path: str | Path) -> list[TypedEvent]:
     """Read a typed events file; ValueError (file and line named) when it is unusable."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"events file not found: {str(p)!r}")
+        raise DatasetError(f"events file not found: {str(p)!r}")
     with p.open(encoding="utf-8", errors="strict", newline="") as f:
         try:
             events = parse_lines(f, source=str(p))
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{p}: not UTF-8 ({exc.reason})") from None
+            raise DatasetError(f"{p}: not UTF-8 ({exc.reason})") from None
     if not events:
-        raise ValueError(f"events file {str(p)!r} holds no events")
+        raise DatasetError(f"events file {str(p)!r} holds no events")
     return events
 
 
@@ -151,17 +154,19 @@ def write_events(path: str | Path, events: Iterable[object], categories: dict[st
     """Write ShopEvent-like objects (``user_id``, ``item_id``, ``type``, ``ts`` in ms) as a typed
     events file; ``categories`` maps item ids to category ids (missing: ``unknown``). Timestamps
     are truncated to seconds, as in the Taobao file. Returns the number of events written."""
-    p = Path(path)
     n = 0
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(",".join(HEADER) + "\n")
-        for e in events:
-            cat = categories.get(e.item_id) or "unknown"  # type: ignore[attr-defined]
-            cat = cat if _ID_RE.match(cat) else re.sub(r"[^!-~]", "_", cat)[:128] or "unknown"
-            f.write(f"{e.user_id},{e.item_id},{cat},{WRITE_NAMES[e.type]},{e.ts // 1000}\n")  # type: ignore[attr-defined]
-            n += 1
-    tmp.replace(p)
+
+    def write(tmp: Path) -> None:
+        nonlocal n
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(",".join(HEADER) + "\n")
+            for e in events:
+                cat = categories.get(e.item_id) or "unknown"  # type: ignore[attr-defined]
+                cat = cat if _ID_RE.match(cat) else re.sub(r"[^!-~]", "_", cat)[:128] or "unknown"
+                f.write(f"{e.user_id},{e.item_id},{cat},{WRITE_NAMES[e.type]},{e.ts // 1000}\n")  # type: ignore[attr-defined]
+                n += 1
+
+    atomic_write(path, write)
     return n
 
 

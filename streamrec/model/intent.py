@@ -19,7 +19,6 @@ True
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from streamrec.errors import CheckpointError
+from streamrec.fsutil import atomic_write, atomic_write_text
 
 INTENT_WEIGHTS = "intent.safetensors"
 INTENT_CONFIG = "intent.json"
@@ -78,12 +78,8 @@ class IntentModel(nn.Module):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = out / (INTENT_WEIGHTS + ".tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, out / INTENT_WEIGHTS)
-        tmp = out / (INTENT_CONFIG + ".tmp")
-        tmp.write_text(json.dumps(asdict(self.cfg), indent=2, sort_keys=True, default=float))
-        os.replace(tmp, out / INTENT_CONFIG)
+        atomic_write(out / INTENT_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+        atomic_write_text(out / INTENT_CONFIG, json.dumps(asdict(self.cfg), indent=2, sort_keys=True, default=float))
 
     @classmethod
     def load(cls, path: str | Path) -> "IntentModel | None":
