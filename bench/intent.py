@@ -105,7 +105,7 @@ def profile_hits(users: dict, weights: ProfileWeights) -> dict[str, float]:
         if not bought:
             continue
         users_with.add(u)
-        top = [c for c, _ in profiles[u].top("categories", now_ms=LAST_DAY, n=5, half_life_s=weights.half_life_s)]
+        top = [c for c, _ in profiles[u].top("categories", now_ms=LAST_DAY, n=5, weights=weights)]
         filled = top + [c for c in popular if c not in top][: 5 - len(top)]
         for c in bought:
             n += 1

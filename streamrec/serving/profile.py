@@ -9,7 +9,7 @@ many brands) are kept: past that, the entry with the lowest decayed weight is dr
 >>> p = InterestProfile()
 >>> p.update(category="shoes", brand="Acme", type="view", ts_ms=0, weights=w)
 >>> p.update(category="bags", brand=None, type="purchase", ts_ms=0, weights=w)
->>> p.top("categories", now_ms=3_600_000)
+>>> p.top("categories", now_ms=3_600_000, weights=w)
 [('bags', 2.5), ('shoes', 0.5)]
 """
 
@@ -86,9 +86,10 @@ class InterestProfile:
                 del table[worst]
 
     def top(self, kind: Kind, *, now_ms: int | None = None, n: int | None = None,
-            half_life_s: float = ProfileWeights.half_life_s) -> list[tuple[str, float]]:
+            weights: ProfileWeights | None = None) -> list[tuple[str, float]]:
         """Entries by decayed weight (highest first, ties by name), decayed to ``now_ms``
-        (default: the latest event)."""
+        (default: the latest event) with the half-life of ``weights`` (default settings)."""
+        half_life_s = (weights or ProfileWeights()).half_life_s
         table = self.categories if kind == "categories" else self.brands
         now = float(self.updated_ms if now_ms is None else now_ms)
         ranked = sorted(((k, _decay(v[0], v[1], now, half_life_s)) for k, v in table.items()),

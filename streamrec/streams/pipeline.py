@@ -126,7 +126,7 @@ class Pipeline:
 
         def entries(kind: str) -> list[WeightedName]:
             return [WeightedName(name=n, weight=round(v, 6))
-                    for n, v in prof.top(kind, now_ms=at, n=w.max_entries, half_life_s=w.half_life_s)]  # type: ignore[arg-type]
+                    for n, v in prof.top(kind, now_ms=at, n=w.max_entries, weights=w)]  # type: ignore[arg-type]
 
         intent = (state.latest or {}).get("purchase_intent")
         return Profile(user_id=user_id, categories=entries("categories"), brands=entries("brands"),

@@ -75,15 +75,15 @@ def test_profile_weights_types_and_decays():
     p.update(category="shoes", brand="A", type="view", ts_ms=0, weights=w)
     p.update(category="bags", brand="B", type="purchase", ts_ms=0, weights=w)
     p.update(category="hats", brand="C", type="add_to_cart", ts_ms=0, weights=w)
-    assert [c for c, _ in p.top("categories", now_ms=0, half_life_s=3600.0)] == ["bags", "hats", "shoes"]
+    assert [c for c, _ in p.top("categories", now_ms=0, weights=w)] == ["bags", "hats", "shoes"]
     # one half-life later every weight is halved; a fresh view then counts 1 on top of 0.5
     p.update(category="shoes", brand=None, type="view", ts_ms=HOUR, weights=w)
-    top = dict(p.top("categories", now_ms=HOUR, half_life_s=3600.0))
+    top = dict(p.top("categories", now_ms=HOUR, weights=w))
     assert top == pytest.approx({"bags": 2.5, "hats": 1.5, "shoes": 1.5})
-    assert dict(p.top("brands", now_ms=HOUR, half_life_s=3600.0))["B"] == pytest.approx(2.5)
+    assert dict(p.top("brands", now_ms=HOUR, weights=w))["B"] == pytest.approx(2.5)
     # an older event (out of order) counts decayed, not at full weight
     p.update(category="bags", brand=None, type="view", ts_ms=0, weights=w)
-    assert dict(p.top("categories", now_ms=HOUR, half_life_s=3600.0))["bags"] == pytest.approx(3.0)
+    assert dict(p.top("categories", now_ms=HOUR, weights=w))["bags"] == pytest.approx(3.0)
 
 
 def test_profile_is_bounded_keeping_the_heaviest():
