@@ -69,6 +69,7 @@ def kafka_settings(kafka_bootstrap: str, unique: Callable[[str], str], data_dir:
         topic_recommendations=f"{tag}.recs",
         topic_dlq=f"{tag}.dlq",
         topic_model_updates=f"{tag}.models",
+        topic_profiles=f"{tag}.profiles",
         app_id=f"app-{tag}",
         partitions=2,
         data_dir=data_dir,
