@@ -19,7 +19,7 @@ from faust.streams import _current_event  # see _as_current()
 
 from streamrec.config import Settings
 from streamrec.errors import SchemaError
-from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ScoredItem, ShopEvent
+from streamrec.schemas import CatalogItem, DeadLetter, Reason, Recommendation, ScoredItem, ShopEvent
 from streamrec.serving.state import UserState
 from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import aiokafka_config, faust_brokers, faust_credentials
@@ -59,6 +59,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
     pipeline = Pipeline(
         recommender=recommender, index=index, top_k=settings.top_k, history_len=settings.history_len,
         purchased_max=settings.purchased_max, trigger_types=settings.trigger_types,
+        profile_weights=settings.profile_weights(),
     )
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +94,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
     events_topic = app.topic(settings.topic_events, partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic_recommendations, partitions=settings.partitions, **raw)
     dlq_topic = app.topic(settings.topic_dlq, partitions=settings.partitions, **raw)
+    profiles_topic = app.topic(settings.topic_profiles, partitions=settings.partitions, **raw)
     users = app.Table(
         "users", default=None, partitions=settings.partitions,
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
@@ -164,8 +166,14 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
                       fresh: list[ShopEvent]) -> None:
         metrics = pipeline.metrics
         events = list(answer.values())
+        insights = settings.recommendation_insights
         try:
-            lists = await pipeline.run(pipeline.score, [states[e.user_id] for e in events], fresh)
+            if insights:
+                lists, intents = await pipeline.run(pipeline.score_explained, [states[e.user_id] for e in events],
+                                                    fresh)
+            else:
+                plain = await pipeline.run(pipeline.score, [states[e.user_id] for e in events], fresh)
+                lists, intents = [[(i, s, None) for i, s in r] for r in plain], [None] * len(plain)
         except Exception as exc:
             log.exception("scoring failed users=%d", len(events))
             for ev in events:
@@ -173,17 +181,27 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
             return
         now = pipeline.now_ms()
         version = pipeline.model_version
-        for ev, recs in zip(events, lists):
+        for ev, recs, intent in zip(events, lists, intents):
             rec = Recommendation(
-                user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
+                user_id=ev.user_id,
+                items=[ScoredItem(item_id=i, score=s, reason=Reason(kind=r[0], item_id=r[1]) if r else None)
+                       for i, s, r in recs],
                 model_version=version, event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
+                purchase_intent=intent,
             )
             await recs_topic.send(key=ev.user_id.encode(), value=rec.to_bytes())
             metrics.recommendations_out += 1
             metrics.observe_latency_ms(max(0, now - ev.ts))
-            # kept for GET /users/{id}/recommendations
-            states[ev.user_id].latest = {"items": [[i, s] for i, s in recs], "model_version": version,
-                                         "event_id": ev.event_id, "produced_ts": now}
+            # kept for GET /users/{id}/recommendations (and the profile's purchase_intent)
+            states[ev.user_id].latest = {"items": [[i, s, list(r)] if r else [i, s] for i, s, r in recs],
+                                         "model_version": version, "event_id": ev.event_id, "produced_ts": now,
+                                         **({"purchase_intent": intent} if intent is not None else {})}
+        # every user touched by the batch: the interest profile, on the compacted profiles topic
+        for user in {e.user_id for e in fresh}:
+            state = states.get(user)
+            if state is not None and state.history:
+                prof = pipeline.profile_of(user, state, event_id=state.history[-1][3], now_ms=now)
+                await profiles_topic.send(key=user.encode(), value=prof.to_bytes())
 
     @app.task
     async def read_catalog() -> None:
@@ -214,6 +232,17 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
         if state.latest is None:
             return web.json({"user_id": user_id, "error": "no recommendation yet"}, status=404)
         return web.json({"user_id": user_id, **state.latest})
+
+    @app.page("/users/{user_id}/profile")
+    @app.table_route(table=users, match_info="user_id")
+    async def user_profile(web: Any, request: Any, user_id: str) -> Any:
+        if not 1 <= len(user_id) <= 128:
+            return web.json({"error": "user id must be 1..128 characters"}, status=400)
+        state = UserState.from_json(users.get(user_id))
+        if not state.history:
+            return web.json({"user_id": user_id, "error": "no events yet"}, status=404)
+        prof = pipeline.profile_of(user_id, state, event_id=state.history[-1][3], now_ms=pipeline.now_ms())
+        return web.json(prof.to_dict())
 
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]
     return app, pipeline
