@@ -104,11 +104,12 @@ def raw_consume(settings: Settings, n: int) -> float:
     return asyncio.run(run())
 
 
-def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int) -> float:
-    """The worker's batch path without Kafka: parse bytes, update state, score, build messages."""
+def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int, insights: bool = True) -> float:
+    """The worker's batch path without Kafka: parse bytes, update state, score, build messages
+    (with ``insights``: reasons, purchase intent and profile messages too, as the worker does)."""
     from streamrec.indexer import ItemIndex
     from streamrec.model.inference import Recommender
-    from streamrec.schemas import Recommendation, ScoredItem
+    from streamrec.schemas import Reason, Recommendation, ScoredItem
     from streamrec.serving.state import UserState
     from streamrec.streams.pipeline import Pipeline
 
@@ -130,11 +131,21 @@ def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int)
             states[ev.user_id] = st.to_json()
             answer[ev.user_id] = (st, ev)
         items = list(answer.values())
-        lists = p.score([s for s, _ in items], fresh)
-        for (st, ev), recs in zip(items, lists):
-            Recommendation(user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
-                           model_version="bench", event_id=ev.event_id, event_ts=ev.ts,
-                           produced_ts=ev.ts).to_bytes()
+        if not insights:
+            lists = p.score([s for s, _ in items], fresh)
+            for (st, ev), recs in zip(items, lists):
+                Recommendation(user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
+                               model_version="bench", event_id=ev.event_id, event_ts=ev.ts,
+                               produced_ts=ev.ts).to_bytes()
+        else:
+            explained, intents = p.score_explained([s for s, _ in items], fresh)
+            for (st, ev), recs, intent in zip(items, explained, intents):
+                Recommendation(user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s, reason=Reason(
+                               kind=r[0], item_id=r[1])) for i, s, r in recs], model_version="bench",
+                               event_id=ev.event_id, event_ts=ev.ts, produced_ts=ev.ts,
+                               purchase_intent=intent).to_bytes()
+        for st, ev in items:  # profiles are published whatever the flag (as the worker does)
+            p.profile_of(ev.user_id, st, event_id=ev.event_id, now_ms=ev.ts).to_bytes()
             st.latest = {"items": recs}
             states[ev.user_id] = st.to_json()
 
@@ -156,13 +167,15 @@ def scrape(url: str) -> dict[str, float]:
     return out
 
 
-def start_worker(settings: Settings, model: Path, port: int, log: Path) -> subprocess.Popen:
+def start_worker(settings: Settings, model: Path, port: int, log: Path,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     for name in ("topic_events", "topic_catalog", "topic_recommendations", "topic_dlq", "topic_model_updates",
                  "app_id", "partitions", "data_dir"):
         env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
     env.update({"STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(), "STREAMREC_WEB_PORT": str(port),
                 "STREAMREC_DEVICE": "cpu"})
+    env.update(extra_env or {})
     proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "worker", "--model",
                              str(model)], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -230,7 +243,17 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256, help="worker batch size (STREAMREC_BATCH_MAX)")
     ap.add_argument("--rates", default="100,500,1000")
     ap.add_argument("--rate-seconds", type=float, default=15.0)
+    ap.add_argument("--worker-env", action="append", default=[], metavar="STREAMREC_X=VALUE",
+                    help="extra setting for the worker (repeatable), e.g. STREAMREC_RECOMMENDATION_INSIGHTS=false "
+                         "to measure without reasons and purchase intent")
     args = ap.parse_args()
+    extra_env = {}
+    for kv in args.worker_env:
+        k, sep, v = kv.partition("=")
+        if not sep or not k.startswith("STREAMREC_"):
+            print(f"--worker-env {kv!r}: expected STREAMREC_NAME=VALUE", file=sys.stderr)
+            return 2
+        extra_env[k] = v
     d = data_dir()
     if not (d / "sequences.txt").is_file():
         print(f"Beauty data not found at {d} (set STREAMREC_BENCH_DATA)", file=sys.stderr)
@@ -265,12 +288,13 @@ def main() -> int:
 
         raw = raw_consume(settings, len(events))
         print(f"raw consume: {raw:,.0f} events/s", flush=True)
-        alone = model_index_alone(model, catalog, events, args.batch)
+        insights = extra_env.get("STREAMREC_RECOMMENDATION_INSIGHTS", "true").lower() not in ("false", "0", "no")
+        alone = model_index_alone(model, catalog, events, args.batch, insights)
         print(f"model+index alone: {alone:,.0f} events/s", flush=True)
 
         port = localkafka.free_port()
         t_start = time.perf_counter()
-        worker = start_worker(settings, model, port, work / "worker.log")
+        worker = start_worker(settings, model, port, work / "worker.log", extra_env)
         url = f"http://127.0.0.1:{port}/metrics"
         first = None
         while True:
@@ -312,7 +336,7 @@ def main() -> int:
         print(f"| {r['rate']:.0f} | {r['sent']} | {r['answered']} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} "
               f"| {r['worker_p99']:.1f} |")
     at500 = next((r for r in lat if r["rate"] == 500), lat[0])
-    print(json.dumps({"pipeline_events_per_s": round(pipeline, 1), "model_index_events_per_s": round(alone, 1),
+    print(json.dumps({"worker_env": extra_env, "pipeline_events_per_s": round(pipeline, 1), "model_index_events_per_s": round(alone, 1),
                       "raw_consume_events_per_s": round(raw, 1), "p99_ms_at_500": round(at500["p99"], 1),
                       "p50_ms_at_500": round(at500["p50"], 1)}))
     return 0
