@@ -101,8 +101,11 @@ class InterestProfile:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "InterestProfile":
+        """Decode a stored profile; ``TypeError`` / ``ValueError`` when it does not have this shape."""
         if not data:
             return cls()
+        if not isinstance(data, dict):
+            raise TypeError(f"profile must be an object, got {type(data).__name__}")
         return cls(categories={str(k): [float(v[0]), float(v[1])] for k, v in (data.get("c") or {}).items()},
                    brands={str(k): [float(v[0]), float(v[1])] for k, v in (data.get("b") or {}).items()},
                    updated_ms=int(data.get("t") or 0))

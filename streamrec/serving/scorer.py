@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,61 +32,89 @@ Reason = tuple[str, "str | None"]
 Explained = list[tuple[str, float, Reason]]
 
 
-class Scorer:
-    """Turn user states into top-k ``(item_id, score)`` lists.
+@dataclass(frozen=True, eq=False)
+class ServingModel:
+    """A model and the index of item vectors it produced: always used, and replaced, together.
 
     ``recommender`` follows :class:`streamrec.model.inference.Recommender` (``encode_users``,
     ``add_items``, ``version``) and ``index`` follows :class:`streamrec.indexer.ItemIndex`
-    (``search``, ``is_eligible``, ``__contains__``, ``__len__``).
+    (``search``, ``is_eligible``, ``__contains__``, ``__len__``, ``upsert``, ``remove``).
+    """
+
+    recommender: Any
+    index: Any
+
+    @property
+    def version(self) -> str:
+        return str(self.recommender.version)
+
+
+class Scorer:
+    """Turn user states into top-k ``(item_id, score)`` lists.
+
+    The model and its index are held in ONE reference, :attr:`model` (a :class:`ServingModel`).
+    A hot swap builds a whole new ``ServingModel`` off the scoring thread and replaces that
+    reference between two batches (``scorer.model = new``); each call takes the reference once,
+    so a batch never mixes two versions. Popularity is shared across versions.
     """
 
     def __init__(self, *, recommender: Any, index: Any, popularity: Popularity, top_k: int) -> None:
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be in 1..1000, got {top_k}")
-        self.recommender = recommender
-        self.index = index
+        self.model = ServingModel(recommender=recommender, index=index)
         self.popularity = popularity
         self.top_k = top_k
-        self._cold_query: np.ndarray | None = None
+        self._cold_query: tuple[ServingModel, np.ndarray] | None = None
+
+    @property
+    def recommender(self) -> Any:
+        return self.model.recommender
+
+    @property
+    def index(self) -> Any:
+        return self.model.index
 
     @property
     def model_version(self) -> str:
-        return str(self.recommender.version)
+        return self.model.version
 
-    def cold_query(self) -> np.ndarray:
+    def cold_query(self, model: ServingModel | None = None) -> np.ndarray:
         """The vector of a user with no history (ranks items by the model's prior)."""
-        if self._cold_query is None:
-            self._cold_query = np.asarray(self.recommender.encode_users([[]]), dtype=np.float32)
-        return self._cold_query
+        model = model or self.model
+        if self._cold_query is None or self._cold_query[0] is not model:
+            self._cold_query = (model, np.asarray(model.recommender.encode_users([[]]), dtype=np.float32))
+        return self._cold_query[1]
 
-    def recommend(self, states: Sequence[UserState]) -> list[list[tuple[str, float]]]:
-        """Top-k ``(item_id, score)`` per state (no reasons: nothing extra is computed)."""
-        return [[(i, s) for i, s, _ in rows] for rows in self._recommend(states, explain=False)]
+    def recommend(self, states: Sequence[UserState], model: ServingModel | None = None) -> list[list[tuple[str, float]]]:
+        """Top-k lists for ``states``, all made by ``model`` (default: the current one); no
+        reasons, so nothing extra is computed."""
+        return [[(i, s) for i, s, _ in rows] for rows in self._recommend(states, model or self.model, explain=False)]
 
-    def recommend_explained(self, states: Sequence[UserState]) -> list[Explained]:
+    def recommend_explained(self, states: Sequence[UserState], model: ServingModel | None = None) -> list[Explained]:
         """Top-k ``(item_id, score, reason)`` per state (see the module docstring for reasons)."""
-        return self._recommend(states, explain=True)
+        return self._recommend(states, model or self.model, explain=True)
 
-    def _recommend(self, states: Sequence[UserState], *, explain: bool) -> list[Explained]:
+    def _recommend(self, states: Sequence[UserState], model: ServingModel, *, explain: bool) -> list[Explained]:
+        index = model.index
         k = self.top_k
         results: list[Explained] = [[] for _ in states]
-        warm = [i for i, s in enumerate(states) if any(item in self.index for item, _ in s.history_pairs())]
-        if warm and len(self.index) > 0:
-            vecs = self.recommender.encode_users([states[i].history_pairs() for i in warm])
-            found = self.index.search(
+        warm = [i for i, s in enumerate(states) if any(item in index for item, _ in s.history_pairs())]
+        if warm and len(index) > 0:
+            vecs = model.recommender.encode_users([states[i].history_pairs() for i in warm])
+            found = index.search(
                 np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm]
             )
-            why = self._similar_reasons([states[i] for i in warm], found) if explain else None
+            why = self._similar_reasons(model, [states[i] for i in warm], found) if explain else None
             for n, (i, items) in enumerate(zip(warm, found)):
                 results[i] = [(item, float(score), why[n][j] if why else ("", None))
                               for j, (item, score) in enumerate(items)]
         for i, state in enumerate(states):
             if len(results[i]) < k:
-                results[i] = self._fill(results[i], state.purchased, k, explain=explain)
+                results[i] = self._fill(model, results[i], state.purchased, k, explain=explain)
         return results
 
-    def _similar_reasons(self, states: Sequence[UserState], found: Sequence[Sequence[tuple[str, float]]]
-                         ) -> list[list[Reason]]:
+    def _similar_reasons(self, model: ServingModel, states: Sequence[UserState],
+                         found: Sequence[Sequence[tuple[str, float]]]) -> list[list[Reason]]:
         """For each found item: ``new_item`` if zero-shot, else ``similar_to`` the history item
         with the largest inner product. One vector lookup and one batched product per batch."""
         hists = [list(dict.fromkeys(item for item, _ in s.history_pairs())) for s in states]
@@ -93,7 +122,7 @@ class Scorer:
         uniq = list(dict.fromkeys([i for h in hists for i in h] + [i for r in recs for i in r]))
         if not uniq:
             return [[] for _ in states]
-        vecs, kind = self.recommender.lookup(uniq)  # (U, d), (U,)
+        vecs, kind = model.recommender.lookup(uniq)  # (U, d), (U,)
         pos = {item: n for n, item in enumerate(uniq)}
         B, H, K = len(states), max(1, max(len(h) for h in hists)), max(1, max(len(r) for r in recs))
         h_idx = np.zeros((B, H), np.int64)
@@ -123,21 +152,23 @@ class Scorer:
             out.append(row)
         return out
 
-    def _fill(self, have: Explained, purchased: set[str], k: int, *, explain: bool) -> Explained:
+    def _fill(self, model: ServingModel, have: Explained, purchased: set[str], k: int, *,
+              explain: bool) -> Explained:
         """Top up a short list with popular items, then with the model's cold-start ranking.
 
         Fill-ins rank below the model's results; their scores only keep the order.
         """
+        index = model.index
         out = list(have)
         taken = {item for item, _, _ in out} | purchased
-        fill = self.popularity.top(k - len(out), exclude=taken, eligible=self.index.is_eligible)
+        fill = self.popularity.top(k - len(out), exclude=taken, eligible=index.is_eligible)
         reasons: list[Reason] = [("popular", None)] * len(fill)
         taken.update(fill)
-        if len(out) + len(fill) < k and len(self.index) > 0:
-            extra = [item for item, _ in self.index.search(self.cold_query(), k, exclude=[taken])[0]]
+        if len(out) + len(fill) < k and len(index) > 0:
+            extra = [item for item, _ in index.search(self.cold_query(model), k, exclude=[taken])[0]]
             extra = extra[: k - len(out) - len(fill)]
             if explain and extra:
-                kinds = self.recommender.lookup(extra)[1]
+                kinds = model.recommender.lookup(extra)[1]
                 reasons += [("new_item", None) if kd != 0 else ("popular", None) for kd in kinds]
             else:
                 reasons += [("popular", None)] * len(extra)
@@ -146,20 +177,20 @@ class Scorer:
         out += [(item, floor - 1.0 - rank * 1e-3, reasons[rank]) for rank, item in enumerate(fill)]
         return out
 
-    def intent(self, states: Sequence[UserState]) -> list[float | None]:
+    def intent(self, states: Sequence[UserState], model: ServingModel | None = None) -> list[float | None]:
         """P(a purchase later in the session) per state, or None when the model has no intent
         model. Features come from each state's session counters (one batched prediction)."""
-        model = getattr(self.recommender, "intent", None)
-        if model is None or not states:
+        intent_model = getattr((model or self.model).recommender, "intent", None)
+        if intent_model is None or not states:
             return [None] * len(states)
         from streamrec.serving.session import columns, features
 
         try:
-            cols = columns(tuple(model.cfg.feature_names))
+            cols = columns(tuple(intent_model.cfg.feature_names))
         except ValueError:
             if not getattr(self, "_intent_warned", False):
-                log.warning("intent model wants features this worker does not compute: %s", model.cfg.feature_names)
+                log.warning("intent model wants features this worker does not compute: %s", intent_model.cfg.feature_names)
                 self._intent_warned = True
             return [None] * len(states)
-        p = model.predict(features([s.session for s in states])[:, cols])
+        p = intent_model.predict(features([s.session for s in states])[:, cols])
         return [float(min(1.0, max(0.0, x))) for x in p]

@@ -136,11 +136,23 @@ class SessionStats:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "SessionStats":
+        """Decode stored counters; ``TypeError`` / ``ValueError`` when they do not have this shape."""
         if not data:
             return cls()
+        if not isinstance(data, dict):
+            raise TypeError(f"session counters must be an object, got {type(data).__name__}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for k, v in known.items():
+            if k in ("session_id", "last_type"):
+                if v is not None and not isinstance(v, str):
+                    raise ValueError(f"session counter {k} must be a string")
+            elif k == "items":
+                if not isinstance(v, dict) or not all(isinstance(i, str) and isinstance(n, int) for i, n in v.items()):
+                    raise ValueError("session items must be an object of item -> int")
+            elif v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+                raise ValueError(f"session counter {k} must be an integer")
         s = cls(**known)
-        s.items = dict(list((s.items or {}).items())[:MAX_SESSION_ITEMS])
+        s.items = dict(list(s.items.items())[:MAX_SESSION_ITEMS])
         return s
 
 

@@ -26,7 +26,7 @@ class UserState:
     purchased_list: list[str] = field(default_factory=list)
     session_id: str | None = None
     #: the latest recommendation sent: ``{"items": [[id, score], ...], "model_version", "event_id", "produced_ts"}``
-    #: (items may carry a third element, the reason ``[kind, item_id|None]``, and the dict a ``purchase_intent``)
+    #: (with insights also ``"reasons": [[kind, item_id|None], ...]`` beside the items and ``"purchase_intent"``)
     latest: dict[str, Any] | None = None
     #: counters of the current and past sessions (purchase-intent features)
     session: SessionStats = field(default_factory=SessionStats)
@@ -76,14 +76,28 @@ class UserState:
                 "x": self.session.to_json(), "i": self.profile.to_json()}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "UserState":
+    def from_json(cls, data: dict[str, Any] | None) -> UserState:
+        """Decode a stored state; ``ValueError`` or ``TypeError`` when it does not have this release's shape."""
         if not data:
             return cls()
+        if not isinstance(data, dict):
+            raise TypeError(f"user state must be an object, got {type(data).__name__}")
+        history = data.get("h") or []
+        purchased = data.get("p") or []
+        latest = data.get("r")
+        if not isinstance(history, list) or not all(
+            isinstance(h, list) and len(h) == 4 and isinstance(h[0], str) and isinstance(h[3], str) for h in history
+        ):
+            raise ValueError("user state history must be a list of [item_id, type, ts, event_id]")
+        if not isinstance(purchased, list) or not all(isinstance(p, str) for p in purchased):
+            raise ValueError("user state purchases must be a list of item ids")
+        if latest is not None and not isinstance(latest, dict):
+            raise ValueError("user state latest recommendation must be an object")
         return cls(
-            history=[list(h) for h in data.get("h") or []],
-            purchased_list=list(data.get("p") or []),
+            history=[list(h) for h in history],
+            purchased_list=list(purchased),
             session_id=data.get("s"),
-            latest=data.get("r"),
+            latest=latest,
             session=SessionStats.from_json(data.get("x")),
             profile=InterestProfile.from_json(data.get("i")),
         )

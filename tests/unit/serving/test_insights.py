@@ -192,3 +192,10 @@ def test_user_state_round_trips_with_insights_and_reads_old_states():
     assert back == st and back.session.n_cart == 1 and back.profile.categories["c"][0] == 3.0
     old = UserState.from_json({"h": [["a", "view", TS, "e0"]], "p": [], "s": "s", "r": None})
     assert old.session == SessionStats() and old.profile == InterestProfile()
+
+
+def test_malformed_stored_insights_are_refused_for_the_reset_policy():
+    base = {"h": [], "p": [], "s": None, "r": None}
+    for bad in ({"x": {"n_view": "many"}}, {"x": [1]}, {"x": {"items": ["a"]}}, {"i": {"c": {"a": "x"}}}, {"i": [1]}):
+        with pytest.raises((TypeError, ValueError)):
+            UserState.from_json({**base, **bad})
