@@ -114,7 +114,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.write_dataset:
         seq, text = write_dataset(sim, args.write_dataset, n_events=args.events or 20_000,
                                   with_types=args.with_types)
-        print(f"wrote {seq} and {text}")
+        print(f"wrote {seq}, {text} and {seq.parent / 'events.csv'}")
         return 0
     if args.events is None and args.duration is None:
         print("simulating until Ctrl-C (use --events or --duration to stop earlier)", file=sys.stderr)
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chance per event that a brand-new catalog item appears (zero-shot drill)")
     p.add_argument("--id-prefix", help="event id prefix (default: run<unix time>, unique per run)")
     p.add_argument("--write-dataset", type=Path, metavar="DIR",
-                   help="write sequences.txt + item_text.tsv for training instead of producing")
+                   help="write sequences.txt + item_text.tsv + events.csv (typed, timestamped) for training instead of producing")
     p.add_argument("--with-types", action="store_true", help="with --write-dataset: item:type tokens")
     p.set_defaults(func=cmd_simulate)
 
