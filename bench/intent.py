@@ -4,8 +4,8 @@ Usage (from the repo root; about a minute on one CPU thread)::
 
     .venv/bin/python bench/intent.py [--seed 0] [--with-user-vector]
 
-Data: ``$STREAMREC_BENCH_DATA/taobao/user_behavior.csv`` (default ``../shared/data``, also
-``/work/shared/data``); skipped with a clear message when absent.
+Data: ``$STREAMREC_BENCH_DATA/user_behavior.csv`` (the taobao folder; default
+``../shared/data/taobao`` beside the repository); skipped with a clear message when absent.
 
 Purchase intent. Sessions are runs of a user's events without a 30-minute gap. Time split (UTC
 days): sessions that start on the last two days (2017-12-02, 2017-12-03) are the test set;
@@ -70,14 +70,16 @@ LAST_DAY = day_ms("2017-12-03")
 
 
 def data_file() -> Path | None:
-    cands = []
-    if os.environ.get("STREAMREC_BENCH_DATA"):
-        cands.append(Path(os.environ["STREAMREC_BENCH_DATA"]))
-    cands += [REPO.parent / "shared" / "data", REPO.parents[1] / "shared" / "data", Path("/work/shared/data")]
+    """``$STREAMREC_BENCH_DATA`` (the taobao folder itself, or the folder holding it), else
+    ``../shared/data/taobao`` beside the repository."""
+    env = os.environ.get("STREAMREC_BENCH_DATA")
+    if env:
+        cands = [Path(env), Path(env) / "taobao"]
+    else:
+        cands = [REPO.parent / "shared" / "data" / "taobao", REPO.parents[1] / "shared" / "data" / "taobao"]
     for c in cands:
-        f = c / "taobao" / "user_behavior.csv"
-        if f.is_file():
-            return f
+        if (c / "user_behavior.csv").is_file():
+            return c / "user_behavior.csv"
     return None
 
 
@@ -177,8 +179,8 @@ def main() -> int:
     torch.set_num_threads(1)
     f = data_file()
     if f is None:
-        print("taobao data not found (set STREAMREC_BENCH_DATA to the folder holding taobao/)")
-        return 0
+        print("taobao data not found (set STREAMREC_BENCH_DATA to the taobao folder)", file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     users = by_user(read_events(f))
     ex = intent_examples(users)  # what the worker sees: a favourite arrives as a view
