@@ -81,6 +81,56 @@ def ensure_model(args: argparse.Namespace, work: Path) -> Path:
     return out
 
 
+def insights_cost(model: Path, catalog, events: list[ShopEvent], batch: int) -> dict[str, float]:
+    """The cost of reasons, purchase intent and profile messages on the worker's compute path,
+    measured on a loaded machine: every batch is scored both ways (without: ``score`` and plain
+    items; with: ``score_explained``, items with reasons, the intent, one Profile per user),
+    the order alternating from batch to batch so that a load change hits both alike."""
+    from streamrec.indexer import ItemIndex
+    from streamrec.model.inference import Recommender
+    from streamrec.schemas import Reason, Recommendation, ScoredItem
+    from streamrec.serving.state import UserState
+    from streamrec.streams.pipeline import Pipeline
+
+    rec = Recommender.load(model, device="cpu")
+    p = Pipeline(recommender=rec, index=ItemIndex(rec.dim), top_k=10, history_len=50, purchased_max=500,
+                 trigger_types=("view", "add_to_cart", "remove_from_cart", "purchase"))
+    p.apply_catalog([(c.item_id, c) for c in catalog])
+    states: dict[str, UserState] = {}
+
+    def plain(items: list) -> None:
+        for (st, ev), recs in zip(items, p.score([s for s, _ in items], [])):
+            Recommendation(user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
+                           model_version="bench", event_id=ev.event_id, event_ts=ev.ts, produced_ts=ev.ts).to_bytes()
+
+    def explained(items: list) -> None:
+        lists, intents = p.score_explained([s for s, _ in items], [])
+        for (st, ev), recs, intent in zip(items, lists, intents):
+            Recommendation(user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s, reason=Reason.model_construct(
+                kind=r[0], item_id=r[1])) for i, s, r in recs], model_version="bench", event_id=ev.event_id,
+                event_ts=ev.ts, produced_ts=ev.ts, purchase_intent=intent).to_bytes()
+            p.profile_of(ev.user_id, st, event_id=ev.event_id, now_ms=ev.ts).to_bytes()
+
+    t = {"without": 0.0, "with": 0.0}
+    n = 0
+    for k, start in enumerate(range(0, len(events), batch)):
+        answer = {}
+        for ev in events[start : start + batch]:
+            st = states.setdefault(ev.user_id, UserState())
+            p.apply_event(st, ev)
+            answer[ev.user_id] = (st, ev)
+        items = list(answer.values())
+        p.score([], events[start : start + batch])  # popularity, once
+        order = [("without", plain), ("with", explained)]
+        for name, fn in order if k % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fn(items)
+            t[name] += time.perf_counter() - t0
+        n += len(items)
+    return {"users_scored": n, "without_per_s": n / t["without"], "with_per_s": n / t["with"],
+            "cost": 1.0 - t["without"] / t["with"]}
+
+
 def raw_consume(settings: Settings, n: int) -> float:
     from aiokafka import AIOKafkaConsumer
 
@@ -140,7 +190,7 @@ def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int,
         else:
             explained, intents = p.score_explained([s for s, _ in items], fresh)
             for (st, ev), recs, intent in zip(items, explained, intents):
-                Recommendation(user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s, reason=Reason(
+                Recommendation(user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s, reason=Reason.model_construct(
                                kind=r[0], item_id=r[1])) for i, s, r in recs], model_version="bench",
                                event_id=ev.event_id, event_ts=ev.ts, produced_ts=ev.ts,
                                purchase_intent=intent).to_bytes()
@@ -246,6 +296,9 @@ def main() -> int:
     ap.add_argument("--worker-env", action="append", default=[], metavar="STREAMREC_X=VALUE",
                     help="extra setting for the worker (repeatable), e.g. STREAMREC_RECOMMENDATION_INSIGHTS=false "
                          "to measure without reasons and purchase intent")
+    ap.add_argument("--insights-cost", action="store_true",
+                    help="only measure what reasons, purchase intent and profiles cost on the compute path "
+                         "(both ways on every batch, interleaved; no Kafka)")
     args = ap.parse_args()
     extra_env = {}
     for kv in args.worker_env:
@@ -264,6 +317,19 @@ def main() -> int:
     texts = read_item_text(d / "item_text.tsv")
     catalog = catalog_from_dataset(dataset_items(sequences, texts), texts)
     events = beauty_events(sequences, args.events, prefix="bench")
+    if args.insights_cost:
+        import torch
+
+        torch.set_num_threads(1)
+        c = insights_cost(model, catalog, [e.model_copy(update={"ts": 1_767_225_600_000 + k})
+                                           for k, e in enumerate(events)], args.batch)
+        print("| compute path, batch %d, %d users scored | users/s |" % (args.batch, c["users_scored"]))
+        print("|---|---:|")
+        print(f"| without reasons, intent, profiles | {c['without_per_s']:,.0f} |")
+        print(f"| with reasons, intent, profiles | {c['with_per_s']:,.0f} |")
+        print(f"cost: {c['cost']:.1%} of the compute path's time")
+        print(json.dumps({k: round(v, 4) for k, v in c.items()}))
+        return 0
 
     started = None
     bootstrap = os.environ.get("STREAMREC_BOOTSTRAP_SERVERS")

@@ -116,40 +116,44 @@ class Scorer:
     def _similar_reasons(self, model: ServingModel, states: Sequence[UserState],
                          found: Sequence[Sequence[tuple[str, float]]]) -> list[list[Reason]]:
         """For each found item: ``new_item`` if zero-shot, else ``similar_to`` the history item
-        with the largest inner product. One vector lookup and one batched product per batch."""
-        hists = [list(dict.fromkeys(item for item, _ in s.history_pairs())) for s in states]
-        recs = [[item for item, _ in items] for items in found]
-        uniq = list(dict.fromkeys([i for h in hists for i in h] + [i for r in recs for i in r]))
-        if not uniq:
+        with the largest inner product. One vector lookup and one batched product per batch;
+        Python touches each id once (to number it), the rest is numpy."""
+        pos: dict[str, int] = {}
+        num = pos.setdefault
+        h_flat = [num(h[0], len(pos)) for s in states for h in s.history]
+        h_len = np.fromiter((len(s.history) for s in states), np.int64, len(states))
+        r_flat = [num(item, len(pos)) for items in found for item, _ in items]
+        r_len = np.fromiter((len(items) for items in found), np.int64, len(found))
+        if not pos:
             return [[] for _ in states]
+        uniq = list(pos)
         vecs, kind = model.recommender.lookup(uniq)  # (U, d), (U,)
-        pos = {item: n for n, item in enumerate(uniq)}
-        B, H, K = len(states), max(1, max(len(h) for h in hists)), max(1, max(len(r) for r in recs))
-        h_idx = np.zeros((B, H), np.int64)
-        h_ok = np.zeros((B, H), bool)
-        r_idx = np.zeros((B, K), np.int64)
-        for b, (h, r) in enumerate(zip(hists, recs)):
-            h_idx[b, : len(h)] = [pos[i] for i in h]
-            h_ok[b, : len(h)] = True
-            r_idx[b, : len(r)] = [pos[i] for i in r]
+        B, H, K = len(states), max(1, int(h_len.max(initial=0))), max(1, int(r_len.max(initial=0)))
+
+        def pad(flat: list[int], lens: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = np.repeat(np.arange(B), lens)
+            cols = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+            idx = np.zeros((B, width), np.int64)
+            ok = np.zeros((B, width), bool)
+            idx[rows, cols] = flat
+            ok[rows, cols] = True
+            return idx, ok
+
+        h_idx, h_ok = pad(h_flat, h_len, H)  # (B, H) history items (repeats are harmless)
+        r_idx, r_ok = pad(r_flat, r_len, K)  # (B, K) found items
         h_ok &= kind[h_idx] != 2  # items unknown to the model have no meaningful vector
         sims = np.einsum("bkd,bhd->bkh", vecs[r_idx], vecs[h_idx])  # (B, K, H)
         valid = h_ok[:, None, :] & (h_idx[:, None, :] != r_idx[:, :, None])  # (B, K, H), not itself
         # the item itself only when nothing else is there
         valid |= (~valid.any(-1, keepdims=True)) & h_ok[:, None, :]
-        best = np.where(valid, sims, -np.inf).argmax(-1)  # (B, K)
-        has = valid.any(-1)  # (B, K)
+        best = np.take_along_axis(h_idx, np.where(valid, sims, -np.inf).argmax(-1), axis=1)  # (B, K)
+        code = np.where(kind[r_idx] != 0, 0, np.where(valid.any(-1), 1, 2))  # new / similar / popular
+        best_l, code_l = best.tolist(), code.tolist()
         out: list[list[Reason]] = []
-        for b, r in enumerate(recs):
-            row: list[Reason] = []
-            for j, item in enumerate(r):
-                if kind[r_idx[b, j]] != 0:
-                    row.append(("new_item", None))
-                elif has[b, j]:
-                    row.append(("similar_to", uniq[h_idx[b, best[b, j]]]))
-                else:
-                    row.append(("popular", None))
-            out.append(row)
+        for b in range(B):
+            n = int(r_len[b])
+            out.append([("new_item", None) if c == 0 else ("similar_to", uniq[h]) if c == 1 else ("popular", None)
+                        for c, h in zip(code_l[b][:n], best_l[b][:n])])
         return out
 
     def _fill(self, model: ServingModel, have: Explained, purchased: set[str], k: int, *,

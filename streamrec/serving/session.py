@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +117,7 @@ class SessionStats:
         if self.prev_session_end_ms is not None and self.start_ms is not None:
             since = max(0, self.start_ms - self.prev_session_end_ms) / 3.6e6
         carted_open = sum(1 for v in self.items.values() if v == 2)
-        l1p = np.log1p
+        l1p = math.log1p
         return [
             l1p(self.n_view), l1p(self.n_cart), l1p(self.n_fav),
             l1p(self.n_purchase - (1 if self.last_type == "purchase" else 0)),
@@ -132,7 +133,7 @@ class SessionStats:
     # -- persistence in the user's state ------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return dict(self.__dict__)  # the dataclass fields (the worker writes it as JSON at once)
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "SessionStats":

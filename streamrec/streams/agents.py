@@ -181,7 +181,10 @@ class BatchHandler:
             for ev, recs, intent in zip(events, lists, intents):
                 rec = Recommendation(
                     user_id=ev.user_id,
-                    items=[ScoredItem(item_id=i, score=s, reason=Reason(kind=r[0], item_id=r[1]) if r else None)
+                    # reasons come from the scorer (kinds) and the user's validated history (ids):
+                    # built without re-validation, which would cost more than computing them
+                    items=[ScoredItem(item_id=i, score=s,
+                                      reason=Reason.model_construct(kind=r[0], item_id=r[1]) if r else None)
                            for i, s, r in recs],
                     model_version=version, event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
                     purchase_intent=intent,
