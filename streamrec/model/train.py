@@ -60,6 +60,8 @@ class TrainSettings:
     # run also ends annealed (chosen on Beauty's validation split: bench/RESULTS.md)
     min_lr_ratio: float = 0.05  # floor of the cosine schedule, as a fraction of lr
     warmup_steps: int = 0  # linear warm-up steps before the schedule
+    train_on_last: bool = False  # also train on each user's last item (the caller holds out its
+    # own test set, as the retraining gate does); no "test" metrics are reported then
 
 
 @dataclass
@@ -114,7 +116,8 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     model.to(dev)
-    split = leave_one_out(encode(data, vocab), val_users=s.val_users, seed=s.seed)
+    split = leave_one_out(encode(data, vocab), val_users=s.val_users, seed=s.seed,
+                          train_on_last=s.train_on_last)
     opt = _optimizer(model, s)
     has_val = len(split.val_targets) > 0
     best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
@@ -182,7 +185,8 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     }
     if has_val:
         metrics["val"] = evaluate_model(model, split.val_inputs, split.val_targets, device=dev)
-        metrics["test"] = evaluate_model(model, split.test_inputs, split.test_targets, device=dev)
+        if not s.train_on_last:
+            metrics["test"] = evaluate_model(model, split.test_inputs, split.test_targets, device=dev)
     settings_dict = dataclasses.asdict(s) | {"device_used": str(dev)}
     return TrainResult(model, vocab, metrics, settings_dict)
 
