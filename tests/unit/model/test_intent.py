@@ -99,3 +99,15 @@ def test_train_intent_on_typed_events():
     assert model.cfg.metrics == info
     none, why = train_intent(by_user(parse_lines(lines[:1] + [x for x in lines[1:] if ",buy," not in x])))
     assert none is None and "purchase" in why["skipped"]
+
+
+def test_a_retrained_version_keeps_the_intent_model(tmp_path):
+    from streamrec.model.retrain import carry_intent
+
+    base, new, bare = tmp_path / "base", tmp_path / "new", tmp_path / "bare"
+    for d in (base, new, bare):
+        d.mkdir()
+    x = np.r_[np.zeros((5, 2)), np.ones((5, 2))].astype(np.float32)
+    fit_intent(x, np.r_[np.zeros(5), np.ones(5)].astype(np.float32), feature_names=("a", "b"), steps=20).save(base)
+    assert carry_intent(base, new) and IntentModel.load(new) is not None
+    assert not carry_intent(bare, tmp_path) and not carry_intent(None, tmp_path)
