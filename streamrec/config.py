@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         0, ge=0, le=256, description="torch threads in the worker; 0: all cores but one (the event loop's)"
     )
 
+    text_cache_dir: Path | None = Field(
+        None, description="MiniLM title-vector cache (RocksDB dir) shared by the worker, train and "
+        "evaluate; unset: DATA_DIR/text-cache"
+    )
+    text_cache_max_items: int = Field(
+        2_000_000, ge=1, le=1_000_000_000, description="most title vectors kept in the text cache "
+        "(about 1.6 KB each on disk); the oldest-used go first"
+    )
+
     # --- worker -----------------------------------------------------------------------------
     app_id: str = Field("streamrec", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     web_port: int = Field(6066, ge=0, le=65535)
@@ -177,6 +186,10 @@ class Settings(BaseSettings):
     @property
     def registry_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def text_cache_path(self) -> Path:
+        return self.text_cache_dir or self.data_dir / "text-cache"
 
     @property
     def trainlog_dir(self) -> Path:

@@ -52,7 +52,8 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
                    help="hold out only N random users' second-last item for validation; the "
                         "others train on it too (default: every user's, the classic split)")
     p.add_argument("--text-cache", type=Path, default=None,
-                   help="safetensors file that keeps MiniLM title vectors between runs")
+                   help="text-cache directory of MiniLM title vectors, shared with the worker "
+                        "(default: STREAMREC_TEXT_CACHE_DIR, else DATA_DIR/text-cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     if not model_flags:
         return
@@ -121,7 +122,7 @@ def _settings(args: argparse.Namespace, settings: Settings):
         batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
         time_budget=args.time_budget, seed=args.seed, device=settings.device,
         progress=not args.no_progress, weight_decay=args.weight_decay,
-        text_cache=str(args.text_cache) if args.text_cache else None, val_users=args.val_users,
+        text_cache=str(args.text_cache or settings.text_cache_path), val_users=args.val_users,
     )
     if args.lr is not None:
         kw["lr"] = args.lr
@@ -228,7 +229,8 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: str = "auto",
-                 baselines: bool = False, exclude_seen: bool = True) -> dict[str, Any]:
+                 baselines: bool = False, exclude_seen: bool = True,
+                 text_cache: Path | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on ``data``: per user the last item is the target, the rest the
     history. Items unknown to the model are embedded from their text (zero-shot)."""
     from streamrec.model.checkpoint import load_checkpoint
@@ -244,7 +246,7 @@ def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: 
     dev = resolve_device(device)
     model, vocab = load_checkpoint(model_dir, device=dev)
     unknown = [i for seq in data.items for i in seq if i not in vocab]
-    added = add_items(model, vocab, unknown, text, device=str(dev))
+    added = add_items(model, vocab, unknown, text, device=str(dev), cache_file=text_cache)
     model.to(dev).eval()
     enc = encode(data, vocab)
     keep = [k for k, s in enumerate(enc.items) if len(s) >= 2]
@@ -270,7 +272,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     model_dir = _model_dir(args, settings)
     data, text = _load_data(args)
     rep = evaluate_dir(model_dir, data, text, device=settings.device, baselines=args.baselines,
-                       exclude_seen=not args.keep_seen)
+                       exclude_seen=not args.keep_seen, text_cache=settings.text_cache_path)
     if args.json:
         print(json.dumps(rep, sort_keys=True))
         return 0

@@ -67,11 +67,17 @@ def read_item_text(path: str | Path | None) -> dict[str, str | None]:
 
 
 class ItemVocab:
-    """External item id (str) <-> row (1..n). Row 0 is PAD. Saved as ``item_map.json``."""
+    """External item id (str) <-> row (1..n). Row 0 is PAD. Saved as ``item_map.json``.
+
+    A serving model may :meth:`remove` items: their rows become free (``ids[row - 1]`` is None)
+    and :meth:`add` fills free rows first. ``len`` counts rows (the table size); a vocabulary
+    with free rows cannot be saved as a checkpoint's item map.
+    """
 
     def __init__(self, ids: Sequence[str] = ()) -> None:
-        self.ids: list[str] = []
+        self.ids: list[str | None] = []
         self.rows: dict[str, int] = {}
+        self.free: list[int] = []  # rows of removed items, reused by add()
         self.add(ids)
 
     def __len__(self) -> int:
@@ -80,20 +86,42 @@ class ItemVocab:
     def __contains__(self, item: str) -> bool:
         return item in self.rows
 
+    @property
+    def n_live(self) -> int:
+        return len(self.rows)
+
     def add(self, ids: Iterable[str]) -> list[str]:
-        """Append unseen ids (in order); returns the ones that were new."""
+        """Give unseen ids a row (a free one first, else the next); returns the new ids."""
         new = []
         for i in ids:
             if i not in self.rows:
-                self.ids.append(i)
-                self.rows[i] = len(self.ids)
+                if self.free:
+                    row = self.free.pop()
+                    self.ids[row - 1] = i
+                else:
+                    self.ids.append(i)
+                    row = len(self.ids)
+                self.rows[i] = row
                 new.append(i)
         return new
+
+    def remove(self, ids: Iterable[str]) -> list[int]:
+        """Forget ``ids`` (unknown ones are ignored); returns the rows freed."""
+        freed = []
+        for i in ids:
+            row = self.rows.pop(i, None)
+            if row is not None:
+                self.ids[row - 1] = None
+                freed.append(row)
+        self.free.extend(freed)
+        return freed
 
     def row(self, item: str) -> int:
         return self.rows.get(item, PAD_ID)
 
     def save(self, path: Path) -> None:
+        if self.free:
+            raise ValueError(f"item map has {len(self.free)} free rows; a checkpoint needs rows 1..n")
         atomic_write_text(path, json.dumps(self.rows, ensure_ascii=False))
 
     @classmethod

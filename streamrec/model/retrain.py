@@ -67,7 +67,7 @@ class RetrainConfig:
     max_epochs: int = 20  # fit's hard stop (the time budget usually stops it first)
     patience: int = 3  # epochs without validation gain before early stopping
     val_users: int = 256  # users whose second-last item drives fit's early stopping
-    text_cache: str | None = None  # MiniLM vector cache file shared across rounds
+    text_cache: str | None = None  # text-cache dir (RocksDB) shared with the worker, train, evaluate
     keep: int | None = 20  # registry versions kept after a promotion (None: all)
 
 

@@ -242,18 +242,43 @@ class SASRec(PreTrainedModel):
     @torch.no_grad()
     def grow(self, text_emb: torch.Tensor) -> None:
         """Append ``len(text_emb)`` new items (rows n_items+1..). Old rows are kept; new id rows
-        start at zero, so a new item's vector starts as its text projection."""
+        start at zero, so a new item's vector starts as its text projection.
+
+        Amortised: ``id_emb.weight`` and ``text_emb`` are views of the first ``n_items + 1`` rows
+        of larger storage that doubles when full, so loading N items in batches copies O(N)
+        rows in all, not O(N^2). The views hold exactly the used rows, so ``state_dict`` and
+        checkpoints never contain spare capacity. ``rows_copied`` counts the rows moved.
+        """
         k = text_emb.shape[0]
         if k == 0:
             return
-        dev = self.id_emb.weight.device
-        old = self.id_emb.weight.data
-        new = nn.Embedding(old.shape[0] + k, old.shape[1], padding_idx=PAD_ID).to(dev)
-        new.weight.data[: old.shape[0]] = old
-        new.weight.data[old.shape[0]:] = 0.0
-        self.id_emb = new
-        self.text_emb = torch.cat([self.text_emb, text_emb.to(dev, torch.float32)], dim=0)
+        n1 = int(self.config.n_items) + 1  # used rows incl. PAD
+        need = n1 + k
+        ids = self._storage("_id_store", self.id_emb.weight.data, need)
+        text = self._storage("_text_store", self.text_emb, need)
+        ids[n1:need] = 0.0
+        text[n1:need] = text_emb.to(text.device, text.dtype)
+        self.id_emb.weight.data = ids[:need]
+        self.id_emb.num_embeddings = need
+        self.text_emb = text[:need]
         self.config.n_items += k
+
+    rows_copied: int = 0  # rows moved by capacity growth (the linear-growth test counts them)
+
+    def _storage(self, attr: str, used: torch.Tensor, need: int) -> torch.Tensor:
+        """Backing storage with room for ``need`` rows whose first rows are ``used`` (a view)."""
+        store: torch.Tensor | None = getattr(self, attr, None)
+        shares = (store is not None and store.device == used.device and store.dtype == used.dtype
+                  and store.data_ptr() == used.data_ptr() and store.shape[1:] == used.shape[1:])
+        if shares and store.shape[0] >= need:
+            return store
+        cap = max(need, 2 * used.shape[0], 64)
+        # torch.empty: spare rows are untouched pages, so they cost address space, not RSS.
+        store = torch.empty((cap, *used.shape[1:]), dtype=used.dtype, device=used.device)
+        store[: used.shape[0]] = used
+        self.rows_copied += used.shape[0]
+        object.__setattr__(self, attr, store)  # plain attribute: not a buffer, never saved
+        return store
 
     @property
     def num_params(self) -> int:

@@ -68,6 +68,19 @@ class Metrics:
                                       "Event timestamp to recommendation produced, ms.", LATENCY_BUCKETS_MS)
         self.stage_seconds = self.histogram("streamrec_stage_seconds", "Time per batch in each worker stage, s.",
                                             STAGE_BUCKETS_S, ("stage",))
+        # catalog scale: the text cache, the index kind, memory per part
+        self.titles_embedded = self.counter("streamrec_titles_embedded",
+                                            "Catalog titles embedded by MiniLM (text-cache misses).")
+        self.title_cache_hits = self.counter("streamrec_title_cache_hits",
+                                             "Catalog titles answered by the text cache.")
+        self.title_embed_seconds = self.counter("streamrec_title_embed_seconds",
+                                                "Seconds spent embedding catalog titles.")
+        self.index_info = self.gauge("streamrec_index_info", "The index kind being served.", ("kind",))
+        self.index_rebuilding = self.gauge("streamrec_index_rebuilding",
+                                           "1 while the index is rebuilt in the background.")
+        self.memory_bytes = self.gauge("streamrec_memory_bytes", "Bytes held by each part of the worker.",
+                                       ("part",))
+        self._titles_seen = (0, 0, 0.0)
         #: the last 2048 latencies, for quick percentiles in logs and the demo
         self.recent_latency: deque[float] = deque(maxlen=2048)
 
@@ -92,6 +105,20 @@ class Metrics:
     def value(self, sample: str, **labels: str) -> float:
         """One sample's current value by its exposed name (``streamrec_dlq_total``), 0 if absent."""
         return self.registry.get_sample_value(sample, labels) or 0.0
+
+    def count_titles(self, *, embedded: int, hits: int, seconds: float) -> None:
+        """Bring the title counters up to the text cache's running totals."""
+        e0, h0, s0 = self._titles_seen
+        self.titles_embedded.inc(max(0, embedded - e0))
+        self.title_cache_hits.inc(max(0, hits - h0))
+        self.title_embed_seconds.inc(max(0.0, seconds - s0))
+        self._titles_seen = (max(e0, embedded), max(h0, hits), max(s0, seconds))
+
+    def set_index(self, *, kind: str, rebuilding: bool) -> None:
+        self.index_info.clear()
+        if kind:
+            self.index_info.labels(kind=kind).set(1)
+        self.index_rebuilding.set(int(rebuilding))
 
     def observe_latency_ms(self, ms: float) -> None:
         self.latency.observe(ms)

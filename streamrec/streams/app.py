@@ -23,6 +23,8 @@ from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
 
+MEMORY_GAUGE_INTERVAL_S = 10.0  # how often the per-part memory gauges are measured
+
 
 class StreamApp(faust.App):
     """``faust.App`` whose consumer seeks uncommitted source partitions to the beginning when
@@ -100,6 +102,11 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     @app.task
     async def read_catalog() -> None:
         await catalog_reader(settings, pipeline)
+
+    @app.timer(MEMORY_GAUGE_INTERVAL_S)
+    async def memory_gauges() -> None:
+        if pipeline.catalog_ready.is_set():  # while loading, each catalog batch measures it
+            await pipeline.run(pipeline.update_memory)
 
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]

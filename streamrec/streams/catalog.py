@@ -62,6 +62,7 @@ async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
         started = time.monotonic()
         pending = {tp for tp, off in end.items() if off > 0}
         if not pending:
+            await pipeline.run(pipeline.catalog_loaded)
             pipeline.catalog_ready.set()
         while True:
             records = await consumer.getmany(timeout_ms=200, max_records=CATALOG_BATCH * 4)
@@ -89,6 +90,7 @@ async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
                         pending.discard(tp)
             if not pending and not pipeline.catalog_ready.is_set():
                 log.info("catalog loaded items=%d seconds=%.1f", len(pipeline.catalog), time.monotonic() - started)
+                await pipeline.run(pipeline.catalog_loaded)  # the index kind for this size
                 pipeline.catalog_ready.set()
     finally:
         await consumer.stop()

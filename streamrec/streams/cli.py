@@ -97,6 +97,8 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
     from streamrec.indexer import ItemIndex
     from streamrec.model.inference import Recommender
     from streamrec.model.registry import ModelRegistry
+    from streamrec.model.text import TextEncoder
+    from streamrec.model.textcache import TextCache
     from streamrec.streams.app import create_app
 
     threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
@@ -107,7 +109,9 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
         registry = ModelRegistry(settings.registry_dir)
         path = registry.require_current()
         version = registry.current_version()
-    recommender = Recommender.load(path, device=settings.device, version=version)
+    cache = TextCache(settings.text_cache_path, encoder=TextEncoder(device=settings.device),
+                      max_items=settings.text_cache_max_items)
+    recommender = Recommender.load(path, device=settings.device, version=version, text_cache=cache)
     index = ItemIndex(
         recommender.dim, kind=settings.index_kind, exact_max=settings.index_exact_max,
         hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,

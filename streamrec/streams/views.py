@@ -27,6 +27,7 @@ def health_body(pipeline: Pipeline) -> tuple[dict[str, Any], int]:
 
 
 def metrics_text(pipeline: Pipeline, consumer_lag: dict[str, int] | None = None) -> str:
+    pipeline.refresh_gauges()
     return pipeline.metrics.render(model_version=pipeline.model_version, consumer_lag=consumer_lag)
 
 
