@@ -70,6 +70,11 @@ class Pipeline:
         self.trigger_types = frozenset(trigger_types)
         self.metrics = Metrics()
         self.catalog: dict[str, int] = {}  # item id -> catalog_entry(item)
+        # item id -> index into _groups: the (category, brand) the interest profile counts. One
+        # shared tuple per distinct pair (a catalog has few), so an item costs one dict slot.
+        self.item_group: dict[str, int] = {}
+        self._groups: list[tuple[str, str]] = []
+        self._group_ids: dict[tuple[str, str], int] = {}
         self.catalog_ready = asyncio.Event()
         self._memory_at = 0.0  # monotonic time of the last memory measurement
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
@@ -110,6 +115,7 @@ class Pipeline:
                 remove_items(removed)
             for i in removed:
                 self.catalog.pop(i, None)
+                self.item_group.pop(i, None)
         embed: list[CatalogItem] = []
         stock_only: dict[bool, list[str]] = {True: [], False: []}
         for item_id, item in latest.items():
@@ -126,6 +132,12 @@ class Pipeline:
                 log.warning("catalog full (%d items): dropping item=%s", MAX_CATALOG_ITEMS, item_id)
                 continue
             self.catalog[item_id] = entry
+            pair = (item.category, item.brand)
+            gid = self._group_ids.get(pair)
+            if gid is None:
+                gid = self._group_ids[pair] = len(self._groups)
+                self._groups.append(pair)
+            self.item_group[item_id] = gid
         for flag, ids in stock_only.items():
             if ids:
                 index.set_in_stock(ids, flag)
@@ -189,12 +201,12 @@ class Pipeline:
 
     def apply_event(self, state: UserState, event: ShopEvent) -> bool:
         """Update one user's state; False for a duplicate (redelivered) event."""
-        item = self.catalog.get(event.item_id)
+        gid = self.item_group.get(event.item_id)
+        category, brand = self._groups[gid] if gid is not None else (None, None)
         fresh = state.update(
             event_id=event.event_id, item_id=event.item_id, type=event.type, ts=event.ts,
             session_id=event.session_id, history_len=self.history_len, purchased_max=self.purchased_max,
-            category=item.category if item else None, brand=item.brand if item else None,
-            profile_weights=self.profile_weights,
+            category=category, brand=brand, profile_weights=self.profile_weights,
         )
         if not fresh:
             self.metrics.duplicates.inc()
