@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     batch_max: int = Field(256, ge=1, le=10_000, description="events per scoring batch")
     batch_within_s: float = Field(0.005, gt=0, le=10, description="max wait to fill a batch")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="Faust processing guarantee; exactly_once makes state, recommendations "
+        "and offsets one Kafka transaction per commit (readers must use isolation.level=read_committed)"
+    )
+    commit_interval_s: float = Field(
+        1.0, gt=0, le=60, description="how often the worker commits offsets (and, exactly_once, its transactions)"
+    )
     top_k: int = Field(10, ge=1, le=1000, description="items per recommendation")
     history_len: int = Field(50, ge=1, le=1000, description="interactions kept per user")
     purchased_max: int = Field(500, ge=0, le=100_000, description="purchased items kept per user")

@@ -112,6 +112,7 @@ def _java() -> str:
 
 
 def _cluster_id() -> str:
+    """A random KRaft cluster id (URL-safe base64; may start with "-", so pass it as ``--cluster-id=``)."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
 
 
@@ -223,7 +224,7 @@ def start(
         # Controller port changes each start, so the quorum is static and re-formatting is not needed;
         # format only once per data dir (--ignore-formatted keeps re-runs harmless).
         fmt = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", _cluster_id(),
+            [*jvm, "kafka.tools.StorageTool", "format", "--ignore-formatted", f"--cluster-id={_cluster_id()}",
              "-c", str(props)],
             capture_output=True, text=True,
         )

@@ -209,13 +209,28 @@ def leave_one_out(enc: Encoded, *, val_users: int | None = None, seed: int = 0,
 
 
 def pad_left(seqs: Sequence[Sequence[int]], length: int) -> torch.Tensor:
-    """Left-pad (and keep the newest ``length``) -> (B, length) int64."""
-    out = torch.full((len(seqs), length), PAD_ID, dtype=torch.long)
-    for b, s in enumerate(seqs):
-        s = list(s)[-length:] if length > 0 else []
-        if s:
-            out[b, length - len(s):] = torch.tensor(s, dtype=torch.long)
-    return out
+    """Left-pad (and keep the newest ``length``) -> (B, length) int64.
+
+    One numpy scatter for the whole batch (no per-row tensor), as the worker pads every batch.
+
+    >>> pad_left([[1, 2, 3], [4], []], 2).tolist()
+    [[2, 3], [0, 4], [0, 0]]
+    """
+    n = len(seqs)
+    if n == 0 or length <= 0:
+        return torch.full((n, max(length, 0)), PAD_ID, dtype=torch.long)
+    kept = [s[-length:] if isinstance(s, list) else list(s)[-length:] for s in seqs]
+    lens = np.fromiter((len(s) for s in kept), dtype=np.int64, count=n)
+    out = np.full((n, length), PAD_ID, dtype=np.int64)
+    total = int(lens.sum())
+    if total:
+        flat = np.fromiter((x for s in kept for x in s), dtype=np.int64, count=total)
+        rows = np.repeat(np.arange(n), lens)
+        # column of each kept value: right-aligned, so row b's values fill length-len_b .. length-1
+        starts = np.cumsum(lens) - lens
+        cols = np.arange(total) - np.repeat(starts, lens) + np.repeat(length - lens, lens)
+        out[rows, cols] = flat
+    return torch.from_numpy(out)
 
 
 def history_batch(items: Sequence[Sequence[int]], types: Sequence[Sequence[int]], max_len: int

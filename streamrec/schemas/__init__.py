@@ -18,12 +18,13 @@ from streamrec.schemas.contracts import (
     Recommendation,
     ScoredItem,
     ShopEvent,
+    recommendation_bytes,
 )
 
 __all__ = [
     "CONTRACTS", "EVENT_TYPES", "EventType", "MAX_MESSAGE_BYTES", "TS_MAX_MS", "TS_MIN_MS", "CatalogItem",
     "Contract", "DeadLetter", "ModelUpdate", "Profile", "Reason", "Recommendation", "ScoredItem", "ShopEvent",
-    "json_schema", "committed_schema",
+    "json_schema", "committed_schema", "recommendation_bytes",
 ]
 
 

@@ -9,8 +9,10 @@ True
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Annotated, Literal, get_args
 
+import orjson
 from pydantic import ConfigDict, Field
 
 from streamrec.schemas.base import Contract, Id, LongText, ShortText, TimestampMs
@@ -121,6 +123,32 @@ class Profile(Outbound):
     event_id: Id
     updated_ts: TimestampMs
     produced_ts: TimestampMs
+
+
+def recommendation_bytes(*, user_id: str, items: Sequence[tuple[str, float]], model_version: str, event_id: str,
+                         event_ts: int, produced_ts: int,
+                         reasons: Sequence[tuple[str, str | None] | None] | None = None,
+                         purchase_intent: float | None = None) -> bytes:
+    """A :class:`Recommendation`'s wire bytes, built without the pydantic objects (the worker's hot
+    path: one message per triggering event). The worker's own values are already valid (ids come
+    from validated events and the catalog), so this only encodes; ``tests/unit/schemas`` checks
+    that the bytes parse back to the same ``Recommendation``.
+
+    >>> Recommendation.from_bytes(recommendation_bytes(user_id="u", items=[("i1", 0.5)], model_version="v1",
+    ...     event_id="e", event_ts=1_700_000_000_000, produced_ts=1_700_000_000_001)).items[0].item_id
+    'i1'
+    """
+    if reasons is None:
+        out_items = [{"item_id": i, "score": s} for i, s in items]
+    else:  # (kind, item_id or None) per item, as the scorer gives them; None: no reason
+        out_items = [{"item_id": i, "score": s} if r is None else
+                     {"item_id": i, "score": s, "reason": {"kind": r[0]} if r[1] is None else
+                      {"kind": r[0], "item_id": r[1]}} for (i, s), r in zip(items, reasons)]
+    msg = {"user_id": user_id, "items": out_items, "model_version": model_version,
+           "event_id": event_id, "event_ts": event_ts, "produced_ts": produced_ts}
+    if purchase_intent is not None:
+        msg["purchase_intent"] = purchase_intent
+    return orjson.dumps(msg)
 
 
 class DeadLetter(Contract):

@@ -12,6 +12,15 @@ Per-stage times go to one labelled histogram, ``streamrec_stage_seconds{stage=..
     with metrics.stage("parse"):
         ...
 
+The worker's stages, one batch at a time (``bench/pipeline.py`` prints them per event):
+``parse`` (bytes -> events), ``state_read`` (table get + decode), ``model`` (user encoder) and
+``index`` (FAISS search) and ``filter`` (purchased/stock filtering, popularity fill, lists) on the
+model thread, ``score`` (the whole model-thread call as the event loop waits for it),
+``produce`` (recommendations handed to the producer), ``state_write`` (table set: RocksDB +
+changelog message) and ``commit`` (Faust's commit: producer flush + offset commit).
+``streamrec_thread_cpu_seconds{thread=...}`` is the CPU time of each thread of the process
+(Linux ``/proc``), the load-insensitive side of the same question.
+
 >>> m = Metrics()
 >>> m.events_in.inc(2)
 >>> m.observe_latency_ms(12.0)
@@ -24,8 +33,11 @@ Per-stage times go to one labelled histogram, ``streamrec_stage_seconds{stage=..
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -35,6 +47,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 
 #: Content type of the text exposition format that :meth:`Metrics.render` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -68,6 +81,9 @@ class Metrics:
                                       "Event timestamp to recommendation produced, ms.", LATENCY_BUCKETS_MS)
         self.stage_seconds = self.histogram("streamrec_stage_seconds", "Time per batch in each worker stage, s.",
                                             STAGE_BUCKETS_S, ("stage",))
+        self.loop_lag = self.histogram("streamrec_loop_lag_seconds",
+                                       "How late the event loop woke a periodic timer, s.", STAGE_BUCKETS_S)
+        self.registry.register(ThreadCpuCollector())
         # catalog scale: the text cache, the index kind, memory per part
         self.titles_embedded = self.counter("streamrec_titles_embedded",
                                             "Catalog titles embedded by MiniLM (text-cache misses).")
@@ -142,3 +158,45 @@ class Metrics:
         for tp, lag in (consumer_lag or {}).items():
             self.consumer_lag.labels(partition=tp).set(lag)
         return generate_latest(self.registry).decode("utf-8")
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) of each live Python thread of this process, by thread name,
+    plus ``other`` for native threads (RocksDB, OpenMP); empty where ``/proc`` is missing.
+
+    >>> isinstance(thread_cpu_seconds(), dict)
+    True
+    """
+    task = Path(f"/proc/{os.getpid()}/task")
+    if not task.is_dir():
+        return {}
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    out: dict[str, float] = {}
+    for d in task.iterdir():
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+        name = names.get(int(d.name), "other")
+        out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
+class ThreadCpuCollector:
+    """Exposes :func:`thread_cpu_seconds` as ``streamrec_thread_cpu_seconds_total{thread=...}``.
+
+    Counts of threads that ended are dropped, so a counter may step back when a thread exits."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        fam = CounterMetricFamily("streamrec_thread_cpu_seconds", "CPU time of each thread of the worker.",
+                                  labels=["thread"])
+        for name, cpu in sorted(thread_cpu_seconds().items()):
+            fam.add_metric([name], cpu)
+        yield fam
+
+    def describe(self) -> list[Any]:
+        return []

@@ -15,8 +15,9 @@ inner products from one batched product.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,9 +59,12 @@ class Scorer:
     so a batch never mixes two versions. Popularity is shared across versions.
     """
 
-    def __init__(self, *, recommender: Any, index: Any, popularity: Popularity, top_k: int) -> None:
+    def __init__(self, *, recommender: Any, index: Any, popularity: Popularity, top_k: int,
+                 stage: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None) -> None:
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be in 1..1000, got {top_k}")
+        #: times the ``model`` / ``index`` / ``filter`` stages (``Metrics.stage`` in the worker)
+        self.stage = stage or (lambda name: contextlib.nullcontext())
         self.model = ServingModel(recommender=recommender, index=index)
         self.popularity = popularity
         self.top_k = top_k
@@ -97,20 +101,27 @@ class Scorer:
     def _recommend(self, states: Sequence[UserState], model: ServingModel, *, explain: bool) -> list[Explained]:
         index = model.index
         k = self.top_k
+        stage = self.stage
         results: list[Explained] = [[] for _ in states]
-        warm = [i for i, s in enumerate(states) if any(item in index for item, _ in s.history_pairs())]
-        if warm and len(index) > 0:
-            vecs = model.recommender.encode_users([states[i].history_pairs() for i in warm])
-            found = index.search(
-                np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm]
-            )
-            why = self._similar_reasons(model, [states[i] for i in warm], found) if explain else None
-            for n, (i, items) in enumerate(zip(warm, found)):
-                results[i] = [(item, float(score), why[n][j] if why else ("", None))
-                              for j, (item, score) in enumerate(items)]
-        for i, state in enumerate(states):
-            if len(results[i]) < k:
-                results[i] = self._fill(model, results[i], state.purchased, k, explain=explain)
+        with stage("model"):
+            warm = [i for i, s in enumerate(states) if any(item in index for item, _ in s.history_pairs())]
+            vecs = None
+            if warm and len(index) > 0:
+                vecs = model.recommender.encode_users([states[i].history_pairs() for i in warm])
+        if vecs is not None:
+            with stage("index"):
+                found = index.search(
+                    np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm]
+                )
+        with stage("filter"):
+            if vecs is not None:
+                why = self._similar_reasons(model, [states[i] for i in warm], found) if explain else None
+                for n, (i, items) in enumerate(zip(warm, found)):
+                    results[i] = [(item, float(score), why[n][j] if why else ("", None))
+                                  for j, (item, score) in enumerate(items)]
+            for i, state in enumerate(states):
+                if len(results[i]) < k:
+                    results[i] = self._fill(model, results[i], state.purchased, k, explain=explain)
         return results
 
     def _similar_reasons(self, model: ServingModel, states: Sequence[UserState],

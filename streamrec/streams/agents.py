@@ -22,7 +22,7 @@ from typing import Any
 # ``faust.current_event()``); tests/unit/streams/test_internals.py fails if it moves or changes.
 from faust.streams import _current_event
 
-from streamrec.schemas import DeadLetter, Reason, Recommendation, ScoredItem, ShopEvent
+from streamrec.schemas import DeadLetter, ShopEvent, recommendation_bytes
 from streamrec.serving.scorer import ServingModel
 from streamrec.serving.state import UserState
 from streamrec.streams.pipeline import Pipeline
@@ -177,23 +177,18 @@ class BatchHandler:
             return
         now = self.now_ms()
         version = model.version
+        send = self.recommendations.send
         with metrics.stage("produce"):
             for ev, recs, intent in zip(events, lists, intents):
-                rec = Recommendation(
-                    user_id=ev.user_id,
-                    # reasons come from the scorer (kinds) and the user's validated history (ids):
-                    # built without re-validation, which would cost more than computing them
-                    items=[ScoredItem(item_id=i, score=s,
-                                      reason=Reason.model_construct(kind=r[0], item_id=r[1]) if r else None)
-                           for i, s, r in recs],
-                    model_version=version, event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
-                    purchase_intent=intent,
-                )
+                # reasons come from the scorer (kinds) and the user's validated history (ids)
+                value = recommendation_bytes(
+                    user_id=ev.user_id, items=[(i, s) for i, s, _ in recs], model_version=version,
+                    event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
+                    reasons=[r for _, _, r in recs] if self.insights else None, purchase_intent=intent)
                 try:
-                    await self.recommendations.send(key=ev.user_id.encode(), value=rec.to_bytes())
+                    await send(key=ev.user_id.encode(), value=value)
                 except Exception as exc:  # noqa: BLE001 - the error policy decides
                     await self.on_error(Stage.PRODUCE, exc, source[ev.user_id], user=ev.user_id)
-                metrics.recommendations_out.inc()
                 metrics.observe_latency_ms(max(0, now - ev.ts))
                 # kept for GET /users/{id}/recommendations (and the profile's purchase_intent)
                 latest: dict[str, Any] = {"items": [[i, s] for i, s, _ in recs], "model_version": version,
@@ -203,6 +198,7 @@ class BatchHandler:
                     if intent is not None:
                         latest["purchase_intent"] = intent
                 states[ev.user_id].latest = latest
+            metrics.recommendations_out.inc(len(events))
             await self.publish_profiles(states, source, fresh, now)
 
     async def publish_profiles(self, states: dict[str, UserState], source: dict[str, Any], fresh: list[ShopEvent],

@@ -19,6 +19,7 @@ from streamrec.streams.catalog import catalog_reader
 from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import faust_brokers, faust_credentials
 from streamrec.streams.pipeline import Pipeline
+from streamrec.streams.tuning import watch_loop_lag
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
         web_host=settings.web_host if settings.web_host != "0.0.0.0" else "localhost",
         producer_acks=-1,
         producer_linger_ms=1,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval_s,
+        processing_guarantee=settings.processing_guarantee,
         # A worker that dies (SIGKILL, OOM) holds its partitions until the session times out;
         # keep that short so a restarted or surviving worker takes over within seconds.
         broker_session_timeout=10.0,
@@ -102,6 +104,10 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     @app.task
     async def read_catalog() -> None:
         await catalog_reader(settings, pipeline)
+
+    @app.task
+    async def loop_lag() -> None:
+        await watch_loop_lag(pipeline.metrics)
 
     @app.timer(MEMORY_GAUGE_INTERVAL_S)
     async def memory_gauges() -> None:

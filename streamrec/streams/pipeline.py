@@ -63,12 +63,13 @@ class Pipeline:
     def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
                  purchased_max: int, trigger_types: tuple[str, ...],
                  profile_weights: ProfileWeights | None = None) -> None:
-        self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k)
+        self.metrics = Metrics()
+        self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k,
+                             stage=self.metrics.stage)
         self.profile_weights = profile_weights or ProfileWeights()
         self.history_len = history_len
         self.purchased_max = purchased_max
         self.trigger_types = frozenset(trigger_types)
-        self.metrics = Metrics()
         self.catalog: dict[str, int] = {}  # item id -> catalog_entry(item)
         # item id -> index into _groups: the (category, brand) the interest profile counts. One
         # shared tuple per distinct pair (a catalog has few), so an item costs one dict slot.

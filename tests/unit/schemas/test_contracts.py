@@ -133,3 +133,27 @@ def test_dead_letter_keeps_original_bytes():
 def test_catalog_text_joins_fields():
     item = CatalogItem.from_dict(VALID[CatalogItem][0])
     assert "Rose Serum" in item.text() and "Lumina" in item.text()
+
+
+def test_recommendation_bytes_parse_back_to_the_same_recommendation():
+    from streamrec.schemas import Recommendation, ScoredItem, recommendation_bytes
+
+    items = [("i1", 0.5), ("sku-7~!", -1.25e-7), ("x" * 128, 3.0), ("i2", 1e300)]
+    raw = recommendation_bytes(user_id="u1", items=items, model_version="v0001-x", event_id="e1",
+                               event_ts=1_700_000_000_000, produced_ts=1_700_000_000_005)
+    expected = Recommendation(user_id="u1", items=[ScoredItem(item_id=i, score=s) for i, s in items],
+                              model_version="v0001-x", event_id="e1", event_ts=1_700_000_000_000,
+                              produced_ts=1_700_000_000_005)
+    assert Recommendation.from_bytes(raw) == expected
+    assert json.loads(raw) == json.loads(expected.to_bytes())
+
+
+def test_recommendation_bytes_with_reasons_and_intent_parse_back():
+    from streamrec.schemas import recommendation_bytes
+
+    raw = recommendation_bytes(user_id="u", items=[("a", 1.5), ("c", 0.5), ("d", 0.1)], model_version="v1",
+                               event_id="e1", event_ts=TS, produced_ts=TS + 3,
+                               reasons=[("similar_to", "b"), ("popular", None), ("new_item", None)],
+                               purchase_intent=0.25)
+    assert Recommendation.from_bytes(raw) == Recommendation.from_dict(VALID[Recommendation][1])
+    jsonschema.validate(json.loads(raw), committed_schema(Recommendation))

@@ -214,3 +214,15 @@ def test_metrics_text_reads_back_with_the_prometheus_parser(harness):
 
     names = {f.name for f in text_string_to_metric_families(metrics_text(harness.pipeline))}
     assert {"streamrec_events_in", "streamrec_dlq", "streamrec_stage_seconds", "streamrec_model_info"} <= names
+
+
+def test_processing_guarantee_setting_reaches_faust(tiny_checkpoint, tmp_path):
+    rec = Recommender.load(tiny_checkpoint, device="cpu")
+    for guarantee in ("at_least_once", "exactly_once"):
+        settings = Settings(data_dir=tmp_path, app_id=f"unit-{uuid.uuid4().hex[:8]}", processing_guarantee=guarantee,
+                            commit_interval_s=0.25)
+        app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat"),
+                                   store="memory://")
+        assert app.conf.processing_guarantee.value == guarantee
+        assert app.conf.broker_commit_interval == 0.25
+        pipeline._executor.shutdown(wait=True)
