@@ -151,7 +151,7 @@ def test_recommendation_bytes_parse_back_to_the_same_recommendation():
 def test_recommendation_bytes_with_reasons_and_intent_parse_back():
     from streamrec.schemas import recommendation_bytes
 
-    raw = recommendation_bytes(user_id="u", items=[("a", 1.5), ("c", 0.5), ("d", 0.1)], model_version="v1",
+    raw = recommendation_bytes(user_id="u1", items=[("a", 1.5), ("c", 0.5), ("d", 0.1)], model_version="v1",
                                event_id="e1", event_ts=TS, produced_ts=TS + 3,
                                reasons=[("similar_to", "b"), ("popular", None), ("new_item", None)],
                                purchase_intent=0.25)
