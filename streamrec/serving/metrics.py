@@ -75,6 +75,14 @@ class Metrics:
         self.state_resets = self.counter("streamrec_state_resets",
                                          "Stored user states that no longer decoded and were reset.")
         self.batches = self.counter("streamrec_batches", "Scoring batches handled.")
+        self.user_deletions = self.counter("streamrec_user_deletions",
+                                           "Users erased on a deletion request (right to erasure).")
+        self.catalog_dlq = self.counter("streamrec_catalog_dlq",
+                                        "Catalog items refused and sent to the catalog dead-letter topic.")
+        self.kafka_available = self.gauge("streamrec_kafka_available",
+                                          "1 while the worker reaches a Kafka bootstrap server, 0 during an outage.")
+        self.kafka_available.set(1)
+        self.kafka_outages = self.counter("streamrec_kafka_outages", "Kafka outages seen by this worker.")
         self.catalog_items = self.gauge("streamrec_catalog_items", "Items in this worker's index.")
         self.model_info = self.gauge("streamrec_model_info", "The model version being served.", ("version",))
         self.consumer_lag = self.gauge("streamrec_consumer_lag", "Messages behind the end of each partition.",

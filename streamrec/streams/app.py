@@ -16,12 +16,15 @@ import faust
 
 from streamrec.config import Settings
 from streamrec.serving.swap import VersionLoader
-from streamrec.streams.agents import BatchHandler, consume_events
+from streamrec.streams.agents import BatchHandler, consume_deletions, consume_events
 from streamrec.streams.catalog import catalog_reader, read_catalog_topic
 from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import faust_brokers, faust_credentials
 from streamrec.streams.model_follower import follow_model_updates
+from streamrec.streams.outage import BrokerWatch
+from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
+from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, register_state_codec
 from streamrec.streams.tuning import watch_loop_lag
 from streamrec.streams.views import register_views
 
@@ -69,6 +72,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
     pipeline = Pipeline(
         recommender=recommender, index=index, top_k=settings.top_k, history_len=settings.history_len,
         purchased_max=settings.purchased_max, trigger_types=settings.trigger_types,
+        profile_weights=settings.profile_weights(),
         new_index=lambda dim: new_index(settings, dim), loader=loader,
     )
     datadir = worker_datadir(settings)
@@ -105,21 +109,56 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
     events_topic = app.topic(settings.topic_events, partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic_recommendations, partitions=settings.partitions, **raw)
     dlq_topic = app.topic(settings.topic_dlq, partitions=settings.partitions, **raw)
+    # partitioned like the events topic: Faust's assignor gives both partitions p to one worker
+    deletions_topic = app.topic(settings.topic_deletions, partitions=settings.partitions, **raw)
+    catalog_dlq_topic = app.topic(settings.topic_catalog_dlq, partitions=settings.partitions, **raw)
+    profiles_topic = app.topic(settings.topic_profiles, partitions=settings.partitions, **raw)
     users = app.Table(
         "users", default=None, partitions=settings.partitions,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        # JSON values; one that does not decode resets its user instead of stopping recovery
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer=register_state_codec()),
         help="per-user history, purchases, latest list",
+        # compaction bounded in time: a deleted user's records leave the changelog within 24 h
+        extra_topic_configs=USERS_CHANGELOG_CONFIG,
     )
+    # Faust takes the changelog's and the store's value codec from the table's value_serializer
+    # (derived from value_type: "json"), not from the schema, and app.Table() has already made the
+    # changelog topic: set the codec, then remake the topic with it (same name and configs).
+    # Private: checked against faust-streaming 0.15.3 (Collection._new_changelog_topic; the
+    # table manager looks the topic up by name, lazily); tests/unit/streams/test_deletion.py fails
+    # if the changelog stops using the codec.
+    users.value_serializer = register_state_codec()
+    users.changelog_topic = users._new_changelog_topic()
 
-    handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic)
+    handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic,
+                           profiles=profiles_topic, insights=settings.recommendation_insights)
 
     @app.agent(events_topic, concurrency=1)
     async def process_events(stream: Any) -> None:
         await consume_events(stream, handler, batch_max=settings.batch_max, within_s=settings.batch_within_s)
 
+    @app.agent(deletions_topic, concurrency=1)
+    async def process_deletions(stream: Any) -> None:
+        await consume_deletions(stream, handler)
+
     @app.task
     async def read_catalog() -> None:
-        await catalog_reader(settings, pipeline)
+        await catalog_reader(settings, pipeline, dead_letters=catalog_dlq_topic)
+
+    watch = BrokerWatch(settings.resolved_bootstrap().split(","))
+
+    @app.task
+    async def watch_broker() -> None:
+        # logging is configured by now (the worker sets it up before it starts the app's tasks)
+        mute_client_noise(watch)
+        metrics = pipeline.metrics
+
+        def on_change(available: bool) -> None:
+            metrics.kafka_available.set(1 if available else 0)
+            if not available:
+                metrics.kafka_outages.inc()
+
+        await watch.run(on_change=on_change)
 
     if follow_models and loader is not None:
         # a new version is built from the catalog topic itself (the source of truth), as at a start
@@ -141,4 +180,5 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]
     app.streamrec_handler = handler  # type: ignore[attr-defined]
+    app.streamrec_broker_watch = watch  # type: ignore[attr-defined]
     return app, pipeline

@@ -88,6 +88,25 @@ def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def check_credentials(settings: Settings, *, timeout: float = 20.0) -> None:
+    """Fail fast on a refused password or certificate (aiokafka and Faust would retry for ever).
+
+    Raises :class:`~streamrec.errors.KafkaAuthError`; a broker that is merely not up yet is only
+    logged, and the worker waits for it as before.
+    """
+    from streamrec.client.connection import ConnectionWatch
+    from streamrec.errors import KafkaAuthError
+    from streamrec.streams.topics import admin_client, cluster_metadata
+
+    watch = ConnectionWatch(settings.resolved_bootstrap())
+    try:
+        cluster_metadata(admin_client(settings, watch), watch, timeout=timeout)
+    except KafkaAuthError:
+        raise
+    except Exception as exc:  # not reachable yet: Faust keeps trying, as without this check
+        log.warning("kafka not reachable yet bootstrap=%s reason=%s", settings.resolved_bootstrap(), exc)
+
+
 def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[Any, Any]:
     """Load the model (clear error if there is none) and build the app; returns (app, pipeline).
 
@@ -141,6 +160,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.web_port is not None:
         settings = settings.model_copy(update={"web_port": args.web_port})
+    check_credentials(settings)
     app, _ = build_worker(settings, model_path=args.model)
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     worker = Worker(app, loglevel=level, redirect_stdouts=False)
