@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def _fsync_path(path: Path) -> None:

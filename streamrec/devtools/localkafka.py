@@ -9,6 +9,7 @@ commands find it. Used by ``streamrec kafka up|down|status`` and by the test sui
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -107,7 +108,9 @@ def _java() -> str:
         return str(Path(home) / "bin" / "java")
     java = shutil.which("java")
     if java is None:
-        raise KafkaRuntimeError("Java is needed to run Kafka; install OpenJDK 17+ (apt-get install openjdk-17-jre-headless)")
+        raise KafkaRuntimeError(
+            "Java is needed to run Kafka; install OpenJDK 17+ (apt-get install openjdk-17-jre-headless)"
+        )
     return java
 
 
@@ -155,7 +158,7 @@ def broker_reachable(bootstrap: str, *, timeout: float = 5.0, config: dict | Non
     conf.update(config or {})
     try:
         md = AdminClient(conf).list_topics(timeout=timeout)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a probe: any client error means "not reachable"
         return False
     return bool(md.brokers)
 
@@ -229,12 +232,11 @@ def start(
         )
         if fmt.returncode != 0:
             raise KafkaRuntimeError(f"kafka storage format failed: {(fmt.stdout + fmt.stderr)[-2000:]}")
-    out = open(kafka_dir / "kafka.out", "ab")
-    proc = subprocess.Popen(
-        [*jvm, "kafka.Kafka", str(props)],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    out.close()
+    with open(kafka_dir / "kafka.out", "ab") as out:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen(
+            [*jvm, "kafka.Kafka", str(props)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
     state = BrokerState(
         bootstrap=f"127.0.0.1:{port}", controller=f"127.0.0.1:{cport}", pid=proc.pid,
         data_dir=str(kafka_dir), log_file=str(log_file),
@@ -250,7 +252,9 @@ def start(
             return state
         time.sleep(0.5)
     _terminate(proc.pid, timeout=10)
-    raise KafkaRuntimeError(f"Kafka did not answer on {state.bootstrap} within {timeout:.0f}s; see {kafka_dir}/kafka.out")
+    raise KafkaRuntimeError(
+        f"Kafka did not answer on {state.bootstrap} within {timeout:.0f}s; see {kafka_dir}/kafka.out"
+    )
 
 
 def _terminate(pid: int, *, timeout: float) -> bool:
@@ -271,10 +275,8 @@ def _terminate(pid: int, *, timeout: float) -> bool:
         if not _pid_alive(pid):
             return True
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return False
 
 

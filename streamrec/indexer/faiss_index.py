@@ -50,7 +50,13 @@ import numpy as np
 
 from streamrec.errors import CheckpointError
 from streamrec.indexer.base import (
-    RWLock, check_exclude, check_flags, check_ids, check_k, check_queries, check_vectors,
+    RWLock,
+    check_exclude,
+    check_flags,
+    check_ids,
+    check_k,
+    check_queries,
+    check_vectors,
     dedupe_last,
 )
 from streamrec.indexer.checkpoint import read_manifest, write_checkpoint
@@ -254,7 +260,7 @@ class ItemIndex:
             params = self._params(st, fetch, frac) if select else None
             if params is _EXACT:
                 break  # an exact scan is cheaper than this graph search
-            D, I = self._faiss_search(st, q[rows], fetch, params)
+            D, I = self._faiss_search(st, q[rows], fetch, params)  # noqa: E741 - FAISS's (D, I) naming
             mask = I >= 0
             mask &= st.elig[np.where(mask, I, 0)]
             for r, qi in enumerate(rows):
@@ -456,7 +462,7 @@ class ItemIndex:
                      kind: str | None = None) -> _State:
         """A complete new state over ``vecs`` (owned by the caller no more); no lock taken."""
         n = len(ids)
-        st = _State(self.dim, ids=dict(zip(ids, range(n))), ext=np.array(ids + [None], dtype=object)[:n],
+        st = _State(self.dim, ids=dict(zip(ids, range(n))), ext=np.array([*ids, None], dtype=object)[:n],
                     vecs=vecs, live=np.ones(n, bool), stock=flags.copy(), elig=flags.copy(), n_slots=n)
         if n:
             self._new_structure(st, vecs, kind)
@@ -594,7 +600,7 @@ class ItemIndex:
             slots, stock_s = state["slots"], state["in_stock"]
             if vecs.dtype != np.float32 or vecs.shape != (n, dim) or len(slots) != n or len(stock_s) != n:
                 raise CheckpointError("vectors / slots / flags disagree with the manifest")
-            ext = np.array(slots + [None], dtype=object)[:n]
+            ext = np.array([*slots, None], dtype=object)[:n]
             live = np.array([s is not None for s in slots], dtype=bool)
             stock = np.frombuffer(stock_s.encode(), dtype=np.uint8) == ord("1")
             ids = {s: i for i, s in enumerate(slots) if s is not None}

@@ -18,7 +18,7 @@ Catalog coverage@10 = share of the catalog that appears in at least one user's t
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ def rank_all(
     out = metrics_from_ranks(ranks, ks)
     n_cat = n_items if catalog_rows is None else len(catalog_rows)
     out["coverage@10"] = float(seen_top[1:].sum() / max(n_cat, 1))
-    out["users"] = int(len(targets))
+    out["users"] = len(targets)
     return out
 
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", version: str | None = None,
-             **options: float) -> "Recommender":
+             **options: float) -> Recommender:
         """Load a checkpoint dir. CheckpointError (clear message) when missing/corrupt/incompatible.
         ``options`` go to the constructor (``impute_neighbors``, ``impute_temperature``)."""
         dev = resolve_device(device)
@@ -98,9 +98,7 @@ class Recommender:
                     row = self.vocab.row(i)
                     if t is not None and not bool(self.model.text_emb[row].any()):
                         fill[i] = t
-                elif i not in new:
-                    new[i] = t
-                elif new[i] is None and t is not None:
+                elif i not in new or (new[i] is None and t is not None):
                     new[i] = t
             to_encode = [t for t in list(new.values()) + list(fill.values()) if t is not None]
             vecs = self._encode_texts(to_encode) if to_encode else torch.zeros(0, TEXT_DIM)

@@ -25,7 +25,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ class ModelRegistry:
         while True:  # a concurrent register may take the number: retry with the next one
             names = self._names()
             n = int(_VERSION_RE.match(names[-1]).group(1)) + 1 if names else 1  # type: ignore[union-attr]
-            stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            stamp = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
             name = f"v{n:04d}-{stamp}"
             try:
                 os.rename(tmp, self.versions_dir / name)

@@ -178,8 +178,8 @@ class SASRec(PreTrainedModel):
         Position embeddings count from the right (the newest item always gets the same one), so
         a history padded to any length gives the same output.
         """
-        B, T = item_ids.shape
-        assert T <= self.config.max_len, "history longer than max_len"
+        _, T = item_ids.shape
+        assert T <= self.config.max_len, "history longer than max_len"  # noqa: SIM300 - T is a shape letter
         valid = item_ids != PAD_ID  # (B, T)
         x = table[item_ids]  # (B, T, d)
         if type_ids is None:

@@ -111,7 +111,7 @@ def encode_cached(
             data = load_file(str(cache_file))
             for k, v in zip(data["keys"], data["text_emb"]):
                 known[k.tobytes()] = v
-        except Exception as exc:  # a bad cache is only a cache: re-encode
+        except Exception as exc:  # noqa: BLE001 - a bad cache is only a cache: re-encode
             log.warning("text cache unreadable, re-encoding file=%s reason=%s", cache_file, exc)
     out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
     todo: list[int] = []

@@ -9,9 +9,9 @@ from streamrec.schemas.base import MAX_MESSAGE_BYTES, TS_MAX_MS, TS_MIN_MS, Cont
 from streamrec.schemas.contracts import (
     CONTRACTS,
     EVENT_TYPES,
-    EventType,
     CatalogItem,
     DeadLetter,
+    EventType,
     ModelUpdate,
     Recommendation,
     ScoredItem,
@@ -19,9 +19,21 @@ from streamrec.schemas.contracts import (
 )
 
 __all__ = [
-    "CONTRACTS", "EVENT_TYPES", "EventType", "MAX_MESSAGE_BYTES", "TS_MAX_MS", "TS_MIN_MS", "CatalogItem",
-    "Contract", "DeadLetter", "ModelUpdate", "Recommendation", "ScoredItem", "ShopEvent",
-    "json_schema", "committed_schema",
+    "CONTRACTS",
+    "EVENT_TYPES",
+    "MAX_MESSAGE_BYTES",
+    "TS_MAX_MS",
+    "TS_MIN_MS",
+    "CatalogItem",
+    "Contract",
+    "DeadLetter",
+    "EventType",
+    "ModelUpdate",
+    "Recommendation",
+    "ScoredItem",
+    "ShopEvent",
+    "committed_schema",
+    "json_schema",
 ]
 
 

@@ -89,7 +89,7 @@ class DeadLetter(Contract):
     original: Annotated[str, Field(max_length=MAX_ORIGINAL_B64)]
 
     @classmethod
-    def wrap(cls, *, topic: str, partition: int, offset: int, reason: str, original: bytes | None) -> "DeadLetter":
+    def wrap(cls, *, topic: str, partition: int, offset: int, reason: str, original: bytes | None) -> DeadLetter:
         original = original or b""
         if len(original) > MAX_ORIGINAL_BYTES:
             reason = f"{reason} (original truncated from {len(original)} to {MAX_ORIGINAL_BYTES} bytes)"

@@ -72,7 +72,9 @@ class Scorer:
             self._cold_query = (model, np.asarray(model.recommender.encode_users([[]]), dtype=np.float32))
         return self._cold_query[1]
 
-    def recommend(self, states: Sequence[UserState], model: ServingModel | None = None) -> list[list[tuple[str, float]]]:
+    def recommend(
+        self, states: Sequence[UserState], model: ServingModel | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Top-k lists for ``states``, all made by ``model`` (default: the current one)."""
         model = model or self.model
         index = model.index

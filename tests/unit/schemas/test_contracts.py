@@ -10,8 +10,15 @@ import pytest
 
 from streamrec.errors import SchemaError
 from streamrec.schemas import (
-    CONTRACTS, MAX_MESSAGE_BYTES, CatalogItem, DeadLetter, ModelUpdate, Recommendation, ShopEvent,
-    committed_schema, json_schema,
+    CONTRACTS,
+    MAX_MESSAGE_BYTES,
+    CatalogItem,
+    DeadLetter,
+    ModelUpdate,
+    Recommendation,
+    ShopEvent,
+    committed_schema,
+    json_schema,
 )
 
 TS = 1_760_000_000_000
@@ -76,7 +83,7 @@ def test_invalid_examples_fail_both(contract):
 
 
 @pytest.mark.parametrize(
-    "raw, reason",
+    ("raw", "reason"),
     [
         (b"not json", "not JSON"),
         (b"\xff\xfe\x00", "not UTF-8"),
