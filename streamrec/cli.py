@@ -53,10 +53,10 @@ def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
         if settings.bootstrap_servers:
             print(f"STREAMREC_BOOTSTRAP_SERVERS is set: using {settings.bootstrap_servers}, nothing started")
             return 0
-        state = localkafka.start(
+        started = localkafka.start(
             settings.kafka_dir.resolve(), libs=settings.kafka_libs.expanduser(), heap=settings.kafka_heap
         )
-        print(state.bootstrap)
+        print(started.bootstrap)
         return 0
     if args.action == "down":
         stopped = localkafka.stop(settings.kafka_dir.resolve())

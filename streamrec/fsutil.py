@@ -39,7 +39,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, fsync it, then move it onto
     ``path``. For writers that take a path (``safetensors.save_file``, ``faiss.write_index``)."""
     target = Path(path)

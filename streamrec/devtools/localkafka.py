@@ -145,7 +145,9 @@ def read_state(kafka_dir: Path) -> BrokerState | None:
     return state if _pid_alive(state.pid) else None
 
 
-def broker_reachable(bootstrap: str, *, timeout: float = 5.0, config: dict | None = None) -> bool:
+def broker_reachable(
+    bootstrap: str, *, timeout: float = 5.0, config: dict[str, str | int | float | bool] | None = None
+) -> bool:
     """True when an admin client gets cluster metadata from ``bootstrap`` within ``timeout``."""
     from confluent_kafka.admin import AdminClient
 
@@ -154,7 +156,9 @@ def broker_reachable(bootstrap: str, *, timeout: float = 5.0, config: dict | Non
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=min(timeout, 2.0)).close()
     except (OSError, ValueError):
         return False
-    conf = {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0}
+    conf: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0
+    }
     conf.update(config or {})
     try:
         md = AdminClient(conf).list_topics(timeout=timeout)

@@ -215,7 +215,7 @@ def training_batches(train: Encoded, *, max_len: int, batch_size: int, rng: np.r
     # histories are short, so this saves most of the transformer's work).
     order = rng.permutation(len(idx))
     pool = 50 * batch_size
-    batches = []
+    batches: list[np.ndarray] = []
     for p in range(0, len(order), pool):
         part = order[p : p + pool]
         part = part[np.argsort(lens[part], kind="stable")]

@@ -65,12 +65,13 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", version: str | None = None,
-             **options: float) -> Recommender:
+             impute_neighbors: int = 0, impute_temperature: float = 0.05) -> Recommender:
         """Load a checkpoint dir. CheckpointError (clear message) when missing/corrupt/incompatible.
-        ``options`` go to the constructor (``impute_neighbors``, ``impute_temperature``)."""
+        ``impute_neighbors`` and ``impute_temperature`` go to the constructor."""
         dev = resolve_device(device)
         model, vocab = load_checkpoint(path, device=dev)
-        return cls(model, vocab, version=version or Path(path).name, device=str(dev), **options)
+        return cls(model, vocab, version=version or Path(path).name, device=str(dev),
+                   impute_neighbors=impute_neighbors, impute_temperature=impute_temperature)
 
     # -- items --------------------------------------------------------------------------------------
 
@@ -169,9 +170,9 @@ class Recommender:
                 rows.append(r[-self.model.config.max_len:])
                 types.append(t[-self.model.config.max_len:])
             table = self._item_table()
-            x, t = history_batch(rows, types, self.model.config.max_len)
+            x, xt = history_batch(rows, types, self.model.config.max_len)
             with torch.inference_mode():
-                h = self.model.encode(x.to(self.device), t.to(self.device), table)[:, -1]  # (B, d)
+                h = self.model.encode(x.to(self.device), xt.to(self.device), table)[:, -1]  # (B, d)
         return h.float().cpu().numpy().copy()
 
     def score(self, user_vecs: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:

@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import shutil
@@ -129,7 +130,7 @@ class ModelRegistry:
             raise ValueError(f"unknown model version {version!r} (known: {known})")
         return self.versions_dir / version
 
-    def prune(self, keep: int) -> list[str]:
+    def prune(self, keep: int) -> builtins.list[str]:  # `list` here is the method above
         """Delete all but the ``keep`` newest versions; the current one is never deleted.
         Returns the deleted names. A version is renamed out of the listing before removal, so a
         reader never sees half of one."""

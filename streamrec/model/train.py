@@ -91,7 +91,8 @@ def item_text_matrix(vocab: ItemVocab, item_text: dict[str, str | None], ids: li
 
 
 def _optimizer(model: SASRec, s: TrainSettings) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _name, p in model.named_parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
     return torch.optim.AdamW(

@@ -17,7 +17,7 @@ from streamrec.schemas.base import Contract, Id, LongText, ShortText, TimestampM
 
 #: The event types of the contract: the one place they are named (settings, CLI, model import them).
 EventType = Literal["view", "add_to_cart", "remove_from_cart", "purchase"]
-EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 MAX_RECOMMENDED_ITEMS = 1000
 #: Original bytes kept in a dead letter (Kafka's default max message size); beyond it, truncated.
 MAX_ORIGINAL_BYTES = 1_048_576

@@ -78,10 +78,14 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     # Table writes queue changelog messages in Faust's producer buffer; past 100 (its default) the
     # stream pauses to drain it ("producer buffer full"), which every full batch of users hit.
     app.producer.buffer.max_messages = 8 * settings.batch_max
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    events_topic = app.topic(settings.topic_events, partitions=settings.partitions, **raw)
-    recs_topic = app.topic(settings.topic_recommendations, partitions=settings.partitions, **raw)
-    dlq_topic = app.topic(settings.topic_dlq, partitions=settings.partitions, **raw)
+
+    def raw_topic(name: str) -> faust.TopicT:
+        return app.topic(name, partitions=settings.partitions, key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw")
+
+    events_topic = raw_topic(settings.topic_events)
+    recs_topic = raw_topic(settings.topic_recommendations)
+    dlq_topic = raw_topic(settings.topic_dlq)
     users = app.Table(
         "users", default=None, partitions=settings.partitions,
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),

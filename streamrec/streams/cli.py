@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from streamrec.config import Settings
@@ -101,6 +102,7 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
 
     threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
     torch.set_num_threads(threads)
+    path: str | Path
     if model_path:
         path, version = model_path, None
     else:
