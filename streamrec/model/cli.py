@@ -233,15 +233,19 @@ def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: 
                  text_cache: Path | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on ``data``: per user the last item is the target, the rest the
     history. Items unknown to the model are embedded from their text (zero-shot)."""
+    import numpy as np
+
     from streamrec.model.checkpoint import load_checkpoint
     from streamrec.model.data import Encoded, encode
     from streamrec.model.evaluate import (
-        cooccurrence_score_fn, evaluate_model, lift, popularity_score_fn, rank_all,
+        cooccurrence_score_fn,
+        evaluate_model,
+        lift,
+        popularity_score_fn,
+        rank_all,
     )
     from streamrec.model.text import resolve_device
     from streamrec.model.train import add_items
-
-    import numpy as np
 
     dev = resolve_device(device)
     model, vocab = load_checkpoint(model_dir, device=dev)
@@ -254,7 +258,7 @@ def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: 
     targets = np.array([enc.items[k][-1] for k in keep], dtype=np.int64)
     if len(targets) == 0:
         raise ValueError("no user in the sequences file has 2 or more interactions to evaluate")
-    report: dict[str, Any] = {"model": str(model_dir), "users": int(len(targets)),
+    report: dict[str, Any] = {"model": str(model_dir), "users": len(targets),
                               "items": int(model.config.n_items), "items_added_from_text": len(added),
                               "exclude_seen": exclude_seen}
     report["model_metrics"] = evaluate_model(model, inputs, targets, device=dev, exclude_seen=exclude_seen)

@@ -19,13 +19,14 @@ True
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ class ModelRegistry:
         while True:  # a concurrent register may take the number: retry with the next one
             names = self._names()
             n = int(_VERSION_RE.match(names[-1]).group(1)) + 1 if names else 1  # type: ignore[union-attr]
-            stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            stamp = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
             name = f"v{n:04d}-{stamp}"
             try:
                 os.rename(tmp, self.versions_dir / name)
@@ -129,7 +130,7 @@ class ModelRegistry:
             raise ValueError(f"unknown model version {version!r} (known: {known})")
         return self.versions_dir / version
 
-    def prune(self, keep: int) -> list[str]:
+    def prune(self, keep: int) -> builtins.list[str]:  # `list` here is the method above
         """Delete all but the ``keep`` newest versions; the current one is never deleted.
         Returns the deleted names. A version is renamed out of the listing before removal, so a
         reader never sees half of one."""

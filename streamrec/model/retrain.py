@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -122,10 +122,11 @@ def sequences_from_log(table: pa.Table) -> dict[str, list[Step]]:
     >>> sequences_from_log(t)
     {'u': [('a', 'add_to_cart', 2), ('b', 'view', 3)]}
     """
-    users = table.column("user_id").to_pylist()
-    items = table.column("item_id").to_pylist()
-    types = table.column("type").to_pylist()
-    ts = table.column("ts").to_pylist()
+    # Every row was a validated ShopEvent: these columns hold no nulls (Arrow types them optional).
+    users = cast("list[str]", table.column("user_id").to_pylist())
+    items = cast("list[str]", table.column("item_id").to_pylist())
+    types = cast("list[str]", table.column("type").to_pylist())
+    ts = cast("list[int]", table.column("ts").to_pylist())
     out: dict[str, list[Step]] = {}
     for u, i, t, when in zip(users, items, types, ts):
         if t not in INTEREST_TYPES:

@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,7 +51,7 @@ from streamrec.schemas import ShopEvent
 log = logging.getLogger(__name__)
 
 #: Columns of every segment (one row per event). ``partition``/``offset``: where Kafka had it.
-SCHEMA = pa.schema([
+_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("event_id", pa.string()),
     ("user_id", pa.string()),
     ("session_id", pa.string()),
@@ -61,7 +62,8 @@ SCHEMA = pa.schema([
     ("quantity", pa.int32()),
     ("partition", pa.int32()),
     ("offset", pa.int64()),
-])
+]
+SCHEMA = pa.schema(_COLUMNS)
 SUFFIX = ".parquet"
 _NAME_RE = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\+(?P<last>\d{20})"
                       r"(?:\+(?P<tag>[0-9a-f]{8}))?\.parquet$")
@@ -84,6 +86,11 @@ def parse_segment_name(name: str) -> tuple[str, int, int, int] | None:
     if m is None:
         return None
     return m["topic"], int(m["partition"]), int(m["first"]), int(m["last"])
+
+
+def _event_ids(table: pa.Table) -> list[str]:
+    # Every row was a validated ShopEvent, so event_id is never null (Arrow types it optional).
+    return cast("list[str]", table.column("event_id").to_pylist())
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,7 @@ class TrainLog:
                 log.error("unreadable segment file=%s reason=%s moved_to=%s", p, exc, bad)
                 os.replace(p, bad)
                 continue
-            self._add(p, parsed, ids.column("event_id").to_pylist(), ids.column("ts"))
+            self._add(p, parsed, _event_ids(ids), ids.column("ts"))
 
     def _add(self, p: Path, parsed: tuple[str, int, int, int], ids: list[str], ts: pa.ChunkedArray) -> None:
         import pyarrow.compute as pc
@@ -234,7 +241,9 @@ class TrainLog:
             schema = SCHEMA if not columns else pa.schema([SCHEMA.field(c) for c in columns])
             return schema.empty_table()
         t = pa.concat_tables(tables)
-        keys = [(k, "ascending") for k in ("ts", "partition", "offset") if k in t.column_names]
+        keys: list[tuple[str, Literal["ascending", "descending"]]] = [
+            (k, "ascending") for k in ("ts", "partition", "offset") if k in t.column_names
+        ]
         return t.sort_by(keys) if keys else t
 
     # -- writing ------------------------------------------------------------------------------------
@@ -271,7 +280,7 @@ class TrainLog:
         atomic_write(final, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         parsed = parse_segment_name(final.name)
         assert parsed is not None
-        self._add(final, parsed, table.column("event_id").to_pylist(), table.column("ts"))
+        self._add(final, parsed, _event_ids(table), table.column("ts"))
         res.written = table.num_rows
         res.segment = final
         log.debug("segment written file=%s rows=%d duplicates=%d", final.name, res.written, res.duplicates)

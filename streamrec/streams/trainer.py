@@ -50,20 +50,36 @@ class TrainerMetrics:
 
         self.registry = r = CollectorRegistry()
         self.events = Counter("streamrec_trainer_events", "events written to the training log", registry=r)
-        self.duplicates = Counter("streamrec_trainer_duplicates", "events dropped as already logged (event_id)", registry=r)
-        self.malformed = Counter("streamrec_trainer_malformed", "records skipped as malformed (workers dead-letter them)", registry=r)
+        self.duplicates = Counter(
+            "streamrec_trainer_duplicates", "events dropped as already logged (event_id)", registry=r
+        )
+        self.malformed = Counter(
+            "streamrec_trainer_malformed", "records skipped as malformed (workers dead-letter them)", registry=r
+        )
         self.segments = Counter("streamrec_trainer_segments", "training-log segments written", registry=r)
-        self.commit_failures = Counter("streamrec_trainer_commit_failures", "offset commits that failed (the log resumes from its segments)", registry=r)
+        self.commit_failures = Counter(
+            "streamrec_trainer_commit_failures",
+            "offset commits that failed (the log resumes from its segments)",
+            registry=r,
+        )
         self.log_rows = Gauge("streamrec_trainer_log_rows", "events in the training log", registry=r)
         self.log_bytes = Gauge("streamrec_trainer_log_bytes", "bytes of the training log", registry=r)
         self.catalog_items = Gauge("streamrec_trainer_catalog_items", "catalog items with text known", registry=r)
         self.retrains = Counter("streamrec_trainer_retrains", "retraining rounds run", ["mode"], registry=r)
-        self.retrain_errors = Counter("streamrec_trainer_retrain_errors", "rounds that failed or were skipped", ["reason"], registry=r)
+        self.retrain_errors = Counter(
+            "streamrec_trainer_retrain_errors", "rounds that failed or were skipped", ["reason"], registry=r
+        )
         self.decisions = Counter("streamrec_trainer_gate_decisions", "gate decisions", ["decision"], registry=r)
-        self.gate_metric = Gauge("streamrec_trainer_gate_metric", "hold-out metrics of the last decision", ["model", "metric"], registry=r)
-        self.publish_failures = Counter("streamrec_trainer_publish_failures", "ModelUpdate announcements that failed", registry=r)
+        self.gate_metric = Gauge(
+            "streamrec_trainer_gate_metric", "hold-out metrics of the last decision", ["model", "metric"], registry=r
+        )
+        self.publish_failures = Counter(
+            "streamrec_trainer_publish_failures", "ModelUpdate announcements that failed", registry=r
+        )
         self.last_round_s = Gauge("streamrec_trainer_last_round_seconds", "duration of the last round", registry=r)
-        self.current = Gauge("streamrec_trainer_current_version", "1 for the registry's current version", ["version"], registry=r)
+        self.current = Gauge(
+            "streamrec_trainer_current_version", "1 for the registry's current version", ["version"], registry=r
+        )
         self.running = Gauge("streamrec_trainer_retrain_running", "1 while a round runs", registry=r)
 
     def set_current(self, version: str | None) -> None:
