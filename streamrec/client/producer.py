@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -65,7 +66,7 @@ class EventProducer:
         self.delivered = 0
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> "EventProducer":
+    def from_settings(cls, settings: Any, **overrides: Any) -> EventProducer:
         """Build from a :class:`streamrec.config.Settings` (bootstrap, SASL/SSL, topic names)."""
         conf = settings.confluent_config()
         bootstrap = conf.pop("bootstrap.servers")
@@ -150,7 +151,7 @@ class EventProducer:
     def close(self, timeout: float = 30.0) -> None:
         self.flush(timeout)
 
-    def __enter__(self) -> "EventProducer":
+    def __enter__(self) -> EventProducer:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -365,7 +365,10 @@ def start(
 def _upsert_scram_users(bootstrap: str, users: Mapping[str, str], *, timeout: float) -> None:
     """Create or update SCRAM-SHA-512 credentials (what ``kafka-configs --alter`` does)."""
     from confluent_kafka.admin import (
-        AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion,
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
     )
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
