@@ -15,7 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from streamrec.argtypes import non_negative_int, positive_float, positive_int, probability
+from streamrec.argtypes import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from streamrec.config import Settings
 from streamrec.model.sasrec import SASRecConfig
 

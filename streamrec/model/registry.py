@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import shutil
@@ -101,7 +102,7 @@ class ModelRegistry:
             out.append(ModelVersion(name, p, read_metrics(p), created, name == cur))
         return out
 
-    def versions_trained_before(self, ts_ms: int) -> list[ModelVersion]:
+    def versions_trained_before(self, ts_ms: int) -> builtins.list[ModelVersion]:
         """Versions whose training data was cut at or before ``ts_ms`` (epoch ms): after a user
         deletion purged from the training log at ``ts_ms``, these may still carry the user's past
         behaviour in their weights. The cut is the version's ``data_cut_ts`` (the trainer's wall

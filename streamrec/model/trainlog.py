@@ -351,17 +351,21 @@ class TrainLog:
                 users = pq.read_table(s.path, columns=["user_id", "ts"])
             except FileNotFoundError:  # deleted by retention meanwhile
                 continue
-            doomed = pc.and_(pc.equal(users.column("user_id"), user_id),
-                             pc.less_equal(users.column("ts"), requested_ts))
-            n = pc.sum(doomed).as_py() or 0
+            doomed = pc.and_(pc.equal(users.column("user_id"), pa.scalar(user_id, pa.string())),
+                             pc.less_equal(users.column("ts"), pa.scalar(requested_ts, pa.int64())))
+            n = int(pc.sum(doomed).as_py() or 0)  # type: ignore[type-var]  # a bool sum counts
             if n == 0:
                 continue
             table = pq.read_table(s.path).filter(pc.invert(doomed))
-            atomic_write(s.path, lambda tmp, t=table: pq.write_table(t, tmp, compression="zstd"))
+
+            def write(tmp: Path, t: pa.Table = table) -> None:
+                pq.write_table(t, tmp, compression="zstd")
+
+            atomic_write(s.path, write)  # readers see the old segment or the new one
             parsed = parse_segment_name(s.path.name)
             assert parsed is not None
             self._ids.difference_update(self._seg_ids.pop(s.path, []))
-            self._add(s.path, parsed, table.column("event_id").to_pylist(), table.column("ts"))
+            self._add(s.path, parsed, [str(i) for i in table.column("event_id").to_pylist()], table.column("ts"))
             removed += n
             log.info("segment rewritten for an erasure file=%s removed=%d rows=%d", s.path.name, n, table.num_rows)
         del self.pending[user_id]

@@ -4,6 +4,7 @@ interrupted by a crash redone on open, and old events of the user not logged aga
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -77,7 +78,7 @@ def test_a_purge_interrupted_by_a_crash_is_redone_on_open(tmp_path: Path, monkey
     real = trainlog.atomic_write
     calls = []
 
-    def crash_on_second(path: Path, write) -> None:  # noqa: ANN001 - the fsutil signature
+    def crash_on_second(path: Path, write: Callable[[Path], None]) -> None:
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt("simulated crash between two segment rewrites")
