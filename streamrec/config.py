@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +23,9 @@ from pydantic_settings.exceptions import SettingsError
 
 from streamrec.errors import ConfigError
 from streamrec.schemas import EVENT_TYPES, EventType
+
+if TYPE_CHECKING:
+    from streamrec.serving.profile import ProfileWeights
 
 
 _TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
@@ -61,6 +64,7 @@ class Settings(BaseSettings):
         "shop.user-deletions", pattern=_TOPIC_PATTERN,
         description="user deletion requests (right to erasure), key user_id",
     )
+    topic_profiles: str = Field("shop.profiles", pattern=_TOPIC_PATTERN)
     partitions: int = Field(4, ge=1, le=1024, description="partitions of the keyed topics")
     replication_factor: int = Field(1, ge=1, le=16)
 
@@ -104,6 +108,17 @@ class Settings(BaseSettings):
     history_len: int = Field(50, ge=1, le=1000, description="interactions kept per user")
     purchased_max: int = Field(500, ge=0, le=100_000, description="purchased items kept per user")
     trigger_types: Annotated[tuple[EventType, ...], NoDecode] = EVENT_TYPES  # comma-separated
+
+    # --- user insights (issue #15) ------------------------------------------------------------
+    recommendation_insights: bool = Field(
+        True, description="put purchase_intent and per-item reasons in recommendations (false: the "
+        "previous message shape, for consumers that still refuse unknown fields)"
+    )
+    profile_weight_view: float = Field(1.0, ge=0, le=1e6, description="profile weight of a view")
+    profile_weight_cart: float = Field(3.0, ge=0, le=1e6, description="profile weight of an add_to_cart")
+    profile_weight_purchase: float = Field(5.0, ge=0, le=1e6, description="profile weight of a purchase")
+    profile_half_life_hours: float = Field(168.0, gt=0, le=1e6, description="profile weights halve after this long")
+    profile_max_entries: int = Field(20, ge=1, le=1000, description="categories (and brands) kept per user")
 
     # --- index ------------------------------------------------------------------------------
     index_kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
@@ -172,6 +187,15 @@ class Settings(BaseSettings):
     def kafka_dir(self) -> Path:
         """Where `streamrec kafka up` keeps the local broker's data, log and state file."""
         return self.data_dir / "kafka"
+
+    def profile_weights(self) -> "ProfileWeights":
+        """The interest-profile settings as the pure code takes them."""
+        from streamrec.serving.profile import ProfileWeights
+
+        return ProfileWeights(view=self.profile_weight_view, add_to_cart=self.profile_weight_cart,
+                              purchase=self.profile_weight_purchase,
+                              half_life_s=self.profile_half_life_hours * 3600.0,
+                              max_entries=self.profile_max_entries)
 
     @property
     def registry_dir(self) -> Path:

@@ -71,6 +71,7 @@ def kafka_settings(kafka_bootstrap: str, unique: Callable[[str], str], data_dir:
         topic_model_updates=f"{tag}.models",
         topic_deletions=f"{tag}.deletions",
         topic_catalog_dlq=f"{tag}.catalog-dlq",
+        topic_profiles=f"{tag}.profiles",
         app_id=f"app-{tag}",
         partitions=2,
         data_dir=data_dir,

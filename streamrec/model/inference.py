@@ -43,6 +43,7 @@ import torch
 
 from streamrec.model.checkpoint import load_checkpoint
 from streamrec.model.data import ItemVocab, history_batch
+from streamrec.model.intent import IntentModel
 from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS, PAD_ID, SASRec
 from streamrec.model.text import TEXT_DIM, TextEncoder, resolve_device
 from streamrec.model.textcache import TextCache
@@ -74,6 +75,7 @@ class Recommender:
         self.impute_neighbors = impute_neighbors
         self.impute_temperature = impute_temperature
         self._n_trained = int(model.config.n_items)  # rows 1..n learned in training
+        self.intent: Any = None  # the checkpoint's IntentModel, if it has one (see load)
         # learned[r]: row r still holds the trained item it was learned for (False once freed)
         self._learned = np.ones(self._n_trained + 1, dtype=bool)
         self._learned[PAD_ID] = False
@@ -86,7 +88,9 @@ class Recommender:
         ``text_cache``)."""
         dev = resolve_device(device)
         model, vocab = load_checkpoint(path, device=dev)
-        return cls(model, vocab, version=version or Path(path).name, device=str(dev), **options)
+        rec = cls(model, vocab, version=version or Path(path).name, device=str(dev), **options)
+        rec.intent = IntentModel.load(path)
+        return rec
 
     # -- items --------------------------------------------------------------------------------------
 
@@ -268,6 +272,26 @@ class Recommender:
             with torch.inference_mode():
                 h = self.model.encode(x.to(self.device), t.to(self.device), table)[:, -1]  # (B, d)
         return h.float().cpu().numpy().copy()
+
+    def lookup(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(len(item_ids), d) float32 item vectors (unknown ids: the default vector) and an int8
+        array of what each is: 0 learned in training, 1 added since (zero-shot, from its text),
+        2 unknown to the model."""
+        with self._lock:
+            table = self._item_table()
+            rows = np.fromiter((self.vocab.row(str(i)) for i in item_ids), dtype=np.int64, count=len(item_ids))
+            idx = torch.from_numpy(rows).to(table.device)
+            vecs = table[idx]
+            unknown = rows == PAD_ID
+            if unknown.any():
+                default = self.model.default_vector().to(table.device)
+                vecs = torch.where(torch.from_numpy(unknown).to(table.device)[:, None], default[None], vecs)
+            learned = np.zeros(len(rows), dtype=bool)
+            inside = rows < len(self._learned)
+            learned[inside] = self._learned[rows[inside]]
+            kind = (~learned).astype(np.int8)  # a row freed and reused by a new item is not learned
+            kind[unknown] = 2
+            return vecs.float().cpu().numpy(), kind
 
     def score(self, user_vecs: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
         """(B, len(item_ids)) inner products; unknown ids score with the default item vector."""

@@ -13,6 +13,8 @@ from streamrec.schemas.contracts import (
     CatalogItem,
     DeadLetter,
     ModelUpdate,
+    Profile,
+    Reason,
     Recommendation,
     ScoredItem,
     ShopEvent,
@@ -22,7 +24,7 @@ from streamrec.schemas.contracts import (
 
 __all__ = [
     "CONTRACTS", "EVENT_TYPES", "EventType", "MAX_MESSAGE_BYTES", "TS_MAX_MS", "TS_MIN_MS", "CatalogItem",
-    "Contract", "DeadLetter", "ModelUpdate", "Recommendation", "ScoredItem", "ShopEvent",
+    "Contract", "DeadLetter", "ModelUpdate", "Profile", "Reason", "Recommendation", "ScoredItem", "ShopEvent",
     "UserDeletion", "json_schema", "committed_schema", "recommendation_bytes",
 ]
 

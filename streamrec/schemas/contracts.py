@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Annotated, Literal, get_args
 
 import orjson
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from streamrec.schemas.base import Contract, Id, LongText, ShortText, TimestampMs
 
@@ -64,12 +64,35 @@ class CatalogItem(Contract):
         return " | ".join(p for p in parts if p)
 
 
-class ScoredItem(Contract):
+ReasonKind = Literal["similar_to", "popular", "new_item"]
+#: Most entries of each list in a Profile.
+MAX_PROFILE_ENTRIES = 1000
+
+
+class Outbound(Contract):
+    """A contract streamrec produces and shops consume: readers ignore fields they do not know
+    (the schema allows additional properties), so that adding an optional field later does not
+    break a consumer built against this version. Producers still send only declared fields."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class Reason(Outbound):
+    """Why an item was recommended: ``similar_to`` names the history item whose vector is closest
+    (inner product) to it; ``popular`` is the popularity fill-in; ``new_item`` a catalog item the
+    model has never seen in training, scored from its text."""
+
+    kind: ReasonKind
+    item_id: Id | None = None
+
+
+class ScoredItem(Outbound):
     item_id: Id
     score: float
+    reason: Reason | None = None  # optional (added in 0.2); older producers leave it out
 
 
-class Recommendation(Contract):
+class Recommendation(Outbound):
     """What the shop receives. Topic ``shop.recommendations``, key = ``user_id``."""
 
     schema_file = "recommendation.schema.json"
@@ -79,10 +102,35 @@ class Recommendation(Contract):
     event_id: Id
     event_ts: TimestampMs
     produced_ts: TimestampMs
+    #: P(a purchase happens later in this session), when the model has an intent model.
+    purchase_intent: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+
+
+class WeightedName(Outbound):
+    name: ShortText
+    weight: Annotated[float, Field(ge=0.0)]
+
+
+class Profile(Outbound):
+    """A user's interests. Topic ``shop.profiles`` (compacted), key = ``user_id``.
+
+    Weights are decayed event-type-weighted counts at ``updated_ts`` (the user's latest event),
+    highest first; at most the worker's ``profile_max_entries`` per list."""
+
+    schema_file = "profile.schema.json"
+    user_id: Id
+    categories: Annotated[list[WeightedName], Field(max_length=MAX_PROFILE_ENTRIES)]
+    brands: Annotated[list[WeightedName], Field(max_length=MAX_PROFILE_ENTRIES)]
+    purchase_intent: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    event_id: Id
+    updated_ts: TimestampMs
+    produced_ts: TimestampMs
 
 
 def recommendation_bytes(*, user_id: str, items: Sequence[tuple[str, float]], model_version: str, event_id: str,
-                         event_ts: int, produced_ts: int) -> bytes:
+                         event_ts: int, produced_ts: int,
+                         reasons: Sequence[tuple[str, str | None] | None] | None = None,
+                         purchase_intent: float | None = None) -> bytes:
     """A :class:`Recommendation`'s wire bytes, built without the pydantic objects (the worker's hot
     path: one message per triggering event). The worker's own values are already valid (ids come
     from validated events and the catalog), so this only encodes; ``tests/unit/schemas`` checks
@@ -92,10 +140,17 @@ def recommendation_bytes(*, user_id: str, items: Sequence[tuple[str, float]], mo
     ...     event_id="e", event_ts=1_700_000_000_000, produced_ts=1_700_000_000_001)).items[0].item_id
     'i1'
     """
-    return orjson.dumps({
-        "user_id": user_id, "items": [{"item_id": i, "score": s} for i, s in items], "model_version": model_version,
-        "event_id": event_id, "event_ts": event_ts, "produced_ts": produced_ts,
-    })
+    if reasons is None:
+        out_items = [{"item_id": i, "score": s} for i, s in items]
+    else:  # (kind, item_id or None) per item, as the scorer gives them; None: no reason
+        out_items = [{"item_id": i, "score": s} if r is None else
+                     {"item_id": i, "score": s, "reason": {"kind": r[0]} if r[1] is None else
+                      {"kind": r[0], "item_id": r[1]}} for (i, s), r in zip(items, reasons)]
+    msg = {"user_id": user_id, "items": out_items, "model_version": model_version,
+           "event_id": event_id, "event_ts": event_ts, "produced_ts": produced_ts}
+    if purchase_intent is not None:
+        msg["purchase_intent"] = purchase_intent
+    return orjson.dumps(msg)
 
 
 class DeadLetter(Contract):
@@ -153,5 +208,5 @@ class UserDeletion(Contract):
 
 
 CONTRACTS: tuple[type[Contract], ...] = (
-    ShopEvent, CatalogItem, Recommendation, DeadLetter, ModelUpdate, UserDeletion,
+    ShopEvent, CatalogItem, Recommendation, DeadLetter, ModelUpdate, UserDeletion, Profile,
 )

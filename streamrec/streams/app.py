@@ -54,6 +54,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     pipeline = Pipeline(
         recommender=recommender, index=index, top_k=settings.top_k, history_len=settings.history_len,
         purchased_max=settings.purchased_max, trigger_types=settings.trigger_types,
+        profile_weights=settings.profile_weights(),
     )
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     # partitioned like the events topic: Faust's assignor gives both partitions p to one worker
     deletions_topic = app.topic(settings.topic_deletions, partitions=settings.partitions, **raw)
     catalog_dlq_topic = app.topic(settings.topic_catalog_dlq, partitions=settings.partitions, **raw)
+    profiles_topic = app.topic(settings.topic_profiles, partitions=settings.partitions, **raw)
     users = app.Table(
         "users", default=None, partitions=settings.partitions,
         # JSON values; one that does not decode resets its user instead of stopping recovery
@@ -109,7 +111,8 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     users.value_serializer = register_state_codec()
     users.changelog_topic = users._new_changelog_topic()
 
-    handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic)
+    handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic,
+                           profiles=profiles_topic, insights=settings.recommendation_insights)
 
     @app.agent(events_topic, concurrency=1)
     async def process_events(stream: Any) -> None:

@@ -28,10 +28,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from streamrec.schemas import CatalogItem, ShopEvent
+from streamrec.schemas import TS_MIN_MS, CatalogItem, Profile, ShopEvent
+from streamrec.schemas.contracts import WeightedName
 from streamrec.serving.metrics import Metrics
 from streamrec.serving.popularity import Popularity
-from streamrec.serving.scorer import Scorer, ServingModel
+from streamrec.serving.profile import ProfileWeights
+from streamrec.serving.scorer import Explained, Scorer, ServingModel
 from streamrec.serving.state import UserState
 
 log = logging.getLogger(__name__)
@@ -59,14 +61,21 @@ def rss_bytes() -> int:
 
 class Pipeline:
     def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
-                 purchased_max: int, trigger_types: tuple[str, ...]) -> None:
+                 purchased_max: int, trigger_types: tuple[str, ...],
+                 profile_weights: ProfileWeights | None = None) -> None:
         self.metrics = Metrics()
         self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k,
                              stage=self.metrics.stage)
+        self.profile_weights = profile_weights or ProfileWeights()
         self.history_len = history_len
         self.purchased_max = purchased_max
         self.trigger_types = frozenset(trigger_types)
         self.catalog: dict[str, int] = {}  # item id -> catalog_entry(item)
+        # item id -> index into _groups: the (category, brand) the interest profile counts. One
+        # shared tuple per distinct pair (a catalog has few), so an item costs one dict slot.
+        self.item_group: dict[str, int] = {}
+        self._groups: list[tuple[str, str]] = []
+        self._group_ids: dict[tuple[str, str], int] = {}
         self.catalog_ready = asyncio.Event()
         self._memory_at = 0.0  # monotonic time of the last memory measurement
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
@@ -107,6 +116,7 @@ class Pipeline:
                 remove_items(removed)
             for i in removed:
                 self.catalog.pop(i, None)
+                self.item_group.pop(i, None)
         embed: list[CatalogItem] = []
         stock_only: dict[bool, list[str]] = {True: [], False: []}
         for item_id, item in latest.items():
@@ -123,6 +133,12 @@ class Pipeline:
                 log.warning("catalog full (%d items): dropping item=%s", MAX_CATALOG_ITEMS, item_id)
                 continue
             self.catalog[item_id] = entry
+            pair = (item.category, item.brand)
+            gid = self._group_ids.get(pair)
+            if gid is None:
+                gid = self._group_ids[pair] = len(self._groups)
+                self._groups.append(pair)
+            self.item_group[item_id] = gid
         for flag, ids in stock_only.items():
             if ids:
                 index.set_in_stock(ids, flag)
@@ -186,9 +202,12 @@ class Pipeline:
 
     def apply_event(self, state: UserState, event: ShopEvent) -> bool:
         """Update one user's state; False for a duplicate (redelivered) event."""
+        gid = self.item_group.get(event.item_id)
+        category, brand = self._groups[gid] if gid is not None else (None, None)
         fresh = state.update(
             event_id=event.event_id, item_id=event.item_id, type=event.type, ts=event.ts,
             session_id=event.session_id, history_len=self.history_len, purchased_max=self.purchased_max,
+            category=category, brand=brand, profile_weights=self.profile_weights,
         )
         if not fresh:
             self.metrics.duplicates.inc()
@@ -203,6 +222,32 @@ class Pipeline:
         if not states:
             return []
         return self.scorer.recommend(states, model)
+
+    def score_explained(self, states: list[UserState], fresh_events: list[ShopEvent],
+                        model: ServingModel | None = None) -> tuple[list[Explained], list[float | None]]:
+        """Like :meth:`score`, with a reason per item and each state's purchase intent (both
+        from the same ``model``)."""
+        for ev in fresh_events:
+            self.scorer.popularity.add(ev.item_id, ev.type, ts_ms=ev.ts)
+        if not states:
+            return [], []
+        model = model or self.scorer.model
+        return self.scorer.recommend_explained(states, model), self.scorer.intent(states, model)
+
+    def profile_of(self, user_id: str, state: UserState, *, event_id: str, now_ms: int) -> Profile:
+        """The Profile message of a user (the web view and ``shop.profiles`` both use this)."""
+        w = self.profile_weights
+        prof = state.profile
+        at = prof.updated_ms or now_ms
+
+        def entries(kind: str) -> list[WeightedName]:
+            return [WeightedName(name=n, weight=round(v, 6))
+                    for n, v in prof.top(kind, now_ms=at, n=w.max_entries, weights=w)]  # type: ignore[arg-type]
+
+        intent = (state.latest or {}).get("purchase_intent")
+        return Profile(user_id=user_id, categories=entries("categories"), brands=entries("brands"),
+                       purchase_intent=intent, event_id=event_id, updated_ts=max(at, TS_MIN_MS),
+                       produced_ts=now_ms)
 
     @staticmethod
     def now_ms() -> int:

@@ -42,6 +42,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         # worker that owns the user's state. Kept as long as the events, then gone: it names users.
         TopicSpec(settings.topic_deletions, n, {"retention.ms": str(7 * DAY_MS)},
                   "user deletion requests, key user_id"),
+        TopicSpec(settings.topic_profiles, n, {"cleanup.policy": "compact"}, "interest profiles, key user_id"),
     ]
 
 

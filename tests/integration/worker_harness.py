@@ -23,7 +23,8 @@ from streamrec.devtools.localkafka import free_port
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     for name in ("bootstrap_servers", "topic_events", "topic_catalog", "topic_recommendations", "topic_dlq",
-                 "topic_model_updates", "topic_deletions", "topic_catalog_dlq", "app_id", "partitions", "data_dir", "top_k"):
+                 "topic_model_updates", "topic_deletions", "topic_catalog_dlq", "topic_profiles", "app_id",
+                 "partitions", "data_dir", "top_k"):
         value = getattr(settings, name)
         env[f"STREAMREC_{name.upper()}"] = str(value)
     env["STREAMREC_BOOTSTRAP_SERVERS"] = settings.resolved_bootstrap()
