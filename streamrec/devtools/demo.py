@@ -18,7 +18,7 @@ Knobs (environment): ``DEMO_RATE`` events/s (300), ``DEMO_DRIFT`` events per dri
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import os
 import signal
@@ -28,7 +28,6 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from pathlib import Path
 
 from streamrec.config import Settings, load_settings
 
@@ -84,7 +83,7 @@ class LiveStats:
         self.t0 = time.monotonic()
         self.lock = threading.Lock()
 
-    def on_rec(self, rec) -> None:  # noqa: ANN001
+    def on_rec(self, rec) -> None:
         with self.lock:
             self.recs.append((time.monotonic(), rec.produced_ts - rec.event_ts))
             self.latest[rec.user_id] = [(i.item_id, i.reason.kind if i.reason else None,
@@ -171,7 +170,7 @@ def _scrape_labelled(url: str) -> dict[str, float]:
     return out
 
 
-def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], elapsed: float):  # noqa: ANN202
+def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], elapsed: float):
     from rich.console import Group
     from rich.table import Table
 
@@ -218,8 +217,8 @@ def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], e
 def run(seconds: float | None) -> int:
     from rich.live import Live
 
-    from streamrec.devtools import localkafka
     from streamrec.client import RecommendationSubscriber
+    from streamrec.devtools import localkafka
     from streamrec.devtools.simulator import ShopSimulator
 
     settings = load_settings()
@@ -240,8 +239,8 @@ def run(seconds: float | None) -> int:
         ensure_model(settings, env)
         logs = settings.data_dir / "demo-logs"
         logs.mkdir(exist_ok=True)
-        worker = subprocess.Popen(_cli("worker"), env=env, stdout=open(logs / "worker.log", "wb"),
-                                  stderr=subprocess.STDOUT)
+        with open(logs / "worker.log", "wb") as out:  # the child keeps its own copy of the fd
+            worker = subprocess.Popen(_cli("worker"), env=env, stdout=out, stderr=subprocess.STDOUT)
         procs.append(worker)
         url = f"http://127.0.0.1:{settings.web_port}"
         deadline = time.monotonic() + 180
@@ -264,8 +263,8 @@ def run(seconds: float | None) -> int:
             # the simulator's clock starts in the past: keep its events in the training log
             "STREAMREC_TRAINLOG_MAX_AGE_S": os.environ.get("STREAMREC_TRAINLOG_MAX_AGE_S", "1e9"),
         })
-        trainer = subprocess.Popen(_cli("trainer"), env=trainer_env, stdout=open(logs / "trainer.log", "wb"),
-                                   stderr=subprocess.STDOUT)
+        with open(logs / "trainer.log", "wb") as out:  # the child keeps its own copy of the fd
+            trainer = subprocess.Popen(_cli("trainer"), env=trainer_env, stdout=out, stderr=subprocess.STDOUT)
         procs.append(trainer)
         trainer_url = f"http://127.0.0.1:{settings.trainer_web_port}/metrics"
         sim = ShopSimulator(seed=SIM_SEED, n_items=SIM_ITEMS, n_users=SIM_USERS)
@@ -285,12 +284,14 @@ def run(seconds: float | None) -> int:
 
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
-        simulator = subprocess.Popen(
-            _cli("simulate", "--rate", os.environ.get("DEMO_RATE", "300"), "--seed", str(SIM_SEED),
-                 "--items", str(SIM_ITEMS), "--users", str(SIM_USERS), "--new-item-rate", "0.002",
-                 *(["--drift", drift] if (drift := os.environ.get("DEMO_DRIFT", "20000")) not in ("", "0") else [])),
-            env=env, stdout=open(logs / "simulator.log", "wb"), stderr=subprocess.STDOUT,
-        )
+        with open(logs / "simulator.log", "wb") as out:
+            simulator = subprocess.Popen(
+                _cli("simulate", "--rate", os.environ.get("DEMO_RATE", "300"), "--seed", str(SIM_SEED),
+                     "--items", str(SIM_ITEMS), "--users", str(SIM_USERS), "--new-item-rate", "0.002",
+                     *(["--drift", drift] if (drift := os.environ.get("DEMO_DRIFT", "20000")) not in ("", "0")
+                       else [])),
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
         procs.append(simulator)
         t0 = time.monotonic()
         last = (t0, 0.0, 0.0)
@@ -298,14 +299,10 @@ def run(seconds: float | None) -> int:
         with Live(_render(stats, titles, rates, 0), refresh_per_second=2, transient=False) as live:
             while not stop.is_set() and (seconds is None or time.monotonic() - t0 < seconds):
                 time.sleep(1.0)
-                try:
+                with contextlib.suppress(OSError):
                     stats.metrics = _scrape(url + "/metrics")
-                except OSError:
-                    pass
-                try:
+                with contextlib.suppress(OSError):
                     stats.trainer = _scrape_labelled(trainer_url)
-                except OSError:
-                    pass
                 now = time.monotonic()
                 ev = stats.metrics.get("streamrec_events_in_total", 0.0)
                 rc = stats.metrics.get("streamrec_recommendations_out_total", 0.0)

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", version: str | None = None,
-             **options: Any) -> "Recommender":
+             **options: Any) -> Recommender:
         """Load a checkpoint dir. CheckpointError (clear message) when missing/corrupt/incompatible.
         ``options`` go to the constructor (``impute_neighbors``, ``impute_temperature``,
         ``text_cache``)."""

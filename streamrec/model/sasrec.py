@@ -25,6 +25,8 @@ where that embedding is a constant and changes nothing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Self
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -110,6 +112,12 @@ class SASRec(PreTrainedModel):
     config_class = SASRecConfig
     base_model_prefix = "sasrec"
     main_input_name = "item_ids"
+    text_emb: torch.Tensor  # a buffer (register_buffer below)
+
+    if TYPE_CHECKING:
+        # transformers types PreTrainedModel.to through functools.wraps(nn.Module.to), which mypy
+        # reads as taking a PreTrainedModel argument; the real signature is nn.Module.to's.
+        def to(self, *args: Any, **kwargs: Any) -> Self: ...  # type: ignore[override]
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__(config)
@@ -178,8 +186,8 @@ class SASRec(PreTrainedModel):
         Position embeddings count from the right (the newest item always gets the same one), so
         a history padded to any length gives the same output.
         """
-        B, T = item_ids.shape
-        assert T <= self.config.max_len, "history longer than max_len"
+        _, T = item_ids.shape
+        assert T <= self.config.max_len, "history longer than max_len"  # noqa: SIM300 - T is a shape letter
         valid = item_ids != PAD_ID  # (B, T)
         x = table[item_ids]  # (B, T, d)
         if type_ids is None:

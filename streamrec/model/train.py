@@ -29,7 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from streamrec.model.data import (
-    Interactions, ItemVocab, encode, leave_one_out, training_batches, vocab_from,
+    Interactions,
+    ItemVocab,
+    encode,
+    leave_one_out,
+    training_batches,
+    vocab_from,
 )
 from streamrec.model.evaluate import evaluate_model
 from streamrec.model.sasrec import SASRec, SASRecConfig
@@ -92,8 +97,9 @@ def item_text_matrix(vocab: ItemVocab, item_text: dict[str, str | None], ids: li
 
 
 def _optimizer(model: SASRec, s: TrainSettings) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for _name, p in model.named_parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

@@ -21,6 +21,7 @@ events keep being served and catalog changes keep being applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -62,10 +63,8 @@ SWAP_THREAD_NICE = 10
 
 def _lower_priority() -> None:
     """Initializer of the swap thread: lower its priority (best effort; only Linux has per-thread nice)."""
-    try:
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SWAP_THREAD_NICE)
-    except (AttributeError, OSError):  # pragma: no cover - not Linux, or not permitted
-        pass
 
 
 MEMORY_EVERY_S = 10.0  # catalog batches measure the memory gauges at most this often

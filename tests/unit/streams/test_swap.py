@@ -20,8 +20,8 @@ import pytest
 from streamrec.config import Settings
 from streamrec.indexer import ItemIndex
 from streamrec.model.inference import Recommender
-from streamrec.schemas import CatalogItem, ModelUpdate, Recommendation
 from streamrec.model.textcache import TextCache
+from streamrec.schemas import CatalogItem, ModelUpdate, Recommendation
 from streamrec.serving.swap import VersionLoader
 from streamrec.streams import pipeline as pipeline_mod
 from streamrec.streams.agents import BatchHandler
