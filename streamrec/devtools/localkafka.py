@@ -381,7 +381,7 @@ def _upsert_scram_users(bootstrap: str, users: Mapping[str, str], *, timeout: fl
             for fut in admin.alter_user_scram_credentials(upserts, request_timeout=10).values():
                 fut.result()
             return
-        except Exception as exc:  # the metadata quorum may still be settling right after start
+        except Exception as exc:  # noqa: BLE001  # the metadata quorum may still be settling right after start
             if time.monotonic() > deadline:
                 raise KafkaRuntimeError(f"could not create the SCRAM users {sorted(users)}: {exc}") from None
             time.sleep(0.5)

@@ -97,7 +97,7 @@ class IntentModel(nn.Module):
             state = load_file(str(p / INTENT_WEIGHTS))
             model = cls(cfg)
             model.load_state_dict(state, strict=True)
-        except Exception as exc:  # missing file, bad JSON, bad shapes, corrupt safetensors
+        except Exception as exc:  # noqa: BLE001  # missing file, bad JSON, bad shapes, corrupt safetensors
             raise CheckpointError(f"checkpoint {str(p)!r}: unusable intent model: {exc}") from None
         return model.eval()
 

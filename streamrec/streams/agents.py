@@ -11,6 +11,7 @@ The sinks are Faust channels: topics in the worker, in-memory ``app.channel()`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -237,10 +238,8 @@ class BatchHandler:
             return None
         async with self.lock:
             as_current(event)
-            try:
+            with contextlib.suppress(KeyError):  # nothing stored here; the tombstone was written all the same
                 del self.users[req.user_id]
-            except KeyError:  # nothing stored here; the tombstone was written all the same
-                pass
             await self.pipeline.run(purge_local, self.users, req.user_id)
         self.pipeline.metrics.user_deletions.inc()
         msg = event.message

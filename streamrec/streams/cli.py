@@ -103,7 +103,7 @@ def check_credentials(settings: Settings, *, timeout: float = 20.0) -> None:
         cluster_metadata(admin_client(settings, watch), watch, timeout=timeout)
     except KafkaAuthError:
         raise
-    except Exception as exc:  # not reachable yet: Faust keeps trying, as without this check
+    except Exception as exc:  # noqa: BLE001  # not reachable yet: Faust keeps trying, as without this check
         log.warning("kafka not reachable yet bootstrap=%s reason=%s", settings.resolved_bootstrap(), exc)
 
 
