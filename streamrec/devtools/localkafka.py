@@ -368,12 +368,13 @@ def _upsert_scram_users(bootstrap: str, users: Mapping[str, str], *, timeout: fl
         AdminClient,
         ScramCredentialInfo,
         ScramMechanism,
+        UserScramCredentialAlteration,
         UserScramCredentialUpsertion,
     )
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
-    upserts = [UserScramCredentialUpsertion(user, info, password.encode("utf-8"))
+    upserts: list[UserScramCredentialAlteration] = [UserScramCredentialUpsertion(user, info, password.encode("utf-8"))
                for user, password in users.items()]
     deadline = time.monotonic() + timeout
     while True:

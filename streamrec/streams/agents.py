@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # Private: Faust has no public setter for the current event. Checked against faust-streaming
@@ -167,6 +167,8 @@ class BatchHandler:
         pipeline = self.pipeline
         metrics = pipeline.metrics
         events = list(answer.values())
+        lists: Sequence[Sequence[tuple[str, float, tuple[str, str | None] | None]]]
+        intents: list[float | None]
         model: ServingModel = pipeline.model  # one reference for the whole batch (see Pipeline.model)
         try:
             with metrics.stage("score"):

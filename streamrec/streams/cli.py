@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from streamrec.config import Settings
@@ -122,6 +123,8 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
 
     set_compute_threads(compute_threads(settings.torch_threads))
     quiet_third_party_loggers()
+    path: str | Path
+    version: str | None
     if model_path:
         path, version = model_path, None
     else:
