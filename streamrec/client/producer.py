@@ -102,7 +102,8 @@ class EventProducer:
     def delete_user(self, user_id: str, *, requested_ts: int | None = None) -> UserDeletion:
         """Ask the workers to erase ``user_id`` (right to erasure): a :class:`UserDeletion` on the
         deletions topic, keyed by user id. The worker that owns the user removes the user's state
-        (a tombstone in its changelog) and stops serving the user's recommendations."""
+        (a tombstone in its changelog) and stops serving the user's recommendations; the trainer
+        purges the user's events from its training log."""
         req = UserDeletion.from_dict({
             "user_id": user_id, "requested_ts": int(time.time() * 1000) if requested_ts is None else requested_ts,
         })

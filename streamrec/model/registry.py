@@ -47,6 +47,12 @@ class ModelVersion:
     is_current: bool = False  # whether CURRENT points at it
 
 
+def data_cut_ms(v: ModelVersion) -> int:
+    """When ``v``'s training data was cut (epoch ms): ``data_cut_ts`` or its registration time."""
+    cut = v.metrics.get("data_cut_ts")
+    return int(cut) if isinstance(cut, (int, float)) else int(v.created_ts * 1000)
+
+
 class ModelRegistry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -95,6 +101,14 @@ class ModelRegistry:
                 pass
             out.append(ModelVersion(name, p, read_metrics(p), created, name == cur))
         return out
+
+    def versions_trained_before(self, ts_ms: int) -> builtins.list[ModelVersion]:
+        """Versions whose training data was cut at or before ``ts_ms`` (epoch ms): after a user
+        deletion purged from the training log at ``ts_ms``, these may still carry the user's past
+        behaviour in their weights. The cut is the version's ``data_cut_ts`` (the trainer's wall
+        time reading the log); a version without it (``streamrec train``) counts by its
+        registration time."""
+        return [v for v in self.list() if data_cut_ms(v) <= ts_ms]
 
     # -- writing ------------------------------------------------------------------------------------
 

@@ -272,6 +272,7 @@ def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cf
     from streamrec.model.train import TrainSettings, finetune, train
 
     t0 = time.monotonic()
+    cut_ms = int(time.time() * 1000)  # the caller read ``table`` just before: the data's cut
     rng = np.random.default_rng(cfg.seed)
     dev = str(resolve_device(cfg.device))
     seqs = sequences_from_log(table)
@@ -326,7 +327,12 @@ def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cf
         train_seconds=round(train_seconds, 1), base_version=None if full else base_version,
     )
     if ok:
-        metrics = dict(res.metrics) | {"gate": decision.to_dict()}
+        import pyarrow.compute as pc
+
+        newest = pc.max(table.column("ts")).as_py() if table.num_rows else None
+        # Which deletions this version predates (registry.versions_trained_before).
+        metrics = dict(res.metrics) | {"gate": decision.to_dict(), "data_cut_ts": cut_ms,
+                                       "trained_until_ts": None if newest is None else int(newest)}
         registry.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=registry.root))
         try:
