@@ -31,6 +31,7 @@ The last line is one JSON object: {"sizes": [{"items", "cold_ready_s", "warm_rea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -44,9 +45,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import beauty_events, latency_at
 
@@ -58,6 +58,8 @@ from streamrec.devtools.replay import catalog_from_dataset, dataset_items
 from streamrec.indexer.faiss_index import choose_kind
 from streamrec.schemas import CatalogItem
 from streamrec.streams.topics import create_topics
+
+REPO = Path(__file__).resolve().parents[1]
 
 GIB = 1024 ** 3
 ADJ = ("Velvet", "Matte", "Hydrating", "Ultra", "Gentle", "Radiant", "Daily", "Intense", "Silky", "Pure",
@@ -114,10 +116,8 @@ def scrape(url: str) -> dict[str, float]:
         for line in resp.read().decode().splitlines():
             if line and not line.startswith("#"):
                 k, _, v = line.rpartition(" ")
-                try:
+                with contextlib.suppress(ValueError):
                     out[k] = float(v)
-                except ValueError:
-                    pass
     return out
 
 
@@ -300,7 +300,11 @@ def report(rows: list[dict], args) -> None:
     print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
         tps = "-" if r["titles_per_s"] is None else f"{r['titles_per_s']:.0f}"
-        cold = "- (prefilled: first start " + f"{r['first_ready_s']:.1f})" if r["prefilled"] else f"{r['cold_ready_s']:.1f}"
+        cold = (
+            "- (prefilled: first start " + f"{r['first_ready_s']:.1f})"
+            if r["prefilled"]
+            else f"{r['cold_ready_s']:.1f}"
+        )
         print(f"| {r['items']:,} | {r['new_titles']:,} | {cold} | {tps} | {r['warm_ready_s']:.1f} "
               f"| {r['warm_embedded']} | {r['index_kind']} ({r['settled_s']:.0f}) | {r['events_per_s']:,.0f} "
               f"| {r['events_per_s'] / base['events_per_s']:.2f} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} "
@@ -309,7 +313,7 @@ def report(rows: list[dict], args) -> None:
     print()
     print("| bytes per catalog item | " + " | ".join(f"{r['items']:,}" for r in rows) + " |")
     print("|---|" + "---:|" * len(rows))
-    for p in parts + ["rss"]:
+    for p in [*parts, "rss"]:
         print(f"| {p} | " + " | ".join(f"{r['memory'].get(p, 0) / r['items']:,.0f}" for r in rows) + " |")
     # RSS is mostly fixed cost (torch, MiniLM, Faust) at small sizes: the marginal figure is the
     # RSS above the first size's, per item added

@@ -48,13 +48,13 @@ def insights_cost(model: Path, catalog, events: list[ShopEvent], batch: int) -> 
     states: dict[str, UserState] = {}
 
     def plain(items: list) -> None:
-        for (st, ev), recs in zip(items, p.score([s for s, _ in items], [])):
+        for (_st, ev), recs in zip(items, p.score([s for s, _ in items], [])):
             recommendation_bytes(user_id=ev.user_id, items=recs, model_version="bench", event_id=ev.event_id,
                                  event_ts=ev.ts, produced_ts=ev.ts)
 
     def reasons(items: list) -> None:
         lists = p.scorer.recommend_explained([s for s, _ in items])
-        for (st, ev), recs in zip(items, lists):
+        for (_st, ev), recs in zip(items, lists):
             recommendation_bytes(user_id=ev.user_id, items=[(i, s) for i, s, _ in recs], model_version="bench",
                                  event_id=ev.event_id, event_ts=ev.ts, produced_ts=ev.ts,
                                  reasons=[r for _, _, r in recs], purchase_intent=0.5)
@@ -110,7 +110,7 @@ def main() -> int:
     events = [e.model_copy(update={"ts": 1_767_225_600_000 + k})
               for k, e in enumerate(beauty_events(sequences, args.events, prefix="bench"))]
     c = insights_cost(Path(args.model), catalog, events, args.batch)
-    print("| compute path, batch %d, %d users scored | users/s |" % (args.batch, c["users_scored"]))
+    print(f"| compute path, batch {args.batch:d}, {c['users_scored']:d} users scored | users/s |")
     print("|---|---:|")
     print(f"| without reasons, intent, profiles | {c['without_per_s']:,.0f} |")
     print(f"| with reasons, intent, profiles | {c['with_per_s']:,.0f} |")

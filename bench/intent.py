@@ -264,7 +264,9 @@ def main() -> int:
     best = max(val, key=lambda k: (val[k], "1/3/5" in k))
     ablations = {
         f"validation's choice ({best})": profile_hits(users, grid[best]),
-        "same as default, every event type weighs 1": profile_hits(users, ProfileWeights(add_to_cart=1.0, purchase=1.0)),
+        "same as default, every event type weighs 1": profile_hits(
+            users, ProfileWeights(add_to_cart=1.0, purchase=1.0)
+        ),
         "same as default, no decay": profile_hits(users, ProfileWeights(half_life_s=1e12)),
     }
     print(f"\nshipped model - baseline, 95 % interval over 300 session-bootstrap resamples: "

@@ -2,7 +2,8 @@
 
 For each thread: its share of the samples, the share spent idle (waiting in epoll/select/a lock or
 a queue), and the functions with the largest inclusive share (a function counted once per
-sample however deep it recurses), or with ``--self`` the leaf frames. ``bench/pipeline.py --profile DIR`` writes such files.
+sample however deep it recurses), or with ``--self`` the leaf frames. ``bench/pipeline.py --profile DIR`` writes
+such files.
 
     .venv/bin/python bench/profile_summary.py DIR/at_least_once-drain.txt [--top 15]
 """

@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --drift: trending new items listed at each shift (default 10)")
     p.add_argument("--id-prefix", help="event id prefix (default: run<unix time>, unique per run)")
     p.add_argument("--write-dataset", type=Path, metavar="DIR",
-                   help="write sequences.txt + item_text.tsv + events.csv (typed, timestamped) for training instead of producing")
+                   help="write sequences.txt + item_text.tsv + events.csv (typed, timestamped) for training "
+                   "instead of producing")
     p.add_argument("--with-types", action="store_true", help="with --write-dataset: item:type tokens")
     p.set_defaults(func=cmd_simulate)
 

@@ -146,7 +146,10 @@ class Settings(BaseSettings):
         1.0, ge=0, le=100, description="older users replayed per recent user in a fine-tune window"
     )
     retrain_holdout_users: int = Field(
-        1000, ge=10, le=1_000_000, description="most recently active users whose latest interaction is the gate's hold-out"
+        1000,
+        ge=10,
+        le=1_000_000,
+        description="most recently active users whose latest interaction is the gate's hold-out",
     )
     retrain_gate_tolerance: float = Field(
         0.005, ge=0, le=1, description="promote unless NDCG@10 or HR@10 is worse than current by more (absolute)"

@@ -120,7 +120,8 @@ def boundary_length(msg: dict[str, Any], rng: random.Random) -> tuple[bytes, boo
     return _dump({**msg, field: "a" * n}), n != 128  # 128 characters is the limit: still valid
 
 
-_UNICODE = ["é", "ü", "日本", "🛒", "\u200b", "\u202e", "\ud800", "\x00", "\n", " ", "ｘ", "\ufeff"]
+# "\uff58" is a fullwidth x (a confusable on purpose)
+_UNICODE = ["é", "ü", "日本", "🛒", "\u200b", "\u202e", "\ud800", "\x00", "\n", " ", "\uff58", "\ufeff"]
 
 
 def unicode_id(msg: dict[str, Any], rng: random.Random) -> tuple[bytes, bool | None]:

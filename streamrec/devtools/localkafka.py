@@ -368,12 +368,13 @@ def _upsert_scram_users(bootstrap: str, users: Mapping[str, str], *, timeout: fl
         AdminClient,
         ScramCredentialInfo,
         ScramMechanism,
+        UserScramCredentialAlteration,
         UserScramCredentialUpsertion,
     )
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
-    upserts = [UserScramCredentialUpsertion(user, info, password.encode("utf-8"))
+    upserts: list[UserScramCredentialAlteration] = [UserScramCredentialUpsertion(user, info, password.encode("utf-8"))
                for user, password in users.items()]
     deadline = time.monotonic() + timeout
     while True:
@@ -381,7 +382,7 @@ def _upsert_scram_users(bootstrap: str, users: Mapping[str, str], *, timeout: fl
             for fut in admin.alter_user_scram_credentials(upserts, request_timeout=10).values():
                 fut.result()
             return
-        except Exception as exc:  # the metadata quorum may still be settling right after start
+        except Exception as exc:  # noqa: BLE001  # the metadata quorum may still be settling right after start
             if time.monotonic() > deadline:
                 raise KafkaRuntimeError(f"could not create the SCRAM users {sorted(users)}: {exc}") from None
             time.sleep(0.5)

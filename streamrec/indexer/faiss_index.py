@@ -697,7 +697,8 @@ def _faiss_bytes(index: Any, dim: int) -> int:
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
     if isinstance(inner, faiss.IndexHNSW):
         h = inner.hnsw
-        total += n * dim * 4 + h.neighbors.size() * 4 + h.offsets.size() * 8 + h.levels.size() * 4
+        links = h.neighbors.size() * 4 + h.offsets.size() * 8  # type: ignore[attr-defined]  # SWIG members faiss's stubs omit
+        total += n * dim * 4 + links + h.levels.size() * 4
     elif isinstance(inner, faiss.IndexFlat):
         total += n * dim * 4
     else:

@@ -197,10 +197,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         from streamrec.typed_events import by_user, read_events, to_interactions_lists
 
         users = by_user(read_events(args.events))
-    if args.sequences is not None:
-        data = read_sequences(args.sequences)
-    else:
-        data = Interactions(*to_interactions_lists(users))  # type: ignore[arg-type]
+    data = (
+        read_sequences(args.sequences)
+        if args.sequences is not None
+        # users is set here: --events is given whenever --sequences is not (checked above)
+        else Interactions(*to_interactions_lists(users))  # type: ignore[arg-type]
+    )
     text = read_item_text(args.item_text)
     cfg = dict(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
                max_len=args.max_len, dropout=args.dropout, emb_dropout=args.emb_dropout,

@@ -122,8 +122,9 @@ class Recommender:
         """All items the model knows (incl. added ones): ids and (N, d) float32 vectors."""
         with self._lock:
             table = self._item_table()
-            rows = sorted(self.vocab.rows.values())
-            ids = [self.vocab.ids[r - 1] for r in rows]
+            live = sorted((r, i) for i, r in self.vocab.rows.items())  # rows are unique
+            rows = [r for r, _ in live]
+            ids = [i for _, i in live]  # == vocab.ids[r - 1]: a live row never holds None
             idx = torch.as_tensor(rows, dtype=torch.long, device=table.device)
             return ids, table[idx].float().cpu().numpy().copy()
 
@@ -142,6 +143,7 @@ class Recommender:
             return np.zeros((0, self.dim), np.float32)
         with self._lock:
             self._item_table()
+            assert self._store is not None
             # per id, the last text given (a missing text does not erase one given in the batch)
             given: dict[str, str | None] = {}
             for i, t in items:
@@ -269,9 +271,9 @@ class Recommender:
                 rows.append(r[-self.model.config.max_len:])
                 types.append(t[-self.model.config.max_len:])
             table = self._item_table()
-            x, t = history_batch(rows, types, self.model.config.max_len)
+            x, xt = history_batch(rows, types, self.model.config.max_len)
             with torch.inference_mode():
-                h = self.model.encode(x.to(self.device), t.to(self.device), table)[:, -1]  # (B, d)
+                h = self.model.encode(x.to(self.device), xt.to(self.device), table)[:, -1]  # (B, d)
         return h.float().cpu().numpy().copy()
 
     def lookup(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

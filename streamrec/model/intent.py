@@ -47,6 +47,9 @@ class IntentConfig:
 class IntentModel(nn.Module):
     """Standardise -> (Linear | Linear-ReLU-Linear) -> logit. ``forward`` returns (B,) logits."""
 
+    mean: torch.Tensor  # buffers (register_buffer below)
+    std: torch.Tensor
+
     def __init__(self, cfg: IntentConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -97,7 +100,7 @@ class IntentModel(nn.Module):
             state = load_file(str(p / INTENT_WEIGHTS))
             model = cls(cfg)
             model.load_state_dict(state, strict=True)
-        except Exception as exc:  # missing file, bad JSON, bad shapes, corrupt safetensors
+        except Exception as exc:  # noqa: BLE001  # missing file, bad JSON, bad shapes, corrupt safetensors
             raise CheckpointError(f"checkpoint {str(p)!r}: unusable intent model: {exc}") from None
         return model.eval()
 
@@ -121,6 +124,7 @@ def fit_intent(x: np.ndarray, y: np.ndarray, *, feature_names: Sequence[str], hi
     model.std.copy_(torch.where(std < 1e-6, torch.ones_like(std), std))
     # Start at the base rate: the bias alone then already gives the base-rate log loss.
     last = model.net[-1] if isinstance(model.net, nn.Sequential) else model.net
+    assert isinstance(last, nn.Linear)
     p = float(y.mean())
     with torch.no_grad():
         last.bias.fill_(float(np.log(p / (1 - p))))

@@ -307,7 +307,9 @@ def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cf
     train_seconds = time.monotonic() - t0
     # Same item set for both: the union of the vocabularies, the log and the catalog.
     universe = list(dict.fromkeys(
-        [*(current[1].ids if current is not None else []), *res.vocab.ids,
+        # (a vocabulary's freed rows hold None: not an item)
+        [*(i for i in (current[1].ids if current is not None else []) if i is not None),
+         *(i for i in res.vocab.ids if i is not None),
          *(i for s in seqs.values() for i, _, _ in s), *item_text]))
     added = add_catalog(res.model, res.vocab, universe, item_text, cache_file=cfg.text_cache, device=dev)
     with torch.inference_mode():

@@ -278,7 +278,7 @@ class SASRec(PreTrainedModel):
         store: torch.Tensor | None = getattr(self, attr, None)
         shares = (store is not None and store.device == used.device and store.dtype == used.dtype
                   and store.data_ptr() == used.data_ptr() and store.shape[1:] == used.shape[1:])
-        if shares and store.shape[0] >= need:
+        if shares and store is not None and store.shape[0] >= need:
             return store
         cap = max(need, 2 * used.shape[0], 64)
         # torch.empty: spare rows are untouched pages, so they cost address space, not RSS.

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,8 +73,8 @@ class TextEncoder:
 
     def __init__(self, *, device: str = "auto") -> None:
         self.device = resolve_device(device)
-        self._tok = None
-        self._model = None
+        self._tok: Any = None  # transformers tokenizer, loaded on first use
+        self._model: Any = None  # transformers model, loaded on first use
 
     def _load(self) -> None:
         if self._model is not None:
@@ -87,14 +89,14 @@ class TextEncoder:
         self._model = AutoModel.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
 
     @torch.inference_mode()
-    def encode(self, texts: list[str | None], batch_size: int = 128) -> np.ndarray:
+    def encode(self, texts: Sequence[str | None], batch_size: int = 128) -> np.ndarray:
         out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
         idx = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
         if not idx:
             return out
         self._load()
         # Sort by length so each batch pads little.
-        idx.sort(key=lambda i: len(texts[i]))
+        idx.sort(key=lambda i: len(texts[i] or ""))  # idx holds no None
         for s in range(0, len(idx), batch_size):
             chunk = idx[s : s + batch_size]
             batch = self._tok(

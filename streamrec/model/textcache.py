@@ -38,11 +38,14 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self, cast
 
 import numpy as np
 
 from streamrec.model.text import TEXT_DIM, TextEncoder
+
+if TYPE_CHECKING:
+    from rocksdict import Rdict
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ class TextCache:
         self.read_only = False
         self._lock = threading.Lock()
         self._mem: dict[bytes, np.ndarray] = {}  # used when the store is read-only or absent
-        self._db = None
+        self._db: Rdict | None = None
         self._count = 0
         self._seq = 0
         if self.path is not None:
@@ -153,9 +156,14 @@ class TextCache:
             log.warning("text cache unavailable, using memory only path=%s reason=%s", self.path, exc)
             return None
 
+    def _open_db(self) -> Rdict:
+        """The store, for the methods that run only while it is open."""
+        assert self._db is not None
+        return self._db
+
     def _read_meta(self) -> None:
         def num(key: bytes) -> int | None:
-            raw = self._db.get(key)
+            raw = self._open_db().get(key)
             return int.from_bytes(raw, "big") if raw is not None and len(raw) == 8 else None
 
         count, seq = num(_COUNT), num(_NEXT)
@@ -166,7 +174,7 @@ class TextCache:
     def _recount(self) -> tuple[int, int]:
         """Count entries and find the next sequence number by a scan (a fresh or damaged meta)."""
         count, seq = 0, 0
-        it = self._db.iter()
+        it = self._open_db().iter()
         it.seek(b"q")
         while it.valid() and it.key()[:1] == b"q":
             count += 1
@@ -229,7 +237,8 @@ class TextCache:
         for s in range(0, len(rest), _READ_CHUNK):
             chunk = rest[s : s + _READ_CHUNK]
             try:
-                raws = self._db.get([b"v" + k for k in chunk])
+                # rocksdict's stub types get() as one value; a list of keys gives a list of values
+                raws = cast("list[bytes | None]", self._db.get([b"v" + k for k in chunk]))
             except Exception as exc:  # noqa: BLE001 - a read error is a miss, never a crash
                 log.warning("text cache read failed, treating as misses reason=%s", exc)
                 continue
@@ -261,7 +270,7 @@ class TextCache:
         wb = WriteBatch(raw_mode=True)
         seq, count = self._seq, self._count
         if new:  # replaced entries (bad values) already hold a q-record: drop it
-            olds = self._db.get([b"v" + k for k in new])
+            olds = cast("list[bytes | None]", self._open_db().get([b"v" + k for k in new]))  # see _lookup
             for k, raw in zip(new, olds):
                 if raw is not None and len(raw) >= _SEQ:
                     touch.append((k, int.from_bytes(raw[:_SEQ], "big"), new[k]))
@@ -279,7 +288,7 @@ class TextCache:
             seq += 1
             count += 1
         try:
-            self._db.write(wb)
+            self._open_db().write(wb)
         except Exception as exc:  # noqa: BLE001
             log.warning("text cache write failed, keeping vectors in memory reason=%s", exc)
             self._remember(new)
@@ -302,7 +311,7 @@ class TextCache:
         from rocksdict import WriteBatch
 
         wb = WriteBatch(raw_mode=True)
-        it = self._db.iter()
+        it = self._open_db().iter()
         it.seek(b"q")
         dropped = 0
         while dropped < n and it.valid() and it.key()[:1] == b"q":
@@ -311,7 +320,7 @@ class TextCache:
             dropped += 1
             it.next()
         del it
-        self._db.write(wb)
+        self._open_db().write(wb)
         self._count -= dropped
         self.evicted += dropped
         log.info("text cache evicted entries=%d kept=%d max_items=%d", dropped, self._count, self.max_items)
@@ -322,7 +331,7 @@ class TextCache:
         wb = WriteBatch(raw_mode=True)
         wb.put(_COUNT, self._count.to_bytes(8, "big"))
         wb.put(_NEXT, self._seq.to_bytes(8, "big"))
-        self._db.write(wb)
+        self._open_db().write(wb)
 
     def disk_bytes(self) -> int:
         """Bytes of the store on disk (0 for an in-memory cache)."""

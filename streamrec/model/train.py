@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,10 @@ def item_text_matrix(vocab: ItemVocab, item_text: dict[str, str | None], ids: li
 
     Titles go through the shared text cache: ``cache``, else the directory ``cache_file``
     (opened for this call), else an in-memory one."""
-    ids = vocab.ids if ids is None else ids
-    texts = [item_text.get(i) for i in ids]
+    keys: Sequence[str | None] = vocab.ids if ids is None else ids  # freed vocab rows hold None
+    texts = [item_text.get(i) if i is not None else None for i in keys]
     if not any(texts):
-        return torch.zeros(len(ids), TEXT_DIM)
+        return torch.zeros(len(keys), TEXT_DIM)
     if cache is not None:
         return torch.from_numpy(cache.encode(texts))
     enc = encoder or TextEncoder(device=device)
@@ -211,7 +212,7 @@ def train(data: Interactions, *, item_text: dict[str, str | None] | None = None,
     cfg = config if isinstance(config, SASRecConfig) else SASRecConfig(**(config or {}))
     cfg.n_items = len(vocab)
     text = item_text or {}
-    if cfg.use_text and not any(text.get(i) for i in vocab.ids):
+    if cfg.use_text and not any(i is not None and text.get(i) for i in vocab.ids):
         log.warning("no item text for any item: the model uses id embeddings only")
     torch.manual_seed(settings.seed)
     model = SASRec(cfg)

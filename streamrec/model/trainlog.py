@@ -351,7 +351,9 @@ class TrainLog:
         import pyarrow.compute as pc
 
         h = user_hash(user_id)
-        requested_ts = max(int(requested_ts), self.deleted.get(h, requested_ts), self.pending.get(user_id, requested_ts))
+        requested_ts = max(
+            int(requested_ts), self.deleted.get(h, requested_ts), self.pending.get(user_id, requested_ts)
+        )
         self.pending[user_id] = requested_ts
         self._write_deletions()  # first: a crash from here on redoes the purge on open
         removed = 0

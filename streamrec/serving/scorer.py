@@ -89,7 +89,9 @@ class Scorer:
             self._cold_query = (model, np.asarray(model.recommender.encode_users([[]]), dtype=np.float32))
         return self._cold_query[1]
 
-    def recommend(self, states: Sequence[UserState], model: ServingModel | None = None) -> list[list[tuple[str, float]]]:
+    def recommend(
+        self, states: Sequence[UserState], model: ServingModel | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Top-k lists for ``states``, all made by ``model`` (default: the current one); no
         reasons, so nothing extra is computed."""
         return [[(i, s) for i, s, _ in rows] for rows in self._recommend(states, model or self.model, explain=False)]
@@ -151,7 +153,7 @@ class Scorer:
             return idx, ok
 
         h_idx, h_ok = pad(h_flat, h_len, H)  # (B, H) history items (repeats are harmless)
-        r_idx, r_ok = pad(r_flat, r_len, K)  # (B, K) found items
+        r_idx, _r_ok = pad(r_flat, r_len, K)  # (B, K) found items
         h_ok &= kind[h_idx] != 2  # items unknown to the model have no meaningful vector
         sims = np.einsum("bkd,bhd->bkh", vecs[r_idx], vecs[h_idx])  # (B, K, H)
         valid = h_ok[:, None, :] & (h_idx[:, None, :] != r_idx[:, :, None])  # (B, K, H), not itself
@@ -204,7 +206,9 @@ class Scorer:
             cols = columns(tuple(intent_model.cfg.feature_names))
         except ValueError:
             if not getattr(self, "_intent_warned", False):
-                log.warning("intent model wants features this worker does not compute: %s", intent_model.cfg.feature_names)
+                log.warning(
+                    "intent model wants features this worker does not compute: %s", intent_model.cfg.feature_names
+                )
                 self._intent_warned = True
             return [None] * len(states)
         p = intent_model.predict(features([s.session for s in states])[:, cols])

@@ -11,10 +11,11 @@ The sinks are Faust channels: topics in the worker, in-memory ``app.channel()`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # Private: Faust has no public setter for the current event. Checked against faust-streaming
@@ -166,6 +167,8 @@ class BatchHandler:
         pipeline = self.pipeline
         metrics = pipeline.metrics
         events = list(answer.values())
+        lists: Sequence[Sequence[tuple[str, float, tuple[str, str | None] | None]]]
+        intents: list[float | None]
         model: ServingModel = pipeline.model  # one reference for the whole batch (see Pipeline.model)
         try:
             with metrics.stage("score"):
@@ -237,10 +240,8 @@ class BatchHandler:
             return None
         async with self.lock:
             as_current(event)
-            try:
+            with contextlib.suppress(KeyError):  # nothing stored here; the tombstone was written all the same
                 del self.users[req.user_id]
-            except KeyError:  # nothing stored here; the tombstone was written all the same
-                pass
             await self.pipeline.run(purge_local, self.users, req.user_id)
         self.pipeline.metrics.user_deletions.inc()
         msg = event.message

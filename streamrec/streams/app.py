@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.tables.base import Collection
 
 from streamrec.config import Settings
 from streamrec.serving.swap import VersionLoader
@@ -105,7 +106,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
     # Table writes queue changelog messages in Faust's producer buffer; past 100 (its default) the
     # stream pauses to drain it ("producer buffer full"), which every full batch of users hit.
     app.producer.buffer.max_messages = 8 * settings.batch_max
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic_events, partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic_recommendations, partitions=settings.partitions, **raw)
     dlq_topic = app.topic(settings.topic_dlq, partitions=settings.partitions, **raw)
@@ -127,8 +128,10 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
     # Private: checked against faust-streaming 0.15.3 (Collection._new_changelog_topic; the
     # table manager looks the topic up by name, lazily); tests/unit/streams/test_deletion.py fails
     # if the changelog stops using the codec.
-    users.value_serializer = register_state_codec()
-    users.changelog_topic = users._new_changelog_topic()
+    # app.Table() is typed as the TableT interface; what it builds is a Table (a Collection)
+    table = cast(Collection, users)
+    table.value_serializer = register_state_codec()
+    users.changelog_topic = table._new_changelog_topic()
 
     handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic,
                            profiles=profiles_topic, insights=settings.recommendation_insights)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from streamrec.config import Settings
@@ -103,7 +104,7 @@ def check_credentials(settings: Settings, *, timeout: float = 20.0) -> None:
         cluster_metadata(admin_client(settings, watch), watch, timeout=timeout)
     except KafkaAuthError:
         raise
-    except Exception as exc:  # not reachable yet: Faust keeps trying, as without this check
+    except Exception as exc:  # noqa: BLE001  # not reachable yet: Faust keeps trying, as without this check
         log.warning("kafka not reachable yet bootstrap=%s reason=%s", settings.resolved_bootstrap(), exc)
 
 
@@ -126,6 +127,8 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
 
     set_compute_threads(compute_threads(settings.torch_threads))
     quiet_third_party_loggers()
+    path: str | Path
+    version: str | None
     if model_path:
         path, version = model_path, None
     else:

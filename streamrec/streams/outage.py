@@ -22,6 +22,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -70,7 +71,7 @@ class BrokerWatch:
             log.warning("kafka available again after seconds=%.1f muted_log_lines=%d", now - self._since,
                         self.suppressed - self._suppressed_at_start)
 
-    async def probe(self, timeout: float = 2.0) -> bool:
+    async def probe(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109  # a per-address connect bound, not the call's
         """True when any bootstrap address accepts a TCP connection."""
         for hp in self.addresses:
             host, _, port = hp.rpartition(":")
@@ -79,10 +80,8 @@ class BrokerWatch:
             except (TimeoutError, OSError, ValueError):
                 continue
             writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            except OSError:
-                pass
             return True
         return False
 

@@ -48,7 +48,7 @@ def purge_local(table: Any, key: str) -> int:
     """
     store = getattr(table, "data", None)
     dbs = getattr(store, "_dbs", None)
-    if not dbs:
+    if store is None or not dbs:
         return 0
     from rocksdict import BottommostLevelCompaction, CompactOptions
 
@@ -86,7 +86,7 @@ def register_state_codec() -> str:
 
     if STATE_CODEC not in codecs.codecs:
 
-        class StateCodec(codecs.json):  # type: ignore[misc, valid-type]
+        class StateCodec(codecs.json):
             def _loads(self, s: bytes) -> Any:
                 try:
                     return super()._loads(s)

@@ -35,7 +35,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_catalog, n, {"cleanup.policy": "compact"}, "catalog items, key item_id"),
         TopicSpec(settings.topic_recommendations, n, {"retention.ms": str(DAY_MS)}, "recommendations, key user_id"),
         TopicSpec(settings.topic_dlq, n, {"retention.ms": str(14 * DAY_MS)}, "refused events with reasons"),
-        TopicSpec(settings.topic_catalog_dlq, n, {"retention.ms": str(14 * DAY_MS)}, "refused catalog items with reasons"),
+        TopicSpec(
+            settings.topic_catalog_dlq, n, {"retention.ms": str(14 * DAY_MS)}, "refused catalog items with reasons"
+        ),
         TopicSpec(settings.topic_model_updates, 1, {"cleanup.policy": "compact"}, "model versions ready to serve"),
         # Partitioned like the events topic (same count, key user_id): a user's deletion reaches the
         # worker that owns the user's state. Kept as long as the events, then gone: it names users.

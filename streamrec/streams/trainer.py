@@ -84,8 +84,12 @@ class TrainerMetrics:
         self.current = Gauge(
             "streamrec_trainer_current_version", "1 for the registry's current version", ["version"], registry=r
         )
-        self.erased = Counter("streamrec_trainer_erased_events", "events removed or dropped for a user deletion", registry=r)
-        self.deletions = Counter("streamrec_trainer_deletions", "user deletions applied to the training log", registry=r)
+        self.erased = Counter(
+            "streamrec_trainer_erased_events", "events removed or dropped for a user deletion", registry=r
+        )
+        self.deletions = Counter(
+            "streamrec_trainer_deletions", "user deletions applied to the training log", registry=r
+        )
         self.running = Gauge("streamrec_trainer_retrain_running", "1 while a round runs", registry=r)
 
     def set_current(self, version: str | None) -> None:

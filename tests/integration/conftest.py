@@ -21,7 +21,8 @@ def sim_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = d / "model"
     res = subprocess.run(
         [sys.executable, "-m", "streamrec.cli", "--device", "cpu", "train", "--sequences", str(seq),
-         "--item-text", str(text), "--events", str(seq.parent / "events.csv"), "--out", str(out), "--time-budget", "25", "--no-progress", "--seed", "1"],
+         "--item-text", str(text), "--events", str(seq.parent / "events.csv"), "--out", str(out),
+         "--time-budget", "25", "--no-progress", "--seed", "1"],
         capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]

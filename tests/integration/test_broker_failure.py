@@ -38,7 +38,8 @@ def test_broker_killed_under_load_every_event_answered_and_outage_logged_once(si
     settings = Settings(
         bootstrap_servers=broker.bootstrap, topic_events=f"{tag}.events", topic_catalog=f"{tag}.catalog",
         topic_recommendations=f"{tag}.recs", topic_dlq=f"{tag}.dlq", topic_model_updates=f"{tag}.models",
-        topic_deletions=f"{tag}.deletions", topic_catalog_dlq=f"{tag}.catalog-dlq", app_id=f"app-{tag}", partitions=2, data_dir=tmp_path / "data",
+        topic_deletions=f"{tag}.deletions", topic_catalog_dlq=f"{tag}.catalog-dlq", app_id=f"app-{tag}", partitions=2,
+        data_dir=tmp_path / "data",
     )
     w = None
     try:
@@ -95,7 +96,7 @@ def test_broker_killed_under_load_every_event_answered_and_outage_logged_once(si
         gauge_down = []
         deadline = time.monotonic() + DOWN_S
         while time.monotonic() < deadline:  # the worker stays up and says the broker is gone
-            status, text = w.get("/metrics", timeout=10)
+            _status, text = w.get("/metrics", timeout=10)
             gauge_down.append(metric_value(text, "streamrec_kafka_available"))
             time.sleep(1)
         again = localkafka.start(kafka_dir, libs=libs, heap="384m", timeout=180)
@@ -119,7 +120,7 @@ def test_broker_killed_under_load_every_event_answered_and_outage_logged_once(si
         assert set(got) == set(sent) and len(set(got)) == len(sent)  # exactly: nothing lost, nothing foreign
 
         assert w.proc.poll() is None  # the worker never crashed
-        status, text = w.get("/metrics")
+        _status, text = w.get("/metrics")
         assert 0.0 in gauge_down and metric_value(text, "streamrec_kafka_available") == 1.0
         log = w.log()
         assert log.count("kafka unavailable") == 1 and log.count("kafka available again") == 1, log[-3000:]

@@ -51,7 +51,8 @@ def secure_settings(secure_broker, data_dir: Path, *, password: str = PASSWORD) 
         bootstrap_servers=state.sasl_ssl_bootstrap, security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
         sasl_username=USER, sasl_password=password, ssl_cafile=ca,
         topic_events=f"{tag}.events", topic_catalog=f"{tag}.catalog", topic_recommendations=f"{tag}.recs",
-        topic_dlq=f"{tag}.dlq", topic_model_updates=f"{tag}.models", topic_deletions=f"{tag}.deletions", topic_catalog_dlq=f"{tag}.catalog-dlq",
+        topic_dlq=f"{tag}.dlq", topic_model_updates=f"{tag}.models", topic_deletions=f"{tag}.deletions",
+        topic_catalog_dlq=f"{tag}.catalog-dlq",
         app_id=f"app-{tag}", partitions=2, data_dir=data_dir,
     )
 
@@ -117,9 +118,8 @@ def test_wrong_password_fails_fast_with_one_clear_line(secure_broker, data_dir):
         producer.flush(timeout=300)
     producer._producer.purge()  # drop the undeliverable message; the client is freed below
     del producer
-    with RecommendationSubscriber.from_settings(bad) as sub:
-        with pytest.raises(KafkaAuthError, match="invalid credentials"):
-            sub.wait_ready(timeout=300)
+    with RecommendationSubscriber.from_settings(bad) as sub, pytest.raises(KafkaAuthError, match="invalid credentials"):
+        sub.wait_ready(timeout=300)
 
 
 def test_untrusted_certificate_fails_fast(secure_broker, data_dir, tmp_path):

@@ -25,7 +25,7 @@ def test_sessions_split_at_thirty_minutes():
     assert [len(s) for s in sessions(evs)] == [2, 1]
 
 
-@pytest.mark.parametrize("line, match", [
+@pytest.mark.parametrize(("line", "match"), [
     (f"u1,i1,c,zoom,{T}", "behavior"),
     ("u1,i1,c,pv,soon", "ts"),
     ("u1,i1,c,pv,99999999999", "outside"),

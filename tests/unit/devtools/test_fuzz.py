@@ -21,9 +21,11 @@ def classify(contract, m: FuzzMessage) -> str | None:
     try:
         contract.from_bytes(m.raw)
     except SchemaError as exc:
-        assert exc.reason and "\n" not in exc.reason and len(exc.reason) <= 2048, exc.reason
-        return exc.reason
-    return None
+        reason = exc.reason
+    else:
+        return None
+    assert reason and "\n" not in reason and len(reason) <= 2048, reason
+    return reason
 
 
 def check(contract, m: FuzzMessage) -> None:

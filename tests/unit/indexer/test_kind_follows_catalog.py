@@ -64,11 +64,11 @@ def test_kind_switches_to_hnsw_in_small_batches_and_nothing_is_lost():
         index.upsert(ids, vecs)
         expect.update(zip(ids, vecs))
         if b % 3 == 2:  # removals and replaced vectors, also while a rebuild is in flight
-            gone = [i for i in rng.choice(sorted(expect), 5, replace=False)]
+            gone = list(rng.choice(sorted(expect), 5, replace=False))
             index.remove(gone)
             for i in gone:
                 expect.pop(i)
-            again = [i for i in rng.choice(sorted(expect), 4, replace=False)]
+            again = list(rng.choice(sorted(expect), 4, replace=False))
             new_vecs = unit_vecs(4, seed=1000 + b)
             index.upsert(again, new_vecs)
             expect.update(zip(again, new_vecs))

@@ -93,7 +93,7 @@ def test_train_intent_on_typed_events():
     lines = ["user_id,item_id,category_id,behavior,ts"]
     t = 1_511_544_070
     for u in range(60):
-        for s in range(6):
+        for _s in range(6):
             t += 7200
             buyer = rng.random() < 0.3
             for k in range(int(rng.integers(2, 6))):

@@ -118,7 +118,7 @@ def test_invalid_examples_fail_both(contract):
 
 
 @pytest.mark.parametrize(
-    "raw, reason",
+    ("raw", "reason"),
     [
         (b"not json", "not JSON"),
         (b"\xff\xfe\x00", "not UTF-8"),

@@ -87,7 +87,7 @@ def test_a_healthy_worker_does_not_probe_until_a_client_reports_a_connection_err
     probes: list[int] = []
 
     class Watch(BrokerWatch):
-        async def probe(self, timeout: float = 2.0) -> bool:
+        async def probe(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109  # overrides BrokerWatch.probe
             probes.append(1)
             return len(probes) > 1  # down at the first probe, back at the second
 
