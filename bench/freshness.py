@@ -58,7 +58,6 @@ from streamrec.devtools.simulator import ShopSimulator, write_dataset  # noqa: E
 from streamrec.schemas import CatalogItem, ModelUpdate, ShopEvent  # noqa: E402
 from streamrec.streams.topics import create_topics  # noqa: E402
 
-
 #: A swap's latency window: announcement .. serving, plus this long after (the first batches of
 #: the new version); the matched steady baseline: this long before each announcement.
 AFTER_SWAP_S = 1.0
@@ -84,9 +83,10 @@ def get_json(url: str) -> dict:
 
 
 def start_worker(settings: Settings, port: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker"],
-                            env=env_for(settings, STREAMREC_WEB_PORT=str(port)),
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker"],
+                                env=env_for(settings, STREAMREC_WEB_PORT=str(port)),
+                                stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -157,7 +157,7 @@ class Sender:
         self.producer = EventProducer.from_settings(settings, config={"linger.ms": 0})
         self.order: list[tuple[str, float]] = []  # (event id, wall send time), in send order
 
-    def send(self, recs: list, rate: float | None, tick=None) -> None:  # noqa: ANN001
+    def send(self, recs: list, rate: float | None, tick=None) -> None:
         t0 = time.perf_counter()
         n = 0
         for r in recs:
@@ -370,15 +370,16 @@ def main() -> int:
         # -- 2. freshness with the trainer -----------------------------------------------------
         tport = localkafka.free_port()
         trainer_log = work / "trainer.log"
-        trainer = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.cli", "trainer"],
-            env=env_for(settings, STREAMREC_RETRAIN_INTERVAL_S=str(args.interval),
-                        STREAMREC_RETRAIN_MIN_EVENTS=str(args.min_events),
-                        STREAMREC_RETRAIN_TIME_BUDGET_S=str(args.budget),
-                        STREAMREC_RETRAIN_HOLDOUT_USERS=str(args.holdout),
-                        STREAMREC_TRAINLOG_SEGMENT_S="1", STREAMREC_TRAINLOG_MAX_AGE_S="1e9",
-                        STREAMREC_TRAINER_WEB_PORT=str(tport)),
-            stdout=open(trainer_log, "wb"), stderr=subprocess.STDOUT)
+        with open(trainer_log, "wb") as out:  # the child keeps its own copy of the descriptor
+            trainer = subprocess.Popen(
+                [sys.executable, "-m", "streamrec.cli", "trainer"],
+                env=env_for(settings, STREAMREC_RETRAIN_INTERVAL_S=str(args.interval),
+                            STREAMREC_RETRAIN_MIN_EVENTS=str(args.min_events),
+                            STREAMREC_RETRAIN_TIME_BUDGET_S=str(args.budget),
+                            STREAMREC_RETRAIN_HOLDOUT_USERS=str(args.holdout),
+                            STREAMREC_TRAINLOG_SEGMENT_S="1", STREAMREC_TRAINLOG_MAX_AGE_S="1e9",
+                            STREAMREC_TRAINER_WEB_PORT=str(tport)),
+                stdout=out, stderr=subprocess.STDOUT)
         t_trainer = time.time()
         print(f"part 2: trainer every {args.interval:.0f}s ({args.budget:.0f}s budget), traffic at "
               f"{args.train_rate:.0f}/s until {args.promotions} promotions (at most {args.max_live:.0f}s)...",

@@ -142,15 +142,16 @@ def read_catalog_topic(settings: Settings, *, chunk: int = CATALOG_BATCH * 8,
                 raise KafkaRuntimeError(f"catalog snapshot of {topic} not read within {timeout_s:.0f}s")
             out: list[tuple[str, CatalogItem | None]] = []
             for msg in consumer.consume(num_messages=chunk, timeout=0.5):
-                p = msg.partition()
-                if msg.error() is not None or p not in pending or msg.offset() >= ends[p]:
+                p, offset = msg.partition(), msg.offset()
+                if msg.error() is not None or p not in pending or offset is None or offset >= ends[p]:
                     continue
-                if msg.offset() + 1 >= ends[p]:
+                if offset + 1 >= ends[p]:
                     pending.discard(p)
                 value = msg.value()
                 if value is None:
-                    if msg.key():
-                        out.append((msg.key().decode("utf-8", "replace")[:128], None))
+                    key = msg.key()
+                    if key:
+                        out.append((key.decode("utf-8", "replace")[:128], None))
                     continue
                 try:
                     item = CatalogItem.from_bytes(value)
