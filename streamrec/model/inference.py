@@ -52,10 +52,11 @@ class Recommender:
         self.model = model.to(self.device).eval()
         self.vocab = vocab
         self.version = version
-        self.dim = int(model.config.d_model)
+        self.dim = int(model.output_dim)  # d, or d + text channel + 1 with hybrid scoring
         self._encoder = text_encoder
         self._lock = threading.RLock()
-        self._table: torch.Tensor | None = None  # (N+1, d) cached item vectors
+        self._table: torch.Tensor | None = None  # (N+1, d) cached input item vectors
+        self._out: torch.Tensor | None = None  # (N+1, dim) cached scored item vectors
         if impute_neighbors < 0 or impute_temperature <= 0:
             raise ValueError(f"impute_neighbors must be >= 0 and impute_temperature > 0, got "
                              f"{impute_neighbors}, {impute_temperature}")
@@ -80,10 +81,16 @@ class Recommender:
                 self._table = self.model.item_table()  # (N+1, d)
         return self._table
 
+    def _out_table(self) -> torch.Tensor:
+        if self._out is None:
+            with torch.inference_mode():
+                self._out = self.model.output_table(self._item_table())  # (N+1, dim)
+        return self._out
+
     def item_vectors(self) -> tuple[list[str], np.ndarray]:
         """All items the model knows (incl. added ones): ids and (N, d) float32 vectors."""
         with self._lock:
-            table = self._item_table()
+            table = self._out_table()
             return list(self.vocab.ids), table[1:].float().cpu().numpy().copy()
 
     def add_items(self, items: Sequence[tuple[str, str | None]]) -> np.ndarray:
@@ -115,8 +122,8 @@ class Recommender:
                 self.vocab.add(list(new))
                 self._impute_ids(first, new_emb)
             if new or fill:
-                self._table = None
-            table = self._item_table()
+                self._table = self._out = None
+            table = self._out_table()
             rows = torch.as_tensor([self.vocab.row(i) for i, _ in items], dtype=torch.long,
                                    device=table.device)
             return table[rows].float().cpu().numpy().copy() if items else np.zeros((0, self.dim), np.float32)
@@ -173,7 +180,7 @@ class Recommender:
             table = self._item_table()
             x, t = history_batch(rows, types, self.model.config.max_len)
             with torch.inference_mode():
-                h = self.model.encode(x.to(self.device), t.to(self.device), table)[:, -1]  # (B, d)
+                h = self.model.user_vectors(x.to(self.device), t.to(self.device), table)  # (B, dim)
         return h.float().cpu().numpy().copy()
 
     def score(self, user_vecs: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
@@ -182,7 +189,7 @@ class Recommender:
         if u.ndim != 2 or u.shape[1] != self.dim:
             raise ValueError(f"user_vecs must have shape (B, {self.dim}), got {u.shape}")
         with self._lock:
-            table = self._item_table()
+            table = self._out_table()
             default = self.model.default_vector().to(table.device)
             rows = [self.vocab.row(str(i)) for i in item_ids]
             idx = torch.as_tensor(rows, dtype=torch.long, device=table.device)

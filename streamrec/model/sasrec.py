@@ -18,6 +18,25 @@ with probability ``id_dropout`` so that the text path alone already ranks items 
 The same item table embeds the input sequence and scores the next item (tied weights), so a
 user's vector is the last hidden state and a score is the inner product ``user_vec . item_vec``.
 
+Hybrid scoring (``hybrid=True``, the default of new models): a text-similarity channel is fused
+into both vectors, so ONE inner product still scores everything (FAISS stays the only search):
+
+    user_out = [ h_u ;  alpha(u) * unit(q_u) ; 1    ]
+    item_out = [ v_i ;  beta(i)  * unit(t_i) ; b(i) ]
+    score    = h_u . v_i  +  alpha(u) * beta(i) * cos(q_u, t_i)  +  b(i)
+
+``t_i`` is the item's MiniLM title vector reduced by a fixed linear basis (``text_sim_dim``
+principal directions of the training catalog's titles; 0 = the full 384-d vector), ``q_u`` the
+recency-weighted mean (weight ``text_decay ** age``) of the history's title vectors, i.e. the
+text-similarity baseline's user vector. The gates are learned, per item and per user:
+``beta(i) = softplus(w . [1, new_i, log1p(count_i)])``, ``b(i) = w' . [same]``,
+``alpha(u) = softplus(w'' . [1, share of new items in the history, log1p(history length)])``,
+where ``count_i`` is how often the item occurs in the training data and ``new_i`` marks items
+without a trained id (count 0, or the id dropped by ``id_dropout``/``shop_dropout`` in training),
+so the loss itself teaches how much text similarity to trust for new items, new histories and
+known ones. ``shop_dropout`` drops every id of a batch (a whole new shop) so that the regime
+"nothing is known" is trained too. Checkpoints without these fields load with ``hybrid=False``.
+
 Event types (view / add_to_cart / remove_from_cart / purchase) DO enter the input through a small
 learned embedding added to each position. Data without types (Amazon Beauty) is all ``view``,
 where that embedding is a constant and changes nothing.
@@ -58,6 +77,12 @@ class SASRecConfig(PreTrainedConfig):
     init_std: float = 0.02  # std of the normal init (small: large init stalls softmax training)
     loss: str = "full"  # "full" softmax over all items, or "sampled" (shared uniform negatives)
     n_negatives: int = 4096  # negatives per batch when loss == "sampled"
+    hybrid: bool = True  # fuse a gated text-similarity channel into user/item vectors (docstring)
+    text_sim_dim: int = 0  # dims of that channel: 0 = the full 384-d title vector; r < 384 =
+    # the titles' top r principal directions (cheaper search, but PCA-64 lost a third of text
+    # similarity's NDCG@10 on Beauty and a sixth on the simulator's shop: bench/RESULTS.md)
+    text_decay: float = 0.7  # recency weight of the history's titles in the user's text vector
+    shop_dropout: float = 0.0  # prob. per training batch of dropping EVERY id (a whole new shop)
 
 
 class CausalSelfAttention(nn.Module):
@@ -126,7 +151,26 @@ class SASRec(PreTrainedModel):
         # parameter and not saved in model.safetensors: the checkpoint keeps them in its own
         # text-embedding cache file, so loading never re-encodes the catalog.
         self.register_buffer("text_emb", torch.zeros(cfg.n_items + 1, cfg.text_dim), persistent=False)
+        if cfg.hybrid and not cfg.use_text:
+            cfg.hybrid = False  # no titles, no text channel: an id-only model
+        if cfg.hybrid:
+            r = cfg.text_sim_dim or cfg.text_dim
+            if not 0 < r <= cfg.text_dim:
+                raise ValueError(f"text_sim_dim must be in 0..{cfg.text_dim}, got {cfg.text_sim_dim}")
+            if not 0.0 < cfg.text_decay <= 1.0:
+                raise ValueError(f"text_decay must be in (0, 1], got {cfg.text_decay}")
+            # Fixed reduction of the title vectors (set from the training catalog by
+            # set_text_basis; identity-like until then) and per-row training counts. Both are
+            # saved in model.safetensors.
+            self.register_buffer("text_basis", torch.eye(cfg.text_dim)[:, :r].clone())
+            self.register_buffer("item_count", torch.zeros(cfg.n_items + 1))
+            self.gate_item = nn.Linear(3, 1)  # beta(i) = softplus(.)
+            self.bias_item = nn.Linear(3, 1)  # b(i)
+            self.gate_user = nn.Linear(3, 1)  # alpha(u) = softplus(.)
+        self._low_cache: tuple | None = None
         self.post_init()
+        if cfg.hybrid:
+            self.reset_gates()
 
     # -- init ------------------------------------------------------------------------------------
 
@@ -145,28 +189,171 @@ class SASRec(PreTrainedModel):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    @torch.no_grad()
+    def reset_gates(self) -> None:
+        """Gates start at alpha = beta = 1, b = 0 (softplus(0.5413) = 1)."""
+        for lin in (self.gate_item, self.gate_user, self.bias_item):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.gate_item.bias.fill_(0.5413)
+        self.gate_user.bias.fill_(0.5413)
+
     # -- item vectors ----------------------------------------------------------------------------
 
-    def item_table(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Item vectors for ``rows`` (default: all rows incl. PAD). (N, d).
+    @property
+    def output_dim(self) -> int:
+        """Size of the user and item vectors that are scored (and indexed)."""
+        if not self.config.hybrid:
+            return int(self.config.d_model)
+        return int(self.config.d_model + self.text_basis.shape[1] + 1)
+
+    def id_keep(self, n_rows: int) -> torch.Tensor | None:
+        """Training-time id dropout mask (n_rows,) bool, True = id kept; None outside training."""
+        if not self.training:
+            return None
+        dev = self.id_emb.weight.device
+        if self.config.shop_dropout > 0 and float(torch.rand(())) < self.config.shop_dropout:
+            return torch.zeros(n_rows, dtype=torch.bool, device=dev)
+        if self.config.id_dropout > 0:
+            return torch.rand(n_rows, device=dev) >= self.config.id_dropout
+        return None
+
+    def item_table(self, rows: torch.Tensor | None = None, keep: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """Input item vectors for ``rows`` (default: all rows incl. PAD). (N, d).
 
         In training each item's id embedding is dropped with prob. ``id_dropout`` (the same
-        item is dropped everywhere in the batch), teaching the text path to stand alone.
+        item is dropped everywhere in the batch), teaching the text path to stand alone;
+        ``keep`` (N,) bool passes that mask in (``forward`` draws it once for both paths).
         """
         ids = self.id_emb.weight if rows is None else self.id_emb(rows)  # (N, d)
-        if self.training and self.config.id_dropout > 0:
-            keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.id_dropout
-            ids = ids * keep
+        if keep is None and rows is None:
+            keep = self.id_keep(ids.shape[0])
+        elif keep is None and self.training and self.config.id_dropout > 0:
+            keep = torch.rand(ids.shape[0], device=ids.device) >= self.config.id_dropout
+        if keep is not None:
+            ids = ids * keep[:, None]
         if not self.config.use_text:
             return ids
         text = self.text_emb if rows is None else self.text_emb[rows]  # (N, text_dim)
         return ids + self.text_proj(text)  # (N, d)
 
     def default_vector(self) -> torch.Tensor:
-        """Vector of an item with no text and no learned row: the text projection of zeros. (d,)"""
+        """Output vector of an item with no text and no learned row. (output_dim,)
+
+        Its model part is the text projection of zeros; with hybrid scoring its text part is
+        zero and its bias that of a new item."""
         if not self.config.use_text:
             return torch.zeros(self.config.d_model, device=self.id_emb.weight.device)
-        return self.text_proj.bias.detach().clone()
+        v = self.text_proj.bias.detach().clone()
+        if not self.config.hybrid:
+            return v
+        feat = torch.tensor([[1.0, 1.0, 0.0]], device=v.device)
+        b = self.bias_item(feat).detach()[0]  # (1,)
+        return torch.cat([v, torch.zeros(self.text_basis.shape[1], device=v.device), b])
+
+    # -- the text-similarity channel (hybrid) ------------------------------------------------------
+
+    @torch.no_grad()
+    def set_text_basis(self, rows: torch.Tensor | None = None) -> None:
+        """Principal directions of the title vectors of ``rows`` (default: every row with text)
+        become the channel's reduction (text_dim, text_sim_dim); the full 384 when text_sim_dim
+        is 0."""
+        if not self.config.hybrid:
+            return
+        r = self.text_basis.shape[1]
+        emb = self.text_emb[1:] if rows is None else self.text_emb[rows]
+        emb = emb[emb.abs().sum(1) > 0].float()
+        if r >= self.config.text_dim or emb.shape[0] < r:
+            basis = torch.eye(self.config.text_dim, device=emb.device)[:, :r]
+        else:
+            centred = emb - emb.mean(0, keepdim=True)
+            _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # (k, text_dim)
+            basis = vh[:r].T.contiguous()  # (text_dim, r)
+        self.text_basis.copy_(basis.to(self.text_basis.device))
+        self._low_cache = None
+
+    def text_low(self) -> torch.Tensor:
+        """Reduced title vectors of all rows, (N+1, r); cached until the titles change."""
+        key = (id(self.text_emb), self.text_emb._version, self.text_emb.shape[0],
+               id(self.text_basis), self.text_basis._version)
+        if self._low_cache is None or self._low_cache[0] != key:
+            with torch.no_grad():
+                low = self.text_emb.float() @ self.text_basis  # (N+1, r)
+            self._low_cache = (key, low)
+        return self._low_cache[1]
+
+    def item_new(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(N+1,) bool: rows without a trained id (count 0, or id dropped in this batch)."""
+        new = self.item_count <= 0
+        return new if keep is None else new | ~keep
+
+    def item_gates(self, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """beta(i) and b(i) for every row, each (N+1,)."""
+        new = self.item_new(keep).float()
+        feat = torch.stack([torch.ones_like(new), new,
+                            torch.log1p(self.item_count.clamp(min=0)) * (1 - new)], dim=1)  # (N+1, 3)
+        return F.softplus(self.gate_item(feat))[:, 0], self.bias_item(feat)[:, 0]
+
+    def output_table(self, table: torch.Tensor | None = None, keep: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        """Scored item vectors of every row (N+1, output_dim): the input vectors, plus the gated
+        text channel and the bias with hybrid scoring."""
+        if table is None:
+            table = self.item_table(keep=keep)
+        if not self.config.hybrid:
+            return table
+        beta, b = self.item_gates(keep)
+        unit = F.normalize(self.text_low(), dim=-1)  # (N+1, r) zero rows stay zero
+        return torch.cat([table, beta[:, None] * unit, b[:, None]], dim=1)
+
+    def user_text(self, item_ids: torch.Tensor, keep: torch.Tensor | None = None, *,
+                  last_only: bool = False) -> torch.Tensor:
+        """The user part of the text channel at every position, (B, T, r + 1) (or only after the
+        last one, (B, 1, r + 1)): [alpha(u) * unit(recency-weighted mean of the titles) ; 1]."""
+        alpha, qn, some = self._user_text_parts(item_ids, keep, last_only=last_only)
+        # No history yet (or a padded position): the zero vector, as the model part, so an
+        # empty history still scores every item 0 (callers fall back to popularity).
+        return torch.cat([alpha * qn, torch.ones_like(alpha)], dim=-1) * some
+
+    def _user_text_parts(self, item_ids: torch.Tensor, keep: torch.Tensor | None = None, *,
+                         last_only: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """alpha (B, T', 1), unit text vector (B, T', r), has-history (B, T', 1)."""
+        B, T = item_ids.shape
+        valid = (item_ids != PAD_ID).float()  # (B, T)
+        x = self.text_low()[item_ids] * valid[..., None]  # (B, T, r)
+        age = torch.arange(T, device=item_ids.device)
+        diff = (age[:, None] - age[None, :]).float()  # (T, T) query t, key k: t - k
+        if last_only:
+            diff = diff[-1:]  # (1, T)
+        w = torch.where(diff >= 0, self.config.text_decay ** diff.clamp(min=0), 0.0)
+        q = torch.einsum("tk,bkr->btr", w.to(x.dtype), x)  # (B, T', r)
+        new = self.item_new(keep).float()[item_ids] * valid  # (B, T)
+        n_seen, n_new = valid.cumsum(1), new.cumsum(1)  # (B, T)
+        if last_only:
+            n_seen, n_new = n_seen[:, -1:], n_new[:, -1:]
+        share_new = n_new / n_seen.clamp(min=1)
+        feat = torch.stack([torch.ones_like(n_seen), share_new, torch.log1p(n_seen)], dim=-1)
+        alpha = F.softplus(self.gate_user(feat))  # (B, T', 1)
+        some = (n_seen > 0).to(alpha.dtype)[..., None]  # (B, T', 1)
+        return alpha, F.normalize(q, dim=-1), some
+
+    def user_states(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None,
+                    table: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Scored user vectors at every position, (B, T, output_dim)."""
+        h = self.encode(item_ids, type_ids, table)  # (B, T, d)
+        if not self.config.hybrid:
+            return h
+        return torch.cat([h, self.user_text(item_ids, keep)], dim=-1)
+
+    def user_vectors(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None,
+                     table: torch.Tensor) -> torch.Tensor:
+        """Scored user vector after the whole (left-padded) history, (B, output_dim)."""
+        h = self.encode(item_ids, type_ids, table)[:, -1]  # (B, d)
+        if not self.config.hybrid:
+            return h
+        return torch.cat([h, self.user_text(item_ids, last_only=True)[:, -1]], dim=-1)
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -207,18 +394,31 @@ class SASRec(PreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``item_ids`` (B, T) left-padded rows; ``targets`` (B, T) the next row at each position
         (PAD where there is none). Returns (hidden (B, T, d), mean cross-entropy or None)."""
-        table = self.item_table()  # (N+1, d)
+        keep = self.id_keep(self.id_emb.weight.shape[0])
+        table = self.item_table(keep=keep)  # (N+1, d)
         h = self.encode(item_ids, type_ids, table)  # (B, T, d)
         if targets is None:
             return h, None
         sel = targets != PAD_ID  # (B, T)
-        h_sel = h[sel]  # (M, d)
         y = targets[sel]  # (M,)
+        if self.config.loss == "full" and self.config.hybrid:
+            # The same scores as user_states . output_table, computed without the (M, N, 384)
+            # work in autograd: the cosine part has no trainable input, only its gates do.
+            alpha, qn, some = self._user_text_parts(item_ids, keep)
+            alpha, some = alpha[sel], some[sel]  # (M, 1); targets sit after >= 1 real item
+            beta, b = self.item_gates(keep)  # (N+1,)
+            with torch.no_grad():
+                cos = qn[sel] @ F.normalize(self.text_low(), dim=-1)[1:].T  # (M, N)
+            logits = h[sel] @ table[1:].T + some * (alpha * cos * beta[1:] + b[1:])  # (M, N)
+            return h, F.cross_entropy(logits, y - 1)
+        u = h if not self.config.hybrid else torch.cat([h, self.user_text(item_ids, keep)], -1)
+        out = self.output_table(table, keep)  # (N+1, D) D = output_dim
+        h_sel = u[sel]  # (M, D)
         if self.config.loss == "full":
-            logits = h_sel @ table[1:].T  # (M, N) PAD row excluded
+            logits = h_sel @ out[1:].T  # (M, N) PAD row excluded
             loss = F.cross_entropy(logits, y - 1)
         elif self.config.loss == "sampled":
-            loss = self._sampled_loss(h_sel, y, table)
+            loss = self._sampled_loss(h_sel, y, out)
         else:
             raise ValueError(f"unknown loss {self.config.loss!r}: use 'full' or 'sampled'")
         return h, loss
@@ -253,6 +453,8 @@ class SASRec(PreTrainedModel):
         new.weight.data[old.shape[0]:] = 0.0
         self.id_emb = new
         self.text_emb = torch.cat([self.text_emb, text_emb.to(dev, torch.float32)], dim=0)
+        if self.config.hybrid:  # new rows: no training count (a new item)
+            self.item_count = torch.cat([self.item_count, self.item_count.new_zeros(k)])
         self.config.n_items += k
 
     @property

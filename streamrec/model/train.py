@@ -115,6 +115,10 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     rng = np.random.default_rng(s.seed)
     model.to(dev)
     split = leave_one_out(encode(data, vocab), val_users=s.val_users, seed=s.seed)
+    if model.config.hybrid:  # what the model trains on: its items are "known" from now on
+        rows = torch.as_tensor([i for seq in split.train.items for i in seq], dtype=torch.long)
+        counts = torch.bincount(rows, minlength=model.item_count.shape[0])[: model.item_count.shape[0]]
+        model.item_count += counts.to(model.item_count.device, model.item_count.dtype)
     opt = _optimizer(model, s)
     has_val = len(split.val_targets) > 0
     best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
@@ -202,6 +206,7 @@ def train(data: Interactions, *, item_text: dict[str, str | None] | None = None,
     if cfg.use_text:
         model.text_emb = torch.cat([torch.zeros(1, cfg.text_dim), item_text_matrix(
             vocab, text, cache_file=settings.text_cache, device=settings.device)])
+        model.set_text_basis()  # the training catalog's principal title directions
     return fit(model, vocab, data, settings)
 
 
