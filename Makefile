@@ -49,7 +49,7 @@ test-unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
 
 demo: install
-	@DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m streamrec.demo
+	@DEMO_SECONDS=$(DEMO_SECONDS) $(PY) -m streamrec.devtools.demo
 
 bench: install
 	$(PY) bench/quality.py

@@ -4,7 +4,7 @@ Usage (from the repo root; ~10 min on one loaded CPU thread with the defaults)::
 
     .venv/bin/python bench/event_types.py [--seeds 0,1,2] [--epochs 10]
 
-Data: one :class:`~streamrec.simulator.ShopSimulator` dataset written with
+Data: one :class:`~streamrec.devtools.simulator.ShopSimulator` dataset written with
 ``write_dataset(..., with_types=True)`` (tokens ``item``, ``item:add_to_cart``, ``item:purchase``)
 into a temporary directory. The model is trained twice per seed on the SAME item sequences, same
 seed, same config, same fixed number of epochs (no time budget, so a loaded machine cannot tilt
@@ -44,7 +44,7 @@ from streamrec.model.evaluate import (  # noqa: E402
 )
 from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS  # noqa: E402
 from streamrec.model.train import TrainSettings, train  # noqa: E402
-from streamrec.simulator import ShopSimulator, write_dataset  # noqa: E402
+from streamrec.devtools.simulator import ShopSimulator, write_dataset  # noqa: E402
 
 MODEL_CONFIG = dict(d_model=64, n_layers=1, n_heads=1, d_ff=256, max_len=50, dropout=0.2,
                     emb_dropout=0.2, id_dropout=0.1, use_text=True, loss="full")

@@ -7,7 +7,7 @@ Measured in one run, each figure beside its ceiling:
   3. pipeline: a real `streamrec worker` process draining a backlog of the same events;
   4. latency: produce -> recommendation received, p50/p95/p99 at 100, 500 and 1000 events/s.
 
-Data: Amazon Beauty (../shared/data/beauty or $STREAMREC_DATA_DIR) replayed as events, its items
+Data: Amazon Beauty (../shared/data/beauty or $STREAMREC_BENCH_DATA) replayed as events, its items
 as the catalog, and a model trained on it (``--model DIR``, else a short training run here).
 Starts a local Kafka unless STREAMREC_BOOTSTRAP_SERVERS is set. The last line is one JSON object.
 
@@ -35,16 +35,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streamrec import localkafka  # noqa: E402
+from streamrec.devtools import localkafka  # noqa: E402
 from streamrec.client import EventProducer, RecommendationSubscriber  # noqa: E402
 from streamrec.config import Settings  # noqa: E402
-from streamrec.replay import catalog_from_dataset, dataset_items, read_item_text, read_sequences  # noqa: E402
+from streamrec.datafiles import read_item_text, read_sequences  # noqa: E402
+from streamrec.devtools.replay import catalog_from_dataset, dataset_items  # noqa: E402
 from streamrec.schemas import ShopEvent  # noqa: E402
 from streamrec.streams.topics import create_topics  # noqa: E402
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("STREAMREC_DATA_DIR", REPO.parent / "shared" / "data" / "beauty"))
+    return Path(os.environ.get("STREAMREC_BENCH_DATA", REPO.parent / "shared" / "data" / "beauty"))
 
 
 def beauty_events(sequences: dict[str, list[str]], n: int, *, prefix: str) -> list[ShopEvent]:
@@ -232,7 +233,7 @@ def main() -> int:
     args = ap.parse_args()
     d = data_dir()
     if not (d / "sequences.txt").is_file():
-        print(f"Beauty data not found at {d} (set STREAMREC_DATA_DIR)", file=sys.stderr)
+        print(f"Beauty data not found at {d} (set STREAMREC_BENCH_DATA)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     model = ensure_model(args, work)

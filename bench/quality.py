@@ -4,7 +4,7 @@ Usage (from the repo root; fits in < 30 min on 2 CPU cores with the defaults)::
 
     .venv/bin/python bench/quality.py [--time-budget 1500] [--zero-shot-budget 300]
 
-Data: ``$STREAMREC_DATA_DIR`` or ``../shared/data/beauty`` (relative to the repo root).
+Data: ``$STREAMREC_BENCH_DATA`` or ``../shared/data/beauty`` (relative to the repo root).
 
 Prints (1) HR@10 / NDCG@10 of our model next to the published full-ranking figures and the
 popularity and co-occurrence baselines measured in the same run, training time and inference
@@ -58,7 +58,7 @@ TRAIN = dict(lr=1e-3, batch_size=128, max_epochs=40, patience=10, weight_decay=0
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("STREAMREC_DATA_DIR", REPO.parent / "shared" / "data" / "beauty"))
+    return Path(os.environ.get("STREAMREC_BENCH_DATA", REPO.parent / "shared" / "data" / "beauty"))
 
 
 def row(name: str, hr: float, ndcg: float, note: str = "") -> str:
@@ -164,7 +164,7 @@ def main() -> int:
 
     d = data_dir()
     if not (d / "sequences.txt").is_file():
-        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_DATA_DIR)")
+        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
         return 2
     data = read_sequences(d / "sequences.txt")
     text = read_item_text(d / "item_text.tsv") if (d / "item_text.tsv").is_file() else {}

@@ -49,7 +49,7 @@ def main() -> int:
     boosts = [float(b) for b in args.boosts.split(",")]
     d = data_dir()
     if not (d / "sequences.txt").is_file():
-        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_DATA_DIR)")
+        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
         return 2
     t0 = time.monotonic()
     data = read_sequences(d / "sequences.txt")

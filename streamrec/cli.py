@@ -19,6 +19,7 @@ from streamrec import __version__
 from streamrec.argtypes import existing_file, positive_float, positive_int
 from streamrec.config import Settings, load_settings
 from streamrec.errors import StreamrecError
+from streamrec.schemas import EVENT_TYPES
 
 log = logging.getLogger("streamrec.cli")
 
@@ -42,7 +43,7 @@ def configure_logging(level: str) -> None:
 
 
 def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
-    from streamrec import localkafka
+    from streamrec.devtools import localkafka
 
     if args.action == "jars":
         libs = localkafka.ensure_jars(settings.kafka_libs.expanduser())
@@ -104,7 +105,7 @@ def _stop_on_signals() -> "threading.Event":
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.client import EventProducer
-    from streamrec.simulator import ShopSimulator, run_simulation, write_dataset
+    from streamrec.devtools.simulator import ShopSimulator, run_simulation, write_dataset
 
     sim = ShopSimulator(
         seed=args.seed, n_items=args.items, n_users=args.users, new_item_rate=args.new_item_rate,
@@ -129,7 +130,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.client import EventProducer
-    from streamrec.replay import read_item_text, read_sequences, run_replay
+    from streamrec.datafiles import read_item_text, read_sequences
+    from streamrec.devtools.replay import run_replay
 
     sequences = read_sequences(args.sequences)
     texts = read_item_text(args.item_text) if args.item_text else {}
@@ -228,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=positive_float, help="stop after this many seconds")
     p.add_argument("--no-catalog", action="store_true", help="do not emit the catalog first")
     p.add_argument("--event-type", default="purchase",
-                   choices=["view", "add_to_cart", "remove_from_cart", "purchase"])
+                   choices=list(EVENT_TYPES))
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("tail", help="print messages arriving on a topic")

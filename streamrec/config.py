@@ -22,9 +22,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from streamrec.errors import ConfigError
+from streamrec.schemas import EVENT_TYPES, EventType
 
-EventType = Literal["view", "add_to_cart", "remove_from_cart", "purchase"]
-EVENT_TYPES: tuple[str, ...] = ("view", "add_to_cart", "remove_from_cart", "purchase")
 
 _TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
 

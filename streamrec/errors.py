@@ -23,6 +23,11 @@ class SchemaError(StreamrecError, ValueError):
         self.reason = reason
 
 
+class DatasetError(StreamrecError, ValueError):
+    """A dataset file (``sequences.txt``, ``item_text.tsv``) is missing or malformed; the message
+    names the file and, where there is one, the line."""
+
+
 class DeliveryError(StreamrecError):
     """Kafka did not acknowledge one or more produced messages."""
 

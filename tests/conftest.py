@@ -31,7 +31,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    from streamrec import localkafka
+    from streamrec.devtools import localkafka
     from streamrec.config import Settings
 
     libs = Settings().kafka_libs.expanduser()
@@ -77,8 +77,8 @@ def kafka_settings(kafka_bootstrap: str, unique: Callable[[str], str], data_dir:
 
 @pytest.fixture(scope="session")
 def beauty_dir() -> Path:
-    """The real Amazon Beauty data (../shared/data/beauty, or $STREAMREC_DATA_DIR)."""
-    d = Path(os.environ.get("STREAMREC_DATA_DIR", REPO.parent / "shared" / "data" / "beauty"))
+    """The real Amazon Beauty data (../shared/data/beauty, or $STREAMREC_BENCH_DATA)."""
+    d = Path(os.environ.get("STREAMREC_BENCH_DATA", REPO.parent / "shared" / "data" / "beauty"))
     if not (d / "sequences.txt").is_file():
-        pytest.skip(f"Beauty data not found at {d} (set STREAMREC_DATA_DIR)")
+        pytest.skip(f"Beauty data not found at {d} (set STREAMREC_BENCH_DATA)")
     return d

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from streamrec.errors import CheckpointError
+from streamrec.fsutil import atomic_write, atomic_write_text
 
 MANIFEST = "manifest.json"
 FORMAT = "streamrec.item_index"
@@ -37,22 +36,15 @@ def write_checkpoint(directory: str | Path, writers: dict[str, Callable[[Path], 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict[str, Any]] = {}
-    tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     for name, write in writers.items():
-        tmp = directory / (name + tag)
-        try:
+
+        def write_and_hash(tmp: Path, name: str = name, write: Callable[[Path], None] = write) -> None:
             write(tmp)
             files[name] = {"sha256": sha256_file(tmp), "bytes": tmp.stat().st_size}
-            os.replace(tmp, directory / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        atomic_write(directory / name, write_and_hash)
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "files": files}
-    tmp = directory / (MANIFEST + tag)
-    try:
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, directory / MANIFEST)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:

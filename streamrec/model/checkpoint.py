@@ -12,7 +12,6 @@ A checkpoint is a directory:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from streamrec.errors import CheckpointError
+from streamrec.fsutil import atomic_write, atomic_write_text
 from streamrec.model.data import ItemVocab
 from streamrec.model.sasrec import SASRec, SASRecConfig
 
@@ -33,9 +33,7 @@ REQUIRED = (CONFIG, WEIGHTS, ITEM_MAP, TEXT_EMB)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def save_checkpoint(
@@ -60,9 +58,8 @@ def save_checkpoint(
         if bars:
             hf_logging.enable_progress_bar()
     vocab.save(out / ITEM_MAP)
-    tmp = out / (TEXT_EMB + ".tmp")
-    save_file({"text_emb": model.text_emb.detach().cpu().contiguous()}, str(tmp))
-    os.replace(tmp, out / TEXT_EMB)
+    text_emb = model.text_emb.detach().cpu().contiguous()
+    atomic_write(out / TEXT_EMB, lambda tmp: save_file({"text_emb": text_emb}, str(tmp)))
     if metrics is not None:
         write_json(out / METRICS, metrics)
     if train_settings is not None:

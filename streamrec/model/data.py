@@ -7,6 +7,8 @@ File formats:
   ``remove_from_cart``, ``purchase``); a bare item is a ``view``.
 - item text: TSV ``item_id<TAB>title`` with a header line; the title may be empty.
 
+Both are parsed (and validated) by :mod:`streamrec.datafiles`, the reader the replay tool uses too.
+
 Leave-one-out (the published protocol): per user the last item is the test target, the one
 before it the validation target, everything earlier is training.
 """
@@ -14,7 +16,6 @@ before it the validation target, everything earlier is training.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,7 +23,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from streamrec.config import EVENT_TYPES
+from streamrec import datafiles
+from streamrec.fsutil import atomic_write_text
 from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS, PAD_ID
 
 
@@ -43,54 +45,25 @@ class Interactions:
                             [self.types[i] for i in idx])
 
 
-def _split_token(tok: str) -> tuple[str, str]:
-    head, sep, tail = tok.rpartition(":")
-    if sep and tail in EVENT_TYPES and head:
-        return head, tail
-    return tok, DEFAULT_EVENT_TYPE
-
-
 def read_sequences(path: str | Path) -> Interactions:
-    """Parse a sequences file. ValueError naming the file (and line) when it is unusable."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"sequences file not found: {str(p)!r}")
+    """Parse a sequences file (with :func:`streamrec.datafiles.read_sequences`, the one reader:
+    ``DatasetError``, a ValueError, naming the file and line when it is unusable). A bare item's
+    type is ``view``."""
     out = Interactions()
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) < 2:
-                raise ValueError(f"{p}:{n}: expected 'user item [item ...]', got {line.strip()!r}")
-            toks = [_split_token(t) for t in parts[1:]]
-            out.users.append(parts[0])
-            out.items.append([t[0] for t in toks])
-            out.types.append([t[1] for t in toks])
-    if not out.users:
-        raise ValueError(f"sequences file {str(p)!r} holds no interactions")
+    for user, tokens in datafiles.read_sequences(path).items():
+        toks = [datafiles.split_token(t) for t in tokens]
+        out.users.append(user)
+        out.items.append([item for item, _ in toks])
+        out.types.append([kind or DEFAULT_EVENT_TYPE for _, kind in toks])
     return out
 
 
 def read_item_text(path: str | Path | None) -> dict[str, str | None]:
-    """Parse an ``item_id<TAB>title`` TSV (header line first). Missing path -> ValueError."""
+    """Parse an ``item_id<TAB>title`` TSV (with :func:`streamrec.datafiles.read_item_text`); an
+    empty title is ``None`` (nothing to embed). ``None`` -> ``{}``; a missing file -> ValueError."""
     if path is None:
         return {}
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"item text file not found: {str(p)!r}")
-    out: dict[str, str | None] = {}
-    with p.open(encoding="utf-8") as f:
-        header = f.readline()
-        if "\t" not in header:
-            raise ValueError(f"{p}: expected a header line 'item_id<TAB>title', got {header.strip()!r}")
-        for line in f:
-            line = line.rstrip("\n").rstrip("\r")
-            if not line:
-                continue
-            item, _, title = line.partition("\t")
-            out[item.strip()] = title.strip() or None
-    return out
+    return {item: title or None for item, title in datafiles.read_item_text(path).items()}
 
 
 class ItemVocab:
@@ -121,9 +94,7 @@ class ItemVocab:
         return self.rows.get(item, PAD_ID)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.rows, ensure_ascii=False))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.rows, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: Path) -> "ItemVocab":

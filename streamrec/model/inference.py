@@ -4,9 +4,9 @@ A score is always the inner product ``user_vec . item_vec`` (the FAISS index use
 product), so everything the model does to score lives inside the two vectors.
 
 >>> rec = Recommender.load("data/models/versions/v0001-...")            # doctest: +SKIP
->>> ids, vecs = rec.item_vectors()                                       # (N, d) for the index
->>> u = rec.encode_users([[("42", "view"), ("7", "add_to_cart")]])       # (1, d)
->>> rec.score(u, ["42", "99"])                                           # (1, 2)
+>>> ids, vecs = rec.item_vectors()                                       # (N, d) for the index  # doctest: +SKIP
+>>> u = rec.encode_users([[("42", "view"), ("7", "add_to_cart")]])       # (1, d)  # doctest: +SKIP
+>>> rec.score(u, ["42", "99"])                                           # (1, 2)  # doctest: +SKIP
 
 Item vectors: a known item gets its learned id embedding + the projection of its cached title
 embedding; an unknown item with text gets the projection of its text (zero-shot: no click on
@@ -36,7 +36,7 @@ import torch
 from streamrec.model.checkpoint import load_checkpoint
 from streamrec.model.data import ItemVocab, history_batch
 from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS, PAD_ID, SASRec
-from streamrec.model.text import TextEncoder, resolve_device
+from streamrec.model.text import TEXT_DIM, TextEncoder, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,10 @@ class Recommender:
                 elif new[i] is None and t is not None:
                     new[i] = t
             to_encode = [t for t in list(new.values()) + list(fill.values()) if t is not None]
-            vecs = self._encode_texts(to_encode) if to_encode else torch.zeros(0, 384)
+            vecs = self._encode_texts(to_encode) if to_encode else torch.zeros(0, TEXT_DIM)
             it = iter(vecs)
-            new_emb = torch.stack([next(it) if t is not None else torch.zeros(384)
-                                   for t in new.values()]) if new else torch.zeros(0, 384)
+            new_emb = torch.stack([next(it) if t is not None else torch.zeros(TEXT_DIM)
+                                   for t in new.values()]) if new else torch.zeros(0, TEXT_DIM)
             for i in fill:
                 self.model.text_emb[self.vocab.row(i)] = next(it).to(self.device)
             if new:
@@ -135,7 +135,7 @@ class Recommender:
         n, k = self._n_trained, min(self.impute_neighbors, self._n_trained)
         if k == 0:
             return
-        known_text = self.model.text_emb[1 : n + 1]  # (n, 384)
+        known_text = self.model.text_emb[1 : n + 1]  # (n, TEXT_DIM)
         has_text = known_text.abs().sum(1) > 0  # (n,)
         if not bool(has_text.any()):
             return
@@ -143,7 +143,7 @@ class Recommender:
         known_ids = self.model.id_emb.weight[1 : n + 1]  # (n, d)
         text = text.to(known.device, torch.float32)
         for start in range(0, text.shape[0], chunk):
-            q = text[start : start + chunk]  # (c, 384)
+            q = text[start : start + chunk]  # (c, TEXT_DIM)
             with_text = q.abs().sum(1) > 0  # (c,)
             sim = torch.nn.functional.normalize(q, dim=1) @ known.T  # (c, n)
             sim[:, ~has_text] = -2.0

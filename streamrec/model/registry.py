@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.errors import NoModelError
+from streamrec.fsutil import atomic_write_text
 from streamrec.model.checkpoint import check_complete, read_metrics
 
 _VERSION_RE = re.compile(r"^v(\d{4,})-\d{8}T\d{6}Z$")
@@ -126,6 +127,4 @@ class ModelRegistry:
             known = ", ".join(self._names()) or "none"
             raise ValueError(f"unknown model version {version!r} (known: {known})")
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{CURRENT}.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(version + "\n", encoding="utf-8")
-        os.replace(tmp, self.root / CURRENT)
+        atomic_write_text(self.root / CURRENT, version + "\n")

@@ -49,10 +49,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from streamrec.config import EVENT_TYPES
+from streamrec.model.text import TEXT_DIM
+from streamrec.schemas import EVENT_TYPES
 
 PAD_ID = 0  # padding row of every item tensor; real items are 1..n_items
-TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding size
 EVENT_TYPE_IDS: dict[str, int] = {t: i + 1 for i, t in enumerate(EVENT_TYPES)}  # 0 = padding
 DEFAULT_EVENT_TYPE = "view"  # type assumed for data that has none
 

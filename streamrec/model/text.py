@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from streamrec.errors import CheckpointError
+from streamrec.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
-TEXT_DIM = 384
+TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding width: named here only, imported elsewhere
 MAX_TOKENS = 128  # titles are short; longer text is truncated
 
 
@@ -44,7 +45,7 @@ def model_path() -> Path:
 
 
 class TextEncoder:
-    """Sentence embeddings (N, 384) float32, L2-normalised; loaded lazily on first use.
+    """Sentence embeddings (N, TEXT_DIM) float32, L2-normalised; loaded lazily on first use.
 
     >>> enc = TextEncoder(device="cpu")            # doctest: +SKIP
     >>> enc.encode(["red nail polish", ""]).shape  # doctest: +SKIP
@@ -129,8 +130,7 @@ def encode_cached(
             for i in todo:
                 known[_key(str(texts[i]))] = out[i]
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(cache_file.name + ".tmp")
             keys = np.frombuffer(b"".join(known), dtype=np.uint8).reshape(-1, 16)
-            save_file({"keys": keys, "text_emb": np.stack(list(known.values()))}, str(tmp))
-            os.replace(tmp, cache_file)
+            tensors = {"keys": keys, "text_emb": np.stack(list(known.values()))}
+            atomic_write(cache_file, lambda tmp: save_file(tensors, str(tmp)))
     return out

@@ -33,7 +33,7 @@ from streamrec.model.data import (
 )
 from streamrec.model.evaluate import evaluate_model
 from streamrec.model.sasrec import SASRec, SASRecConfig
-from streamrec.model.text import TextEncoder, encode_cached, resolve_device
+from streamrec.model.text import TEXT_DIM, TextEncoder, encode_cached, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def item_text_matrix(vocab: ItemVocab, item_text: dict[str, str | None], ids: li
     ids = vocab.ids if ids is None else ids
     texts = [item_text.get(i) for i in ids]
     if not any(texts):
-        return torch.zeros(len(ids), 384)
+        return torch.zeros(len(ids), TEXT_DIM)
     enc = encoder or TextEncoder(device=device)
     emb = encode_cached(texts, enc, cache_file=Path(cache_file) if cache_file else None)
     return torch.from_numpy(emb)

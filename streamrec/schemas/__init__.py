@@ -9,6 +9,7 @@ from streamrec.schemas.base import MAX_MESSAGE_BYTES, TS_MAX_MS, TS_MIN_MS, Cont
 from streamrec.schemas.contracts import (
     CONTRACTS,
     EVENT_TYPES,
+    EventType,
     CatalogItem,
     DeadLetter,
     ModelUpdate,
@@ -18,7 +19,7 @@ from streamrec.schemas.contracts import (
 )
 
 __all__ = [
-    "CONTRACTS", "EVENT_TYPES", "MAX_MESSAGE_BYTES", "TS_MAX_MS", "TS_MIN_MS", "CatalogItem",
+    "CONTRACTS", "EVENT_TYPES", "EventType", "MAX_MESSAGE_BYTES", "TS_MAX_MS", "TS_MIN_MS", "CatalogItem",
     "Contract", "DeadLetter", "ModelUpdate", "Recommendation", "ScoredItem", "ShopEvent",
     "json_schema", "committed_schema",
 ]

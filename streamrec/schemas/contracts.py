@@ -9,14 +9,15 @@ True
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field
 
 from streamrec.schemas.base import Contract, Id, LongText, ShortText, TimestampMs
 
-EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase")
+#: The event types of the contract: the one place they are named (settings, CLI, model import them).
 EventType = Literal["view", "add_to_cart", "remove_from_cart", "purchase"]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 MAX_RECOMMENDED_ITEMS = 1000
 #: Original bytes kept in a dead letter (Kafka's default max message size); beyond it, truncated.
 MAX_ORIGINAL_BYTES = 1_048_576

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.simulator import ShopSimulator, write_dataset
+from streamrec.devtools.simulator import ShopSimulator, write_dataset
 
 SIM = dict(seed=7, n_items=300, n_users=120)
 

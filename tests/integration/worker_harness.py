@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamrec.config import Settings
-from streamrec.localkafka import free_port
+from streamrec.devtools.localkafka import free_port
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:

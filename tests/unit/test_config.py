@@ -46,3 +46,13 @@ def test_bootstrap_from_local_state(tmp_path, monkeypatch):
     (tmp_path / "kafka" / "state.json").write_text('{"bootstrap": "127.0.0.1:4242"}')
     assert Settings(data_dir=tmp_path).resolved_bootstrap() == "127.0.0.1:4242"
     assert Settings(data_dir=tmp_path, bootstrap_servers="x:1").resolved_bootstrap() == "x:1"
+
+
+def test_event_types_have_one_home() -> None:
+    import streamrec.config as config
+    import streamrec.model.sasrec as sasrec
+    from streamrec import schemas
+
+    assert config.EVENT_TYPES is schemas.EVENT_TYPES
+    assert Settings().trigger_types == schemas.EVENT_TYPES
+    assert list(sasrec.EVENT_TYPE_IDS) == list(schemas.EVENT_TYPES)

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-DATA = Path(os.environ.get("STREAMREC_DATA_DIR", REPO.parent / "shared" / "data" / "beauty"))
+DATA = Path(os.environ.get("STREAMREC_BENCH_DATA", REPO.parent / "shared" / "data" / "beauty"))
 TEXT_CACHE = REPO / ".cache" / "streamrec" / "text_emb.safetensors"  # reused if present
 
 
 @pytest.mark.slow
 def test_beats_popularity_on_beauty_slice():
     if not (DATA / "sequences.txt").is_file():
-        pytest.skip(f"Beauty data not found at {DATA} (set STREAMREC_DATA_DIR)")
+        pytest.skip(f"Beauty data not found at {DATA} (set STREAMREC_BENCH_DATA)")
     from streamrec.model.data import encode, leave_one_out, read_item_text, read_sequences
     from streamrec.model.evaluate import popularity_score_fn, rank_all
     from streamrec.model.train import TrainSettings, train

@@ -1,18 +1,10 @@
 """Replay a real interaction dataset (the ``data/beauty/`` format) as catalog items and events.
 
 Why: the simulator's traffic has the right shape but invented tastes; replaying real sequences
-through Kafka shows how the deployed model does on real behaviour, end to end. The format is the
-one the offline model trains on, so ids stay the same strings on both paths ("123" in the file
-is item ``"123"`` on the wire and in the model's item map):
-
-- ``sequences.txt``: ``user item item ...`` per line, chronological, whitespace-separated ids;
-  a token may carry its event type as ``item:purchase`` (the model's loader reads the same
-  convention, see :func:`split_token`);
-- ``item_text.tsv``: a header ``item_id<TAB>title``, then ``id<TAB>title``; items may be absent
-  (the Beauty file has no line for 97 of its items).
-
-Files are untrusted input: every line and id is bounded, and a bad one raises ``ValueError``
-naming the file and line, before anything is sent.
+through Kafka shows how the deployed model does on real behaviour, end to end. The files are read
+with :func:`streamrec.datafiles.read_sequences` / :func:`~streamrec.datafiles.read_item_text`,
+the same reader the offline model uses, so ids stay the same strings on both paths and a bad
+file raises ``ValueError`` naming the file and line, before anything is sent.
 
 >>> seqs = {"u1": ["1", "2", "3"], "u2": ["4", "5"]}
 >>> [(e.user_id, e.item_id) for e in replay_events(seqs)]
@@ -26,113 +18,17 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
+from streamrec.datafiles import ID_RE, split_token
+from streamrec.devtools.pacing import DEFAULT_BASE_TS_MS, EventSink, emit, wall_clock_ms
 from streamrec.schemas import EVENT_TYPES, TS_MAX_MS, TS_MIN_MS, CatalogItem, ShopEvent
-from streamrec.simulator import DEFAULT_BASE_TS_MS, EventSink, emit, wall_clock_ms
 
 log = logging.getLogger(__name__)
 
-#: Longest line accepted in either file (bytes). Beauty's longest is well under 2 KB.
-MAX_LINE_CHARS = 1_000_000
 #: Longest title kept (the CatalogItem contract's limit); longer titles are cut, not refused.
 MAX_TITLE_CHARS = 512
-_ID_RE = re.compile(r"^[!-~]{1,128}$")  # the wire contracts' Id: printable ASCII, no space
 _PREFIX_RE = re.compile(r"^[!-~]{1,40}$")
-
-
-def _lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
-    """(line number, text without the newline) of a UTF-8 file, each line bounded."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{what} file {str(p)!r} does not exist or is not a file")
-    # Binary lines, decoded one by one: a decoding error then names its exact line.
-    with p.open("rb") as f:
-        for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE_CHARS + 2), b""), start=1):
-            if len(raw.rstrip(b"\r\n")) > MAX_LINE_CHARS:
-                raise ValueError(f"{p}:{lineno}: line longer than {MAX_LINE_CHARS} bytes")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{p}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-            yield lineno, line.rstrip("\r\n")
-
-
-def _check_id(token: str, path: str | Path, lineno: int, what: str) -> str:
-    if not _ID_RE.match(token):
-        shown = token if len(token) <= 40 else token[:37] + "..."
-        raise ValueError(f"{path}:{lineno}: {what} {shown!r} is not an id "
-                         f"(1..128 printable ASCII characters, no spaces; got {len(token)} characters)")
-    return token
-
-
-def split_token(token: str) -> tuple[str, str | None]:
-    """``"123:purchase"`` -> ``("123", "purchase")``; a bare (or unknown-suffix) token -> ``(token, None)``.
-
-    The same rule as :mod:`streamrec.model.data`, so that both read a file the same way.
-
-    >>> split_token("sku-1:add_to_cart"), split_token("sku-1"), split_token("a:b")
-    (('sku-1', 'add_to_cart'), ('sku-1', None), ('a:b', None))
-    """
-    head, sep, tail = token.rpartition(":")
-    if sep and head and tail in EVENT_TYPES:
-        return head, tail
-    return token, None
-
-
-def read_sequences(path: str | Path) -> dict[str, list[str]]:
-    """Read ``user item item ...`` lines into ``{user: [token, ...]}`` (file order kept).
-
-    Tokens are returned as written (``item`` or ``item:type``, see :func:`split_token`).
-    Blank lines are skipped; a line with a user but no item, a bad id or a user seen twice
-    raises ``ValueError`` naming the file and line.
-    """
-    seqs: dict[str, list[str]] = {}
-    first_line: dict[str, int] = {}
-    for lineno, line in _lines(path, "sequences"):
-        tokens = line.split()
-        if not tokens:
-            continue
-        if len(tokens) < 2:
-            raise ValueError(f"{path}:{lineno}: expected 'user item [item ...]', got only {tokens[0][:40]!r}")
-        user = _check_id(tokens[0], path, lineno, "user id")
-        if user in seqs:
-            raise ValueError(f"{path}:{lineno}: user {user!r} already had a line ({first_line[user]})")
-        for t in tokens[1:]:
-            _check_id(split_token(t)[0], path, lineno, "item id")
-        seqs[user] = tokens[1:]
-        first_line[user] = lineno
-    log.info("sequences read path=%s users=%d interactions=%d", path, len(seqs),
-             sum(len(s) for s in seqs.values()))
-    return seqs
-
-
-def read_item_text(path: str | Path) -> dict[str, str]:
-    """Read ``item_text.tsv`` into ``{item: title}``; the header line is required.
-
-    A line with an id and no tab, or nothing after the tab, gives an empty title. Titles are
-    stripped and cut to :data:`MAX_TITLE_CHARS`.
-    """
-    texts: dict[str, str] = {}
-    header_seen = False
-    for lineno, line in _lines(path, "item text"):
-        if not header_seen:
-            if line.lstrip("\ufeff").split("\t")[:2] != ["item_id", "title"]:
-                raise ValueError(f"{path}:{lineno}: expected the header 'item_id<TAB>title', got {line[:60]!r}")
-            header_seen = True
-            continue
-        if not line.strip():
-            continue
-        item, _, title = line.partition("\t")
-        _check_id(item, path, lineno, "item id")
-        if item in texts:
-            raise ValueError(f"{path}:{lineno}: item {item!r} has a second title line")
-        texts[item] = " ".join(title.split())[:MAX_TITLE_CHARS]
-    if not header_seen:
-        raise ValueError(f"{path}: empty file, expected the header 'item_id<TAB>title'")
-    log.info("item text read path=%s items=%d", path, len(texts))
-    return texts
 
 
 def dataset_items(sequences: Mapping[str, list[str]], texts: Mapping[str, str] | None = None) -> list[str]:
@@ -160,7 +56,7 @@ def catalog_from_dataset(
     """
     out: list[CatalogItem] = []
     for item in dict.fromkeys(items):
-        if not _ID_RE.match(item):
+        if not ID_RE.match(item):
             raise ValueError(f"item id {item[:40]!r}: must be 1..128 printable ASCII characters")
         out.append(CatalogItem(item_id=item, title=texts.get(item, "")[:MAX_TITLE_CHARS], category="",
                                brand="", price=0.0, in_stock=True, updated_ts=updated_ts))
@@ -240,7 +136,7 @@ def run_replay(
 ) -> int:
     """Send the dataset's catalog, then its interactions at ``rate``/s; flush; return the count.
 
-    Like :func:`streamrec.simulator.run_simulation`: events carry the send time as ``ts``
+    Like :func:`streamrec.devtools.simulator.run_simulation`: events carry the send time as ``ts``
     (``clock=None`` keeps the replay's synthetic timestamps), and the run ends at
     ``max_events``, ``duration`` seconds, ``stop`` or the end of the data.
     """

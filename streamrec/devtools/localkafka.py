@@ -68,7 +68,7 @@ def find_pom(start: Path | None = None) -> Path | None:
     candidates = []
     here = (start or Path.cwd()).resolve()
     candidates += [p / POM_RELATIVE for p in (here, *here.parents)]
-    candidates.append(Path(__file__).resolve().parents[1] / POM_RELATIVE)
+    candidates.append(Path(__file__).resolve().parents[2] / POM_RELATIVE)  # the repo root
     return next((c for c in candidates if c.is_file()), None)
 
 

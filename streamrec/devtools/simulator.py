@@ -16,9 +16,10 @@ measured from ``ts``.
 >>> list(sim.events(5)) == list(ShopSimulator(seed=1, n_items=50, n_users=10).events(5))
 True
 
-The runner at the bottom (:func:`run_simulation`) sends the catalog and then the events through
-an :class:`~streamrec.client.EventProducer` at a fixed rate; :class:`Pacer` is its token bucket
-(shared with :mod:`streamrec.replay`).
+The catalog's names and item rule are in :mod:`streamrec.devtools.catalog`. The runner at the
+bottom (:func:`run_simulation`) sends the catalog and then the events through an
+:class:`~streamrec.client.EventProducer` at a fixed rate, with :func:`streamrec.devtools.pacing.emit`
+(shared with :mod:`streamrec.devtools.replay`).
 """
 
 from __future__ import annotations
@@ -29,91 +30,23 @@ import logging
 import math
 import re
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from streamrec.devtools.catalog import MAX_BRANDS, MAX_CATEGORIES, make_brands, make_item
+from streamrec.devtools.pacing import DEFAULT_BASE_TS_MS, EventSink, emit, wall_clock_ms
 from streamrec.schemas import TS_MAX_MS, TS_MIN_MS, CatalogItem, ShopEvent
 
 log = logging.getLogger(__name__)
 
-#: Default simulated start time: 2026-01-01T00:00:00Z. Fixed, so that output is reproducible.
-DEFAULT_BASE_TS_MS = 1_767_225_600_000
 #: Event types that signal interest in an item and so become items of a next-item sequence.
 INTEREST_TYPES = frozenset({"view", "add_to_cart", "purchase"})
 
-# (category, product nouns, adjectives, variants, median price). The first 12 are the default
-# catalog; ``n_categories`` takes a prefix of this table.
-_CATEGORIES: tuple[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], float], ...] = (
-    ("skincare", ("Face Serum", "Moisturizer", "Cleanser", "Toner", "Eye Cream", "Sunscreen SPF 50",
-                  "Night Cream", "Sheet Mask"),
-     ("Hydrating", "Brightening", "Gentle", "Vitamin C", "Retinol", "Soothing", "Oil-Free"),
-     ("30ml", "50ml", "100ml", "150ml"), 25.0),
-    ("haircare", ("Shampoo", "Conditioner", "Hair Mask", "Hair Oil", "Leave-In Spray", "Styling Cream"),
-     ("Repairing", "Volumizing", "Argan", "Curl-Defining", "Anti-Frizz", "Color-Safe"),
-     ("250ml", "400ml", "1L"), 14.0),
-    ("makeup", ("Lipstick", "Mascara", "Foundation", "Eyeliner", "Blush", "Concealer", "Eyeshadow Palette"),
-     ("Matte", "Long-Wear", "Velvet", "Waterproof", "Luminous", "Natural"),
-     ("Shade 01", "Shade 02", "Shade 03", "Shade 04"), 18.0),
-    ("fragrance", ("Eau de Parfum", "Eau de Toilette", "Body Mist", "Cologne"),
-     ("Amber", "Citrus", "Floral", "Woody", "Fresh", "Vanilla"), ("30ml", "50ml", "100ml"), 55.0),
-    ("running shoes", ("Running Shoe", "Trail Shoe", "Racing Flat", "Stability Trainer"),
-     ("Lightweight", "Cushioned", "Carbon-Plated", "Responsive", "Waterproof"),
-     ("Men's", "Women's", "Unisex"), 110.0),
-    ("sportswear", ("Running Tee", "Training Shorts", "Leggings", "Hoodie", "Sports Bra", "Track Jacket"),
-     ("Breathable", "Seamless", "Thermal", "Quick-Dry", "Compression"), ("S", "M", "L", "XL"), 35.0),
-    ("coffee", ("Whole Bean Coffee", "Ground Coffee", "Espresso Pods", "Cold Brew Concentrate",
-                "Instant Coffee"),
-     ("Dark Roast", "Medium Roast", "Single-Origin", "Decaf", "Organic"), ("250g", "500g", "1kg"), 12.0),
-    ("tea", ("Green Tea", "Black Tea", "Herbal Infusion", "Matcha Powder", "Chai Blend"),
-     ("Organic", "Loose-Leaf", "Jasmine", "Earl Grey", "Sencha"), ("20 bags", "50 bags", "100g"), 8.0),
-    ("kitchen", ("Chef's Knife", "Frying Pan", "Cutting Board", "Saucepan", "Mixing Bowl Set", "Dutch Oven"),
-     ("Stainless Steel", "Non-Stick", "Cast Iron", "Bamboo", "Ceramic"), ("20cm", "24cm", "28cm"), 45.0),
-    ("home decor", ("Scented Candle", "Throw Pillow", "Table Lamp", "Wall Mirror", "Vase", "Photo Frame"),
-     ("Minimalist", "Rustic", "Velvet", "Brass", "Handmade"), (), 30.0),
-    ("electronics accessories", ("Wireless Earbuds", "Phone Case", "USB-C Cable", "Power Bank",
-                                 "Bluetooth Speaker", "Charging Stand"),
-     ("Fast-Charge", "Noise-Cancelling", "Rugged", "Slim", "Magnetic"), ("Black", "White", "Blue"), 30.0),
-    ("books", ("Novel", "Cookbook", "Travel Guide", "Biography", "Graphic Novel", "Poetry Collection"),
-     ("Bestselling", "Illustrated", "Award-Winning", "Paperback", "Hardcover"), (), 15.0),
-    ("bedding", ("Duvet Cover", "Fitted Sheet", "Pillowcase Set", "Weighted Blanket", "Mattress Topper"),
-     ("Cotton Sateen", "Linen", "Bamboo", "Cooling", "Flannel"), ("Single", "Double", "King"), 60.0),
-    ("toys", ("Building Set", "Puzzle", "Plush Toy", "Board Game", "Remote Control Car", "Art Kit"),
-     ("Educational", "Wooden", "Glow-in-the-Dark", "Classic", "Deluxe"), ("Ages 3+", "Ages 6+", "Ages 8+"), 25.0),
-    ("pet supplies", ("Dry Dog Food", "Cat Litter", "Chew Toy", "Pet Bed", "Cat Tree", "Grooming Brush"),
-     ("Grain-Free", "Clumping", "Orthopedic", "Durable", "Natural"), ("Small", "Medium", "Large"), 28.0),
-    ("outdoor", ("Camping Tent", "Sleeping Bag", "Hiking Backpack", "Headlamp", "Water Bottle",
-                 "Trekking Poles"),
-     ("Ultralight", "Insulated", "Waterproof", "Packable", "Rechargeable"), (), 70.0),
-    ("yoga & fitness", ("Yoga Mat", "Resistance Bands", "Dumbbell Set", "Foam Roller", "Jump Rope",
-                        "Kettlebell"),
-     ("Non-Slip", "Adjustable", "Eco", "Heavy-Duty", "Compact"), (), 35.0),
-    ("baby", ("Diapers", "Baby Wipes", "Baby Lotion", "Sippy Cup", "Swaddle Blanket"),
-     ("Sensitive", "Organic", "Fragrance-Free", "Spill-Proof", "Muslin"), ("Size 1", "Size 3", "Size 5"), 20.0),
-    ("snacks", ("Protein Bar", "Trail Mix", "Dark Chocolate", "Granola", "Rice Crackers"),
-     ("Salted Caramel", "Almond", "Vegan", "Gluten-Free", "Honey"), ("6-pack", "12-pack", "Family Size"), 6.0),
-    ("watches & jewelry", ("Wristwatch", "Necklace", "Stud Earrings", "Bracelet", "Ring"),
-     ("Sterling Silver", "Gold-Plated", "Minimalist", "Vintage", "Chronograph"), (), 80.0),
-)
-MAX_CATEGORIES = len(_CATEGORIES)
-_BRAND_HEADS = ("Lum", "Ver", "Nor", "Sol", "Aur", "Kai", "Zen", "Mar", "Bel", "Ori", "Vel", "Ast",
-                "Cal", "Dor", "Eli", "Fio", "Hal", "Ivo", "Jun", "Kor", "Lyr", "Mos", "Nim", "Pax",
-                "Ros", "Sev", "Tor", "Ula", "Wren", "Yar")
-_BRAND_TAILS = ("ina", "dant", "aris", "ora", "ex", "ly", "ique", "on", "ara", "ia", "ix", "en", "ura")
-MAX_BRANDS = len(_BRAND_HEADS) * len(_BRAND_TAILS)
-_BLURBS = ("Loved by customers for everyday use.", "A reliable favourite at a fair price.",
-           "Designed to last, easy to care for.", "New formula, same trusted quality.",
-           "Thoughtfully made with responsibly sourced materials.", "Our best-rated pick this season.")
 _PREFIX_RE = re.compile(r"^[!-~]{1,40}$")
-
-
-def wall_clock_ms() -> int:
-    """Current epoch time in milliseconds: the ``ts`` of live events (latency is measured from it)."""
-    return time.time_ns() // 1_000_000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,7 +147,7 @@ class ShopSimulator:
         self.id_prefix = prefix
 
         rng = np.random.default_rng([seed, 0])
-        self._brands = self._make_brands(rng, n_categories * brands_per_category, brands_per_category)
+        self._brands = make_brands(rng, n_categories * brands_per_category, brands_per_category)
         # brands offered per category, as indices into self._brands (brands may span categories)
         self._cat_brands = [rng.choice(len(self._brands), size=brands_per_category, replace=False)
                             for _ in range(n_categories)]
@@ -241,39 +174,11 @@ class ShopSimulator:
 
     # -- catalog ----------------------------------------------------------------------------
 
-    @staticmethod
-    def _make_brands(rng: np.random.Generator, n: int, per_category: int) -> list[str]:
-        names = sorted({h + t for h in _BRAND_HEADS for t in _BRAND_TAILS})
-        pool = min(len(names), max(per_category, round(n * 0.8)))  # fewer names than slots: overlap
-        return [names[int(j)] for j in rng.choice(len(names), size=pool, replace=False)]
-
     def _make_item(self, rng: np.random.Generator, index: int, cat: int, ts: int) -> tuple[CatalogItem, int]:
-        """A new item of category ``cat`` (and its brand's index); ids are ``sku-`` + 1-based index."""
-        name, nouns, adjs, variants, median = _CATEGORIES[cat]
-        brand = int(rng.choice(self._cat_brands[cat]))
-        noun, adj = nouns[int(rng.integers(len(nouns)))], adjs[int(rng.integers(len(adjs)))]
-        parts = [self._brands[brand], adj, noun]
-        size_factor = 1.0
-        if variants:
-            v = int(rng.integers(len(variants)))
-            parts.append(variants[v])
-            size_factor = 1.0 + 0.3 * v
-        price = median * size_factor * self._brand_premium[brand] * rng.lognormal(0.0, 0.4)
-        description = None
-        if rng.random() < self.description_rate:
-            description = (f"{adj} {noun.lower()} by {self._brands[brand]}, in our {name} range. "
-                           f"{_BLURBS[int(rng.integers(len(_BLURBS)))]}")
-        item = CatalogItem(
-            item_id=f"sku-{index + 1:06d}",
-            title=" ".join(parts),
-            category=name,
-            brand=self._brands[brand],
-            price=round(max(0.5, float(price)), 2),
-            in_stock=bool(rng.random() >= self.out_of_stock_rate),
-            description=description,
-            updated_ts=ts,
-        )
-        return item, brand
+        """A new item of category ``cat`` (and its brand's index), from this shop's brands."""
+        return make_item(rng, index, cat, ts, brands=self._brands, cat_brands=self._cat_brands,
+                         brand_premium=self._brand_premium, description_rate=self.description_rate,
+                         out_of_stock_rate=self.out_of_stock_rate)
 
     def catalog(self) -> list[CatalogItem]:
         """The initial catalog (items listed mid-stream by ``new_item_rate`` come from :meth:`stream`)."""
@@ -536,129 +441,6 @@ def write_dataset(
             f.write(f"{it.item_id}\t{' '.join(it.title.split())}\n")
     log.info("dataset written dir=%s events=%d users=%d items=%d", out, len(events), kept, len(items))
     return seq_path, text_path
-
-
-# ----------------------------------------------------------------------------------------------
-# live emission
-
-
-class EventSink(Protocol):
-    """What the runners need from a producer (:class:`~streamrec.client.EventProducer` fits)."""
-
-    def send(self, event: ShopEvent) -> object: ...
-    def send_catalog(self, item: CatalogItem) -> object: ...
-    def flush(self, timeout: float = 30.0) -> None: ...
-
-
-class Pacer:
-    """Token bucket that holds a stream to ``rate`` events per second.
-
-    It keeps the due time of the next event rather than sleeping per event: sleeps happen only
-    once the schedule is ``min_sleep`` ahead, so 50k events/s cost a few hundred sleeps a
-    second, not 50k. After a stall (GC pause, slow broker) at most ``max_burst_s`` worth of
-    events are sent at once to catch up; the rest of the lost time is written off.
-
-    >>> t = [0.0]
-    >>> p = Pacer(10.0, clock=lambda: t[0], sleep=lambda s: t.__setitem__(0, t[0] + s))
-    >>> for _ in range(21): p.wait()
-    >>> round(t[0], 3)
-    2.0
-    """
-
-    def __init__(
-        self,
-        rate: float | None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        min_sleep: float = 0.005,
-        max_burst_s: float = 0.1,
-    ) -> None:
-        if rate is not None and not (isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0):
-            raise ValueError(f"rate={rate!r}: must be a positive number of events per second, or None")
-        self.rate = rate
-        self._clock, self._sleep = clock, sleep
-        self.min_sleep, self.max_burst_s = min_sleep, max_burst_s
-        self._due: float | None = None
-
-    def wait(self) -> None:
-        """Return when the next event may be sent (at once when ``rate`` is None)."""
-        if self.rate is None:
-            return
-        now = self._clock()
-        if self._due is None:
-            self._due = now
-        elif now - self._due > self.max_burst_s:
-            self._due = now - self.max_burst_s
-        ahead = self._due - now
-        if ahead >= self.min_sleep:
-            self._sleep(ahead)
-        self._due += 1.0 / self.rate
-
-
-def emit(
-    producer: EventSink,
-    stream: Iterable[ShopEvent | CatalogItem],
-    *,
-    rate: float | None,
-    duration: float | None,
-    max_events: int | None,
-    clock: Callable[[], int] | None = wall_clock_ms,
-    progress: Callable[[int], None] | None = None,
-    stop: threading.Event | None = None,
-    monotonic: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> int:
-    """Send ``stream`` paced to ``rate`` until ``duration`` s, ``max_events`` or ``stop``; flush.
-
-    Shared by :func:`run_simulation` and :func:`streamrec.replay.run_replay`. ``clock`` (epoch
-    ms, default wall time) restamps each record as it is sent -- events' ``ts``, new items'
-    ``updated_ts`` -- never going backwards, so that a consumer can measure latency from ``ts``;
-    ``clock=None`` sends the stream's own timestamps. Only events count against ``rate`` and
-    ``max_events``. ``progress`` is called with the running count about once a second and once
-    at the end. Returns the number of events sent.
-    """
-    if duration is not None and not duration >= 0:
-        raise ValueError(f"duration={duration!r}: must be >= 0 seconds or None")
-    if max_events is not None and (not isinstance(max_events, int) or max_events < 0):
-        raise ValueError(f"max_events={max_events!r}: must be a non-negative int or None")
-    pacer = Pacer(rate, clock=monotonic, sleep=sleep)
-    start = last_report = monotonic()
-    sent, last_ts = 0, 0
-    try:
-        for rec in stream:
-            if max_events is not None and sent >= max_events:
-                break
-            if stop is not None and stop.is_set():
-                break
-            if duration is not None and monotonic() - start >= duration:
-                break
-            if clock is not None:
-                last_ts = max(int(clock()), last_ts)
-            if isinstance(rec, CatalogItem):
-                producer.send_catalog(rec if clock is None else rec.model_copy(update={"updated_ts": last_ts}))
-                continue
-            pacer.wait()
-            if clock is not None:
-                last_ts = max(int(clock()), last_ts)  # stamp after the wait: ts = send time
-                rec = rec.model_copy(update={"ts": last_ts})
-            producer.send(rec)
-            sent += 1
-            if progress is not None and monotonic() - last_report >= 1.0:
-                last_report = monotonic()
-                progress(sent)
-    except BaseException:
-        try:  # deliver what was sent, but let the original error through
-            producer.flush(5.0)
-        except Exception as exc:  # noqa: BLE001 - secondary to the error being raised
-            log.error("flush after error failed: %s", exc)
-        raise
-    producer.flush()
-    if progress is not None:
-        progress(sent)
-    elapsed = monotonic() - start
-    log.info("emitted events=%d seconds=%.1f rate=%.0f/s", sent, elapsed, sent / elapsed if elapsed > 0 else 0.0)
-    return sent
 
 
 def run_simulation(

@@ -1,4 +1,4 @@
-"""Replaying a dataset: strict, clear parsing; interleaved traffic that keeps each user's order."""
+"""Replaying a dataset: its catalog; interleaved traffic that keeps each user's order."""
 
 from __future__ import annotations
 
@@ -6,16 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import streamrec.replay as replay
-from streamrec.replay import (
-    catalog_from_dataset,
-    dataset_items,
-    read_item_text,
-    read_sequences,
-    replay_events,
-    run_replay,
-)
-from streamrec.schemas import CatalogItem, ShopEvent
+from streamrec.datafiles import read_item_text, read_sequences
+from streamrec.devtools.replay import catalog_from_dataset, dataset_items, replay_events, run_replay
+from streamrec.schemas import CatalogItem
 from tests.unit.fakes import FakeProducer
 
 
@@ -29,73 +22,6 @@ def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
     return p
 
 
-# -- reading ------------------------------------------------------------------------------------
-
-
-def test_read_sequences(tmp_path: Path) -> None:
-    p = write(tmp_path, "seq.txt", "1 1 2 3\n\n2 4 1\r\nuser-x sku-1 sku-2\n")
-    assert read_sequences(p) == {"1": ["1", "2", "3"], "2": ["4", "1"], "user-x": ["sku-1", "sku-2"]}
-
-
-@pytest.mark.parametrize(
-    ("text", "line", "words"),
-    [
-        ("1 1 2\n2\n", 2, "got only '2'"),
-        ("1 1 2\n2 " + "x" * 129 + "\n", 2, "item id"),
-        ("1 1 2\nusér 1\n", 2, "user id"),
-        ("1 1 2\n2 3\n1 4\n", 3, "already had a line (1)"),
-        ("1 1 2\n2 :purchase " + "y" * 129 + ":view\n", 2, "item id 'yyy"),
-    ],
-)
-def test_read_sequences_errors_name_file_and_line(tmp_path: Path, text: str, line: int, words: str) -> None:
-    p = write(tmp_path, "seq.txt", text)
-    with pytest.raises(ValueError) as exc:
-        read_sequences(p)
-    assert f"{p}:{line}:" in str(exc.value) and words in str(exc.value)
-
-
-def test_read_sequences_bounds_and_encoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match=r"seq.txt:2: not UTF-8"):
-        read_sequences(write(tmp_path, "seq.txt", b"1 1 2\n2 \xff\xfe\n"))
-    monkeypatch.setattr(replay, "MAX_LINE_CHARS", 10)
-    assert read_sequences(write(tmp_path, "ok.txt", "1 2 3 4 56\r\n7 8 9 10 1\n")) == {
-        "1": ["2", "3", "4", "56"], "7": ["8", "9", "10", "1"]}
-    with pytest.raises(ValueError, match=r"long.txt:1: line longer than 10 bytes"):
-        read_sequences(write(tmp_path, "long.txt", "1 2 3 4 5 6 7 8 9\n"))
-
-
-def test_missing_files_are_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="sequences file .*nope.txt"):
-        read_sequences(tmp_path / "nope.txt")
-    with pytest.raises(FileNotFoundError, match="item text file"):
-        read_item_text(tmp_path)  # a directory is not a file either
-
-
-def test_read_item_text(tmp_path: Path) -> None:
-    p = write(tmp_path, "t.tsv", "item_id\ttitle\n1\tOPI  Nail Lacquer\t0.5 oz\n2\t\n3\n\n4\tBB Cream\n")
-    assert read_item_text(p) == {"1": "OPI Nail Lacquer 0.5 oz", "2": "", "3": "", "4": "BB Cream"}
-
-
-@pytest.mark.parametrize(
-    ("text", "words"),
-    [
-        ("1\tfoo\n", "t.tsv:1: expected the header"),
-        ("", "t.tsv: empty file"),
-        ("item_id\ttitle\n1\ta\n1\tb\n", "t.tsv:3: item '1' has a second title line"),
-        ("item_id\ttitle\nbad id\ta\n", "t.tsv:2: item id 'bad id'"),
-    ],
-)
-def test_read_item_text_errors(tmp_path: Path, text: str, words: str) -> None:
-    with pytest.raises(ValueError, match=words):
-        read_item_text(write(tmp_path, "t.tsv", text))
-
-
-def test_long_titles_are_cut_to_the_contract_limit(tmp_path: Path) -> None:
-    texts = read_item_text(write(tmp_path, "t.tsv", "item_id\ttitle\n1\t" + "a" * 2000 + "\n"))
-    assert len(texts["1"]) == 512
-    assert catalog_from_dataset(["1"], texts)[0].title == texts["1"]
-
-
 # -- catalog and events ----------------------------------------------------------------------------
 
 
@@ -106,6 +32,10 @@ def test_item_without_title_is_kept_visibly_empty() -> None:
     assert items[1].title == "" and items[1].text() == ""
     for it in items:
         assert CatalogItem.from_bytes(it.to_bytes()) == it
+
+
+def test_long_titles_are_cut_to_the_contract_limit() -> None:
+    assert catalog_from_dataset(["1"], {"1": "a" * 2000})[0].title == "a" * 512
 
 
 def test_dataset_items_order() -> None:

@@ -117,9 +117,9 @@ def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], e
 def run(seconds: float | None) -> int:
     from rich.live import Live
 
-    from streamrec import localkafka
+    from streamrec.devtools import localkafka
     from streamrec.client import RecommendationSubscriber
-    from streamrec.simulator import ShopSimulator
+    from streamrec.devtools.simulator import ShopSimulator
 
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +212,7 @@ def run(seconds: float | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streamrec.demo")
+    parser = argparse.ArgumentParser(prog="python -m streamrec.devtools.demo")
     parser.add_argument("--seconds", type=float, default=None)
     args = parser.parse_args(argv)
     seconds = args.seconds
