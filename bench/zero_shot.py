@@ -48,16 +48,18 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from quality import MODEL_CONFIG, TRAIN, data_dir, hidden_items, hide_items, throughput  # noqa: E402
 
-from streamrec.model.checkpoint import save_checkpoint  # noqa: E402
+from streamrec.model.checkpoint import load_checkpoint, read_metrics, save_checkpoint  # noqa: E402
 from streamrec.model.data import (  # noqa: E402
-    Encoded, Interactions, encode, read_item_text, read_sequences,
+    Encoded, Interactions, encode, leave_one_out, read_item_text, read_sequences,
 )
 from streamrec.model.evaluate import (  # noqa: E402
     evaluate_model, popularity_score_fn, rank_all, text_similarity_score_fn,
 )
 from streamrec.model.inference import Recommender  # noqa: E402
 from streamrec.model.sasrec import SASRec  # noqa: E402
-from streamrec.model.train import TrainSettings, add_items, train  # noqa: E402
+from streamrec.model.train import (  # noqa: E402
+    TrainSettings, add_items, fit_gates, train, with_text_channel,
+)
 
 COLS = ("hr@10", "ndcg@10", "ndcg@20")
 
@@ -118,12 +120,14 @@ def main() -> int:
     ap.add_argument("--test", action="store_true", help="also report the test split (once, at the end)")
     ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text_emb.safetensors"))
     ap.add_argument("--save", type=Path, default=None, help="keep the trained model here")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="skip training: a model this script saved (--save) on the same split")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     d = data_dir()
     if not (d / "sequences.txt").is_file():
-        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_DATA_DIR)")
+        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
         return 2
     t0 = time.monotonic()
     cfg = MODEL_CONFIG | args.config
@@ -132,16 +136,36 @@ def main() -> int:
     text = read_item_text(d / "item_text.tsv")
     hidden = hidden_items(data, args.seed)
     print(f"config {json.dumps(cfg)} train {json.dumps(tr)}; torch threads {torch.get_num_threads()}")
-    res = train(hide_items(data, hidden), item_text=text, config=cfg,
-                settings=TrainSettings(seed=args.seed, progress=False, text_cache=args.text_cache,
-                                       device="cpu", **tr))
-    model, vocab = res.model, res.vocab
-    hist = res.metrics["history"]
-    print(f"trained {res.metrics['train_seconds']:.0f}s, {res.metrics['epochs']} epochs, best "
-          f"{res.metrics['best_epoch']}; val NDCG@10 (known items only) per epoch: "
+    settings = TrainSettings(seed=args.seed, progress=False, text_cache=args.text_cache,
+                             device="cpu", **tr)
+    if args.checkpoint is None:
+        res = train(hide_items(data, hidden), item_text=text, config=cfg, settings=settings)
+        model, vocab, metrics = res.model, res.vocab, res.metrics
+        if args.save:
+            save_checkpoint(model, vocab, args.save, metrics=res.metrics, train_settings=res.settings)
+    else:
+        # A model this script trained before (--save) on the same hidden split: reuse its model
+        # part; without the channel it gets one and its gates are fitted here, exactly the
+        # "post" phase that train() runs after the model part.
+        model, vocab = load_checkpoint(args.checkpoint)
+        metrics = read_metrics(args.checkpoint)
+        if hidden & set(vocab.ids):
+            raise SystemExit(f"{args.checkpoint} was trained on hidden items: not this split")
+        if cfg.get("hybrid", True) and not model.config.hybrid:
+            model = with_text_channel(model, **{k: v for k, v in args.config.items()
+                                                if k in ("text_sim_dim", "text_decay")})
+            split = leave_one_out(encode(hide_items(data, hidden), vocab), val_users=tr["val_users"])
+            rows = torch.as_tensor([i for q in split.train.items for i in q], dtype=torch.long)
+            model.item_count += torch.bincount(rows, minlength=len(vocab) + 1).float()
+            metrics = dict(metrics) | {"gates": fit_gates(model, split.train, settings,
+                                                          rng=np.random.default_rng(args.seed))}
+    hist = metrics.get("history", [])
+    print(f"trained {metrics.get('train_seconds', 0):.0f}s, {metrics.get('epochs')} epochs, best "
+          f"{metrics.get('best_epoch')}; val NDCG@10 (known items only) per epoch: "
           + " ".join(f"{h['val_ndcg@10']:.4f}" for h in hist))
-    if args.save:
-        save_checkpoint(model, vocab, args.save, metrics=res.metrics, train_settings=res.settings)
+    if "gates" in metrics:
+        print(f"gate fit: {metrics['gates']}")
+    res_metrics = metrics
     train_enc = encode(hide_items(data, hidden), vocab)
     n_known = len(vocab)
     add_items(model, vocab, sorted(hidden), text, cache_file=args.text_cache)
@@ -152,7 +176,8 @@ def main() -> int:
         print("gates: item beta w(new, log1p count), bias = " + ", ".join(f"{x:.3f}" for x in g[1:])
               + "; user alpha w(share new, log1p len), bias = " + ", ".join(f"{x:.3f}" for x in u[1:]))
     enc = encode(data, vocab)
-    out: dict = {"config": cfg, "epochs": res.metrics["epochs"], "train_seconds": res.metrics["train_seconds"]}
+    out: dict = {"config": cfg, "epochs": res_metrics.get("epochs"),
+                 "train_seconds": res_metrics.get("train_seconds")}
     splits = {"all users": lambda r: True, "hidden-item targets": lambda r: r > n_known,
               "known-item targets": lambda r: r <= n_known}
     for name, keep in splits.items():
@@ -161,7 +186,7 @@ def main() -> int:
         out[f"val {name}"] = {k: round(v["ndcg@10"], 4) for k, v in r.items()}
     # Whole new shops.
     with tempfile.TemporaryDirectory() as tmp:
-        from streamrec.simulator import ShopSimulator, write_dataset
+        from streamrec.devtools.simulator import ShopSimulator, write_dataset
 
         sim = ShopSimulator(seed=7, n_items=args.shop_items, n_users=args.shop_users, id_prefix="zs")
         seq_p, text_p = write_dataset(sim, tmp, n_events=args.shop_events)

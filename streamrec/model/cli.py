@@ -48,6 +48,9 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
     p.add_argument("--text-cache", type=Path, default=None,
                    help="safetensors file that keeps MiniLM title vectors between runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--hybrid-fit", choices=("post", "joint"), default=None,
+                   help="post (default): train the model part, then fit the text channel's "
+                        "gates; joint: the channel in the loss from the start (slower)")
     if not model_flags:
         return
     d = SASRecConfig()
@@ -134,6 +137,8 @@ def _settings(args: argparse.Namespace, settings: Settings):
         kw["lr"] = args.lr
     if args.lr_schedule is not None:
         kw["lr_schedule"] = args.lr_schedule
+    if args.hybrid_fit is not None:
+        kw["hybrid_fit"] = args.hybrid_fit
     return TrainSettings(**kw)
 
 

@@ -93,18 +93,22 @@ def rank_all(
     return out
 
 
-def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu") -> ScoreFn:
+def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu",
+                   text_channel: bool = True) -> ScoreFn:
     """Scores of all rows for a batch of histories: the served user vector . the served item
     vectors (with hybrid scoring both carry the gated text-similarity channel)."""
     model.eval()
     with torch.inference_mode():
         table = model.item_table()  # (N+1, d), once per evaluation
-        out = model.output_table(table)  # (N+1, D) the vectors a worker's index holds
+        out = model.output_table(table) if text_channel else table  # (N+1, D) as in the index
 
     @torch.inference_mode()
     def fn(items: list[list[int]], types: list[list[int]]) -> torch.Tensor:
         x, t = history_batch(items, types, model.config.max_len)
-        u = model.user_vectors(x.to(device), t.to(device), table)  # (B, D) as encode_users
+        if text_channel:
+            u = model.user_vectors(x.to(device), t.to(device), table)  # (B, D) as encode_users
+        else:
+            u = model.encode(x.to(device), t.to(device), table)[:, -1]  # (B, d) model part only
         return u @ out.T  # (B, N+1)
 
     return fn
@@ -112,10 +116,12 @@ def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu") -> Scor
 
 def evaluate_model(model: SASRec, inputs: Encoded, targets: np.ndarray, *,
                    device: torch.device | str = "cpu", exclude_seen: bool = True,
-                   batch_size: int = 512, catalog_rows: np.ndarray | None = None) -> dict[str, float]:
+                   batch_size: int = 512, catalog_rows: np.ndarray | None = None,
+                   text_channel: bool = True) -> dict[str, float]:
     was_training = model.training
     try:
-        return rank_all(model_score_fn(model, device=device), inputs, targets, model.config.n_items,
+        return rank_all(model_score_fn(model, device=device, text_channel=text_channel),
+                        inputs, targets, model.config.n_items,
                         exclude_seen=exclude_seen, batch_size=batch_size, catalog_rows=catalog_rows)
     finally:
         model.train(was_training)

@@ -44,6 +44,8 @@ where that embedding is a constant and changes nothing.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -322,13 +324,22 @@ class SASRec(PreTrainedModel):
         """alpha (B, T', 1), unit text vector (B, T', r), has-history (B, T', 1)."""
         B, T = item_ids.shape
         valid = (item_ids != PAD_ID).float()  # (B, T)
-        x = self.text_low()[item_ids] * valid[..., None]  # (B, T, r)
-        age = torch.arange(T, device=item_ids.device)
-        diff = (age[:, None] - age[None, :]).float()  # (T, T) query t, key k: t - k
         if last_only:
-            diff = diff[-1:]  # (1, T)
-        w = torch.where(diff >= 0, self.config.text_decay ** diff.clamp(min=0), 0.0)
-        q = torch.einsum("tk,bkr->btr", w.to(x.dtype), x)  # (B, T', r)
+            # Only the newest items whose weight matters (decay ** age >= 1e-4 of the newest):
+            # the same vector up to float rounding, at a fraction of the gather.
+            decay = self.config.text_decay
+            horizon = T if decay >= 1.0 else min(T, int(math.log(1e-4) / math.log(decay)) + 1)
+            ids_t = item_ids[:, T - horizon:]
+            w = (decay ** torch.arange(horizon - 1, -1, -1, device=item_ids.device,
+                                       dtype=torch.float32))  # (horizon,)
+            x = self.text_low()[ids_t] * valid[:, T - horizon:, None]  # (B, horizon, r)
+            q = torch.einsum("k,bkr->br", w.to(x.dtype), x)[:, None]  # (B, 1, r)
+        else:
+            x = self.text_low()[item_ids] * valid[..., None]  # (B, T, r)
+            age = torch.arange(T, device=item_ids.device)
+            diff = (age[:, None] - age[None, :]).float()  # (T, T) query t, key k: t - k
+            w = torch.where(diff >= 0, self.config.text_decay ** diff.clamp(min=0), 0.0)
+            q = torch.einsum("tk,bkr->btr", w.to(x.dtype), x)  # (B, T, r)
         new = self.item_new(keep).float()[item_ids] * valid  # (B, T)
         n_seen, n_new = valid.cumsum(1), new.cumsum(1)  # (B, T)
         if last_only:
@@ -391,9 +402,13 @@ class SASRec(PreTrainedModel):
         item_ids: torch.Tensor,
         type_ids: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
+        text_channel: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``item_ids`` (B, T) left-padded rows; ``targets`` (B, T) the next row at each position
-        (PAD where there is none). Returns (hidden (B, T, d), mean cross-entropy or None)."""
+        (PAD where there is none). Returns (hidden (B, T, d), mean cross-entropy or None).
+        The loss scores the full user states (:meth:`user_states`) against
+        :meth:`output_table`, or (``text_channel=False``) the hidden states against the input
+        item table alone (the model part; the gates are then fitted afterwards)."""
         keep = self.id_keep(self.id_emb.weight.shape[0])
         table = self.item_table(keep=keep)  # (N+1, d)
         h = self.encode(item_ids, type_ids, table)  # (B, T, d)
@@ -401,7 +416,8 @@ class SASRec(PreTrainedModel):
             return h, None
         sel = targets != PAD_ID  # (B, T)
         y = targets[sel]  # (M,)
-        if self.config.loss == "full" and self.config.hybrid:
+        channel = self.config.hybrid if text_channel is None else (text_channel and self.config.hybrid)
+        if self.config.loss == "full" and channel:
             # The same scores as user_states . output_table, computed without the (M, N, 384)
             # work in autograd: the cosine part has no trainable input, only its gates do.
             alpha, qn, some = self._user_text_parts(item_ids, keep)
@@ -411,8 +427,8 @@ class SASRec(PreTrainedModel):
                 cos = qn[sel] @ F.normalize(self.text_low(), dim=-1)[1:].T  # (M, N)
             logits = h[sel] @ table[1:].T + some * (alpha * cos * beta[1:] + b[1:])  # (M, N)
             return h, F.cross_entropy(logits, y - 1)
-        u = h if not self.config.hybrid else torch.cat([h, self.user_text(item_ids, keep)], -1)
-        out = self.output_table(table, keep)  # (N+1, D) D = output_dim
+        u = h if not channel else torch.cat([h, self.user_text(item_ids, keep)], -1)
+        out = self.output_table(table, keep) if channel else table  # (N+1, D) D = output_dim
         h_sel = u[sel]  # (M, D)
         if self.config.loss == "full":
             logits = h_sel @ out[1:].T  # (M, N) PAD row excluded
