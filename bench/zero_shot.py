@@ -157,8 +157,12 @@ def main() -> int:
             split = leave_one_out(encode(hide_items(data, hidden), vocab), val_users=tr["val_users"])
             rows = torch.as_tensor([i for q in split.train.items for i in q], dtype=torch.long)
             model.item_count += torch.bincount(rows, minlength=len(vocab) + 1).float()
-            metrics = dict(metrics) | {"gates": fit_gates(model, split.train, settings,
-                                                          rng=np.random.default_rng(args.seed))}
+            rng = np.random.default_rng(args.seed)
+            if settings.gate_data == "val":
+                g = fit_gates(model, split.val_inputs, settings, rng=rng, targets=split.val_targets)
+            else:
+                g = fit_gates(model, split.train, settings, rng=rng)
+            metrics = dict(metrics) | {"gates": g}
     hist = metrics.get("history", [])
     print(f"trained {metrics.get('train_seconds', 0):.0f}s, {metrics.get('epochs')} epochs, best "
           f"{metrics.get('best_epoch')}; val NDCG@10 (known items only) per epoch: "
@@ -231,6 +235,27 @@ def main() -> int:
     print("\ninference, encode_users batch 256: " + ", ".join(
         f"{k} {v:,.0f} seq/s (vector dim {dims[k]})" for k, v in tput.items()))
     out["seq_per_s_batch_256"] = {k: round(v) for k, v in tput.items()}
+    # The worker's other per-batch cost: the exact FAISS search over the whole catalog.
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    search = {}
+    for k, r in (("this model", rec), ("without text channel", locals().get("rec0"))):
+        if r is None:
+            continue
+        _, vecs = r.item_vectors()
+        index = faiss.IndexFlatIP(vecs.shape[1])
+        index.add(vecs)
+        q = r.encode_users(hist_u[:256])
+        index.search(q, 10)
+        n, t1 = 0, time.perf_counter()
+        while time.perf_counter() - t1 < 3.0:
+            index.search(q, 10)
+            n += len(q)
+        search[k] = n / (time.perf_counter() - t1)
+    print("exact FAISS search (IndexFlatIP, top 10, batch 256, 1 thread): " + ", ".join(
+        f"{k} {v:,.0f} queries/s" for k, v in search.items()))
+    out["faiss_flat_q_per_s_batch_256"] = {k: round(v) for k, v in search.items()}
     out["wall_s"] = round(time.monotonic() - t0)
     print(json.dumps(out))
     return 0
