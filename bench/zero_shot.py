@@ -53,7 +53,7 @@ from streamrec.model.data import (  # noqa: E402
     Encoded, Interactions, encode, leave_one_out, read_item_text, read_sequences,
 )
 from streamrec.model.evaluate import (  # noqa: E402
-    evaluate_model, popularity_score_fn, rank_all, text_similarity_score_fn,
+    evaluate_model, model_score_fn, popularity_score_fn, rank_all, text_similarity_score_fn,
 )
 from streamrec.model.inference import Recommender  # noqa: E402
 from streamrec.model.sasrec import SASRec  # noqa: E402
@@ -80,6 +80,30 @@ def methods(model: SASRec, train_enc: Encoded, inputs: Encoded, targets: np.ndar
         "popularity": rank_all(popularity_score_fn(train_enc, n), inputs, targets, n,
                                catalog_rows=catalog),
     }
+
+
+@torch.inference_mode()
+def boost_grid(model: SASRec, inputs: Encoded, targets: np.ndarray, n_known: int,
+               boosts: list[float]) -> dict[float, tuple[float, float, float]]:
+    """NDCG@10 (all users, new-item targets, known-item targets) with ``boost`` added to the
+    scores of rows > n_known, for every boost, from one scoring pass (history excluded)."""
+    assert model.config.new_item_boost == 0.0
+    fn = model_score_fn(model)
+    gains = {b: np.zeros(len(targets)) for b in boosts}
+    for s in range(0, len(targets), 512):
+        items, types = inputs.items[s : s + 512], inputs.types[s : s + 512]
+        base = fn(items, types).float()
+        base[:, 0] = float("-inf")
+        rows = torch.as_tensor(np.repeat(np.arange(len(items)), [len(h) for h in items]))
+        base[rows, torch.as_tensor([i for h in items for i in h], dtype=torch.long)] = float("-inf")
+        y = torch.as_tensor(targets[s : s + 512])
+        for b in boosts:
+            sc = base.clone()
+            sc[:, n_known + 1:] += b
+            rank = (sc > sc.gather(1, y[:, None])).sum(1).numpy()
+            gains[b][s : s + 512] = np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)
+    new = targets > n_known
+    return {b: (float(g.mean()), float(g[new].mean()), float(g[~new].mean())) for b, g in gains.items()}
 
 
 def print_table(title: str, res: dict[str, dict]) -> None:
@@ -120,6 +144,9 @@ def main() -> int:
     ap.add_argument("--test", action="store_true", help="also report the test split (once, at the end)")
     ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text_emb.safetensors"))
     ap.add_argument("--save", type=Path, default=None, help="keep the trained model here")
+    ap.add_argument("--boosts", type=lambda v: [float(x) for x in v.split(",")] if v else [],
+                    default=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0],
+                    help="new-item boosts tried on validation ('' = none, keep 0)")
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="skip training: a model this script saved (--save) on the same split")
     args = ap.parse_args()
@@ -184,6 +211,28 @@ def main() -> int:
                  "train_seconds": res_metrics.get("train_seconds")}
     splits = {"all users": lambda r: True, "hidden-item targets": lambda r: r > n_known,
               "known-item targets": lambda r: r <= n_known}
+    if model.config.hybrid and args.boosts:
+        # The new-item boost (an exploration knob, not learned): one pass over the validation
+        # users, every boost of the grid ranked on the same scores.
+        inp, tgt = last_item_cases(enc, 2, lambda r: True)
+        ts_hidden = rank_all(text_similarity_score_fn(model.text_emb),
+                             *last_item_cases(enc, 2, splits["hidden-item targets"]),
+                             model.config.n_items)["ndcg@10"]
+        ts_all = rank_all(text_similarity_score_fn(model.text_emb), inp, tgt,
+                          model.config.n_items)["ndcg@10"]
+        grid = boost_grid(model, inp, tgt, n_known, args.boosts)
+        print("\n## New-item boost on validation (NDCG@10): all users / hidden-item targets; text "
+              f"similarity {ts_all:.4f} / {ts_hidden:.4f}\n")
+        print("| boost | all users | hidden-item targets | known-item targets |\n|---:|---:|---:|---:|")
+        for b, (a, h, k) in grid.items():
+            print(f"| {b:g} | {a:.4f} | {h:.4f} | {k:.4f} |")
+        ok = [b for b, (a, h, _) in grid.items() if a >= ts_all and h >= ts_hidden]
+        chosen = min(ok) if ok else max(grid, key=lambda b: grid[b][1] if grid[b][0] >= ts_all else -1)
+        print(f"chosen boost {chosen:g}: the smallest with both validation rows >= text similarity"
+              if ok else f"no boost reaches text similarity on both rows; best hidden row: {chosen:g}")
+        model.config.new_item_boost = float(chosen)
+        out["boost_grid"] = {str(b): [round(x, 4) for x in v] for b, v in grid.items()}
+        out["boost"] = chosen
     for name, keep in splits.items():
         r = methods(model, train_enc, *last_item_cases(enc, 2, keep))
         print_table(f"## Validation (second-last item), {name}, full catalog", r)

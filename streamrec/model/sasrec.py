@@ -21,9 +21,9 @@ user's vector is the last hidden state and a score is the inner product ``user_v
 Hybrid scoring (``hybrid=True``, the default of new models): a text-similarity channel is fused
 into both vectors, so ONE inner product still scores everything (FAISS stays the only search):
 
-    user_out = [ h_u ;  alpha(u) * unit(q_u) ; 1    ]
-    item_out = [ v_i ;  beta(i)  * unit(t_i) ; b(i) ]
-    score    = h_u . v_i  +  alpha(u) * beta(i) * cos(q_u, t_i)  +  b(i)
+    user_out = [ k_u * h_u ;  alpha(u) * unit(q_u) ; 1    ]
+    item_out = [ v_i       ;  beta(i)  * unit(t_i) ; b(i) ]
+    score    = k_u * h_u . v_i  +  alpha(u) * beta(i) * cos(q_u, t_i)  +  b(i)
 
 ``t_i`` is the item's MiniLM title vector reduced by a fixed linear basis (``text_sim_dim``
 principal directions of the training catalog's titles; 0 = the full 384-d vector), ``q_u`` the
@@ -34,7 +34,10 @@ text-similarity baseline's user vector. The gates are learned, per item and per 
 where ``count_i`` is how often the item occurs in the training data and ``new_i`` marks items
 without a trained id (count 0, or the id dropped by ``id_dropout``/``shop_dropout`` in training),
 so the loss itself teaches how much text similarity to trust for new items, new histories and
-known ones. ``shop_dropout`` drops every id of a batch (a whole new shop) so that the regime
+known ones. ``k_u`` (``trust_known_share``) is the share of the history's items that have a
+trained id: a history of new items only (a whole new shop) is ranked by text similarity alone,
+the model part counts in proportion to what it knows. The gates are fitted after the model
+part, on held-out validation pairs (``TrainSettings.hybrid_fit="post"``, ``gate_data="val"``). ``shop_dropout`` drops every id of a batch (a whole new shop) so that the regime
 "nothing is known" is trained too. Checkpoints without these fields load with ``hybrid=False``.
 
 Event types (view / add_to_cart / remove_from_cart / purchase) DO enter the input through a small
@@ -85,6 +88,10 @@ class SASRecConfig(PreTrainedConfig):
     # similarity's NDCG@10 on Beauty and a sixth on the simulator's shop: bench/RESULTS.md)
     text_decay: float = 0.7  # recency weight of the history's titles in the user's text vector
     shop_dropout: float = 0.0  # prob. per training batch of dropping EVERY id (a whole new shop)
+    trust_known_share: bool = True  # scale the user's model part by the share of the history's
+    # items that have a trained id: a history of new items only is ranked by text similarity
+    new_item_boost: float = 0.0  # served score offset for items without a trained id (an
+    # exploration knob, not learned; 0 = the gates' own calibration)
 
 
 class CausalSelfAttention(nn.Module):
@@ -290,22 +297,27 @@ class SASRec(PreTrainedModel):
         new = self.item_count <= 0
         return new if keep is None else new | ~keep
 
-    def item_gates(self, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """beta(i) and b(i) for every row, each (N+1,)."""
+    def item_gates(self, keep: torch.Tensor | None = None, *, serving: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """beta(i) and b(i) for every row, each (N+1,); ``serving`` adds ``new_item_boost`` to
+        the new items' b (never in training or gate fitting)."""
         new = self.item_new(keep).float()
         feat = torch.stack([torch.ones_like(new), new,
                             torch.log1p(self.item_count.clamp(min=0)) * (1 - new)], dim=1)  # (N+1, 3)
-        return F.softplus(self.gate_item(feat))[:, 0], self.bias_item(feat)[:, 0]
+        b = self.bias_item(feat)[:, 0]
+        if serving and self.config.new_item_boost:
+            b = b + self.config.new_item_boost * new
+        return F.softplus(self.gate_item(feat))[:, 0], b
 
-    def output_table(self, table: torch.Tensor | None = None, keep: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+    def output_table(self, table: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+                     *, serving: bool = True) -> torch.Tensor:
         """Scored item vectors of every row (N+1, output_dim): the input vectors, plus the gated
         text channel and the bias with hybrid scoring."""
         if table is None:
             table = self.item_table(keep=keep)
         if not self.config.hybrid:
             return table
-        beta, b = self.item_gates(keep)
+        beta, b = self.item_gates(keep, serving=serving)
         unit = F.normalize(self.text_low(), dim=-1)  # (N+1, r) zero rows stay zero
         return torch.cat([table, beta[:, None] * unit, b[:, None]], dim=1)
 
@@ -313,15 +325,17 @@ class SASRec(PreTrainedModel):
                   last_only: bool = False) -> torch.Tensor:
         """The user part of the text channel at every position, (B, T, r + 1) (or only after the
         last one, (B, 1, r + 1)): [alpha(u) * unit(recency-weighted mean of the titles) ; 1]."""
-        alpha, qn, some = self._user_text_parts(item_ids, keep, last_only=last_only)
+        alpha, qn, some, _ = self._user_text_parts(item_ids, keep, last_only=last_only)
         # No history yet (or a padded position): the zero vector, as the model part, so an
         # empty history still scores every item 0 (callers fall back to popularity).
         return torch.cat([alpha * qn, torch.ones_like(alpha)], dim=-1) * some
 
     def _user_text_parts(self, item_ids: torch.Tensor, keep: torch.Tensor | None = None, *,
                          last_only: bool = False
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """alpha (B, T', 1), unit text vector (B, T', r), has-history (B, T', 1)."""
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """alpha (B, T', 1), unit text vector (B, T', r), has-history (B, T', 1) and the scale
+        of the user's model part (B, T', 1): the share of known items in the history with
+        ``trust_known_share``, else 1."""
         B, T = item_ids.shape
         valid = (item_ids != PAD_ID).float()  # (B, T)
         if last_only:
@@ -348,7 +362,8 @@ class SASRec(PreTrainedModel):
         feat = torch.stack([torch.ones_like(n_seen), share_new, torch.log1p(n_seen)], dim=-1)
         alpha = F.softplus(self.gate_user(feat))  # (B, T', 1)
         some = (n_seen > 0).to(alpha.dtype)[..., None]  # (B, T', 1)
-        return alpha, F.normalize(q, dim=-1), some
+        scale = (1 - share_new)[..., None] if self.config.trust_known_share else torch.ones_like(some)
+        return alpha, F.normalize(q, dim=-1), some, scale
 
     def user_states(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None,
                     table: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -356,15 +371,22 @@ class SASRec(PreTrainedModel):
         h = self.encode(item_ids, type_ids, table)  # (B, T, d)
         if not self.config.hybrid:
             return h
-        return torch.cat([h, self.user_text(item_ids, keep)], dim=-1)
+        return self._fuse(h, item_ids, keep)
+
+    def _fuse(self, h: torch.Tensor, item_ids: torch.Tensor, keep: torch.Tensor | None = None,
+              *, last_only: bool = False) -> torch.Tensor:
+        """[scale * h ; text channel] for hidden states h (B, T', d)."""
+        alpha, qn, some, scale = self._user_text_parts(item_ids, keep, last_only=last_only)
+        text = torch.cat([alpha * qn, torch.ones_like(alpha)], dim=-1) * some
+        return torch.cat([h * scale, text], dim=-1)
 
     def user_vectors(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None,
                      table: torch.Tensor) -> torch.Tensor:
         """Scored user vector after the whole (left-padded) history, (B, output_dim)."""
-        h = self.encode(item_ids, type_ids, table)[:, -1]  # (B, d)
+        h = self.encode(item_ids, type_ids, table)[:, -1:]  # (B, 1, d)
         if not self.config.hybrid:
-            return h
-        return torch.cat([h, self.user_text(item_ids, last_only=True)[:, -1]], dim=-1)
+            return h[:, -1]
+        return self._fuse(h, item_ids, last_only=True)[:, -1]
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -420,15 +442,16 @@ class SASRec(PreTrainedModel):
         if self.config.loss == "full" and channel:
             # The same scores as user_states . output_table, computed without the (M, N, 384)
             # work in autograd: the cosine part has no trainable input, only its gates do.
-            alpha, qn, some = self._user_text_parts(item_ids, keep)
+            alpha, qn, some, scale = self._user_text_parts(item_ids, keep)
             alpha, some = alpha[sel], some[sel]  # (M, 1); targets sit after >= 1 real item
-            beta, b = self.item_gates(keep)  # (N+1,)
+            beta, b = self.item_gates(keep, serving=not self.training)  # (N+1,)
             with torch.no_grad():
                 cos = qn[sel] @ F.normalize(self.text_low(), dim=-1)[1:].T  # (M, N)
-            logits = h[sel] @ table[1:].T + some * (alpha * cos * beta[1:] + b[1:])  # (M, N)
+            logits = (h[sel] * scale[sel]) @ table[1:].T \
+                + some * (alpha * cos * beta[1:] + b[1:])  # (M, N)
             return h, F.cross_entropy(logits, y - 1)
-        u = h if not channel else torch.cat([h, self.user_text(item_ids, keep)], -1)
-        out = self.output_table(table, keep) if channel else table  # (N+1, D) D = output_dim
+        u = h if not channel else self._fuse(h, item_ids, keep)
+        out = self.output_table(table, keep, serving=not self.training) if channel else table
         h_sel = u[sel]  # (M, D)
         if self.config.loss == "full":
             logits = h_sel @ out[1:].T  # (M, N) PAD row excluded

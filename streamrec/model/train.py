@@ -281,15 +281,14 @@ def fit_gates(model: SASRec, train_enc: Encoded, s: TrainSettings, *,
                 if len(pos) > s.gate_positions:
                     pos = pos[torch.as_tensor(rng.choice(len(pos), s.gate_positions, replace=False),
                                               device=dev)]
+                alpha, qn, some, scale = model._user_text_parts(x, keep)
+                alpha, some = alpha[pos[:, 0], pos[:, 1]], some[pos[:, 0], pos[:, 1]]  # (m, 1)
                 with torch.no_grad():
                     table = ids * keep[:, None] + base  # (N+1, d)
                     h = model.encode(x, t, table)[pos[:, 0], pos[:, 1]]  # (m, d)
-                    model_logits = h @ table[1:].T  # (m, N)
-                alpha, qn, some = model._user_text_parts(x, keep)
-                alpha, some = alpha[pos[:, 0], pos[:, 1]], some[pos[:, 0], pos[:, 1]]  # (m, 1)
-                with torch.no_grad():
+                    model_logits = (h * scale[pos[:, 0], pos[:, 1]]) @ table[1:].T  # (m, N)
                     cos = qn[pos[:, 0], pos[:, 1]] @ unit_t  # (m, N)
-                beta, b = model.item_gates(keep)
+                beta, b = model.item_gates(keep, serving=False)
                 logits = model_logits + some * (alpha * cos * beta[1:] + b[1:])
                 loss = torch.nn.functional.cross_entropy(logits, y[pos[:, 0], pos[:, 1]] - 1)
                 opt.zero_grad(set_to_none=True)

@@ -53,7 +53,8 @@ def test_score_decomposes_into_model_text_and_bias():
     q = F.normalize((w[:, None] * m.text_emb[1:5]).sum(0), dim=0)
     cos = F.normalize(m.text_emb, dim=-1) @ q
     alpha = u[16:16 + TEXT_DIM].norm()
-    expected = table @ h + alpha * beta * cos + b
+    k = 0.75  # item 4 of the history [1, 2, 3, 4] has no training count: 3 of 4 are known
+    expected = k * (table @ h) + alpha * beta * cos + b
     torch.testing.assert_close(out @ u, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -191,3 +192,19 @@ def test_joint_fit_and_with_text_channel(tiny_data, tiny_text):
                  settings=TrainSettings(max_epochs=1, device="cpu", progress=False, batch_size=32,
                                         hybrid_fit="joint"))
     assert "gates" not in res2.metrics and torch.isfinite(torch.tensor(res2.metrics["history"][0]["loss"]))
+
+
+def test_new_history_is_ranked_by_text_and_boost_lifts_only_new_items():
+    m = _model().eval()
+    table = m.item_table()
+    # a history of new items only (counts 0): the model part is scaled to 0
+    u = m.user_vectors(torch.tensor([[4, 8, 12]]), None, table)[0]
+    assert torch.all(u[:16] == 0) and u[16:].abs().sum() > 0
+    out0 = m.output_table(table)
+    m.config.new_item_boost = 2.0
+    out2 = m.output_table(table)
+    new = m.item_new()
+    assert torch.allclose(out2[new, -1] - out0[new, -1], torch.tensor(2.0))
+    assert torch.equal(out2[~new], out0[~new])
+    m.config.trust_known_share = False
+    assert m.user_vectors(torch.tensor([[4, 8, 12]]), None, table)[0, :16].abs().sum() > 0
