@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from streamrec import __version__
-from streamrec.argtypes import existing_file, positive_float, positive_int
+from streamrec.argtypes import existing_file, non_negative_int, positive_float, positive_int
 from streamrec.config import Settings, load_settings
 from streamrec.errors import StreamrecError
 from streamrec.schemas import EVENT_TYPES
@@ -109,6 +109,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     sim = ShopSimulator(
         seed=args.seed, n_items=args.items, n_users=args.users, new_item_rate=args.new_item_rate,
+        drift_every=args.drift or 0, drift_new_items=args.drift_new_items,
         id_prefix=args.id_prefix or f"run{int(time.time())}",
     )
     if args.write_dataset:
@@ -216,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-catalog", action="store_true", help="do not emit the catalog first")
     p.add_argument("--new-item-rate", type=float, default=0.0,
                    help="chance per event that a brand-new catalog item appears (zero-shot drill)")
+    p.add_argument("--drift", type=positive_int, metavar="EVENTS",
+                   help="every EVENTS events tastes shift to other categories/brands, popularity is "
+                        "re-ranked and new items trend (a stale model loses to a retrained one)")
+    p.add_argument("--drift-new-items", type=non_negative_int, default=10, metavar="N",
+                   help="with --drift: trending new items listed at each shift (default 10)")
     p.add_argument("--id-prefix", help="event id prefix (default: run<unix time>, unique per run)")
     p.add_argument("--write-dataset", type=Path, metavar="DIR",
                    help="write sequences.txt + item_text.tsv for training instead of producing")

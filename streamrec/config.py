@@ -91,6 +91,48 @@ class Settings(BaseSettings):
     ivf_nlist: int = Field(1024, ge=1, le=1_000_000)
     ivf_nprobe: int = Field(64, ge=1, le=1_000_000)
 
+    # --- trainer (`streamrec trainer`: training log, retraining cadence, gate) ----------------
+    retrain_interval_s: float = Field(
+        300.0, gt=0, le=7 * 86400, description="seconds between retraining checks"
+    )
+    retrain_min_events: int = Field(
+        1000, ge=1, le=1_000_000_000, description="new logged events needed before a retrain"
+    )
+    retrain_time_budget_s: float = Field(
+        120.0, gt=0, le=7 * 86400, description="training time budget of one retrain (seconds)"
+    )
+    retrain_window_s: float = Field(
+        86400.0, gt=0, description="'recent' users: active within this many seconds of the newest event"
+    )
+    retrain_replay_ratio: float = Field(
+        1.0, ge=0, le=100, description="older users replayed per recent user in a fine-tune window"
+    )
+    retrain_holdout_users: int = Field(
+        1000, ge=10, le=1_000_000, description="most recently active users whose latest interaction is the gate's hold-out"
+    )
+    retrain_gate_tolerance: float = Field(
+        0.005, ge=0, le=1, description="promote unless NDCG@10 or HR@10 is worse than current by more (absolute)"
+    )
+    retrain_full_every: int = Field(
+        0, ge=0, le=1_000_000, description="every Nth retrain trains from scratch (0: only `trainer --full`)"
+    )
+    trainlog_max_age_s: float = Field(
+        7 * 86400.0, gt=0, description="training-log segments whose newest event is older are deleted"
+    )
+    trainlog_max_bytes: int = Field(
+        1 << 30, ge=1 << 16, description="training-log size cap; the oldest segments go first"
+    )
+    trainlog_segment_events: int = Field(
+        5000, ge=1, le=10_000_000, description="events per training-log segment (at most)"
+    )
+    trainlog_segment_s: float = Field(
+        5.0, gt=0, le=3600, description="a partly filled segment is written after this many seconds"
+    )
+    trainer_web_port: int = Field(6067, ge=0, le=65535, description="trainer's /metrics port")
+    registry_keep: int = Field(
+        20, ge=1, le=100_000, description="trainer keeps this many newest versions (plus current)"
+    )
+
     @field_validator("trigger_types", mode="before")
     @classmethod
     def _split_types(cls, v: Any) -> Any:
@@ -111,6 +153,16 @@ class Settings(BaseSettings):
     @property
     def registry_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def trainlog_dir(self) -> Path:
+        """The trainer's durable training log (Parquet segments)."""
+        return self.data_dir / "trainlog"
+
+    @property
+    def trainer_group(self) -> str:
+        """The trainer's consumer group, independent of the workers' (``<app id>-trainer``)."""
+        return f"{self.app_id}-trainer"
 
     def resolved_bootstrap(self) -> str:
         """The broker to talk to: the setting, else the local broker's state file, else :9092."""

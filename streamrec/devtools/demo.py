@@ -79,16 +79,13 @@ class LiveStats:
 
 
 def _scrape(url: str) -> dict[str, float]:
-    out: dict[str, float] = {}
+    """Unlabelled samples of the worker's /metrics, by sample name (``streamrec_dlq_total``...)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(url, timeout=2) as resp:
-        for line in resp.read().decode().splitlines():
-            if line and not line.startswith("#") and "{" not in line:
-                name, _, value = line.partition(" ")
-                try:
-                    out[name] = float(value)
-                except ValueError:
-                    pass
-    return out
+        text = resp.read().decode()
+    return {s.name: float(s.value) for fam in text_string_to_metric_families(text) for s in fam.samples
+            if not s.labels}
 
 
 def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], elapsed: float):  # noqa: ANN202

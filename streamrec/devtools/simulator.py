@@ -16,6 +16,12 @@ measured from ``ts``.
 >>> list(sim.events(5)) == list(ShopSimulator(seed=1, n_items=50, n_users=10).events(5))
 True
 
+Drift (``drift_every=N``, ``streamrec simulate --drift N``): every N events the shop enters a
+new phase: every user's taste moves to other categories and brands, popularity is re-ranked and
+``drift_new_items`` new items are listed as the most popular (a trend), so that a model trained
+on earlier phases goes stale and a retrained one wins. Off by default; the default traffic is
+unchanged (pinned by a digest test).
+
 The catalog's names and item rule are in :mod:`streamrec.devtools.catalog`. The runner at the
 bottom (:func:`run_simulation`) sends the catalog and then the events through an
 :class:`~streamrec.client.EventProducer` at a fixed rate, with :func:`streamrec.devtools.pacing.emit`
@@ -96,6 +102,8 @@ class ShopSimulator:
         remove_rate: float = 0.05,
         checkout_rate: float = 0.5,  # chance a session with a non-empty cart ends in purchases
         new_item_rate: float = 0.0,  # chance per event that a brand-new item is listed first
+        drift_every: int = 0,  # events per drift phase (0: no drift, the default traffic)
+        drift_new_items: int = 10,  # trending items listed at each phase change (with drift)
         concurrent_sessions: int = 32,
         base_ts: int = DEFAULT_BASE_TS_MS,
         clock: Callable[[], int] | None = None,
@@ -118,6 +126,9 @@ class ShopSimulator:
                         ("new_item_rate", new_item_rate)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}={p!r}: must be a probability in [0, 1]")
+        for name, value in (("drift_every", drift_every), ("drift_new_items", drift_new_items)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r}: must be an int >= 0")
         if not popularity_exponent >= 0 or not taste_concentration > 0 or not mean_session_events >= 1:
             raise ValueError("popularity_exponent must be >= 0, taste_concentration > 0, "
                              f"mean_session_events >= 1 (got {popularity_exponent!r}, "
@@ -139,6 +150,8 @@ class ShopSimulator:
         self.remove_rate = remove_rate
         self.checkout_rate = checkout_rate
         self.new_item_rate = new_item_rate
+        self.drift_every = drift_every
+        self.drift_new_items = drift_new_items
         self.out_of_stock_rate = out_of_stock_rate
         self.description_rate = description_rate
         self.concurrent_sessions = min(concurrent_sessions, max(1, n_users // 2))
@@ -228,6 +241,9 @@ class _Traffic:
         self.tie = itertools.count()
         self.n_sessions = 0
         self.last_ts = 0
+        self.phase = 0  # drift phase; 0 until the first drift_every events went out
+        self.cat_perm = np.arange(sim.n_categories)  # category c is liked as much as cat_perm[c] was
+        self.brand_perm = np.arange(len(sim._brands))
 
     def _index_category(self, c: int) -> None:
         members = np.array([i for i, ic in enumerate(self.item_cat) if ic == c], dtype=np.int64)
@@ -264,6 +280,8 @@ class _Traffic:
 
     def _next_view(self, s: _Session) -> int:
         cats, brands = self._taste(s.user)
+        if self.phase:  # drift: tastes moved to other categories and brands
+            cats, brands = cats[self.cat_perm], brands[self.brand_perm]
         item = -1
         if s.last_item >= 0 and self.rng.random() < self.sim.similar_next_rate:
             c = self.item_cat[s.last_item]
@@ -291,6 +309,30 @@ class _Traffic:
         self.n_listed += 1
         self._index_category(c)
         return item
+
+    def _drift(self) -> list[CatalogItem]:
+        """Enter the next drift phase: every user's category and brand preferences move to other
+        categories and brands (one permutation for everyone: a season, a fashion), item
+        popularity is re-ranked, and ``drift_new_items`` new items are listed as the most popular
+        of all (a trend). A model trained before the change keeps recommending the old favourites.
+        Returns the new items, to be sent before their first event."""
+        sim = self.sim
+        self.phase += 1
+        rng = np.random.default_rng([sim.seed, 4, self.phase])
+        shift = 1 + int(rng.integers(max(sim.n_categories - 1, 1)))  # a rotation: no category stays put
+        self.cat_perm = (self.cat_perm + shift) % sim.n_categories
+        self.brand_perm = self.brand_perm[rng.permutation(len(self.brand_perm))]
+        ranks = rng.permutation(len(self.popularity)) + 1
+        self.popularity = (1.0 / ranks ** sim.popularity_exponent).tolist()
+        new = []
+        for _ in range(sim.drift_new_items):
+            item = self._new_item()
+            self.popularity[-1] = 2.0 * max(self.popularity)  # trending: above every old item
+            new.append(item)
+        for c in range(sim.n_categories):
+            self._index_category(c)
+        log.debug("simulator drift phase=%d category_shift=%d new_items=%d", self.phase, shift, len(new))
+        return new
 
     def _sim_ts(self) -> int:
         return self.heap[0][0] if self.heap else self.sim.base_ts
@@ -361,6 +403,8 @@ class _Traffic:
                 continue
             kind, item, qty = action
             produced += 1
+            if sim.drift_every and produced > 1 and (produced - 1) % sim.drift_every == 0:
+                yield from self._drift()  # every later choice follows the new phase
             it = self.items[item]
             yield ShopEvent(
                 event_id=f"{sim.id_prefix}-e{produced:010d}",

@@ -308,14 +308,18 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "json", False):
         print(json.dumps([{"version": v.version, "path": str(v.path), "created_ts": v.created_ts,
                            "is_current": v.is_current,
-                           "test_ndcg@10": v.metrics.get("test", {}).get("ndcg@10")} for v in versions]))
+                           "test_ndcg@10": v.metrics.get("test", {}).get("ndcg@10"),
+                           # versions promoted by the trainer's gate: its fresh hold-out
+                           "holdout_ndcg@10": (v.metrics.get("gate") or {}).get("candidate", {}).get("ndcg@10")}
+                          for v in versions]))
         return 0
     if not versions:
         print(f"no models in {settings.registry_dir}: train one with `streamrec train --sequences FILE`")
         return 0
     for v in versions:
-        ndcg = v.metrics.get("test", {}).get("ndcg@10")
-        print(f"{'*' if v.is_current else ' '} {v.version}  test NDCG@10 "
+        gate = (v.metrics.get("gate") or {}).get("candidate") or {}
+        label, ndcg = ("holdout", gate.get("ndcg@10")) if gate else ("test", v.metrics.get("test", {}).get("ndcg@10"))
+        print(f"{'*' if v.is_current else ' '} {v.version}  {label} NDCG@10 "
               f"{'-' if ndcg is None else f'{ndcg:.4f}'}  {v.path}")
     return 0
 

@@ -145,13 +145,17 @@ class Split:
     test_targets: np.ndarray
 
 
-def leave_one_out(enc: Encoded, *, val_users: int | None = None, seed: int = 0) -> Split:
+def leave_one_out(enc: Encoded, *, val_users: int | None = None, seed: int = 0,
+                  train_on_last: bool = False) -> Split:
     """Users with >= 3 items give a test case (last item, history = all before it).
 
     ``val_users=None`` (the classic split): every such user also gives a validation case (the
     second-last item, history = all before it) and trains on what precedes it. ``val_users=N``:
     only N random users are held out for validation; all others also train on their second-last
     item (more and fresher training data, same test). Users with < 3 items only train.
+    ``train_on_last=True``: users not held out for validation also train on their last item
+    (for callers that keep their own hold-out, such as the retraining gate); the test pairs are
+    then trained on and must not be reported.
     """
     eligible = [k for k, s in enumerate(enc.items) if len(s) >= 3]
     if val_users is None or val_users >= len(eligible):
@@ -166,6 +170,8 @@ def leave_one_out(enc: Encoded, *, val_users: int | None = None, seed: int = 0) 
             if k in held:
                 tr_i.append(s[:-2]); tr_t.append(t[:-2])
                 vi.append(s[:-2]); vt.append(t[:-2]); vy.append(s[-2])
+            elif train_on_last:
+                tr_i.append(s); tr_t.append(t)
             else:
                 tr_i.append(s[:-1]); tr_t.append(t[:-1])
         else:

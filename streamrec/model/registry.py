@@ -121,6 +121,32 @@ class ModelRegistry:
                 if not (self.versions_dir / name).exists():
                     raise
 
+    def version_path(self, version: str) -> Path:
+        """Where ``version`` lives in this registry (a worker on another host, or with the data
+        volume mounted elsewhere, resolves a ModelUpdate's version here). ValueError if unknown."""
+        if version not in self._names():
+            known = ", ".join(self._names()) or "none"
+            raise ValueError(f"unknown model version {version!r} (known: {known})")
+        return self.versions_dir / version
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest versions; the current one is never deleted.
+        Returns the deleted names. A version is renamed out of the listing before removal, so a
+        reader never sees half of one."""
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        cur = self.current_version()
+        names = self._names()
+        doomed = [n for n in names[: max(len(names) - keep, 0)] if n != cur]
+        for name in doomed:
+            tmp = self.versions_dir / f".del-{name}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(self.versions_dir / name, tmp)
+            except OSError:
+                continue
+            shutil.rmtree(tmp, ignore_errors=True)
+        return doomed
+
     def promote(self, version: str) -> None:
         """Make ``version`` current (atomic). ValueError when there is no such version."""
         if version not in self._names():

@@ -60,12 +60,26 @@ class UserState:
         return {"h": self.history, "p": self.purchased_list, "s": self.session_id, "r": self.latest}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "UserState":
+    def from_json(cls, data: dict[str, Any] | None) -> UserState:
+        """Decode a stored state; ``ValueError`` or ``TypeError`` when it does not have this release's shape."""
         if not data:
             return cls()
+        if not isinstance(data, dict):
+            raise TypeError(f"user state must be an object, got {type(data).__name__}")
+        history = data.get("h") or []
+        purchased = data.get("p") or []
+        latest = data.get("r")
+        if not isinstance(history, list) or not all(
+            isinstance(h, list) and len(h) == 4 and isinstance(h[0], str) and isinstance(h[3], str) for h in history
+        ):
+            raise ValueError("user state history must be a list of [item_id, type, ts, event_id]")
+        if not isinstance(purchased, list) or not all(isinstance(p, str) for p in purchased):
+            raise ValueError("user state purchases must be a list of item ids")
+        if latest is not None and not isinstance(latest, dict):
+            raise ValueError("user state latest recommendation must be an object")
         return cls(
-            history=[list(h) for h in data.get("h") or []],
-            purchased_list=list(data.get("p") or []),
+            history=[list(h) for h in history],
+            purchased_list=list(purchased),
             session_id=data.get("s"),
-            latest=data.get("r"),
+            latest=latest,
         )

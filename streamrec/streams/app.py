@@ -1,43 +1,27 @@
 """The Faust app: events -> per-user state -> batched model + index -> recommendations.
 
-Agents stay thin: parsing, state updates and scoring are the pure code in
-:mod:`streamrec.serving` and :mod:`streamrec.streams.pipeline`; this module only wires topics,
-the table, the catalog reader and the web views together.
+This module only wires: topics, the table, the events agent (:mod:`streamrec.streams.agents`),
+the catalog reader (:mod:`streamrec.streams.catalog`) and the web views
+(:mod:`streamrec.streams.views`). The logic lives in those modules and in :mod:`streamrec.serving`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 import faust
-from faust.streams import _current_event  # see _as_current()
 
 from streamrec.config import Settings
-from streamrec.errors import SchemaError
-from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ScoredItem, ShopEvent
-from streamrec.serving.state import UserState
+from streamrec.streams.agents import BatchHandler, consume_events
+from streamrec.streams.catalog import catalog_reader
 from streamrec.streams.consumer import Transport
-from streamrec.streams.kafka_config import aiokafka_config, faust_brokers, faust_credentials
+from streamrec.streams.kafka_config import faust_brokers, faust_credentials
 from streamrec.streams.pipeline import Pipeline
+from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
-
-CATALOG_BATCH = 512
-CATALOG_READY_TIMEOUT_S = 300.0
-def _as_current(event: Any) -> None:
-    """Make ``event`` Faust's current event.
-
-    Faust picks the table partition (store and changelog) from the *current* event. Inside a
-    ``take_events`` batch that is the last event of the batch, so each user's update is bound to
-    its own event first; otherwise a user's state could land in another partition's changelog
-    and be lost on recovery.
-    """
-    _current_event.set(weakref.ref(event))
 
 
 class StreamApp(faust.App):
@@ -54,8 +38,13 @@ def worker_datadir(settings: Settings) -> Path:
     return settings.data_dir / "worker" / f"{settings.app_id}-{settings.web_port}"
 
 
-def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[faust.App, Pipeline]:
-    """Build the worker app around a loaded model and an (empty or restored) item index."""
+def create_app(settings: Settings, *, recommender: Any, index: Any,
+               store: str = "rocksdb://") -> tuple[faust.App, Pipeline]:
+    """Build the worker app around a loaded model and an (empty or restored) item index.
+
+    ``store`` is the table store (``memory://`` in unit tests). The app carries its
+    :class:`BatchHandler` as ``app.streamrec_handler`` and the pipeline as ``app.streamrec_pipeline``.
+    """
     pipeline = Pipeline(
         recommender=recommender, index=index, top_k=settings.top_k, history_len=settings.history_len,
         purchased_max=settings.purchased_max, trigger_types=settings.trigger_types,
@@ -66,7 +55,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
         settings.app_id,
         broker=faust_brokers(settings),
         broker_credentials=faust_credentials(settings),
-        store="rocksdb://",
+        store=store,
         datadir=str(datadir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -99,204 +88,17 @@ def create_app(settings: Settings, *, recommender: Any, index: Any) -> tuple[fau
         help="per-user history, purchases, latest list",
     )
 
-    async def dead_letter(event: Any, reason: str) -> None:
-        msg = event.message
-        pipeline.metrics.dlq += 1
-        log.warning("dead-letter topic=%s partition=%s offset=%s reason=%s", msg.topic, msg.partition,
-                    msg.offset, reason)
-        dl = DeadLetter.wrap(topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                             reason=reason, original=msg.value)
-        await dlq_topic.send(key=msg.key, value=dl.to_bytes())
+    handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic)
 
     @app.agent(events_topic, concurrency=1)
     async def process_events(stream: Any) -> None:
-        log.info("events agent waiting for the catalog topic=%s", settings.topic_events)
-        if not pipeline.catalog_ready.is_set():
-            try:
-                await asyncio.wait_for(pipeline.catalog_ready.wait(), CATALOG_READY_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                log.warning("catalog not caught up after %.0fs; scoring with what is loaded", CATALOG_READY_TIMEOUT_S)
-        log.info("events agent consuming topic=%s batch_max=%d within_s=%s", settings.topic_events,
-                 settings.batch_max, settings.batch_within_s)
-        async for batch in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await handle_batch(batch)
-
-    async def handle_batch(batch: list[Any]) -> None:
-        """Parse, update each user's state in memory, score once, publish, then write each
-        touched user's state once (bound to that user's own event, see ``_as_current``)."""
-        metrics = pipeline.metrics
-        metrics.events_in += len(batch)
-        metrics.batches += 1
-        metrics.batch_size.observe(len(batch))
-        states: dict[str, UserState] = {}
-        answer: dict[str, ShopEvent] = {}  # user -> latest triggering event
-        source: dict[str, Any] = {}  # user -> the Faust event of that user's latest message
-        fresh: list[ShopEvent] = []
-        for event in batch:
-            try:
-                ev = ShopEvent.from_bytes(event.message.value)
-            except SchemaError as exc:
-                await dead_letter(event, exc.reason)
-                continue
-            try:
-                state = states.get(ev.user_id)
-                if state is None:
-                    _as_current(event)
-                    state = UserState.from_json(users.get(ev.user_id))
-                if pipeline.apply_event(state, ev):
-                    fresh.append(ev)
-            except Exception as exc:  # a bug or a corrupt stored state must not stop the stream
-                log.exception("event failed user=%s event=%s", ev.user_id, ev.event_id)
-                await dead_letter(event, f"processing failed: {type(exc).__name__}: {exc}")
-                continue
-            states[ev.user_id] = state
-            source[ev.user_id] = event
-            if ev.type in pipeline.trigger_types:
-                answer[ev.user_id] = ev
-        try:
-            await publish(states, answer, source, fresh)
-        finally:  # state changes are kept even when scoring fails (those events went to the DLQ)
-            for user, state in states.items():
-                _as_current(source[user])
-                users[user] = state.to_json()
-
-    async def publish(states: dict[str, UserState], answer: dict[str, ShopEvent], source: dict[str, Any],
-                      fresh: list[ShopEvent]) -> None:
-        metrics = pipeline.metrics
-        events = list(answer.values())
-        try:
-            lists = await pipeline.run(pipeline.score, [states[e.user_id] for e in events], fresh)
-        except Exception as exc:
-            log.exception("scoring failed users=%d", len(events))
-            for ev in events:
-                await dead_letter(source[ev.user_id], f"scoring failed: {type(exc).__name__}: {exc}")
-            return
-        now = pipeline.now_ms()
-        version = pipeline.model_version
-        for ev, recs in zip(events, lists):
-            rec = Recommendation(
-                user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
-                model_version=version, event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
-            )
-            await recs_topic.send(key=ev.user_id.encode(), value=rec.to_bytes())
-            metrics.recommendations_out += 1
-            metrics.observe_latency_ms(max(0, now - ev.ts))
-            # kept for GET /users/{id}/recommendations
-            states[ev.user_id].latest = {"items": [[i, s] for i, s in recs], "model_version": version,
-                                         "event_id": ev.event_id, "produced_ts": now}
+        await consume_events(stream, handler, batch_max=settings.batch_max, within_s=settings.batch_within_s)
 
     @app.task
     async def read_catalog() -> None:
         await catalog_reader(settings, pipeline)
 
-    @app.page("/health")
-    async def health(web: Any, request: Any) -> Any:
-        ready = pipeline.catalog_ready.is_set()
-        return web.json({
-            "status": "ok" if ready else "starting",
-            "model_version": pipeline.model_version,
-            "catalog_items": len(pipeline.scorer.index),
-            "catalog_ready": ready,
-        }, status=200 if ready else 503)
-
-    @app.page("/metrics")
-    async def metrics_view(web: Any, request: Any) -> Any:
-        lag = await _consumer_lag(app, settings.topic_events)
-        text = pipeline.metrics.render(model_version=pipeline.model_version, consumer_lag=lag)
-        return web.text(text, content_type="text/plain", headers={"X-Prometheus-Format": "0.0.4"})
-
-    @app.page("/users/{user_id}/recommendations")
-    @app.table_route(table=users, match_info="user_id")
-    async def user_recommendations(web: Any, request: Any, user_id: str) -> Any:
-        if not 1 <= len(user_id) <= 128:
-            return web.json({"error": "user id must be 1..128 characters"}, status=400)
-        state = UserState.from_json(users.get(user_id))
-        if state.latest is None:
-            return web.json({"user_id": user_id, "error": "no recommendation yet"}, status=404)
-        return web.json({"user_id": user_id, **state.latest})
-
+    register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]
+    app.streamrec_handler = handler  # type: ignore[attr-defined]
     return app, pipeline
-
-
-async def _consumer_lag(app: faust.App, topic: str) -> dict[str, int]:
-    """Best effort: end offset minus position for each assigned partition of ``topic``."""
-    try:
-        consumer = app.consumer
-        lag = {}
-        for tp in sorted(consumer.assignment()):
-            if tp.topic != topic:
-                continue
-            high = consumer.highwater(tp)
-            pos = await consumer.position(tp)
-            if high is not None and pos is not None and high >= 0:
-                lag[f"{tp.topic}/{tp.partition}"] = max(0, int(high) - int(pos))
-        return lag
-    except Exception:  # pragma: no cover - metrics must never fail the view
-        log.debug("consumer lag unavailable", exc_info=True)
-        return {}
-
-
-async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
-    """Read the whole compacted catalog topic on every worker (no consumer group), then follow it.
-
-    Every worker needs every item in its own index, so this is a plain assign-all consumer rather
-    than part of the worker's consumer group. ``catalog_ready`` is set once the end offsets seen at
-    start-up have been reached.
-    """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        **aiokafka_config(settings), enable_auto_commit=False, group_id=None, auto_offset_reset="earliest",
-        client_id=f"{settings.app_id}-catalog",
-    )
-    await consumer.start()
-    try:
-        parts = None
-        for _ in range(120):
-            parts = consumer.partitions_for_topic(settings.topic_catalog)
-            if parts:
-                break
-            await consumer._client.force_metadata_update()  # noqa: SLF001
-            await asyncio.sleep(0.5)
-        if not parts:
-            log.warning("catalog topic %s not found; serving without a catalog", settings.topic_catalog)
-            pipeline.catalog_ready.set()
-            return
-        tps = [TopicPartition(settings.topic_catalog, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        started = time.monotonic()
-        pending = {tp for tp, off in end.items() if off > 0}
-        if not pending:
-            pipeline.catalog_ready.set()
-        while True:
-            records = await consumer.getmany(timeout_ms=200, max_records=CATALOG_BATCH * 4)
-            changes: list[tuple[str, CatalogItem | None]] = []
-            for tp, msgs in records.items():
-                for msg in msgs:
-                    if tp in pending and msg.offset + 1 >= end[tp]:
-                        pending.discard(tp)
-                    if msg.value is None:
-                        if msg.key:
-                            changes.append((msg.key.decode("utf-8", "replace")[:128], None))
-                        continue
-                    try:
-                        item = CatalogItem.from_bytes(msg.value)
-                    except SchemaError as exc:
-                        log.warning("bad catalog item topic=%s partition=%s offset=%s reason=%s",
-                                    tp.topic, tp.partition, msg.offset, exc.reason)
-                        continue
-                    changes.append((item.item_id, item))
-            for i in range(0, len(changes), CATALOG_BATCH):
-                await pipeline.run(pipeline.apply_catalog, changes[i : i + CATALOG_BATCH])
-            if pending:
-                for tp in list(pending):
-                    if await consumer.position(tp) >= end[tp]:
-                        pending.discard(tp)
-            if not pending and not pipeline.catalog_ready.is_set():
-                log.info("catalog loaded items=%d seconds=%.1f", len(pipeline.catalog), time.monotonic() - started)
-                pipeline.catalog_ready.set()
-    finally:
-        await consumer.stop()

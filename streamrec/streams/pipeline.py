@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from streamrec.schemas import CatalogItem, ShopEvent
 from streamrec.serving.metrics import Metrics
 from streamrec.serving.popularity import Popularity
-from streamrec.serving.scorer import Scorer
+from streamrec.serving.scorer import Scorer, ServingModel
 from streamrec.serving.state import UserState
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,15 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
 
     @property
+    def model(self) -> ServingModel:
+        """The model + index now serving: ONE reference (see :class:`~streamrec.serving.scorer.Scorer`).
+
+        A batch takes it once and uses it for scoring and for the version it reports; a hot swap
+        replaces ``self.scorer.model`` between two batches.
+        """
+        return self.scorer.model
+
+    @property
     def model_version(self) -> str:
         return self.scorer.model_version
 
@@ -50,7 +60,8 @@ class Pipeline:
     def apply_catalog(self, changes: list[tuple[str, CatalogItem | None]]) -> None:
         """Apply catalog upserts/deletions (runs on the model thread): embed new or changed
         items from their text and put them in the index; drop deleted ones."""
-        index = self.scorer.index
+        model = self.scorer.model
+        index = model.index
         latest: dict[str, CatalogItem | None] = {}
         for item_id, item in changes:  # last write per item wins within a batch
             latest[item_id] = item
@@ -78,9 +89,9 @@ class Pipeline:
             if ids:
                 index.set_in_stock(ids, flag)
         if embed:
-            vecs = self.scorer.recommender.add_items([(it.item_id, it.text() or None) for it in embed])
+            vecs = model.recommender.add_items([(it.item_id, it.text() or None) for it in embed])
             index.upsert([it.item_id for it in embed], vecs, in_stock=[it.in_stock for it in embed])
-        self.metrics.catalog_items = len(index)
+        self.metrics.catalog_items.set(len(index))
 
     # -- events ------------------------------------------------------------------------------
 
@@ -91,16 +102,18 @@ class Pipeline:
             session_id=event.session_id, history_len=self.history_len, purchased_max=self.purchased_max,
         )
         if not fresh:
-            self.metrics.duplicates += 1
+            self.metrics.duplicates.inc()
         return fresh
 
-    def score(self, states: list[UserState], fresh_events: list[ShopEvent]) -> list[list[tuple[str, float]]]:
-        """Count the batch's new events into popularity, then score (on the model thread)."""
+    def score(self, states: list[UserState], fresh_events: list[ShopEvent],
+              model: ServingModel | None = None) -> list[list[tuple[str, float]]]:
+        """Count the batch's new events into popularity, then score with ``model`` (default: the
+        current one) on the model thread."""
         for ev in fresh_events:
             self.scorer.popularity.add(ev.item_id, ev.type, ts_ms=ev.ts)
         if not states:
             return []
-        return self.scorer.recommend(states)
+        return self.scorer.recommend(states, model)
 
     @staticmethod
     def now_ms() -> int:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.client import EventProducer, RecommendationSubscriber
-from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ShopEvent
+from streamrec.schemas import DeadLetter, Recommendation, ShopEvent
 from streamrec.streams.topics import create_topics
 from tests.integration.worker_harness import start_worker
 
@@ -50,8 +50,27 @@ def group_offsets(settings) -> tuple[dict[int, int], dict[int, int]]:
 
 
 def metric(w, name: str) -> int:
+    """An unlabelled sample of the worker's /metrics (e.g. ``streamrec_events_in_total``)."""
     text = w.get("/metrics")[1]
-    return int(next(x for x in text.splitlines() if x.startswith(name + " ")).split()[1])
+    return int(next(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                    if s.name == name and not s.labels))
+
+
+def wait_group_members(settings, members: int, timeout: float = 120.0) -> None:
+    """Wait until the worker group is stable with ``members`` members that each own events partitions."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.resolved_bootstrap()})
+    deadline = time.monotonic() + timeout
+    while True:
+        desc = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(timeout=10)
+        owners = [m for m in desc.members
+                  if any(tp.topic == settings.topic_events for tp in m.assignment.topic_partitions)]
+        if desc.state == ConsumerGroupState.STABLE and len(desc.members) == members == len(owners):
+            return
+        assert time.monotonic() < deadline, f"group {settings.app_id}: {desc.state}, {len(owners)} owners"
+        time.sleep(0.2)
 
 
 def setup_shop(settings, shop, catalog=None):
@@ -144,11 +163,33 @@ def test_malformed_burst_goes_to_dlq_and_valid_events_still_answered(kafka_setti
     assert w.get("/health")[0] == 200  # still running
 
 
+#: A genuinely new title for each default simulator category (words its catalog never uses for
+#: that category), so that only the text's meaning relates the new item to what a user likes.
+NEW_TITLES = {
+    "skincare": "Hyaluronic Acid Hydrating Face Cream", "haircare": "Keratin Smoothing Shampoo",
+    "makeup": "Satin Finish Lip Gloss", "fragrance": "Sandalwood Eau de Parfum",
+    "running shoes": "Marathon Road Running Sneaker", "sportswear": "Moisture-Wicking Running Shirt",
+    "coffee": "Ethiopian Light Roast Coffee Beans", "tea": "Peppermint Herbal Tea Sachets",
+    "kitchen": "Cast Iron Grill Pan", "home decor": "Soy Wax Scented Candle",
+    "electronics accessories": "Wireless Charging Pad", "books": "Historical Fiction Novel",
+}
+
+
+class ZeroShotRankGap(AssertionError):
+    """The new related item missed the top 10: what the model cannot do yet (issue #13)."""
+
+
+@pytest.mark.xfail(strict=True, raises=ZeroShotRankGap, reason=(
+    "model issue #13: a new item with a new but related title (same brand and category) ranks "
+    "outside the top 10 of 300+ items for this user (rank ~22 offline with the test's model; 2 of "
+    "the 12 categories reach the top 10). Remove this marker when the model passes."))
 def test_new_catalog_item_is_recommended_from_its_text(kafka_settings, worker, shop):
-    w = worker(STREAMREC_TOP_K="30")
+    """A fair zero-shot drill at the default TOP_K (10): a user who looks at one brand's items in one
+    category; the shop lists a new item of that brand and category under a title its catalog never
+    used, and one of a category she never looked at. No clicks on either, no retraining."""
+    w = worker()
+    top_k = 10
     catalog = shop.catalog()
-    by_id = {c.item_id: c for c in catalog}
-    # A user who looks at one brand's items in one category ...
     anchor = catalog[0]
     liked = [c for c in catalog if c.category == anchor.category and c.brand == anchor.brand and c.in_stock][:4]
     assert len(liked) >= 2
@@ -158,28 +199,33 @@ def test_new_catalog_item_is_recommended_from_its_text(kafka_settings, worker, s
         with EventProducer.from_settings(kafka_settings) as producer:
             for e in events:
                 producer.send(e)
-        recs = wait_for(sub, lambda got: any(r.event_id == events[-1].event_id for r in got))
-        before = next(r for r in recs if r.event_id == events[-1].event_id)
-        # ... then the shop lists a new item described like what she is shown first, and one from
-        # a category she never looked at (no clicks on either, no retraining).
-        best = by_id[before.items[0].item_id]
-        other = next(c for c in catalog if c.in_stock and c.category not in (anchor.category, best.category))
+        wait_for(sub, lambda got: any(r.event_id == events[-1].event_id for r in got))
+        other = next(c for c in catalog if c.in_stock and c.category != anchor.category)
         now = int(time.time() * 1000)
-        new_like = best.model_copy(update={"item_id": "sku-brand-new", "updated_ts": now})
-        new_other = other.model_copy(update={"item_id": "sku-other-new", "updated_ts": now})
+        new_like = anchor.model_copy(update={
+            "item_id": "sku-brand-new", "title": f"{anchor.brand} {NEW_TITLES[anchor.category]}",
+            "description": None, "updated_ts": now})
+        new_other = other.model_copy(update={
+            "item_id": "sku-other-new", "title": f"{other.brand} {NEW_TITLES[other.category]}",
+            "description": None, "updated_ts": now})
+        titles = {c.title for c in catalog}
+        assert new_like.title not in titles and new_other.title not in titles
         with EventProducer.from_settings(kafka_settings) as producer:
             producer.send_catalog(new_like)
             producer.send_catalog(new_other)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and json.loads(w.get("/health")[1])["catalog_items"] < len(catalog) + 2:
+        while json.loads(w.get("/health")[1])["catalog_items"] < len(catalog) + 2:
+            assert time.monotonic() < deadline, "the new catalog items never reached the worker's index"
             time.sleep(0.2)
         again = ev("carol", liked[0].item_id)
         with EventProducer.from_settings(kafka_settings) as producer:
             producer.send(again)
         recs = wait_for(sub, lambda got: any(r.event_id == again.event_id for r in got))
     after = [i.item_id for i in next(r for r in recs if r.event_id == again.event_id).items]
-    assert "sku-brand-new" in after  # recommendable from its text within seconds of its catalog event
-    assert "sku-other-new" not in after  # ... and only where its text fits
+    assert len(after) == top_k
+    assert "sku-other-new" not in after  # an unrelated new item is not pushed at her
+    if "sku-brand-new" not in after:
+        raise ZeroShotRankGap(f"the new related item is not in the top {top_k}: {after}")
 
 
 def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(kafka_settings, worker, shop, tmp_path):
@@ -279,7 +325,7 @@ def test_two_workers_share_partitions_and_serve_every_user(kafka_settings, worke
     w2 = worker()
     users = [f"shopper{i}" for i in range(30)]
     item = next(c.item_id for c in shop.catalog() if c.in_stock)
-    time.sleep(5)  # let the group settle with two members
+    wait_group_members(kafka_settings, 2)  # both own events partitions before any event is sent
     with RecommendationSubscriber.from_settings(kafka_settings, user_ids=set(users)) as sub:
         sub.wait_ready()
         with EventProducer.from_settings(kafka_settings) as producer:
@@ -287,11 +333,7 @@ def test_two_workers_share_partitions_and_serve_every_user(kafka_settings, worke
         got = wait_for(sub, lambda got: {r.event_id for r in got} >= {e.event_id for e in events}, timeout=120)
     for r in got:
         assert item not in [i.item_id for i in r.items] and len(r.items) == kafka_settings.top_k
-    counts = []
-    for w in (w1, w2):
-        metrics = w.get("/metrics")[1]
-        line = next(x for x in metrics.splitlines() if x.startswith("streamrec_events_in_total"))
-        counts.append(int(line.split()[1]))
+    counts = [metric(w, "streamrec_events_in_total") for w in (w1, w2)]
     assert all(c > 0 for c in counts), counts  # both workers took a share of the partitions
     for u in users[:5]:  # either worker answers for any user (routed to the owner)
         for w in (w1, w2):

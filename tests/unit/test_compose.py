@@ -18,6 +18,8 @@ import io
 import json
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 COMPOSE_SPEC = REPO / "tests" / "vendor" / "compose-spec" / "compose_spec.json"
 
-STREAMREC_SERVICES = ("topics", "trainer", "worker", "simulator")
+STREAMREC_SERVICES = ("topics", "bootstrap-model", "trainer", "worker", "simulator")
 
 
 def _load_compose() -> dict[str, Any]:
@@ -170,7 +172,12 @@ def test_dependency_order() -> None:
         assert _depends(SERVICES[name]).get("kafka") == "service_healthy", name
     worker = _depends(SERVICES["worker"])
     assert worker.get("topics") == "service_completed_successfully"
-    assert worker.get("trainer") == "service_completed_successfully"
+    assert worker.get("bootstrap-model") == "service_completed_successfully"
+    trainer = _depends(SERVICES["trainer"])  # long-running: fine-tunes the bootstrapped model
+    assert trainer.get("bootstrap-model") == "service_completed_successfully"
+    assert trainer.get("topics") == "service_completed_successfully"
+    assert str(SERVICES["trainer"].get("restart")) == "unless-stopped"
+    assert str(SERVICES["bootstrap-model"].get("restart", "no")) == "no"
     sim = _depends(SERVICES["simulator"])
     assert sim.get("worker") in ("service_started", "service_healthy")
     assert sim.get("topics") == "service_completed_successfully"
@@ -253,8 +260,8 @@ def test_model_and_worker_share_the_data_volume() -> None:
         assert "streamrec-data:/data" in mounts, f"{name} must mount the data volume at /data: {mounts}"
 
 
-def test_trainer_trains_on_the_dataset_it_writes() -> None:
-    calls = {args[0]: args for args in _streamrec_invocations("trainer") if args}
+def test_bootstrap_trains_on_the_dataset_it_writes() -> None:
+    calls = {args[0]: args for args in _streamrec_invocations("bootstrap-model") if args}
     assert {"simulate", "train"} <= set(calls), calls
     sim, train = calls["simulate"], calls["train"]
     out = sim[sim.index("--write-dataset") + 1]
@@ -302,3 +309,43 @@ def test_streamrec_services_build_one_image_without_extras() -> None:
         # compose interpolation: ${EXTRAS:-} / ${EXTRAS-} resolve to "" when EXTRAS is unset
         resolved = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^}]*)\}", r"\1", extras)
         assert resolved == "", f"{name}: EXTRAS defaults to {resolved!r}, expected none (faiss-cpu)"
+
+
+def _bootstrap_check() -> str:
+    """The shell condition with which bootstrap-model decides that a model is already current,
+    unescaped as compose does (``$$`` -> ``$``)."""
+    script = _as_list(SERVICES["bootstrap-model"]["command"])[0]
+    m = re.match(r"\s*if (.+?); then ", script)
+    assert m, f"bootstrap-model should start with 'if <model is current>; then ... exit 0; fi': {script!r}"
+    return m.group(1).replace("$$", "$")
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX sh")
+def test_bootstrap_check_matches_the_registry_layout(tmp_path: Path) -> None:
+    """The skip-training check, run by sh against registries built by ModelRegistry: false for
+    an empty registry, a registered but never promoted version, and a CURRENT naming a missing
+    version; true once a version is promoted (the bug was a test for models/current)."""
+    from streamrec.model.checkpoint import REQUIRED
+    from streamrec.model.registry import ModelRegistry
+
+    check = _bootstrap_check()
+
+    def model_present(data: Path) -> bool:
+        cmd = check.replace("/data/", f"{data}/")
+        assert "/data/" not in cmd.replace(str(data), "")
+        return subprocess.run(["sh", "-c", cmd], capture_output=True).returncode == 0
+
+    data = tmp_path / "data"
+    reg = ModelRegistry(data / "models")
+    assert reg.root == Settings(data_dir=data).registry_dir
+    assert not model_present(data)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for name in REQUIRED:
+        (ckpt / name).write_text("{}")
+    version = reg.register(ckpt)
+    assert not model_present(data), "registered is not current"
+    reg.promote(version)
+    assert reg.current_version() == version and model_present(data)
+    shutil.rmtree(reg.versions_dir / version)
+    assert reg.current_version() is None and not model_present(data), "CURRENT names a missing version"

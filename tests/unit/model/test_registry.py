@@ -35,3 +35,17 @@ def test_promote_unknown_and_register_bad(tmp_path):
     (tmp_path / "half").mkdir()
     with pytest.raises(CheckpointError, match="missing"):
         reg.register(tmp_path / "half")
+
+
+def test_prune_keeps_newest_and_current_and_version_path(tmp_path, tiny_checkpoint):
+    reg = ModelRegistry(tmp_path / "models")
+    names = [reg.register(tiny_checkpoint) for _ in range(4)]
+    reg.promote(names[0])  # a rollback target older than the kept ones
+    assert reg.version_path(names[2]) == reg.versions_dir / names[2]
+    assert reg.prune(2) == [names[1]]
+    assert [v.version for v in reg.list()] == [names[0], names[2], names[3]]
+    assert not [p for p in reg.versions_dir.iterdir() if p.name.startswith(".")]
+    with pytest.raises(ValueError, match="unknown model version"):
+        reg.version_path(names[1])
+    with pytest.raises(ValueError, match="keep"):
+        reg.prune(0)

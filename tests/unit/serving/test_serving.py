@@ -90,15 +90,29 @@ def test_catalog_changes_reach_the_index(pipeline):
     pipeline.apply_catalog([("i31", item(31, title=""))])  # no text, no history: a default vector
     assert "i31" in index
     pipeline.apply_catalog([("i30", None)])
-    assert "i30" not in index and pipeline.metrics.catalog_items == len(index)
+    assert "i30" not in index and pipeline.metrics.value("streamrec_catalog_items") == len(index)
 
 
 def test_metrics_render_prometheus_text():
+    from prometheus_client.parser import text_string_to_metric_families
+
     m = Metrics()
-    m.events_in, m.dlq = 3, 1
+    m.events_in.inc(3)
+    m.dlq.inc()
     m.observe_latency_ms(7.0)
     m.batch_size.observe(3)
+    m.stage_seconds.labels(stage="parse").observe(0.002)
     text = m.render(model_version="v9", consumer_lag={"t/0": 4})
-    assert "streamrec_events_in_total 3" in text and "streamrec_dlq_total 1" in text
-    assert 'streamrec_event_to_recommendation_ms_bucket{le="10"} 1' in text
-    assert 'streamrec_model_info{version="v9"} 1' in text and 'streamrec_consumer_lag{partition="t/0"} 4' in text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("streamrec_events_in_total", ())] == 3 and samples[("streamrec_dlq_total", ())] == 1
+    assert samples[("streamrec_event_to_recommendation_ms_bucket", (("le", "10.0"),))] == 1
+    assert samples[("streamrec_event_to_recommendation_ms_bucket", (("le", "5.0"),))] == 0
+    assert samples[("streamrec_model_info", (("version", "v9"),))] == 1
+    assert samples[("streamrec_consumer_lag", (("partition", "t/0"),))] == 4
+    assert samples[("streamrec_stage_seconds_count", (("stage", "parse"),))] == 1
+    # the model version and the lag are as of the latest render, not accumulated
+    text = m.render(model_version="v10", consumer_lag={})
+    assert 'version="v9"' not in text and "streamrec_consumer_lag{" not in text
+    # each worker its own registry: a second one starts from zero
+    assert "streamrec_events_in_total 0.0" in Metrics().render(model_version="v1")

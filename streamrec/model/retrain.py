@@ -1,0 +1,340 @@
+"""One retraining round: training window, candidate, gate, registry (pure: no Kafka).
+
+The trainer (``streamrec.streams.trainer``) calls :func:`retrain` with a snapshot of its
+training log; this module decides everything else:
+
+1. **Sequences.** Events become per-user item sequences, oldest first: views, carts and
+   purchases (a ``remove_from_cart`` is not interest), consecutive events on the same item
+   collapsed into one token carrying the latest type (view -> cart -> purchase of one item is one
+   step, not three "next items" that repeat the last).
+2. **Hold-out (time-based).** The ``holdout_users`` users whose latest interaction is newest
+   each give their latest interaction as a target, the rest of their sequence as the history.
+   The targets are removed from the training data, so neither the candidate nor (by the same
+   rule in the round that trained it) the current version ever trained on them.
+3. **Window.** A fine-tune trains on the users active within ``window_s`` of the newest event
+   plus a replay sample of older users (``replay_ratio`` per recent user), so that one step on
+   fresh data does not forget the rest. A full retrain uses every user in the log.
+4. **Candidate.** :func:`streamrec.model.train.finetune` warm-starts from the current version
+   (``train`` from scratch for a full retrain, with the current version's shape), stopping at
+   ``time_budget_s``. Every catalog item (from ``shop.catalog``) and every item of the log joins
+   the vocabulary; unseen ones start as their text projection.
+5. **Gate.** Candidate and current are ranked against the same item set (the union of both
+   vocabularies, the log and the catalog; items a model lacks are added from their text, as a
+   worker would) on the same hold-out, full ranking, NDCG@10 and HR@10
+   (:func:`streamrec.model.evaluate.evaluate_model`). The candidate is promoted unless it is
+   worse than the current version by more than ``tolerance`` (absolute) on either metric.
+6. **Registry.** A promoted candidate is registered with its metrics (the gate's decision and
+   both metric sets under ``"gate"``) and made current; old versions beyond ``keep`` are pruned.
+   A rejected candidate is not registered: its decision is returned (and appended to the
+   trainer's ``decisions.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from streamrec.model.data import Encoded, Interactions, ItemVocab, encode
+from streamrec.model.sasrec import SASRec
+
+log = logging.getLogger(__name__)
+
+INTEREST_TYPES = frozenset({"view", "add_to_cart", "purchase"})
+GATE_METRICS = ("ndcg@10", "hr@10")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """How one round runs (the trainer builds it from ``STREAMREC_RETRAIN_*`` settings)."""
+
+    time_budget_s: float = 120.0  # training stops after this many seconds
+    window_s: float = 86400.0  # recent users: latest event within this of the newest event
+    replay_ratio: float = 1.0  # older users sampled per recent user (fine-tune only)
+    holdout_users: int = 1000  # most recently active users held out for the gate
+    tolerance: float = 0.005  # allowed absolute drop of NDCG@10 / HR@10 versus current
+    device: str = "auto"  # torch device for training and the gate
+    seed: int = 0  # window sampling and training seed
+    max_epochs: int = 20  # fit's hard stop (the time budget usually stops it first)
+    patience: int = 3  # epochs without validation gain before early stopping
+    val_users: int = 256  # users whose second-last item drives fit's early stopping
+    text_cache: str | None = None  # MiniLM vector cache file shared across rounds
+    keep: int | None = 20  # registry versions kept after a promotion (None: all)
+
+
+@dataclass
+class Decision:
+    """What one round did. ``candidate``/``current``: hold-out metrics (current None when the
+    registry had no version)."""
+
+    promoted: bool
+    reason: str
+    mode: str  # "finetune" | "full"
+    candidate: dict[str, float]
+    current: dict[str, float] | None
+    tolerance: float
+    holdout_users: int
+    train_users: int
+    train_events: int
+    added_items: int
+    train_seconds: float
+    base_version: str | None  # the version fine-tuned from (None: from scratch)
+    version: str | None = None  # the registered version when promoted
+    decided_ts: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def flat_metrics(self) -> dict[str, float]:
+        """Numbers only (the ``ModelUpdate.metrics`` map): ``holdout_ndcg@10``,
+        ``holdout_hr@10``, ``current_ndcg@10``, ``current_hr@10`` (absent without a current
+        version), ``holdout_users``, ``train_events``, ``train_seconds``, ``added_items``,
+        ``full`` (1.0 for a retrain from scratch)."""
+        out = {f"holdout_{k}": float(v) for k, v in self.candidate.items() if k in GATE_METRICS}
+        if self.current is not None:
+            out |= {f"current_{k}": float(v) for k, v in self.current.items() if k in GATE_METRICS}
+        out |= {"holdout_users": float(self.holdout_users), "train_events": float(self.train_events),
+                "train_seconds": float(self.train_seconds), "added_items": float(self.added_items),
+                "full": 1.0 if self.mode == "full" else 0.0}
+        return out
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+Step = tuple[str, str, int]  # (item_id, event type, ts ms)
+
+
+def sequences_from_log(table: pa.Table) -> dict[str, list[Step]]:
+    """Per-user interest sequences from log rows (ordered by ts, as :meth:`TrainLog.read` gives).
+
+    >>> t = pa.table({"user_id": ["u", "u", "u", "u"], "item_id": ["a", "a", "b", "b"],
+    ...               "type": ["view", "add_to_cart", "view", "remove_from_cart"], "ts": [1, 2, 3, 4]})
+    >>> sequences_from_log(t)
+    {'u': [('a', 'add_to_cart', 2), ('b', 'view', 3)]}
+    """
+    users = table.column("user_id").to_pylist()
+    items = table.column("item_id").to_pylist()
+    types = table.column("type").to_pylist()
+    ts = table.column("ts").to_pylist()
+    out: dict[str, list[Step]] = {}
+    for u, i, t, when in zip(users, items, types, ts):
+        if t not in INTEREST_TYPES:
+            continue
+        seq = out.setdefault(u, [])
+        if seq and seq[-1][0] == i:
+            seq[-1] = (i, t, when)
+        else:
+            seq.append((i, t, when))
+    return out
+
+
+@dataclass
+class HoldOut:
+    users: list[str]
+    histories: list[list[Step]]  # everything before the target, oldest first
+    targets: list[str]  # each user's latest item
+
+
+def split_holdout(seqs: dict[str, list[Step]], n_users: int) -> tuple[dict[str, list[Step]], HoldOut]:
+    """Hold out the latest interaction of the ``n_users`` most recently active users (with a
+    history of at least one item before it). Returns (training sequences, hold-out)."""
+    eligible = [u for u, s in seqs.items() if len(s) >= 2]
+    eligible.sort(key=lambda u: (seqs[u][-1][2], u), reverse=True)
+    held = eligible[:n_users]
+    train = dict(seqs)
+    ho = HoldOut([], [], [])
+    for u in held:
+        s = seqs[u]
+        ho.users.append(u)
+        ho.histories.append(s[:-1])
+        ho.targets.append(s[-1][0])
+        train[u] = s[:-1]
+    return train, ho
+
+
+def training_window(seqs: dict[str, list[Step]], *, window_s: float, replay_ratio: float,
+                    rng: np.random.Generator, full: bool = False) -> Interactions:
+    """The users to train on: recent ones plus a replay sample of older ones (all when ``full``).
+    "Recent" is relative to the newest event in ``seqs`` (event time, not the wall clock)."""
+    users = [u for u, s in seqs.items() if len(s) >= 1]
+    if not users:
+        return Interactions()
+    if not full:
+        newest = max(seqs[u][-1][2] for u in users)
+        horizon = newest - int(window_s * 1000)
+        recent = [u for u in users if seqs[u][-1][2] >= horizon]
+        older = [u for u in users if seqs[u][-1][2] < horizon]
+        k = min(len(older), round(replay_ratio * len(recent)))
+        replay = [older[j] for j in sorted(rng.choice(len(older), size=k, replace=False))] if k else []
+        users = recent + replay
+    out = Interactions()
+    for u in users:
+        out.users.append(u)
+        out.items.append([s[0] for s in seqs[u]])
+        out.types.append([s[1] for s in seqs[u]])
+    return out
+
+
+# -- the gate -------------------------------------------------------------------------------------
+
+
+def gate(candidate: dict[str, float], current: dict[str, float] | None, tolerance: float
+         ) -> tuple[bool, str]:
+    """Promote unless the candidate is worse than current by more than ``tolerance`` on NDCG@10
+    or HR@10 (absolute). No current version: promote.
+
+    >>> gate({"ndcg@10": 0.10, "hr@10": 0.2}, {"ndcg@10": 0.104, "hr@10": 0.2}, 0.005)
+    (True, 'not worse than current by more than 0.005: ndcg@10 0.1000 vs 0.1040, hr@10 0.2000 vs 0.2000')
+    >>> gate({"ndcg@10": 0.09, "hr@10": 0.2}, {"ndcg@10": 0.10, "hr@10": 0.2}, 0.005)[0]
+    False
+    """
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if current is None:
+        return True, "no current version"
+    parts = ", ".join(f"{k} {candidate[k]:.4f} vs {current[k]:.4f}" for k in GATE_METRICS)
+    worse = [k for k in GATE_METRICS if candidate[k] < current[k] - tolerance]
+    if worse:
+        return False, f"worse than current by more than {tolerance} on {'/'.join(worse)}: {parts}"
+    return True, f"not worse than current by more than {tolerance}: {parts}"
+
+
+def add_catalog(model: SASRec, vocab: ItemVocab, ids: list[str], item_text: dict[str, str | None],
+                *, cache_file: str | None, device: str) -> int:
+    """Add the ``ids`` the model lacks, embedded from their text. Returns how many were added."""
+    from streamrec.model.train import add_items
+
+    return len(add_items(model, vocab, ids, item_text, cache_file=cache_file, device=device))
+
+
+def evaluate_holdout(model: SASRec, vocab: ItemVocab, holdout: HoldOut, *, device: str = "cpu"
+                     ) -> dict[str, float]:
+    """Full-ranking metrics of ``model`` on the hold-out (items in the history excluded)."""
+    from streamrec.model.evaluate import evaluate_model
+    from streamrec.model.text import resolve_device
+
+    data = Interactions(list(holdout.users), [[s[0] for s in h] for h in holdout.histories],
+                        [[s[1] for s in h] for h in holdout.histories])
+    enc = encode(data, vocab)
+    keep = [k for k, (h, t) in enumerate(zip(enc.items, holdout.targets)) if h and t in vocab]
+    if not keep:
+        raise ValueError("the hold-out has no user with a known history and target")
+    inputs = Encoded([enc.items[k] for k in keep], [enc.types[k] for k in keep])
+    targets = np.array([vocab.row(holdout.targets[k]) for k in keep], dtype=np.int64)
+    dev = resolve_device(device)
+    model.to(dev)
+    return evaluate_model(model, inputs, targets, device=dev)
+
+
+# -- one round ------------------------------------------------------------------------------------
+
+
+def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cfg: RetrainConfig,
+            *, full: bool = False,
+            transform: Callable[[Interactions, np.random.Generator], Interactions] | None = None
+            ) -> Decision:
+    """Train a candidate on the logged events in ``table``, gate it against the registry's
+    current version, and register + promote it when it passes (see the module docstring).
+
+    ``registry`` is a :class:`~streamrec.model.registry.ModelRegistry`; without a current
+    version the round is a full retrain and the candidate is promoted. ``transform`` rewrites
+    the training data before training (tests use it to build a deliberately worse candidate).
+    Raises ValueError when the log holds too little to train and evaluate.
+    """
+    import torch
+
+    from streamrec.model.checkpoint import load_checkpoint, save_checkpoint
+    from streamrec.model.text import resolve_device
+    from streamrec.model.train import TrainSettings, finetune, train
+
+    t0 = time.monotonic()
+    rng = np.random.default_rng(cfg.seed)
+    dev = str(resolve_device(cfg.device))
+    seqs = sequences_from_log(table)
+    train_seqs, holdout = split_holdout(seqs, cfg.holdout_users)
+    if len(holdout.users) < 1:
+        raise ValueError(f"cannot retrain: no user in the log has 2+ interactions ({len(seqs)} users)")
+    base_dir = registry.current_path()
+    base_version = registry.current_version()
+    full = full or base_dir is None
+    data = training_window(train_seqs, window_s=cfg.window_s, replay_ratio=cfg.replay_ratio, rng=rng,
+                           full=full)
+    if transform is not None:
+        data = transform(data, rng)
+    if sum(len(s) >= 2 for s in data.items) == 0:
+        raise ValueError(f"cannot retrain: no training sequence of 2+ items among {len(data)} users")
+    settings = TrainSettings(time_budget=cfg.time_budget_s, max_epochs=cfg.max_epochs,
+                             patience=cfg.patience, seed=cfg.seed, device=dev, progress=False,
+                             text_cache=cfg.text_cache, val_users=cfg.val_users, train_on_last=True)
+    current = None
+    if base_dir is not None:
+        current = load_checkpoint(base_dir, device=dev)
+    if full:
+        config = None
+        if current is not None:
+            config = {k: v for k, v in current[0].config.to_dict().items()
+                      if k in ("max_len", "d_model", "n_layers", "n_heads", "d_ff", "dropout",
+                               "emb_dropout", "id_dropout", "use_text", "loss", "n_negatives")}
+        res = train(data, item_text=item_text, config=config, settings=settings)
+    else:
+        model, vocab = load_checkpoint(base_dir, device=dev)  # a second copy: fit trains in place
+        res = finetune(model, vocab, data, item_text=item_text, settings=settings)
+    train_seconds = time.monotonic() - t0
+    # Same item set for both: the union of the vocabularies, the log and the catalog.
+    universe = list(dict.fromkeys(
+        [*(current[1].ids if current is not None else []), *res.vocab.ids,
+         *(i for s in seqs.values() for i, _, _ in s), *item_text]))
+    added = add_catalog(res.model, res.vocab, universe, item_text, cache_file=cfg.text_cache, device=dev)
+    with torch.inference_mode():
+        cand_m = evaluate_holdout(res.model, res.vocab, holdout, device=dev)
+        cur_m = None
+        if current is not None:
+            add_catalog(current[0], current[1], universe, item_text, cache_file=cfg.text_cache, device=dev)
+            cur_m = evaluate_holdout(current[0], current[1], holdout, device=dev)
+    ok, reason = gate(cand_m, cur_m, cfg.tolerance)
+    decision = Decision(
+        promoted=ok, reason=reason, mode="full" if full else "finetune", candidate=cand_m,
+        current=cur_m, tolerance=cfg.tolerance, holdout_users=int(cand_m.get("users", 0)),
+        train_users=len(data), train_events=sum(len(s) for s in data.items),
+        added_items=int(res.metrics.get("added_items", 0)) + added,
+        train_seconds=round(train_seconds, 1), base_version=None if full else base_version,
+    )
+    if ok:
+        metrics = dict(res.metrics) | {"gate": decision.to_dict()}
+        registry.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=registry.root))
+        try:
+            save_checkpoint(res.model.cpu(), res.vocab, tmp, metrics=metrics, train_settings=res.settings)
+            decision.version = registry.register(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        registry.promote(decision.version)
+        if cfg.keep is not None:
+            registry.prune(cfg.keep)
+    log.info("retrain decision=%s mode=%s version=%s base=%s candidate_ndcg@10=%.4f candidate_hr@10=%.4f "
+             "current_ndcg@10=%s current_hr@10=%s holdout_users=%d train_users=%d seconds=%.1f reason=%s",
+             "promoted" if ok else "rejected", decision.mode, decision.version, base_version,
+             cand_m["ndcg@10"], cand_m["hr@10"], None if cur_m is None else round(cur_m["ndcg@10"], 4),
+             None if cur_m is None else round(cur_m["hr@10"], 4), decision.holdout_users,
+             decision.train_users, train_seconds, reason)
+    return decision
+
+
+def append_decision(path: str | Path, decision: Decision, *, max_bytes: int = 16 << 20) -> None:
+    """Append one JSON line per decision; the file is rotated to ``.1`` beyond ``max_bytes``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_file() and p.stat().st_size > max_bytes:
+        p.replace(p.with_name(p.name + ".1"))
+    with p.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(decision.to_dict(), sort_keys=True) + "\n")

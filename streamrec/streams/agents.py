@@ -1,0 +1,199 @@
+"""The events agent's work, as plain objects testable without a broker.
+
+:class:`BatchHandler` takes one batch of Faust events: parse each message, load and update each
+user's state once, score the batch in one model + index call, publish one recommendation per
+triggering user, then write each touched user's state once, bound to that user's own event.
+Failures go through :func:`streamrec.streams.policy.decide` (dead-letter, reset or raise).
+
+The sinks are Faust channels: topics in the worker, in-memory ``app.channel()`` in unit tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+# Private: Faust has no public setter for the current event. Checked against faust-streaming
+# 0.15.3 (faust/streams.py: ``_current_event: ContextVar[weakref.ref[EventT]]``, read by
+# ``faust.current_event()``); tests/unit/streams/test_internals.py fails if it moves or changes.
+from faust.streams import _current_event
+
+from streamrec.schemas import DeadLetter, Recommendation, ScoredItem, ShopEvent
+from streamrec.serving.scorer import ServingModel
+from streamrec.serving.state import UserState
+from streamrec.streams.pipeline import Pipeline
+from streamrec.streams.policy import Action, Decision, Stage, decide
+
+log = logging.getLogger(__name__)
+
+#: How long the events agent waits for the catalog before scoring with what is loaded.
+CATALOG_READY_TIMEOUT_S = 300.0
+
+
+def as_current(event: Any) -> None:
+    """Make ``event`` Faust's current event.
+
+    Faust picks the table partition (store and changelog) from the *current* event. Inside a
+    ``take_events`` batch that is the last event of the batch, so each user's update is bound to
+    its own event first; otherwise a user's state could land in another partition's changelog
+    and be lost on recovery.
+    """
+    _current_event.set(weakref.ref(event))
+
+
+class BatchHandler:
+    """Handles the events agent's batches (see the module docstring).
+
+    ``users`` is the per-user table (``get`` and item assignment, JSON-able values);
+    ``recommendations`` and ``dead_letters`` are channels with ``send(key=, value=)`` (bytes).
+    """
+
+    def __init__(self, *, pipeline: Pipeline, users: Any, recommendations: Any, dead_letters: Any,
+                 now_ms: Callable[[], int] = Pipeline.now_ms) -> None:
+        self.pipeline = pipeline
+        self.users = users
+        self.recommendations = recommendations
+        self.dead_letters = dead_letters
+        self.now_ms = now_ms
+
+    # -- the policy --------------------------------------------------------------------------
+
+    async def on_error(self, stage: Stage, exc: BaseException, event: Any, *, user: str | None = None) -> Decision:
+        """Apply the error policy: dead-letter ``event`` or raise; a RESET is the caller's to do."""
+        decision = decide(stage, exc)
+        msg = event.message
+        if decision.action is Action.RAISE:
+            log.error("stream error stage=%s topic=%s partition=%s offset=%s reason=%s", stage.value,
+                      msg.topic, msg.partition, msg.offset, decision.reason)
+            raise exc
+        if decision.action is Action.RESET:
+            self.pipeline.metrics.state_resets.inc()
+            log.warning("user state reset user=%s topic=%s partition=%s offset=%s reason=%s", user,
+                        msg.topic, msg.partition, msg.offset, decision.reason)
+        else:
+            if stage in (Stage.STATE, Stage.APPLY):  # parse errors are bad input; scoring logs once per batch
+                log.error("event failed stage=%s user=%s", stage.value, user, exc_info=exc)
+            await self.dead_letter(event, decision.reason)
+        return decision
+
+    async def dead_letter(self, event: Any, reason: str) -> None:
+        """Send ``event``'s original bytes to the dead-letter topic with ``reason``."""
+        msg = event.message
+        self.pipeline.metrics.dlq.inc()
+        log.warning("dead-letter topic=%s partition=%s offset=%s reason=%s", msg.topic, msg.partition,
+                    msg.offset, reason)
+        dl = DeadLetter.wrap(topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                             reason=reason, original=msg.value)
+        await self.dead_letters.send(key=msg.key, value=dl.to_bytes())
+
+    # -- the batch ---------------------------------------------------------------------------
+
+    async def load_state(self, user_id: str, event: Any) -> UserState | None:
+        """The user's stored state (bound to ``event``'s partition); None when it was dead-lettered."""
+        as_current(event)
+        try:
+            return UserState.from_json(self.users.get(user_id))
+        except Exception as exc:  # noqa: BLE001 - the error policy decides
+            decision = await self.on_error(Stage.STATE, exc, event, user=user_id)
+            return UserState() if decision.action is Action.RESET else None
+
+    async def handle(self, batch: list[Any]) -> None:
+        """Parse, update each user's state in memory, score once, publish, then write each
+        touched user's state once (bound to that user's own event, see :func:`as_current`)."""
+        pipeline = self.pipeline
+        metrics = pipeline.metrics
+        metrics.events_in.inc(len(batch))
+        metrics.batches.inc()
+        metrics.batch_size.observe(len(batch))
+        states: dict[str, UserState] = {}
+        answer: dict[str, ShopEvent] = {}  # user -> latest triggering event
+        source: dict[str, Any] = {}  # user -> the Faust event of that user's latest message
+        fresh: list[ShopEvent] = []
+        t_parse = t_state = 0.0
+        for event in batch:
+            t0 = time.perf_counter()
+            try:
+                ev = ShopEvent.from_bytes(event.message.value)
+            except Exception as exc:  # noqa: BLE001 - the error policy decides
+                await self.on_error(Stage.PARSE, exc, event)
+                continue
+            finally:
+                t_parse += time.perf_counter() - t0
+            state = states.get(ev.user_id)
+            if state is None:
+                t0 = time.perf_counter()
+                state = await self.load_state(ev.user_id, event)
+                t_state += time.perf_counter() - t0
+                if state is None:
+                    continue
+            try:
+                if pipeline.apply_event(state, ev):
+                    fresh.append(ev)
+            except Exception as exc:  # noqa: BLE001 - the error policy decides
+                await self.on_error(Stage.APPLY, exc, event, user=ev.user_id)
+                continue
+            states[ev.user_id] = state
+            source[ev.user_id] = event
+            if ev.type in pipeline.trigger_types:
+                answer[ev.user_id] = ev
+        metrics.stage_seconds.labels(stage="parse").observe(t_parse)
+        metrics.stage_seconds.labels(stage="state_read").observe(t_state)
+        try:
+            await self.publish(states, answer, source, fresh)
+        finally:  # state changes are kept even when scoring fails (those events went to the DLQ)
+            with metrics.stage("state_write"):
+                for user, state in states.items():
+                    as_current(source[user])
+                    self.users[user] = state.to_json()
+
+    async def publish(self, states: dict[str, UserState], answer: dict[str, ShopEvent], source: dict[str, Any],
+                      fresh: list[ShopEvent]) -> None:
+        """Score the triggering users with one model (taken once), send their recommendations."""
+        pipeline = self.pipeline
+        metrics = pipeline.metrics
+        events = list(answer.values())
+        model: ServingModel = pipeline.model  # one reference for the whole batch (see Pipeline.model)
+        try:
+            with metrics.stage("score"):
+                lists = await pipeline.run(pipeline.score, [states[e.user_id] for e in events], fresh, model)
+        except Exception as exc:
+            log.error("scoring failed users=%d", len(events), exc_info=exc)
+            for ev in events:
+                await self.on_error(Stage.SCORE, exc, source[ev.user_id], user=ev.user_id)
+            return
+        now = self.now_ms()
+        version = model.version
+        with metrics.stage("produce"):
+            for ev, recs in zip(events, lists):
+                rec = Recommendation(
+                    user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
+                    model_version=version, event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
+                )
+                try:
+                    await self.recommendations.send(key=ev.user_id.encode(), value=rec.to_bytes())
+                except Exception as exc:  # noqa: BLE001 - the error policy decides
+                    await self.on_error(Stage.PRODUCE, exc, source[ev.user_id], user=ev.user_id)
+                metrics.recommendations_out.inc()
+                metrics.observe_latency_ms(max(0, now - ev.ts))
+                # kept for GET /users/{id}/recommendations
+                states[ev.user_id].latest = {"items": [[i, s] for i, s in recs], "model_version": version,
+                                             "event_id": ev.event_id, "produced_ts": now}
+
+
+async def consume_events(stream: Any, handler: BatchHandler, *, batch_max: int, within_s: float,
+                         catalog_timeout_s: float = CATALOG_READY_TIMEOUT_S) -> None:
+    """The events agent's body: wait for the catalog, then hand batches to ``handler``."""
+    ready = handler.pipeline.catalog_ready
+    log.info("events agent waiting for the catalog")
+    if not ready.is_set():
+        try:
+            await asyncio.wait_for(ready.wait(), catalog_timeout_s)
+        except TimeoutError:
+            log.warning("catalog not caught up after %.0fs; scoring with what is loaded", catalog_timeout_s)
+    log.info("events agent consuming batch_max=%d within_s=%s", batch_max, within_s)
+    async for batch in stream.take_events(batch_max, within=within_s):
+        await handler.handle(batch)

@@ -1,0 +1,94 @@
+"""The catalog reader: every worker reads the whole compacted catalog topic into its index."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from streamrec.config import Settings
+from streamrec.errors import SchemaError
+from streamrec.schemas import CatalogItem
+from streamrec.streams.kafka_config import aiokafka_config
+from streamrec.streams.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+CATALOG_BATCH = 512
+
+
+async def refresh_metadata(consumer: Any) -> None:
+    """Ask the broker for fresh metadata now, so ``partitions_for_topic`` sees a new topic.
+
+    Private: aiokafka has no public call that refreshes the metadata ``partitions_for_topic``
+    reads (``topics()`` fetches into a throwaway copy). Checked against aiokafka 0.14.0
+    (``AIOKafkaClient.force_metadata_update()`` returns an awaitable);
+    tests/unit/streams/test_internals.py fails if it moves or changes.
+    """
+    await consumer._client.force_metadata_update()
+
+
+async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
+    """Read the whole compacted catalog topic on every worker (no consumer group), then follow it.
+
+    Every worker needs every item in its own index, so this is a plain assign-all consumer rather
+    than part of the worker's consumer group. ``catalog_ready`` is set once the end offsets seen at
+    start-up have been reached.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        **aiokafka_config(settings), enable_auto_commit=False, group_id=None, auto_offset_reset="earliest",
+        client_id=f"{settings.app_id}-catalog",
+    )
+    await consumer.start()
+    try:
+        parts = None
+        for _ in range(120):
+            parts = consumer.partitions_for_topic(settings.topic_catalog)
+            if parts:
+                break
+            await refresh_metadata(consumer)
+            await asyncio.sleep(0.5)
+        if not parts:
+            log.warning("catalog topic %s not found; serving without a catalog", settings.topic_catalog)
+            pipeline.catalog_ready.set()
+            return
+        tps = [TopicPartition(settings.topic_catalog, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        started = time.monotonic()
+        pending = {tp for tp, off in end.items() if off > 0}
+        if not pending:
+            pipeline.catalog_ready.set()
+        while True:
+            records = await consumer.getmany(timeout_ms=200, max_records=CATALOG_BATCH * 4)
+            changes: list[tuple[str, CatalogItem | None]] = []
+            for tp, msgs in records.items():
+                for msg in msgs:
+                    if tp in pending and msg.offset + 1 >= end[tp]:
+                        pending.discard(tp)
+                    if msg.value is None:
+                        if msg.key:
+                            changes.append((msg.key.decode("utf-8", "replace")[:128], None))
+                        continue
+                    try:
+                        item = CatalogItem.from_bytes(msg.value)
+                    except SchemaError as exc:
+                        log.warning("bad catalog item topic=%s partition=%s offset=%s reason=%s",
+                                    tp.topic, tp.partition, msg.offset, exc.reason)
+                        continue
+                    changes.append((item.item_id, item))
+            for i in range(0, len(changes), CATALOG_BATCH):
+                await pipeline.run(pipeline.apply_catalog, changes[i : i + CATALOG_BATCH])
+            if pending:
+                for tp in list(pending):
+                    if await consumer.position(tp) >= end[tp]:
+                        pending.discard(tp)
+            if not pending and not pipeline.catalog_ready.is_set():
+                log.info("catalog loaded items=%d seconds=%.1f", len(pipeline.catalog), time.monotonic() - started)
+                pipeline.catalog_ready.set()
+    finally:
+        await consumer.stop()

@@ -1,0 +1,81 @@
+"""The worker's HTTP views: ``/health``, ``/metrics``, ``/users/{id}/recommendations``.
+
+The bodies are plain functions of the pipeline (testable without a web server or a broker);
+:func:`register_views` wires them to Faust's web server.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streamrec.serving.state import UserState
+from streamrec.streams.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def health_body(pipeline: Pipeline) -> tuple[dict[str, Any], int]:
+    ready = pipeline.catalog_ready.is_set()
+    return {
+        "status": "ok" if ready else "starting",
+        "model_version": pipeline.model_version,
+        "catalog_items": len(pipeline.model.index),
+        "catalog_ready": ready,
+    }, 200 if ready else 503
+
+
+def metrics_text(pipeline: Pipeline, consumer_lag: dict[str, int] | None = None) -> str:
+    return pipeline.metrics.render(model_version=pipeline.model_version, consumer_lag=consumer_lag)
+
+
+def user_recommendations_body(stored: Any, user_id: str) -> tuple[dict[str, Any], int]:
+    """The latest list sent to ``user_id``, from the user's ``stored`` table value."""
+    if not 1 <= len(user_id) <= 128:
+        return {"error": "user id must be 1..128 characters"}, 400
+    try:
+        state = UserState.from_json(stored)
+    except (TypeError, ValueError):  # reset by the next event of this user (see streams.policy)
+        state = UserState()
+    if state.latest is None:
+        return {"user_id": user_id, "error": "no recommendation yet"}, 404
+    return {"user_id": user_id, **state.latest}, 200
+
+
+async def consumer_lag(app: Any, topic: str) -> dict[str, int]:
+    """Best effort: end offset minus position for each assigned partition of ``topic``."""
+    try:
+        consumer = app.consumer
+        lag = {}
+        for tp in sorted(consumer.assignment()):
+            if tp.topic != topic:
+                continue
+            high = consumer.highwater(tp)
+            pos = await consumer.position(tp)
+            if high is not None and pos is not None and high >= 0:
+                lag[f"{tp.topic}/{tp.partition}"] = max(0, int(high) - int(pos))
+        return lag
+    except Exception:  # pragma: no cover - metrics must never fail the view
+        log.debug("consumer lag unavailable", exc_info=True)
+        return {}
+
+
+def register_views(app: Any, pipeline: Pipeline, users: Any, *, events_topic: str) -> None:
+    """Wire the views to ``app``'s web server (per-user reads go to the partition owner)."""
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        body, status = health_body(pipeline)
+        return web.json(body, status=status)
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        text = metrics_text(pipeline, await consumer_lag(app, events_topic))
+        return web.text(text, content_type="text/plain", headers={"X-Prometheus-Format": "0.0.4"})
+
+    @app.page("/users/{user_id}/recommendations")
+    @app.table_route(table=users, match_info="user_id")
+    async def user_recommendations(web: Any, request: Any, user_id: str) -> Any:
+        stored = users.get(user_id) if 1 <= len(user_id) <= 128 else None
+        body, status = user_recommendations_body(stored, user_id)
+        return web.json(body, status=status)

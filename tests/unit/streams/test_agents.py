@@ -1,0 +1,184 @@
+"""The events agent's batch logic without a broker: a real app (memory store), a real tiny model
+and FAISS index, real Faust events; recommendations and dead letters go to in-memory channels."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from faust.events import Event
+from faust.types import Message
+
+from streamrec.config import Settings
+from streamrec.indexer import ItemIndex
+from streamrec.model.inference import Recommender
+from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ShopEvent
+from streamrec.serving.scorer import ServingModel
+from streamrec.serving.state import UserState
+from streamrec.streams.agents import BatchHandler
+from streamrec.streams.app import create_app
+
+TS = 1_767_225_600_000
+TOPIC = "events"
+
+
+def item(i: int) -> CatalogItem:
+    colour = ("red", "green", "blue")[i % 3]
+    return CatalogItem(item_id=f"i{i}", title=f"{colour} lipstick shade {i}", category="makeup", brand="Tiny",
+                       price=9.0, in_stock=True, updated_ts=TS)
+
+
+class Harness:
+    def __init__(self, app: Any, handler: BatchHandler) -> None:
+        self.app, self.handler = app, handler
+        # a channel delivers to its subscribers; these two read what the handler sent
+        self.recs_in = handler.recommendations.__aiter__()
+        self.dlq_in = handler.dead_letters.__aiter__()
+        self.pipeline = handler.pipeline
+        self.users = handler.users
+        self.offset = 0
+
+    def event(self, raw: bytes, *, partition: int = 0, key: bytes = b"k") -> Event:
+        self.offset += 1
+        msg = Message(TOPIC, partition, self.offset, TS / 1000, 0, [], key, raw, None)
+        return Event(self.app, key, raw, [], msg)
+
+    def shop(self, user: str, i: int, type_: str = "view", n: int = 0, *, partition: int = 0,
+             event_id: str | None = None) -> Event:
+        ev = ShopEvent(event_id=event_id or f"{user}-{i}-{type_}-{n}", user_id=user, session_id="s",
+                       item_id=f"i{i}", type=type_, ts=TS + n)
+        return self.event(ev.to_bytes(), partition=partition, key=user.encode())
+
+    @staticmethod
+    def drain(channel: Any) -> list[Any]:
+        out = []
+        while not channel.queue.empty():
+            out.append(channel.queue.get_nowait())
+        return out
+
+    def recommendations(self) -> list[Recommendation]:
+        return [Recommendation.from_bytes(e.value) for e in self.drain(self.recs_in)]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return [DeadLetter.model_validate_json(e.value) for e in self.drain(self.dlq_in)]
+
+    def changelog(self) -> list[tuple[str, int]]:
+        """(user, partition) of each table write queued for the changelog since the last call."""
+        pending = self.app.producer.buffer.pending
+        out = []
+        while not pending.empty():
+            fut = pending.get_nowait()
+            key = fut.message.key
+            out.append((json.loads(key) if isinstance(key, (str, bytes)) else key, fut.message.partition))
+        return out
+
+
+@pytest.fixture
+async def harness(tiny_checkpoint, tmp_path):
+    """A finalized app on the memory store with flow control resumed (Faust's own ``event_loop``
+    test fixture fails on pytest-asyncio 1.x, see CONVENTIONS.md)."""
+    settings = Settings(data_dir=tmp_path, app_id=f"unit-{uuid.uuid4().hex[:8]}", top_k=5, history_len=4,
+                        purchased_max=3, partitions=2)
+    rec = Recommender.load(tiny_checkpoint, device="cpu")
+    app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat"), store="memory://")
+    app.finalize()
+    app.conf.store = "memory://"
+    app.flow_control.resume()
+    pipeline.apply_catalog([(f"i{i}", item(i)) for i in range(1, 25)])
+    handler: BatchHandler = app.streamrec_handler
+    # the same handler, with in-memory channels as its sinks instead of Kafka topics
+    handler = BatchHandler(pipeline=pipeline, users=handler.users, recommendations=app.channel(),
+                           dead_letters=app.channel())
+    yield Harness(app, handler)
+    pipeline._executor.shutdown(wait=True)
+
+
+async def test_invalid_event_goes_to_dlq_with_reason_and_original_bytes(harness):
+    bad = harness.event(b'{"user_id": "u1", "type": "explode"}', partition=1)
+    await harness.handler.handle([bad, harness.shop("u1", 3)])
+    [dl] = harness.dead_letters()
+    assert dl.original_bytes() == b'{"user_id": "u1", "type": "explode"}'
+    assert (dl.topic, dl.partition, dl.offset) == (TOPIC, 1, bad.message.offset) and dl.reason
+    assert [r.user_id for r in harness.recommendations()] == ["u1"]  # the valid event is still answered
+    assert harness.pipeline.metrics.value("streamrec_dlq_total") == 1
+
+
+async def test_redelivered_event_is_applied_once(harness):
+    first = harness.shop("u1", 3, n=1)
+    await harness.handler.handle([first, harness.shop("u1", 3, n=1)])  # same event id twice in a batch
+    await harness.handler.handle([harness.shop("u1", 3, n=1)])  # and again in a later batch
+    state = UserState.from_json(harness.users.get("u1"))
+    assert [h[3] for h in state.history] == ["u1-3-view-1"]
+    assert harness.pipeline.metrics.value("streamrec_duplicate_events_total") == 2
+
+
+async def test_state_written_once_per_user_per_batch_on_its_own_partition(harness):
+    batch = [harness.shop("a", 1, n=1, partition=0), harness.shop("b", 2, n=2, partition=1),
+             harness.shop("a", 4, n=3, partition=0), harness.shop("b", 5, "purchase", n=4, partition=1)]
+    harness.changelog()
+    await harness.handler.handle(batch)  # the batch's last event is b's, on partition 1
+    assert sorted(harness.changelog()) == [("a", 0), ("b", 1)]
+    a = UserState.from_json(harness.users.get("a"))
+    b = UserState.from_json(harness.users.get("b"))
+    assert [h[0] for h in a.history] == ["i1", "i4"] and b.purchased == {"i5"}
+
+
+async def test_recommendation_fields(harness):
+    await harness.handler.handle([harness.shop("u", 1, "purchase", n=1), harness.shop("u", 4, n=2),
+                                  harness.shop("v", 2, n=3)])
+    recs = {r.user_id: r for r in harness.recommendations()}
+    assert set(recs) == {"u", "v"}
+    r = recs["u"]
+    assert (r.event_id, r.event_ts) == ("u-4-view-2", TS + 2)  # answers the user's latest event
+    assert r.model_version == harness.pipeline.model_version and r.produced_ts >= r.event_ts
+    ids = [i.item_id for i in r.items]
+    assert len(ids) == 5 == len(set(ids)) and "i1" not in ids  # top_k, no purchased item
+    scores = [i.score for i in r.items]
+    assert scores == sorted(scores, reverse=True)
+    latest = UserState.from_json(harness.users.get("u")).latest
+    assert latest["event_id"] == "u-4-view-2" and [i for i, _ in latest["items"]] == ids
+    assert harness.pipeline.metrics.value("streamrec_recommendations_out_total") == 2
+
+
+async def test_scoring_failure_dead_letters_the_events_and_keeps_state(harness):
+    pipeline = harness.pipeline
+    good = pipeline.model
+    broken = ItemIndex(8, kind="flat")  # vectors of the wrong width: the search fails for real
+    broken.upsert(["i1", "i2"], np.ones((2, 8), dtype=np.float32))
+    pipeline.scorer.model = ServingModel(recommender=good.recommender, index=broken)  # the swap one-liner
+    await harness.handler.handle([harness.shop("u", 1, n=1), harness.shop("v", 2, n=2)])
+    dls = harness.dead_letters()
+    assert len(dls) == 2 and all(d.reason.startswith("scoring failed: ") for d in dls)
+    assert {ShopEvent.from_bytes(d.original_bytes()).user_id for d in dls} == {"u", "v"}
+    assert harness.recommendations() == []
+    assert [h[0] for h in UserState.from_json(harness.users.get("u")).history] == ["i1"]  # state kept
+    pipeline.scorer.model = good  # the next batch scores again, with the state carried on
+    await harness.handler.handle([harness.shop("u", 4, n=3)])
+    [rec] = harness.recommendations()
+    assert rec.event_id == "u-4-view-3"
+    assert [h[0] for h in UserState.from_json(harness.users.get("u")).history] == ["i1", "i4"]
+
+
+async def test_undecodable_stored_state_is_reset_not_dead_lettered(harness):
+    as_current_event = harness.shop("u", 1, n=0)
+    from streamrec.streams.agents import as_current
+
+    as_current(as_current_event)
+    harness.users["u"] = {"h": [["i1", "view"]], "p": 3}  # not this release's shape
+    await harness.handler.handle([harness.shop("u", 2, n=1)])
+    assert harness.dead_letters() == []
+    assert [h[0] for h in UserState.from_json(harness.users.get("u")).history] == ["i2"]
+    assert [r.user_id for r in harness.recommendations()] == ["u"]
+    assert harness.pipeline.metrics.value("streamrec_state_resets_total") == 1
+
+
+def test_metrics_text_reads_back_with_the_prometheus_parser(harness):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streamrec.streams.views import metrics_text
+
+    names = {f.name for f in text_string_to_metric_families(metrics_text(harness.pipeline))}
+    assert {"streamrec_events_in", "streamrec_dlq", "streamrec_stage_seconds", "streamrec_model_info"} <= names

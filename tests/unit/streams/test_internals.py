@@ -1,0 +1,42 @@
+"""Private Faust / aiokafka internals the worker relies on: these fail loudly if one moves or
+changes shape after an upgrade (checked against faust-streaming 0.15.3 and aiokafka 0.14.0)."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+
+import faust
+import faust.streams
+from faust.events import Event
+from faust.types import Message
+
+
+def test_faust_current_event_is_a_contextvar_of_weakrefs_read_by_current_event():
+    from streamrec.streams.agents import as_current
+
+    var = getattr(faust.streams, "_current_event", None)
+    assert isinstance(var, contextvars.ContextVar), "faust.streams._current_event moved or changed type"
+    app = faust.App("internals-test", autodiscover=False)
+    msg = Message("t", 3, 7, 0.0, 0, [], b"k", b"v", None)
+    event = Event(app, b"k", b"v", [], msg)
+
+    def check() -> None:
+        as_current(event)
+        assert faust.current_event() is event
+        assert faust.current_event().message.partition == 3  # what the table's changelog uses
+
+    contextvars.copy_context().run(check)
+
+
+async def test_aiokafka_force_metadata_update_is_an_awaitable_on_the_consumer_client():
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.client import AIOKafkaClient
+
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")  # never started: no broker needed
+    client = getattr(consumer, "_client", None)
+    assert isinstance(client, AIOKafkaClient), "AIOKafkaConsumer._client moved or changed type"
+    assert list(inspect.signature(AIOKafkaClient.force_metadata_update).parameters) == ["self"]
+    pending = client.force_metadata_update()
+    assert inspect.isawaitable(pending)
+    pending.cancel()
