@@ -173,11 +173,12 @@ def cooccurrence_score_fn(train: Encoded, n_items: int, *, window: int = 3, rece
 
 def text_similarity_score_fn(text_emb: torch.Tensor, *, decay: float = 0.7) -> ScoreFn:
     """Plain text similarity, no training: the user vector is the recency-weighted mean of the
-    history's title vectors (weight ``decay ** age``, the newest item age 0), an item scores by
+    history's title vectors (weight ``exp(-decay * age)``, the newest item age 0; 0 = a plain
+    mean), an item scores by
     the cosine between it and its title vector. ``text_emb`` (N+1, D): one row per item row,
     zeros for items without text (they score 0)."""
-    if not 0.0 < decay <= 1.0:
-        raise ValueError(f"decay must be in (0, 1], got {decay}")
+    if not 0.0 <= decay <= 20.0:
+        raise ValueError(f"decay must be in [0, 20], got {decay}")
     emb = text_emb.detach().float().cpu()
     unit = torch.nn.functional.normalize(emb, dim=-1)  # zero rows stay zero
 
@@ -185,7 +186,7 @@ def text_similarity_score_fn(text_emb: torch.Tensor, *, decay: float = 0.7) -> S
         q = torch.zeros(len(items), emb.shape[1])
         for r, h in enumerate(items):
             if h:
-                w = decay ** torch.arange(len(h) - 1, -1, -1, dtype=torch.float32)  # (L,)
+                w = torch.exp(-decay * torch.arange(len(h) - 1, -1, -1, dtype=torch.float32))  # (L,)
                 q[r] = (w[:, None] * emb[torch.as_tensor(h, dtype=torch.long)]).sum(0) / w.sum()
         return torch.nn.functional.normalize(q, dim=-1) @ unit.T  # (B, N+1)
 

@@ -27,7 +27,7 @@ into both vectors, so ONE inner product still scores everything (FAISS stays the
 
 ``t_i`` is the item's MiniLM title vector reduced by a fixed linear basis (``text_sim_dim``
 principal directions of the training catalog's titles; 0 = the full 384-d vector), ``q_u`` the
-recency-weighted mean (weight ``text_decay ** age``) of the history's title vectors, i.e. the
+recency-weighted mean (weight ``exp(-text_decay * age)``) of the history's title vectors, i.e. the
 text-similarity baseline's user vector. The gates are learned, per item and per user:
 ``beta(i) = softplus(w . [1, new_i, log1p(count_i)])``, ``b(i) = w' . [same]``,
 ``alpha(u) = softplus(w'' . [1, share of new items in the history, log1p(history length)])``,
@@ -86,7 +86,8 @@ class SASRecConfig(PreTrainedConfig):
     text_sim_dim: int = 0  # dims of that channel: 0 = the full 384-d title vector; r < 384 =
     # the titles' top r principal directions (cheaper search, but PCA-64 lost a third of text
     # similarity's NDCG@10 on Beauty and a sixth on the simulator's shop: bench/RESULTS.md)
-    text_decay: float = 0.7  # recency weight of the history's titles in the user's text vector
+    text_decay: float = 0.7  # recency decay rate of the history's titles in the user's text
+    # vector: weight exp(-text_decay * age), the newest item age 0 (0 = a plain mean)
     shop_dropout: float = 0.0  # prob. per training batch of dropping EVERY id (a whole new shop)
     trust_known_share: bool = True  # scale the user's model part by the share of the history's
     # items that have a trained id: a history of new items only is ranked by text similarity
@@ -166,8 +167,8 @@ class SASRec(PreTrainedModel):
             r = cfg.text_sim_dim or cfg.text_dim
             if not 0 < r <= cfg.text_dim:
                 raise ValueError(f"text_sim_dim must be in 0..{cfg.text_dim}, got {cfg.text_sim_dim}")
-            if not 0.0 < cfg.text_decay <= 1.0:
-                raise ValueError(f"text_decay must be in (0, 1], got {cfg.text_decay}")
+            if not 0.0 <= cfg.text_decay <= 20.0:
+                raise ValueError(f"text_decay must be in [0, 20], got {cfg.text_decay}")
             # Fixed reduction of the title vectors (set from the training catalog by
             # set_text_basis; identity-like until then) and per-row training counts. Both are
             # saved in model.safetensors.
@@ -341,7 +342,7 @@ class SASRec(PreTrainedModel):
         if last_only:
             # Only the newest items whose weight matters (decay ** age >= 1e-4 of the newest):
             # the same vector up to float rounding, at a fraction of the gather.
-            decay = self.config.text_decay
+            decay = math.exp(-self.config.text_decay)  # weight factor per step of age
             horizon = T if decay >= 1.0 else min(T, int(math.log(1e-4) / math.log(decay)) + 1)
             ids_t = item_ids[:, T - horizon:]
             w = (decay ** torch.arange(horizon - 1, -1, -1, device=item_ids.device,
@@ -352,7 +353,7 @@ class SASRec(PreTrainedModel):
             x = self.text_low()[item_ids] * valid[..., None]  # (B, T, r)
             age = torch.arange(T, device=item_ids.device)
             diff = (age[:, None] - age[None, :]).float()  # (T, T) query t, key k: t - k
-            w = torch.where(diff >= 0, self.config.text_decay ** diff.clamp(min=0), 0.0)
+            w = torch.where(diff >= 0, torch.exp(-self.config.text_decay * diff.clamp(min=0)), 0.0)
             q = torch.einsum("tk,bkr->btr", w.to(x.dtype), x)  # (B, T, r)
         new = self.item_new(keep).float()[item_ids] * valid  # (B, T)
         n_seen, n_new = valid.cumsum(1), new.cumsum(1)  # (B, T)

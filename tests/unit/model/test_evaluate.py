@@ -55,7 +55,7 @@ def test_baselines_score_shapes():
 def test_text_similarity_recency_weighted_and_zero_rows():
     # 4 items in 2-d: 1 = x, 2 = y, 3 = mostly x, 4 = no text (zeros).
     emb = torch.tensor([[0.0, 0], [1, 0], [0, 1], [0.9, 0.1], [0, 0]])
-    fn = text_similarity_score_fn(emb, decay=0.5)
+    fn = text_similarity_score_fn(emb, decay=math.log(2))  # weights halve per step of age
     s = fn([[1, 2], [2, 1], []], [[1, 1], [1, 1], []])
     assert s.shape == (3, 5)
     # history [1, 2]: the newest (2 = y) weighs 1, the older (1 = x) 0.5 -> q ~ (0.5, 1)
@@ -65,7 +65,7 @@ def test_text_similarity_recency_weighted_and_zero_rows():
     assert s[1, 1] > s[1, 2]  # reversed history: x beats y
     assert torch.all(s[:, 4] == 0) and torch.all(s[2] == 0)  # no text / no history: 0
     with pytest.raises(ValueError, match="decay"):
-        text_similarity_score_fn(emb, decay=0.0)
+        text_similarity_score_fn(emb, decay=-1.0)
 
 
 def test_rank_all_candidates_restrict_the_ranking():

@@ -48,8 +48,8 @@ def test_score_decomposes_into_model_text_and_bias():
     u, out = m.user_vectors(X[:1], None, table)[0], m.output_table(table)
     h = m.encode(X[:1], None, table)[0, -1]
     beta, b = m.item_gates()
-    # recency-weighted history titles, decay 0.7: items 4 (newest), 3, 2, 1
-    w = torch.tensor([0.7 ** 3, 0.7 ** 2, 0.7, 1.0])
+    # recency-weighted history titles, weight exp(-0.7 age): items 4 (newest), 3, 2, 1
+    w = torch.exp(-0.7 * torch.tensor([3.0, 2.0, 1.0, 0.0]))
     q = F.normalize((w[:, None] * m.text_emb[1:5]).sum(0), dim=0)
     cos = F.normalize(m.text_emb, dim=-1) @ q
     alpha = u[16:16 + TEXT_DIM].norm()
