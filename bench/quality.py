@@ -124,7 +124,7 @@ def zero_shot(data: Interactions, text: dict, args, cfg: dict, tr: dict) -> dict
     out["model"] = evaluate_model(model, inputs, targets)
     train_enc = encode(hide_items(data, hidden), vocab)
     out["popularity"] = rank_all(popularity_score_fn(train_enc, len(vocab)), inputs, targets, len(vocab))
-    # Text similarity: cosine between the recency-weighted (decay 0.7) mean title vector of the
+    # Text similarity: cosine between the recency-weighted (exp(-0.7 age)) mean title vector of the
     # history and every title.
     T = torch.cat([torch.zeros(1, 384), item_text_matrix(vocab, text, cache_file=args.text_cache)])
     out["text_similarity"] = rank_all(text_similarity_score_fn(T), inputs, targets, len(vocab))
@@ -138,7 +138,7 @@ def print_zero_shot(z: dict) -> None:
     print(f"|{'-' * 40}|---------|---------|---------|")
     for k, label in (("model_borrowed_id", "streamrec, Recommender.add_items"),
                      ("model", "streamrec, text projection only"), ("popularity", "popularity"),
-                     ("text_similarity", "text similarity (MiniLM, recency 0.7)")):
+                     ("text_similarity", "text similarity (MiniLM, exp(-0.7 age))")):
         print(f"| {label:38s} | {z[k]['hr@10']:7.4f} | {z[k]['ndcg@10']:7.4f} | {z[k]['hr@20']:7.4f} |")
     print(f"zero-shot model trained {z['train_seconds']:.0f}s")
 
@@ -189,7 +189,7 @@ def main() -> int:
     # row above also learns from every user's second-last item, which the model never trains on.
     co_train = rank_all(cooccurrence_score_fn(split.train, n), split.test_inputs, split.test_targets, n)
     # Text similarity, no training: MiniLM titles, the user vector the recency-weighted mean
-    # (decay 0.7) of the history's title vectors; same split, same exclusion.
+    # (weight exp(-0.7 age)) of the history's title vectors; same split, same exclusion.
     ts = rank_all(text_similarity_score_fn(res.model.text_emb), split.test_inputs, split.test_targets, n)
 
     print("\n## Beauty, leave-one-out, full ranking over all items (history excluded)\n")
@@ -203,7 +203,7 @@ def main() -> int:
     print(row("co-occurrence, training part only", co_train["hr@10"], co_train["ndcg@10"],
               "measured; counts what the model trains on"))
     print(row("text similarity (this run)", ts["hr@10"], ts["ndcg@10"],
-              "measured; MiniLM titles, recency-weighted history (decay 0.7), no training"))
+              "measured; MiniLM titles, recency-weighted history (exp(-0.7 age)), no training"))
     print(row("streamrec SASRec+text, full softmax", m["hr@10"], m["ndcg@10"],
               f"test; val NDCG@10 {val['ndcg@10']:.4f}"))
     print(f"\nHR@5 {m['hr@5']:.4f} NDCG@5 {m['ndcg@5']:.4f} HR@20 {m['hr@20']:.4f} "

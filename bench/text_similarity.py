@@ -4,7 +4,7 @@ Usage (from the repo root; ~3 min on 2 CPU cores once the title cache exists)::
 
     .venv/bin/python bench/text_similarity.py [--dims 0,32,64,128]
 
-The ranker: MiniLM title vectors, the user vector the recency-weighted mean (decay 0.7) of the
+The ranker: MiniLM title vectors, the user vector the recency-weighted mean (weight exp(-0.7 age)) of the
 history's title vectors, cosine to every item, history excluded (``evaluate --baselines``'s
 text-similarity row). Rows: Beauty's validation split (second-last item; all users, and the
 users whose target is one of ``bench/quality.py``'s hidden items) in the full catalog, and the

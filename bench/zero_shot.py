@@ -13,7 +13,7 @@ Usage (from the repo root; ~15-25 min on 2 shared CPU cores with the defaults)::
    full catalog (history excluded) on the VALIDATION split (second-last item): all users (the
    mixed population a shop serves), users whose target is a hidden item, users whose target is
    a known item. Baselines on the same cases: text similarity (MiniLM titles, the user vector
-   the recency-weighted mean with decay 0.7 of the history's titles) and popularity.
+   the recency-weighted mean, weight exp(-0.7 age), of the history's titles) and popularity.
 2. Whole new shops, every item unseen by the model, each user's last item ranked among that
    shop's own catalog only (``evaluate --candidates data``), history = everything before it:
    (a) the simulator's shop (``streamrec simulate --write-dataset``: brand + category titles,
