@@ -95,6 +95,14 @@ class SASRecConfig(PreTrainedConfig):
     # exploration knob, not learned; 0 = the gates' own calibration)
 
 
+def _version(t: torch.Tensor) -> int:
+    """In-place modification counter (-1 for inference-mode tensors, which have none)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return -1
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: SASRecConfig) -> None:
         super().__init__()
@@ -285,8 +293,8 @@ class SASRec(PreTrainedModel):
 
     def text_low(self) -> torch.Tensor:
         """Reduced title vectors of all rows, (N+1, r); cached until the titles change."""
-        key = (id(self.text_emb), self.text_emb._version, self.text_emb.shape[0],
-               id(self.text_basis), self.text_basis._version)
+        key = (id(self.text_emb), _version(self.text_emb), self.text_emb.shape[0],
+               self.text_emb.data_ptr(), id(self.text_basis), _version(self.text_basis))
         if self._low_cache is None or self._low_cache[0] != key:
             with torch.no_grad():
                 low = self.text_emb.float() @ self.text_basis  # (N+1, r)

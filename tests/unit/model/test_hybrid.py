@@ -208,3 +208,12 @@ def test_new_history_is_ranked_by_text_and_boost_lifts_only_new_items():
     assert torch.equal(out2[~new], out0[~new])
     m.config.trust_known_share = False
     assert m.user_vectors(torch.tensor([[4, 8, 12]]), None, table)[0, :16].abs().sum() > 0
+
+
+def test_titles_grown_in_inference_mode_still_score():
+    """The retraining gate grows the catalog under torch.inference_mode (no version counter)."""
+    m = _model().eval()
+    with torch.inference_mode():
+        m.grow(torch.randn(2, TEXT_DIM))
+        out = m.output_table()
+    assert out.shape == (33, m.output_dim)
