@@ -131,7 +131,7 @@ def main() -> int:
     res: dict[str, dict[str, list[dict]]] = {v: {k: [] for k, _ in PROTOCOLS} for v in variants}
     by_type: dict[str, dict[str, list[float]]] = {v: {} for v in variants}  # incl. protocol, ndcg@10
     runs = []
-    text_cache = str(d / "text_emb.safetensors")
+    text_cache = str(d / "text-cache")
     for seed in seeds:
         for name, data in (("A", typed), ("B", plain)):
             t0 = time.monotonic()

@@ -7,11 +7,21 @@ Measured in one run, each figure beside its ceiling:
   3. pipeline: a real `streamrec worker` process draining a backlog of the same events;
   4. latency: produce -> recommendation received, p50/p95/p99 at 100, 500 and 1000 events/s.
 
+Steps 3-4 run once per processing guarantee (``--guarantees``, default at_least_once and
+exactly_once, each a fresh worker on its own topics). Beside each figure: the worker's CPU
+seconds per event (from /proc, much less sensitive to other load on the machine than wall
+time), split by thread (``streamrec_thread_cpu_seconds``), the broker's CPU per event when the
+script started the broker itself, the per-stage time per event from the worker's
+``streamrec_stage_seconds`` histogram, and the load average. ``--profile DIR`` also records a
+py-spy profile (200 Hz, raw collapsed stacks, one file per phase; summarise them with
+``bench/profile_summary.py``).
+
 Data: Amazon Beauty (../shared/data/beauty or $STREAMREC_BENCH_DATA) replayed as events, its items
 as the catalog, and a model trained on it (``--model DIR``, else a short training run here).
 Starts a local Kafka unless STREAMREC_BOOTSTRAP_SERVERS is set. The last line is one JSON object.
 
     .venv/bin/python bench/pipeline.py [--model DIR] [--events 30000] [--rate-seconds 15]
+        [--guarantees at_least_once,exactly_once] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -31,6 +42,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -104,8 +116,9 @@ def raw_consume(settings: Settings, n: int) -> float:
     return asyncio.run(run())
 
 
-def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int) -> float:
-    """The worker's batch path without Kafka: parse bytes, update state, score, build messages."""
+def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int) -> tuple[float, float]:
+    """The worker's batch path without Kafka: parse bytes, update state, score, build messages.
+    Returns (events/s, CPU seconds per event of this process)."""
     from streamrec.indexer import ItemIndex
     from streamrec.model.inference import Recommender
     from streamrec.schemas import Recommendation, ScoredItem
@@ -140,24 +153,92 @@ def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int)
 
     run_batch(raw[:batch])  # warm-up
     states.clear()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(raw), batch):
         run_batch(raw[i : i + batch])
-    return len(raw) / (time.perf_counter() - t0)
+    cpu = time.process_time() - c0
+    return len(raw) / (time.perf_counter() - t0), cpu / len(raw)
 
 
 def scrape(url: str) -> dict[str, float]:
-    out = {}
+    """Every sample of the worker's /metrics as ``name{label=value,...}`` -> value."""
     with urllib.request.urlopen(url, timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line and not line.startswith("#") and "{" not in line:
-                k, _, v = line.partition(" ")
-                out[k] = float(v)
+        text = resp.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(smp.labels.items()))
+            out[f"{smp.name}{{{labels}}}" if labels else smp.name] = smp.value
     return out
 
 
-def start_worker(settings: Settings, model: Path, port: int, log: Path) -> subprocess.Popen:
+def proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system, children excluded) of process ``pid``; nan when unknown."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: the worker's stages, in pipeline order (see streamrec/serving/metrics.py)
+STAGES = ("parse", "state_read", "model", "index", "filter", "score", "produce", "state_write", "commit")
+
+
+class Probe:
+    """One phase of a worker run: what its /metrics and CPU counters moved by, per event."""
+
+    def __init__(self, url: str, worker_pid: int, broker_pid: int | None) -> None:
+        self.url, self.worker_pid, self.broker_pid = url, worker_pid, broker_pid
+        self.start()
+
+    def start(self) -> None:
+        self.m0 = scrape(self.url)
+        self.w0, self.b0, self.t0 = proc_cpu(self.worker_pid), proc_cpu(self.broker_pid), time.perf_counter()
+        self.load0 = os.getloadavg()[0]
+
+    def stop(self) -> dict:
+        m1 = scrape(self.url)
+        w1, b1, t1 = proc_cpu(self.worker_pid), proc_cpu(self.broker_pid), time.perf_counter()
+        d = {k: v - self.m0.get(k, 0.0) for k, v in m1.items()}
+        n = d.get("streamrec_events_in_total", 0.0)
+        per = 1e6 / n if n else float("nan")  # seconds per phase -> µs per event
+        threads = {}
+        for k, v in d.items():
+            if k.startswith("streamrec_thread_cpu_seconds_total{"):
+                name = k.split("thread=", 1)[1].rstrip("}")
+                name = {"MainThread": "loop"}.get(name, "model" if name.startswith("streamrec-model") else name)
+                if not name.startswith(("loop", "model")):
+                    name = "other threads"
+                threads[name] = threads.get(name, 0.0) + v * per
+        lag_n = d.get("streamrec_loop_lag_seconds_count", 0.0)
+        lag_late = lag_n - d.get("streamrec_loop_lag_seconds_bucket{le=0.1}", lag_n)
+        return {
+            "events": n, "seconds": t1 - self.t0, "load": max(self.load0, os.getloadavg()[0]),
+            "batches": d.get("streamrec_batches_total", 0.0),
+            "cpu_us": (w1 - self.w0) * per, "broker_cpu_us": (b1 - self.b0) * per,
+            "threads_us": threads,
+            "stages_us": {st: d.get(f"streamrec_stage_seconds_sum{{stage={st}}}", 0.0) * per for st in STAGES},
+            "commits": d.get("streamrec_stage_seconds_count{stage=commit}", 0.0),
+            "loop_lag_over_100ms": lag_late,
+        }
+
+
+def py_spy(pid: int, out: Path | None, seconds: int) -> subprocess.Popen | None:
+    """Start a py-spy recording of ``pid`` (raw collapsed stacks, per thread, idle included)."""
+    if out is None:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["py-spy", "record", "-r", "200", "-d", str(seconds), "-p", str(pid), "-o", str(out),
+                             "--format", "raw", "--threads", "--idle", "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_worker(settings: Settings, model: Path, port: int, log: Path, guarantee: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env["STREAMREC_PROCESSING_GUARANTEE"] = guarantee
     for name in ("topic_events", "topic_catalog", "topic_recommendations", "topic_dlq", "topic_model_updates",
                  "app_id", "partitions", "data_dir"):
         env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
@@ -178,7 +259,8 @@ def start_worker(settings: Settings, model: Path, port: int, log: Path) -> subpr
     raise SystemExit("worker did not become healthy")
 
 
-def latency_at(settings: Settings, events: list[ShopEvent], rate: float, seconds: float) -> dict[str, float]:
+def latency_at(settings: Settings, events: list[ShopEvent], rate: float, seconds: float,
+               probe: Probe | None = None, profile: Path | None = None) -> dict:
     n = int(rate * seconds)
     sent_at: dict[str, float] = {}
     lat: list[float] = []
@@ -196,6 +278,9 @@ def latency_at(settings: Settings, events: list[ShopEvent], rate: float, seconds
 
         t = threading.Thread(target=consume, daemon=True)
         t.start()
+        if probe is not None:
+            probe.start()
+        spy = py_spy(probe.worker_pid, profile, int(min(seconds, 12))) if probe is not None else None
         with EventProducer(settings.resolved_bootstrap(), events_topic=settings.topic_events,
                            config={"linger.ms": 0}) as producer:
             t0 = time.perf_counter()
@@ -215,11 +300,63 @@ def latency_at(settings: Settings, events: list[ShopEvent], rate: float, seconds
         time.sleep(1.0)
         done.set()
         t.join(2)
+        costs = probe.stop() if probe is not None else {}
+        if spy is not None:
+            spy.wait(60)
     arr = np.array(lat) if lat else np.array([float("nan")])
     work = np.array(in_worker) if in_worker else np.array([float("nan")])
     return {"rate": rate, "sent": n, "answered": len(lat), "p50": float(np.percentile(arr, 50)),
             "p95": float(np.percentile(arr, 95)), "p99": float(np.percentile(arr, 99)),
-            "worker_p99": float(np.percentile(work, 99))}
+            "worker_p99": float(np.percentile(work, 99)), **costs}
+
+
+def run_worker(settings: Settings, model: Path, work: Path, *, guarantee: str, n_events: int, events: list[ShopEvent],
+               rates: list[float], rate_seconds: float, broker_pid: int | None, profile: Path | None) -> dict:
+    """One worker with ``guarantee``: drain the backlog on its topics, then the latency phases."""
+    port = localkafka.free_port()
+    t_start = time.perf_counter()
+    worker = start_worker(settings, model, port, work / f"worker-{guarantee}.log", guarantee)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        spy = py_spy(worker.pid, profile / f"{guarantee}-drain.txt" if profile else None, 12)
+        probe, first = None, None
+        while True:
+            m = scrape(url)
+            n = m.get("streamrec_events_in_total", 0)
+            if n > 0 and first is None:
+                first = (time.perf_counter(), n)
+                probe = Probe(url, worker.pid, broker_pid)
+            if n >= n_events:
+                break
+            if time.perf_counter() - t_start > 600:
+                raise SystemExit("worker did not drain the backlog in 10 minutes")
+            time.sleep(0.25)  # each scrape costs the worker's event loop a few ms
+        t1 = time.perf_counter()
+        drain = probe.stop()
+        if spy is not None:
+            spy.wait(60)
+        drain["events_per_s"] = (n - first[1]) / (t1 - first[0]) if t1 > first[0] else float("nan")
+        print(f"[{guarantee}] pipeline: {drain['events_per_s']:,.0f} events/s, worker CPU "
+              f"{drain['cpu_us']:.0f} µs/event (load {drain['load']:.1f})", flush=True)
+        lat = []
+        for r in rates:
+            prof = profile / f"{guarantee}-{r:.0f}.txt" if profile else None
+            res = latency_at(settings, events, r, rate_seconds, Probe(url, worker.pid, broker_pid), prof)
+            print(f"[{guarantee}] {r:.0f} ev/s: p50 {res['p50']:.1f} p99 {res['p99']:.1f} ms, worker CPU "
+                  f"{res['cpu_us']:.0f} µs/event (load {res['load']:.1f})", flush=True)
+            lat.append(res)
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    return {"drain": drain, "latency": lat}
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    return "-" if math.isnan(x) else f"{x:,.{digits}f}"
 
 
 def main() -> int:
@@ -230,7 +367,16 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256, help="worker batch size (STREAMREC_BATCH_MAX)")
     ap.add_argument("--rates", default="100,500,1000")
     ap.add_argument("--rate-seconds", type=float, default=15.0)
+    ap.add_argument("--guarantees", default="at_least_once,exactly_once",
+                    help="processing guarantees to run, each with its own worker (STREAMREC_PROCESSING_GUARANTEE)")
+    ap.add_argument("--profile", help="directory for py-spy profiles of each phase (py-spy must be on PATH)")
     args = ap.parse_args()
+    guarantees = [g.strip() for g in args.guarantees.split(",") if g.strip()]
+    if not guarantees or any(g not in ("at_least_once", "exactly_once") for g in guarantees):
+        print(f"--guarantees: expected at_least_once and/or exactly_once, got {args.guarantees!r}", file=sys.stderr)
+        return 2
+    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    profile = Path(args.profile) if args.profile else None
     d = data_dir()
     if not (d / "sequences.txt").is_file():
         print(f"Beauty data not found at {d} (set STREAMREC_BENCH_DATA)", file=sys.stderr)
@@ -241,80 +387,106 @@ def main() -> int:
     texts = read_item_text(d / "item_text.tsv")
     catalog = catalog_from_dataset(dataset_items(sequences, texts), texts)
     events = beauty_events(sequences, args.events, prefix="bench")
+    load_start = os.getloadavg()
 
     started = None
+    broker_pid = None
     bootstrap = os.environ.get("STREAMREC_BOOTSTRAP_SERVERS")
     if not bootstrap:
         started = work / "kafka"
-        bootstrap = localkafka.start(started, libs=Settings().kafka_libs.expanduser()).bootstrap
+        state = localkafka.start(started, libs=Settings().kafka_libs.expanduser())
+        bootstrap, broker_pid = state.bootstrap, state.pid
     tag = f"bench{uuid.uuid4().hex[:6]}"
-    settings = Settings(bootstrap_servers=bootstrap, topic_events=f"{tag}.events", topic_catalog=f"{tag}.catalog",
-                        topic_recommendations=f"{tag}.recs", topic_dlq=f"{tag}.dlq",
-                        topic_model_updates=f"{tag}.models", app_id=tag, data_dir=work / "data", partitions=4,
-                        batch_max=args.batch)
-    worker = None
+    base = Settings(bootstrap_servers=bootstrap, topic_catalog=f"{tag}.catalog", topic_dlq=f"{tag}.dlq",
+                    topic_model_updates=f"{tag}.models", data_dir=work / "data", partitions=4, batch_max=args.batch)
+    per_g = {g: base.model_copy(update={"topic_events": f"{tag}.{g}.events", "topic_recommendations": f"{tag}.{g}.recs",
+                                        "app_id": f"{tag}-{g}"}) for g in guarantees}
+    results: dict[str, dict] = {}
     try:
-        create_topics(settings)
-        print(f"producing {len(catalog)} catalog items and {len(events)} events...", flush=True)
+        print(f"producing {len(catalog)} catalog items and {len(events)} events per guarantee...", flush=True)
         now = int(time.time() * 1000)
-        with EventProducer.from_settings(settings) as producer:
-            for c in catalog:
-                producer.send_catalog(c)
-            for e in events:
-                producer.send(e.model_copy(update={"ts": now}))
+        for g, settings in per_g.items():
+            create_topics(settings)
+            with EventProducer.from_settings(settings) as producer:
+                if g == guarantees[0]:
+                    for c in catalog:
+                        producer.send_catalog(c)
+                for e in events:
+                    producer.send(e.model_copy(update={"ts": now}))
 
-        raw = raw_consume(settings, len(events))
+        first = per_g[guarantees[0]]
+        raw = raw_consume(first, len(events))
         print(f"raw consume: {raw:,.0f} events/s", flush=True)
-        alone = model_index_alone(model, catalog, events, args.batch)
-        print(f"model+index alone: {alone:,.0f} events/s", flush=True)
-
-        port = localkafka.free_port()
-        t_start = time.perf_counter()
-        worker = start_worker(settings, model, port, work / "worker.log")
-        url = f"http://127.0.0.1:{port}/metrics"
-        first = None
-        while True:
-            m = scrape(url)
-            n = m.get("streamrec_events_in_total", 0)
-            if n > 0 and first is None:
-                first = (time.perf_counter(), n)
-            if n >= len(events):
-                break
-            if time.perf_counter() - t_start > 600:
-                raise SystemExit("worker did not drain the backlog in 10 minutes")
-            time.sleep(0.2)
-        t1 = time.perf_counter()
-        pipeline = (n - first[1]) / (t1 - first[0]) if t1 > first[0] else float("nan")
-        print(f"pipeline: {pipeline:,.0f} events/s", flush=True)
-
-        lat = [latency_at(settings, events, float(r), args.rate_seconds) for r in args.rates.split(",")]
+        alone, alone_cpu = model_index_alone(model, catalog, events, args.batch)
+        print(f"model+index alone: {alone:,.0f} events/s, {alone_cpu * 1e6:.0f} µs CPU/event", flush=True)
+        for g, settings in per_g.items():
+            results[g] = run_worker(settings, model, work, guarantee=g, n_events=len(events), events=events,
+                                    rates=rates, rate_seconds=args.rate_seconds, broker_pid=broker_pid,
+                                    profile=profile)
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
         if started is not None:
             localkafka.stop(started)
+    load_end = os.getloadavg()
 
     print()
-    print("| measure | events/s | vs ceiling |")
-    print("|---|---:|---:|")
-    print(f"| raw consume (bare aiokafka, ceiling) | {raw:,.0f} | 1.00 |")
-    print(f"| model+index alone, batch {args.batch} (ceiling) | {alone:,.0f} | 1.00 |")
-    print(f"| pipeline, one worker | {pipeline:,.0f} | {pipeline / alone:.2f} of model+index, "
-          f"{pipeline / raw:.2f} of raw |")
+    print(f"load average at start {load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f}, "
+          f"at end {load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f} (1 / 5 / 15 min)")
     print()
-    print("| rate ev/s | sent | answered | p50 ms | p95 ms | p99 ms | p99 ms event ts -> produced (worker) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for r in lat:
-        print(f"| {r['rate']:.0f} | {r['sent']} | {r['answered']} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} "
-              f"| {r['worker_p99']:.1f} |")
-    at500 = next((r for r in lat if r["rate"] == 500), lat[0])
-    print(json.dumps({"pipeline_events_per_s": round(pipeline, 1), "model_index_events_per_s": round(alone, 1),
-                      "raw_consume_events_per_s": round(raw, 1), "p99_ms_at_500": round(at500["p99"], 1),
-                      "p50_ms_at_500": round(at500["p50"], 1)}))
+    print("| measure | events/s | vs ceiling | worker CPU µs/event | broker CPU µs/event | load |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| raw consume (bare aiokafka, ceiling) | {raw:,.0f} | 1.00 | | | |")
+    print(f"| model+index alone, batch {args.batch} (ceiling) | {alone:,.0f} | 1.00 | {alone_cpu * 1e6:.0f} "
+          f"(this process) | | |")
+    for g, res in results.items():
+        dr = res["drain"]
+        print(f"| pipeline, one worker, {g} (draining) | {dr['events_per_s']:,.0f} | "
+              f"{dr['events_per_s'] / alone:.2f} of model+index | {dr['cpu_us']:.0f} | {fmt(dr['broker_cpu_us'])} "
+              f"| {dr['load']:.1f} |")
+    print()
+    print("Latency, produce -> recommendation received:")
+    print()
+    print("| guarantee | rate ev/s | sent | answered | p50 ms | p95 ms | p99 ms | p99 ms worker (event ts -> produced) "
+          "| worker CPU µs/event | broker CPU µs/event | loop stalls > 100 ms | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for g, res in results.items():
+        for r in res["latency"]:
+            print(f"| {g} | {r['rate']:.0f} | {r['sent']} | {r['answered']} | {r['p50']:.1f} | {r['p95']:.1f} "
+                  f"| {r['p99']:.1f} | {r['worker_p99']:.1f} | {r['cpu_us']:.0f} | {fmt(r['broker_cpu_us'])} "
+                  f"| {r['loop_lag_over_100ms']:.0f} | {r['load']:.1f} |")
+    print()
+    print("Where the worker's time goes, µs per event (stage wall time from streamrec_stage_seconds; "
+          "`score` is the model-thread call as the loop waits for it, incl. model + index + filter; "
+          "thread columns are CPU time):")
+    print()
+    print("| guarantee | phase | events/batch | " + " | ".join(STAGES) + " | CPU loop thread | CPU model thread "
+          "| CPU other threads |")
+    print("|---|---|---:|" + "---:|" * (len(STAGES) + 3))
+    for g, res in results.items():
+        for name, ph in [("drain", res["drain"])] + [(f"{r['rate']:.0f} ev/s", r) for r in res["latency"]]:
+            th = ph["threads_us"]
+            print(f"| {g} | {name} | {ph['events'] / max(ph['batches'], 1):.1f} | "
+                  + " | ".join(f"{ph['stages_us'][st]:.0f}" for st in STAGES)
+                  + f" | {th.get('loop', 0):.0f} | {th.get('model', 0):.0f} | {th.get('other threads', 0):.0f} |")
+    g0 = guarantees[0]
+    main_res = results[g0]
+    at = {r["rate"]: r for r in main_res["latency"]}
+    summary = {
+        "guarantee": g0, "pipeline_events_per_s": round(main_res["drain"]["events_per_s"], 1),
+        "model_index_events_per_s": round(alone, 1), "raw_consume_events_per_s": round(raw, 1),
+        "pipeline_cpu_us_per_event": round(main_res["drain"]["cpu_us"], 1),
+        "model_index_cpu_us_per_event": round(alone_cpu * 1e6, 1),
+        "p99_ms_at_500": round(at[500.0]["p99"], 1) if 500.0 in at else None,
+        "p50_ms_at_500": round(at[500.0]["p50"], 1) if 500.0 in at else None,
+        "p99_ms_at_1000": round(at[1000.0]["p99"], 1) if 1000.0 in at else None,
+        "load_average_start": round(load_start[0], 1), "load_average_end": round(load_end[0], 1),
+    }
+    for g, res in results.items():
+        if g != g0:
+            summary[f"{g}_events_per_s"] = round(res["drain"]["events_per_s"], 1)
+            summary[f"{g}_cpu_us_per_event"] = round(res["drain"]["cpu_us"], 1)
+            a = {r["rate"]: r for r in res["latency"]}
+            summary[f"{g}_p99_ms_at_500"] = round(a[500.0]["p99"], 1) if 500.0 in a else None
+    print(json.dumps(summary))
     return 0
 
 

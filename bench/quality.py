@@ -153,7 +153,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", type=json.loads, default={}, help="JSON overrides of MODEL_CONFIG")
     ap.add_argument("--train", type=json.loads, default={}, help="JSON overrides of TRAIN")
-    ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text_emb.safetensors"))
+    ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)

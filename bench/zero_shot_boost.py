@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=300.0, help="training seconds")
     ap.add_argument("--boosts", default="0,0.5,1,1.5,2,3,4,6")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text_emb.safetensors"))
+    ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
     args = ap.parse_args()
     boosts = [float(b) for b in args.boosts.split(",")]
     d = data_dir()

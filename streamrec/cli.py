@@ -115,7 +115,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.write_dataset:
         seq, text = write_dataset(sim, args.write_dataset, n_events=args.events or 20_000,
                                   with_types=args.with_types)
-        print(f"wrote {seq} and {text}")
+        print(f"wrote {seq}, {text} and {seq.parent / 'events.csv'}")
         return 0
     if args.events is None and args.duration is None:
         print("simulating until Ctrl-C (use --events or --duration to stop earlier)", file=sys.stderr)
@@ -132,8 +132,21 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.client import EventProducer
     from streamrec.datafiles import read_item_text, read_sequences
-    from streamrec.devtools.replay import run_replay
+    from streamrec.devtools.replay import run_replay, run_typed_replay
 
+    if (args.sequences is None) == (args.typed_events is None):
+        raise ValueError("give exactly one of --sequences FILE or --typed-events FILE")
+    if args.typed_events is not None:
+        from streamrec.typed_events import by_user, read_events
+
+        users = by_user(read_events(args.typed_events))
+        stop = _stop_on_signals()
+        with EventProducer.from_settings(settings) as producer:
+            sent = run_typed_replay(producer, users, rate=args.rate, max_events=args.events,
+                                    duration=args.duration, send_catalog=not args.no_catalog,
+                                    keep_time=not args.restamp, stop=stop)
+        print(f"replayed {sent} events from {args.typed_events} to {settings.topic_events}")
+        return 0
     sequences = read_sequences(args.sequences)
     texts = read_item_text(args.item_text) if args.item_text else {}
     stop = _stop_on_signals()
@@ -152,7 +165,11 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
     from confluent_kafka import Consumer
 
+    from streamrec.client.connection import ConnectionWatch
+
     conf = settings.confluent_config()
+    watch = ConnectionWatch(conf["bootstrap.servers"])
+    watch.install(conf)
     conf.update({
         "group.id": f"streamrec-tail-{uuid.uuid4().hex[:8]}",
         "auto.offset.reset": "earliest" if args.from_beginning else "latest",
@@ -168,6 +185,7 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
             if deadline is not None and time.monotonic() > deadline:
                 break
             msg = consumer.poll(0.5)
+            watch.check()
             if msg is None or msg.error():
                 continue
             seen += 1
@@ -224,12 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --drift: trending new items listed at each shift (default 10)")
     p.add_argument("--id-prefix", help="event id prefix (default: run<unix time>, unique per run)")
     p.add_argument("--write-dataset", type=Path, metavar="DIR",
-                   help="write sequences.txt + item_text.tsv for training instead of producing")
+                   help="write sequences.txt + item_text.tsv + events.csv (typed, timestamped) for training instead of producing")
     p.add_argument("--with-types", action="store_true", help="with --write-dataset: item:type tokens")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("replay", help="replay a real dataset (sequences + item text) as events")
-    p.add_argument("--sequences", type=existing_file, required=True)
+    p = sub.add_parser("replay", help="replay a real dataset (sequences + item text, or typed events) as events")
+    p.add_argument("--sequences", type=existing_file)
+    p.add_argument("--typed-events", type=existing_file, metavar="CSV",
+                   help="typed events with timestamps (user_id,item_id,category_id,behavior,ts; the "
+                        "Taobao layout) instead of --sequences: sent in time order with their own "
+                        "types, timestamps and 30-minute sessions; the catalog carries the categories")
+    p.add_argument("--restamp", action="store_true",
+                   help="with --typed-events: stamp events with the send time instead of their own")
     p.add_argument("--item-text", type=existing_file)
     p.add_argument("--rate", type=positive_float)
     p.add_argument("--events", type=positive_int, help="stop after this many events")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +23,9 @@ from pydantic_settings.exceptions import SettingsError
 
 from streamrec.errors import ConfigError
 from streamrec.schemas import EVENT_TYPES, EventType
+
+if TYPE_CHECKING:
+    from streamrec.serving.profile import ProfileWeights
 
 
 _TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
@@ -54,6 +57,14 @@ class Settings(BaseSettings):
     topic_recommendations: str = Field("shop.recommendations", pattern=_TOPIC_PATTERN)
     topic_dlq: str = Field("shop.events.dlq", pattern=_TOPIC_PATTERN)
     topic_model_updates: str = Field("streamrec.model-updates", pattern=_TOPIC_PATTERN)
+    topic_catalog_dlq: str = Field(
+        "shop.catalog.dlq", pattern=_TOPIC_PATTERN, description="refused catalog items with reasons",
+    )
+    topic_deletions: str = Field(
+        "shop.user-deletions", pattern=_TOPIC_PATTERN,
+        description="user deletion requests (right to erasure), key user_id",
+    )
+    topic_profiles: str = Field("shop.profiles", pattern=_TOPIC_PATTERN)
     partitions: int = Field(4, ge=1, le=1024, description="partitions of the keyed topics")
     replication_factor: int = Field(1, ge=1, le=16)
 
@@ -71,16 +82,43 @@ class Settings(BaseSettings):
         0, ge=0, le=256, description="torch threads in the worker; 0: all cores but one (the event loop's)"
     )
 
+    text_cache_dir: Path | None = Field(
+        None, description="MiniLM title-vector cache (RocksDB dir) shared by the worker, train and "
+        "evaluate; unset: DATA_DIR/text-cache"
+    )
+    text_cache_max_items: int = Field(
+        2_000_000, ge=1, le=1_000_000_000, description="most title vectors kept in the text cache "
+        "(about 1.6 KB each on disk); the oldest-used go first"
+    )
+
     # --- worker -----------------------------------------------------------------------------
     app_id: str = Field("streamrec", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     web_port: int = Field(6066, ge=0, le=65535)
     web_host: str = "127.0.0.1"
     batch_max: int = Field(256, ge=1, le=10_000, description="events per scoring batch")
     batch_within_s: float = Field(0.005, gt=0, le=10, description="max wait to fill a batch")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="Faust processing guarantee; exactly_once makes state, recommendations "
+        "and offsets one Kafka transaction per commit (readers must use isolation.level=read_committed)"
+    )
+    commit_interval_s: float = Field(
+        1.0, gt=0, le=60, description="how often the worker commits offsets (and, exactly_once, its transactions)"
+    )
     top_k: int = Field(10, ge=1, le=1000, description="items per recommendation")
     history_len: int = Field(50, ge=1, le=1000, description="interactions kept per user")
     purchased_max: int = Field(500, ge=0, le=100_000, description="purchased items kept per user")
     trigger_types: Annotated[tuple[EventType, ...], NoDecode] = EVENT_TYPES  # comma-separated
+
+    # --- user insights (issue #15) ------------------------------------------------------------
+    recommendation_insights: bool = Field(
+        True, description="put purchase_intent and per-item reasons in recommendations (false: the "
+        "previous message shape, for consumers that still refuse unknown fields)"
+    )
+    profile_weight_view: float = Field(1.0, ge=0, le=1e6, description="profile weight of a view")
+    profile_weight_cart: float = Field(3.0, ge=0, le=1e6, description="profile weight of an add_to_cart")
+    profile_weight_purchase: float = Field(5.0, ge=0, le=1e6, description="profile weight of a purchase")
+    profile_half_life_hours: float = Field(168.0, gt=0, le=1e6, description="profile weights halve after this long")
+    profile_max_entries: int = Field(20, ge=1, le=1000, description="categories (and brands) kept per user")
 
     # --- index ------------------------------------------------------------------------------
     index_kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
@@ -150,9 +188,22 @@ class Settings(BaseSettings):
         """Where `streamrec kafka up` keeps the local broker's data, log and state file."""
         return self.data_dir / "kafka"
 
+    def profile_weights(self) -> "ProfileWeights":
+        """The interest-profile settings as the pure code takes them."""
+        from streamrec.serving.profile import ProfileWeights
+
+        return ProfileWeights(view=self.profile_weight_view, add_to_cart=self.profile_weight_cart,
+                              purchase=self.profile_weight_purchase,
+                              half_life_s=self.profile_half_life_hours * 3600.0,
+                              max_entries=self.profile_max_entries)
+
     @property
     def registry_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def text_cache_path(self) -> Path:
+        return self.text_cache_dir or self.data_dir / "text-cache"
 
     @property
     def trainlog_dir(self) -> Path:

@@ -42,3 +42,8 @@ class CheckpointError(StreamrecError):
 
 class NoModelError(CheckpointError):
     """The model registry holds no current model."""
+
+
+class KafkaAuthError(KafkaRuntimeError):
+    """Kafka refused the connection's credentials or TLS handshake (wrong password, unknown user,
+    untrusted certificate): retrying will not help, so clients stop at once with this error."""

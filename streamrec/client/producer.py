@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Mapping
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from streamrec.errors import DeliveryError
-from streamrec.schemas import CatalogItem, ShopEvent
+from streamrec.client.connection import ConnectionWatch
+from streamrec.errors import DeliveryError, StreamrecError
+from streamrec.schemas import CatalogItem, ShopEvent, UserDeletion
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,9 @@ class EventProducer:
     :class:`~streamrec.errors.SchemaError` and nothing is produced. The producer is idempotent
     with ``acks=all``, so a retried send never duplicates or reorders a user's events. Delivery
     failures are collected and raised as :class:`~streamrec.errors.DeliveryError` by
-    :meth:`flush` (and on leaving the ``with`` block)::
+    :meth:`flush` (and on leaving the ``with`` block). Credentials or a certificate that the broker
+    refuses raise :class:`~streamrec.errors.KafkaAuthError` at once (from :meth:`send` or
+    :meth:`flush`) rather than waiting out the timeout::
 
         with EventProducer("localhost:9092") as producer:
             producer.send({"event_id": "e1", "user_id": "u1", "session_id": "s1",
@@ -34,6 +38,7 @@ class EventProducer:
         *,
         events_topic: str = "shop.events",
         catalog_topic: str = "shop.catalog",
+        deletions_topic: str = "shop.user-deletions",
         config: Mapping[str, Any] | None = None,
     ) -> None:
         conf: dict[str, Any] = {
@@ -52,7 +57,9 @@ class EventProducer:
             raise ValueError(f"acks={conf.get('acks')!r}: EventProducer needs acks=all")
         self.events_topic = events_topic
         self.catalog_topic = catalog_topic
-        self._producer = Producer(conf)
+        self.deletions_topic = deletions_topic
+        self._watch = ConnectionWatch(bootstrap_servers)
+        self._producer = Producer(self._watch.install(conf))
         self._lock = threading.Lock()
         self._errors: list[str] = []
         self.delivered = 0
@@ -67,6 +74,7 @@ class EventProducer:
             bootstrap,
             events_topic=overrides.pop("events_topic", settings.topic_events),
             catalog_topic=overrides.pop("catalog_topic", settings.topic_catalog),
+            deletions_topic=overrides.pop("deletions_topic", settings.topic_deletions),
             config=conf,
         )
 
@@ -90,13 +98,25 @@ class EventProducer:
             raise ValueError(f"item_id {item_id!r}: must be 1..128 characters")
         self._produce(self.catalog_topic, item_id, None)
 
+    def delete_user(self, user_id: str, *, requested_ts: int | None = None) -> UserDeletion:
+        """Ask the workers to erase ``user_id`` (right to erasure): a :class:`UserDeletion` on the
+        deletions topic, keyed by user id. The worker that owns the user removes the user's state
+        (a tombstone in its changelog) and stops serving the user's recommendations."""
+        req = UserDeletion.from_dict({
+            "user_id": user_id, "requested_ts": int(time.time() * 1000) if requested_ts is None else requested_ts,
+        })
+        self._produce(self.deletions_topic, req.user_id, req.to_bytes())
+        return req
+
     def _produce(self, topic: str, key: str, value: bytes | None) -> None:
+        self._watch.check()
         while True:
             try:
                 self._producer.produce(topic, key=key.encode("utf-8"), value=value, on_delivery=self._on_delivery)
                 break
             except BufferError:  # local queue full: serve callbacks, then retry
                 self._producer.poll(0.05)
+                self._watch.check()
         self._producer.poll(0)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -111,8 +131,14 @@ class EventProducer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait for every message to be acknowledged; raise DeliveryError if any failed."""
-        remaining = self._producer.flush(timeout)
+        """Wait for every message to be acknowledged; raise DeliveryError if any failed (and
+        KafkaAuthError at once if the broker refuses the credentials or the certificate)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
+            self._watch.check()
+            if not remaining or time.monotonic() >= deadline:
+                break
         with self._lock:
             errors, self._errors = self._errors, []
         if remaining:
@@ -133,5 +159,5 @@ class EventProducer:
         else:  # don't hide the original error behind a delivery error
             try:
                 self.flush(5.0)
-            except DeliveryError as derr:
+            except StreamrecError as derr:
                 log.error("%s", derr)

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
+from streamrec.client.connection import ConnectionWatch
 from streamrec.errors import SchemaError, StreamrecError
 from streamrec.schemas import Recommendation
 
@@ -21,7 +22,9 @@ class RecommendationSubscriber:
 
     ``from_beginning=False`` (default) starts at the end of the topic: only recommendations
     produced after the subscriber is assigned its partitions are seen (call :meth:`wait_ready`
-    before emitting events if that matters). Malformed messages are skipped with a log line::
+    before emitting events if that matters). Malformed messages are skipped with a log line.
+    Credentials or a certificate that the broker refuses raise
+    :class:`~streamrec.errors.KafkaAuthError` from :meth:`wait_ready` / :meth:`poll`::
 
         with RecommendationSubscriber("localhost:9092", user_ids={"u1"}) as sub:
             for rec in sub:
@@ -53,7 +56,10 @@ class RecommendationSubscriber:
         self._from_beginning = from_beginning
         self._fresh_group = group_id is None
         self._assigned = False
-        self._consumer = Consumer(conf)
+        #: next offset to read per (topic, partition), for resuming after a re-assignment
+        self._positions: dict[tuple[str, int], int] = {}
+        self._watch = ConnectionWatch(bootstrap_servers)
+        self._consumer = Consumer(self._watch.install(conf))
         self._consumer.subscribe([topic], on_assign=self._on_assign)
 
     @classmethod
@@ -65,11 +71,21 @@ class RecommendationSubscriber:
         return cls(bootstrap, config=conf, **kwargs)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._fresh_group and not self._from_beginning:
-            # Pin "latest" to the end offsets as of now: librdkafka resolves it lazily at the
-            # first fetch, which would silently skip what is produced right after wait_ready().
+        if self._fresh_group:
+            # A fresh group commits nothing, so after a re-assignment (a broker restart, a group
+            # rebalance) "latest" or "earliest" would skip or repeat what came meanwhile: resume
+            # each partition we already read from where we left it.
             for tp in partitions:
-                tp.offset = self._end_offset(consumer, tp)
+                resume = self._positions.get((tp.topic, tp.partition))
+                if resume is not None:
+                    tp.offset = resume
+                elif not self._from_beginning:
+                    # Pin "latest" to the end offsets as of now: librdkafka resolves it lazily at
+                    # the first fetch, which would silently skip what is produced right after
+                    # wait_ready().
+                    tp.offset = self._end_offset(consumer, tp)
+                    if tp.offset >= 0:
+                        self._positions[(tp.topic, tp.partition)] = tp.offset
             consumer.assign(partitions)
         self._assigned = True
 
@@ -98,6 +114,7 @@ class RecommendationSubscriber:
             if time.monotonic() > deadline:
                 raise StreamrecError(f"no partitions of {self.topic!r} assigned after {timeout:.0f}s")
             msg = self._consumer.poll(0.1)
+            self._watch.check()
             if msg is not None:
                 self._pending = msg
                 break
@@ -115,12 +132,14 @@ class RecommendationSubscriber:
                 if left <= 0:
                     return None
                 msg = self._consumer.poll(min(left, 0.5))
+                self._watch.check()
             if msg is None:
                 continue
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", msg.error())
                 continue
+            self._positions[(msg.topic(), msg.partition())] = msg.offset() + 1
             if self.user_ids is not None:
                 key = msg.key()
                 if key is not None and key.decode("utf-8", "replace") not in self.user_ids:

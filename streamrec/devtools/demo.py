@@ -3,8 +3,10 @@
 Local Kafka (unless STREAMREC_BOOTSTRAP_SERVERS is set), topics, a model (the registry's current
 one, else one trained on the simulator's shop), one worker, the simulator emitting events, and a
 rich view of events/s, recommendations/s, latency, DLQ count, model version and a few users'
-latest recommendations with item titles. Runs until DEMO_SECONDS pass or Ctrl-C, then stops
-everything it started.
+latest recommendations with item titles, each with its reason ("like <the history item it is
+closest to>", "popular", "new item") and the session's purchase intent. Titles come from the
+catalog topic itself (a reader thread follows it), so items added while the demo runs show with
+their titles too. Runs until DEMO_SECONDS pass or Ctrl-C, then stops everything it started.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def ensure_model(settings: Settings, env: dict[str, str]) -> str:
     subprocess.run(_cli("simulate", "--write-dataset", str(sim_dir), "--events", "30000", "--seed", str(SIM_SEED),
                         "--items", str(SIM_ITEMS), "--users", str(SIM_USERS), "--with-types"), env=env, check=True)
     subprocess.run(_cli("train", "--sequences", str(sim_dir / "sequences.txt"), "--item-text",
-                        str(sim_dir / "item_text.tsv"), "--time-budget", "60", "--no-progress"), env=env, check=True)
+                        str(sim_dir / "item_text.tsv"), "--events", str(sim_dir / "events.csv"),
+                        "--time-budget", "60", "--no-progress"), env=env, check=True)
     return str(ModelRegistry(settings.registry_dir).current_version())
 
 
@@ -63,7 +66,8 @@ class LiveStats:
 
     def __init__(self) -> None:
         self.recs: deque[tuple[float, float]] = deque(maxlen=20_000)  # (arrival, latency ms)
-        self.latest: dict[str, list[str]] = {}
+        self.latest: dict[str, list[tuple[str, str | None, str | None]]] = {}  # item, reason, about
+        self.intent: dict[str, float | None] = {}
         self.order: deque[str] = deque(maxlen=5)
         self.metrics: dict[str, float] = {}
         self.model_version = "?"
@@ -72,10 +76,62 @@ class LiveStats:
     def on_rec(self, rec) -> None:  # noqa: ANN001
         with self.lock:
             self.recs.append((time.monotonic(), rec.produced_ts - rec.event_ts))
-            self.latest[rec.user_id] = [i.item_id for i in rec.items[:5]]
+            self.latest[rec.user_id] = [(i.item_id, i.reason.kind if i.reason else None,
+                                         i.reason.item_id if i.reason else None) for i in rec.items[:5]]
+            self.intent[rec.user_id] = rec.purchase_intent
             if rec.user_id not in self.order:
                 self.order.append(rec.user_id)
             self.model_version = rec.model_version
+
+
+def describe(items: list[tuple[str, str | None, str | None]], titles: dict[str, str], n: int = 3) -> str:
+    """``title (why)`` for the first ``n`` items; an item without a known title shows its id.
+
+    >>> describe([("a", "similar_to", "b"), ("c", "popular", None), ("d", "new_item", None)],
+    ...          {"a": "Red lipstick", "b": "Pink lipstick", "d": "Blue gloss"})
+    'Red lipstick (like Pink lipstick); c (popular); Blue gloss (new item)'
+    """
+    out = []
+    for item, kind, about in items[:n]:
+        title = (titles.get(item) or item)[:40]
+        if kind == "similar_to" and about:
+            out.append(f"{title} (like {(titles.get(about) or about)[:30]})")
+        elif kind == "popular":
+            out.append(f"{title} (popular)")
+        elif kind == "new_item":
+            out.append(f"{title} (new item)")
+        else:
+            out.append(title)
+    return "; ".join(out)
+
+
+def follow_titles(bootstrap: str, topic: str, titles: dict[str, str], stop: threading.Event,
+                  settings: Settings) -> None:
+    """Keep ``titles`` up to date from the compacted catalog topic (new items included)."""
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    from streamrec.errors import SchemaError
+    from streamrec.schemas import CatalogItem
+
+    conf = settings.confluent_config()
+    conf.update({"bootstrap.servers": bootstrap, "group.id": f"streamrec-demo-{uuid.uuid4().hex[:8]}",
+                 "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(conf)
+    consumer.subscribe([topic])
+    try:
+        while not stop.is_set():
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() or msg.value() is None:
+                continue
+            try:
+                item = CatalogItem.from_bytes(msg.value())
+            except SchemaError:
+                continue
+            titles[item.item_id] = item.title or item.item_id
+    finally:
+        consumer.close()
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -103,11 +159,13 @@ def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], e
         head.add_row(f"{rates.get('events', 0):.0f}", f"{rates.get('recs', 0):.0f}", f"{p(0.5):.0f}",
                      f"{p(0.99):.0f}", f"{stats.metrics.get('streamrec_dlq_total', 0):.0f}",
                      f"{stats.metrics.get('streamrec_catalog_items', 0):.0f}", stats.model_version)
-        users = Table(title="latest recommendations", show_header=True)
+        users = Table(title="latest recommendations (and why)", show_header=True)
         users.add_column("user")
+        users.add_column("intent", justify="right")
         users.add_column("top items")
         for u in list(stats.order):
-            users.add_row(u, "; ".join(titles.get(i, i)[:40] for i in stats.latest.get(u, [])[:3]))
+            intent = stats.intent.get(u)
+            users.add_row(u, "-" if intent is None else f"{intent:.0%}", describe(stats.latest.get(u, []), titles))
     return Group(head, users)
 
 
@@ -153,6 +211,9 @@ def run(seconds: float | None) -> int:
                 time.sleep(0.5)
         sim = ShopSimulator(seed=SIM_SEED, n_items=SIM_ITEMS, n_users=SIM_USERS)
         titles = {c.item_id: c.title for c in sim.catalog()}
+        titler = threading.Thread(target=follow_titles, args=(bootstrap, settings.topic_catalog, titles, stop,
+                                                              settings), daemon=True)
+        titler.start()
         stats = LiveStats()
         sub = RecommendationSubscriber(bootstrap, topic=settings.topic_recommendations)
         sub.wait_ready()
@@ -189,6 +250,7 @@ def run(seconds: float | None) -> int:
                 live.update(_render(stats, titles, rates, now - t0))
         stop.set()
         reader.join(5)
+        titler.join(5)
         sub.close()
         return 0
     except KeyboardInterrupt:

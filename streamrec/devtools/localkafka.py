@@ -4,6 +4,13 @@ The jars come from Maven Central through ``infra/kafka/pom.xml`` (``make kafka-j
 module formats a KRaft data dir, starts ``kafka.Kafka`` in its own process group on free ports,
 waits until an admin client sees it, and records ``state.json`` (bootstrap, pid) so that other
 commands find it. Used by ``streamrec kafka up|down|status`` and by the test suite.
+
+The ports are chosen once per data dir and recorded in ``ports.json``: a broker restarted on the
+same data dir (after ``down``, or after a crash that left a stale ``state.json``) listens on the
+same ports again, so that running clients reconnect to it instead of losing it for good.
+
+Optionally (:class:`SaslSslListener`) the broker also opens a ``SASL_SSL`` listener with
+SCRAM-SHA-512 users and a PEM server certificate: the security drills run every client through it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamrec.errors import KafkaRuntimeError
@@ -52,15 +60,77 @@ class BrokerState:
     pid: int
     data_dir: str
     log_file: str
+    #: ``host:port`` of the SASL_SSL listener, when the broker has one.
+    sasl_ssl_bootstrap: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
+
+
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A SASL_SSL listener (SCRAM-SHA-512) beside the plaintext one.
+
+    ``keystore_pem`` holds the server's PKCS#8 private key (unencrypted) followed by its
+    certificate chain, PEM (Kafka's ``ssl.keystore.type=PEM``). ``users`` maps SCRAM user names to
+    passwords; they are created (or updated) through the plaintext listener each time the broker
+    starts, as ``kafka-configs --alter --add-config SCRAM-SHA-512=[...]`` would.
+    """
+
+    keystore_pem: Path
+    users: Mapping[str, str] = field(default_factory=dict)
+
+
+PORTS_FILE = "ports.json"
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    """True when 127.0.0.1:``port`` can be bound now (SO_REUSEADDR, as the JVM binds it: sockets
+    of a killed broker left in TIME_WAIT do not count as taken)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def recorded_ports(kafka_dir: Path) -> dict[str, int]:
+    """The ports this data dir's broker used (``{}`` for a new data dir)."""
+    try:
+        data = json.loads((kafka_dir / PORTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: int(v) for k, v in data.items() if isinstance(v, int) and 0 < v < 65536}
+
+
+def _choose_ports(kafka_dir: Path, *, port: int | None, sasl_ssl: bool) -> dict[str, int]:
+    """The recorded ports of ``kafka_dir`` (new free ones for a new data dir, or for a listener it
+    did not have yet); ``port`` overrides the plaintext one. A recorded port that another process
+    holds now is an error: silently moving would strand the clients that know the old one."""
+    ports = recorded_ports(kafka_dir)
+    if port:
+        ports["plaintext"] = port
+    wanted = ["plaintext", "controller"] + (["sasl_ssl"] if sasl_ssl else [])
+    for name in wanted:
+        if name in ports:
+            if not port_free(ports[name]):
+                raise KafkaRuntimeError(
+                    f"port {ports[name]} ({name}) recorded in {kafka_dir / PORTS_FILE} is in use by another "
+                    "process; stop it, or delete that file to start on new ports"
+                )
+        else:
+            ports[name] = free_port()
+    return ports
 
 
 def find_pom(start: Path | None = None) -> Path | None:
@@ -112,6 +182,7 @@ def _java() -> str:
 
 
 def _cluster_id() -> str:
+    """A random KRaft cluster id (URL-safe base64; may start with "-", so pass it as ``--cluster-id=``)."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
 
 
@@ -167,10 +238,13 @@ def start(
     heap: str = "768m",
     port: int | None = None,
     timeout: float = 90.0,
+    sasl_ssl: SaslSslListener | None = None,
 ) -> BrokerState:
     """Format (first time) and start a broker; return once an admin client sees it.
 
-    The broker runs in its own session (it outlives this process) until :func:`stop`.
+    The broker runs in its own session (it outlives this process) until :func:`stop`. It listens
+    on the ports recorded in the data dir (see the module docstring); ``port`` sets the plaintext
+    one. With ``sasl_ssl`` it also opens a SASL_SSL listener and creates its SCRAM users.
     """
     existing = read_state(kafka_dir)
     if existing is not None:
@@ -182,22 +256,42 @@ def start(
         )
     ensure_jars(libs)
     kafka_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    cport = free_port()
+    ports = _choose_ports(kafka_dir, port=port, sasl_ssl=sasl_ssl is not None)
+    port, cport = ports["plaintext"], ports["controller"]
+    (kafka_dir / PORTS_FILE).write_text(json.dumps(ports, indent=2, sort_keys=True))
     logs = kafka_dir / "logs"
     log_file = kafka_dir / "kafka.log"
     props = kafka_dir / "server.properties"
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{cport}"]
+    advertised = [f"PLAINTEXT://127.0.0.1:{port}"]
+    protocol_map = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
+    security: list[str] = []
+    if sasl_ssl is not None:
+        sport = ports["sasl_ssl"]
+        listeners.append(f"SASL_SSL://127.0.0.1:{sport}")
+        advertised.append(f"SASL_SSL://127.0.0.1:{sport}")
+        protocol_map.append("SASL_SSL:SASL_SSL")
+        security = [
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.ssl.keystore.type=PEM",
+            f"listener.name.sasl_ssl.ssl.keystore.location={Path(sasl_ssl.keystore_pem).resolve()}",
+            "listener.name.sasl_ssl.ssl.client.auth=none",
+        ]
     props.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{cport}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                f"listeners={','.join(listeners)}",
+                f"advertised.listeners={','.join(advertised)}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"listener.security.protocol.map={','.join(protocol_map)}",
                 "inter.broker.listener.name=PLAINTEXT",
+                *security,
                 f"log.dirs={logs}",
                 "num.partitions=1",
                 "auto.create.topics.enable=true",
@@ -220,10 +314,10 @@ def start(
     jvm = [java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
            f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.properties'}", "-cp", cp]
     if not (logs / "meta.properties").is_file():
-        # Controller port changes each start, so the quorum is static and re-formatting is not needed;
+        # The quorum is static (controller.quorum.voters), so re-formatting is never needed;
         # format only once per data dir (--ignore-formatted keeps re-runs harmless).
         fmt = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", _cluster_id(),
+            [*jvm, "kafka.tools.StorageTool", "format", "--ignore-formatted", f"--cluster-id={_cluster_id()}",
              "-c", str(props)],
             capture_output=True, text=True,
         )
@@ -238,6 +332,7 @@ def start(
     state = BrokerState(
         bootstrap=f"127.0.0.1:{port}", controller=f"127.0.0.1:{cport}", pid=proc.pid,
         data_dir=str(kafka_dir), log_file=str(log_file),
+        sasl_ssl_bootstrap=f"127.0.0.1:{ports['sasl_ssl']}" if sasl_ssl is not None else None,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -245,12 +340,62 @@ def start(
             tail = (kafka_dir / "kafka.out").read_text(errors="replace")[-3000:]
             raise KafkaRuntimeError(f"Kafka exited with code {proc.returncode} while starting: {tail}")
         if broker_reachable(state.bootstrap, timeout=2):
+            if sasl_ssl is not None and sasl_ssl.users:
+                try:
+                    _upsert_scram_users(state.bootstrap, sasl_ssl.users, timeout=max(10.0, deadline - time.monotonic()))
+                except KafkaRuntimeError:
+                    _terminate(proc.pid, timeout=10)
+                    raise
             (kafka_dir / "state.json").write_text(state.to_json())
             log.info("kafka up bootstrap=%s pid=%s", state.bootstrap, proc.pid)
             return state
         time.sleep(0.5)
     _terminate(proc.pid, timeout=10)
     raise KafkaRuntimeError(f"Kafka did not answer on {state.bootstrap} within {timeout:.0f}s; see {kafka_dir}/kafka.out")
+
+
+def _upsert_scram_users(bootstrap: str, users: Mapping[str, str], *, timeout: float) -> None:
+    """Create or update SCRAM-SHA-512 credentials (what ``kafka-configs --alter`` does)."""
+    from confluent_kafka.admin import (
+        AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion,
+    )
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
+    upserts = [UserScramCredentialUpsertion(user, info, password.encode("utf-8"))
+               for user, password in users.items()]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for fut in admin.alter_user_scram_credentials(upserts, request_timeout=10).values():
+                fut.result()
+            return
+        except Exception as exc:  # the metadata quorum may still be settling right after start
+            if time.monotonic() > deadline:
+                raise KafkaRuntimeError(f"could not create the SCRAM users {sorted(users)}: {exc}") from None
+            time.sleep(0.5)
+
+
+def kill(kafka_dir: Path) -> int | None:
+    """SIGKILL the recorded broker (a crash, for drills); ``state.json`` is left behind, stale,
+    as a real crash leaves it. Returns the pid killed, or None if none ran."""
+    state = read_state(kafka_dir)
+    if state is None:
+        return None
+    try:
+        os.killpg(state.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(state.pid, os.WNOHANG)[0] == state.pid:
+                break
+        except ChildProcessError:
+            if not _pid_alive(state.pid):
+                break
+        time.sleep(0.1)
+    return state.pid
 
 
 def _terminate(pid: int, *, timeout: float) -> bool:

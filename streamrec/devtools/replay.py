@@ -1,4 +1,5 @@
-"""Replay a real interaction dataset (the ``data/beauty/`` format) as catalog items and events.
+"""Replay a real interaction dataset (the ``data/beauty/`` format, or typed events with
+timestamps in the Taobao layout, :mod:`streamrec.typed_events`) as catalog items and events.
 
 Why: the simulator's traffic has the right shape but invented tastes; replaying real sequences
 through Kafka shows how the deployed model does on real behaviour, end to end. The files are read
@@ -23,6 +24,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 from streamrec.datafiles import ID_RE, split_token
 from streamrec.devtools.pacing import DEFAULT_BASE_TS_MS, EventSink, emit, wall_clock_ms
 from streamrec.schemas import EVENT_TYPES, TS_MAX_MS, TS_MIN_MS, CatalogItem, ShopEvent
+from streamrec.typed_events import SESSION_GAP_S, TypedEvent
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +151,67 @@ def run_replay(
     events = replay_events(sequences, event_type=event_type, interleave=interleave)
     return emit(producer, events, rate=rate, duration=duration, max_events=max_events, clock=clock,
                 progress=progress, stop=stop)
+
+
+# -- typed, timestamped events (the Taobao layout, streamrec.typed_events) ----------------------------
+
+
+def typed_catalog(users: Mapping[str, list[TypedEvent]], *, updated_ts: int = DEFAULT_BASE_TS_MS) -> list[CatalogItem]:
+    """One catalog item per item of the file: its category id as the category (the file has no
+    titles, brands or prices: empty and 0.0, every item in stock)."""
+    cats: dict[str, str] = {}
+    for seq in users.values():
+        for e in seq:
+            cats.setdefault(e.item_id, e.category)
+    return [CatalogItem(item_id=i, title="", category=c, brand="", price=0.0, in_stock=True, updated_ts=updated_ts)
+            for i, c in cats.items()]
+
+
+def typed_replay_events(users: Mapping[str, list[TypedEvent]], *, id_prefix: str = "replay",
+                        gap_s: int = SESSION_GAP_S) -> Iterator[ShopEvent]:
+    """Every event of the file in global time order (ties: by user, then the user's order),
+    with its own type and timestamp; a user's session id changes after a gap longer than
+    ``gap_s`` (the split the intent model was trained with). Ids are
+    ``<prefix>-<user>-<n>`` (n-th event of the user) and ``<prefix>-<user>-s<k>``."""
+    if not _PREFIX_RE.match(id_prefix):
+        raise ValueError(f"id_prefix={id_prefix!r}: must be 1..40 printable non-space characters")
+    order = sorted(((e.ts_ms, u, n) for u, seq in users.items() for n, e in enumerate(seq)))
+    session_of: dict[str, tuple[int, int]] = {}  # user -> (session number, last ts)
+    for ts, user, n in order:
+        e = users[user][n]
+        k, last = session_of.get(user, (0, -1))
+        if last >= 0 and ts - last > gap_s * 1000:
+            k += 1
+        session_of[user] = (k, ts)
+        uid = f"{id_prefix}-{user}-{n + 1}"
+        yield ShopEvent(event_id=uid[:128], user_id=user, session_id=f"{id_prefix}-{user}-s{k + 1}"[:128],
+                        item_id=e.item_id, type=e.type, ts=ts)  # type: ignore[arg-type]
+
+
+def run_typed_replay(
+    producer: EventSink,
+    users: Mapping[str, list[TypedEvent]],
+    *,
+    rate: float | None,
+    max_events: int | None,
+    duration: float | None = None,
+    send_catalog: bool = True,
+    keep_time: bool = True,
+    id_prefix: str = "replay",
+    progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Send the file's catalog, then its events in time order at ``rate``/s; return the count.
+
+    ``keep_time`` (the default) sends each event with its recorded timestamp, so that sessions,
+    purchase intent and profile decay see the real gaps (a latency measured from ``ts`` is then
+    meaningless); ``keep_time=False`` restamps events with the send time like the other runners.
+    """
+    if send_catalog:
+        catalog = typed_catalog(users, updated_ts=wall_clock_ms())
+        for item in catalog:
+            producer.send_catalog(item)
+        log.info("catalog sent items=%d", len(catalog))
+    events = typed_replay_events(users, id_prefix=id_prefix)
+    return emit(producer, events, rate=rate, duration=duration, max_events=max_events,
+                clock=None if keep_time else wall_clock_ms, progress=progress, stop=stop)

@@ -455,7 +455,9 @@ def write_dataset(
     dedupe_consecutive: bool = True,
     with_types: bool = False,
 ) -> tuple[Path, Path]:
-    """Write ``sequences.txt`` and ``item_text.tsv`` in the format of ``data/beauty/``.
+    """Write ``sequences.txt`` and ``item_text.tsv`` in the format of ``data/beauty/``, and
+    ``events.csv``: every event with its type, time and item category (the typed-events format
+    of :mod:`streamrec.typed_events`, which ``streamrec train --events`` reads).
 
     Ids are the external ones (``user-000001 sku-000004 sku-000017 ...``): the model's loader
     treats ids as opaque strings, so no integer map is needed. Users with fewer than
@@ -483,6 +485,9 @@ def write_dataset(
         f.write("item_id\ttitle\n")
         for it in items:
             f.write(f"{it.item_id}\t{' '.join(it.title.split())}\n")
+    from streamrec.typed_events import write_events
+
+    write_events(out / "events.csv", events, {it.item_id: it.category for it in items})
     log.info("dataset written dir=%s events=%d users=%d items=%d", out, len(events), kept, len(items))
     return seq_path, text_path
 

@@ -15,7 +15,11 @@ Design, and why:
 * **Kind by size.** ``kind="auto"`` picks exact ``IndexFlatIP`` up to ``exact_max`` items and an
   approximate index above (HNSW on CPU, IVF on GPU). The kind is chosen when the structure is
   built (first upsert into an empty index, :meth:`ItemIndex.rebuild`, :meth:`ItemIndex.compact`),
-  not on every upsert.
+  not on every upsert. A catalog loaded in small batches therefore starts flat; the owner calls
+  :meth:`ItemIndex.retune` after its initial load and after later changes, which rebuilds in the
+  background into the kind the size calls for (and drops tombstones once they outnumber live
+  items). Back to flat only below ``exact_max / 2``, so a catalog hovering at the limit does not
+  flip between kinds.
 * **Swap.** :meth:`ItemIndex.rebuild` builds a whole new state off the lock (in a background
   thread by default), replays the upserts / removes / stock changes made since the call, and
   swaps the state reference under the write lock: searches see the old index or the new one,
@@ -193,6 +197,7 @@ class ItemIndex:
         self._logs: list[list[tuple]] = []  # one change log per rebuild in flight
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._retune_lock = threading.Lock()
         self._state = _State(dim)
         self.kind: str = choose_kind(kind, 0, exact_max, self._device)
         self.device: str = placement(self.kind, self._device)
@@ -483,6 +488,45 @@ class ItemIndex:
         flags = None if in_stock is None else check_flags(in_stock, len(ids))
         return self._start_rebuild(ids, vecs, flags, None, background)
 
+    def wanted_kind(self) -> str:
+        """The kind the current size calls for (``auto``: with hysteresis, see the module doc)."""
+        if self._kind_req != "auto":
+            return self._kind_req
+        n, kind = self._state.n_live, self._state.kind or self.kind
+        if kind == "flat":
+            return choose_kind("auto", n, self.exact_max, self._device)
+        return "flat" if n <= self.exact_max // 2 else kind
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of the index by part, read from the arrays and FAISS structures (the id -> slot
+        dict and FAISS's own hash maps are not counted: the bench's RSS covers them)."""
+        st = self._state
+        arrays = st.vecs.nbytes + st.live.nbytes + st.stock.nbytes + st.elig.nbytes + st.ext.nbytes
+        return {"index_arrays": int(arrays), "index_faiss": _faiss_bytes(st.index, self.dim)}
+
+    def rebuilding(self) -> bool:
+        """True while a rebuild is in flight (its change log is open)."""
+        return bool(self._logs)
+
+    def retune(self, *, background: bool = True) -> concurrent.futures.Future | None:
+        """Rebuild from the live items if the kind should change (catalog crossed the limit) or
+        tombstones outnumber live items; None when nothing is due or a rebuild is in flight.
+        Searches and changes go on meanwhile; changes are replayed before the swap."""
+        with self._retune_lock:  # check-then-start is one step
+            with self._lock.read():
+                st = self._state
+                if self._logs or st.index is None:
+                    return None
+                want = self.wanted_kind()
+                dead = st.n_slots - st.n_live  # tombstones (HNSW, GPU) and dead array rows
+                if want == st.kind and dead <= max(st.n_live, 4096):
+                    return None
+                live = np.flatnonzero(st.live[: st.n_slots])
+                ids, vecs, flags = st.ext[live].tolist(), st.vecs[live], st.stock[live]
+            log.info("index retune: kind=%s -> %s items=%d dead_slots=%d background=%s",
+                     st.kind, want, len(ids), dead, background)
+            return self._start_rebuild(ids, vecs, flags, want, background)
+
     def compact(self, *, background: bool = False) -> concurrent.futures.Future | None:
         """Rebuild from the live items only: drops tombstones and re-picks the kind by size."""
         with self._lock.read():
@@ -627,6 +671,27 @@ class ItemIndex:
         self._state = st
         self.kind, self.device = st.kind or self.kind, st.device
         return self
+
+
+def _faiss_bytes(index: Any, dim: int) -> int:
+    """Vector storage, graph links and id maps held by a FAISS index (CPU kinds; 0 if none)."""
+    if index is None:
+        return 0
+    n = int(index.ntotal)
+    total = n * 8  # IndexIDMap2's id map (int64 per entry)
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    if isinstance(inner, faiss.IndexHNSW):
+        h = inner.hnsw
+        total += n * dim * 4 + h.neighbors.size() * 4 + h.offsets.size() * 8 + h.levels.size() * 4
+    elif isinstance(inner, faiss.IndexFlat):
+        total += n * dim * 4
+    else:
+        try:
+            ivf = faiss.extract_index_ivf(index)
+            total += n * (dim * 4 + 8) + ivf.nlist * dim * 4
+        except RuntimeError:
+            total += n * dim * 4
+    return int(total)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

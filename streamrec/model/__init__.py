@@ -10,5 +10,6 @@ Modules (one concept each):
 - ``checkpoint`` checkpoint dir layout, save and (never-unpickling) load
 - ``registry``   ``ModelRegistry``: versions and the atomic "current" pointer
 - ``inference``  ``Recommender``: the API the stream workers call
+- ``intent``     purchase intent: examples from typed events, a logistic model, its metrics
 - ``cli``        ``train``, ``finetune``, ``evaluate``, ``models list|promote`` subcommands
 """

@@ -22,9 +22,15 @@ from streamrec.model.sasrec import SASRecConfig
 log = logging.getLogger(__name__)
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sequences", required=True, type=Path, help="'user item item ...' per line")
+def _data_args(p: argparse.ArgumentParser, *, events: bool = False) -> None:
+    p.add_argument("--sequences", required=not events, type=Path, default=None,
+                   help="'user item item ...' per line")
     p.add_argument("--item-text", type=Path, default=None, help="TSV item_id<TAB>title with header")
+    if events:
+        p.add_argument("--events", type=Path, default=None,
+                       help="typed events CSV (user_id,item_id,category_id,behavior,ts; the Taobao layout): "
+                            "trains the purchase-intent model too, and the recommender when "
+                            "--sequences is not given")
 
 
 def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
@@ -46,7 +52,8 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
                    help="hold out only N random users' second-last item for validation; the "
                         "others train on it too (default: every user's, the classic split)")
     p.add_argument("--text-cache", type=Path, default=None,
-                   help="safetensors file that keeps MiniLM title vectors between runs")
+                   help="text-cache directory of MiniLM title vectors, shared with the worker "
+                        "(default: STREAMREC_TEXT_CACHE_DIR, else DATA_DIR/text-cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--hybrid-fit", choices=("post", "joint"), default=None,
                    help="post (default): train the model part, then fit the text channel's "
@@ -79,7 +86,7 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a new model (leave-one-out early stopping)")
-    _data_args(p)
+    _data_args(p, events=True)
     _train_args(p, model_flags=True)
     p.set_defaults(func=cmd_train)
 
@@ -134,7 +141,7 @@ def _settings(args: argparse.Namespace, settings: Settings):
         batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
         time_budget=args.time_budget, seed=args.seed, device=settings.device,
         progress=not args.no_progress, weight_decay=args.weight_decay,
-        text_cache=str(args.text_cache) if args.text_cache else None, val_users=args.val_users,
+        text_cache=str(args.text_cache or settings.text_cache_path), val_users=args.val_users,
     )
     if args.lr is not None:
         kw["lr"] = args.lr
@@ -158,14 +165,19 @@ def _publish(res, args: argparse.Namespace, settings: Settings) -> str:
     from streamrec.model.checkpoint import save_checkpoint
     from streamrec.model.registry import ModelRegistry
 
+    intent = getattr(res, "intent", None)
     if args.out is not None:
         save_checkpoint(res.model, res.vocab, args.out, metrics=res.metrics, train_settings=res.settings)
+        if intent is not None:
+            intent.save(args.out)
         return str(args.out)
     reg = ModelRegistry(settings.registry_dir)
     settings.registry_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=settings.registry_dir))
     try:
         save_checkpoint(res.model, res.vocab, tmp, metrics=res.metrics, train_settings=res.settings)
+        if intent is not None:
+            intent.save(tmp)
         version = reg.register(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -188,9 +200,21 @@ def _summary(res, where: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.model.data import Interactions, read_item_text, read_sequences
     from streamrec.model.train import train
 
-    data, text = _load_data(args)
+    if args.sequences is None and args.events is None:
+        raise ValueError("give --sequences FILE or --events FILE (or both)")
+    users = None
+    if args.events is not None:
+        from streamrec.typed_events import by_user, read_events, to_interactions_lists
+
+        users = by_user(read_events(args.events))
+    if args.sequences is not None:
+        data = read_sequences(args.sequences)
+    else:
+        data = Interactions(*to_interactions_lists(users))  # type: ignore[arg-type]
+    text = read_item_text(args.item_text)
     cfg = dict(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
                max_len=args.max_len, dropout=args.dropout, emb_dropout=args.emb_dropout,
                id_dropout=args.id_dropout, loss=args.loss, n_negatives=args.n_negatives,
@@ -204,7 +228,18 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if cfg["d_model"] % cfg["n_heads"]:
         raise ValueError(f"--d-model {args.d_model} must be divisible by --n-heads {args.n_heads}")
     res = train(data, item_text=text, config=cfg, settings=_settings(args, settings))
+    res.intent = None  # type: ignore[attr-defined]
+    if users is not None:
+        from streamrec.model.intent import train_intent
+
+        res.intent, info = train_intent(users, seed=args.seed)  # type: ignore[attr-defined]
+        res.metrics["intent"] = info
+    elif any(t != "view" for ts in data.types for t in ts):
+        log.info("typed sequences without timestamps: no purchase-intent model (sessions need time; "
+                 "pass --events FILE)")
     _summary(res, _publish(res, args, settings))
+    if "intent" in res.metrics:
+        print(f"purchase intent: {json.dumps(res.metrics['intent'])}")
     return 0
 
 
@@ -222,7 +257,7 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
 
 def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: str = "auto",
                  baselines: bool = False, exclude_seen: bool = True,
-                 candidates: str | None = None) -> dict[str, Any]:
+                 candidates: str | None = None, text_cache: Path | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on ``data``: per user the last item is the target, the rest the
     history. Items unknown to the model are embedded from their text (zero-shot).
 
@@ -249,7 +284,7 @@ def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: 
     unknown = [i for i in catalog if i not in vocab]
     if candidates is None:
         candidates = "data" if unknown else "all"
-    added = add_items(model, vocab, unknown, text, device=str(dev))
+    added = add_items(model, vocab, unknown, text, device=str(dev), cache_file=text_cache)
     model.to(dev).eval()
     enc = encode(data, vocab)
     keep = [k for k, s in enumerate(enc.items) if len(s) >= 2]
@@ -281,7 +316,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     model_dir = _model_dir(args, settings)
     data, text = _load_data(args)
     rep = evaluate_dir(model_dir, data, text, device=settings.device, baselines=args.baselines,
-                       exclude_seen=not args.keep_seen, candidates=args.candidates)
+                       exclude_seen=not args.keep_seen, candidates=args.candidates,
+                       text_cache=settings.text_cache_path)
     if args.json:
         print(json.dumps(rep, sort_keys=True))
         return 0

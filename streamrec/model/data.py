@@ -67,11 +67,17 @@ def read_item_text(path: str | Path | None) -> dict[str, str | None]:
 
 
 class ItemVocab:
-    """External item id (str) <-> row (1..n). Row 0 is PAD. Saved as ``item_map.json``."""
+    """External item id (str) <-> row (1..n). Row 0 is PAD. Saved as ``item_map.json``.
+
+    A serving model may :meth:`remove` items: their rows become free (``ids[row - 1]`` is None)
+    and :meth:`add` fills free rows first. ``len`` counts rows (the table size); a vocabulary
+    with free rows cannot be saved as a checkpoint's item map.
+    """
 
     def __init__(self, ids: Sequence[str] = ()) -> None:
-        self.ids: list[str] = []
+        self.ids: list[str | None] = []
         self.rows: dict[str, int] = {}
+        self.free: list[int] = []  # rows of removed items, reused by add()
         self.add(ids)
 
     def __len__(self) -> int:
@@ -80,20 +86,42 @@ class ItemVocab:
     def __contains__(self, item: str) -> bool:
         return item in self.rows
 
+    @property
+    def n_live(self) -> int:
+        return len(self.rows)
+
     def add(self, ids: Iterable[str]) -> list[str]:
-        """Append unseen ids (in order); returns the ones that were new."""
+        """Give unseen ids a row (a free one first, else the next); returns the new ids."""
         new = []
         for i in ids:
             if i not in self.rows:
-                self.ids.append(i)
-                self.rows[i] = len(self.ids)
+                if self.free:
+                    row = self.free.pop()
+                    self.ids[row - 1] = i
+                else:
+                    self.ids.append(i)
+                    row = len(self.ids)
+                self.rows[i] = row
                 new.append(i)
         return new
+
+    def remove(self, ids: Iterable[str]) -> list[int]:
+        """Forget ``ids`` (unknown ones are ignored); returns the rows freed."""
+        freed = []
+        for i in ids:
+            row = self.rows.pop(i, None)
+            if row is not None:
+                self.ids[row - 1] = None
+                freed.append(row)
+        self.free.extend(freed)
+        return freed
 
     def row(self, item: str) -> int:
         return self.rows.get(item, PAD_ID)
 
     def save(self, path: Path) -> None:
+        if self.free:
+            raise ValueError(f"item map has {len(self.free)} free rows; a checkpoint needs rows 1..n")
         atomic_write_text(path, json.dumps(self.rows, ensure_ascii=False))
 
     @classmethod
@@ -181,13 +209,28 @@ def leave_one_out(enc: Encoded, *, val_users: int | None = None, seed: int = 0,
 
 
 def pad_left(seqs: Sequence[Sequence[int]], length: int) -> torch.Tensor:
-    """Left-pad (and keep the newest ``length``) -> (B, length) int64."""
-    out = torch.full((len(seqs), length), PAD_ID, dtype=torch.long)
-    for b, s in enumerate(seqs):
-        s = list(s)[-length:] if length > 0 else []
-        if s:
-            out[b, length - len(s):] = torch.tensor(s, dtype=torch.long)
-    return out
+    """Left-pad (and keep the newest ``length``) -> (B, length) int64.
+
+    One numpy scatter for the whole batch (no per-row tensor), as the worker pads every batch.
+
+    >>> pad_left([[1, 2, 3], [4], []], 2).tolist()
+    [[2, 3], [0, 4], [0, 0]]
+    """
+    n = len(seqs)
+    if n == 0 or length <= 0:
+        return torch.full((n, max(length, 0)), PAD_ID, dtype=torch.long)
+    kept = [s[-length:] if isinstance(s, list) else list(s)[-length:] for s in seqs]
+    lens = np.fromiter((len(s) for s in kept), dtype=np.int64, count=n)
+    out = np.full((n, length), PAD_ID, dtype=np.int64)
+    total = int(lens.sum())
+    if total:
+        flat = np.fromiter((x for s in kept for x in s), dtype=np.int64, count=total)
+        rows = np.repeat(np.arange(n), lens)
+        # column of each kept value: right-aligned, so row b's values fill length-len_b .. length-1
+        starts = np.cumsum(lens) - lens
+        cols = np.arange(total) - np.repeat(starts, lens) + np.repeat(length - lens, lens)
+        out[rows, cols] = flat
+    return torch.from_numpy(out)
 
 
 def history_batch(items: Sequence[Sequence[int]], types: Sequence[Sequence[int]], max_len: int

@@ -19,6 +19,14 @@ added with :meth:`Recommender.add_items` become part of the vocabulary and may a
 histories afterwards. A known item's cached title embedding is kept (re-encoding the whole
 catalog on every worker start would be slow); an item that had no text gets the one given.
 
+Growth is amortised: the cached item vectors live in storage that doubles when full, and adding
+items computes vectors for the new rows only (``rows_computed`` / ``rows_copied`` count the work;
+loading N items in batches is O(N)). Items added at serving time are not appended to the model's
+own tables (no per-item 384-float title vector is kept in memory): a new row's vector is its text
+projection plus the optional imputed id part, written straight into the cache of item vectors.
+:meth:`Recommender.remove_items` frees a deleted item's row for the next new item. Titles go
+through a :class:`streamrec.model.textcache.TextCache`, so a restart re-embeds no known title.
+
 An empty history (or one with only unknown items) encodes to the zero vector: every item then
 scores 0, so callers should fall back to popularity for such users.
 """
@@ -27,16 +35,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from streamrec.model.checkpoint import load_checkpoint
 from streamrec.model.data import ItemVocab, history_batch
+from streamrec.model.intent import IntentModel
 from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS, PAD_ID, SASRec
 from streamrec.model.text import TEXT_DIM, TextEncoder, resolve_device
+from streamrec.model.textcache import TextCache
 
 log = logging.getLogger(__name__)
 
@@ -47,101 +58,237 @@ class Recommender:
 
     def __init__(self, model: SASRec, vocab: ItemVocab, *, version: str, device: str = "auto",
                  text_encoder: TextEncoder | None = None, impute_neighbors: int = 0,
-                 impute_temperature: float = 0.05) -> None:
+                 impute_temperature: float = 0.05, text_cache: TextCache | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.vocab = vocab
         self.version = version
         self.dim = int(model.output_dim)  # d, or d + text channel + 1 with hybrid scoring
+        self._d = int(model.config.d_model)  # size of the input item vectors (the encoder's)
+        self._hybrid = bool(model.config.hybrid)
         self._encoder = text_encoder
+        self.text_cache = text_cache
         self._lock = threading.RLock()
-        self._table: torch.Tensor | None = None  # (N+1, d) cached input item vectors
-        self._out: torch.Tensor | None = None  # (N+1, dim) cached scored item vectors
+        # (capacity, dim) scored item vectors, rows 0..len(vocab); their first d columns are the
+        # input item vectors the encoder reads. With hybrid scoring also the rows' reduced titles
+        # (capacity, r) and new-item flags (capacity,), which the user's text channel reads.
+        self._store: torch.Tensor | None = None
+        self._low: torch.Tensor | None = None
+        self._new: torch.Tensor | None = None
+        self.rows_computed = 0  # item vectors computed (initial table + added/changed rows)
+        self.rows_copied = 0  # item vectors moved when the storage grew
         if impute_neighbors < 0 or impute_temperature <= 0:
             raise ValueError(f"impute_neighbors must be >= 0 and impute_temperature > 0, got "
                              f"{impute_neighbors}, {impute_temperature}")
         self.impute_neighbors = impute_neighbors
         self.impute_temperature = impute_temperature
         self._n_trained = int(model.config.n_items)  # rows 1..n learned in training
+        self.intent: Any = None  # the checkpoint's IntentModel, if it has one (see load)
+        # learned[r]: row r still holds the trained item it was learned for (False once freed)
+        self._learned = np.ones(self._n_trained + 1, dtype=bool)
+        self._learned[PAD_ID] = False
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", version: str | None = None,
-             **options: float) -> "Recommender":
+             **options: Any) -> Recommender:
         """Load a checkpoint dir. CheckpointError (clear message) when missing/corrupt/incompatible.
-        ``options`` go to the constructor (``impute_neighbors``, ``impute_temperature``)."""
+        ``options`` go to the constructor (``impute_neighbors``, ``impute_temperature``,
+        ``text_cache``)."""
         dev = resolve_device(device)
         model, vocab = load_checkpoint(path, device=dev)
-        return cls(model, vocab, version=version or Path(path).name, device=str(dev), **options)
+        rec = cls(model, vocab, version=version or Path(path).name, device=str(dev), **options)
+        rec.intent = IntentModel.load(path)
+        return rec
 
     # -- items --------------------------------------------------------------------------------------
 
     def _item_table(self) -> torch.Tensor:
-        if self._table is None:
+        """(len(vocab) + 1, dim) scored item vectors: a view of the first rows of the storage."""
+        if self._store is None:
             with torch.inference_mode():
-                self._table = self.model.item_table()  # (N+1, d)
-        return self._table
+                table = self.model.output_table(self.model.item_table())  # (n_trained+1, dim)
+                low, new = (self.model.text_low(), self.model.item_new()) if self._hybrid else (None, None)
+            if low is not None and new is not None:  # clones made outside inference mode: writable
+                self._low = low.clone()  # (n_trained+1, r)
+                self._new = new.clone()  # (n_trained+1,)
+            self._store = table.clone()
+            self.rows_computed += table.shape[0] - 1
+        return self._store[: len(self.vocab) + 1]
 
-    def _out_table(self) -> torch.Tensor:
-        if self._out is None:
-            with torch.inference_mode():
-                self._out = self.model.output_table(self._item_table())  # (N+1, dim)
-        return self._out
+    def _input_table(self) -> torch.Tensor:
+        """(len(vocab) + 1, d) input item vectors (the encoder's): columns of the storage."""
+        return self._item_table()[:, : self._d]
+
+    def _text_rows(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Reduced titles and new-flags of the used rows (hybrid), else (None, None)."""
+        if not self._hybrid:
+            return None, None
+        self._item_table()
+        assert self._low is not None and self._new is not None
+        n = len(self.vocab) + 1
+        return self._low[:n], self._new[:n]
+
+    @torch.no_grad()
+    def _write_rows(self, rows: torch.Tensor, vec: torch.Tensor, text: torch.Tensor,
+                    new: bool | torch.Tensor, count: torch.Tensor | None = None) -> None:
+        """Store the scored vectors of ``rows``: input vectors ``vec`` (k, d) plus, with hybrid
+        scoring, [beta(i) * unit(t_i) ; b(i)] from their titles ``text`` (k, TEXT_DIM)."""
+        assert self._store is not None
+        if not self._hybrid:
+            self._store[rows] = vec.to(self._store.dtype)
+            return
+        assert self._low is not None and self._new is not None
+        basis = self.model.text_basis
+        low = text.to(basis.device, torch.float32) @ basis  # (k, r)
+        flags = torch.as_tensor(new, dtype=torch.bool, device=low.device).expand(low.shape[0])
+        counts = torch.zeros(low.shape[0], device=low.device) if count is None else count
+        part = self.model.text_part(low, flags, counts.to(low.device))  # (k, r+1)
+        self._store[rows] = torch.cat([vec.to(part.device, part.dtype), part], dim=1).to(self._store.dtype)
+        self._low[rows] = low.to(self._low.dtype)
+        self._new[rows] = flags
+
+    def _reserve(self, rows: int) -> None:
+        """Make room for ``rows`` rows (incl. PAD) by doubling: O(1) amortised per row."""
+        self._item_table()
+        assert self._store is not None
+        if self._store.shape[0] >= rows:
+            return
+        used = len(self.vocab) + 1
+        cap = max(rows, 2 * self._store.shape[0], 1024)
+        # torch.empty: the spare rows are untouched pages, address space rather than RSS
+        store = torch.empty((cap, self.dim), dtype=self._store.dtype, device=self._store.device)
+        store[:used] = self._store[:used]
+        self.rows_copied += used
+        self._store = store
+        if self._hybrid:  # the per-row text inputs grow with the vectors
+            assert self._low is not None and self._new is not None
+            low = self._low.new_empty((cap, self._low.shape[1]))
+            low[:used] = self._low[:used]
+            new = self._new.new_empty((cap,))
+            new[:used] = self._new[:used]
+            self._low, self._new = low, new
 
     def item_vectors(self) -> tuple[list[str], np.ndarray]:
         """All items the model knows (incl. added ones): ids and (N, d) float32 vectors."""
         with self._lock:
-            table = self._out_table()
-            return list(self.vocab.ids), table[1:].float().cpu().numpy().copy()
+            table = self._item_table()
+            rows = sorted(self.vocab.rows.values())
+            ids = [self.vocab.ids[r - 1] for r in rows]
+            idx = torch.as_tensor(rows, dtype=torch.long, device=table.device)
+            return ids, table[idx].float().cpu().numpy().copy()
+
+    def is_learned(self, row: int) -> bool:
+        return row < len(self._learned) and bool(self._learned[row])
 
     def add_items(self, items: Sequence[tuple[str, str | None]]) -> np.ndarray:
-        """Vectors (len(items), d) float32 for the index; unknown ids join the vocabulary."""
+        """Vectors (len(items), d) float32 for the index; unknown ids join the vocabulary.
+
+        A trained item keeps its vector (a title it lacked in training is added); an item
+        added at serving time gets the vector of the text given now (re-embedding a title
+        seen before is a text-cache hit). Only the affected rows are computed.
+        """
         items = [(str(i), t if (t is not None and str(t).strip()) else None) for i, t in items]
+        if not items:
+            return np.zeros((0, self.dim), np.float32)
         with self._lock:
-            # Unknown ids (first occurrence wins) and known ids that lack text but now have it.
-            new: dict[str, str | None] = {}
-            fill: dict[str, str] = {}
+            self._item_table()
+            # per id, the last text given (a missing text does not erase one given in the batch)
+            given: dict[str, str | None] = {}
             for i, t in items:
-                if i in self.vocab:
-                    row = self.vocab.row(i)
+                if t is not None or i not in given:
+                    given[i] = t
+            fill: dict[str, str] = {}  # trained items that had no title and now have one
+            fresh: dict[str, str | None] = {}  # new ids and added (non-trained) ids: recompute
+            for i, t in given.items():
+                row = self.vocab.row(i)
+                if row != PAD_ID and self.is_learned(row):
                     if t is not None and not bool(self.model.text_emb[row].any()):
                         fill[i] = t
-                elif i not in new:
-                    new[i] = t
-                elif new[i] is None and t is not None:
-                    new[i] = t
-            to_encode = [t for t in list(new.values()) + list(fill.values()) if t is not None]
-            vecs = self._encode_texts(to_encode) if to_encode else torch.zeros(0, TEXT_DIM)
+                else:
+                    fresh[i] = t
+            texts = [t for t in list(fresh.values()) + list(fill.values()) if t is not None]
+            vecs = self._encode_texts(texts) if texts else torch.zeros(0, TEXT_DIM)
             it = iter(vecs)
-            new_emb = torch.stack([next(it) if t is not None else torch.zeros(TEXT_DIM)
-                                   for t in new.values()]) if new else torch.zeros(0, TEXT_DIM)
+            fresh_text = torch.stack([next(it) if t is not None else torch.zeros(TEXT_DIM)
+                                      for t in fresh.values()]) if fresh else torch.zeros(0, TEXT_DIM)
             for i in fill:
-                self.model.text_emb[self.vocab.row(i)] = next(it).to(self.device)
-            if new:
-                first = int(self.model.config.n_items) + 1
-                self.model.grow(new_emb)
-                self.vocab.add(list(new))
-                self._impute_ids(first, new_emb)
-            if new or fill:
-                self._table = self._out = None
-            table = self._out_table()
-            rows = torch.as_tensor([self.vocab.row(i) for i, _ in items], dtype=torch.long,
-                                   device=table.device)
-            return table[rows].float().cpu().numpy().copy() if items else np.zeros((0, self.dim), np.float32)
+                self.model.text_emb[self.vocab.row(i)] = next(it).to(self.model.text_emb.device)
+            if fill:
+                rows = torch.as_tensor([self.vocab.row(i) for i in fill], dtype=torch.long,
+                                       device=self.model.id_emb.weight.device)
+                with torch.inference_mode():
+                    count = self.model.item_count[rows] if self._hybrid else None
+                    new = self.model.item_new()[rows] if self._hybrid else False
+                    self._write_rows(rows, self.model.item_table(rows), self.model.text_emb[rows],
+                                     new, count)
+                self.rows_computed += len(fill)
+            if fresh:
+                n_new = sum(1 for i in fresh if i not in self.vocab)
+                self._reserve(len(self.vocab) + 1 + max(0, n_new - len(self.vocab.free)))
+                self.vocab.add(list(fresh))
+                rows = torch.as_tensor([self.vocab.row(i) for i in fresh], dtype=torch.long,
+                                       device=self._store.device)
+                with torch.inference_mode():
+                    self._write_rows(rows, self._text_only_vectors(fresh_text), fresh_text, True)
+                self.rows_computed += len(fresh)
+            table = self._item_table()
+            idx = torch.as_tensor([self.vocab.row(i) for i, _ in items], dtype=torch.long,
+                                  device=table.device)
+            return table[idx].float().cpu().numpy().copy()
+
+    def remove_items(self, ids: Sequence[str]) -> int:
+        """Forget deleted items: their rows are freed for the next new items (a trained item's
+        learned row too). They leave user histories' encodings from now on. Returns rows freed."""
+        with self._lock:
+            self._item_table()
+            freed = self.vocab.remove(str(i) for i in ids)
+            for row in freed:
+                if row < len(self._learned):
+                    self._learned[row] = False
+            return len(freed)
 
     @torch.no_grad()
-    def _impute_ids(self, first_row: int, text: torch.Tensor, chunk: int = 1024) -> None:
-        """Give new rows ``first_row..`` (with text) the similarity-weighted mean id embedding of
-        the trained items with the most similar titles (cosine of MiniLM vectors)."""
+    def _text_only_vectors(self, text: torch.Tensor) -> torch.Tensor:
+        """Vectors of items without a learned row: projection of their title embedding (the
+        default vector when they have none) plus the optional imputed id part. (k, d)"""
+        dev = self.model.text_proj.weight.device
+        text = text.to(dev, torch.float32)
+        if self.model.config.use_text:
+            vec = self.model.text_proj(text)  # (k, d)
+        else:
+            vec = torch.zeros(text.shape[0], self._d, device=dev)
+        return vec + self._impute_ids(text)
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held per part (measured from the arrays, not estimated)."""
+        with self._lock:
+            store = 0 if self._store is None else self._store.numel() * self._store.element_size()
+            used = (len(self.vocab) + 1) * self.dim * 4
+            for extra in (self._low, self._new):
+                if extra is not None:
+                    store += extra.numel() * extra.element_size()
+                    used += (len(self.vocab) + 1) * extra[:1].numel() * extra.element_size()
+            model = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            text = self.model.text_emb.numel() * self.model.text_emb.element_size()
+            return {"item_vectors_used": used, "item_vectors_capacity": store,
+                    "model_weights": model, "model_text_emb": text}
+
+    @torch.no_grad()
+    def _impute_ids(self, text: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """Id part of new items (k, d): with ``impute_neighbors`` > 0, the similarity-weighted
+        mean id embedding of the trained items with the most similar titles (cosine of MiniLM
+        vectors); zeros otherwise and for items without text."""
+        out = torch.zeros(text.shape[0], self._d, device=text.device)
         n, k = self._n_trained, min(self.impute_neighbors, self._n_trained)
         if k == 0:
-            return
-        known_text = self.model.text_emb[1 : n + 1]  # (n, TEXT_DIM)
-        has_text = known_text.abs().sum(1) > 0  # (n,)
+            return out
+        known_text = self.model.text_emb[1 : n + 1].to(text.device)  # (n, 384)
+        learned = torch.as_tensor(self._learned[1 : n + 1], device=text.device)
+        has_text = (known_text.abs().sum(1) > 0) & learned  # (n,)
         if not bool(has_text.any()):
-            return
+            return out
         known = torch.nn.functional.normalize(known_text, dim=1)
-        known_ids = self.model.id_emb.weight[1 : n + 1]  # (n, d)
-        text = text.to(known.device, torch.float32)
+        known_ids = self.model.id_emb.weight[1 : n + 1].to(text.device)  # (n, d)
         for start in range(0, text.shape[0], chunk):
             q = text[start : start + chunk]  # (c, TEXT_DIM)
             with_text = q.abs().sum(1) > 0  # (c,)
@@ -150,13 +297,15 @@ class Recommender:
             top, idx = sim.topk(k, dim=1)  # (c, k)
             w = torch.softmax(top / self.impute_temperature, dim=1)  # (c, k)
             imputed = (w.unsqueeze(-1) * known_ids[idx]).sum(1)  # (c, d)
-            rows = torch.arange(first_row + start, first_row + start + q.shape[0], device=known.device)
-            self.model.id_emb.weight[rows[with_text]] = imputed[with_text]
+            out[start : start + q.shape[0]] = imputed * with_text[:, None]
+        return out
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
-        if self._encoder is None:
-            self._encoder = TextEncoder(device=str(self.device))
-        return torch.from_numpy(self._encoder.encode(texts))
+        if self.text_cache is None:  # no shared cache given: one in memory for this process
+            if self._encoder is None:
+                self._encoder = TextEncoder(device=str(self.device))
+            self.text_cache = TextCache(None, encoder=self._encoder)
+        return torch.from_numpy(self.text_cache.encode(texts))
 
     # -- users --------------------------------------------------------------------------------------
 
@@ -177,11 +326,33 @@ class Recommender:
                         t.append(EVENT_TYPE_IDS.get(etype, default_type))
                 rows.append(r[-self.model.config.max_len:])
                 types.append(t[-self.model.config.max_len:])
-            table = self._item_table()
+            table = self._input_table()
+            low, new = self._text_rows()
             x, t = history_batch(rows, types, self.model.config.max_len)
             with torch.inference_mode():
-                h = self.model.user_vectors(x.to(self.device), t.to(self.device), table)  # (B, dim)
+                h = self.model.user_vectors(x.to(self.device), t.to(self.device), table,
+                                            low=low, new_rows=new)  # (B, dim)
         return h.float().cpu().numpy().copy()
+
+    def lookup(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(len(item_ids), d) float32 item vectors (unknown ids: the default vector) and an int8
+        array of what each is: 0 learned in training, 1 added since (zero-shot, from its text),
+        2 unknown to the model."""
+        with self._lock:
+            table = self._item_table()
+            rows = np.fromiter((self.vocab.row(str(i)) for i in item_ids), dtype=np.int64, count=len(item_ids))
+            idx = torch.from_numpy(rows).to(table.device)
+            vecs = table[idx]
+            unknown = rows == PAD_ID
+            if unknown.any():
+                default = self.model.default_vector().to(table.device)
+                vecs = torch.where(torch.from_numpy(unknown).to(table.device)[:, None], default[None], vecs)
+            learned = np.zeros(len(rows), dtype=bool)
+            inside = rows < len(self._learned)
+            learned[inside] = self._learned[rows[inside]]
+            kind = (~learned).astype(np.int8)  # a row freed and reused by a new item is not learned
+            kind[unknown] = 2
+            return vecs.float().cpu().numpy(), kind
 
     def score(self, user_vecs: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
         """(B, len(item_ids)) inner products; unknown ids score with the default item vector."""
@@ -189,7 +360,7 @@ class Recommender:
         if u.ndim != 2 or u.shape[1] != self.dim:
             raise ValueError(f"user_vecs must have shape (B, {self.dim}), got {u.shape}")
         with self._lock:
-            table = self._out_table()
+            table = self._item_table()
             default = self.model.default_vector().to(table.device)
             rows = [self.vocab.row(str(i)) for i in item_ids]
             idx = torch.as_tensor(rows, dtype=torch.long, device=table.device)

@@ -67,7 +67,7 @@ class RetrainConfig:
     max_epochs: int = 20  # fit's hard stop (the time budget usually stops it first)
     patience: int = 3  # epochs without validation gain before early stopping
     val_users: int = 256  # users whose second-last item drives fit's early stopping
-    text_cache: str | None = None  # MiniLM vector cache file shared across rounds
+    text_cache: str | None = None  # text-cache dir (RocksDB) shared with the worker, train, evaluate
     keep: int | None = 20  # registry versions kept after a promotion (None: all)
 
 
@@ -239,6 +239,19 @@ def evaluate_holdout(model: SASRec, vocab: ItemVocab, holdout: HoldOut, *, devic
 # -- one round ------------------------------------------------------------------------------------
 
 
+def carry_intent(base_dir: Path | None, out_dir: Path) -> bool:
+    """Copy the base version's purchase-intent model (``intent.*``) into a new checkpoint: it
+    reads session counters, not item ids, so it stays valid when the recommender is retrained
+    (a retraining round does not retrain it). True when there was one to copy."""
+    from streamrec.model.intent import INTENT_CONFIG, INTENT_WEIGHTS
+
+    if base_dir is None or not (Path(base_dir) / INTENT_CONFIG).is_file():
+        return False
+    for name in (INTENT_WEIGHTS, INTENT_CONFIG):
+        shutil.copyfile(Path(base_dir) / name, out_dir / name)
+    return True
+
+
 def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cfg: RetrainConfig,
             *, full: bool = False,
             transform: Callable[[Interactions, np.random.Generator], Interactions] | None = None
@@ -318,6 +331,7 @@ def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cf
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=registry.root))
         try:
             save_checkpoint(res.model.cpu(), res.vocab, tmp, metrics=metrics, train_settings=res.settings)
+            carry_intent(base_dir, tmp)
             decision.version = registry.register(tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

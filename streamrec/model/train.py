@@ -34,7 +34,8 @@ from streamrec.model.data import (
 )
 from streamrec.model.evaluate import evaluate_model
 from streamrec.model.sasrec import SASRec, SASRecConfig
-from streamrec.model.text import TEXT_DIM, TextEncoder, encode_cached, resolve_device
+from streamrec.model.text import TEXT_DIM, TextEncoder, resolve_device
+from streamrec.model.textcache import TextCache
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class TrainSettings:
     seed: int = 0  # seeds torch and numpy for a repeatable run
     device: str = "auto"  # "auto" (CUDA if present), "cpu" or "cuda"
     progress: bool = True  # tqdm progress bar per epoch
-    text_cache: str | None = None  # optional safetensors file reused across runs for MiniLM vectors
+    text_cache: str | None = None  # optional text-cache directory (RocksDB) shared with the worker
     eval_batch_size: int = 512  # users per validation batch
     val_users: int | None = None  # None: every user's 2nd-last item validates (classic split);
     # N: only N random users validate, the others also train on their 2nd-last item
@@ -86,15 +87,20 @@ class TrainResult:
 
 def item_text_matrix(vocab: ItemVocab, item_text: dict[str, str | None], ids: list[str] | None = None,
                      *, encoder: TextEncoder | None = None, cache_file: str | Path | None = None,
-                     device: str = "auto") -> torch.Tensor:
-    """MiniLM vectors of ``ids`` (default: all vocab items), zeros for items without text."""
+                     device: str = "auto", cache: TextCache | None = None) -> torch.Tensor:
+    """MiniLM vectors of ``ids`` (default: all vocab items), zeros for items without text.
+
+    Titles go through the shared text cache: ``cache``, else the directory ``cache_file``
+    (opened for this call), else an in-memory one."""
     ids = vocab.ids if ids is None else ids
     texts = [item_text.get(i) for i in ids]
     if not any(texts):
         return torch.zeros(len(ids), TEXT_DIM)
+    if cache is not None:
+        return torch.from_numpy(cache.encode(texts))
     enc = encoder or TextEncoder(device=device)
-    emb = encode_cached(texts, enc, cache_file=Path(cache_file) if cache_file else None)
-    return torch.from_numpy(emb)
+    with TextCache(Path(cache_file) if cache_file else None, encoder=enc) as c:
+        return torch.from_numpy(c.encode(texts))
 
 
 def _optimizer(model: SASRec, s: TrainSettings) -> torch.optim.Optimizer:

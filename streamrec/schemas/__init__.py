@@ -13,15 +13,19 @@ from streamrec.schemas.contracts import (
     CatalogItem,
     DeadLetter,
     ModelUpdate,
+    Profile,
+    Reason,
     Recommendation,
     ScoredItem,
     ShopEvent,
+    UserDeletion,
+    recommendation_bytes,
 )
 
 __all__ = [
     "CONTRACTS", "EVENT_TYPES", "EventType", "MAX_MESSAGE_BYTES", "TS_MAX_MS", "TS_MIN_MS", "CatalogItem",
-    "Contract", "DeadLetter", "ModelUpdate", "Recommendation", "ScoredItem", "ShopEvent",
-    "json_schema", "committed_schema",
+    "Contract", "DeadLetter", "ModelUpdate", "Profile", "Reason", "Recommendation", "ScoredItem", "ShopEvent",
+    "UserDeletion", "json_schema", "committed_schema", "recommendation_bytes",
 ]
 
 

@@ -12,6 +12,15 @@ Per-stage times go to one labelled histogram, ``streamrec_stage_seconds{stage=..
     with metrics.stage("parse"):
         ...
 
+The worker's stages, one batch at a time (``bench/pipeline.py`` prints them per event):
+``parse`` (bytes -> events), ``state_read`` (table get + decode), ``model`` (user encoder) and
+``index`` (FAISS search) and ``filter`` (purchased/stock filtering, popularity fill, lists) on the
+model thread, ``score`` (the whole model-thread call as the event loop waits for it),
+``produce`` (recommendations handed to the producer), ``state_write`` (table set: RocksDB +
+changelog message) and ``commit`` (Faust's commit: producer flush + offset commit).
+``streamrec_thread_cpu_seconds{thread=...}`` is the CPU time of each thread of the process
+(Linux ``/proc``), the load-insensitive side of the same question.
+
 >>> m = Metrics()
 >>> m.events_in.inc(2)
 >>> m.observe_latency_ms(12.0)
@@ -24,8 +33,11 @@ Per-stage times go to one labelled histogram, ``streamrec_stage_seconds{stage=..
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -35,6 +47,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 
 #: Content type of the text exposition format that :meth:`Metrics.render` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,6 +72,14 @@ class Metrics:
         self.state_resets = self.counter("streamrec_state_resets",
                                          "Stored user states that no longer decoded and were reset.")
         self.batches = self.counter("streamrec_batches", "Scoring batches handled.")
+        self.user_deletions = self.counter("streamrec_user_deletions",
+                                           "Users erased on a deletion request (right to erasure).")
+        self.catalog_dlq = self.counter("streamrec_catalog_dlq",
+                                        "Catalog items refused and sent to the catalog dead-letter topic.")
+        self.kafka_available = self.gauge("streamrec_kafka_available",
+                                          "1 while the worker reaches a Kafka bootstrap server, 0 during an outage.")
+        self.kafka_available.set(1)
+        self.kafka_outages = self.counter("streamrec_kafka_outages", "Kafka outages seen by this worker.")
         self.catalog_items = self.gauge("streamrec_catalog_items", "Items in this worker's index.")
         self.model_info = self.gauge("streamrec_model_info", "The model version being served.", ("version",))
         self.consumer_lag = self.gauge("streamrec_consumer_lag", "Messages behind the end of each partition.",
@@ -68,6 +89,22 @@ class Metrics:
                                       "Event timestamp to recommendation produced, ms.", LATENCY_BUCKETS_MS)
         self.stage_seconds = self.histogram("streamrec_stage_seconds", "Time per batch in each worker stage, s.",
                                             STAGE_BUCKETS_S, ("stage",))
+        self.loop_lag = self.histogram("streamrec_loop_lag_seconds",
+                                       "How late the event loop woke a periodic timer, s.", STAGE_BUCKETS_S)
+        self.registry.register(ThreadCpuCollector())
+        # catalog scale: the text cache, the index kind, memory per part
+        self.titles_embedded = self.counter("streamrec_titles_embedded",
+                                            "Catalog titles embedded by MiniLM (text-cache misses).")
+        self.title_cache_hits = self.counter("streamrec_title_cache_hits",
+                                             "Catalog titles answered by the text cache.")
+        self.title_embed_seconds = self.counter("streamrec_title_embed_seconds",
+                                                "Seconds spent embedding catalog titles.")
+        self.index_info = self.gauge("streamrec_index_info", "The index kind being served.", ("kind",))
+        self.index_rebuilding = self.gauge("streamrec_index_rebuilding",
+                                           "1 while the index is rebuilt in the background.")
+        self.memory_bytes = self.gauge("streamrec_memory_bytes", "Bytes held by each part of the worker.",
+                                       ("part",))
+        self._titles_seen = (0, 0, 0.0)
         #: the last 2048 latencies, for quick percentiles in logs and the demo
         self.recent_latency: deque[float] = deque(maxlen=2048)
 
@@ -93,6 +130,20 @@ class Metrics:
         """One sample's current value by its exposed name (``streamrec_dlq_total``), 0 if absent."""
         return self.registry.get_sample_value(sample, labels) or 0.0
 
+    def count_titles(self, *, embedded: int, hits: int, seconds: float) -> None:
+        """Bring the title counters up to the text cache's running totals."""
+        e0, h0, s0 = self._titles_seen
+        self.titles_embedded.inc(max(0, embedded - e0))
+        self.title_cache_hits.inc(max(0, hits - h0))
+        self.title_embed_seconds.inc(max(0.0, seconds - s0))
+        self._titles_seen = (max(e0, embedded), max(h0, hits), max(s0, seconds))
+
+    def set_index(self, *, kind: str, rebuilding: bool) -> None:
+        self.index_info.clear()
+        if kind:
+            self.index_info.labels(kind=kind).set(1)
+        self.index_rebuilding.set(int(rebuilding))
+
     def observe_latency_ms(self, ms: float) -> None:
         self.latency.observe(ms)
         self.recent_latency.append(ms)
@@ -115,3 +166,45 @@ class Metrics:
         for tp, lag in (consumer_lag or {}).items():
             self.consumer_lag.labels(partition=tp).set(lag)
         return generate_latest(self.registry).decode("utf-8")
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) of each live Python thread of this process, by thread name,
+    plus ``other`` for native threads (RocksDB, OpenMP); empty where ``/proc`` is missing.
+
+    >>> isinstance(thread_cpu_seconds(), dict)
+    True
+    """
+    task = Path(f"/proc/{os.getpid()}/task")
+    if not task.is_dir():
+        return {}
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    out: dict[str, float] = {}
+    for d in task.iterdir():
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+        name = names.get(int(d.name), "other")
+        out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
+class ThreadCpuCollector:
+    """Exposes :func:`thread_cpu_seconds` as ``streamrec_thread_cpu_seconds_total{thread=...}``.
+
+    Counts of threads that ended are dropped, so a counter may step back when a thread exits."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        fam = CounterMetricFamily("streamrec_thread_cpu_seconds", "CPU time of each thread of the worker.",
+                                  labels=["thread"])
+        for name, cpu in sorted(thread_cpu_seconds().items()):
+            fam.add_metric([name], cpu)
+        yield fam
+
+    def describe(self) -> list[Any]:
+        return []

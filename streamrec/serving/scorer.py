@@ -1,13 +1,23 @@
 """One batched path from user states to recommendation lists: encode, search, filter, fall back.
 
-The worker calls :meth:`Scorer.recommend` once per batch of events (from a single executor
-thread), so the model runs one forward pass and FAISS one search per batch.
+The worker calls :meth:`Scorer.recommend_explained` once per batch of events (from a single
+executor thread), so the model runs one forward pass and FAISS one search per batch.
+
+Reasons (:meth:`Scorer.recommend_explained`): an item found by the model for a user with a
+history is ``("similar_to", h)`` where ``h`` is the history item whose vector has the largest
+inner product with the item's vector (the item itself excluded, unless it is the only one), or
+``("new_item", None)`` when the model never learned the item in training (a catalog item scored
+from its text alone); popularity fill-ins are ``("popular", None)``, and the cold-start fill
+(the model's ranking for an empty history) is ``("new_item", None)`` for zero-shot items and
+``("popular", None)`` otherwise. All item vectors of a batch come from one lookup and the
+inner products from one batched product.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +27,10 @@ from streamrec.serving.popularity import Popularity
 from streamrec.serving.state import UserState
 
 log = logging.getLogger(__name__)
+
+#: ``(kind, item_id or None)``: kind in similar_to / popular / new_item (the Reason contract).
+Reason = tuple[str, "str | None"]
+Explained = list[tuple[str, float, Reason]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,9 +59,12 @@ class Scorer:
     so a batch never mixes two versions. Popularity is shared across versions.
     """
 
-    def __init__(self, *, recommender: Any, index: Any, popularity: Popularity, top_k: int) -> None:
+    def __init__(self, *, recommender: Any, index: Any, popularity: Popularity, top_k: int,
+                 stage: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None) -> None:
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be in 1..1000, got {top_k}")
+        #: times the ``model`` / ``index`` / ``filter`` stages (``Metrics.stage`` in the worker)
+        self.stage = stage or (lambda name: contextlib.nullcontext())
         self.model = ServingModel(recommender=recommender, index=index)
         self.popularity = popularity
         self.top_k = top_k
@@ -73,38 +90,122 @@ class Scorer:
         return self._cold_query[1]
 
     def recommend(self, states: Sequence[UserState], model: ServingModel | None = None) -> list[list[tuple[str, float]]]:
-        """Top-k lists for ``states``, all made by ``model`` (default: the current one)."""
-        model = model or self.model
+        """Top-k lists for ``states``, all made by ``model`` (default: the current one); no
+        reasons, so nothing extra is computed."""
+        return [[(i, s) for i, s, _ in rows] for rows in self._recommend(states, model or self.model, explain=False)]
+
+    def recommend_explained(self, states: Sequence[UserState], model: ServingModel | None = None) -> list[Explained]:
+        """Top-k ``(item_id, score, reason)`` per state (see the module docstring for reasons)."""
+        return self._recommend(states, model or self.model, explain=True)
+
+    def _recommend(self, states: Sequence[UserState], model: ServingModel, *, explain: bool) -> list[Explained]:
         index = model.index
         k = self.top_k
-        results: list[list[tuple[str, float]]] = [[] for _ in states]
-        warm = [i for i, s in enumerate(states) if any(item in index for item, _ in s.history_pairs())]
-        if warm and len(index) > 0:
-            vecs = model.recommender.encode_users([states[i].history_pairs() for i in warm])
-            found = index.search(
-                np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm]
-            )
-            for i, items in zip(warm, found):
-                results[i] = [(item, float(score)) for item, score in items]
-        for i, state in enumerate(states):
-            if len(results[i]) < k:
-                results[i] = self._fill(model, results[i], state.purchased, k)
+        stage = self.stage
+        results: list[Explained] = [[] for _ in states]
+        with stage("model"):
+            warm = [i for i, s in enumerate(states) if any(item in index for item, _ in s.history_pairs())]
+            vecs = None
+            if warm and len(index) > 0:
+                vecs = model.recommender.encode_users([states[i].history_pairs() for i in warm])
+        if vecs is not None:
+            with stage("index"):
+                found = index.search(
+                    np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm]
+                )
+        with stage("filter"):
+            if vecs is not None:
+                why = self._similar_reasons(model, [states[i] for i in warm], found) if explain else None
+                for n, (i, items) in enumerate(zip(warm, found)):
+                    results[i] = [(item, float(score), why[n][j] if why else ("", None))
+                                  for j, (item, score) in enumerate(items)]
+            for i, state in enumerate(states):
+                if len(results[i]) < k:
+                    results[i] = self._fill(model, results[i], state.purchased, k, explain=explain)
         return results
 
-    def _fill(self, model: ServingModel, have: list[tuple[str, float]], purchased: set[str],
-              k: int) -> list[tuple[str, float]]:
+    def _similar_reasons(self, model: ServingModel, states: Sequence[UserState],
+                         found: Sequence[Sequence[tuple[str, float]]]) -> list[list[Reason]]:
+        """For each found item: ``new_item`` if zero-shot, else ``similar_to`` the history item
+        with the largest inner product. One vector lookup and one batched product per batch;
+        Python touches each id once (to number it), the rest is numpy."""
+        pos: dict[str, int] = {}
+        num = pos.setdefault
+        h_flat = [num(h[0], len(pos)) for s in states for h in s.history]
+        h_len = np.fromiter((len(s.history) for s in states), np.int64, len(states))
+        r_flat = [num(item, len(pos)) for items in found for item, _ in items]
+        r_len = np.fromiter((len(items) for items in found), np.int64, len(found))
+        if not pos:
+            return [[] for _ in states]
+        uniq = list(pos)
+        vecs, kind = model.recommender.lookup(uniq)  # (U, d), (U,)
+        B, H, K = len(states), max(1, int(h_len.max(initial=0))), max(1, int(r_len.max(initial=0)))
+
+        def pad(flat: list[int], lens: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = np.repeat(np.arange(B), lens)
+            cols = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+            idx = np.zeros((B, width), np.int64)
+            ok = np.zeros((B, width), bool)
+            idx[rows, cols] = flat
+            ok[rows, cols] = True
+            return idx, ok
+
+        h_idx, h_ok = pad(h_flat, h_len, H)  # (B, H) history items (repeats are harmless)
+        r_idx, r_ok = pad(r_flat, r_len, K)  # (B, K) found items
+        h_ok &= kind[h_idx] != 2  # items unknown to the model have no meaningful vector
+        sims = np.einsum("bkd,bhd->bkh", vecs[r_idx], vecs[h_idx])  # (B, K, H)
+        valid = h_ok[:, None, :] & (h_idx[:, None, :] != r_idx[:, :, None])  # (B, K, H), not itself
+        # the item itself only when nothing else is there
+        valid |= (~valid.any(-1, keepdims=True)) & h_ok[:, None, :]
+        best = np.take_along_axis(h_idx, np.where(valid, sims, -np.inf).argmax(-1), axis=1)  # (B, K)
+        code = np.where(kind[r_idx] != 0, 0, np.where(valid.any(-1), 1, 2))  # new / similar / popular
+        best_l, code_l = best.tolist(), code.tolist()
+        out: list[list[Reason]] = []
+        for b in range(B):
+            n = int(r_len[b])
+            out.append([("new_item", None) if c == 0 else ("similar_to", uniq[h]) if c == 1 else ("popular", None)
+                        for c, h in zip(code_l[b][:n], best_l[b][:n])])
+        return out
+
+    def _fill(self, model: ServingModel, have: Explained, purchased: set[str], k: int, *,
+              explain: bool) -> Explained:
         """Top up a short list with popular items, then with the model's cold-start ranking.
 
         Fill-ins rank below the model's results; their scores only keep the order.
         """
         index = model.index
         out = list(have)
-        taken = {item for item, _ in out} | purchased
+        taken = {item for item, _, _ in out} | purchased
         fill = self.popularity.top(k - len(out), exclude=taken, eligible=index.is_eligible)
+        reasons: list[Reason] = [("popular", None)] * len(fill)
         taken.update(fill)
         if len(out) + len(fill) < k and len(index) > 0:
-            extra = index.search(self.cold_query(model), k, exclude=[taken])[0]
-            fill += [item for item, _ in extra[: k - len(out) - len(fill)]]
+            extra = [item for item, _ in index.search(self.cold_query(model), k, exclude=[taken])[0]]
+            extra = extra[: k - len(out) - len(fill)]
+            if explain and extra:
+                kinds = model.recommender.lookup(extra)[1]
+                reasons += [("new_item", None) if kd != 0 else ("popular", None) for kd in kinds]
+            else:
+                reasons += [("popular", None)] * len(extra)
+            fill += extra
         floor = out[-1][1] if out else 0.0
-        out += [(item, floor - 1.0 - rank * 1e-3) for rank, item in enumerate(fill)]
+        out += [(item, floor - 1.0 - rank * 1e-3, reasons[rank]) for rank, item in enumerate(fill)]
         return out
+
+    def intent(self, states: Sequence[UserState], model: ServingModel | None = None) -> list[float | None]:
+        """P(a purchase later in the session) per state, or None when the model has no intent
+        model. Features come from each state's session counters (one batched prediction)."""
+        intent_model = getattr((model or self.model).recommender, "intent", None)
+        if intent_model is None or not states:
+            return [None] * len(states)
+        from streamrec.serving.session import columns, features
+
+        try:
+            cols = columns(tuple(intent_model.cfg.feature_names))
+        except ValueError:
+            if not getattr(self, "_intent_warned", False):
+                log.warning("intent model wants features this worker does not compute: %s", intent_model.cfg.feature_names)
+                self._intent_warned = True
+            return [None] * len(states)
+        p = intent_model.predict(features([s.session for s in states])[:, cols])
+        return [float(min(1.0, max(0.0, x))) for x in p]

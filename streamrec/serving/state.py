@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamrec.serving.profile import InterestProfile, ProfileWeights
+from streamrec.serving.session import SessionStats
+
 
 @dataclass
 class UserState:
@@ -23,7 +26,12 @@ class UserState:
     purchased_list: list[str] = field(default_factory=list)
     session_id: str | None = None
     #: the latest recommendation sent: ``{"items": [[id, score], ...], "model_version", "event_id", "produced_ts"}``
+    #: (with insights also ``"reasons": [[kind, item_id|None], ...]`` beside the items and ``"purchase_intent"``)
     latest: dict[str, Any] | None = None
+    #: counters of the current and past sessions (purchase-intent features)
+    session: SessionStats = field(default_factory=SessionStats)
+    #: decayed category / brand weights (the interest profile)
+    profile: InterestProfile = field(default_factory=InterestProfile)
 
     @property
     def purchased(self) -> set[str]:
@@ -35,11 +43,18 @@ class UserState:
 
     def update(
         self, *, event_id: str, item_id: str, type: str, ts: int, session_id: str,
-        history_len: int, purchased_max: int,
+        history_len: int, purchased_max: int, category: str | None = None, brand: str | None = None,
+        profile_weights: ProfileWeights | None = None,
     ) -> bool:
-        """Apply one event; returns False (and changes nothing) for a duplicate event id."""
+        """Apply one event; returns False (and changes nothing) for a duplicate event id.
+
+        ``category`` / ``brand`` (the item's, from the catalog) feed the interest profile when
+        ``profile_weights`` is given."""
         if self.seen(event_id):
             return False
+        self.session.update(item_id, type, ts, session_id)
+        if profile_weights is not None:
+            self.profile.update(category=category, brand=brand, type=type, ts_ms=ts, weights=profile_weights)
         self.history.append([item_id, type, ts, event_id])
         if len(self.history) > history_len:
             del self.history[: len(self.history) - history_len]
@@ -57,7 +72,8 @@ class UserState:
         return [(h[0], h[1]) for h in self.history]
 
     def to_json(self) -> dict[str, Any]:
-        return {"h": self.history, "p": self.purchased_list, "s": self.session_id, "r": self.latest}
+        return {"h": self.history, "p": self.purchased_list, "s": self.session_id, "r": self.latest,
+                "x": self.session.to_json(), "i": self.profile.to_json()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> UserState:
@@ -82,4 +98,6 @@ class UserState:
             purchased_list=list(purchased),
             session_id=data.get("s"),
             latest=latest,
+            session=SessionStats.from_json(data.get("x")),
+            profile=InterestProfile.from_json(data.get("i")),
         )

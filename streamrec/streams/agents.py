@@ -22,11 +22,13 @@ from typing import Any
 # ``faust.current_event()``); tests/unit/streams/test_internals.py fails if it moves or changes.
 from faust.streams import _current_event
 
-from streamrec.schemas import DeadLetter, Recommendation, ScoredItem, ShopEvent
+from streamrec.errors import SchemaError
+from streamrec.schemas import DeadLetter, ShopEvent, UserDeletion, recommendation_bytes
 from streamrec.serving.scorer import ServingModel
 from streamrec.serving.state import UserState
 from streamrec.streams.pipeline import Pipeline
 from streamrec.streams.policy import Action, Decision, Stage, decide
+from streamrec.streams.tables import purge_local
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +51,24 @@ class BatchHandler:
     """Handles the events agent's batches (see the module docstring).
 
     ``users`` is the per-user table (``get`` and item assignment, JSON-able values);
-    ``recommendations`` and ``dead_letters`` are channels with ``send(key=, value=)`` (bytes).
+    ``recommendations``, ``dead_letters`` and ``profiles`` are channels with ``send(key=, value=)``
+    (bytes). With ``insights`` each recommendation carries a reason per item and the session's
+    purchase intent; every user touched by a batch gets one Profile message on ``profiles``.
     """
 
     def __init__(self, *, pipeline: Pipeline, users: Any, recommendations: Any, dead_letters: Any,
+                 profiles: Any = None, insights: bool = True,
                  now_ms: Callable[[], int] = Pipeline.now_ms) -> None:
         self.pipeline = pipeline
         self.users = users
         self.recommendations = recommendations
         self.dead_letters = dead_letters
+        self.profiles = profiles
+        self.insights = insights
         self.now_ms = now_ms
+        #: Held while a batch or a deletion runs: a user erased while a batch holds the user's
+        #: state in memory would otherwise be written back when the batch ends.
+        self.lock = asyncio.Lock()
 
     # -- the policy --------------------------------------------------------------------------
 
@@ -159,7 +169,12 @@ class BatchHandler:
         model: ServingModel = pipeline.model  # one reference for the whole batch (see Pipeline.model)
         try:
             with metrics.stage("score"):
-                lists = await pipeline.run(pipeline.score, [states[e.user_id] for e in events], fresh, model)
+                if self.insights:
+                    lists, intents = await pipeline.run(pipeline.score_explained,
+                                                        [states[e.user_id] for e in events], fresh, model)
+                else:
+                    plain = await pipeline.run(pipeline.score, [states[e.user_id] for e in events], fresh, model)
+                    lists, intents = [[(i, s, None) for i, s in r] for r in plain], [None] * len(plain)
         except Exception as exc:
             log.error("scoring failed users=%d", len(events), exc_info=exc)
             for ev in events:
@@ -167,21 +182,77 @@ class BatchHandler:
             return
         now = self.now_ms()
         version = model.version
+        send = self.recommendations.send
         with metrics.stage("produce"):
-            for ev, recs in zip(events, lists):
-                rec = Recommendation(
-                    user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
-                    model_version=version, event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
-                )
+            for ev, recs, intent in zip(events, lists, intents):
+                # reasons come from the scorer (kinds) and the user's validated history (ids)
+                value = recommendation_bytes(
+                    user_id=ev.user_id, items=[(i, s) for i, s, _ in recs], model_version=version,
+                    event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
+                    reasons=[r for _, _, r in recs] if self.insights else None, purchase_intent=intent)
                 try:
-                    await self.recommendations.send(key=ev.user_id.encode(), value=rec.to_bytes())
+                    await send(key=ev.user_id.encode(), value=value)
                 except Exception as exc:  # noqa: BLE001 - the error policy decides
                     await self.on_error(Stage.PRODUCE, exc, source[ev.user_id], user=ev.user_id)
-                metrics.recommendations_out.inc()
                 metrics.observe_latency_ms(max(0, now - ev.ts))
-                # kept for GET /users/{id}/recommendations
-                states[ev.user_id].latest = {"items": [[i, s] for i, s in recs], "model_version": version,
-                                             "event_id": ev.event_id, "produced_ts": now}
+                # kept for GET /users/{id}/recommendations (and the profile's purchase_intent)
+                latest: dict[str, Any] = {"items": [[i, s] for i, s, _ in recs], "model_version": version,
+                                          "event_id": ev.event_id, "produced_ts": now}
+                if self.insights:  # added keys only: [item, score] pairs keep their shape
+                    latest["reasons"] = [list(r) if r else None for _, _, r in recs]
+                    if intent is not None:
+                        latest["purchase_intent"] = intent
+                states[ev.user_id].latest = latest
+            metrics.recommendations_out.inc(len(events))
+            await self.publish_profiles(states, source, fresh, now)
+
+    async def publish_profiles(self, states: dict[str, UserState], source: dict[str, Any], fresh: list[ShopEvent],
+                               now: int) -> None:
+        """One Profile per user with a new event in the batch, keyed by user (compacted topic)."""
+        if self.profiles is None:
+            return
+        for user in dict.fromkeys(e.user_id for e in fresh):
+            state = states.get(user)
+            if state is None or not state.history:
+                continue
+            prof = self.pipeline.profile_of(user, state, event_id=state.history[-1][3], now_ms=now)
+            try:
+                await self.profiles.send(key=user.encode(), value=prof.to_bytes())
+            except Exception as exc:  # noqa: BLE001 - the error policy decides
+                await self.on_error(Stage.PRODUCE, exc, source[user], user=user)
+
+
+    # -- the right to erasure ---------------------------------------------------------------
+
+    async def delete_user(self, event: Any) -> str | None:
+        """Erase the user a :class:`UserDeletion` message names: ``del users[id]`` writes a
+        tombstone to the changelog (bound to this message's partition, which is the user's: the
+        deletions topic is partitioned like the events topic) and the local RocksDB copy is
+        compacted away. Later events of the user start from an empty state. A malformed request
+        goes to the dead-letter topic. Returns the erased user id."""
+        try:
+            req = UserDeletion.from_bytes(event.message.value)
+        except SchemaError as exc:
+            await self.on_error(Stage.PARSE, exc, event)
+            return None
+        async with self.lock:
+            as_current(event)
+            try:
+                del self.users[req.user_id]
+            except KeyError:  # nothing stored here; the tombstone was written all the same
+                pass
+            await self.pipeline.run(purge_local, self.users, req.user_id)
+        self.pipeline.metrics.user_deletions.inc()
+        msg = event.message
+        log.info("user erased user=%s requested_ts=%d topic=%s partition=%s offset=%s", req.user_id,
+                 req.requested_ts, msg.topic, msg.partition, msg.offset)
+        return req.user_id
+
+
+async def consume_deletions(stream: Any, handler: BatchHandler) -> None:
+    """The deletions agent's body: one :class:`UserDeletion` at a time."""
+    async for event in stream.events():
+        await handler.delete_user(event)
 
 
 async def consume_events(stream: Any, handler: BatchHandler, *, batch_max: int, within_s: float,
@@ -196,4 +267,5 @@ async def consume_events(stream: Any, handler: BatchHandler, *, batch_max: int, 
             log.warning("catalog not caught up after %.0fs; scoring with what is loaded", catalog_timeout_s)
     log.info("events agent consuming batch_max=%d within_s=%s", batch_max, within_s)
     async for batch in stream.take_events(batch_max, within=within_s):
-        await handler.handle(batch)
+        async with handler.lock:
+            await handler.handle(batch)

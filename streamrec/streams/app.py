@@ -14,14 +14,20 @@ from typing import Any
 import faust
 
 from streamrec.config import Settings
-from streamrec.streams.agents import BatchHandler, consume_events
+from streamrec.streams.agents import BatchHandler, consume_deletions, consume_events
 from streamrec.streams.catalog import catalog_reader
 from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import faust_brokers, faust_credentials
+from streamrec.streams.outage import BrokerWatch
+from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
+from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, register_state_codec
+from streamrec.streams.tuning import watch_loop_lag
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
+
+MEMORY_GAUGE_INTERVAL_S = 10.0  # how often the per-part memory gauges are measured
 
 
 class StreamApp(faust.App):
@@ -48,6 +54,7 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     pipeline = Pipeline(
         recommender=recommender, index=index, top_k=settings.top_k, history_len=settings.history_len,
         purchased_max=settings.purchased_max, trigger_types=settings.trigger_types,
+        profile_weights=settings.profile_weights(),
     )
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +71,8 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
         web_host=settings.web_host if settings.web_host != "0.0.0.0" else "localhost",
         producer_acks=-1,
         producer_linger_ms=1,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval_s,
+        processing_guarantee=settings.processing_guarantee,
         # A worker that dies (SIGKILL, OOM) holds its partitions until the session times out;
         # keep that short so a restarted or surviving worker takes over within seconds.
         broker_session_timeout=10.0,
@@ -82,23 +90,68 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
     events_topic = app.topic(settings.topic_events, partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic_recommendations, partitions=settings.partitions, **raw)
     dlq_topic = app.topic(settings.topic_dlq, partitions=settings.partitions, **raw)
+    # partitioned like the events topic: Faust's assignor gives both partitions p to one worker
+    deletions_topic = app.topic(settings.topic_deletions, partitions=settings.partitions, **raw)
+    catalog_dlq_topic = app.topic(settings.topic_catalog_dlq, partitions=settings.partitions, **raw)
+    profiles_topic = app.topic(settings.topic_profiles, partitions=settings.partitions, **raw)
     users = app.Table(
         "users", default=None, partitions=settings.partitions,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        # JSON values; one that does not decode resets its user instead of stopping recovery
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer=register_state_codec()),
         help="per-user history, purchases, latest list",
+        # compaction bounded in time: a deleted user's records leave the changelog within 24 h
+        extra_topic_configs=USERS_CHANGELOG_CONFIG,
     )
+    # Faust takes the changelog's and the store's value codec from the table's value_serializer
+    # (derived from value_type: "json"), not from the schema, and app.Table() has already made the
+    # changelog topic: set the codec, then remake the topic with it (same name and configs).
+    # Private: checked against faust-streaming 0.15.3 (Collection._new_changelog_topic; the
+    # table manager looks the topic up by name, lazily); tests/unit/streams/test_deletion.py fails
+    # if the changelog stops using the codec.
+    users.value_serializer = register_state_codec()
+    users.changelog_topic = users._new_changelog_topic()
 
-    handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic)
+    handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic,
+                           profiles=profiles_topic, insights=settings.recommendation_insights)
 
     @app.agent(events_topic, concurrency=1)
     async def process_events(stream: Any) -> None:
         await consume_events(stream, handler, batch_max=settings.batch_max, within_s=settings.batch_within_s)
 
+    @app.agent(deletions_topic, concurrency=1)
+    async def process_deletions(stream: Any) -> None:
+        await consume_deletions(stream, handler)
+
     @app.task
     async def read_catalog() -> None:
-        await catalog_reader(settings, pipeline)
+        await catalog_reader(settings, pipeline, dead_letters=catalog_dlq_topic)
+
+    watch = BrokerWatch(settings.resolved_bootstrap().split(","))
+
+    @app.task
+    async def watch_broker() -> None:
+        # logging is configured by now (the worker sets it up before it starts the app's tasks)
+        mute_client_noise(watch)
+        metrics = pipeline.metrics
+
+        def on_change(available: bool) -> None:
+            metrics.kafka_available.set(1 if available else 0)
+            if not available:
+                metrics.kafka_outages.inc()
+
+        await watch.run(on_change=on_change)
+
+    @app.task
+    async def loop_lag() -> None:
+        await watch_loop_lag(pipeline.metrics)
+
+    @app.timer(MEMORY_GAUGE_INTERVAL_S)
+    async def memory_gauges() -> None:
+        if pipeline.catalog_ready.is_set():  # while loading, each catalog batch measures it
+            await pipeline.run(pipeline.update_memory)
 
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]
     app.streamrec_handler = handler  # type: ignore[attr-defined]
+    app.streamrec_broker_watch = watch  # type: ignore[attr-defined]
     return app, pipeline

@@ -9,7 +9,7 @@ from typing import Any
 
 from streamrec.config import Settings
 from streamrec.errors import SchemaError
-from streamrec.schemas import CatalogItem
+from streamrec.schemas import CatalogItem, DeadLetter
 from streamrec.streams.kafka_config import aiokafka_config
 from streamrec.streams.pipeline import Pipeline
 
@@ -29,12 +29,29 @@ async def refresh_metadata(consumer: Any) -> None:
     await consumer._client.force_metadata_update()
 
 
-async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
+async def refuse_item(msg: Any, reason: str, pipeline: Pipeline, dead_letters: Any) -> None:
+    """Log a malformed catalog item and send it to the catalog dead-letter topic.
+
+    Every worker reads the whole catalog, so each sends its own dead letter for the same record:
+    they are identical (same topic, partition, offset), and consumers dedup them by that triple.
+    """
+    pipeline.metrics.catalog_dlq.inc()
+    log.warning("bad catalog item topic=%s partition=%s offset=%s reason=%s", msg.topic, msg.partition,
+                msg.offset, reason)
+    if dead_letters is None:
+        return
+    dl = DeadLetter.wrap(topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
+                         original=msg.value)
+    await dead_letters.send(key=msg.key, value=dl.to_bytes())
+
+
+async def catalog_reader(settings: Settings, pipeline: Pipeline, *, dead_letters: Any = None) -> None:
     """Read the whole compacted catalog topic on every worker (no consumer group), then follow it.
 
     Every worker needs every item in its own index, so this is a plain assign-all consumer rather
     than part of the worker's consumer group. ``catalog_ready`` is set once the end offsets seen at
-    start-up have been reached.
+    start-up have been reached. A malformed item goes to ``dead_letters`` (the catalog dead-letter
+    topic) with the reason and its original bytes: a shop needs to know its product did not go in.
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -62,6 +79,7 @@ async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
         started = time.monotonic()
         pending = {tp for tp, off in end.items() if off > 0}
         if not pending:
+            await pipeline.run(pipeline.catalog_loaded)
             pipeline.catalog_ready.set()
         while True:
             records = await consumer.getmany(timeout_ms=200, max_records=CATALOG_BATCH * 4)
@@ -77,8 +95,7 @@ async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
                     try:
                         item = CatalogItem.from_bytes(msg.value)
                     except SchemaError as exc:
-                        log.warning("bad catalog item topic=%s partition=%s offset=%s reason=%s",
-                                    tp.topic, tp.partition, msg.offset, exc.reason)
+                        await refuse_item(msg, exc.reason, pipeline, dead_letters)
                         continue
                     changes.append((item.item_id, item))
             for i in range(0, len(changes), CATALOG_BATCH):
@@ -89,6 +106,7 @@ async def catalog_reader(settings: Settings, pipeline: Pipeline) -> None:
                         pending.discard(tp)
             if not pending and not pipeline.catalog_ready.is_set():
                 log.info("catalog loaded items=%d seconds=%.1f", len(pipeline.catalog), time.monotonic() - started)
+                await pipeline.run(pipeline.catalog_loaded)  # the index kind for this size
                 pipeline.catalog_ready.set()
     finally:
         await consumer.stop()

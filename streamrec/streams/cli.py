@@ -88,26 +88,49 @@ def cmd_trainer(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def check_credentials(settings: Settings, *, timeout: float = 20.0) -> None:
+    """Fail fast on a refused password or certificate (aiokafka and Faust would retry for ever).
+
+    Raises :class:`~streamrec.errors.KafkaAuthError`; a broker that is merely not up yet is only
+    logged, and the worker waits for it as before.
+    """
+    from streamrec.client.connection import ConnectionWatch
+    from streamrec.errors import KafkaAuthError
+    from streamrec.streams.topics import admin_client, cluster_metadata
+
+    watch = ConnectionWatch(settings.resolved_bootstrap())
+    try:
+        cluster_metadata(admin_client(settings, watch), watch, timeout=timeout)
+    except KafkaAuthError:
+        raise
+    except Exception as exc:  # not reachable yet: Faust keeps trying, as without this check
+        log.warning("kafka not reachable yet bootstrap=%s reason=%s", settings.resolved_bootstrap(), exc)
+
+
 def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[Any, Any]:
-    """Load the model (clear error if there is none) and build the app; returns (app, pipeline)."""
-    import os
+    """Load the model (clear error if there is none) and build the app; returns (app, pipeline).
 
-    import torch
-
+    Threads and log levels are set here, once per process (see :mod:`streamrec.streams.tuning`).
+    """
     from streamrec.indexer import ItemIndex
     from streamrec.model.inference import Recommender
     from streamrec.model.registry import ModelRegistry
+    from streamrec.model.text import TextEncoder
+    from streamrec.model.textcache import TextCache
     from streamrec.streams.app import create_app
+    from streamrec.streams.tuning import compute_threads, quiet_third_party_loggers, set_compute_threads
 
-    threads = settings.torch_threads or max(1, (os.cpu_count() or 2) - 1)
-    torch.set_num_threads(threads)
+    set_compute_threads(compute_threads(settings.torch_threads))
+    quiet_third_party_loggers()
     if model_path:
         path, version = model_path, None
     else:
         registry = ModelRegistry(settings.registry_dir)
         path = registry.require_current()
         version = registry.current_version()
-    recommender = Recommender.load(path, device=settings.device, version=version)
+    cache = TextCache(settings.text_cache_path, encoder=TextEncoder(device=settings.device),
+                      max_items=settings.text_cache_max_items)
+    recommender = Recommender.load(path, device=settings.device, version=version, text_cache=cache)
     index = ItemIndex(
         recommender.dim, kind=settings.index_kind, exact_max=settings.index_exact_max,
         hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,
@@ -118,13 +141,28 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
     return create_app(settings, recommender=recommender, index=index)
 
 
+def disable_spinner(worker: Any) -> None:
+    """Turn off Faust's terminal spinner.
+
+    At a log level of WARNING or above, Faust's worker (faust-streaming 0.15.3,
+    ``faust.worker.Worker._setup_spinner_handler``) adds a DEBUG handler for its spinner and sets
+    the ROOT logger to DEBUG, so every ``log.debug`` call in aiokafka, Faust and mode builds a
+    record on the hot path (about 5 % of the event loop in bench/RESULTS.md's profile). Without a
+    spinner (``worker.spinner`` None, as Faust itself does below WARNING) the root keeps the level
+    asked for. tests/unit/streams/test_internals.py checks this Faust behaviour.
+    """
+    worker.spinner = None
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
     if args.web_port is not None:
         settings = settings.model_copy(update={"web_port": args.web_port})
+    check_credentials(settings)
     app, _ = build_worker(settings, model_path=args.model)
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     worker = Worker(app, loglevel=level, redirect_stdouts=False)
+    disable_spinner(worker)
     worker.execute_from_commandline()
     return 0  # pragma: no cover - execute_from_commandline exits

@@ -30,6 +30,7 @@ resumes the flow itself right after clearing the queues or runs while it is alre
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -54,6 +55,17 @@ def partitions_to_rewind(committed: Mapping[Any, int | None], *, is_source: Call
 
 class Consumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, but "seek to committed" never skips uncommitted partitions."""
+
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Faust's commit (attached messages, producer flush, offset commit), timed as the
+        ``commit`` stage of the worker's metrics (``app.streamrec_pipeline``, when present)."""
+        t0 = time.perf_counter()
+        try:
+            return await super().commit(topics, start_new_transaction=start_new_transaction)
+        finally:
+            pipeline = getattr(self.app, "streamrec_pipeline", None)
+            if pipeline is not None:
+                pipeline.metrics.stage_seconds.labels(stage="commit").observe(time.perf_counter() - t0)
 
     async def perform_seek(self) -> None:
         # The callers resume the flow (consumer.resume_flow()) after flow_control.resume() has

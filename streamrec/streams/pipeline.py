@@ -3,21 +3,37 @@
 Model and index calls run on one dedicated executor thread, so the event loop keeps consuming,
 heartbeating and serving HTTP while a batch is scored, and the model is never used by two
 threads at once.
+
+Which items exist: the catalog topic is the source of truth. ``Pipeline.catalog`` holds one
+small int per item (a hash of its text and the stock flag: enough to tell what changed, and no
+parsed item kept; with its key about 130 B per item in ``bench/catalog_scale.py``); every item
+in it is in the index and in the model's
+vocabulary, and a deleted item leaves all three (its model row is freed). The model's vocabulary
+may also hold trained items the catalog never listed (they still encode user histories).
+
+The index kind follows the catalog: after the initial load (:meth:`Pipeline.catalog_loaded`) and
+after every later change the index is asked to :meth:`~streamrec.indexer.ItemIndex.retune`, which
+rebuilds it in the background (flat -> HNSW on CPU / IVF on GPU past ``index_exact_max``) while
+events keep being served and catalog changes keep being applied.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from streamrec.schemas import CatalogItem, ShopEvent
+from streamrec.schemas import TS_MIN_MS, CatalogItem, Profile, ShopEvent
+from streamrec.schemas.contracts import WeightedName
 from streamrec.serving.metrics import Metrics
 from streamrec.serving.popularity import Popularity
-from streamrec.serving.scorer import Scorer, ServingModel
+from streamrec.serving.profile import ProfileWeights
+from streamrec.serving.scorer import Explained, Scorer, ServingModel
 from streamrec.serving.state import UserState
 
 log = logging.getLogger(__name__)
@@ -25,18 +41,43 @@ T = TypeVar("T")
 
 #: Most items a worker accepts into its catalog (a bound on memory for hostile catalog topics).
 MAX_CATALOG_ITEMS = 5_000_000
+MEMORY_EVERY_S = 10.0  # catalog batches measure the memory gauges at most this often
+
+
+def catalog_entry(item: CatalogItem) -> int:
+    """What the pipeline remembers of an item: 63 bits of its text's hash and the stock flag."""
+    h = int.from_bytes(hashlib.blake2b(item.text().encode("utf-8"), digest_size=8).digest(), "big")
+    return (h >> 1) << 1 | int(item.in_stock)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class Pipeline:
     def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
-                 purchased_max: int, trigger_types: tuple[str, ...]) -> None:
-        self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k)
+                 purchased_max: int, trigger_types: tuple[str, ...],
+                 profile_weights: ProfileWeights | None = None) -> None:
+        self.metrics = Metrics()
+        self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k,
+                             stage=self.metrics.stage)
+        self.profile_weights = profile_weights or ProfileWeights()
         self.history_len = history_len
         self.purchased_max = purchased_max
         self.trigger_types = frozenset(trigger_types)
-        self.metrics = Metrics()
-        self.catalog: dict[str, CatalogItem] = {}
+        self.catalog: dict[str, int] = {}  # item id -> catalog_entry(item)
+        # item id -> index into _groups: the (category, brand) the interest profile counts. One
+        # shared tuple per distinct pair (a catalog has few), so an item costs one dict slot.
+        self.item_group: dict[str, int] = {}
+        self._groups: list[tuple[str, str]] = []
+        self._group_ids: dict[tuple[str, str], int] = {}
         self.catalog_ready = asyncio.Event()
+        self._memory_at = 0.0  # monotonic time of the last memory measurement
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
 
     @property
@@ -59,32 +100,45 @@ class Pipeline:
 
     def apply_catalog(self, changes: list[tuple[str, CatalogItem | None]]) -> None:
         """Apply catalog upserts/deletions (runs on the model thread): embed new or changed
-        items from their text and put them in the index; drop deleted ones."""
-        model = self.scorer.model
+        items from their text and put them in the index; drop deleted ones everywhere."""
+        model = self.scorer.model  # one reference for the whole batch (a swap may replace it)
         index = model.index
         latest: dict[str, CatalogItem | None] = {}
         for item_id, item in changes:  # last write per item wins within a batch
             latest[item_id] = item
-        removed = [i for i, it in latest.items() if it is None and i in self.catalog]
+        # A deletion frees the item everywhere, also a trained item this run never listed (a
+        # compacted topic may hold only its tombstone); unknown ids are ignored downstream.
+        removed = [i for i, it in latest.items() if it is None]
         if removed:
             index.remove(removed)
+            remove_items = getattr(model.recommender, "remove_items", None)
+            if remove_items is not None:
+                remove_items(removed)
             for i in removed:
                 self.catalog.pop(i, None)
+                self.item_group.pop(i, None)
         embed: list[CatalogItem] = []
         stock_only: dict[bool, list[str]] = {True: [], False: []}
         for item_id, item in latest.items():
             if item is None:
                 continue
+            entry = catalog_entry(item)
             old = self.catalog.get(item_id)
-            if old is not None and old.text() == item.text() and item_id in index:
-                if old.in_stock != item.in_stock:
+            if old is not None and old >> 1 == entry >> 1 and item_id in index:
+                if old != entry:
                     stock_only[item.in_stock].append(item_id)
             elif len(self.catalog) < MAX_CATALOG_ITEMS or item_id in self.catalog:
                 embed.append(item)
             else:
                 log.warning("catalog full (%d items): dropping item=%s", MAX_CATALOG_ITEMS, item_id)
                 continue
-            self.catalog[item_id] = item
+            self.catalog[item_id] = entry
+            pair = (item.category, item.brand)
+            gid = self._group_ids.get(pair)
+            if gid is None:
+                gid = self._group_ids[pair] = len(self._groups)
+                self._groups.append(pair)
+            self.item_group[item_id] = gid
         for flag, ids in stock_only.items():
             if ids:
                 index.set_in_stock(ids, flag)
@@ -92,14 +146,68 @@ class Pipeline:
             vecs = model.recommender.add_items([(it.item_id, it.text() or None) for it in embed])
             index.upsert([it.item_id for it in embed], vecs, in_stock=[it.in_stock for it in embed])
         self.metrics.catalog_items.set(len(index))
+        if self.catalog_ready.is_set():
+            self.retune_index(model)
+        self._count_titles(model)
+        if time.monotonic() - self._memory_at >= MEMORY_EVERY_S:
+            self.update_memory()
+
+    def catalog_loaded(self) -> None:
+        """The initial catalog is in (runs on the model thread): pick the index kind for it."""
+        log.info("catalog loaded items=%d index_kind=%s", len(self.catalog),
+                 getattr(self.scorer.index, "kind", "?"))
+        self.retune_index()
+        self.update_memory()
+
+    def _count_titles(self, model: ServingModel) -> None:
+        cache = getattr(model.recommender, "text_cache", None)
+        if cache is not None:
+            self.metrics.count_titles(embedded=cache.embedded, hits=cache.hits, seconds=cache.embed_seconds)
+
+    def refresh_gauges(self) -> None:
+        """Gauges read at scrape time on the event loop (plain attribute reads, no locks)."""
+        index = self.scorer.index
+        rebuilding = getattr(index, "rebuilding", None)
+        self.metrics.set_index(kind=str(getattr(index, "kind", "")),
+                               rebuilding=bool(rebuilding()) if rebuilding else False)
+        self.metrics.memory_bytes.labels(part="rss").set(rss_bytes())
+
+    def update_memory(self) -> None:
+        """Measure the parts' memory (on the model thread: the structures are not changing)."""
+        self._memory_at = time.monotonic()
+        for part, n in self.memory_bytes().items():
+            self.metrics.memory_bytes.labels(part=part).set(n)
+
+    def retune_index(self, model: ServingModel | None = None) -> None:
+        retune = getattr((model or self.scorer.model).index, "retune", None)
+        if retune is not None:
+            retune(background=True)  # no-op unless the kind is due to change
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes held per part of the worker, from the structures themselves, plus the RSS."""
+        model = self.scorer.model
+        out: dict[str, int] = {}
+        for part in (model.recommender, model.index):
+            fn = getattr(part, "memory_bytes", None)
+            if fn is not None:
+                out.update(fn())
+        cache = getattr(model.recommender, "text_cache", None)
+        if cache is not None and hasattr(cache, "disk_bytes"):
+            out["text_cache_disk"] = cache.disk_bytes()
+        out["catalog_dict"] = catalog_dict_bytes(self.catalog)
+        out["rss"] = rss_bytes()
+        return out
 
     # -- events ------------------------------------------------------------------------------
 
     def apply_event(self, state: UserState, event: ShopEvent) -> bool:
         """Update one user's state; False for a duplicate (redelivered) event."""
+        gid = self.item_group.get(event.item_id)
+        category, brand = self._groups[gid] if gid is not None else (None, None)
         fresh = state.update(
             event_id=event.event_id, item_id=event.item_id, type=event.type, ts=event.ts,
             session_id=event.session_id, history_len=self.history_len, purchased_max=self.purchased_max,
+            category=category, brand=brand, profile_weights=self.profile_weights,
         )
         if not fresh:
             self.metrics.duplicates.inc()
@@ -115,6 +223,46 @@ class Pipeline:
             return []
         return self.scorer.recommend(states, model)
 
+    def score_explained(self, states: list[UserState], fresh_events: list[ShopEvent],
+                        model: ServingModel | None = None) -> tuple[list[Explained], list[float | None]]:
+        """Like :meth:`score`, with a reason per item and each state's purchase intent (both
+        from the same ``model``)."""
+        for ev in fresh_events:
+            self.scorer.popularity.add(ev.item_id, ev.type, ts_ms=ev.ts)
+        if not states:
+            return [], []
+        model = model or self.scorer.model
+        return self.scorer.recommend_explained(states, model), self.scorer.intent(states, model)
+
+    def profile_of(self, user_id: str, state: UserState, *, event_id: str, now_ms: int) -> Profile:
+        """The Profile message of a user (the web view and ``shop.profiles`` both use this)."""
+        w = self.profile_weights
+        prof = state.profile
+        at = prof.updated_ms or now_ms
+
+        def entries(kind: str) -> list[WeightedName]:
+            return [WeightedName(name=n, weight=round(v, 6))
+                    for n, v in prof.top(kind, now_ms=at, n=w.max_entries, weights=w)]  # type: ignore[arg-type]
+
+        intent = (state.latest or {}).get("purchase_intent")
+        return Profile(user_id=user_id, categories=entries("categories"), brands=entries("brands"),
+                       purchase_intent=intent, event_id=event_id, updated_ts=max(at, TS_MIN_MS),
+                       produced_ts=now_ms)
+
     @staticmethod
     def now_ms() -> int:
         return int(time.time() * 1000)
+
+
+def catalog_dict_bytes(catalog: dict[str, int], sample: int = 1000) -> int:
+    """Size of the catalog dict: its table plus keys and values (measured on a sample of up to
+    ``sample`` entries with ``sys.getsizeof`` and scaled; ids are of similar length)."""
+    import itertools
+    import sys
+
+    n = len(catalog)
+    if n == 0:
+        return sys.getsizeof(catalog)
+    picked = list(itertools.islice(catalog.items(), sample))
+    per = sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in picked) / len(picked)
+    return sys.getsizeof(catalog) + int(per * n)

@@ -6,9 +6,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import time
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streamrec.client.connection import ConnectionWatch
 from streamrec.config import Settings
 from streamrec.errors import KafkaRuntimeError
 
@@ -33,14 +36,36 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_catalog, n, {"cleanup.policy": "compact"}, "catalog items, key item_id"),
         TopicSpec(settings.topic_recommendations, n, {"retention.ms": str(DAY_MS)}, "recommendations, key user_id"),
         TopicSpec(settings.topic_dlq, n, {"retention.ms": str(14 * DAY_MS)}, "refused events with reasons"),
+        TopicSpec(settings.topic_catalog_dlq, n, {"retention.ms": str(14 * DAY_MS)}, "refused catalog items with reasons"),
         TopicSpec(settings.topic_model_updates, 1, {"cleanup.policy": "compact"}, "model versions ready to serve"),
+        # Partitioned like the events topic (same count, key user_id): a user's deletion reaches the
+        # worker that owns the user's state. Kept as long as the events, then gone: it names users.
+        TopicSpec(settings.topic_deletions, n, {"retention.ms": str(7 * DAY_MS)},
+                  "user deletion requests, key user_id"),
+        TopicSpec(settings.topic_profiles, n, {"cleanup.policy": "compact"}, "interest profiles, key user_id"),
     ]
 
 
-def admin_client(settings: Settings) -> AdminClient:
+def admin_client(settings: Settings, watch: ConnectionWatch | None = None) -> AdminClient:
     conf: dict[str, Any] = settings.confluent_config()
     conf["log_level"] = 3
+    if watch is not None:
+        watch.install(conf)
     return AdminClient(conf)
+
+
+def cluster_metadata(admin: AdminClient, watch: ConnectionWatch, *, timeout: float) -> Any:
+    """``admin.list_topics()``, but a refused password or certificate raises
+    :class:`~streamrec.errors.KafkaAuthError` within a second instead of after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+        except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            watch.check()
+            if time.monotonic() >= deadline:
+                raise KafkaRuntimeError(f"cannot reach Kafka at {watch.bootstrap}: {exc.args[0].str()}") from None
 
 
 def create_topics(settings: Settings, *, timeout: float = 30.0) -> dict[str, str]:
@@ -49,12 +74,10 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> dict[str, str
     Running it twice is fine. A topic that exists with fewer partitions than configured is
     reported (Kafka never shrinks partitions, and growing them would re-key users).
     """
-    admin = admin_client(settings)
+    watch = ConnectionWatch(settings.resolved_bootstrap())
+    admin = admin_client(settings, watch)
     specs = topic_specs(settings)
-    try:
-        existing = admin.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise KafkaRuntimeError(f"cannot reach Kafka at {settings.resolved_bootstrap()}: {exc}") from None
+    existing = cluster_metadata(admin, watch, timeout=timeout).topics
     result: dict[str, str] = {}
     new = []
     for spec in specs:

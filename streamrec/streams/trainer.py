@@ -93,7 +93,7 @@ def retrain_config(settings: Settings) -> Any:
         time_budget_s=settings.retrain_time_budget_s, window_s=settings.retrain_window_s,
         replay_ratio=settings.retrain_replay_ratio, holdout_users=settings.retrain_holdout_users,
         tolerance=settings.retrain_gate_tolerance, device=settings.device,
-        text_cache=str(settings.data_dir / "trainer" / "text_cache.safetensors"),
+        text_cache=str(settings.text_cache_path),  # the text cache the worker, train and evaluate share
         keep=settings.registry_keep,
     )
 

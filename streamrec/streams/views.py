@@ -1,4 +1,5 @@
-"""The worker's HTTP views: ``/health``, ``/metrics``, ``/users/{id}/recommendations``.
+"""The worker's HTTP views: ``/health``, ``/metrics``, ``/users/{id}/recommendations``,
+``/users/{id}/profile``.
 
 The bodies are plain functions of the pipeline (testable without a web server or a broker);
 :func:`register_views` wires them to Faust's web server.
@@ -26,6 +27,7 @@ def health_body(pipeline: Pipeline) -> tuple[dict[str, Any], int]:
 
 
 def metrics_text(pipeline: Pipeline, consumer_lag: dict[str, int] | None = None) -> str:
+    pipeline.refresh_gauges()
     return pipeline.metrics.render(model_version=pipeline.model_version, consumer_lag=consumer_lag)
 
 
@@ -40,6 +42,20 @@ def user_recommendations_body(stored: Any, user_id: str) -> tuple[dict[str, Any]
     if state.latest is None:
         return {"user_id": user_id, "error": "no recommendation yet"}, 404
     return {"user_id": user_id, **state.latest}, 200
+
+
+def user_profile_body(pipeline: Pipeline, stored: Any, user_id: str) -> tuple[dict[str, Any], int]:
+    """``user_id``'s interest profile (the same message :class:`BatchHandler` publishes)."""
+    if not 1 <= len(user_id) <= 128:
+        return {"error": "user id must be 1..128 characters"}, 400
+    try:
+        state = UserState.from_json(stored)
+    except (TypeError, ValueError):  # reset by the next event of this user (see streams.policy)
+        state = UserState()
+    if not state.history:
+        return {"user_id": user_id, "error": "no events yet"}, 404
+    prof = pipeline.profile_of(user_id, state, event_id=state.history[-1][3], now_ms=pipeline.now_ms())
+    return prof.to_dict(), 200
 
 
 async def consumer_lag(app: Any, topic: str) -> dict[str, int]:
@@ -78,4 +94,11 @@ def register_views(app: Any, pipeline: Pipeline, users: Any, *, events_topic: st
     async def user_recommendations(web: Any, request: Any, user_id: str) -> Any:
         stored = users.get(user_id) if 1 <= len(user_id) <= 128 else None
         body, status = user_recommendations_body(stored, user_id)
+        return web.json(body, status=status)
+
+    @app.page("/users/{user_id}/profile")
+    @app.table_route(table=users, match_info="user_id")
+    async def user_profile(web: Any, request: Any, user_id: str) -> Any:
+        stored = users.get(user_id) if 1 <= len(user_id) <= 128 else None
+        body, status = user_profile_body(pipeline, stored, user_id)
         return web.json(body, status=status)

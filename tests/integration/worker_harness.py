@@ -10,8 +10,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
 
 from streamrec.config import Settings
 from streamrec.devtools.localkafka import free_port
@@ -20,7 +23,8 @@ from streamrec.devtools.localkafka import free_port
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     for name in ("bootstrap_servers", "topic_events", "topic_catalog", "topic_recommendations", "topic_dlq",
-                 "topic_model_updates", "app_id", "partitions", "data_dir", "top_k"):
+                 "topic_model_updates", "topic_deletions", "topic_catalog_dlq", "topic_profiles", "app_id",
+                 "partitions", "data_dir", "top_k"):
         value = getattr(settings, name)
         env[f"STREAMREC_{name.upper()}"] = str(value)
     env["STREAMREC_BOOTSTRAP_SERVERS"] = settings.resolved_bootstrap()
@@ -91,3 +95,35 @@ def start_worker(settings: Settings, model_dir: Path, log_dir: Path, *, port: in
     )
     out.close()
     return WorkerProcess(proc, port, log_path)
+
+
+def changelog(settings) -> dict[bytes, list[bytes | None]]:
+    """Every record of the users table's changelog, values per key in offset order."""
+    topic = f"{settings.app_id}-users-changelog"
+    c = Consumer({"bootstrap.servers": settings.resolved_bootstrap(), "group.id": uuid.uuid4().hex,
+                  "enable.auto.commit": False})
+    out: dict[bytes, list[bytes | None]] = {}
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=15)[1] for tp in tps}
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        todo = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + 90
+        while todo and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            # the table's keys are JSON strings in the changelog (b'"alice"'): keyed by user id here
+            key = msg.key() or b""
+            out.setdefault(key[1:-1] if key[:1] == b'"' else key, []).append(msg.value())
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                todo.discard(msg.partition())
+        assert not todo, f"changelog partitions {todo} not read to their end"
+    finally:
+        c.close()
+    return out
+
+
+def state_of(value: bytes) -> dict:
+    data = json.loads(value)
+    return json.loads(data) if isinstance(data, str) else data

@@ -94,3 +94,28 @@ def test_reads_the_beauty_dataset(beauty_dir: Path) -> None:
     assert len(seqs) == 22_363 and sum(map(len, seqs.values())) == 198_502
     catalog = catalog_from_dataset(dataset_items(seqs, texts), texts)
     assert len(catalog) == 12_101 and sum(not c.title for c in catalog) == 97
+
+
+# -- typed events (the Taobao layout) -------------------------------------------------------------
+
+
+def test_typed_replay_keeps_types_times_and_sessions():
+    from streamrec.devtools.replay import run_typed_replay
+    from streamrec.typed_events import by_user, parse_lines
+
+    t = 1_511_544_000
+    users = by_user(parse_lines([
+        "user_id,item_id,category_id,behavior,ts",
+        f"u1,i1,c9,pv,{t}", f"u2,i2,c8,cart,{t + 5}", f"u1,i1,c9,buy,{t + 10}",
+        f"u1,i3,c7,fav,{t + 10 + 31 * 60}",  # more than 30 min later: a new session
+    ]))
+    prod = FakeProducer()
+    n = run_typed_replay(prod, users, rate=None, max_events=None, id_prefix="tb")
+    cats = [x for x in prod.sent if isinstance(x, CatalogItem)]
+    evs = [x for x in prod.sent if not isinstance(x, CatalogItem)]
+    assert n == 4 and {(c.item_id, c.category) for c in cats} == {("i1", "c9"), ("i2", "c8"), ("i3", "c7")}
+    assert [(e.user_id, e.item_id, e.type, e.ts) for e in evs] == [
+        ("u1", "i1", "view", t * 1000), ("u2", "i2", "add_to_cart", (t + 5) * 1000),
+        ("u1", "i1", "purchase", (t + 10) * 1000), ("u1", "i3", "view", (t + 10 + 31 * 60) * 1000)]
+    assert [e.session_id for e in evs] == ["tb-u1-s1", "tb-u2-s1", "tb-u1-s1", "tb-u1-s2"]
+    assert len({e.event_id for e in evs}) == 4

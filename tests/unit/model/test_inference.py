@@ -70,3 +70,26 @@ def test_score_unknown_ids_and_bad_shape(rec):
     np.testing.assert_allclose(s[0, 0], float(u[0] @ rec.model.default_vector().numpy()), rtol=1e-5)
     with pytest.raises(ValueError, match="shape"):
         rec.score(np.zeros((1, rec.dim + 1)), ["i1"])
+
+
+def test_pad_left_matches_a_plain_loop():
+    import numpy as np
+    import torch
+
+    from streamrec.model.data import pad_left
+
+    def reference(seqs, length):
+        out = torch.zeros((len(seqs), length), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            s = list(s)[-length:] if length > 0 else []
+            if s:
+                out[b, length - len(s):] = torch.tensor(s)
+        return out
+
+    rng = np.random.default_rng(0)
+    for length in (0, 1, 3, 50):
+        for _ in range(20):
+            seqs = [[int(x) for x in rng.integers(1, 99, size=rng.integers(0, 70))]
+                    for _ in range(rng.integers(0, 30))]
+            assert torch.equal(pad_left(seqs, length), reference(seqs, length))
+    assert pad_left([(1, 2), range(3, 6)], 3).tolist() == [[0, 1, 2], [3, 4, 5]]  # any sequence type

@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 DATA = Path(os.environ.get("STREAMREC_BENCH_DATA", REPO.parent / "shared" / "data" / "beauty"))
-TEXT_CACHE = REPO / ".cache" / "streamrec" / "text_emb.safetensors"  # reused if present
+TEXT_CACHE = REPO / ".cache" / "streamrec" / "text-cache"  # shared text cache, reused if present
 
 
 @pytest.mark.slow

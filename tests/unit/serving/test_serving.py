@@ -116,3 +116,40 @@ def test_metrics_render_prometheus_text():
     assert 'version="v9"' not in text and "streamrec_consumer_lag{" not in text
     # each worker its own registry: a second one starts from zero
     assert "streamrec_events_in_total 0.0" in Metrics().render(model_version="v1")
+
+
+def test_scoring_times_model_index_and_filter_stages(pipeline):
+    states = [UserState(), UserState()]
+    pipeline.apply_event(states[0], event("u", 3))  # one warm user, one cold (filled from popularity)
+    lists = pipeline.score(states, [])
+    assert [len(x) for x in lists] == [5, 5]
+    m = pipeline.metrics
+    for stage in ("model", "index", "filter"):
+        assert m.value("streamrec_stage_seconds_count", stage=stage) == 1, stage
+
+
+def test_thread_cpu_is_exported_per_thread():
+    import threading
+
+    from streamrec.serving.metrics import thread_cpu_seconds
+
+    busy = threading.Event()
+
+    def spin() -> None:
+        x = 0
+        while not busy.is_set():
+            x += 1
+
+    t = threading.Thread(target=spin, name="spinner-test")
+    t.start()
+    try:
+        import time
+
+        time.sleep(0.3)
+        cpu = thread_cpu_seconds()
+    finally:
+        busy.set()
+        t.join()
+    assert cpu.get("spinner-test", 0.0) > 0.0 and "MainThread" in cpu
+    text = Metrics().render(model_version="v1")
+    assert 'streamrec_thread_cpu_seconds_total{thread="MainThread"}' in text

@@ -15,7 +15,7 @@ from faust.types import Message
 from streamrec.config import Settings
 from streamrec.indexer import ItemIndex
 from streamrec.model.inference import Recommender
-from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ShopEvent
+from streamrec.schemas import CatalogItem, DeadLetter, Profile, Recommendation, ShopEvent
 from streamrec.serving.scorer import ServingModel
 from streamrec.serving.state import UserState
 from streamrec.streams.agents import BatchHandler
@@ -91,7 +91,7 @@ async def harness(tiny_checkpoint, tmp_path):
     handler: BatchHandler = app.streamrec_handler
     # the same handler, with in-memory channels as its sinks instead of Kafka topics
     handler = BatchHandler(pipeline=pipeline, users=handler.users, recommendations=app.channel(),
-                           dead_letters=app.channel())
+                           dead_letters=app.channel(), profiles=app.channel())
     yield Harness(app, handler)
     pipeline._executor.shutdown(wait=True)
 
@@ -143,6 +143,38 @@ async def test_recommendation_fields(harness):
     assert harness.pipeline.metrics.value("streamrec_recommendations_out_total") == 2
 
 
+async def test_insights_reasons_and_profiles(harness):
+    """Every item carries a reason; each user with a new event gets one profile message, equal to
+    what the profile view serves."""
+    from streamrec.streams.views import user_profile_body
+
+    profiles_in = harness.handler.profiles.__aiter__()
+    await harness.handler.handle([harness.shop("u", 3, n=1), harness.shop("u", 6, "add_to_cart", n=2),
+                                  harness.shop("v", 2, n=3)])
+    recs = {r.user_id: r for r in harness.recommendations()}
+    assert all(i.reason is not None for r in recs.values() for i in r.items)
+    assert {i.reason.kind for i in recs["u"].items} <= {"similar_to", "new_item", "popular"}
+    assert all(i.reason.item_id in ("i3", "i6") for i in recs["u"].items if i.reason.kind == "similar_to")
+    assert recs["u"].purchase_intent is None  # the tiny checkpoint has no intent model
+    sent = [Profile.from_bytes(e.value) for e in harness.drain(profiles_in)]
+    assert sorted(p.user_id for p in sent) == ["u", "v"]
+    u = next(p for p in sent if p.user_id == "u")
+    assert u.categories[0].name == "makeup" and u.event_id == "u-6-add_to_cart-2"
+    body, status = user_profile_body(harness.pipeline, harness.users.get("u"), "u")
+    assert status == 200 and Profile.from_dict(body).model_dump(exclude={"produced_ts"}) == \
+        u.model_dump(exclude={"produced_ts"})
+    assert user_profile_body(harness.pipeline, None, "nobody")[1] == 404
+    latest = UserState.from_json(harness.users.get("u")).latest
+    assert len(latest["reasons"]) == len(latest["items"])
+
+
+async def test_without_insights_the_previous_shape(harness):
+    harness.handler.insights = False
+    await harness.handler.handle([harness.shop("u", 3, n=1)])
+    [r] = harness.recommendations()
+    assert b"reason" not in r.to_bytes() and b"purchase_intent" not in r.to_bytes()
+
+
 async def test_scoring_failure_dead_letters_the_events_and_keeps_state(harness):
     pipeline = harness.pipeline
     good = pipeline.model
@@ -182,3 +214,15 @@ def test_metrics_text_reads_back_with_the_prometheus_parser(harness):
 
     names = {f.name for f in text_string_to_metric_families(metrics_text(harness.pipeline))}
     assert {"streamrec_events_in", "streamrec_dlq", "streamrec_stage_seconds", "streamrec_model_info"} <= names
+
+
+def test_processing_guarantee_setting_reaches_faust(tiny_checkpoint, tmp_path):
+    rec = Recommender.load(tiny_checkpoint, device="cpu")
+    for guarantee in ("at_least_once", "exactly_once"):
+        settings = Settings(data_dir=tmp_path, app_id=f"unit-{uuid.uuid4().hex[:8]}", processing_guarantee=guarantee,
+                            commit_interval_s=0.25)
+        app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat"),
+                                   store="memory://")
+        assert app.conf.processing_guarantee.value == guarantee
+        assert app.conf.broker_commit_interval == 0.25
+        pipeline._executor.shutdown(wait=True)

@@ -40,3 +40,29 @@ async def test_aiokafka_force_metadata_update_is_an_awaitable_on_the_consumer_cl
     pending = client.force_metadata_update()
     assert inspect.isawaitable(pending)
     pending.cancel()
+
+
+def test_faust_worker_spinner_sets_the_root_logger_to_debug_and_disable_spinner_prevents_it():
+    """Faust's worker, at WARNING, adds a DEBUG spinner handler and sets the ROOT logger to DEBUG
+    (faust.worker.Worker._setup_spinner_handler); streamrec's worker turns the spinner off."""
+    import logging
+
+    from faust.worker import Worker
+
+    from streamrec.streams.cli import disable_spinner
+
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    try:
+        for disabled in (False, True):
+            app = faust.App(f"internals-spinner-{disabled}", autodiscover=False)
+            worker = Worker(app, loglevel="WARNING", redirect_stdouts=False)
+            assert worker.spinner is not None, "faust Worker no longer creates a spinner"
+            if disabled:
+                disable_spinner(worker)
+            root.setLevel(logging.WARNING)
+            worker._setup_logging()
+            assert root.level == (logging.WARNING if disabled else logging.DEBUG)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]

@@ -1,0 +1,70 @@
+"""How the worker spends its 2 cores: threads, log levels, and an event-loop lag probe.
+
+Threads of one worker process (``streamrec_thread_cpu_seconds{thread=...}`` in ``/metrics``
+shows each one's CPU time):
+
+* the **event loop** (``MainThread``): Faust's streams, the events agent (parse, state, produce),
+  table writes, the web views, the producer;
+* Faust's **consumer thread** (aiokafka's consumer on its own loop, fetches and commits);
+* the **model thread** (``streamrec-model``, one, so the model is never used by two threads):
+  the user encoder and the FAISS search of a batch;
+* torch's intra-op pool and FAISS's OpenMP pool, and RocksDB's background threads.
+
+On 2 cores shared with the broker, the model thread runs torch and FAISS on ONE thread each
+(``STREAMREC_TORCH_THREADS`` = 0 picks "all cores but one", which is 1 here): a second intra-op
+thread would only take CPU from the event loop, which does most of the per-event work (see
+``bench/RESULTS.md``). FAISS's OpenMP threads spin while idle; with one of them nothing spins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Third-party loggers that build DEBUG records on the hot path (aiokafka's ``send``, Faust's
+#: ``publish_message``) unless their own level stops them before the record is made.
+QUIET_LOGGERS = ("aiokafka", "kafka", "faust", "mode")
+
+#: How often the loop-lag probe wakes, seconds.
+LOOP_PROBE_S = 0.05
+
+
+def compute_threads(torch_threads: int) -> int:
+    """Threads for torch and FAISS on the model thread: the setting, else all cores but one."""
+    return torch_threads or max(1, (os.cpu_count() or 2) - 1)
+
+
+def set_compute_threads(n: int) -> None:
+    """Give torch and FAISS ``n`` threads each (they run one after the other on the model thread)."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
+def quiet_third_party_loggers(level: int = logging.WARNING) -> None:
+    """Set the hot-path libraries' loggers (aiokafka, kafka, faust, mode) to ``level`` (WARNING),
+    so that their DEBUG and INFO calls return at the level check instead of building a record,
+    whatever the root level (Faust's worker may set the root to DEBUG, see
+    :func:`streamrec.streams.cli.disable_spinner`). Left alone when the process runs at DEBUG
+    (``--log-level DEBUG``: then their records are wanted).
+    """
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+async def watch_loop_lag(metrics: Any, interval: float = LOOP_PROBE_S) -> None:
+    """Observe how late the event loop wakes a ``interval`` timer (``streamrec_loop_lag_seconds``):
+    the stalls every event in flight waits out."""
+    while True:
+        t0 = time.perf_counter()
+        await asyncio.sleep(interval)
+        metrics.loop_lag.observe(max(0.0, time.perf_counter() - t0 - interval))

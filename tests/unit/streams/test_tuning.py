@@ -1,0 +1,64 @@
+"""Thread and log-level settings of the worker (streamrec.streams.tuning)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faiss
+import torch
+
+from streamrec.serving.metrics import Metrics
+from streamrec.streams.tuning import (
+    QUIET_LOGGERS,
+    compute_threads,
+    quiet_third_party_loggers,
+    set_compute_threads,
+    watch_loop_lag,
+)
+
+
+def test_compute_threads_default_leaves_one_core_to_the_event_loop(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert compute_threads(0) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert compute_threads(0) == 7 and compute_threads(3) == 3
+
+
+def test_set_compute_threads_sets_torch_and_faiss():
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        set_compute_threads(1)
+        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
+
+
+def test_hot_path_loggers_stop_debug_records_even_under_a_debug_root():
+    root = logging.getLogger()
+    saved = root.level, {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
+    try:
+        root.setLevel(logging.INFO)
+        quiet_third_party_loggers()
+        root.setLevel(logging.DEBUG)  # what Faust's spinner does to the root
+        assert not logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("faust.topics").isEnabledFor(logging.INFO)
+        assert logging.getLogger("faust.topics").isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(saved[0])
+        for n, level in saved[1].items():
+            logging.getLogger(n).setLevel(level)
+
+
+async def test_loop_lag_probe_sees_a_blocked_loop():
+    import time
+
+    m = Metrics()
+    task = asyncio.create_task(watch_loop_lag(m, interval=0.01))
+    await asyncio.sleep(0.02)
+    time.sleep(0.15)  # noqa: ASYNC251 - block the loop on purpose
+    await asyncio.sleep(0.03)
+    task.cancel()
+    assert m.value("streamrec_loop_lag_seconds_count") >= 1
+    assert m.value("streamrec_loop_lag_seconds_bucket", le="0.1") < m.value("streamrec_loop_lag_seconds_count")
