@@ -9,11 +9,14 @@ TEST_KAFKA_DIR := .cache/test-kafka
 PYTEST_ARGS ?=
 DEMO_SECONDS ?=
 
-.PHONY: install kafka-jars test test-fast test-unit demo bench clean schemas help
+LINT_PATHS := streamrec tests bench
+
+.PHONY: install kafka-jars lint lint-code test test-fast test-unit demo bench clean schemas help
 
 help:
 	@echo "make install    create .venv, install streamrec + dev tools, fetch the Kafka jars"
-	@echo "make test       install, start a local Kafka, run all tests (slow ones too), stop Kafka"
+	@echo "make lint       ruff check, ruff format --check, mypy streamrec (config in pyproject.toml)"
+	@echo "make test       install, lint, start a local Kafka, run all tests (slow ones too), stop Kafka"
 	@echo "make test-fast  the same without tests marked slow"
 	@echo "make demo       local Kafka, topics, model, worker, simulator and a live view (DEMO_SECONDS=N)"
 	@echo "make bench      run the benchmarks in bench/ (long)"
@@ -29,9 +32,20 @@ install: $(VENV)/.installed kafka-jars
 kafka-jars: $(VENV)/.installed
 	@$(VENV)/bin/streamrec --log-level WARNING kafka jars >/dev/null
 
+lint: $(VENV)/.installed
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy streamrec
+
+# What `make test` runs first: `make lint` without the format check.
+# format check enabled after the tree-wide format (coordinator): then `test` depends on `lint`.
+lint-code: $(VENV)/.installed
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m mypy streamrec
+
 # The pytest session fixture would start a broker itself; starting it here exercises the CLI and
 # lets every test process (workers included) share it. It is stopped whatever the outcome.
-test: install
+test: install lint-code
 	@set -euo pipefail; \
 	rm -rf $(TEST_KAFKA_DIR); \
 	if [ -z "$${STREAMREC_BOOTSTRAP_SERVERS:-}" ]; then \
@@ -60,4 +74,4 @@ schemas: $(VENV)/.installed
 	$(PY) -m streamrec.schemas
 
 clean:
-	rm -rf .cache/test-kafka .pytest_cache build dist *.egg-info
+	rm -rf .cache/test-kafka .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -36,15 +36,24 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from streamrec.devtools.simulator import ShopSimulator, write_dataset  # noqa: E402
 from streamrec.model.data import (  # noqa: E402
-    Encoded, Interactions, encode, leave_one_out, read_item_text, read_sequences, vocab_from,
+    Encoded,
+    Interactions,
+    encode,
+    leave_one_out,
+    read_item_text,
+    read_sequences,
+    vocab_from,
 )
 from streamrec.model.evaluate import (  # noqa: E402
-    cooccurrence_score_fn, evaluate_model, popularity_score_fn, rank_all,
+    cooccurrence_score_fn,
+    evaluate_model,
+    popularity_score_fn,
+    rank_all,
 )
 from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS  # noqa: E402
 from streamrec.model.train import TrainSettings, train  # noqa: E402
-from streamrec.devtools.simulator import ShopSimulator, write_dataset  # noqa: E402
 
 MODEL_CONFIG = dict(d_model=64, n_layers=1, n_heads=1, d_ff=256, max_len=50, dropout=0.2,
                     emb_dropout=0.2, id_dropout=0.1, use_text=True, loss="full")
@@ -182,19 +191,21 @@ def main() -> int:
               f"{a_i - b_i:+9.4f} |")
     for key, label in (("excl", "excl. seen"), ("incl", "incl. seen")):
         sd = np.std(diff[key], ddof=1) if len(seeds) > 1 else 0.0
+        sd_b = np.std(col("B: types stripped", key, "ndcg@10"), ddof=1) if len(seeds) > 1 else 0.0
         print(f"A−B {label}: mean {diff[key].mean():+.4f}, std over seeds {sd:.4f}; "
-              f"seed-to-seed std of B alone {np.std(col('B: types stripped', key, 'ndcg@10'), ddof=1) if len(seeds) > 1 else 0.0:.4f}")
+              f"seed-to-seed std of B alone {sd_b:.4f}")
 
     print("\n## NDCG@10 by type of the test target (incl. seen), mean over seeds\n")
     counts = {t: int(np.sum(target_type == t)) for t in ("view", "add_to_cart", "purchase")}
     print("| method                        | " + " | ".join(f"{t} (n={c})" for t, c in counts.items()) + " |")
-    print("|-------------------------------|" + "|".join("-" * (len(f"{t} (n={c})") + 2) for t, c in counts.items()) + "|")
+    print("|-------------------------------|"
+          + "|".join("-" * (len(f"{t} (n={c})") + 2) for t, c in counts.items()) + "|")
     for v in variants:
         print(f"| {v:29s} | " + " | ".join(f"{np.mean(by_type[v][t]):>{len(f'{t} (n={c})')}.4f}"
                                             for t, c in counts.items()) + " |")
 
     wall = time.monotonic() - t_all
-    print(f"\ntraining runs: " + ", ".join(f"{r['variant']}{r['seed']} {r['seconds']:.0f}s (best ep {r['best_epoch']})"
+    print("\ntraining runs: " + ", ".join(f"{r['variant']}{r['seed']} {r['seconds']:.0f}s (best ep {r['best_epoch']})"
                                            for r in runs))
     print(f"wall {wall:.0f}s")
     mean = lambda label, key: round(float(np.mean(col(label, key, "ndcg@10"))), 4)  # noqa: E731

@@ -43,7 +43,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from streamrec.model.intent import (  # noqa: E402
-    fit_intent, intent_examples, log_loss, pr_auc, roc_auc,
+    fit_intent,
+    intent_examples,
+    log_loss,
+    pr_auc,
+    roc_auc,
 )
 from streamrec.serving.profile import InterestProfile, ProfileWeights  # noqa: E402
 from streamrec.serving.session import BASELINE_FEATURES, FEATURE_NAMES, columns  # noqa: E402
@@ -61,7 +65,7 @@ from streamrec.typed_events import by_user, read_events  # noqa: E402
 
 
 def day_ms(s: str) -> int:
-    return int(datetime.strptime(s, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime.strptime(s, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
 
 
 TEST_FROM = day_ms("2017-12-02")
@@ -289,7 +293,7 @@ def main() -> int:
         "model_minus_baseline_log_loss_ci95": [round(v, 4) for v in ci["log_loss"]],
         "base_rate_log_loss": round(rows["base rate"]["log_loss"], 4),
         "base_rate_pr_auc": round(rows["base rate"]["pr_auc"], 4),
-        "test_examples": int(len(test.y)), "test_positive_rate": round(float(test.y.mean()), 4),
+        "test_examples": len(test.y), "test_positive_rate": round(float(test.y.mean()), 4),
         "favs_apart_roc_auc": round(rows[list(rows)[3]]["roc_auc"], 4),
         "favs_apart_log_loss": round(rows[list(rows)[3]]["log_loss"], 4),
         **({"with_user_vector_roc_auc": round(uv_row[0]["roc_auc"], 4),

@@ -47,10 +47,10 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streamrec.devtools import localkafka  # noqa: E402
 from streamrec.client import EventProducer, RecommendationSubscriber  # noqa: E402
 from streamrec.config import Settings  # noqa: E402
 from streamrec.datafiles import read_item_text, read_sequences  # noqa: E402
+from streamrec.devtools import localkafka  # noqa: E402
 from streamrec.devtools.replay import catalog_from_dataset, dataset_items  # noqa: E402
 from streamrec.schemas import ShopEvent  # noqa: E402
 from streamrec.streams.topics import create_topics  # noqa: E402
@@ -244,8 +244,9 @@ def start_worker(settings: Settings, model: Path, port: int, log: Path, guarante
         env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
     env.update({"STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(), "STREAMREC_WEB_PORT": str(port),
                 "STREAMREC_DEVICE": "cpu"})
-    proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "worker", "--model",
-                             str(model)], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    with open(log, "wb") as out:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "worker",
+                                 "--model", str(model)], env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:

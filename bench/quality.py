@@ -35,10 +35,19 @@ sys.path.insert(0, str(REPO))
 
 from streamrec.model.checkpoint import save_checkpoint  # noqa: E402
 from streamrec.model.data import (  # noqa: E402
-    Encoded, Interactions, encode, leave_one_out, read_item_text, read_sequences,
+    Encoded,
+    Interactions,
+    encode,
+    leave_one_out,
+    read_item_text,
+    read_sequences,
 )
 from streamrec.model.evaluate import (  # noqa: E402
-    cooccurrence_score_fn, evaluate_model, popularity_score_fn, rank_all, text_similarity_score_fn,
+    cooccurrence_score_fn,
+    evaluate_model,
+    popularity_score_fn,
+    rank_all,
+    text_similarity_score_fn,
 )
 from streamrec.model.inference import Recommender  # noqa: E402
 from streamrec.model.train import TrainSettings, add_items, item_text_matrix, train  # noqa: E402
@@ -220,7 +229,7 @@ def main() -> int:
         rec = Recommender.load(Path(tmp) / "ckpt", device="auto")
     hist = [[(i, "view") for i in s[:-1]] for s in data.items]
     tput = {b: throughput(rec, hist, b) for b in (1, 64, 256)}
-    print("inference (encode_users, device %s): " % rec.device
+    print(f"inference (encode_users, device {rec.device}): "
           + ", ".join(f"batch {b}: {v:,.0f} seq/s" for b, v in tput.items()))
 
     if not args.skip_zero_shot:

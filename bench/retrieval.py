@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamrec.indexer import ItemIndex  # noqa: E402
+from streamrec.indexer import ItemIndex
 
 TARGET_RECALL = 0.95
 

@@ -32,7 +32,11 @@ sys.path.insert(0, str(REPO / "bench"))
 from quality import data_dir, hidden_items  # noqa: E402
 
 from streamrec.model.data import (  # noqa: E402
-    Encoded, encode, read_item_text, read_sequences, vocab_from,
+    Encoded,
+    encode,
+    read_item_text,
+    read_sequences,
+    vocab_from,
 )
 from streamrec.model.evaluate import rank_all, text_similarity_score_fn  # noqa: E402
 from streamrec.model.text import encode_cached  # noqa: E402
@@ -84,7 +88,7 @@ def main() -> int:
     for r in (int(x) for x in args.dims.split(",")):
         P = None if r == 0 else vh[:r].T
 
-        def f(X: torch.Tensor) -> torch.Tensor:
+        def f(X: torch.Tensor, P: torch.Tensor | None = P) -> torch.Tensor:
             return X if P is None else X @ P
 
         row = [rank_all(text_similarity_score_fn(f(T)), *v_all, len(T) - 1)["ndcg@10"],

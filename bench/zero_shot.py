@@ -50,15 +50,28 @@ from quality import MODEL_CONFIG, TRAIN, data_dir, hidden_items, hide_items, thr
 
 from streamrec.model.checkpoint import load_checkpoint, read_metrics, save_checkpoint  # noqa: E402
 from streamrec.model.data import (  # noqa: E402
-    Encoded, Interactions, encode, leave_one_out, read_item_text, read_sequences,
+    Encoded,
+    Interactions,
+    encode,
+    leave_one_out,
+    read_item_text,
+    read_sequences,
 )
 from streamrec.model.evaluate import (  # noqa: E402
-    evaluate_model, model_score_fn, popularity_score_fn, rank_all, text_similarity_score_fn,
+    evaluate_model,
+    model_score_fn,
+    popularity_score_fn,
+    rank_all,
+    text_similarity_score_fn,
 )
 from streamrec.model.inference import Recommender  # noqa: E402
 from streamrec.model.sasrec import SASRec  # noqa: E402
 from streamrec.model.train import (  # noqa: E402
-    TrainSettings, add_items, fit_gates, train, with_text_channel,
+    TrainSettings,
+    add_items,
+    fit_gates,
+    train,
+    with_text_channel,
 )
 
 COLS = ("hr@10", "ndcg@10", "ndcg@20")
@@ -202,8 +215,8 @@ def main() -> int:
     add_items(model, vocab, sorted(hidden), text, cache_file=args.text_cache)
     model.eval()
     if model.config.hybrid:
-        g = model.gate_item.weight.detach()[0].tolist() + [float(model.gate_item.bias.detach())]
-        u = model.gate_user.weight.detach()[0].tolist() + [float(model.gate_user.bias.detach())]
+        g = [*model.gate_item.weight.detach()[0].tolist(), float(model.gate_item.bias.detach())]
+        u = [*model.gate_user.weight.detach()[0].tolist(), float(model.gate_user.bias.detach())]
         print("gates: item beta w(new, log1p count), bias = " + ", ".join(f"{x:.3f}" for x in g[1:])
               + "; user alpha w(share new, log1p len), bias = " + ", ".join(f"{x:.3f}" for x in u[1:]))
     enc = encode(data, vocab)

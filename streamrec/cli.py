@@ -7,13 +7,13 @@ names the bad value and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from streamrec import __version__
 from streamrec.argtypes import existing_file, non_negative_int, positive_float, positive_int
@@ -53,10 +53,10 @@ def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
         if settings.bootstrap_servers:
             print(f"STREAMREC_BOOTSTRAP_SERVERS is set: using {settings.bootstrap_servers}, nothing started")
             return 0
-        state = localkafka.start(
+        started = localkafka.start(
             settings.kafka_dir.resolve(), libs=settings.kafka_libs.expanduser(), heap=settings.kafka_heap
         )
-        print(state.bootstrap)
+        print(started.bootstrap)
         return 0
     if args.action == "down":
         stopped = localkafka.stop(settings.kafka_dir.resolve())
@@ -88,10 +88,9 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 # simulator / replay / tail
 
 
-def _stop_on_signals() -> "threading.Event":
+def _stop_on_signals() -> threading.Event:
     """SIGINT/SIGTERM set the returned event, so runners stop cleanly and flush."""
     import signal
-    import threading
 
     stop = threading.Event()
 

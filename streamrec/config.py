@@ -188,7 +188,7 @@ class Settings(BaseSettings):
         """Where `streamrec kafka up` keeps the local broker's data, log and state file."""
         return self.data_dir / "kafka"
 
-    def profile_weights(self) -> "ProfileWeights":
+    def profile_weights(self) -> ProfileWeights:
         """The interest-profile settings as the pure code takes them."""
         from streamrec.serving.profile import ProfileWeights
 

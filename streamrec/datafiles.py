@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from streamrec.errors import DatasetError
 from streamrec.schemas import EVENT_TYPES

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def _fsync_path(path: Path) -> None:
@@ -39,7 +39,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, fsync it, then move it onto
     ``path``. For writers that take a path (``safetensors.save_file``, ``faiss.write_index``)."""
     target = Path(path)

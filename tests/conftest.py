@@ -31,8 +31,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    from streamrec.devtools import localkafka
     from streamrec.config import Settings
+    from streamrec.devtools import localkafka
 
     libs = Settings().kafka_libs.expanduser()
     kafka_dir = tmp_path_factory.mktemp("kafka")

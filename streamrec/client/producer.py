@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -65,7 +66,7 @@ class EventProducer:
         self.delivered = 0
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> "EventProducer":
+    def from_settings(cls, settings: Any, **overrides: Any) -> EventProducer:
         """Build from a :class:`streamrec.config.Settings` (bootstrap, SASL/SSL, topic names)."""
         conf = settings.confluent_config()
         bootstrap = conf.pop("bootstrap.servers")
@@ -101,7 +102,8 @@ class EventProducer:
     def delete_user(self, user_id: str, *, requested_ts: int | None = None) -> UserDeletion:
         """Ask the workers to erase ``user_id`` (right to erasure): a :class:`UserDeletion` on the
         deletions topic, keyed by user id. The worker that owns the user removes the user's state
-        (a tombstone in its changelog) and stops serving the user's recommendations."""
+        (a tombstone in its changelog) and stops serving the user's recommendations; the trainer
+        purges the user's events from its training log."""
         req = UserDeletion.from_dict({
             "user_id": user_id, "requested_ts": int(time.time() * 1000) if requested_ts is None else requested_ts,
         })
@@ -150,7 +152,7 @@ class EventProducer:
     def close(self, timeout: float = 30.0) -> None:
         self.flush(timeout)
 
-    def __enter__(self) -> "EventProducer":
+    def __enter__(self) -> EventProducer:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from typing import Any, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
@@ -63,7 +63,7 @@ class RecommendationSubscriber:
         self._consumer.subscribe([topic], on_assign=self._on_assign)
 
     @classmethod
-    def from_settings(cls, settings: Any, **kwargs: Any) -> "RecommendationSubscriber":
+    def from_settings(cls, settings: Any, **kwargs: Any) -> RecommendationSubscriber:
         conf = settings.confluent_config()
         bootstrap = conf.pop("bootstrap.servers")
         conf.update(kwargs.pop("config", {}) or {})
@@ -100,7 +100,7 @@ class RecommendationSubscriber:
             try:
                 _, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
                 return int(high)
-            except Exception as exc:  # KafkaException/KafkaError: not leader yet, timeout
+            except Exception as exc:  # noqa: BLE001 - runs in a rebalance callback: never raise (not leader yet, timeout)
                 if time.monotonic() > deadline:
                     log.warning("end offset of %s[%d] unknown (%s); starting at the latest", tp.topic,
                                 tp.partition, exc)
@@ -166,7 +166,7 @@ class RecommendationSubscriber:
     def close(self) -> None:
         self._consumer.close()
 
-    def __enter__(self) -> "RecommendationSubscriber":
+    def __enter__(self) -> RecommendationSubscriber:
         return self
 
     def __exit__(self, *exc: object) -> None:

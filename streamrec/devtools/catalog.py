@@ -12,7 +12,7 @@ Pure data and pure functions of the random generator passed in: the traffic mode
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

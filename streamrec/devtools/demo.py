@@ -1,18 +1,24 @@
 """``make demo``: the whole pipeline on one machine, with a live terminal view.
 
 Local Kafka (unless STREAMREC_BOOTSTRAP_SERVERS is set), topics, a model (the registry's current
-one, else one trained on the simulator's shop), one worker, the simulator emitting events, and a
-rich view of events/s, recommendations/s, latency, DLQ count, model version and a few users'
-latest recommendations with item titles, each with its reason ("like <the history item it is
-closest to>", "popular", "new item") and the session's purchase intent. Titles come from the
+one, else one trained on the simulator's shop), one worker, a trainer retraining on a short
+cadence, the simulator emitting events whose tastes drift, and a rich view of events/s,
+recommendations/s, latency, DLQ count, the model version serving (changing live as the trainer
+promotes versions and the worker hot-swaps them), the trainer's rounds and gate decisions, and a
+few users' latest recommendations with item titles, each with its reason ("like <the history item
+it is closest to>", "popular", "new item") and the session's purchase intent. Titles come from the
 catalog topic itself (a reader thread follows it), so items added while the demo runs show with
 their titles too. Runs until DEMO_SECONDS pass or Ctrl-C, then stops everything it started.
+
+Knobs (environment): ``DEMO_RATE`` events/s (300), ``DEMO_DRIFT`` events per drift phase (20000;
+0: no drift), ``DEMO_RETRAIN_INTERVAL_S`` (60), ``DEMO_RETRAIN_MIN_EVENTS`` (2000),
+``DEMO_RETRAIN_BUDGET_S`` training seconds per round (30).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import os
 import signal
@@ -22,7 +28,6 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from pathlib import Path
 
 from streamrec.config import Settings, load_settings
 
@@ -62,7 +67,8 @@ def ensure_model(settings: Settings, env: dict[str, str]) -> str:
 
 
 class LiveStats:
-    """What the view shows, fed by a recommendation subscriber thread and the worker's /metrics."""
+    """What the view shows, fed by a recommendation subscriber thread, the worker's /metrics and
+    the trainer's /metrics."""
 
     def __init__(self) -> None:
         self.recs: deque[tuple[float, float]] = deque(maxlen=20_000)  # (arrival, latency ms)
@@ -70,10 +76,14 @@ class LiveStats:
         self.intent: dict[str, float | None] = {}
         self.order: deque[str] = deque(maxlen=5)
         self.metrics: dict[str, float] = {}
+        self.trainer: dict[str, float] = {}  # trainer samples, labels folded into the name
         self.model_version = "?"
+        #: (seconds since start, version) each time recommendations started carrying a new version
+        self.versions: deque[tuple[float, str]] = deque(maxlen=6)
+        self.t0 = time.monotonic()
         self.lock = threading.Lock()
 
-    def on_rec(self, rec) -> None:  # noqa: ANN001
+    def on_rec(self, rec) -> None:
         with self.lock:
             self.recs.append((time.monotonic(), rec.produced_ts - rec.event_ts))
             self.latest[rec.user_id] = [(i.item_id, i.reason.kind if i.reason else None,
@@ -81,6 +91,8 @@ class LiveStats:
             self.intent[rec.user_id] = rec.purchase_intent
             if rec.user_id not in self.order:
                 self.order.append(rec.user_id)
+            if rec.model_version != self.model_version:
+                self.versions.append((time.monotonic() - self.t0, rec.model_version))
             self.model_version = rec.model_version
 
 
@@ -144,7 +156,21 @@ def _scrape(url: str) -> dict[str, float]:
             if not s.labels}
 
 
-def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], elapsed: float):  # noqa: ANN202
+def _scrape_labelled(url: str) -> dict[str, float]:
+    """Every sample of a /metrics page, labels folded into the key (``name{k=v,...}``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        text = resp.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(smp.labels.items()))
+            out[f"{smp.name}{{{labels}}}" if labels else smp.name] = float(smp.value)
+    return out
+
+
+def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], elapsed: float):
     from rich.console import Group
     from rich.table import Table
 
@@ -159,6 +185,25 @@ def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], e
         head.add_row(f"{rates.get('events', 0):.0f}", f"{rates.get('recs', 0):.0f}", f"{p(0.5):.0f}",
                      f"{p(0.99):.0f}", f"{stats.metrics.get('streamrec_dlq_total', 0):.0f}",
                      f"{stats.metrics.get('streamrec_catalog_items', 0):.0f}", stats.model_version)
+        m, tr = stats.metrics, stats.trainer
+        models = Table(title="model versions (the trainer promotes, the worker hot-swaps)", show_header=True)
+        for col in ("serving since", "version", "swaps", "refused", "trainer rounds", "promoted", "rejected",
+                    "last gate NDCG@10 cand / cur"):
+            models.add_column(col, justify="right")
+        gate = (f"{tr.get('streamrec_trainer_gate_metric{metric=ndcg@10,model=candidate}', float('nan')):.4f} / "
+                f"{tr.get('streamrec_trainer_gate_metric{metric=ndcg@10,model=current}', float('nan')):.4f}")
+        rounds = sum(v for k, v in tr.items() if k.startswith("streamrec_trainer_retrains_total"))
+        history = list(stats.versions) or [(0.0, stats.model_version)]
+        for n, (since, version) in enumerate(history):
+            last = n == len(history) - 1
+            models.add_row(f"{since:.0f}s", version + (" (serving)" if last else ""),
+                           f"{m.get('streamrec_model_swaps_total', 0):.0f}" if last else "",
+                           f"{m.get('streamrec_model_refusals_total', 0):.0f}" if last else "",
+                           f"{rounds:.0f}" if last else "",
+                           f"{tr.get('streamrec_trainer_gate_decisions_total{decision=promoted}', 0):.0f}"
+                           if last else "",
+                           f"{tr.get('streamrec_trainer_gate_decisions_total{decision=rejected}', 0):.0f}"
+                           if last else "", gate if last else "")
         users = Table(title="latest recommendations (and why)", show_header=True)
         users.add_column("user")
         users.add_column("intent", justify="right")
@@ -166,14 +211,14 @@ def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], e
         for u in list(stats.order):
             intent = stats.intent.get(u)
             users.add_row(u, "-" if intent is None else f"{intent:.0%}", describe(stats.latest.get(u, []), titles))
-    return Group(head, users)
+    return Group(head, models, users)
 
 
 def run(seconds: float | None) -> int:
     from rich.live import Live
 
-    from streamrec.devtools import localkafka
     from streamrec.client import RecommendationSubscriber
+    from streamrec.devtools import localkafka
     from streamrec.devtools.simulator import ShopSimulator
 
     settings = load_settings()
@@ -194,8 +239,8 @@ def run(seconds: float | None) -> int:
         ensure_model(settings, env)
         logs = settings.data_dir / "demo-logs"
         logs.mkdir(exist_ok=True)
-        worker = subprocess.Popen(_cli("worker"), env=env, stdout=open(logs / "worker.log", "wb"),
-                                  stderr=subprocess.STDOUT)
+        with open(logs / "worker.log", "wb") as out:  # the child keeps its own copy of the fd
+            worker = subprocess.Popen(_cli("worker"), env=env, stdout=out, stderr=subprocess.STDOUT)
         procs.append(worker)
         url = f"http://127.0.0.1:{settings.web_port}"
         deadline = time.monotonic() + 180
@@ -209,6 +254,19 @@ def run(seconds: float | None) -> int:
                         break
             except OSError:
                 time.sleep(0.5)
+        trainer_env = dict(env)
+        trainer_env.update({
+            "STREAMREC_RETRAIN_INTERVAL_S": os.environ.get("DEMO_RETRAIN_INTERVAL_S", "60"),
+            "STREAMREC_RETRAIN_MIN_EVENTS": os.environ.get("DEMO_RETRAIN_MIN_EVENTS", "2000"),
+            "STREAMREC_RETRAIN_TIME_BUDGET_S": os.environ.get("DEMO_RETRAIN_BUDGET_S", "30"),
+            "STREAMREC_RETRAIN_HOLDOUT_USERS": os.environ.get("DEMO_RETRAIN_HOLDOUT_USERS", "200"),
+            # the simulator's clock starts in the past: keep its events in the training log
+            "STREAMREC_TRAINLOG_MAX_AGE_S": os.environ.get("STREAMREC_TRAINLOG_MAX_AGE_S", "1e9"),
+        })
+        with open(logs / "trainer.log", "wb") as out:  # the child keeps its own copy of the fd
+            trainer = subprocess.Popen(_cli("trainer"), env=trainer_env, stdout=out, stderr=subprocess.STDOUT)
+        procs.append(trainer)
+        trainer_url = f"http://127.0.0.1:{settings.trainer_web_port}/metrics"
         sim = ShopSimulator(seed=SIM_SEED, n_items=SIM_ITEMS, n_users=SIM_USERS)
         titles = {c.item_id: c.title for c in sim.catalog()}
         titler = threading.Thread(target=follow_titles, args=(bootstrap, settings.topic_catalog, titles, stop,
@@ -226,11 +284,14 @@ def run(seconds: float | None) -> int:
 
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
-        simulator = subprocess.Popen(
-            _cli("simulate", "--rate", os.environ.get("DEMO_RATE", "300"), "--seed", str(SIM_SEED),
-                 "--items", str(SIM_ITEMS), "--users", str(SIM_USERS), "--new-item-rate", "0.002"),
-            env=env, stdout=open(logs / "simulator.log", "wb"), stderr=subprocess.STDOUT,
-        )
+        with open(logs / "simulator.log", "wb") as out:
+            simulator = subprocess.Popen(
+                _cli("simulate", "--rate", os.environ.get("DEMO_RATE", "300"), "--seed", str(SIM_SEED),
+                     "--items", str(SIM_ITEMS), "--users", str(SIM_USERS), "--new-item-rate", "0.002",
+                     *(["--drift", drift] if (drift := os.environ.get("DEMO_DRIFT", "20000")) not in ("", "0")
+                       else [])),
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
         procs.append(simulator)
         t0 = time.monotonic()
         last = (t0, 0.0, 0.0)
@@ -238,10 +299,10 @@ def run(seconds: float | None) -> int:
         with Live(_render(stats, titles, rates, 0), refresh_per_second=2, transient=False) as live:
             while not stop.is_set() and (seconds is None or time.monotonic() - t0 < seconds):
                 time.sleep(1.0)
-                try:
+                with contextlib.suppress(OSError):
                     stats.metrics = _scrape(url + "/metrics")
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):
+                    stats.trainer = _scrape_labelled(trainer_url)
                 now = time.monotonic()
                 ev = stats.metrics.get("streamrec_events_in_total", 0.0)
                 rc = stats.metrics.get("streamrec_recommendations_out_total", 0.0)
@@ -267,7 +328,7 @@ def run(seconds: float | None) -> int:
                 p.kill()
         if started_kafka:
             localkafka.stop(settings.kafka_dir.resolve())
-        print("demo stopped: worker, simulator" + (" and Kafka" if started_kafka else "") + " shut down")
+        print("demo stopped: worker, trainer, simulator" + (" and Kafka" if started_kafka else "") + " shut down")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ SCRAM-SHA-512 users and a PEM server certificate: the security drills run every 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -177,7 +178,9 @@ def _java() -> str:
         return str(Path(home) / "bin" / "java")
     java = shutil.which("java")
     if java is None:
-        raise KafkaRuntimeError("Java is needed to run Kafka; install OpenJDK 17+ (apt-get install openjdk-17-jre-headless)")
+        raise KafkaRuntimeError(
+            "Java is needed to run Kafka; install OpenJDK 17+ (apt-get install openjdk-17-jre-headless)"
+        )
     return java
 
 
@@ -213,7 +216,9 @@ def read_state(kafka_dir: Path) -> BrokerState | None:
     return state if _pid_alive(state.pid) else None
 
 
-def broker_reachable(bootstrap: str, *, timeout: float = 5.0, config: dict | None = None) -> bool:
+def broker_reachable(
+    bootstrap: str, *, timeout: float = 5.0, config: dict[str, str | int | float | bool] | None = None
+) -> bool:
     """True when an admin client gets cluster metadata from ``bootstrap`` within ``timeout``."""
     from confluent_kafka.admin import AdminClient
 
@@ -222,11 +227,13 @@ def broker_reachable(bootstrap: str, *, timeout: float = 5.0, config: dict | Non
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=min(timeout, 2.0)).close()
     except (OSError, ValueError):
         return False
-    conf = {"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0}
+    conf: dict[str, str | int | float | bool] = {
+        "bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0
+    }
     conf.update(config or {})
     try:
         md = AdminClient(conf).list_topics(timeout=timeout)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a probe: any client error means "not reachable"
         return False
     return bool(md.brokers)
 
@@ -323,12 +330,11 @@ def start(
         )
         if fmt.returncode != 0:
             raise KafkaRuntimeError(f"kafka storage format failed: {(fmt.stdout + fmt.stderr)[-2000:]}")
-    out = open(kafka_dir / "kafka.out", "ab")
-    proc = subprocess.Popen(
-        [*jvm, "kafka.Kafka", str(props)],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    out.close()
+    with open(kafka_dir / "kafka.out", "ab") as out:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen(
+            [*jvm, "kafka.Kafka", str(props)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
     state = BrokerState(
         bootstrap=f"127.0.0.1:{port}", controller=f"127.0.0.1:{cport}", pid=proc.pid,
         data_dir=str(kafka_dir), log_file=str(log_file),
@@ -351,13 +357,18 @@ def start(
             return state
         time.sleep(0.5)
     _terminate(proc.pid, timeout=10)
-    raise KafkaRuntimeError(f"Kafka did not answer on {state.bootstrap} within {timeout:.0f}s; see {kafka_dir}/kafka.out")
+    raise KafkaRuntimeError(
+        f"Kafka did not answer on {state.bootstrap} within {timeout:.0f}s; see {kafka_dir}/kafka.out"
+    )
 
 
 def _upsert_scram_users(bootstrap: str, users: Mapping[str, str], *, timeout: float) -> None:
     """Create or update SCRAM-SHA-512 credentials (what ``kafka-configs --alter`` does)."""
     from confluent_kafka.admin import (
-        AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion,
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
     )
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
@@ -416,10 +427,8 @@ def _terminate(pid: int, *, timeout: float) -> bool:
         if not _pid_alive(pid):
             return True
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return False
 
 

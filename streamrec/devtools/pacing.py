@@ -12,7 +12,8 @@ import logging
 import math
 import threading
 import time
-from typing import Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from streamrec.schemas import CatalogItem, ShopEvent
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from streamrec.datafiles import ID_RE, split_token
 from streamrec.devtools.pacing import DEFAULT_BASE_TS_MS, EventSink, emit, wall_clock_ms
@@ -91,7 +91,7 @@ def replay_events(
     if not _PREFIX_RE.match(id_prefix):
         raise ValueError(f"id_prefix={id_prefix!r}: must be 1..40 printable non-space characters")
     total = sum(len(s) for s in sequences.values())
-    if not (TS_MIN_MS <= start_ts and start_ts + step_ms * total <= TS_MAX_MS):
+    if not (start_ts >= TS_MIN_MS and start_ts + step_ms * total <= TS_MAX_MS):
         raise ValueError(f"start_ts={start_ts!r} with step_ms={step_ms} runs outside 2000..2100")
     users = list(sequences.items())
 

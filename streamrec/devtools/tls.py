@@ -31,7 +31,7 @@ def make_test_pki(directory: Path, *, host: str = "127.0.0.1", days: int = 2) ->
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     not_before, not_after = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())

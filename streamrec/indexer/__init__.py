@@ -7,4 +7,4 @@ from streamrec.indexer.base import MAX_ID_LEN, MAX_K, CandidateIndex
 from streamrec.indexer.exact import ExactIndex
 from streamrec.indexer.faiss_index import ItemIndex, load_or_rebuild
 
-__all__ = ["CandidateIndex", "ExactIndex", "ItemIndex", "MAX_ID_LEN", "MAX_K", "load_or_rebuild"]
+__all__ = ["MAX_ID_LEN", "MAX_K", "CandidateIndex", "ExactIndex", "ItemIndex", "load_or_rebuild"]

@@ -30,7 +30,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_checkpoint(directory: str | Path, writers: dict[str, Callable[[Path], None]],
+def write_checkpoint(directory: str | Path, writers: dict[str, Callable[[Path], object]],
                      meta: dict[str, Any]) -> None:
     """Write each file through ``writers[name](tmp_path)``, then the manifest, each atomically."""
     directory = Path(directory)
@@ -38,7 +38,7 @@ def write_checkpoint(directory: str | Path, writers: dict[str, Callable[[Path], 
     files: dict[str, dict[str, Any]] = {}
     for name, write in writers.items():
 
-        def write_and_hash(tmp: Path, name: str = name, write: Callable[[Path], None] = write) -> None:
+        def write_and_hash(tmp: Path, name: str = name, write: Callable[[Path], object] = write) -> None:
             write(tmp)
             files[name] = {"sha256": sha256_file(tmp), "bytes": tmp.stat().st_size}
 

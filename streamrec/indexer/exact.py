@@ -18,7 +18,13 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from streamrec.indexer.base import (
-    check_exclude, check_flags, check_ids, check_k, check_queries, check_vectors, dedupe_last,
+    check_exclude,
+    check_flags,
+    check_ids,
+    check_k,
+    check_queries,
+    check_vectors,
+    dedupe_last,
 )
 
 

@@ -47,14 +47,20 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
 
 from streamrec.errors import CheckpointError
 from streamrec.indexer.base import (
-    RWLock, check_exclude, check_flags, check_ids, check_k, check_queries, check_vectors,
+    RWLock,
+    check_exclude,
+    check_flags,
+    check_ids,
+    check_k,
+    check_queries,
+    check_vectors,
     dedupe_last,
 )
 from streamrec.indexer.checkpoint import read_manifest, write_checkpoint
@@ -259,16 +265,17 @@ class ItemIndex:
             params = self._params(st, fetch, frac) if select else None
             if params is _EXACT:
                 break  # an exact scan is cheaper than this graph search
-            D, I = self._faiss_search(st, q[rows], fetch, params)
+            D, I = self._faiss_search(st, q[rows], fetch, params)  # noqa: E741 - FAISS's (D, I) naming
             mask = I >= 0
             mask &= st.elig[np.where(mask, I, 0)]
             for r, qi in enumerate(rows):
-                if excl[qi] is not None:
-                    mask[r] &= ~np.isin(I[r], excl[qi])
+                ex_slots = excl[qi]
+                if ex_slots is not None:
+                    mask[r] &= ~np.isin(I[r], ex_slots)
             want = target[rows]
             done = mask.sum(axis=1) >= want
             keep = mask & (np.cumsum(mask, axis=1) <= want[:, None])
-            for r in np.flatnonzero(done):
+            for r in np.flatnonzero(done).tolist():
                 sel = np.flatnonzero(keep[r])
                 out[rows[r]] = list(zip(st.ext[I[r, sel]].tolist(), D[r, sel].tolist()))
             rows = rows[~done]
@@ -285,15 +292,18 @@ class ItemIndex:
     def _params(self, st: _State, fetch: int, frac: float) -> Any:
         """FAISS search parameters restricted to eligible slots; _EXACT where exact is cheaper."""
         sel = st.selector() if frac < 1.0 else None  # none needed: cheaper, and BLAS for flat
+        # faiss's own stubs (1.15) lack SearchParametersHNSW and the keyword __init__ that faiss adds
+        # to every SearchParameters class at runtime (it also keeps ``sel`` alive): hence the ignores.
         if st.kind == "hnsw":
             ef = math.ceil(max(self.hnsw_ef_search, fetch) / frac)
             if ef * self.hnsw_m >= st.index.ntotal:  # the graph walk would touch about everything
                 return _EXACT
-            return faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=ef)  # type: ignore[attr-defined]
         if st.kind == "ivf":
             nlist = faiss.extract_index_ivf(st.index).nlist
-            return faiss.SearchParametersIVF(sel=sel, nprobe=min(nlist, math.ceil(self.ivf_nprobe / frac)))
-        return None if sel is None else faiss.SearchParameters(sel=sel)
+            nprobe = min(nlist, math.ceil(self.ivf_nprobe / frac))
+            return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)  # type: ignore[call-arg]
+        return None if sel is None else faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
 
     def _faiss_search(self, st: _State, q: np.ndarray, k: int,
                       params: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -420,8 +430,9 @@ class ItemIndex:
         """Give ``st`` an empty (trained) index; its kind is chosen from ``len(train)``."""
         kind = kind or choose_kind(self._kind_req, len(train), self.exact_max, self._device)
         where = placement(kind, self._device)
+        index: faiss.Index
         if kind == "flat":
-            inner = faiss.IndexFlatIP(self.dim)
+            inner: faiss.Index = faiss.IndexFlatIP(self.dim)
             if where == "cuda":
                 inner = faiss.index_cpu_to_gpu(self._gpu(), 0, inner)
             index = faiss.IndexIDMap2(inner)
@@ -433,18 +444,20 @@ class ItemIndex:
             n = len(train)
             nlist = max(1, min(self.ivf_nlist, n // 39))
             quantizer = faiss.IndexFlatIP(self.dim)
-            index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.min_points_per_centroid = 1  # small catalogs: no warning, nlist is capped
+            ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            ivf.cp.min_points_per_centroid = 1  # small catalogs: no warning, nlist is capped
             sample = train
             if n > nlist * _IVF_TRAIN_PER_LIST:
                 pick = np.random.default_rng(0).choice(n, nlist * _IVF_TRAIN_PER_LIST, replace=False)
                 sample = train[np.sort(pick)]
-            index.train(sample)
-            index.nprobe = min(self.ivf_nprobe, nlist)
+            ivf.train(sample)
+            ivf.nprobe = min(self.ivf_nprobe, nlist)
             if where == "cuda":  # the GPU copy keeps nprobe; it has no remove_ids (tombstones)
-                index = faiss.index_cpu_to_gpu(self._gpu(), 0, index)
+                index = faiss.index_cpu_to_gpu(self._gpu(), 0, ivf)
             else:
-                index.set_direct_map_type(faiss.DirectMap.Hashtable)  # O(1) remove_ids
+                # O(1) remove_ids; faiss's stubs (1.15) lack DirectMap
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
+                index = ivf
         if where == "cpu":
             self._set_search_params(index, kind)
         st.index, st.kind, st.device = index, kind, where
@@ -452,7 +465,9 @@ class ItemIndex:
 
     def _set_search_params(self, index: Any, kind: str) -> None:
         if kind == "hnsw":
-            faiss.downcast_index(index.index).hnsw.efSearch = self.hnsw_ef_search
+            # downcast_index returns the concrete class; the stubs say Index
+            hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(index.index))
+            hnsw.hnsw.efSearch = self.hnsw_ef_search
         elif kind == "ivf":
             ivf = faiss.extract_index_ivf(index)
             ivf.nprobe = min(self.ivf_nprobe, ivf.nlist)
@@ -461,7 +476,7 @@ class ItemIndex:
                      kind: str | None = None) -> _State:
         """A complete new state over ``vecs`` (owned by the caller no more); no lock taken."""
         n = len(ids)
-        st = _State(self.dim, ids=dict(zip(ids, range(n))), ext=np.array(ids + [None], dtype=object)[:n],
+        st = _State(self.dim, ids=dict(zip(ids, range(n))), ext=np.array([*ids, None], dtype=object)[:n],
                     vecs=vecs, live=np.ones(n, bool), stock=flags.copy(), elig=flags.copy(), n_slots=n)
         if n:
             self._new_structure(st, vecs, kind)
@@ -606,7 +621,7 @@ class ItemIndex:
             n = st.n_slots
             state = {"slots": st.ext[:n].tolist(),
                      "in_stock": (st.stock[:n].astype(np.uint8) + ord("0")).tobytes().decode()}
-            writers: dict[str, Callable[[Path], None]] = {
+            writers: dict[str, Callable[[Path], object]] = {
                 "vectors.npy": lambda p: _save_npy(p, st.vecs[:n]),
                 "state.json": lambda p: p.write_text(json.dumps(state), encoding="utf-8"),
             }
@@ -638,7 +653,7 @@ class ItemIndex:
             slots, stock_s = state["slots"], state["in_stock"]
             if vecs.dtype != np.float32 or vecs.shape != (n, dim) or len(slots) != n or len(stock_s) != n:
                 raise CheckpointError("vectors / slots / flags disagree with the manifest")
-            ext = np.array(slots + [None], dtype=object)[:n]
+            ext = np.array([*slots, None], dtype=object)[:n]
             live = np.array([s is not None for s in slots], dtype=bool)
             stock = np.frombuffer(stock_s.encode(), dtype=np.uint8) == ord("1")
             ids = {s: i for i, s in enumerate(slots) if s is not None}

@@ -109,7 +109,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
     try:
         state = load_file(str(p / WEIGHTS))
         text = load_file(str(p / TEXT_EMB))["text_emb"]
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
         raise CheckpointError(f"checkpoint {str(p)!r}: corrupt safetensors file: {exc}") from None
     try:
         model = SASRec(config)

@@ -15,7 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from streamrec.argtypes import positive_float, positive_int, probability
+from streamrec.argtypes import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from streamrec.config import Settings
 from streamrec.model.sasrec import SASRecConfig
 
@@ -119,6 +124,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="models_command", required=True)
     q = sub.add_parser("list", help="registered versions, newest last")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--trained-before", type=non_negative_int, default=None, metavar="TS_MS",
+                   help="only versions whose training data was cut at or before TS_MS (epoch ms), "
+                        "e.g. a user deletion's purge time: they may embed that user's past behaviour")
     q.set_defaults(func=cmd_models_list)
     q = sub.add_parser("promote", help="make VERSION the current model")
     q.add_argument("version")
@@ -265,16 +273,20 @@ def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: 
     ``text`` and of ``data``: what a worker's index would hold for that shop), ``"all"`` among
     every item the model knows plus those; None picks ``"data"`` when the data brings items the
     model has never seen, else ``"all"``."""
+    import numpy as np
+
     from streamrec.model.checkpoint import load_checkpoint
     from streamrec.model.data import Encoded, encode
     from streamrec.model.evaluate import (
-        cooccurrence_score_fn, evaluate_model, lift, popularity_score_fn, rank_all,
+        cooccurrence_score_fn,
+        evaluate_model,
+        lift,
+        popularity_score_fn,
+        rank_all,
         text_similarity_score_fn,
     )
     from streamrec.model.text import resolve_device
     from streamrec.model.train import add_items
-
-    import numpy as np
 
     if candidates not in (None, "data", "all"):
         raise ValueError(f"candidates {candidates!r}: use 'data' or 'all'")
@@ -293,7 +305,7 @@ def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: 
     if len(targets) == 0:
         raise ValueError("no user in the sequences file has 2 or more interactions to evaluate")
     rows = np.array([vocab.row(i) for i in catalog], dtype=np.int64) if candidates == "data" else None
-    report: dict[str, Any] = {"model": str(model_dir), "users": int(len(targets)),
+    report: dict[str, Any] = {"model": str(model_dir), "users": len(targets),
                               "items": int(model.config.n_items), "items_added_from_text": len(added),
                               "exclude_seen": exclude_seen, "candidates": candidates,
                               "candidate_items": int(model.config.n_items if rows is None else len(rows))}
@@ -338,25 +350,31 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
-    from streamrec.model.registry import ModelRegistry
+    from streamrec.model.registry import ModelRegistry, data_cut_ms
 
-    versions = ModelRegistry(settings.registry_dir).list()
+    reg = ModelRegistry(settings.registry_dir)
+    before = getattr(args, "trained_before", None)
+    versions = reg.list() if before is None else reg.versions_trained_before(before)
     if getattr(args, "json", False):
         print(json.dumps([{"version": v.version, "path": str(v.path), "created_ts": v.created_ts,
-                           "is_current": v.is_current,
+                           "is_current": v.is_current, "data_cut_ts": data_cut_ms(v),
+                           "trained_until_ts": v.metrics.get("trained_until_ts"),
                            "test_ndcg@10": v.metrics.get("test", {}).get("ndcg@10"),
                            # versions promoted by the trainer's gate: its fresh hold-out
                            "holdout_ndcg@10": (v.metrics.get("gate") or {}).get("candidate", {}).get("ndcg@10")}
                           for v in versions]))
         return 0
     if not versions:
+        if before is not None:
+            print(f"no version in {settings.registry_dir} was trained on data cut at or before {before}")
+            return 0
         print(f"no models in {settings.registry_dir}: train one with `streamrec train --sequences FILE`")
         return 0
     for v in versions:
         gate = (v.metrics.get("gate") or {}).get("candidate") or {}
         label, ndcg = ("holdout", gate.get("ndcg@10")) if gate else ("test", v.metrics.get("test", {}).get("ndcg@10"))
         print(f"{'*' if v.is_current else ' '} {v.version}  {label} NDCG@10 "
-              f"{'-' if ndcg is None else f'{ndcg:.4f}'}  {v.path}")
+              f"{'-' if ndcg is None else f'{ndcg:.4f}'}  data_cut_ts={data_cut_ms(v)}  {v.path}")
     return 0
 
 

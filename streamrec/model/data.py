@@ -16,9 +16,9 @@ before it the validation target, everything earlier is training.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ class Interactions:
     def __len__(self) -> int:
         return len(self.users)
 
-    def subset(self, idx: Iterable[int]) -> "Interactions":
+    def subset(self, idx: Iterable[int]) -> Interactions:
         idx = list(idx)
         return Interactions([self.users[i] for i in idx], [self.items[i] for i in idx],
                             [self.types[i] for i in idx])
@@ -125,7 +125,7 @@ class ItemVocab:
         atomic_write_text(path, json.dumps(self.rows, ensure_ascii=False))
 
     @classmethod
-    def load(cls, path: Path) -> "ItemVocab":
+    def load(cls, path: Path) -> ItemVocab:
         rows = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(rows, dict):
             raise ValueError("item map must be a JSON object {item_id: row}")
@@ -194,16 +194,24 @@ def leave_one_out(enc: Encoded, *, val_users: int | None = None, seed: int = 0,
     tr_i, tr_t, vi, vt, vy, ti, tt, ty = [], [], [], [], [], [], [], []
     for k, (s, t) in enumerate(zip(enc.items, enc.types)):
         if len(s) >= 3:
-            ti.append(s[:-1]); tt.append(t[:-1]); ty.append(s[-1])
+            ti.append(s[:-1])
+            tt.append(t[:-1])
+            ty.append(s[-1])
             if k in held:
-                tr_i.append(s[:-2]); tr_t.append(t[:-2])
-                vi.append(s[:-2]); vt.append(t[:-2]); vy.append(s[-2])
+                tr_i.append(s[:-2])
+                tr_t.append(t[:-2])
+                vi.append(s[:-2])
+                vt.append(t[:-2])
+                vy.append(s[-2])
             elif train_on_last:
-                tr_i.append(s); tr_t.append(t)
+                tr_i.append(s)
+                tr_t.append(t)
             else:
-                tr_i.append(s[:-1]); tr_t.append(t[:-1])
+                tr_i.append(s[:-1])
+                tr_t.append(t[:-1])
         else:
-            tr_i.append(s); tr_t.append(t)
+            tr_i.append(s)
+            tr_t.append(t)
     return Split(Encoded(tr_i, tr_t), Encoded(vi, vt), np.array(vy, dtype=np.int64),
                  Encoded(ti, tt), np.array(ty, dtype=np.int64))
 
@@ -250,7 +258,7 @@ def training_batches(train: Encoded, *, max_len: int, batch_size: int, rng: np.r
     # histories are short, so this saves most of the transformer's work).
     order = rng.permutation(len(idx))
     pool = 50 * batch_size
-    batches = []
+    batches: list[np.ndarray] = []
     for p in range(0, len(order), pool):
         part = order[p : p + pool]
         part = part[np.argsort(lens[part], kind="stable")]

@@ -17,8 +17,8 @@ Catalog coverage@10 = share of the catalog that appears in at least one user's t
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from typing import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -89,7 +89,7 @@ def rank_all(
     out = metrics_from_ranks(ranks, ks)
     n_cat = n_items if catalog_rows is None else len(catalog_rows)
     out["coverage@10"] = float(seen_top[1:].sum() / max(n_cat, 1))
-    out["users"] = int(len(targets))
+    out["users"] = len(targets)
     return out
 
 
@@ -147,7 +147,7 @@ def cooccurrence_score_fn(train: Encoded, n_items: int, *, window: int = 3, rece
                           ) -> ScoreFn:
     """Item-to-item: j scores by how often it followed the user's last ``recent`` items within
     ``window`` steps in ``train`` (newer history items weigh more), popularity breaking ties."""
-    follow: dict[int, Counter] = defaultdict(Counter)
+    follow: defaultdict[int, defaultdict[int, float]] = defaultdict(lambda: defaultdict(float))
     counts = np.zeros(n_items + 1, dtype=np.float32)
     for s in train.items:
         np.add.at(counts, np.asarray(s, dtype=np.int64), 1.0)

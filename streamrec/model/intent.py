@@ -19,9 +19,10 @@ True
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ class IntentModel(nn.Module):
         atomic_write_text(out / INTENT_CONFIG, json.dumps(asdict(self.cfg), indent=2, sort_keys=True, default=float))
 
     @classmethod
-    def load(cls, path: str | Path) -> "IntentModel | None":
+    def load(cls, path: str | Path) -> IntentModel | None:
         """The intent model of a checkpoint dir, or None when it has none (older checkpoints)."""
         p = Path(path)
         if not (p / INTENT_CONFIG).is_file() and not (p / INTENT_WEIGHTS).is_file():
@@ -146,7 +147,7 @@ class IntentExamples:
     user: list[str]
     ts_ms: np.ndarray  # (N,) int64, the scored event's time
 
-    def select(self, mask: np.ndarray) -> "IntentExamples":
+    def select(self, mask: np.ndarray) -> IntentExamples:
         idx = np.flatnonzero(mask)
         return IntentExamples(self.x[idx], self.y[idx], self.session_start_ms[idx], self.session_end_ms[idx],
                               [self.user[i] for i in idx], self.ts_ms[idx])
@@ -244,14 +245,14 @@ def train_intent(users: dict[str, list[Any]], *, holdout: float = 0.2, seed: int
         return None, {"skipped": "the events need sessions with and without a later purchase"}
     cut = float(np.quantile(np.unique(ex.session_start_ms), 1.0 - holdout))
     tr, te = ex.select(ex.session_end_ms < cut), ex.select(ex.session_start_ms >= cut)
-    metrics: dict[str, Any] = {"examples": int(len(ex.y)), "positive_rate": round(float(ex.y.mean()), 4)}
+    metrics: dict[str, Any] = {"examples": len(ex.y), "positive_rate": round(float(ex.y.mean()), 4)}
     if len(tr.y) and len(te.y) and 0 < tr.y.mean() < 1 and 0 < te.y.mean() < 1:
         cols = columns(BASELINE_FEATURES)
         m = fit_intent(tr.x, tr.y, feature_names=FEATURE_NAMES, steps=steps, seed=seed)
         b = fit_intent(tr.x[:, cols], tr.y, feature_names=BASELINE_FEATURES, steps=steps, seed=seed)
         pm, pb = m.predict(te.x), b.predict(te.x[:, cols])
         metrics["holdout"] = {
-            "examples": int(len(te.y)),
+            "examples": len(te.y),
             "model_roc_auc": round(roc_auc(te.y, pm), 4), "model_log_loss": round(log_loss(te.y, pm), 4),
             "baseline_roc_auc": round(roc_auc(te.y, pb), 4), "baseline_log_loss": round(log_loss(te.y, pb), 4),
             "base_rate_log_loss": round(log_loss(te.y, np.full(len(te.y), tr.y.mean())), 4),

@@ -19,13 +19,14 @@ True
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ class ModelVersion:
     metrics: dict[str, Any] = field(default_factory=dict)  # the checkpoint's metrics.json
     created_ts: float = 0.0  # unix time the version was registered
     is_current: bool = False  # whether CURRENT points at it
+
+
+def data_cut_ms(v: ModelVersion) -> int:
+    """When ``v``'s training data was cut (epoch ms): ``data_cut_ts`` or its registration time."""
+    cut = v.metrics.get("data_cut_ts")
+    return int(cut) if isinstance(cut, (int, float)) else int(v.created_ts * 1000)
 
 
 class ModelRegistry:
@@ -95,6 +102,14 @@ class ModelRegistry:
             out.append(ModelVersion(name, p, read_metrics(p), created, name == cur))
         return out
 
+    def versions_trained_before(self, ts_ms: int) -> builtins.list[ModelVersion]:
+        """Versions whose training data was cut at or before ``ts_ms`` (epoch ms): after a user
+        deletion purged from the training log at ``ts_ms``, these may still carry the user's past
+        behaviour in their weights. The cut is the version's ``data_cut_ts`` (the trainer's wall
+        time reading the log); a version without it (``streamrec train``) counts by its
+        registration time."""
+        return [v for v in self.list() if data_cut_ms(v) <= ts_ms]
+
     # -- writing ------------------------------------------------------------------------------------
 
     def register(self, src_dir: str | Path, *, metrics: dict[str, Any] | None = None) -> str:
@@ -112,7 +127,7 @@ class ModelRegistry:
         while True:  # a concurrent register may take the number: retry with the next one
             names = self._names()
             n = int(_VERSION_RE.match(names[-1]).group(1)) + 1 if names else 1  # type: ignore[union-attr]
-            stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            stamp = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
             name = f"v{n:04d}-{stamp}"
             try:
                 os.rename(tmp, self.versions_dir / name)
@@ -129,7 +144,7 @@ class ModelRegistry:
             raise ValueError(f"unknown model version {version!r} (known: {known})")
         return self.versions_dir / version
 
-    def prune(self, keep: int) -> list[str]:
+    def prune(self, keep: int) -> builtins.list[str]:  # `list` here is the method above
         """Delete all but the ``keep`` newest versions; the current one is never deleted.
         Returns the deleted names. A version is renamed out of the listing before removal, so a
         reader never sees half of one."""

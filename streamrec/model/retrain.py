@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -122,10 +122,11 @@ def sequences_from_log(table: pa.Table) -> dict[str, list[Step]]:
     >>> sequences_from_log(t)
     {'u': [('a', 'add_to_cart', 2), ('b', 'view', 3)]}
     """
-    users = table.column("user_id").to_pylist()
-    items = table.column("item_id").to_pylist()
-    types = table.column("type").to_pylist()
-    ts = table.column("ts").to_pylist()
+    # Every row was a validated ShopEvent: these columns hold no nulls (Arrow types them optional).
+    users = cast("list[str]", table.column("user_id").to_pylist())
+    items = cast("list[str]", table.column("item_id").to_pylist())
+    types = cast("list[str]", table.column("type").to_pylist())
+    ts = cast("list[int]", table.column("ts").to_pylist())
     out: dict[str, list[Step]] = {}
     for u, i, t, when in zip(users, items, types, ts):
         if t not in INTEREST_TYPES:
@@ -271,6 +272,7 @@ def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cf
     from streamrec.model.train import TrainSettings, finetune, train
 
     t0 = time.monotonic()
+    cut_ms = int(time.time() * 1000)  # the caller read ``table`` just before: the data's cut
     rng = np.random.default_rng(cfg.seed)
     dev = str(resolve_device(cfg.device))
     seqs = sequences_from_log(table)
@@ -326,7 +328,12 @@ def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cf
         train_seconds=round(train_seconds, 1), base_version=None if full else base_version,
     )
     if ok:
-        metrics = dict(res.metrics) | {"gate": decision.to_dict()}
+        import pyarrow.compute as pc
+
+        newest = pc.max(table.column("ts")).as_py() if table.num_rows else None
+        # Which deletions this version predates (registry.versions_trained_before).
+        metrics = dict(res.metrics) | {"gate": decision.to_dict(), "data_cut_ts": cut_ms,
+                                       "trained_until_ts": None if newest is None else int(newest)}
         registry.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=registry.root))
         try:

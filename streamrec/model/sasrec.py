@@ -37,7 +37,8 @@ so the loss itself teaches how much text similarity to trust for new items, new 
 known ones. ``k_u`` (``trust_known_share``) is the share of the history's items that have a
 trained id: a history of new items only (a whole new shop) is ranked by text similarity alone,
 the model part counts in proportion to what it knows. The gates are fitted after the model
-part, on held-out validation pairs (``TrainSettings.hybrid_fit="post"``, ``gate_data="val"``). ``shop_dropout`` drops every id of a batch (a whole new shop) so that the regime
+part, on held-out validation pairs (``TrainSettings.hybrid_fit="post"``, ``gate_data="val"``).
+``shop_dropout`` drops every id of a batch (a whole new shop) so that the regime
 "nothing is known" is trained too. Checkpoints without these fields load with ``hybrid=False``.
 
 Event types (view / add_to_cart / remove_from_cart / purchase) DO enter the input through a small
@@ -48,6 +49,7 @@ where that embedding is a constant and changes nothing.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 import torch.nn as nn
@@ -153,6 +155,14 @@ class SASRec(PreTrainedModel):
     config_class = SASRecConfig
     base_model_prefix = "sasrec"
     main_input_name = "item_ids"
+    text_emb: torch.Tensor  # a buffer (register_buffer below)
+    text_basis: torch.Tensor  # hybrid buffers (register_buffer below)
+    item_count: torch.Tensor
+
+    if TYPE_CHECKING:
+        # transformers types PreTrainedModel.to through functools.wraps(nn.Module.to), which mypy
+        # reads as taking a PreTrainedModel argument; the real signature is nn.Module.to's.
+        def to(self, *args: Any, **kwargs: Any) -> Self: ...  # type: ignore[override]
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__(config)
@@ -360,7 +370,7 @@ class SASRec(PreTrainedModel):
         the model's per-row reduced titles and new-flags (the serving cache's rows, which may
         outnumber the model's)."""
         table_low = self.text_low() if low is None else low
-        B, T = item_ids.shape
+        T = item_ids.shape[1]
         valid = (item_ids != PAD_ID).float()  # (B, T)
         if last_only:
             # Only the newest items whose weight matters (decay ** age >= 1e-4 of the newest):
@@ -427,8 +437,8 @@ class SASRec(PreTrainedModel):
         Position embeddings count from the right (the newest item always gets the same one), so
         a history padded to any length gives the same output.
         """
-        B, T = item_ids.shape
-        assert T <= self.config.max_len, "history longer than max_len"
+        _, T = item_ids.shape
+        assert T <= self.config.max_len, "history longer than max_len"  # noqa: SIM300 - T is a shape letter
         valid = item_ids != PAD_ID  # (B, T)
         x = table[item_ids]  # (B, T, d)
         if type_ids is None:

@@ -29,7 +29,13 @@ import torch
 from tqdm.auto import tqdm
 
 from streamrec.model.data import (
-    Encoded, Interactions, ItemVocab, encode, history_batch, leave_one_out, training_batches,
+    Encoded,
+    Interactions,
+    ItemVocab,
+    encode,
+    history_batch,
+    leave_one_out,
+    training_batches,
     vocab_from,
 )
 from streamrec.model.evaluate import evaluate_model
@@ -104,8 +110,9 @@ def item_text_matrix(vocab: ItemVocab, item_text: dict[str, str | None], ids: li
 
 
 def _optimizer(model: SASRec, s: TrainSettings) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for _name, p in model.named_parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -273,7 +280,7 @@ def fit_gates(model: SASRec, train_enc: Encoded, s: TrainSettings, *,
         n_batches = math.ceil(sum(len(x) >= 2 for x in train_enc.items) / s.batch_size)
     else:
         n_batches = math.ceil(len(targets) / s.gate_positions)
-    steps, done, losses = max(1, int(round(s.gate_epochs * n_batches))), 0, []
+    steps, done, losses = max(1, round(s.gate_epochs * n_batches)), 0, []
     try:
         while done < steps:
             batches = (training_batches(train_enc, max_len=model.config.max_len,
@@ -311,7 +318,7 @@ def fit_gates(model: SASRec, train_enc: Encoded, s: TrainSettings, *,
     finally:
         for p, w in zip(frozen, was):
             p.requires_grad_(w)
-    out = {name: [round(v, 4) for v in torch.cat([g.weight.detach()[0], g.bias.detach()]).tolist()]
+    out: dict[str, Any] = {name: [round(v, 4) for v in torch.cat([g.weight.detach()[0], g.bias.detach()]).tolist()]
            for name, g in (("gate_item", model.gate_item), ("gate_user", model.gate_user),
                            ("bias_item", model.bias_item))}
     out |= {"steps": done, "data": "train" if targets is None else "pairs",
@@ -327,10 +334,11 @@ def with_text_channel(model: SASRec, **config: Any) -> SASRec:
     start values, item counts zero, basis from its catalog): ``fit`` or :func:`fit_gates` then
     fits the gates. ``config`` overrides (e.g. ``text_sim_dim``) apply to the copy."""
     cfg = copy.deepcopy(model.config)
+    assert isinstance(cfg, SASRecConfig)
     for k, v in ({"hybrid": True} | config).items():
         setattr(cfg, k, v)
     out = SASRec(cfg)
-    missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
+    _missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected, unexpected
     out.text_emb = model.text_emb.clone()
     out.set_text_basis()

@@ -18,6 +18,15 @@ This is the Kafka Connect HDFS/S3 sink pattern:
 Leftover temp files (``.<segment>.<pid>-<id>.tmp``) (a crash mid-write) are deleted on open: their offsets were never
 committed, so Kafka redelivers their events.
 
+Erasure (:meth:`TrainLog.purge_user`): the deletion is first recorded durably in
+``deletions.json`` as *pending* (with the user id), then every segment holding the user's rows is
+rewritten without them (atomically: readers see the old file or the new one; a segment left
+empty stays as an empty file so its offsets stay covered), then the entry becomes *done*, which
+keeps only a SHA-256 of the user id and ``requested_ts``. Opening the log redoes pending purges
+(a crash mid-purge). :meth:`TrainLog.append` drops every event of a deleted user whose ``ts`` is
+not after the deletion's ``requested_ts`` (a replay of old events does not bring them back);
+later events start the user afresh.
+
 >>> import tempfile
 >>> from streamrec.schemas import ShopEvent
 >>> log = TrainLog(tempfile.mkdtemp(), topic="shop.events")
@@ -30,6 +39,8 @@ committed, so Kafka redelivers their events.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -39,6 +50,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,7 +62,7 @@ from streamrec.schemas import ShopEvent
 log = logging.getLogger(__name__)
 
 #: Columns of every segment (one row per event). ``partition``/``offset``: where Kafka had it.
-SCHEMA = pa.schema([
+_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("event_id", pa.string()),
     ("user_id", pa.string()),
     ("session_id", pa.string()),
@@ -61,8 +73,10 @@ SCHEMA = pa.schema([
     ("quantity", pa.int32()),
     ("partition", pa.int32()),
     ("offset", pa.int64()),
-])
+]
+SCHEMA = pa.schema(_COLUMNS)
 SUFFIX = ".parquet"
+DELETIONS_FILE = "deletions.json"
 _NAME_RE = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\+(?P<last>\d{20})"
                       r"(?:\+(?P<tag>[0-9a-f]{8}))?\.parquet$")
 
@@ -86,6 +100,11 @@ def parse_segment_name(name: str) -> tuple[str, int, int, int] | None:
     return m["topic"], int(m["partition"]), int(m["first"]), int(m["last"])
 
 
+def _event_ids(table: pa.Table) -> list[str]:
+    # Every row was a validated ShopEvent, so event_id is never null (Arrow types it optional).
+    return cast("list[str]", table.column("event_id").to_pylist())
+
+
 @dataclass(frozen=True)
 class Segment:
     path: Path
@@ -104,12 +123,22 @@ class Segment:
 class AppendResult:
     written: int = 0  # rows in the new segment
     duplicates: int = 0  # events dropped because their event_id was already logged
+    erased: int = 0  # events dropped because their user was deleted after them
     segment: Path | None = None  # None when nothing new was left to write
 
 
 def _is_temp(name: str) -> bool:
     """An unfinished write of :func:`streamrec.fsutil.atomic_write` (``.<name>.<pid>-<id>.tmp``)."""
     return name.startswith(".") and name.endswith(".tmp")
+
+
+def user_hash(user_id: str) -> str:
+    """What the deletions file keeps of a purged user: SHA-256 hex of the id.
+
+    >>> user_hash("u")[:12]
+    '0bfe935e70c3'
+    """
+    return hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
 
 def events_table(records: Sequence[tuple[int, int, ShopEvent]]) -> pa.Table:
@@ -153,7 +182,15 @@ class TrainLog:
         self._ids: set[str] = set()
         self._seg_ids: dict[Path, list[str]] = {}
         self._lock = threading.Lock()  # the segment table is read by the retraining thread
+        self._deletions_path = self.root / DELETIONS_FILE
+        # user hash -> requested_ts of done purges; user id -> requested_ts of pending ones
+        self.deleted: dict[str, int] = {}
+        self.pending: dict[str, int] = {}
+        self._read_deletions()
         self._scan()
+        for user_id, ts in sorted(self.pending.items()):
+            log.info("redoing an interrupted purge user_hash=%s requested_ts=%d", user_hash(user_id)[:12], ts)
+            self.purge_user(user_id, ts)
 
     # -- opening ------------------------------------------------------------------------------------
 
@@ -175,7 +212,7 @@ class TrainLog:
                 log.error("unreadable segment file=%s reason=%s moved_to=%s", p, exc, bad)
                 os.replace(p, bad)
                 continue
-            self._add(p, parsed, ids.column("event_id").to_pylist(), ids.column("ts"))
+            self._add(p, parsed, _event_ids(ids), ids.column("ts"))
 
     def _add(self, p: Path, parsed: tuple[str, int, int, int], ids: list[str], ts: pa.ChunkedArray) -> None:
         import pyarrow.compute as pc
@@ -189,6 +226,23 @@ class TrainLog:
                                         int(lo or 0), int(hi or 0), st.st_mtime)
         self._seg_ids[p] = ids
         self._ids.update(ids)
+
+    def _read_deletions(self) -> None:
+        try:
+            data = json.loads(self._deletions_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            # Written atomically, so this is disk damage; refusing to open beats forgetting a deletion.
+            raise RuntimeError(f"unreadable deletions file {self._deletions_path}: {exc}") from None
+        self.deleted = {str(k): int(v) for k, v in (data.get("deleted") or {}).items()}
+        self.pending = {str(k): int(v) for k, v in (data.get("pending") or {}).items()}
+
+    def _write_deletions(self) -> None:
+        from streamrec.fsutil import atomic_write_text
+
+        atomic_write_text(self._deletions_path, json.dumps(
+            {"deleted": self.deleted, "pending": self.pending}, sort_keys=True))
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -234,7 +288,9 @@ class TrainLog:
             schema = SCHEMA if not columns else pa.schema([SCHEMA.field(c) for c in columns])
             return schema.empty_table()
         t = pa.concat_tables(tables)
-        keys = [(k, "ascending") for k in ("ts", "partition", "offset") if k in t.column_names]
+        keys: list[tuple[str, Literal["ascending", "descending"]]] = [
+            (k, "ascending") for k in ("ts", "partition", "offset") if k in t.column_names
+        ]
         return t.sort_by(keys) if keys else t
 
     # -- writing ------------------------------------------------------------------------------------
@@ -258,6 +314,9 @@ class TrainLog:
             if e.event_id in self._ids or e.event_id in batch_ids:
                 res.duplicates += 1
                 continue
+            if self.is_erased(e.user_id, e.ts):
+                res.erased += 1
+                continue
             batch_ids.add(e.event_id)
             fresh.append((partition, offset, e))
         if not fresh:
@@ -271,11 +330,59 @@ class TrainLog:
         atomic_write(final, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         parsed = parse_segment_name(final.name)
         assert parsed is not None
-        self._add(final, parsed, table.column("event_id").to_pylist(), table.column("ts"))
+        self._add(final, parsed, _event_ids(table), table.column("ts"))
         res.written = table.num_rows
         res.segment = final
         log.debug("segment written file=%s rows=%d duplicates=%d", final.name, res.written, res.duplicates)
         return res
+
+    def is_erased(self, user_id: str, ts: int) -> bool:
+        """Whether an event of ``user_id`` at ``ts`` predates (or equals) a deletion of the user."""
+        if not self.deleted and not self.pending:
+            return False
+        cut = self.pending.get(user_id)
+        if cut is None:
+            cut = self.deleted.get(user_hash(user_id))
+        return cut is not None and ts <= cut
+
+    def purge_user(self, user_id: str, requested_ts: int) -> int:
+        """Erase ``user_id``'s events (``ts <= requested_ts``) from every segment; returns the rows
+        removed. Durable and redone on open if interrupted (see the module docstring)."""
+        import pyarrow.compute as pc
+
+        h = user_hash(user_id)
+        requested_ts = max(int(requested_ts), self.deleted.get(h, requested_ts), self.pending.get(user_id, requested_ts))
+        self.pending[user_id] = requested_ts
+        self._write_deletions()  # first: a crash from here on redoes the purge on open
+        removed = 0
+        for s in self.segments:
+            try:
+                users = pq.read_table(s.path, columns=["user_id", "ts"])
+            except FileNotFoundError:  # deleted by retention meanwhile
+                continue
+            doomed = pc.and_(pc.equal(users.column("user_id"), pa.scalar(user_id, pa.string())),
+                             pc.less_equal(users.column("ts"), pa.scalar(requested_ts, pa.int64())))
+            n = int(pc.sum(doomed).as_py() or 0)  # type: ignore[type-var]  # a bool sum counts
+            if n == 0:
+                continue
+            table = pq.read_table(s.path).filter(pc.invert(doomed))
+
+            def write(tmp: Path, t: pa.Table = table) -> None:
+                pq.write_table(t, tmp, compression="zstd")
+
+            atomic_write(s.path, write)  # readers see the old segment or the new one
+            parsed = parse_segment_name(s.path.name)
+            assert parsed is not None
+            self._ids.difference_update(self._seg_ids.pop(s.path, []))
+            self._add(s.path, parsed, [str(i) for i in table.column("event_id").to_pylist()], table.column("ts"))
+            removed += n
+            log.info("segment rewritten for an erasure file=%s removed=%d rows=%d", s.path.name, n, table.num_rows)
+        del self.pending[user_id]
+        self.deleted[h] = requested_ts
+        self._write_deletions()
+        log.info("user purged from the training log user_hash=%s requested_ts=%d removed=%d purged_ts=%d",
+                 h[:12], requested_ts, removed, int(time.time() * 1000))
+        return removed
 
     def enforce_retention(self, now_ms: int | None = None) -> list[Path]:
         """Delete segments past ``max_age_s`` (by their newest event) and, oldest first, beyond
@@ -353,6 +460,16 @@ class SegmentBuffer:
     def due(self, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
         return self._count > 0 and (self._count >= self.max_events or now - (self._since or now) >= self.max_age_s)
+
+    def drop_user(self, user_id: str, requested_ts: int) -> int:
+        """Drop the buffered events of ``user_id`` with ``ts <= requested_ts`` (an erasure);
+        returns how many. Their offsets stay in the partition's range (consumed)."""
+        dropped = 0
+        for p in self.pending.values():
+            keep = [(o, e) for o, e in p.records if not (e.user_id == user_id and e.ts <= requested_ts)]
+            dropped += len(p.records) - len(keep)
+            p.records = keep
+        return dropped
 
     def drain(self) -> list[tuple[int, PendingPartition]]:
         """``[(partition, pending), ...]`` and an empty buffer."""

@@ -9,9 +9,9 @@ from streamrec.schemas.base import MAX_MESSAGE_BYTES, TS_MAX_MS, TS_MIN_MS, Cont
 from streamrec.schemas.contracts import (
     CONTRACTS,
     EVENT_TYPES,
-    EventType,
     CatalogItem,
     DeadLetter,
+    EventType,
     ModelUpdate,
     Profile,
     Reason,
@@ -23,9 +23,25 @@ from streamrec.schemas.contracts import (
 )
 
 __all__ = [
-    "CONTRACTS", "EVENT_TYPES", "EventType", "MAX_MESSAGE_BYTES", "TS_MAX_MS", "TS_MIN_MS", "CatalogItem",
-    "Contract", "DeadLetter", "ModelUpdate", "Profile", "Reason", "Recommendation", "ScoredItem", "ShopEvent",
-    "UserDeletion", "json_schema", "committed_schema", "recommendation_bytes",
+    "CONTRACTS",
+    "EVENT_TYPES",
+    "MAX_MESSAGE_BYTES",
+    "TS_MAX_MS",
+    "TS_MIN_MS",
+    "CatalogItem",
+    "Contract",
+    "DeadLetter",
+    "EventType",
+    "ModelUpdate",
+    "Profile",
+    "Reason",
+    "Recommendation",
+    "ScoredItem",
+    "ShopEvent",
+    "UserDeletion",
+    "committed_schema",
+    "json_schema",
+    "recommendation_bytes",
 ]
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, ClassVar, TypeVar
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -54,7 +55,7 @@ class Contract(BaseModel):
         try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:
-            first = exc.errors()[0] if exc.errors() else {}
+            first: Mapping[str, Any] = exc.errors()[0] if exc.errors() else {}
             if first.get("type") == "json_invalid":
                 try:
                     raw.decode("utf-8")

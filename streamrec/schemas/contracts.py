@@ -19,7 +19,7 @@ from streamrec.schemas.base import Contract, Id, LongText, ShortText, TimestampM
 
 #: The event types of the contract: the one place they are named (settings, CLI, model import them).
 EventType = Literal["view", "add_to_cart", "remove_from_cart", "purchase"]
-EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 MAX_RECOMMENDED_ITEMS = 1000
 #: Original bytes kept in a dead letter; beyond it, truncated (the reason says so). 512 KiB, so that
 #: the dead letter (base64: 4/3 of that, plus the reason) stays under the 1,000,000-byte message
@@ -165,7 +165,7 @@ class DeadLetter(Contract):
     original: Annotated[str, Field(max_length=MAX_ORIGINAL_B64)]
 
     @classmethod
-    def wrap(cls, *, topic: str, partition: int, offset: int, reason: str, original: bytes | None) -> "DeadLetter":
+    def wrap(cls, *, topic: str, partition: int, offset: int, reason: str, original: bytes | None) -> DeadLetter:
         original = original or b""
         note = ""
         if len(original) > MAX_ORIGINAL_BYTES:

@@ -58,6 +58,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 STAGE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0)
 
+#: Time to build and swap in a new model version, s.
+SWAP_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0)
+
 
 class Metrics:
     """The worker's counters, gauges and histograms, rendered in the Prometheus text format."""
@@ -84,6 +87,17 @@ class Metrics:
         self.model_info = self.gauge("streamrec_model_info", "The model version being served.", ("version",))
         self.consumer_lag = self.gauge("streamrec_consumer_lag", "Messages behind the end of each partition.",
                                        ("partition",))
+        # hot swap (streamrec.serving.swap): versions swapped in, refused, and what a swap cost
+        self.model_swaps = self.counter("streamrec_model_swaps", "Model versions swapped in while serving.")
+        self.model_refusals = self.counter("streamrec_model_refusals",
+                                           "Announced model versions refused (missing, corrupt, incompatible).")
+        self.model_swap_in_progress = self.gauge("streamrec_model_swap_in_progress",
+                                                 "1 while a new version is being built off the hot path.")
+        self.model_swap_seconds = self.histogram("streamrec_model_swap_seconds",
+                                                 "Announcement taken to new version serving, s.", SWAP_BUCKETS_S)
+        self.model_swap_titles = self.counter("streamrec_model_swap_titles",
+                                              "Catalog titles a swap needed: reused or run through the text model.",
+                                              ("source",))
         self.batch_size = self.histogram("streamrec_batch_size", "Events per scoring batch.", BATCH_BUCKETS)
         self.latency = self.histogram("streamrec_event_to_recommendation_ms",
                                       "Event timestamp to recommendation produced, ms.", LATENCY_BUCKETS_MS)

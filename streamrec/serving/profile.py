@@ -100,7 +100,7 @@ class InterestProfile:
         return {"c": self.categories, "b": self.brands, "t": self.updated_ms}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "InterestProfile":
+    def from_json(cls, data: dict[str, Any] | None) -> InterestProfile:
         """Decode a stored profile; ``TypeError`` / ``ValueError`` when it does not have this shape."""
         if not data:
             return cls()

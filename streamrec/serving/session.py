@@ -136,7 +136,7 @@ class SessionStats:
         return dict(self.__dict__)  # the dataclass fields (the worker writes it as JSON at once)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "SessionStats":
+    def from_json(cls, data: dict[str, Any] | None) -> SessionStats:
         """Decode stored counters; ``TypeError`` / ``ValueError`` when they do not have this shape."""
         if not data:
             return cls()

@@ -1,7 +1,8 @@
 """The Faust app: events -> per-user state -> batched model + index -> recommendations.
 
 This module only wires: topics, the table, the events agent (:mod:`streamrec.streams.agents`),
-the catalog reader (:mod:`streamrec.streams.catalog`) and the web views
+the catalog reader (:mod:`streamrec.streams.catalog`), the model-updates reader that hot-swaps
+new versions (:mod:`streamrec.streams.model_follower`) and the web views
 (:mod:`streamrec.streams.views`). The logic lives in those modules and in :mod:`streamrec.serving`.
 """
 
@@ -14,10 +15,12 @@ from typing import Any
 import faust
 
 from streamrec.config import Settings
+from streamrec.serving.swap import VersionLoader
 from streamrec.streams.agents import BatchHandler, consume_deletions, consume_events
-from streamrec.streams.catalog import catalog_reader
+from streamrec.streams.catalog import catalog_reader, read_catalog_topic
 from streamrec.streams.consumer import Transport
 from streamrec.streams.kafka_config import faust_brokers, faust_credentials
+from streamrec.streams.model_follower import follow_model_updates
 from streamrec.streams.outage import BrokerWatch
 from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
@@ -44,17 +47,33 @@ def worker_datadir(settings: Settings) -> Path:
     return settings.data_dir / "worker" / f"{settings.app_id}-{settings.web_port}"
 
 
-def create_app(settings: Settings, *, recommender: Any, index: Any,
-               store: str = "rocksdb://") -> tuple[faust.App, Pipeline]:
+def new_index(settings: Settings, dim: int) -> Any:
+    """An empty item index with the worker's index settings (at start and for each new version)."""
+    from streamrec.indexer import ItemIndex
+
+    return ItemIndex(
+        dim, kind=settings.index_kind, exact_max=settings.index_exact_max,
+        hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,
+        hnsw_ef_search=settings.hnsw_ef_search, ivf_nlist=settings.ivf_nlist,
+        ivf_nprobe=settings.ivf_nprobe, device=settings.device,
+    )
+
+
+def create_app(settings: Settings, *, recommender: Any, index: Any, store: str = "rocksdb://",
+               loader: VersionLoader | None = None, follow_models: bool = True) -> tuple[faust.App, Pipeline]:
     """Build the worker app around a loaded model and an (empty or restored) item index.
 
-    ``store`` is the table store (``memory://`` in unit tests). The app carries its
-    :class:`BatchHandler` as ``app.streamrec_handler`` and the pipeline as ``app.streamrec_pipeline``.
+    ``store`` is the table store (``memory://`` in unit tests). ``loader`` says how the worker
+    loads the versions it hot-swaps (sharing ``recommender``'s title encoder or text cache; see
+    :func:`streamrec.streams.cli.build_worker`); without one it serves ``recommender`` only.
+    ``follow_models`` starts the model-updates reader. The app carries its :class:`BatchHandler`
+    as ``app.streamrec_handler`` and the pipeline as ``app.streamrec_pipeline``.
     """
     pipeline = Pipeline(
         recommender=recommender, index=index, top_k=settings.top_k, history_len=settings.history_len,
         purchased_max=settings.purchased_max, trigger_types=settings.trigger_types,
         profile_weights=settings.profile_weights(),
+        new_index=lambda dim: new_index(settings, dim), loader=loader,
     )
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +159,14 @@ def create_app(settings: Settings, *, recommender: Any, index: Any,
                 metrics.kafka_outages.inc()
 
         await watch.run(on_change=on_change)
+
+    if follow_models and loader is not None:
+        # a new version is built from the catalog topic itself (the source of truth), as at a start
+        pipeline.catalog_source = lambda: read_catalog_topic(settings)
+
+        @app.task
+        async def follow_models_task() -> None:
+            await follow_model_updates(settings, pipeline)
 
     @app.task
     async def loop_lag() -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from streamrec.config import Settings
-from streamrec.errors import SchemaError
+from streamrec.errors import KafkaRuntimeError, SchemaError
 from streamrec.schemas import CatalogItem, DeadLetter
 from streamrec.streams.kafka_config import aiokafka_config
 from streamrec.streams.pipeline import Pipeline
@@ -110,3 +111,57 @@ async def catalog_reader(settings: Settings, pipeline: Pipeline, *, dead_letters
                 pipeline.catalog_ready.set()
     finally:
         await consumer.stop()
+
+
+def read_catalog_topic(settings: Settings, *, chunk: int = CATALOG_BATCH * 8,
+                       timeout_s: float = 600.0) -> Iterator[list[tuple[str, CatalogItem | None]]]:
+    """The whole compacted catalog topic as of now, in chunks of ``(item_id, item)`` changes in
+    topic order (``item`` None: deleted), read from the beginning to the end offsets seen at the
+    call. A hot swap builds its new version from this (synchronous: it runs on the swap thread).
+    Records that do not parse are skipped (the catalog reader logs them)."""
+    import uuid
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    topic = settings.topic_catalog
+    consumer = Consumer(settings.confluent_config() | {
+        "group.id": f"{settings.app_id}-catalog-snapshot-{uuid.uuid4().hex[:8]}",  # never committed
+        "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
+    })
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is None or meta.error is not None:
+            log.warning("catalog topic %s not readable for a snapshot; building without a catalog", topic)
+            return
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in meta.partitions}
+        pending = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise KafkaRuntimeError(f"catalog snapshot of {topic} not read within {timeout_s:.0f}s")
+            out: list[tuple[str, CatalogItem | None]] = []
+            for msg in consumer.consume(num_messages=chunk, timeout=0.5):
+                p = msg.partition()
+                if msg.error() is not None or p not in pending or msg.offset() >= ends[p]:
+                    continue
+                if msg.offset() + 1 >= ends[p]:
+                    pending.discard(p)
+                value = msg.value()
+                if value is None:
+                    if msg.key():
+                        out.append((msg.key().decode("utf-8", "replace")[:128], None))
+                    continue
+                try:
+                    item = CatalogItem.from_bytes(value)
+                except SchemaError:
+                    continue
+                out.append((item.item_id, item))
+            for p in list(pending):  # a compacted tail: the position may pass the end without a record
+                pos = consumer.position([TopicPartition(topic, p)])[0].offset
+                if pos >= ends[p]:
+                    pending.discard(p)
+            if out:
+                yield out
+    finally:
+        consumer.close()

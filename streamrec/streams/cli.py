@@ -112,13 +112,17 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
 
     Threads and log levels are set here, once per process (see :mod:`streamrec.streams.tuning`).
     """
-    from streamrec.indexer import ItemIndex
     from streamrec.model.inference import Recommender
     from streamrec.model.registry import ModelRegistry
     from streamrec.model.text import TextEncoder
     from streamrec.model.textcache import TextCache
-    from streamrec.streams.app import create_app
-    from streamrec.streams.tuning import compute_threads, quiet_third_party_loggers, set_compute_threads
+    from streamrec.serving.swap import VersionLoader
+    from streamrec.streams.app import create_app, new_index
+    from streamrec.streams.tuning import (
+        compute_threads,
+        quiet_third_party_loggers,
+        set_compute_threads,
+    )
 
     set_compute_threads(compute_threads(settings.torch_threads))
     quiet_third_party_loggers()
@@ -128,17 +132,14 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
         registry = ModelRegistry(settings.registry_dir)
         path = registry.require_current()
         version = registry.current_version()
+    # one text cache for the serving version and every version hot-swapped in
     cache = TextCache(settings.text_cache_path, encoder=TextEncoder(device=settings.device),
                       max_items=settings.text_cache_max_items)
     recommender = Recommender.load(path, device=settings.device, version=version, text_cache=cache)
-    index = ItemIndex(
-        recommender.dim, kind=settings.index_kind, exact_max=settings.index_exact_max,
-        hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,
-        hnsw_ef_search=settings.hnsw_ef_search, ivf_nlist=settings.ivf_nlist,
-        ivf_nprobe=settings.ivf_nprobe, device=settings.device,
-    )
+    loader = VersionLoader.with_text_cache(cache, device=settings.device)
+    index = new_index(settings, recommender.dim)
     log.info("model loaded version=%s dim=%d path=%s", recommender.version, recommender.dim, path)
-    return create_app(settings, recommender=recommender, index=index)
+    return create_app(settings, recommender=recommender, index=index, loader=loader)
 
 
 def disable_spinner(worker: Any) -> None:

@@ -76,7 +76,7 @@ class BrokerWatch:
             host, _, port = hp.rpartition(":")
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(host or "127.0.0.1", int(port)), timeout)
-            except (OSError, ValueError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, ValueError):
                 continue
             writer.close()
             try:

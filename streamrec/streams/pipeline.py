@@ -2,7 +2,8 @@
 
 Model and index calls run on one dedicated executor thread, so the event loop keeps consuming,
 heartbeating and serving HTTP while a batch is scored, and the model is never used by two
-threads at once.
+threads at once. A new model version is built on a second thread (:meth:`Pipeline.swap_model`)
+and swapped in on the model thread between two scoring calls.
 
 Which items exist: the catalog topic is the source of truth. ``Pipeline.catalog`` holds one
 small int per item (a hash of its text and the stock flag: enough to tell what changed, and no
@@ -20,14 +21,18 @@ events keep being served and catalog changes keep being applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
+from streamrec.errors import CheckpointError
 from streamrec.schemas import TS_MIN_MS, CatalogItem, Profile, ShopEvent
 from streamrec.schemas.contracts import WeightedName
 from streamrec.serving.metrics import Metrics
@@ -35,12 +40,33 @@ from streamrec.serving.popularity import Popularity
 from streamrec.serving.profile import ProfileWeights
 from streamrec.serving.scorer import Explained, Scorer, ServingModel
 from streamrec.serving.state import UserState
+from streamrec.serving.swap import (
+    Built,
+    Change,
+    SwapStats,
+    VersionLoader,
+    apply_changes,
+    build_serving_model,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Most items a worker accepts into its catalog (a bound on memory for hostile catalog topics).
 MAX_CATALOG_ITEMS = 5_000_000
+#: While a new version is built, logged catalog changes are replayed onto it off the model thread
+#: until fewer than this remain; the rest is replayed on the model thread right before the swap.
+SWAP_CATCH_UP = 64
+#: Niceness added to the swap thread (Linux: per thread), so that on a busy machine the scoring
+#: thread and the event loop win the CPU over a version being built.
+SWAP_THREAD_NICE = 10
+
+def _lower_priority() -> None:
+    """Initializer of the swap thread: lower its priority (best effort; only Linux has per-thread nice)."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SWAP_THREAD_NICE)
+
+
 MEMORY_EVERY_S = 10.0  # catalog batches measure the memory gauges at most this often
 
 
@@ -62,7 +88,8 @@ def rss_bytes() -> int:
 class Pipeline:
     def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
                  purchased_max: int, trigger_types: tuple[str, ...],
-                 profile_weights: ProfileWeights | None = None) -> None:
+                 profile_weights: ProfileWeights | None = None,
+                 new_index: Callable[[int], Any] | None = None, loader: VersionLoader | None = None) -> None:
         self.metrics = Metrics()
         self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k,
                              stage=self.metrics.stage)
@@ -79,6 +106,18 @@ class Pipeline:
         self.catalog_ready = asyncio.Event()
         self._memory_at = 0.0  # monotonic time of the last memory measurement
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
+        # -- hot swap (see swap_model) --
+        self.new_index = new_index  # dim -> an empty index with the worker's settings
+        self.loader = loader  # how another version is loaded (None: this pipeline cannot swap)
+        #: catalog changes applied while a version is built, in order (appended on the model thread)
+        self._swap_logs: list[list[Change]] = []
+        #: where a build reads the whole catalog: the worker app reads the compacted catalog topic
+        #: (streams.catalog.read_catalog_topic); ``self.catalog`` keeps no texts
+        self.catalog_source: Callable[[], Iterable[list[Change]]] | None = None
+        self._swap_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-swap",
+                                                 initializer=_lower_priority)
+        self._swap_lock = asyncio.Lock()
+        self.swap_pending: str | None = None  # the version being built
 
     @property
     def model(self) -> ServingModel:
@@ -103,6 +142,7 @@ class Pipeline:
         items from their text and put them in the index; drop deleted ones everywhere."""
         model = self.scorer.model  # one reference for the whole batch (a swap may replace it)
         index = model.index
+        recommender = model.recommender
         latest: dict[str, CatalogItem | None] = {}
         for item_id, item in changes:  # last write per item wins within a batch
             latest[item_id] = item
@@ -143,8 +183,12 @@ class Pipeline:
             if ids:
                 index.set_in_stock(ids, flag)
         if embed:
-            vecs = model.recommender.add_items([(it.item_id, it.text() or None) for it in embed])
+            vecs = recommender.add_items([(it.item_id, it.text() or None) for it in embed])
             index.upsert([it.item_id for it in embed], vecs, in_stock=[it.in_stock for it in embed])
+        if self._swap_logs:  # a version being built replays these before its swap
+            applied = [(i, it) for i, it in latest.items() if it is None or i in self.catalog]
+            for change_log in self._swap_logs:
+                change_log.extend(applied)
         self.metrics.catalog_items.set(len(index))
         if self.catalog_ready.is_set():
             self.retune_index(model)
@@ -197,6 +241,93 @@ class Pipeline:
         out["catalog_dict"] = catalog_dict_bytes(self.catalog)
         out["rss"] = rss_bytes()
         return out
+
+    # -- hot swap ----------------------------------------------------------------------------
+
+    async def swap_model(self, version: str, path: str | Path) -> SwapStats | None:
+        """Build ``version`` (checkpoint dir ``path``) off the hot path and swap it in; None when it
+        is refused (logged and counted; the serving version keeps serving).
+
+        1. On the model thread: start logging the catalog changes applied from now on.
+        2. On the swap thread (lower priority): load and check the version, read the whole catalog
+           (``catalog_source``: the compacted catalog topic from its beginning, as at a start),
+           compute every live item's vector (titles already embedded are text-cache hits), build a
+           new index with the
+           worker's settings, and replay logged changes until few remain.
+        3. On the model thread, between two scoring calls: replay the rest and replace
+           ``scorer.model``. A batch takes that reference once, so it is scored and labelled by
+           one version; events are never touched by a swap, so none is lost or answered twice.
+        """
+        if self.new_index is None or self.loader is None:
+            raise RuntimeError("this pipeline was built without a model loader: it cannot swap")
+        async with self._swap_lock:  # one build at a time
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            change_log: list[Change] = []
+            self.swap_pending = version
+            self.metrics.model_swap_in_progress.set(1)
+            log.info("model swap started version=%s path=%s serving=%s", version, path, self.model_version)
+            try:
+                catalog = await self.run(self._begin_swap, change_log)
+                built, done = await loop.run_in_executor(
+                    self._swap_executor, self._build, version, Path(path), catalog, change_log)
+                replayed = await self.run(self._finish_swap, built, change_log, done)
+            except Exception as exc:  # any failure refuses the version, loudly
+                self.metrics.model_refusals.inc()
+                reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+                expected = isinstance(exc, (CheckpointError, OSError, ValueError))  # no traceback for these
+                log.error("model version refused version=%s path=%s serving=%s reason=%s", version, path,
+                          self.model_version, reason, exc_info=None if expected else exc)
+                return None
+            finally:
+                await self.run(self._end_swap, change_log)
+                self.swap_pending = None
+                self.metrics.model_swap_in_progress.set(0)
+            total = time.perf_counter() - started
+            stats = built.stats
+            self.metrics.model_swaps.inc()
+            self.metrics.model_swap_seconds.observe(total)
+            self.metrics.model_swap_titles.labels(source="reused").inc(stats.titles_reused)
+            self.metrics.model_swap_titles.labels(source="encoded").inc(stats.titles_encoded)
+            log.info("model swapped version=%s items=%d titles_reused=%d titles_encoded=%d replayed=%d "
+                     "build_s=%.2f total_s=%.2f", version, stats.items, stats.titles_reused,
+                     stats.titles_encoded, replayed, stats.build_s, total)
+            return stats
+
+    def _begin_swap(self, change_log: list[Change]) -> Callable[[], Iterable[list[Change]]]:
+        """(model thread) Start logging catalog changes in ``change_log``; returns where the build
+        reads the whole catalog."""
+        if self.catalog_source is None:
+            raise RuntimeError("this pipeline has no catalog source: it cannot build a new version")
+        self._swap_logs.append(change_log)
+        return self.catalog_source
+
+    def _build(self, version: str, path: Path, catalog: Callable[[], Iterable[list[Change]]],
+               change_log: list[Change]) -> tuple[Built, int]:
+        """(swap thread) The whole new version, caught up with all but the last few logged
+        changes; returns it and how many logged changes it has applied."""
+        assert self.loader is not None and self.new_index is not None
+        built = build_serving_model(loader=self.loader, path=path, version=version, new_index=self.new_index,
+                                    catalog=catalog())
+        done = 0
+        while len(change_log) - done >= SWAP_CATCH_UP:  # catch up off the model thread
+            end = len(change_log)
+            apply_changes(built, change_log[done:end])
+            done = end
+        return built, done
+
+    def _finish_swap(self, built: Built, change_log: list[Change], done: int) -> int:
+        """(model thread) Replay the changes logged since the catch-up, then swap: nothing changes
+        the catalog in between, because catalog changes run on this thread too. Returns the
+        number of logged changes replayed in all."""
+        apply_changes(built, change_log[done:])
+        self.scorer.model = built.model  # THE swap: one reference, between two batches
+        self.metrics.catalog_items.set(len(built.model.index))
+        return len(change_log)
+
+    def _end_swap(self, change_log: list[Change]) -> None:
+        """(model thread) Stop logging for this build, whether it was swapped in or refused."""
+        self._swap_logs = [c for c in self._swap_logs if c is not change_log]
 
     # -- events ------------------------------------------------------------------------------
 

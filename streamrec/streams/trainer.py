@@ -12,6 +12,10 @@ Its own process and consumer group (``<app id>-trainer``), independent of the wo
   them.
 * **Catalog**: a group-less reader of the compacted catalog topic, from the beginning, keeps
   ``item_id -> text`` in memory (tombstones delete).
+* **Erasure**: a consumer of the deletions topic (group ``<app id>-trainer-deletions``) drops
+  the user's buffered events and purges the user from the log
+  (:meth:`TrainLog.purge_user`, durable and redone after a crash) before committing the
+  deletion's offset; replays of the user's older events are not logged again.
 * **Cadence**: every ``retrain_interval_s``, when ``retrain_min_events`` new events were logged
   since the last round (or a full retrain is due), one round of
   :func:`streamrec.model.retrain.retrain` runs in a background thread while ingestion goes on.
@@ -50,20 +54,38 @@ class TrainerMetrics:
 
         self.registry = r = CollectorRegistry()
         self.events = Counter("streamrec_trainer_events", "events written to the training log", registry=r)
-        self.duplicates = Counter("streamrec_trainer_duplicates", "events dropped as already logged (event_id)", registry=r)
-        self.malformed = Counter("streamrec_trainer_malformed", "records skipped as malformed (workers dead-letter them)", registry=r)
+        self.duplicates = Counter(
+            "streamrec_trainer_duplicates", "events dropped as already logged (event_id)", registry=r
+        )
+        self.malformed = Counter(
+            "streamrec_trainer_malformed", "records skipped as malformed (workers dead-letter them)", registry=r
+        )
         self.segments = Counter("streamrec_trainer_segments", "training-log segments written", registry=r)
-        self.commit_failures = Counter("streamrec_trainer_commit_failures", "offset commits that failed (the log resumes from its segments)", registry=r)
+        self.commit_failures = Counter(
+            "streamrec_trainer_commit_failures",
+            "offset commits that failed (the log resumes from its segments)",
+            registry=r,
+        )
         self.log_rows = Gauge("streamrec_trainer_log_rows", "events in the training log", registry=r)
         self.log_bytes = Gauge("streamrec_trainer_log_bytes", "bytes of the training log", registry=r)
         self.catalog_items = Gauge("streamrec_trainer_catalog_items", "catalog items with text known", registry=r)
         self.retrains = Counter("streamrec_trainer_retrains", "retraining rounds run", ["mode"], registry=r)
-        self.retrain_errors = Counter("streamrec_trainer_retrain_errors", "rounds that failed or were skipped", ["reason"], registry=r)
+        self.retrain_errors = Counter(
+            "streamrec_trainer_retrain_errors", "rounds that failed or were skipped", ["reason"], registry=r
+        )
         self.decisions = Counter("streamrec_trainer_gate_decisions", "gate decisions", ["decision"], registry=r)
-        self.gate_metric = Gauge("streamrec_trainer_gate_metric", "hold-out metrics of the last decision", ["model", "metric"], registry=r)
-        self.publish_failures = Counter("streamrec_trainer_publish_failures", "ModelUpdate announcements that failed", registry=r)
+        self.gate_metric = Gauge(
+            "streamrec_trainer_gate_metric", "hold-out metrics of the last decision", ["model", "metric"], registry=r
+        )
+        self.publish_failures = Counter(
+            "streamrec_trainer_publish_failures", "ModelUpdate announcements that failed", registry=r
+        )
         self.last_round_s = Gauge("streamrec_trainer_last_round_seconds", "duration of the last round", registry=r)
-        self.current = Gauge("streamrec_trainer_current_version", "1 for the registry's current version", ["version"], registry=r)
+        self.current = Gauge(
+            "streamrec_trainer_current_version", "1 for the registry's current version", ["version"], registry=r
+        )
+        self.erased = Counter("streamrec_trainer_erased_events", "events removed or dropped for a user deletion", registry=r)
+        self.deletions = Counter("streamrec_trainer_deletions", "user deletions applied to the training log", registry=r)
         self.running = Gauge("streamrec_trainer_retrain_running", "1 while a round runs", registry=r)
 
     def set_current(self, version: str | None) -> None:
@@ -120,6 +142,7 @@ class Trainer:
         self.job: threading.Thread | None = None
         self._consumer: Any = None
         self._catalog_consumer: Any = None
+        self._deletions_consumer: Any = None
         self._last_malformed_log = 0.0
         self._malformed_unlogged = 0
         self._last_error_log = 0.0
@@ -173,6 +196,8 @@ class Trainer:
         self._consumer = Consumer(self._conf(s.trainer_group) | {"group.instance.id": s.trainer_group,
                                                                  "session.timeout.ms": 30_000})
         self._consumer.subscribe([s.topic_events], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self._deletions_consumer = Consumer(self._conf(f"{s.trainer_group}-deletions"))
+        self._deletions_consumer.subscribe([s.topic_deletions])
         self._catalog_consumer = Consumer(self._conf(f"{s.trainer_group}-catalog"))
         try:
             meta = self._catalog_consumer.list_topics(s.topic_catalog, timeout=30)
@@ -187,7 +212,7 @@ class Trainer:
                                        for p in sorted(topic.partitions)])
 
     def _close(self) -> None:
-        for c in (self._consumer, self._catalog_consumer):
+        for c in (self._consumer, self._catalog_consumer, self._deletions_consumer):
             if c is not None:
                 try:
                     c.close()
@@ -237,6 +262,38 @@ class Trainer:
             self.catalog[item.item_id] = item.text()
         self.metrics.catalog_items.set(len(self.catalog))
 
+    def apply_deletions(self, messages: list[Any]) -> None:
+        """Erase each :class:`UserDeletion`'s user from the buffer and the log, then commit."""
+        from streamrec.schemas import UserDeletion
+
+        done = False
+        for m in messages:
+            if m.error() is not None:
+                continue
+            try:
+                d = UserDeletion.from_bytes(m.value())
+            except SchemaError as exc:
+                self._malformed(m.topic(), m.partition(), m.offset(), str(exc))
+                done = True
+                continue
+            self.erase(d.user_id, d.requested_ts)
+            done = True
+        if done and self._deletions_consumer is not None:
+            from confluent_kafka import KafkaException
+
+            try:
+                self._deletions_consumer.commit(asynchronous=False)
+            except KafkaException as exc:  # redelivered: a purge is idempotent
+                log.warning("deletion offset commit failed reason=%s", exc)
+
+    def erase(self, user_id: str, requested_ts: int) -> None:
+        """Drop the user's buffered events and purge the user's rows from the log (durable)."""
+        dropped = self.buffer.drop_user(user_id, requested_ts)
+        removed = self.log.purge_user(user_id, requested_ts)
+        self.metrics.erased.inc(dropped + removed)
+        self.metrics.deletions.inc()
+        self._update_log_gauges()
+
     def flush(self) -> None:
         """Write every buffered partition as a segment, then commit the offsets after them."""
         from confluent_kafka import KafkaException, TopicPartition
@@ -248,6 +305,7 @@ class Trainer:
             res = self.log.append(partition, pending.first, pending.last, pending.records)
             self.metrics.events.inc(res.written)
             self.metrics.duplicates.inc(res.duplicates)
+            self.metrics.erased.inc(res.erased)
             if res.segment is not None:
                 self.metrics.segments.inc()
             commits.append(TopicPartition(self.settings.topic_events, partition, pending.last + 1))
@@ -349,6 +407,8 @@ class Trainer:
         try:
             while not stop.is_set():
                 self.ingest(self._consumer.consume(num_messages=self._take, timeout=0.2))
+                if self._deletions_consumer is not None:
+                    self.apply_deletions(self._deletions_consumer.consume(num_messages=100, timeout=0))
                 if self._catalog_consumer is not None and self._catalog_consumer.assignment():
                     self.follow_catalog(self._catalog_consumer.consume(num_messages=1000, timeout=0))
                 if self.buffer.due():

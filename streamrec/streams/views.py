@@ -21,6 +21,9 @@ def health_body(pipeline: Pipeline) -> tuple[dict[str, Any], int]:
     return {
         "status": "ok" if ready else "starting",
         "model_version": pipeline.model_version,
+        "model_swaps": int(pipeline.metrics.value("streamrec_model_swaps_total")),
+        "model_refusals": int(pipeline.metrics.value("streamrec_model_refusals_total")),
+        "model_swap_pending": pipeline.swap_pending,
         "catalog_items": len(pipeline.model.index),
         "catalog_ready": ready,
     }, 200 if ready else 503

@@ -3,13 +3,10 @@ independent consumer (Kafka's own console consumer from the jars) reads back as 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from streamrec.config import Settings
 from streamrec.schemas import CatalogItem, ShopEvent

@@ -45,7 +45,7 @@ def _consume_to_end(bootstrap: str, topic: str, timeout: float = 30.0) -> list:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         end = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
         c.assign([TopicPartition(topic, p, 0) for p in parts])
-        out, pos = [], {p: 0 for p in parts}
+        out, pos = [], dict.fromkeys(parts, 0)
         deadline = time.monotonic() + timeout
         while any(pos[p] < end[p] for p in parts):
             assert time.monotonic() < deadline, f"could not read {topic} up to {end}; at {pos}"

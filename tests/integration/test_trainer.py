@@ -209,3 +209,59 @@ def test_trainer_promotes_and_announces_then_rollback_announces(
     bad = subprocess.run([sys.executable, "-m", "streamrec.cli", "models", "promote", "v9999-nope"], env=env,
                          capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "v9999-nope" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _users_logged(trainlog: Path) -> list[str]:
+    users: list[str] = []
+    for p in sorted(trainlog.glob("*.parquet")):
+        if parse_segment_name(p.name):
+            users.extend(pq.read_table(p, columns=["user_id"]).column("user_id").to_pylist())
+    return users
+
+
+def test_delete_user_purges_the_trainers_log(kafka_settings: Settings, tmp_path: Path) -> None:
+    s = kafka_settings
+    create_topics(s)
+    tag = uuid.uuid4().hex[:6]
+    alice, bob = f"alice-{tag}", f"bob-{tag}"
+    t0 = int(time.time() * 1000) - 60_000
+
+    def event(user: str, i: int) -> ShopEvent:
+        return ShopEvent(event_id=f"{user}-{i}", user_id=user, session_id="s", item_id=f"i{i % 5}",
+                         type="view", ts=t0 + i)
+
+    log_path = tmp_path / "trainer.log"
+    proc = start_trainer(s, log_path, STREAMREC_TRAINLOG_SEGMENT_EVENTS="10", STREAMREC_TRAINLOG_SEGMENT_S="0.2",
+                         STREAMREC_RETRAIN_INTERVAL_S="100000")
+    try:
+        with EventProducer.from_settings(s) as producer:
+            for i in range(30):
+                producer.send(event(alice, i))
+                producer.send(event(bob, i))
+            producer.flush()
+            deadline = time.monotonic() + 90
+            while sorted(set(_users_logged(s.trainlog_dir))) != [alice, bob] or len(_users_logged(s.trainlog_dir)) < 60:
+                assert proc.poll() is None, log_path.read_text()[-4000:]
+                assert time.monotonic() < deadline, "events never logged:\n" + log_path.read_text()[-4000:]
+                time.sleep(0.2)
+            producer.delete_user(alice)
+            producer.flush()
+            deadline = time.monotonic() + 60
+            while alice in _users_logged(s.trainlog_dir):
+                assert proc.poll() is None, log_path.read_text()[-4000:]
+                assert time.monotonic() < deadline, "alice never purged:\n" + log_path.read_text()[-4000:]
+                time.sleep(0.2)
+            # a replay of alice's old events (new ids, times before the deletion) is not logged again
+            for i in range(30, 40):
+                producer.send(event(alice, i))
+                producer.send(event(bob, i))
+            producer.flush()
+            deadline = time.monotonic() + 60
+            while _users_logged(s.trainlog_dir).count(bob) < 40:
+                assert time.monotonic() < deadline, "replay never logged:\n" + log_path.read_text()[-4000:]
+                time.sleep(0.2)
+    finally:
+        stop(proc)
+    users = _users_logged(s.trainlog_dir)
+    assert alice not in users and users.count(bob) == 40
+    assert "user purged from the training log" in log_path.read_text()

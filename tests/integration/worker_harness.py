@@ -83,17 +83,17 @@ class WorkerProcess:
         return self.proc.returncode
 
 
-def start_worker(settings: Settings, model_dir: Path, log_dir: Path, *, port: int | None = None,
+def start_worker(settings: Settings, model_dir: Path | None, log_dir: Path, *, port: int | None = None,
                  **extra_env: str) -> WorkerProcess:
+    """A `streamrec worker` serving ``model_dir``, or (None) the registry's current version."""
     port = port or free_port()
     env = settings_env(settings, STREAMREC_WEB_PORT=str(port), **extra_env)
     log_path = log_dir / f"worker-{port}-{int(time.time() * 1000)}.log"
-    out = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamrec.cli", "worker", "--model", str(model_dir)],
-        env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    out.close()
+    with open(log_path, "wb") as out:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamrec.cli", "worker", *(["--model", str(model_dir)] if model_dir else [])],
+            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
     return WorkerProcess(proc, port, log_path)
 
 

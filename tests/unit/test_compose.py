@@ -58,7 +58,7 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):
         pairs = (item.split("=", 1) if "=" in item else (item, "") for item in env)
-        return {k: v for k, v in pairs}
+        return dict(pairs)
     return {str(k): "" if v is None else str(v) for k, v in env.items()}
 
 
@@ -74,7 +74,7 @@ def _depends(service: dict[str, Any]) -> dict[str, str]:
     """``depends_on`` as {service: condition} (the short list form means service_started)."""
     dep = service.get("depends_on") or {}
     if isinstance(dep, list):
-        return {name: "service_started" for name in dep}
+        return dict.fromkeys(dep, "service_started")
     return {name: (spec or {}).get("condition", "service_started") for name, spec in dep.items()}
 
 
@@ -117,8 +117,8 @@ INVOCATIONS = [
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> set[str]:
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public accessor
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+    for action in parser._actions:  # argparse has no public accessor for its subcommands
+        if isinstance(action, argparse._SubParsersAction):
             return set(action.choices)
     return set()
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from streamrec.config import Settings, load_settings
 from streamrec.errors import ConfigError
@@ -36,7 +37,7 @@ def test_security_passes_through_and_secret_hidden():
 
 def test_settings_are_frozen():
     s = Settings()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.partitions = 9  # type: ignore[misc]
 
 

@@ -12,7 +12,6 @@ from streamrec.schemas import CatalogItem
 from tests.unit.fakes import FakeProducer
 
 
-
 def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
     p = tmp_path / name
     if isinstance(text, bytes):
@@ -61,7 +60,7 @@ def test_replay_without_interleave_and_other_types() -> None:
     assert evs[0].event_id == "r9-1-1"
     with pytest.raises(ValueError, match="event_type"):
         list(replay_events(seqs, event_type="click"))
-    with pytest.raises(ValueError, match="2000..2100"):
+    with pytest.raises(ValueError, match=r"2000\.\.2100"):
         list(replay_events(seqs, start_ts=0))
 
 

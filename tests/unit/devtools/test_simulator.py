@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections import Counter, defaultdict
 
 import pytest
 
-from streamrec.devtools.pacing import DEFAULT_BASE_TS_MS, Pacer, emit
 from streamrec.datafiles import read_item_text, read_sequences
+from streamrec.devtools.pacing import DEFAULT_BASE_TS_MS, Pacer, emit
 from streamrec.devtools.simulator import ShopSimulator, interest_sequences, run_simulation, write_dataset
 from streamrec.schemas import CatalogItem, ShopEvent
 from tests.unit.fakes import FakeProducer
@@ -101,7 +102,7 @@ def test_timestamps_increase_per_user_from_the_fixed_base(events: list[ShopEvent
     for e in events:
         assert e.ts > last.get(e.user_id, 0)
         last[e.user_id] = e.ts
-    assert all(a.ts <= b.ts for a, b in zip(events, events[1:])), "traffic is in time order"
+    assert all(a.ts <= b.ts for a, b in itertools.pairwise(events)), "traffic is in time order"
     assert DEFAULT_BASE_TS_MS <= events[0].ts < DEFAULT_BASE_TS_MS + 86_400_000
 
 
@@ -198,7 +199,7 @@ def test_write_dataset_round_trips_through_the_replay_readers(tmp_path) -> None:
     seqs, texts = read_sequences(seq_path), read_item_text(text_path)
     assert text_path.read_text().splitlines()[0] == "item_id\ttitle"
     assert seqs and all(len(s) >= 3 for s in seqs.values())
-    assert all(a != b for s in seqs.values() for a, b in zip(s, s[1:])), "no immediate repeats"
+    assert all(a != b for s in seqs.values() for a, b in itertools.pairwise(s)), "no immediate repeats"
     assert {i for s in seqs.values() for i in s} <= set(texts)
     assert len(texts) > 100, "items listed mid-stream have text too"
     assert all(texts[i.item_id] == i.title for i in sim.catalog())
@@ -288,7 +289,7 @@ def test_run_simulation_sends_catalog_first_then_live_stamped_events() -> None:
     assert all(isinstance(r, CatalogItem) for r in prod.sent[:30])
     evs = [r for r in prod.sent[30:] if isinstance(r, ShopEvent)]
     assert len(evs) == 200
-    assert all(e.ts >= 1_900_000_000_000 for e in evs) and all(a.ts <= b.ts for a, b in zip(evs, evs[1:]))
+    assert all(e.ts >= 1_900_000_000_000 for e in evs) and all(a.ts <= b.ts for a, b in itertools.pairwise(evs))
     assert [(e.event_id, e.item_id) for e in evs] == [(e.event_id, e.item_id) for e in sim.events(200)]
 
 

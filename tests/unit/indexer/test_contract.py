@@ -66,7 +66,7 @@ def test_remove_is_never_returned(any_index, data):
     ix = any_index
     queries = data[2]
     top = {r[0] for r in ids_of(ix.search(queries, 3))}
-    ix.remove(sorted(top) + ["never-seen"])
+    ix.remove([*sorted(top), "never-seen"])
     assert len(ix) == 2000 - len(top)
     assert not any(i in ix for i in top)
     assert not top & {i for r in ids_of(ix.search(queries, 10)) for i in r}
@@ -82,13 +82,13 @@ def test_stock_flags(any_index, data):
     assert best not in ids_of(ix.search(q, 20))[0]
     ix.set_in_stock([best, "unknown"], True)
     assert ix.is_eligible(best) and ids_of(ix.search(q, 1))[0][0] == best
-    ix.upsert([best], ix_vec := 5 * q, in_stock=False)
+    ix.upsert([best], 5 * q, in_stock=False)
     assert not ix.is_eligible(best) and best not in ids_of(ix.search(q, 20))[0]
     assert not ix.is_eligible("unknown")
 
 
 def test_filtered_search_returns_exactly_k(any_index, data):
-    ids, vecs, queries = data
+    ids, _vecs, queries = data
     rng = np.random.default_rng(3)
     stock = rng.random(len(ids)) < 0.1  # 90 % out of stock
     any_index.set_in_stock([i for i, s in zip(ids, stock) if not s], False)
@@ -141,7 +141,7 @@ def test_auto_kind_by_catalog_size(data):
 
 
 def test_rebuild_keeps_stock_flags_and_compact_drops_tombstones(data):
-    ids, vecs, queries = data
+    ids, vecs, _queries = data
     ix = make_index("hnsw")
     ix.rebuild(ids, vecs, background=False)
     ix.set_in_stock(ids[:10], False)

@@ -19,7 +19,7 @@ def _mutated(kind, data):
     ix.rebuild(ids, vecs, background=False)
     ix.remove(ids[:5])
     ix.set_in_stock(ids[5:50], False)
-    ix.upsert(ids[50:60] + ["new-1"], np.vstack([vecs[50:60] * -1, vecs[:1] * 3]))
+    ix.upsert([*ids[50:60], "new-1"], np.vstack([vecs[50:60] * -1, vecs[:1] * 3]))
     return ix
 
 

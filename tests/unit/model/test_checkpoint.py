@@ -74,5 +74,5 @@ def test_incompatible_config(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="do not fit"):
         Recommender.load(d, device="cpu")
     (d / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="config.json"):
+    with pytest.raises(CheckpointError, match=r"config\.json"):
         Recommender.load(d, device="cpu")

@@ -27,13 +27,13 @@ def _tiny_flags():
             "--max-len", str(c["max_len"]), "--max-epochs", "2", "--no-progress"]
 
 
-@pytest.fixture()
+@pytest.fixture
 def settings(tmp_path):
     return Settings(data_dir=tmp_path / "data", device="cpu")
 
 
 def test_missing_sequences_file_is_clear(tmp_path, settings):
-    with pytest.raises(ValueError, match="missing.txt"):
+    with pytest.raises(ValueError, match=r"missing\.txt"):
         _run(["train", "--sequences", str(tmp_path / "missing.txt"), "--no-progress"], settings)
 
 
@@ -57,7 +57,7 @@ def test_no_current_model(tmp_path, settings):
 def test_train_register_evaluate_finetune_promote(tmp_path, settings, tiny_data, capsys):
     seq = write_sequences(tmp_path / "s.txt", tiny_data)
     text = write_item_text(tmp_path / "t.tsv")
-    assert _run(["train", "--sequences", str(seq), "--item-text", str(text)] + _tiny_flags(), settings) == 0
+    assert _run(["train", "--sequences", str(seq), "--item-text", str(text), *_tiny_flags()], settings) == 0
     assert "now current" in capsys.readouterr().out
     from streamrec.model.registry import ModelRegistry
 
@@ -92,7 +92,7 @@ def test_train_register_evaluate_finetune_promote(tmp_path, settings, tiny_data,
 def test_train_to_out_dir(tmp_path, settings, tiny_data):
     seq = write_sequences(tmp_path / "s.txt", tiny_data)
     out = tmp_path / "ckpt"
-    assert _run(["train", "--sequences", str(seq), "--out", str(out), "--no-text"] + _tiny_flags(),
+    assert _run(["train", "--sequences", str(seq), "--out", str(out), "--no-text", *_tiny_flags()],
                 settings) == 0
     assert (out / "model.safetensors").is_file() and (out / "train_settings.json").is_file()
     assert not settings.registry_dir.exists() or not any(settings.registry_dir.iterdir())
@@ -112,7 +112,7 @@ def test_evaluate_candidates_and_text_baseline(tmp_path, settings, tiny_checkpoi
     assert rep["candidates"] == "data" and rep["candidate_items"] == 12
     assert rep["items_added_from_text"] == 12 and "text_similarity" in rep
     assert "lift_over_text_similarity" in rep
-    assert _run(base + ["--candidates", "all"], settings) == 0
+    assert _run([*base, "--candidates", "all"], settings) == 0
     rep_all = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep_all["candidates"] == "all" and rep_all["candidate_items"] == 24 + 12
     # fewer competitors can only lift a target's rank
@@ -125,4 +125,4 @@ def test_evaluate_candidates_and_text_baseline(tmp_path, settings, tiny_checkpoi
                 settings) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["candidates"] == "all"
     with pytest.raises(SystemExit):
-        _run(base + ["--candidates", "some"], settings)
+        _run([*base, "--candidates", "some"], settings)

@@ -10,7 +10,10 @@ import torch
 
 from streamrec.model.data import Encoded
 from streamrec.model.evaluate import (
-    cooccurrence_score_fn, metrics_from_ranks, popularity_score_fn, rank_all,
+    cooccurrence_score_fn,
+    metrics_from_ranks,
+    popularity_score_fn,
+    rank_all,
     text_similarity_score_fn,
 )
 

@@ -48,7 +48,7 @@ def test_grown_model_saves_no_spare_rows(tmp_path):
     assert m2.config.n_items == 1_013
 
 
-@pytest.fixture()
+@pytest.fixture
 def rec(tiny_checkpoint) -> Recommender:
     return Recommender.load(tiny_checkpoint, device="cpu", version="t",
                             text_cache=TextCache(None, encoder=CountingEncoder()))

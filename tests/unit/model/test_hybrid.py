@@ -136,7 +136,7 @@ def test_old_checkpoint_without_hybrid_loads_as_before(tiny_checkpoint, tmp_path
     state = load_file(str(old / "model.safetensors"))
     state = {k: v for k, v in state.items() if not k.startswith(("gate_", "bias_item", "text_basis", "item_count"))}
     save_file(state, str(old / "model.safetensors"), metadata={"format": "pt"})
-    model, vocab = load_checkpoint(old)
+    model, _vocab = load_checkpoint(old)
     assert not model.config.hybrid and model.output_dim == model.config.d_model
     new, _ = load_checkpoint(tiny_checkpoint)
     assert new.config.hybrid and new.output_dim > new.config.d_model

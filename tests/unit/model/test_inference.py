@@ -8,7 +8,7 @@ import pytest
 from streamrec.model.inference import Recommender
 
 
-@pytest.fixture()
+@pytest.fixture
 def rec(tiny_checkpoint) -> Recommender:
     return Recommender.load(tiny_checkpoint, device="cpu", version="v-test")
 

@@ -7,7 +7,13 @@ import pytest
 
 from streamrec.errors import CheckpointError
 from streamrec.model.intent import (
-    IntentModel, fit_intent, intent_examples, log_loss, pr_auc, roc_auc, train_intent,
+    IntentModel,
+    fit_intent,
+    intent_examples,
+    log_loss,
+    pr_auc,
+    roc_auc,
+    train_intent,
 )
 from streamrec.serving.session import FEATURE_NAMES
 from streamrec.typed_events import TypedEvent, by_user, parse_lines

@@ -49,3 +49,33 @@ def test_prune_keeps_newest_and_current_and_version_path(tmp_path, tiny_checkpoi
         reg.version_path(names[1])
     with pytest.raises(ValueError, match="keep"):
         reg.prune(0)
+
+
+def test_versions_trained_before_a_deletion(tmp_path, tiny_checkpoint, capsys):
+    import argparse
+    import json
+
+    from streamrec.config import Settings
+    from streamrec.model.cli import add_commands
+
+    reg = ModelRegistry(tmp_path / "models")
+    old = reg.register(tiny_checkpoint, metrics={"data_cut_ts": 1_000, "trained_until_ts": 900})
+    new = reg.register(tiny_checkpoint, metrics={"data_cut_ts": 3_000, "trained_until_ts": 2_900})
+    legacy = reg.register(tiny_checkpoint, metrics={})  # no cut recorded: its registration time
+    assert [v.version for v in reg.versions_trained_before(2_000)] == [old]
+    assert [v.version for v in reg.versions_trained_before(3_000)] == [old, new]
+    created_ms = int(reg.list()[2].created_ts * 1000)
+    assert [v.version for v in reg.versions_trained_before(created_ms)] == [old, new, legacy]
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    settings = Settings(data_dir=tmp_path, registry_dir=tmp_path / "models")
+    args = parser.parse_args(["models", "list", "--trained-before", "2000", "--json"])
+    assert args.func(args, settings) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v["version"], v["data_cut_ts"], v["trained_until_ts"]) for v in listed] == [(old, 1_000, 900)]
+    args = parser.parse_args(["models", "list", "--trained-before", "500"])
+    assert args.func(args, settings) == 0
+    assert "no version" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["models", "list", "--trained-before", "-1"])

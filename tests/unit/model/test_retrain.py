@@ -144,6 +144,11 @@ def test_rounds_bootstrap_refuse_a_worse_candidate_then_promote(sim_log, tmp_pat
     stored = reg.list()[-1].metrics["gate"]
     assert stored["candidate"]["ndcg@10"] == ft.candidate["ndcg@10"]
     assert stored["current"]["ndcg@10"] == ft.current["ndcg@10"]
+    # which deletions the version predates: its data's newest event and the wall time it was cut
+    meta = reg.list()[-1].metrics
+    assert meta["trained_until_ts"] == max(table.column("ts").to_pylist())
+    assert meta["data_cut_ts"] <= reg.list()[-1].created_ts * 1000
+    assert [v.version for v in reg.versions_trained_before(meta["data_cut_ts"])][-1] == ft.version
     import argparse
 
     from streamrec.config import Settings

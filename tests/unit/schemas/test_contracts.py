@@ -10,9 +10,17 @@ import pytest
 
 from streamrec.errors import SchemaError
 from streamrec.schemas import (
-    CONTRACTS, MAX_MESSAGE_BYTES, CatalogItem, DeadLetter, ModelUpdate, Profile, Recommendation, ShopEvent,
+    CONTRACTS,
+    MAX_MESSAGE_BYTES,
+    CatalogItem,
+    DeadLetter,
+    ModelUpdate,
+    Profile,
+    Recommendation,
+    ShopEvent,
     UserDeletion,
-    committed_schema, json_schema,
+    committed_schema,
+    json_schema,
 )
 
 TS = 1_760_000_000_000

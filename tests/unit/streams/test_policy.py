@@ -30,6 +30,6 @@ def test_decide(stage, exc, action, reason):
 
 
 def test_a_json_decode_error_resets():
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(json.JSONDecodeError) as info:
         json.loads("{")
     assert decide(Stage.STATE, info.value).action is Action.RESET

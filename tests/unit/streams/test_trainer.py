@@ -94,3 +94,20 @@ def test_full_rounds_first_and_on_schedule(tmp_path: Path) -> None:
     scheduled = Trainer(s)
     scheduled.state["rounds"] = 1  # the next round is the 2nd: full, without min events
     assert scheduled._due(scheduled.next_check) is True
+
+
+def test_a_deletion_drops_buffered_events_and_purges_the_log(tmp_path: Path) -> None:
+    from streamrec.schemas import UserDeletion
+
+    t = trainer(tmp_path)
+    t.ingest([Msg(ev(i), i) for i in range(6)])  # users u0, u1, u2
+    t.flush()
+    t.ingest([Msg(ev(i), i) for i in range(6, 9)])  # still buffered
+    d = UserDeletion(user_id="u1", requested_ts=1_767_225_600_000 + 100)
+    t.apply_deletions([Msg(d.to_bytes(), 0), Msg(b"not json", 1)])  # no consumer: no commit
+    t.flush()
+    users = t.log.read().column("user_id").to_pylist()
+    assert "u1" not in users and sorted(set(users)) == ["u0", "u2"] and len(users) == 6
+    assert sample(t, "streamrec_trainer_erased_events_total") == 3  # 2 logged + 1 buffered
+    assert sample(t, "streamrec_trainer_deletions_total") == 1
+    assert sample(t, "streamrec_trainer_malformed_total") == 1
