@@ -94,6 +94,9 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
             f"checkpoint {str(p)!r}: model_type {cfg_dict.get('model_type')!r} is not "
             f"{SASRecConfig.model_type!r} (incompatible checkpoint)"
         )
+    # Checkpoints written before hybrid scoring existed have no such field: they score with
+    # the id/text vectors alone (no text-similarity channel), exactly as when they were saved.
+    cfg_dict.setdefault("hybrid", False)
     try:
         config = SASRecConfig.from_dict(cfg_dict)
         vocab = ItemVocab.load(p / ITEM_MAP)

@@ -60,6 +60,9 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
                    help="text-cache directory of MiniLM title vectors, shared with the worker "
                         "(default: STREAMREC_TEXT_CACHE_DIR, else DATA_DIR/text-cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--hybrid-fit", choices=("post", "joint"), default=None,
+                   help="post (default): train the model part, then fit the text channel's "
+                        "gates; joint: the channel in the loss from the start (slower)")
     if not model_flags:
         return
     d = SASRecConfig()
@@ -75,6 +78,15 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
     g.add_argument("--loss", choices=("full", "sampled"), default=d.loss)
     g.add_argument("--n-negatives", type=positive_int, default=d.n_negatives)
     g.add_argument("--no-text", action="store_true", help="id embeddings only (ignore item text)")
+    g.add_argument("--no-hybrid", action="store_true",
+                   help="no gated text-similarity channel in the scored vectors")
+    g.add_argument("--text-sim-dim", type=int, default=d.text_sim_dim,
+                   help="dims of the text-similarity channel (0 = the full 384-d title vector)")
+    g.add_argument("--shop-dropout", type=probability, default=d.shop_dropout,
+                   help="prob. per training batch of dropping every id (trains the new-shop case)")
+    g.add_argument("--new-item-boost", type=float, default=d.new_item_boost,
+                   help="served score offset for items without a trained id (exploration; "
+                        "0.5 met both zero-shot targets on Beauty's validation split)")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -96,7 +108,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _data_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--baselines", action="store_true",
-                   help="add popularity and item-to-item co-occurrence, with the model's lift")
+                   help="add popularity, item-to-item co-occurrence and text similarity (MiniLM "
+                        "titles, recency-weighted history), with the model's lift")
+    p.add_argument("--candidates", choices=("data", "all"), default=None,
+                   help="data: rank among the items of the evaluation data's catalog (its "
+                        "--item-text items and the items in --sequences), as a worker's index "
+                        "holds only the live catalog; all: among every item the model knows plus "
+                        "those. Default: data when the data brings items the model has never "
+                        "seen, else all")
     p.add_argument("--keep-seen", action="store_true",
                    help="rank items already in the history too (default: excluded, as S3-Rec)")
     p.set_defaults(func=cmd_evaluate)
@@ -136,6 +155,8 @@ def _settings(args: argparse.Namespace, settings: Settings):
         kw["lr"] = args.lr
     if args.lr_schedule is not None:
         kw["lr_schedule"] = args.lr_schedule
+    if args.hybrid_fit is not None:
+        kw["hybrid_fit"] = args.hybrid_fit
     return TrainSettings(**kw)
 
 
@@ -207,7 +228,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     cfg = dict(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
                max_len=args.max_len, dropout=args.dropout, emb_dropout=args.emb_dropout,
                id_dropout=args.id_dropout, loss=args.loss, n_negatives=args.n_negatives,
-               use_text=not args.no_text)
+               use_text=not args.no_text, hybrid=not (args.no_hybrid or args.no_text),
+               text_sim_dim=args.text_sim_dim, shop_dropout=args.shop_dropout,
+               new_item_boost=args.new_item_boost)
+    if not -10.0 <= args.new_item_boost <= 10.0:
+        raise ValueError(f"--new-item-boost {args.new_item_boost}: must be in -10..10")
+    if not 0 <= args.text_sim_dim <= 384:
+        raise ValueError(f"--text-sim-dim {args.text_sim_dim}: must be in 0..384")
     if cfg["d_model"] % cfg["n_heads"]:
         raise ValueError(f"--d-model {args.d_model} must be divisible by --n-heads {args.n_heads}")
     res = train(data, item_text=text, config=cfg, settings=_settings(args, settings))
@@ -240,9 +267,14 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
 
 def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: str = "auto",
                  baselines: bool = False, exclude_seen: bool = True,
-                 text_cache: Path | None = None) -> dict[str, Any]:
+                 candidates: str | None = None, text_cache: Path | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on ``data``: per user the last item is the target, the rest the
-    history. Items unknown to the model are embedded from their text (zero-shot)."""
+    history. Items unknown to the model are embedded from their text (zero-shot).
+
+    ``candidates``: ``"data"`` ranks among the evaluation data's catalog only (the items of
+    ``text`` and of ``data``: what a worker's index would hold for that shop), ``"all"`` among
+    every item the model knows plus those; None picks ``"data"`` when the data brings items the
+    model has never seen, else ``"all"``."""
     import numpy as np
 
     from streamrec.model.checkpoint import load_checkpoint
@@ -253,13 +285,19 @@ def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: 
         lift,
         popularity_score_fn,
         rank_all,
+        text_similarity_score_fn,
     )
     from streamrec.model.text import resolve_device
     from streamrec.model.train import add_items
 
+    if candidates not in (None, "data", "all"):
+        raise ValueError(f"candidates {candidates!r}: use 'data' or 'all'")
     dev = resolve_device(device)
     model, vocab = load_checkpoint(model_dir, device=dev)
-    unknown = [i for seq in data.items for i in seq if i not in vocab]
+    catalog = list(dict.fromkeys([*text, *(i for seq in data.items for i in seq)]))
+    unknown = [i for i in catalog if i not in vocab]
+    if candidates is None:
+        candidates = "data" if unknown else "all"
     added = add_items(model, vocab, unknown, text, device=str(dev), cache_file=text_cache)
     model.to(dev).eval()
     enc = encode(data, vocab)
@@ -268,15 +306,21 @@ def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: 
     targets = np.array([enc.items[k][-1] for k in keep], dtype=np.int64)
     if len(targets) == 0:
         raise ValueError("no user in the sequences file has 2 or more interactions to evaluate")
+    rows = np.array([vocab.row(i) for i in catalog], dtype=np.int64) if candidates == "data" else None
     report: dict[str, Any] = {"model": str(model_dir), "users": len(targets),
                               "items": int(model.config.n_items), "items_added_from_text": len(added),
-                              "exclude_seen": exclude_seen}
-    report["model_metrics"] = evaluate_model(model, inputs, targets, device=dev, exclude_seen=exclude_seen)
+                              "exclude_seen": exclude_seen, "candidates": candidates,
+                              "candidate_items": int(model.config.n_items if rows is None else len(rows))}
+    report["model_metrics"] = evaluate_model(model, inputs, targets, device=dev,
+                                             exclude_seen=exclude_seen, catalog_rows=rows)
     if baselines:
         n = model.config.n_items
-        for name, fn in (("popularity", popularity_score_fn(inputs, n)),
-                         ("cooccurrence", cooccurrence_score_fn(inputs, n))):
-            m = rank_all(fn, inputs, targets, n, exclude_seen=exclude_seen)
+        fns = [("popularity", popularity_score_fn(inputs, n)),
+               ("cooccurrence", cooccurrence_score_fn(inputs, n))]
+        if model.config.use_text and bool(model.text_emb.any()):
+            fns.append(("text_similarity", text_similarity_score_fn(model.text_emb)))
+        for name, fn in fns:
+            m = rank_all(fn, inputs, targets, n, exclude_seen=exclude_seen, catalog_rows=rows)
             report[name] = m
             report[f"lift_over_{name}"] = lift(report["model_metrics"], m)
     return report
@@ -286,19 +330,21 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     model_dir = _model_dir(args, settings)
     data, text = _load_data(args)
     rep = evaluate_dir(model_dir, data, text, device=settings.device, baselines=args.baselines,
-                       exclude_seen=not args.keep_seen, text_cache=settings.text_cache_path)
+                       exclude_seen=not args.keep_seen, candidates=args.candidates,
+                       text_cache=settings.text_cache_path)
     if args.json:
         print(json.dumps(rep, sort_keys=True))
         return 0
     print(f"model {rep['model']}  users {rep['users']}  items {rep['items']} "
-          f"(+{rep['items_added_from_text']} from text)  history excluded: {rep['exclude_seen']}")
+          f"(+{rep['items_added_from_text']} from text)  history excluded: {rep['exclude_seen']}  "
+          f"candidates: {rep['candidates']} ({rep['candidate_items']} items)")
     cols = ["hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "coverage@10"]
-    print(f"{'':14s}" + "".join(f"{c:>12s}" for c in cols))
-    for name in ("model_metrics", "popularity", "cooccurrence"):
+    print(f"{'':16s}" + "".join(f"{c:>12s}" for c in cols))
+    for name in ("model_metrics", "popularity", "cooccurrence", "text_similarity"):
         if name in rep:
             label = "model" if name == "model_metrics" else name
-            print(f"{label:14s}" + "".join(f"{rep[name][c]:12.4f}" for c in cols))
-    for name in ("popularity", "cooccurrence"):
+            print(f"{label:16s}" + "".join(f"{rep[name][c]:12.4f}" for c in cols))
+    for name in ("popularity", "cooccurrence", "text_similarity"):
         if f"lift_over_{name}" in rep:
             lf = rep[f"lift_over_{name}"]
             print(f"lift vs {name}: NDCG@10 {lf['ndcg@10']:+.1%}  HR@10 {lf['hr@10']:+.1%}")

@@ -53,9 +53,18 @@ def rank_all(
     ks: Sequence[int] = KS,
     catalog_rows: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Metrics of ``score_fn`` on (history, target) pairs, ranking against all rows 1..n_items."""
+    """Metrics of ``score_fn`` on (history, target) pairs, ranking against all rows 1..n_items,
+    or only against ``catalog_rows`` when given (the live catalog a worker's index holds: rows
+    outside it can never be recommended). A target outside ``catalog_rows`` counts as a miss."""
     ranks = np.empty(len(targets), dtype=np.int64)
     seen_top = np.zeros(n_items + 1, dtype=bool)
+    outside: torch.Tensor | None = None
+    if catalog_rows is not None:
+        rows_ = np.asarray(catalog_rows, dtype=np.int64)
+        if len(rows_) and (rows_.min() < 1 or rows_.max() > n_items):
+            raise ValueError(f"catalog_rows must lie in 1..{n_items}")
+        outside = torch.ones(n_items + 1, dtype=torch.bool)
+        outside[torch.as_tensor(rows_)] = False
     # Users in order of history length: a batch is padded only to its own longest history.
     order = np.argsort([len(h) for h in inputs.items], kind="stable")
     for s in range(0, len(targets), batch_size):
@@ -65,14 +74,18 @@ def rank_all(
         y = torch.as_tensor(targets[idx], dtype=torch.long)
         scores = score_fn(items, types).float().cpu()  # (B, N+1)
         scores[:, PAD_ID] = float("-inf")
+        if outside is not None:
+            scores[:, outside] = float("-inf")
         if exclude_seen:
             rows = torch.as_tensor(np.repeat(np.arange(len(items)), [len(h) for h in items]))
             cols = torch.as_tensor([i for h in items for i in h], dtype=torch.long)
             scores[rows, cols] = float("-inf")
         tgt = scores.gather(1, y[:, None])  # (B, 1)
-        ranks[idx] = (scores > tgt).sum(1).numpy()
-        top = scores.topk(min(10, n_items), dim=1).indices.numpy()
-        seen_top[top.ravel()] = True
+        r = (scores > tgt).sum(1)
+        r[torch.isneginf(tgt[:, 0])] = 1 << 40  # excluded target (seen, or outside the catalog): a miss
+        ranks[idx] = r.numpy()
+        top = scores.topk(min(10, n_items), dim=1)
+        seen_top[top.indices[torch.isfinite(top.values)].numpy()] = True
     out = metrics_from_ranks(ranks, ks)
     n_cat = n_items if catalog_rows is None else len(catalog_rows)
     out["coverage@10"] = float(seen_top[1:].sum() / max(n_cat, 1))
@@ -80,28 +93,36 @@ def rank_all(
     return out
 
 
-def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu") -> ScoreFn:
-    """Scores of all rows for a batch of histories: last hidden state . item table."""
+def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu",
+                   text_channel: bool = True) -> ScoreFn:
+    """Scores of all rows for a batch of histories: the served user vector . the served item
+    vectors (with hybrid scoring both carry the gated text-similarity channel)."""
     model.eval()
     with torch.inference_mode():
         table = model.item_table()  # (N+1, d), once per evaluation
+        out = model.output_table(table) if text_channel else table  # (N+1, D) as in the index
 
     @torch.inference_mode()
     def fn(items: list[list[int]], types: list[list[int]]) -> torch.Tensor:
         x, t = history_batch(items, types, model.config.max_len)
-        h = model.encode(x.to(device), t.to(device), table)[:, -1]  # (B, d)
-        return h @ table.T  # (B, N+1)
+        if text_channel:
+            u = model.user_vectors(x.to(device), t.to(device), table)  # (B, D) as encode_users
+        else:
+            u = model.encode(x.to(device), t.to(device), table)[:, -1]  # (B, d) model part only
+        return u @ out.T  # (B, N+1)
 
     return fn
 
 
 def evaluate_model(model: SASRec, inputs: Encoded, targets: np.ndarray, *,
                    device: torch.device | str = "cpu", exclude_seen: bool = True,
-                   batch_size: int = 512) -> dict[str, float]:
+                   batch_size: int = 512, catalog_rows: np.ndarray | None = None,
+                   text_channel: bool = True) -> dict[str, float]:
     was_training = model.training
     try:
-        return rank_all(model_score_fn(model, device=device), inputs, targets, model.config.n_items,
-                        exclude_seen=exclude_seen, batch_size=batch_size)
+        return rank_all(model_score_fn(model, device=device, text_channel=text_channel),
+                        inputs, targets, model.config.n_items,
+                        exclude_seen=exclude_seen, batch_size=batch_size, catalog_rows=catalog_rows)
     finally:
         model.train(was_training)
 
@@ -146,6 +167,28 @@ def cooccurrence_score_fn(train: Encoded, n_items: int, *, window: int = 3, rece
                     vals = torch.as_tensor(list(nb.values()), dtype=torch.float32)
                     out[r].index_add_(0, cols, vals * w)
         return out
+
+    return fn
+
+
+def text_similarity_score_fn(text_emb: torch.Tensor, *, decay: float = 0.7) -> ScoreFn:
+    """Plain text similarity, no training: the user vector is the recency-weighted mean of the
+    history's title vectors (weight ``exp(-decay * age)``, the newest item age 0; 0 = a plain
+    mean), an item scores by
+    the cosine between it and its title vector. ``text_emb`` (N+1, D): one row per item row,
+    zeros for items without text (they score 0)."""
+    if not 0.0 <= decay <= 20.0:
+        raise ValueError(f"decay must be in [0, 20], got {decay}")
+    emb = text_emb.detach().float().cpu()
+    unit = torch.nn.functional.normalize(emb, dim=-1)  # zero rows stay zero
+
+    def fn(items: list[list[int]], types: list[list[int]]) -> torch.Tensor:
+        q = torch.zeros(len(items), emb.shape[1])
+        for r, h in enumerate(items):
+            if h:
+                w = torch.exp(-decay * torch.arange(len(h) - 1, -1, -1, dtype=torch.float32))  # (L,)
+                q[r] = (w[:, None] * emb[torch.as_tensor(h, dtype=torch.long)]).sum(0) / w.sum()
+        return torch.nn.functional.normalize(q, dim=-1) @ unit.T  # (B, N+1)
 
     return fn
 

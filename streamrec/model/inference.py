@@ -63,11 +63,18 @@ class Recommender:
         self.model = model.to(self.device).eval()
         self.vocab = vocab
         self.version = version
-        self.dim = int(model.config.d_model)
+        self.dim = int(model.output_dim)  # d, or d + text channel + 1 with hybrid scoring
+        self._d = int(model.config.d_model)  # size of the input item vectors (the encoder's)
+        self._hybrid = bool(model.config.hybrid)
         self._encoder = text_encoder
         self.text_cache = text_cache
         self._lock = threading.RLock()
-        self._store: torch.Tensor | None = None  # (capacity, d) item vectors; rows 0..len(vocab)
+        # (capacity, dim) scored item vectors, rows 0..len(vocab); their first d columns are the
+        # input item vectors the encoder reads. With hybrid scoring also the rows' reduced titles
+        # (capacity, r) and new-item flags (capacity,), which the user's text channel reads.
+        self._store: torch.Tensor | None = None
+        self._low: torch.Tensor | None = None
+        self._new: torch.Tensor | None = None
         self.rows_computed = 0  # item vectors computed (initial table + added/changed rows)
         self.rows_copied = 0  # item vectors moved when the storage grew
         if impute_neighbors < 0 or impute_temperature <= 0:
@@ -96,13 +103,49 @@ class Recommender:
     # -- items --------------------------------------------------------------------------------------
 
     def _item_table(self) -> torch.Tensor:
-        """(len(vocab) + 1, d) item vectors: a view of the first rows of the storage."""
+        """(len(vocab) + 1, dim) scored item vectors: a view of the first rows of the storage."""
         if self._store is None:
             with torch.inference_mode():
-                table = self.model.item_table()  # (n_trained+1, d)
+                table = self.model.output_table(self.model.item_table())  # (n_trained+1, dim)
+                low, new = (self.model.text_low(), self.model.item_new()) if self._hybrid else (None, None)
+            if low is not None and new is not None:  # clones made outside inference mode: writable
+                self._low = low.clone()  # (n_trained+1, r)
+                self._new = new.clone()  # (n_trained+1,)
             self._store = table.clone()
             self.rows_computed += table.shape[0] - 1
         return self._store[: len(self.vocab) + 1]
+
+    def _input_table(self) -> torch.Tensor:
+        """(len(vocab) + 1, d) input item vectors (the encoder's): columns of the storage."""
+        return self._item_table()[:, : self._d]
+
+    def _text_rows(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Reduced titles and new-flags of the used rows (hybrid), else (None, None)."""
+        if not self._hybrid:
+            return None, None
+        self._item_table()
+        assert self._low is not None and self._new is not None
+        n = len(self.vocab) + 1
+        return self._low[:n], self._new[:n]
+
+    @torch.no_grad()
+    def _write_rows(self, rows: torch.Tensor, vec: torch.Tensor, text: torch.Tensor,
+                    new: bool | torch.Tensor, count: torch.Tensor | None = None) -> None:
+        """Store the scored vectors of ``rows``: input vectors ``vec`` (k, d) plus, with hybrid
+        scoring, [beta(i) * unit(t_i) ; b(i)] from their titles ``text`` (k, TEXT_DIM)."""
+        assert self._store is not None
+        if not self._hybrid:
+            self._store[rows] = vec.to(self._store.dtype)
+            return
+        assert self._low is not None and self._new is not None
+        basis = self.model.text_basis
+        low = text.to(basis.device, torch.float32) @ basis  # (k, r)
+        flags = torch.as_tensor(new, dtype=torch.bool, device=low.device).expand(low.shape[0])
+        counts = torch.zeros(low.shape[0], device=low.device) if count is None else count
+        part = self.model.text_part(low, flags, counts.to(low.device))  # (k, r+1)
+        self._store[rows] = torch.cat([vec.to(part.device, part.dtype), part], dim=1).to(self._store.dtype)
+        self._low[rows] = low.to(self._low.dtype)
+        self._new[rows] = flags
 
     def _reserve(self, rows: int) -> None:
         """Make room for ``rows`` rows (incl. PAD) by doubling: O(1) amortised per row."""
@@ -117,6 +160,13 @@ class Recommender:
         store[:used] = self._store[:used]
         self.rows_copied += used
         self._store = store
+        if self._hybrid:  # the per-row text inputs grow with the vectors
+            assert self._low is not None and self._new is not None
+            low = self._low.new_empty((cap, self._low.shape[1]))
+            low[:used] = self._low[:used]
+            new = self._new.new_empty((cap,))
+            new[:used] = self._new[:used]
+            self._low, self._new = low, new
 
     def item_vectors(self) -> tuple[list[str], np.ndarray]:
         """All items the model knows (incl. added ones): ids and (N, d) float32 vectors."""
@@ -169,7 +219,10 @@ class Recommender:
                 rows = torch.as_tensor([self.vocab.row(i) for i in fill], dtype=torch.long,
                                        device=self.model.id_emb.weight.device)
                 with torch.inference_mode():
-                    self._store[rows] = self.model.item_table(rows)
+                    count = self.model.item_count[rows] if self._hybrid else None
+                    new = self.model.item_new()[rows] if self._hybrid else False
+                    self._write_rows(rows, self.model.item_table(rows), self.model.text_emb[rows],
+                                     new, count)
                 self.rows_computed += len(fill)
             if fresh:
                 n_new = sum(1 for i in fresh if i not in self.vocab)
@@ -177,7 +230,8 @@ class Recommender:
                 self.vocab.add(list(fresh))
                 rows = torch.as_tensor([self.vocab.row(i) for i in fresh], dtype=torch.long,
                                        device=self._store.device)
-                self._store[rows] = self._text_only_vectors(fresh_text)
+                with torch.inference_mode():
+                    self._write_rows(rows, self._text_only_vectors(fresh_text), fresh_text, True)
                 self.rows_computed += len(fresh)
             table = self._item_table()
             idx = torch.as_tensor([self.vocab.row(i) for i, _ in items], dtype=torch.long,
@@ -204,7 +258,7 @@ class Recommender:
         if self.model.config.use_text:
             vec = self.model.text_proj(text)  # (k, d)
         else:
-            vec = torch.zeros(text.shape[0], self.dim, device=dev)
+            vec = torch.zeros(text.shape[0], self._d, device=dev)
         return vec + self._impute_ids(text)
 
     def memory_bytes(self) -> dict[str, int]:
@@ -212,6 +266,10 @@ class Recommender:
         with self._lock:
             store = 0 if self._store is None else self._store.numel() * self._store.element_size()
             used = (len(self.vocab) + 1) * self.dim * 4
+            for extra in (self._low, self._new):
+                if extra is not None:
+                    store += extra.numel() * extra.element_size()
+                    used += (len(self.vocab) + 1) * extra[:1].numel() * extra.element_size()
             model = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
             text = self.model.text_emb.numel() * self.model.text_emb.element_size()
             return {"item_vectors_used": used, "item_vectors_capacity": store,
@@ -222,7 +280,7 @@ class Recommender:
         """Id part of new items (k, d): with ``impute_neighbors`` > 0, the similarity-weighted
         mean id embedding of the trained items with the most similar titles (cosine of MiniLM
         vectors); zeros otherwise and for items without text."""
-        out = torch.zeros(text.shape[0], self.dim, device=text.device)
+        out = torch.zeros(text.shape[0], self._d, device=text.device)
         n, k = self._n_trained, min(self.impute_neighbors, self._n_trained)
         if k == 0:
             return out
@@ -270,10 +328,12 @@ class Recommender:
                         t.append(EVENT_TYPE_IDS.get(etype, default_type))
                 rows.append(r[-self.model.config.max_len:])
                 types.append(t[-self.model.config.max_len:])
-            table = self._item_table()
+            table = self._input_table()
+            low, new = self._text_rows()
             x, xt = history_batch(rows, types, self.model.config.max_len)
             with torch.inference_mode():
-                h = self.model.encode(x.to(self.device), xt.to(self.device), table)[:, -1]  # (B, d)
+                h = self.model.user_vectors(x.to(self.device), xt.to(self.device), table,
+                                            low=low, new_rows=new)  # (B, dim)
         return h.float().cpu().numpy().copy()
 
     def lookup(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

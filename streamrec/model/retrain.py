@@ -299,7 +299,10 @@ def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cf
         if current is not None:
             config = {k: v for k, v in current[0].config.to_dict().items()
                       if k in ("max_len", "d_model", "n_layers", "n_heads", "d_ff", "dropout",
-                               "emb_dropout", "id_dropout", "use_text", "loss", "n_negatives")}
+                               "emb_dropout", "id_dropout", "use_text", "loss", "n_negatives",
+                               # the same served vectors (hybrid text channel or not, its size)
+                               "hybrid", "text_sim_dim", "text_decay", "trust_known_share",
+                               "new_item_boost")}
         res = train(data, item_text=item_text, config=config, settings=settings)
     else:
         model, vocab = load_checkpoint(base_dir, device=dev)  # a second copy: fit trains in place

@@ -18,6 +18,29 @@ with probability ``id_dropout`` so that the text path alone already ranks items 
 The same item table embeds the input sequence and scores the next item (tied weights), so a
 user's vector is the last hidden state and a score is the inner product ``user_vec . item_vec``.
 
+Hybrid scoring (``hybrid=True``, the default of new models): a text-similarity channel is fused
+into both vectors, so ONE inner product still scores everything (FAISS stays the only search):
+
+    user_out = [ k_u * h_u ;  alpha(u) * unit(q_u) ; 1    ]
+    item_out = [ v_i       ;  beta(i)  * unit(t_i) ; b(i) ]
+    score    = k_u * h_u . v_i  +  alpha(u) * beta(i) * cos(q_u, t_i)  +  b(i)
+
+``t_i`` is the item's MiniLM title vector reduced by a fixed linear basis (``text_sim_dim``
+principal directions of the training catalog's titles; 0 = the full 384-d vector), ``q_u`` the
+recency-weighted mean (weight ``exp(-text_decay * age)``) of the history's title vectors, i.e. the
+text-similarity baseline's user vector. The gates are learned, per item and per user:
+``beta(i) = softplus(w . [1, new_i, log1p(count_i)])``, ``b(i) = w' . [same]``,
+``alpha(u) = softplus(w'' . [1, share of new items in the history, log1p(history length)])``,
+where ``count_i`` is how often the item occurs in the training data and ``new_i`` marks items
+without a trained id (count 0, or the id dropped by ``id_dropout``/``shop_dropout`` in training),
+so the loss itself teaches how much text similarity to trust for new items, new histories and
+known ones. ``k_u`` (``trust_known_share``) is the share of the history's items that have a
+trained id: a history of new items only (a whole new shop) is ranked by text similarity alone,
+the model part counts in proportion to what it knows. The gates are fitted after the model
+part, on held-out validation pairs (``TrainSettings.hybrid_fit="post"``, ``gate_data="val"``).
+``shop_dropout`` drops every id of a batch (a whole new shop) so that the regime
+"nothing is known" is trained too. Checkpoints without these fields load with ``hybrid=False``.
+
 Event types (view / add_to_cart / remove_from_cart / purchase) DO enter the input through a small
 learned embedding added to each position. Data without types (Amazon Beauty) is all ``view``,
 where that embedding is a constant and changes nothing.
@@ -25,6 +48,7 @@ where that embedding is a constant and changes nothing.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Self
 
 import torch
@@ -60,6 +84,25 @@ class SASRecConfig(PreTrainedConfig):
     init_std: float = 0.02  # std of the normal init (small: large init stalls softmax training)
     loss: str = "full"  # "full" softmax over all items, or "sampled" (shared uniform negatives)
     n_negatives: int = 4096  # negatives per batch when loss == "sampled"
+    hybrid: bool = True  # fuse a gated text-similarity channel into user/item vectors (docstring)
+    text_sim_dim: int = 0  # dims of that channel: 0 = the full 384-d title vector; r < 384 =
+    # the titles' top r principal directions (cheaper search, but PCA-64 lost a third of text
+    # similarity's NDCG@10 on Beauty and a sixth on the simulator's shop: bench/RESULTS.md)
+    text_decay: float = 0.7  # recency decay rate of the history's titles in the user's text
+    # vector: weight exp(-text_decay * age), the newest item age 0 (0 = a plain mean)
+    shop_dropout: float = 0.0  # prob. per training batch of dropping EVERY id (a whole new shop)
+    trust_known_share: bool = True  # scale the user's model part by the share of the history's
+    # items that have a trained id: a history of new items only is ranked by text similarity
+    new_item_boost: float = 0.0  # served score offset for items without a trained id (an
+    # exploration knob, not learned; 0 = the gates' own calibration)
+
+
+def _version(t: torch.Tensor) -> int:
+    """In-place modification counter (-1 for inference-mode tensors, which have none)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return -1
 
 
 class CausalSelfAttention(nn.Module):
@@ -113,6 +156,8 @@ class SASRec(PreTrainedModel):
     base_model_prefix = "sasrec"
     main_input_name = "item_ids"
     text_emb: torch.Tensor  # a buffer (register_buffer below)
+    text_basis: torch.Tensor  # hybrid buffers (register_buffer below)
+    item_count: torch.Tensor
 
     if TYPE_CHECKING:
         # transformers types PreTrainedModel.to through functools.wraps(nn.Module.to), which mypy
@@ -134,7 +179,26 @@ class SASRec(PreTrainedModel):
         # parameter and not saved in model.safetensors: the checkpoint keeps them in its own
         # text-embedding cache file, so loading never re-encodes the catalog.
         self.register_buffer("text_emb", torch.zeros(cfg.n_items + 1, cfg.text_dim), persistent=False)
+        if cfg.hybrid and not cfg.use_text:
+            cfg.hybrid = False  # no titles, no text channel: an id-only model
+        if cfg.hybrid:
+            r = cfg.text_sim_dim or cfg.text_dim
+            if not 0 < r <= cfg.text_dim:
+                raise ValueError(f"text_sim_dim must be in 0..{cfg.text_dim}, got {cfg.text_sim_dim}")
+            if not 0.0 <= cfg.text_decay <= 20.0:
+                raise ValueError(f"text_decay must be in [0, 20], got {cfg.text_decay}")
+            # Fixed reduction of the title vectors (set from the training catalog by
+            # set_text_basis; identity-like until then) and per-row training counts. Both are
+            # saved in model.safetensors.
+            self.register_buffer("text_basis", torch.eye(cfg.text_dim)[:, :r].clone())
+            self.register_buffer("item_count", torch.zeros(cfg.n_items + 1))
+            self.gate_item = nn.Linear(3, 1)  # beta(i) = softplus(.)
+            self.bias_item = nn.Linear(3, 1)  # b(i)
+            self.gate_user = nn.Linear(3, 1)  # alpha(u) = softplus(.)
+        self._low_cache: tuple | None = None
         self.post_init()
+        if cfg.hybrid:
+            self.reset_gates()
 
     # -- init ------------------------------------------------------------------------------------
 
@@ -153,28 +217,215 @@ class SASRec(PreTrainedModel):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    @torch.no_grad()
+    def reset_gates(self) -> None:
+        """Gates start at alpha = beta = 1, b = 0 (softplus(0.5413) = 1)."""
+        for lin in (self.gate_item, self.gate_user, self.bias_item):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.gate_item.bias.fill_(0.5413)
+        self.gate_user.bias.fill_(0.5413)
+
     # -- item vectors ----------------------------------------------------------------------------
 
-    def item_table(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Item vectors for ``rows`` (default: all rows incl. PAD). (N, d).
+    @property
+    def output_dim(self) -> int:
+        """Size of the user and item vectors that are scored (and indexed)."""
+        if not self.config.hybrid:
+            return int(self.config.d_model)
+        return int(self.config.d_model + self.text_basis.shape[1] + 1)
+
+    def id_keep(self, n_rows: int) -> torch.Tensor | None:
+        """Training-time id dropout mask (n_rows,) bool, True = id kept; None outside training."""
+        if not self.training:
+            return None
+        dev = self.id_emb.weight.device
+        if self.config.shop_dropout > 0 and float(torch.rand(())) < self.config.shop_dropout:
+            return torch.zeros(n_rows, dtype=torch.bool, device=dev)
+        if self.config.id_dropout > 0:
+            return torch.rand(n_rows, device=dev) >= self.config.id_dropout
+        return None
+
+    def item_table(self, rows: torch.Tensor | None = None, keep: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """Input item vectors for ``rows`` (default: all rows incl. PAD). (N, d).
 
         In training each item's id embedding is dropped with prob. ``id_dropout`` (the same
-        item is dropped everywhere in the batch), teaching the text path to stand alone.
+        item is dropped everywhere in the batch), teaching the text path to stand alone;
+        ``keep`` (N,) bool passes that mask in (``forward`` draws it once for both paths).
         """
         ids = self.id_emb.weight if rows is None else self.id_emb(rows)  # (N, d)
-        if self.training and self.config.id_dropout > 0:
-            keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.config.id_dropout
-            ids = ids * keep
+        if keep is None and rows is None:
+            keep = self.id_keep(ids.shape[0])
+        elif keep is None and self.training and self.config.id_dropout > 0:
+            keep = torch.rand(ids.shape[0], device=ids.device) >= self.config.id_dropout
+        if keep is not None:
+            ids = ids * keep[:, None]
         if not self.config.use_text:
             return ids
         text = self.text_emb if rows is None else self.text_emb[rows]  # (N, text_dim)
         return ids + self.text_proj(text)  # (N, d)
 
     def default_vector(self) -> torch.Tensor:
-        """Vector of an item with no text and no learned row: the text projection of zeros. (d,)"""
+        """Output vector of an item with no text and no learned row. (output_dim,)
+
+        Its model part is the text projection of zeros; with hybrid scoring its text part is
+        zero and its bias that of a new item."""
         if not self.config.use_text:
             return torch.zeros(self.config.d_model, device=self.id_emb.weight.device)
-        return self.text_proj.bias.detach().clone()
+        v = self.text_proj.bias.detach().clone()
+        if not self.config.hybrid:
+            return v
+        feat = torch.tensor([[1.0, 1.0, 0.0]], device=v.device)
+        b = self.bias_item(feat).detach()[0]  # (1,)
+        return torch.cat([v, torch.zeros(self.text_basis.shape[1], device=v.device), b])
+
+    # -- the text-similarity channel (hybrid) ------------------------------------------------------
+
+    @torch.no_grad()
+    def set_text_basis(self, rows: torch.Tensor | None = None) -> None:
+        """Principal directions of the title vectors of ``rows`` (default: every row with text)
+        become the channel's reduction (text_dim, text_sim_dim); the full 384 when text_sim_dim
+        is 0."""
+        if not self.config.hybrid:
+            return
+        r = self.text_basis.shape[1]
+        emb = self.text_emb[1:] if rows is None else self.text_emb[rows]
+        emb = emb[emb.abs().sum(1) > 0].float()
+        if r >= self.config.text_dim or emb.shape[0] < r:
+            basis = torch.eye(self.config.text_dim, device=emb.device)[:, :r]
+        else:
+            centred = emb - emb.mean(0, keepdim=True)
+            _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # (k, text_dim)
+            basis = vh[:r].T.contiguous()  # (text_dim, r)
+        self.text_basis.copy_(basis.to(self.text_basis.device))
+        self._low_cache = None
+
+    def text_low(self) -> torch.Tensor:
+        """Reduced title vectors of all rows, (N+1, r); cached until the titles change."""
+        key = (id(self.text_emb), _version(self.text_emb), self.text_emb.shape[0],
+               self.text_emb.data_ptr(), id(self.text_basis), _version(self.text_basis))
+        if self._low_cache is None or self._low_cache[0] != key:
+            with torch.no_grad():
+                low = self.text_emb.float() @ self.text_basis  # (N+1, r)
+            self._low_cache = (key, low)
+        return self._low_cache[1]
+
+    def item_new(self, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(N+1,) bool: rows without a trained id (count 0, or id dropped in this batch)."""
+        new = self.item_count <= 0
+        return new if keep is None else new | ~keep
+
+    def item_gates(self, keep: torch.Tensor | None = None, *, serving: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """beta(i) and b(i) for every row, each (N+1,); ``serving`` adds ``new_item_boost`` to
+        the new items' b (never in training or gate fitting)."""
+        return self._gates(self.item_new(keep).float(), self.item_count, serving=serving)
+
+    def _gates(self, new: torch.Tensor, count: torch.Tensor, *, serving: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """beta and b of items with new-flags ``new`` (k,) float and training counts (k,)."""
+        feat = torch.stack([torch.ones_like(new), new,
+                            torch.log1p(count.clamp(min=0)) * (1 - new)], dim=1)  # (k, 3)
+        b = self.bias_item(feat)[:, 0]
+        if serving and self.config.new_item_boost:
+            b = b + self.config.new_item_boost * new
+        return F.softplus(self.gate_item(feat))[:, 0], b
+
+    def output_table(self, table: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+                     *, serving: bool = True) -> torch.Tensor:
+        """Scored item vectors of every row (N+1, output_dim): the input vectors, plus the gated
+        text channel and the bias with hybrid scoring."""
+        if table is None:
+            table = self.item_table(keep=keep)
+        if not self.config.hybrid:
+            return table
+        beta, b = self.item_gates(keep, serving=serving)
+        unit = F.normalize(self.text_low(), dim=-1)  # (N+1, r) zero rows stay zero
+        return torch.cat([table, beta[:, None] * unit, b[:, None]], dim=1)
+
+    def text_part(self, low: torch.Tensor, new: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """Hybrid part [beta(i) * unit(t_i) ; b(i)] (k, r + 1) of k items given their reduced
+        titles ``low`` (k, r), new-flags (k,) bool and training counts (k,), as served (the
+        rows of :meth:`output_table` after the input vector), without touching other rows."""
+        beta, b = self._gates(new.float(), count.float(), serving=True)
+        return torch.cat([beta[:, None] * F.normalize(low.float(), dim=-1), b[:, None]], dim=1)
+
+    def user_text(self, item_ids: torch.Tensor, keep: torch.Tensor | None = None, *,
+                  last_only: bool = False) -> torch.Tensor:
+        """The user part of the text channel at every position, (B, T, r + 1) (or only after the
+        last one, (B, 1, r + 1)): [alpha(u) * unit(recency-weighted mean of the titles) ; 1]."""
+        alpha, qn, some, _ = self._user_text_parts(item_ids, keep, last_only=last_only)
+        # No history yet (or a padded position): the zero vector, as the model part, so an
+        # empty history still scores every item 0 (callers fall back to popularity).
+        return torch.cat([alpha * qn, torch.ones_like(alpha)], dim=-1) * some
+
+    def _user_text_parts(self, item_ids: torch.Tensor, keep: torch.Tensor | None = None, *,
+                         last_only: bool = False, low: torch.Tensor | None = None,
+                         new_rows: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """alpha (B, T', 1), unit text vector (B, T', r), has-history (B, T', 1) and the scale
+        of the user's model part (B, T', 1): the share of known items in the history with
+        ``trust_known_share``, else 1. ``low`` (rows, r) and ``new_rows`` (rows,) bool override
+        the model's per-row reduced titles and new-flags (the serving cache's rows, which may
+        outnumber the model's)."""
+        table_low = self.text_low() if low is None else low
+        T = item_ids.shape[1]
+        valid = (item_ids != PAD_ID).float()  # (B, T)
+        if last_only:
+            # Only the newest items whose weight matters (decay ** age >= 1e-4 of the newest):
+            # the same vector up to float rounding, at a fraction of the gather.
+            decay = math.exp(-self.config.text_decay)  # weight factor per step of age
+            horizon = T if decay >= 1.0 else min(T, int(math.log(1e-4) / math.log(decay)) + 1)
+            ids_t = item_ids[:, T - horizon:]
+            w = (decay ** torch.arange(horizon - 1, -1, -1, device=item_ids.device,
+                                       dtype=torch.float32))  # (horizon,)
+            x = table_low[ids_t] * valid[:, T - horizon:, None]  # (B, horizon, r)
+            q = torch.einsum("k,bkr->br", w.to(x.dtype), x)[:, None]  # (B, 1, r)
+        else:
+            x = table_low[item_ids] * valid[..., None]  # (B, T, r)
+            age = torch.arange(T, device=item_ids.device)
+            diff = (age[:, None] - age[None, :]).float()  # (T, T) query t, key k: t - k
+            w = torch.where(diff >= 0, torch.exp(-self.config.text_decay * diff.clamp(min=0)), 0.0)
+            q = torch.einsum("tk,bkr->btr", w.to(x.dtype), x)  # (B, T, r)
+        new_flags = self.item_new(keep) if new_rows is None else new_rows
+        new = new_flags.float()[item_ids] * valid  # (B, T)
+        n_seen, n_new = valid.cumsum(1), new.cumsum(1)  # (B, T)
+        if last_only:
+            n_seen, n_new = n_seen[:, -1:], n_new[:, -1:]
+        share_new = n_new / n_seen.clamp(min=1)
+        feat = torch.stack([torch.ones_like(n_seen), share_new, torch.log1p(n_seen)], dim=-1)
+        alpha = F.softplus(self.gate_user(feat))  # (B, T', 1)
+        some = (n_seen > 0).to(alpha.dtype)[..., None]  # (B, T', 1)
+        scale = (1 - share_new)[..., None] if self.config.trust_known_share else torch.ones_like(some)
+        return alpha, F.normalize(q, dim=-1), some, scale
+
+    def user_states(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None,
+                    table: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Scored user vectors at every position, (B, T, output_dim)."""
+        h = self.encode(item_ids, type_ids, table)  # (B, T, d)
+        if not self.config.hybrid:
+            return h
+        return self._fuse(h, item_ids, keep)
+
+    def _fuse(self, h: torch.Tensor, item_ids: torch.Tensor, keep: torch.Tensor | None = None,
+              *, last_only: bool = False, low: torch.Tensor | None = None,
+              new_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[scale * h ; text channel] for hidden states h (B, T', d)."""
+        alpha, qn, some, scale = self._user_text_parts(item_ids, keep, last_only=last_only,
+                                                       low=low, new_rows=new_rows)
+        text = torch.cat([alpha * qn, torch.ones_like(alpha)], dim=-1) * some
+        return torch.cat([h * scale, text], dim=-1)
+
+    def user_vectors(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None,
+                     table: torch.Tensor, *, low: torch.Tensor | None = None,
+                     new_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Scored user vector after the whole (left-padded) history, (B, output_dim).
+        ``low``/``new_rows``: see :meth:`_user_text_parts`."""
+        h = self.encode(item_ids, type_ids, table)[:, -1:]  # (B, 1, d)
+        if not self.config.hybrid:
+            return h[:, -1]
+        return self._fuse(h, item_ids, last_only=True, low=low, new_rows=new_rows)[:, -1]
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -212,21 +463,40 @@ class SASRec(PreTrainedModel):
         item_ids: torch.Tensor,
         type_ids: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
+        text_channel: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``item_ids`` (B, T) left-padded rows; ``targets`` (B, T) the next row at each position
-        (PAD where there is none). Returns (hidden (B, T, d), mean cross-entropy or None)."""
-        table = self.item_table()  # (N+1, d)
+        (PAD where there is none). Returns (hidden (B, T, d), mean cross-entropy or None).
+        The loss scores the full user states (:meth:`user_states`) against
+        :meth:`output_table`, or (``text_channel=False``) the hidden states against the input
+        item table alone (the model part; the gates are then fitted afterwards)."""
+        keep = self.id_keep(self.id_emb.weight.shape[0])
+        table = self.item_table(keep=keep)  # (N+1, d)
         h = self.encode(item_ids, type_ids, table)  # (B, T, d)
         if targets is None:
             return h, None
         sel = targets != PAD_ID  # (B, T)
-        h_sel = h[sel]  # (M, d)
         y = targets[sel]  # (M,)
+        channel = self.config.hybrid if text_channel is None else (text_channel and self.config.hybrid)
+        if self.config.loss == "full" and channel:
+            # The same scores as user_states . output_table, computed without the (M, N, 384)
+            # work in autograd: the cosine part has no trainable input, only its gates do.
+            alpha, qn, some, scale = self._user_text_parts(item_ids, keep)
+            alpha, some = alpha[sel], some[sel]  # (M, 1); targets sit after >= 1 real item
+            beta, b = self.item_gates(keep, serving=not self.training)  # (N+1,)
+            with torch.no_grad():
+                cos = qn[sel] @ F.normalize(self.text_low(), dim=-1)[1:].T  # (M, N)
+            logits = (h[sel] * scale[sel]) @ table[1:].T \
+                + some * (alpha * cos * beta[1:] + b[1:])  # (M, N)
+            return h, F.cross_entropy(logits, y - 1)
+        u = h if not channel else self._fuse(h, item_ids, keep)
+        out = self.output_table(table, keep, serving=not self.training) if channel else table
+        h_sel = u[sel]  # (M, D)
         if self.config.loss == "full":
-            logits = h_sel @ table[1:].T  # (M, N) PAD row excluded
+            logits = h_sel @ out[1:].T  # (M, N) PAD row excluded
             loss = F.cross_entropy(logits, y - 1)
         elif self.config.loss == "sampled":
-            loss = self._sampled_loss(h_sel, y, table)
+            loss = self._sampled_loss(h_sel, y, out)
         else:
             raise ValueError(f"unknown loss {self.config.loss!r}: use 'full' or 'sampled'")
         return h, loss
@@ -269,6 +539,10 @@ class SASRec(PreTrainedModel):
         self.id_emb.weight.data = ids[:need]
         self.id_emb.num_embeddings = need
         self.text_emb = text[:need]
+        if self.config.hybrid:  # new rows: no training count (a new item)
+            counts = self._storage("_count_store", self.item_count, need)
+            counts[n1:need] = 0.0
+            self.item_count = counts[:need]
         self.config.n_items += k
 
     rows_copied: int = 0  # rows moved by capacity growth (the linear-growth test counts them)

@@ -30,9 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from streamrec.model.data import (
+    Encoded,
     Interactions,
     ItemVocab,
     encode,
+    history_batch,
     leave_one_out,
     training_batches,
     vocab_from,
@@ -67,6 +69,17 @@ class TrainSettings:
     # run also ends annealed (chosen on Beauty's validation split: bench/RESULTS.md)
     min_lr_ratio: float = 0.05  # floor of the cosine schedule, as a fraction of lr
     warmup_steps: int = 0  # linear warm-up steps before the schedule
+    # Hybrid scoring (SASRecConfig.hybrid): "post" trains the model part with the plain loss
+    # (and validates on it), then fits only the channel's gates (fit_gates) on the training
+    # split; "joint" has the text channel in the loss from the first step (about twice the
+    # cost per epoch on CPU).
+    hybrid_fit: str = "post"
+    gate_epochs: float = 4.0  # passes over the gate-fit data ("post"; 4 x 44 steps on Beauty val)
+    gate_lr: float = 0.05  # Adam learning rate of the gates
+    gate_positions: int = 512  # sampled target positions per batch in the gate fit
+    gate_shop_dropout: float = 0.2  # share of gate-fit batches with every id dropped (new shop)
+    gate_data: str = "val"  # fit the gates on the validation pairs (held out from the model
+    # part: an honest calibration; chosen on validation, see bench/RESULTS.md) or on "train"
     train_on_last: bool = False  # also train on each user's last item (the caller holds out its
     # own test set, as the retraining gate does); no "test" metrics are reported then
 
@@ -131,12 +144,19 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     model.to(dev)
     split = leave_one_out(encode(data, vocab), val_users=s.val_users, seed=s.seed,
                           train_on_last=s.train_on_last)
+    if model.config.hybrid:  # what the model trains on: its items are "known" from now on
+        rows = torch.as_tensor([i for seq in split.train.items for i in seq], dtype=torch.long)
+        counts = torch.bincount(rows, minlength=model.item_count.shape[0])[: model.item_count.shape[0]]
+        model.item_count += counts.to(model.item_count.device, model.item_count.dtype)
     opt = _optimizer(model, s)
     has_val = len(split.val_targets) > 0
     best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
     stop_reason = "max_epochs"
     n_batches = math.ceil(sum(len(x) >= 2 for x in split.train.items) / s.batch_size)
     lr_at(s, 0, 0.0)  # validates lr_schedule before any work
+    if s.hybrid_fit not in ("post", "joint"):
+        raise ValueError(f"unknown hybrid_fit {s.hybrid_fit!r}: use 'post' or 'joint'")
+    post = model.config.hybrid and s.hybrid_fit == "post"  # channel fitted after the model part
     step = 0
     for epoch in range(1, s.max_epochs + 1):
         model.train()
@@ -152,7 +172,7 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
             for group in opt.param_groups:
                 group["lr"] = lr_at(s, step, progress)
             step += 1
-            _, loss = model(x.to(dev), t.to(dev), y.to(dev))
+            _, loss = model(x.to(dev), t.to(dev), y.to(dev), text_channel=not post)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -167,7 +187,7 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
                                  "seconds": round(time.monotonic() - t0, 1)}
         if has_val:
             val = evaluate_model(model, split.val_inputs, split.val_targets, device=dev,
-                                 batch_size=s.eval_batch_size)
+                                 batch_size=s.eval_batch_size, text_channel=not post)
             entry["val_ndcg@10"] = val["ndcg@10"]
             entry["val_hr@10"] = val["hr@10"]
             score = val["ndcg@10"]
@@ -189,9 +209,21 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    metrics: dict[str, Any] = {}
+    if post:
+        if has_val:
+            metrics["val_model_part"] = evaluate_model(model, split.val_inputs, split.val_targets,
+                                                       device=dev, text_channel=False)
+        if s.gate_data not in ("val", "train"):
+            raise ValueError(f"unknown gate_data {s.gate_data!r}: use 'val' or 'train'")
+        if s.gate_data == "val" and has_val:
+            metrics["gates"] = fit_gates(model, split.val_inputs, s, rng=rng, device=dev,
+                                         targets=split.val_targets)
+        else:
+            metrics["gates"] = fit_gates(model, split.train, s, rng=rng, device=dev)
     train_seconds = time.monotonic() - t0
     model.eval()
-    metrics: dict[str, Any] = {
+    metrics |= {
         "best_epoch": best_epoch, "epochs": len(history), "stop_reason": stop_reason,
         "train_seconds": round(train_seconds, 1), "history": history,
         "n_items": model.config.n_items, "n_users": len(data),
@@ -202,6 +234,116 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
             metrics["test"] = evaluate_model(model, split.test_inputs, split.test_targets, device=dev)
     settings_dict = dataclasses.asdict(s) | {"device_used": str(dev)}
     return TrainResult(model, vocab, metrics, settings_dict)
+
+
+def _pair_batches(inputs: Encoded, targets: np.ndarray, *, max_len: int, batch_size: int,
+                  rng: np.random.Generator):
+    """(history, target) pairs as training-style batches: the target sits after the last item."""
+    order = rng.permutation(len(targets))
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        x, t = history_batch([inputs.items[i] for i in idx], [inputs.types[i] for i in idx], max_len)
+        y = torch.zeros_like(x)
+        y[:, -1] = torch.as_tensor(targets[idx], dtype=torch.long)
+        yield x, t, y
+
+
+def fit_gates(model: SASRec, train_enc: Encoded, s: TrainSettings, *,
+              rng: np.random.Generator, device: torch.device | str = "cpu",
+              targets: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit only the hybrid channel's gates (alpha, beta, b) with everything else frozen, by the
+    full-softmax loss of the hybrid scores: on ``train_enc``'s next-item targets, or, with
+    ``targets``, on (history ``train_enc``[k], target ``targets``[k]) pairs, e.g. the validation
+    split: held-out targets that the model part never trained on, so the calibration between
+    the model's scores and text similarity is not skewed by what the model memorised.
+
+    "New" is simulated as in training: each batch drops the ids of a random ``id_dropout``
+    share of the items (those then count as new, in the candidates and in the histories), and
+    a ``gate_shop_dropout`` share of the batches drops every id (a whole new shop). The frozen
+    model runs in eval mode (no dropout). Returns the fitted gate weights (for the record)."""
+    if not model.config.hybrid:
+        return {}
+    dev = torch.device(device) if isinstance(device, str) else device
+    gates = [model.gate_item, model.gate_user, model.bias_item]
+    params = [p for g in gates for p in g.parameters()]
+    frozen = [p for p in model.parameters() if all(p is not q for q in params)]
+    was = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
+    model.eval()
+    opt = torch.optim.Adam(params, lr=s.gate_lr)
+    n_rows = model.id_emb.weight.shape[0]
+    with torch.no_grad():
+        ids = model.id_emb.weight  # (N+1, d)
+        base = model.item_table() - ids  # the text part of every row (N+1, d)
+        unit_t = torch.nn.functional.normalize(model.text_low(), dim=-1)[1:].T.contiguous()  # (r, N)
+    if targets is None:
+        n_batches = math.ceil(sum(len(x) >= 2 for x in train_enc.items) / s.batch_size)
+    else:
+        n_batches = math.ceil(len(targets) / s.gate_positions)
+    steps, done, losses = max(1, round(s.gate_epochs * n_batches)), 0, []
+    try:
+        while done < steps:
+            batches = (training_batches(train_enc, max_len=model.config.max_len,
+                                        batch_size=s.batch_size, rng=rng) if targets is None else
+                       _pair_batches(train_enc, targets, max_len=model.config.max_len,
+                                     batch_size=s.gate_positions, rng=rng))
+            for x, t, y in batches:
+                x, t, y = x.to(dev), t.to(dev), y.to(dev)
+                if rng.random() < s.gate_shop_dropout:
+                    keep = torch.zeros(n_rows, dtype=torch.bool, device=dev)
+                else:
+                    keep = torch.as_tensor(rng.random(n_rows) >= model.config.id_dropout, device=dev)
+                keep[0] = True
+                pos = (y != 0).nonzero()  # (M, 2)
+                if len(pos) > s.gate_positions:
+                    pos = pos[torch.as_tensor(rng.choice(len(pos), s.gate_positions, replace=False),
+                                              device=dev)]
+                alpha, qn, some, scale = model._user_text_parts(x, keep)
+                alpha, some = alpha[pos[:, 0], pos[:, 1]], some[pos[:, 0], pos[:, 1]]  # (m, 1)
+                with torch.no_grad():
+                    table = ids * keep[:, None] + base  # (N+1, d)
+                    h = model.encode(x, t, table)[pos[:, 0], pos[:, 1]]  # (m, d)
+                    model_logits = (h * scale[pos[:, 0], pos[:, 1]]) @ table[1:].T  # (m, N)
+                    cos = qn[pos[:, 0], pos[:, 1]] @ unit_t  # (m, N)
+                beta, b = model.item_gates(keep, serving=False)
+                logits = model_logits + some * (alpha * cos * beta[1:] + b[1:])
+                loss = torch.nn.functional.cross_entropy(logits, y[pos[:, 0], pos[:, 1]] - 1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                done += 1
+                if done >= steps:
+                    break
+    finally:
+        for p, w in zip(frozen, was):
+            p.requires_grad_(w)
+    out: dict[str, Any] = {name: [round(v, 4) for v in torch.cat([g.weight.detach()[0], g.bias.detach()]).tolist()]
+           for name, g in (("gate_item", model.gate_item), ("gate_user", model.gate_user),
+                           ("bias_item", model.bias_item))}
+    out |= {"steps": done, "data": "train" if targets is None else "pairs",
+            "loss_first": losses[0] if losses else None,
+            "loss_last_20": float(np.mean(losses[-20:])) if losses else None}
+    log.info("gates fitted steps=%d loss_first=%s loss_last=%s", done, out["loss_first"],
+             out["loss_last_20"])
+    return out
+
+
+def with_text_channel(model: SASRec, **config: Any) -> SASRec:
+    """A hybrid copy of a model trained without the text channel (same weights; gates at their
+    start values, item counts zero, basis from its catalog): ``fit`` or :func:`fit_gates` then
+    fits the gates. ``config`` overrides (e.g. ``text_sim_dim``) apply to the copy."""
+    cfg = copy.deepcopy(model.config)
+    assert isinstance(cfg, SASRecConfig)
+    for k, v in ({"hybrid": True} | config).items():
+        setattr(cfg, k, v)
+    out = SASRec(cfg)
+    _missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected, unexpected
+    out.text_emb = model.text_emb.clone()
+    out.set_text_basis()
+    return out.to(model.id_emb.weight.device).train(model.training)
 
 
 def train(data: Interactions, *, item_text: dict[str, str | None] | None = None,
@@ -219,6 +361,7 @@ def train(data: Interactions, *, item_text: dict[str, str | None] | None = None,
     if cfg.use_text:
         model.text_emb = torch.cat([torch.zeros(1, cfg.text_dim), item_text_matrix(
             vocab, text, cache_file=settings.text_cache, device=settings.device)])
+        model.set_text_basis()  # the training catalog's principal title directions
     return fit(model, vocab, data, settings)
 
 

@@ -96,3 +96,33 @@ def test_train_to_out_dir(tmp_path, settings, tiny_data):
                 settings) == 0
     assert (out / "model.safetensors").is_file() and (out / "train_settings.json").is_file()
     assert not settings.registry_dir.exists() or not any(settings.registry_dir.iterdir())
+
+
+def test_evaluate_candidates_and_text_baseline(tmp_path, settings, tiny_checkpoint, capsys):
+    # A whole new shop: 12 items the model has never seen, titles in its colour families.
+    text = tmp_path / "t.tsv"
+    text.write_text("item_id\ttitle\n" + "".join(
+        f"n{i}\t{('red', 'green', 'blue')[i % 3]} lipstick shade {100 + i}\n" for i in range(12)))
+    seq = tmp_path / "s.txt"
+    seq.write_text("".join(f"u{k} n{k % 3} n{k % 3 + 3} n{k % 3 + 6} n{k % 3 + 9}\n" for k in range(6)))
+    base = ["evaluate", "--model", str(tiny_checkpoint), "--sequences", str(seq), "--item-text",
+            str(text), "--json", "--baselines"]
+    assert _run(base, settings) == 0  # default: new items in the data -> rank among its catalog
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rep["candidates"] == "data" and rep["candidate_items"] == 12
+    assert rep["items_added_from_text"] == 12 and "text_similarity" in rep
+    assert "lift_over_text_similarity" in rep
+    assert _run([*base, "--candidates", "all"], settings) == 0
+    rep_all = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rep_all["candidates"] == "all" and rep_all["candidate_items"] == 24 + 12
+    # fewer competitors can only lift a target's rank
+    for name in ("model_metrics", "text_similarity"):
+        assert rep[name]["hr@10"] >= rep_all[name]["hr@10"]
+        assert rep[name]["ndcg@20"] >= rep_all[name]["ndcg@20"]
+    # the training shop itself: nothing new -> all
+    assert _run(["evaluate", "--model", str(tiny_checkpoint), "--sequences",
+                 str(write_sequences(tmp_path / "old.txt", make_interactions(9))), "--json"],
+                settings) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["candidates"] == "all"
+    with pytest.raises(SystemExit):
+        _run([*base, "--candidates", "some"], settings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from streamrec.model.checkpoint import load_checkpoint, save_checkpoint
 from streamrec.model.data import ItemVocab
 from streamrec.model.inference import Recommender
-from streamrec.model.sasrec import SASRec, SASRecConfig
+from streamrec.model.sasrec import EVENT_TYPE_IDS, SASRec, SASRecConfig
 from streamrec.model.textcache import TextCache
 from tests.unit.fakes import CountingEncoder
 
@@ -98,3 +100,44 @@ def test_removed_items_free_rows_for_new_ones(rec):
     # the trained row of i3 now holds a new item: its vector is text-only, not i3's learned one
     again = rec.add_items([("i3", None)])
     np.testing.assert_allclose(again[0], rec.model.default_vector().numpy(), atol=1e-6)
+
+
+def test_hybrid_item_counts_grow_amortised_and_save_used_rows(tmp_path):
+    m = load_sasrec(1_000)
+    assert m.config.hybrid
+    assert m._count_store.shape[0] > m.config.n_items + 1  # doubling storage, spare rows ...
+    assert m.item_count.shape == (1_011,) and m.item_count.data_ptr() == m._count_store.data_ptr()
+    assert float(m.item_count[11:].abs().sum()) == 0.0  # grown rows: no training count
+    assert m.state_dict()["item_count"].shape == (1_011,)  # ... never saved
+    save_checkpoint(m, ItemVocab([f"x{i}" for i in range(1_010)]), tmp_path / "ck")
+    m2, _ = load_checkpoint(tmp_path / "ck")
+    assert m2.item_count.shape == (1_011,)
+
+
+def test_hybrid_incremental_vectors_equal_full_recompute(rec):
+    assert rec.model.config.hybrid and rec.dim == rec.model.output_dim > rec.model.config.d_model
+    new = titles(0, 150)
+    for s in range(0, 150, 40):
+        rec.add_items(new[s : s + 40])
+    # Reference: the same items appended to a copy of the model; all vectors recomputed.
+    m = copy.deepcopy(rec.model)
+    text = torch.from_numpy(rec.text_cache.encode([t for _, t in new]))
+    m.grow(text)
+    with torch.inference_mode():
+        full = m.output_table(m.item_table())  # (N+1, dim): [v ; beta*unit(t) ; b] of each row
+    ids, vecs = rec.item_vectors()
+    rows = [ids.index(i) for i, _ in new]
+    np.testing.assert_allclose(vecs[rows], full[-150:].numpy(), atol=1e-5)
+    # the user side reads the new rows' titles and new-item flags from the serving cache
+    hist = [[("i1", "view"), ("new-3", "view"), ("new-140", "add_to_cart")]]
+    u = rec.encode_users(hist)
+    x = torch.tensor([[rec.vocab.row(i) for i, _ in hist[0]]])
+    assert x[0, 1] == m.config.n_items - 150 + 4 and x[0, 2] == m.config.n_items - 150 + 141
+    t = torch.tensor([[EVENT_TYPE_IDS["view"], EVENT_TYPE_IDS["view"], EVENT_TYPE_IDS["add_to_cart"]]])
+    with torch.inference_mode():
+        expect = m.user_vectors(x, t, m.item_table())
+    np.testing.assert_allclose(u, expect.numpy(), atol=1e-5)
+    # a freed row reused by a new item: new-item flag, text-only vector
+    assert rec.remove_items(["i1"]) == 1
+    vec = rec.add_items([("reuse-1", "generated title 7")])
+    np.testing.assert_allclose(vec[0], full[-150 + 7].numpy(), atol=1e-5)

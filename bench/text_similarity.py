@@ -1,0 +1,105 @@
+"""Text similarity alone (no training), and what reducing the title vectors costs it.
+
+Usage (from the repo root; ~3 min on 2 CPU cores once the title cache exists)::
+
+    .venv/bin/python bench/text_similarity.py [--dims 0,32,64,128]
+
+The ranker: MiniLM title vectors, the user vector the recency-weighted mean (weight exp(-0.7 age)) of the
+history's title vectors, cosine to every item, history excluded (``evaluate --baselines``'s
+text-similarity row). Rows: Beauty's validation split (second-last item; all users, and the
+users whose target is one of ``bench/quality.py``'s hidden items) in the full catalog, and the
+simulator's shop (last item, ranked among its own catalog). ``dims`` 0 is the full 384-d
+vector; r > 0 projects every title on the top r principal directions of Beauty's known
+(non-hidden) titles first, as ``SASRecConfig.text_sim_dim`` would, which shrinks the hybrid
+model's vectors (and the FAISS search) at the cost measured here. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from quality import data_dir, hidden_items  # noqa: E402
+
+from streamrec.model.data import (  # noqa: E402
+    Encoded,
+    encode,
+    read_item_text,
+    read_sequences,
+    vocab_from,
+)
+from streamrec.model.evaluate import rank_all, text_similarity_score_fn  # noqa: E402
+from streamrec.model.text import encode_cached  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dims", default="0,32,64,128")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text_emb.safetensors"))
+    args = ap.parse_args()
+    d = data_dir()
+    if not (d / "sequences.txt").is_file():
+        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
+        return 2
+    cache = Path(args.text_cache)
+    data, text = read_sequences(d / "sequences.txt"), read_item_text(d / "item_text.tsv")
+    vocab = vocab_from(data)
+    T = torch.cat([torch.zeros(1, 384), torch.from_numpy(
+        encode_cached([text.get(i) for i in vocab.ids], cache_file=cache))])
+    hidden = {vocab.row(i) for i in hidden_items(data, args.seed)}
+    enc = encode(data, vocab)
+
+    def val(want: str) -> tuple[Encoded, np.ndarray]:
+        idx = [k for k, s in enumerate(enc.items) if want == "all" or s[-2] in hidden]
+        return (Encoded([enc.items[k][:-2] for k in idx], [enc.types[k][:-2] for k in idx]),
+                np.array([enc.items[k][-2] for k in idx], dtype=np.int64))
+
+    known = np.array([r for r in range(1, len(T)) if r not in hidden and bool(T[r].any())])
+    E = T[known]
+    _, _, vh = torch.linalg.svd(E - E.mean(0), full_matrices=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        from streamrec.devtools.simulator import ShopSimulator, write_dataset
+
+        seq_p, text_p = write_dataset(ShopSimulator(seed=7, n_items=2000, n_users=3000, id_prefix="ts"),
+                                      tmp, n_events=100_000)
+        shop, shop_text = read_sequences(seq_p), read_item_text(text_p)
+    sv = vocab_from(shop)
+    sv.add(list(shop_text))
+    ST = torch.cat([torch.zeros(1, 384), torch.from_numpy(
+        encode_cached([shop_text.get(i) for i in sv.ids], cache_file=cache))])
+    senc = encode(shop, sv)
+    s_in = Encoded([s[:-1] for s in senc.items], [t[:-1] for t in senc.types])
+    s_y = np.array([s[-1] for s in senc.items], dtype=np.int64)
+    v_all, v_hid = val("all"), val("hidden")
+    print(f"\n| title vector | Beauty val, all users ({len(v_all[1])}) | Beauty val, hidden-item "
+          f"targets ({len(v_hid[1])}) | simulator shop ({len(s_y)} users) |\n|---|---:|---:|---:|")
+    out = {}
+    for r in (int(x) for x in args.dims.split(",")):
+        P = None if r == 0 else vh[:r].T
+
+        def f(X: torch.Tensor, P: torch.Tensor | None = P) -> torch.Tensor:
+            return X if P is None else X @ P
+
+        row = [rank_all(text_similarity_score_fn(f(T)), *v_all, len(T) - 1)["ndcg@10"],
+               rank_all(text_similarity_score_fn(f(T)), *v_hid, len(T) - 1)["ndcg@10"],
+               rank_all(text_similarity_score_fn(f(ST)), s_in, s_y, len(ST) - 1)["ndcg@10"]]
+        name = "full 384-d" if r == 0 else f"PCA {r} (Beauty's known titles)"
+        print(f"| {name} | " + " | ".join(f"{x:.4f}" for x in row) + " |")
+        out[str(r)] = [round(x, 4) for x in row]
+    print(json.dumps({"ndcg_at_10_by_dims": out}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
