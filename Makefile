@@ -11,7 +11,7 @@ DEMO_SECONDS ?=
 
 LINT_PATHS := streamrec tests bench
 
-.PHONY: install kafka-jars lint lint-code test test-fast test-unit demo bench clean schemas help
+.PHONY: install kafka-jars lint test test-fast test-unit demo bench clean schemas help
 
 help:
 	@echo "make install    create .venv, install streamrec + dev tools, fetch the Kafka jars"
@@ -37,15 +37,9 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff format --check $(LINT_PATHS)
 	$(PY) -m mypy streamrec
 
-# What `make test` runs first: `make lint` without the format check.
-# format check enabled after the tree-wide format (coordinator): then `test` depends on `lint`.
-lint-code: $(VENV)/.installed
-	$(PY) -m ruff check $(LINT_PATHS)
-	$(PY) -m mypy streamrec
-
 # The pytest session fixture would start a broker itself; starting it here exercises the CLI and
 # lets every test process (workers included) share it. It is stopped whatever the outcome.
-test: install lint-code
+test: install lint
 	@set -euo pipefail; \
 	rm -rf $(TEST_KAFKA_DIR); \
 	if [ -z "$${STREAMREC_BOOTSTRAP_SERVERS:-}" ]; then \

@@ -61,12 +61,49 @@ from streamrec.streams.topics import create_topics
 
 REPO = Path(__file__).resolve().parents[1]
 
-GIB = 1024 ** 3
-ADJ = ("Velvet", "Matte", "Hydrating", "Ultra", "Gentle", "Radiant", "Daily", "Intense", "Silky", "Pure",
-       "Volumizing", "Long-Wear", "Sheer", "Nourishing", "Clarifying", "Soothing", "Bold", "Natural")
-PRODUCT = ("Lipstick", "Nail Lacquer", "Face Cream", "Shampoo", "Conditioner", "Eye Shadow Palette",
-           "Mascara", "Body Lotion", "Serum", "Cleanser", "Perfume", "Hair Oil", "Foundation", "Blush",
-           "Eyeliner", "Sunscreen SPF 30", "Lip Gloss", "Hand Cream", "Toner", "Dry Shampoo")
+GIB = 1024**3
+ADJ = (
+    "Velvet",
+    "Matte",
+    "Hydrating",
+    "Ultra",
+    "Gentle",
+    "Radiant",
+    "Daily",
+    "Intense",
+    "Silky",
+    "Pure",
+    "Volumizing",
+    "Long-Wear",
+    "Sheer",
+    "Nourishing",
+    "Clarifying",
+    "Soothing",
+    "Bold",
+    "Natural",
+)
+PRODUCT = (
+    "Lipstick",
+    "Nail Lacquer",
+    "Face Cream",
+    "Shampoo",
+    "Conditioner",
+    "Eye Shadow Palette",
+    "Mascara",
+    "Body Lotion",
+    "Serum",
+    "Cleanser",
+    "Perfume",
+    "Hair Oil",
+    "Foundation",
+    "Blush",
+    "Eyeliner",
+    "Sunscreen SPF 30",
+    "Lip Gloss",
+    "Hand Cream",
+    "Toner",
+    "Dry Shampoo",
+)
 BRAND = ("Acme", "Lumina", "Verde", "Nordic Glow", "Aurara", "Belle", "Kaori", "Solenne", "Mira", "Orchid Lab")
 SHADE = ("Rose", "Coral", "Nude", "Plum", "Ruby", "Ivory", "Sand", "Mocha", "Berry", "Peach", "Cherry", "Mauve")
 SIZE = ("0.5 oz", "1 fl oz", "1.7 oz", "3.4 fl oz", "8 oz", "12 ml", "30 ml", "100 ml")
@@ -78,13 +115,25 @@ def bench_data() -> Path:
 
 def generated_title(i: int) -> str:
     """A distinct, Beauty-like title per index (about as long as Beauty's titles)."""
-    return (f"{BRAND[i % 10]} {ADJ[(i // 10) % 18]} {PRODUCT[(i // 180) % 20]}, {SHADE[(i // 3600) % 12]} "
-            f"No. {i}, {SIZE[(i // 7) % 8]}")
+    return (
+        f"{BRAND[i % 10]} {ADJ[(i // 10) % 18]} {PRODUCT[(i // 180) % 20]}, {SHADE[(i // 3600) % 12]} "
+        f"No. {i}, {SIZE[(i // 7) % 8]}"
+    )
 
 
 def generated_items(n: int, prefix: str) -> list[CatalogItem]:
-    return [CatalogItem(item_id=f"{prefix}{i}", title=generated_title(i), category="", brand="", price=0.0,
-                        in_stock=True, updated_ts=1_760_000_000_000) for i in range(n)]
+    return [
+        CatalogItem(
+            item_id=f"{prefix}{i}",
+            title=generated_title(i),
+            category="",
+            brand="",
+            price=0.0,
+            in_stock=True,
+            updated_ts=1_760_000_000_000,
+        )
+        for i in range(n)
+    ]
 
 
 def prefill_cache(path: Path, titles: list[str], batch: int = 20_000) -> None:
@@ -106,7 +155,7 @@ def prefill_cache(path: Path, titles: list[str], batch: int = 20_000) -> None:
 
     with TextCache(path, encoder=RandomUnit()) as cache:
         for s in range(0, len(titles), batch):
-            cache.encode(titles[s:s + batch])
+            cache.encode(titles[s : s + batch])
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -131,17 +180,35 @@ class Worker:
     def __init__(self, settings: Settings, model: Path, log: Path) -> None:
         self.port = localkafka.free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-        for name in ("topic_events", "topic_catalog", "topic_recommendations", "topic_dlq",
-                     "topic_model_updates", "app_id", "partitions", "data_dir", "index_exact_max"):
+        for name in (
+            "topic_events",
+            "topic_catalog",
+            "topic_recommendations",
+            "topic_dlq",
+            "topic_model_updates",
+            "app_id",
+            "partitions",
+            "data_dir",
+            "index_exact_max",
+        ):
             env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
         env["STREAMREC_TEXT_CACHE_DIR"] = str(settings.text_cache_path)
-        env.update({"STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(),
-                    "STREAMREC_WEB_PORT": str(self.port), "STREAMREC_DEVICE": "cpu"})
+        env.update(
+            {
+                "STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(),
+                "STREAMREC_WEB_PORT": str(self.port),
+                "STREAMREC_DEVICE": "cpu",
+            }
+        )
         self.t0 = time.perf_counter()
         with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streamrec.cli", "--log-level", "INFO", "worker", "--model", str(model)],
-                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         self.log = log
 
     def url(self, path: str) -> str:
@@ -171,8 +238,7 @@ class Worker:
         kind = "?"
         while time.perf_counter() < deadline:
             m = self.metrics()
-            kind = next((k.split('"')[1] for k, v in m.items() if k.startswith("streamrec_index_info") and v),
-                        "?")
+            kind = next((k.split('"')[1] for k, v in m.items() if k.startswith("streamrec_index_info") and v), "?")
             if kind == want_kind and m.get("streamrec_index_rebuilding", 1) == 0:
                 break
             time.sleep(1.0)
@@ -193,9 +259,28 @@ def ensure_model(args: argparse.Namespace, work: Path) -> Path:
         return Path(args.model)
     out, d = work / "model", bench_data()
     print(f"training a model on Beauty for {args.train_seconds}s (pass --model DIR to skip)...", flush=True)
-    subprocess.run([sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "--data-dir", str(work),
-                    "train", "--sequences", str(d / "sequences.txt"), "--item-text", str(d / "item_text.tsv"),
-                    "--out", str(out), "--time-budget", str(args.train_seconds), "--no-progress"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamrec.cli",
+            "--log-level",
+            "WARNING",
+            "--data-dir",
+            str(work),
+            "train",
+            "--sequences",
+            str(d / "sequences.txt"),
+            "--item-text",
+            str(d / "item_text.tsv"),
+            "--out",
+            str(out),
+            "--time-budget",
+            str(args.train_seconds),
+            "--no-progress",
+        ],
+        check=True,
+    )
     return out
 
 
@@ -225,10 +310,18 @@ def run_size(size: int, args, model: Path, bootstrap: str, work: Path, beauty: l
     tag = f"cs{size}-{uuid.uuid4().hex[:6]}"
     d = work / tag
     d.mkdir()
-    settings = Settings(bootstrap_servers=bootstrap, topic_events=f"{tag}.events", topic_catalog=f"{tag}.catalog",
-                        topic_recommendations=f"{tag}.recs", topic_dlq=f"{tag}.dlq",
-                        topic_model_updates=f"{tag}.models", app_id=tag, data_dir=d / "data", partitions=4,
-                        index_exact_max=args.exact_max)
+    settings = Settings(
+        bootstrap_servers=bootstrap,
+        topic_events=f"{tag}.events",
+        topic_catalog=f"{tag}.catalog",
+        topic_recommendations=f"{tag}.recs",
+        topic_dlq=f"{tag}.dlq",
+        topic_model_updates=f"{tag}.models",
+        app_id=tag,
+        data_dir=d / "data",
+        partitions=4,
+        index_exact_max=args.exact_max,
+    )
     create_topics(settings)
     extra = generated_items(max(0, size - len(beauty)), prefix=f"g{size}-")
     catalog = beauty[:size] + extra
@@ -246,8 +339,11 @@ def run_size(size: int, args, model: Path, bootstrap: str, work: Path, beauty: l
         if args.prefill_dir is not None:  # shared across sizes: titles depend on the index only
             settings = settings.model_copy(update={"text_cache_dir": args.prefill_dir})
         prefill_cache(settings.text_cache_path, [c.text() for c in extra])
-        print(f"[{size}] text cache prefilled with random vectors for {len(extra):,} generated titles "
-              f"in {time.perf_counter() - t:.0f}s (first start is warm)", flush=True)
+        print(
+            f"[{size}] text cache prefilled with random vectors for {len(extra):,} generated titles "
+            f"in {time.perf_counter() - t:.0f}s (first start is warm)",
+            flush=True,
+        )
     w = Worker(settings, model, log)
     try:
         cold = w.wait_ready(args.ready_timeout)
@@ -255,8 +351,11 @@ def run_size(size: int, args, model: Path, bootstrap: str, work: Path, beauty: l
         embedded = int(m.get("streamrec_titles_embedded_total", 0))
         embed_s = m.get("streamrec_title_embed_seconds_total", 0.0)
         tps = embedded / embed_s if embed_s > 0 else float("nan")
-        print(f"[{size}] {'first (prefilled) start' if prefilled else 'cold'} ready {cold:.1f}s, embedded "
-              f"{embedded:,} titles in {embed_s:.0f}s ({tps:.0f}/s)", flush=True)
+        print(
+            f"[{size}] {'first (prefilled) start' if prefilled else 'cold'} ready {cold:.1f}s, embedded "
+            f"{embedded:,} titles in {embed_s:.0f}s ({tps:.0f}/s)",
+            flush=True,
+        )
         want = choose_kind("auto", len(catalog), args.exact_max, "cpu")
         settled, kind = w.settle(want, args.settle_timeout)
         print(f"[{size}] index {kind} (wanted {want}) at {settled:.1f}s", flush=True)
@@ -282,21 +381,37 @@ def run_size(size: int, args, model: Path, bootstrap: str, work: Path, beauty: l
         finally:
             w.stop()
     print(f"[{size}] warm ready {warm:.1f}s, embedded {warm_embedded} titles again", flush=True)
-    return {"items": len(catalog), "new_titles": embedded, "prefilled": prefilled,
-            "first_ready_s": round(cold, 1), "cold_ready_s": None if prefilled else round(cold, 1),
-            "warm_ready_s": round(warm, 1), "titles_per_s": round(tps, 1) if not math.isnan(tps) else None,
-            "settled_s": round(settled, 1), "index_kind": kind, "events_per_s": round(backlog, 1),
-            "p99_ms": round(lat["p99"], 1), "p50_ms": round(lat["p50"], 1), "answered": lat["answered"],
-            "sent": lat["sent"], "rss_gib": round(rss / GIB, 3), "peak_rss_gib": round(peak / GIB, 3),
-            "warm_rss_gib": round(warm_rss / GIB, 3), "warm_embedded": warm_embedded, "memory": mem}
+    return {
+        "items": len(catalog),
+        "new_titles": embedded,
+        "prefilled": prefilled,
+        "first_ready_s": round(cold, 1),
+        "cold_ready_s": None if prefilled else round(cold, 1),
+        "warm_ready_s": round(warm, 1),
+        "titles_per_s": round(tps, 1) if not math.isnan(tps) else None,
+        "settled_s": round(settled, 1),
+        "index_kind": kind,
+        "events_per_s": round(backlog, 1),
+        "p99_ms": round(lat["p99"], 1),
+        "p50_ms": round(lat["p50"], 1),
+        "answered": lat["answered"],
+        "sent": lat["sent"],
+        "rss_gib": round(rss / GIB, 3),
+        "peak_rss_gib": round(peak / GIB, 3),
+        "warm_rss_gib": round(warm_rss / GIB, 3),
+        "warm_embedded": warm_embedded,
+        "memory": mem,
+    }
 
 
 def report(rows: list[dict], args) -> None:
     base = rows[0]
     print()
-    print(f"| items | new titles | cold ready s | MiniLM titles/s | warm ready s | titles re-embedded warm "
-          f"| index (settled s) | events/s backlog | vs {base['items']:,} | p50 / p99 ms at {args.rate}/s "
-          f"| RSS GiB (peak) |")
+    print(
+        f"| items | new titles | cold ready s | MiniLM titles/s | warm ready s | titles re-embedded warm "
+        f"| index (settled s) | events/s backlog | vs {base['items']:,} | p50 / p99 ms at {args.rate}/s "
+        f"| RSS GiB (peak) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
         tps = "-" if r["titles_per_s"] is None else f"{r['titles_per_s']:.0f}"
@@ -305,10 +420,12 @@ def report(rows: list[dict], args) -> None:
             if r["prefilled"]
             else f"{r['cold_ready_s']:.1f}"
         )
-        print(f"| {r['items']:,} | {r['new_titles']:,} | {cold} | {tps} | {r['warm_ready_s']:.1f} "
-              f"| {r['warm_embedded']} | {r['index_kind']} ({r['settled_s']:.0f}) | {r['events_per_s']:,.0f} "
-              f"| {r['events_per_s'] / base['events_per_s']:.2f} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} "
-              f"| {r['rss_gib']:.2f} ({r['peak_rss_gib']:.2f}) |")
+        print(
+            f"| {r['items']:,} | {r['new_titles']:,} | {cold} | {tps} | {r['warm_ready_s']:.1f} "
+            f"| {r['warm_embedded']} | {r['index_kind']} ({r['settled_s']:.0f}) | {r['events_per_s']:,.0f} "
+            f"| {r['events_per_s'] / base['events_per_s']:.2f} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} "
+            f"| {r['rss_gib']:.2f} ({r['peak_rss_gib']:.2f}) |"
+        )
     parts = sorted({p for r in rows for p in r["memory"]} - {"rss"})
     print()
     print("| bytes per catalog item | " + " | ".join(f"{r['items']:,}" for r in rows) + " |")
@@ -317,29 +434,45 @@ def report(rows: list[dict], args) -> None:
         print(f"| {p} | " + " | ".join(f"{r['memory'].get(p, 0) / r['items']:,.0f}" for r in rows) + " |")
     # RSS is mostly fixed cost (torch, MiniLM, Faust) at small sizes: the marginal figure is the
     # RSS above the first size's, per item added
-    print(f"| rss above the {base['items']:,} run, per added item | - | " + " | ".join(
-        f"{(r['rss_gib'] - base['rss_gib']) * GIB / (r['items'] - base['items']):,.0f}"
-        if r["items"] > base["items"] else "-" for r in rows[1:]) + " |")
+    print(
+        f"| rss above the {base['items']:,} run, per added item | - | "
+        + " | ".join(
+            f"{(r['rss_gib'] - base['rss_gib']) * GIB / (r['items'] - base['items']):,.0f}"
+            if r["items"] > base["items"]
+            else "-"
+            for r in rows[1:]
+        )
+        + " |"
+    )
     print()
-    keys = ("items", "cold_ready_s", "warm_ready_s", "titles_per_s", "events_per_s", "p99_ms", "rss_gib",
-            "index_kind")
+    keys = ("items", "cold_ready_s", "warm_ready_s", "titles_per_s", "events_per_s", "p99_ms", "rss_gib", "index_kind")
     print(json.dumps({"sizes": [{k: r[k] for k in keys} for r in rows]}))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="12000,100000,1000000",
-                    help="comma-separated catalog sizes; the first is the events/s baseline")
+    ap.add_argument(
+        "--sizes",
+        default="12000,100000,1000000",
+        help="comma-separated catalog sizes; the first is the events/s baseline",
+    )
     ap.add_argument("--model", help="checkpoint dir trained on Beauty (default: train one now)")
     ap.add_argument("--train-seconds", type=int, default=120)
     ap.add_argument("--events", type=int, default=20_000, help="backlog drained for events/s")
     ap.add_argument("--rate", type=int, default=500, help="events/s offered for the latency figure")
     ap.add_argument("--rate-seconds", type=float, default=20.0)
     ap.add_argument("--exact-max", type=int, default=Settings.model_fields["index_exact_max"].default)
-    ap.add_argument("--prefill-cache", action="store_true",
-                    help="fill the text cache with random vectors first (no cold/MiniLM figures; see above)")
-    ap.add_argument("--prefill-dir", type=Path, default=None,
-                    help="like --prefill-cache, in this text-cache dir (kept, reused by later runs)")
+    ap.add_argument(
+        "--prefill-cache",
+        action="store_true",
+        help="fill the text cache with random vectors first (no cold/MiniLM figures; see above)",
+    )
+    ap.add_argument(
+        "--prefill-dir",
+        type=Path,
+        default=None,
+        help="like --prefill-cache, in this text-cache dir (kept, reused by later runs)",
+    )
     ap.add_argument("--ready-timeout", type=float, default=4 * 3600)
     ap.add_argument("--settle-timeout", type=float, default=1800)
     args = ap.parse_args()

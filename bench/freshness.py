@@ -66,11 +66,25 @@ BEFORE_SWAP_S = 5.0
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    for name in ("topic_events", "topic_catalog", "topic_recommendations", "topic_dlq", "topic_model_updates",
-                 "app_id", "partitions", "data_dir"):
+    for name in (
+        "topic_events",
+        "topic_catalog",
+        "topic_recommendations",
+        "topic_dlq",
+        "topic_model_updates",
+        "app_id",
+        "partitions",
+        "data_dir",
+    ):
         env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
-    env.update({"STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(), "STREAMREC_DEVICE": "cpu",
-                "PYTHONUNBUFFERED": "1"}, **extra)
+    env.update(
+        {
+            "STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(),
+            "STREAMREC_DEVICE": "cpu",
+            "PYTHONUNBUFFERED": "1",
+        },
+        **extra,
+    )
     return env
 
 
@@ -84,9 +98,12 @@ def get_json(url: str) -> dict:
 
 def start_worker(settings: Settings, port: int, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "worker"],
-                                env=env_for(settings, STREAMREC_WEB_PORT=str(port)),
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamrec.cli", "worker"],
+            env=env_for(settings, STREAMREC_WEB_PORT=str(port)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -258,17 +275,24 @@ def main() -> int:
     if not bootstrap:
         started_kafka = work / "kafka"
         bootstrap = localkafka.start(started_kafka, libs=Settings().kafka_libs.expanduser()).bootstrap
-    settings = Settings(bootstrap_servers=bootstrap, topic_events=f"{tag}.events", topic_catalog=f"{tag}.catalog",
-                        topic_recommendations=f"{tag}.recs", topic_dlq=f"{tag}.dlq",
-                        topic_model_updates=f"{tag}.models", app_id=tag, data_dir=work / "data", partitions=4)
-    sim_kw = {"seed": 3, "n_items": args.items, "n_users": args.users, "id_prefix": tag,
-              "drift_every": args.phase}
+    settings = Settings(
+        bootstrap_servers=bootstrap,
+        topic_events=f"{tag}.events",
+        topic_catalog=f"{tag}.catalog",
+        topic_recommendations=f"{tag}.recs",
+        topic_dlq=f"{tag}.dlq",
+        topic_model_updates=f"{tag}.models",
+        app_id=tag,
+        data_dir=work / "data",
+        partitions=4,
+    )
+    sim_kw = {"seed": 3, "n_items": args.items, "n_users": args.users, "id_prefix": tag, "drift_every": args.phase}
     sim = ShopSimulator(**sim_kw)
     total = 3 * args.phase  # enough for phase 0 + live + window (never all of it)
     stream = list(sim.stream(total))
     events_idx = [k for k, r in enumerate(stream) if isinstance(r, ShopEvent)]
     phase0 = stream[: events_idx[args.phase - 1] + 1]
-    rest = stream[events_idx[args.phase - 1] + 1:]
+    rest = stream[events_idx[args.phase - 1] + 1 :]
     catalog = {c.item_id: c.text() for c in sim.catalog()}
     catalog |= {r.item_id: r.text() for r in stream if isinstance(r, CatalogItem)}
 
@@ -276,9 +300,30 @@ def main() -> int:
 
     print(f"training v1 on drift phase 0 ({args.phase} events) for {args.v1_budget:.0f}s...", flush=True)
     seq, text = write_dataset(ShopSimulator(**sim_kw), work / "phase0", n_events=args.phase, with_types=True)
-    subprocess.run([sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "--device", "cpu", "train",
-                    "--sequences", str(seq), "--item-text", str(text), "--out", str(work / "v1"),
-                    "--time-budget", str(args.v1_budget), "--no-progress", "--seed", "1"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamrec.cli",
+            "--log-level",
+            "WARNING",
+            "--device",
+            "cpu",
+            "train",
+            "--sequences",
+            str(seq),
+            "--item-text",
+            str(text),
+            "--out",
+            str(work / "v1"),
+            "--time-budget",
+            str(args.v1_budget),
+            "--no-progress",
+            "--seed",
+            "1",
+        ],
+        check=True,
+    )
     registry = ModelRegistry(settings.registry_dir)
     v1 = registry.register(work / "v1")
     registry.promote(v1)
@@ -363,9 +408,11 @@ def main() -> int:
                     before.append(ms)
         swap_s = [b - a for a, b in windows]
         health_now = get_json(health)
-        print(f"  swaps {len(windows)} (worker counted {health_now.get('model_swaps')}), "
-              f"{np.mean(swap_s):.2f}s each; p99 steady {pct(steady, 99):.1f} ms, during {pct(during, 99):.1f} ms",
-              flush=True)
+        print(
+            f"  swaps {len(windows)} (worker counted {health_now.get('model_swaps')}), "
+            f"{np.mean(swap_s):.2f}s each; p99 steady {pct(steady, 99):.1f} ms, during {pct(during, 99):.1f} ms",
+            flush=True,
+        )
 
         # -- 2. freshness with the trainer -----------------------------------------------------
         tport = localkafka.free_port()
@@ -373,23 +420,31 @@ def main() -> int:
         with open(trainer_log, "wb") as out:  # the child keeps its own copy of the descriptor
             trainer = subprocess.Popen(
                 [sys.executable, "-m", "streamrec.cli", "trainer"],
-                env=env_for(settings, STREAMREC_RETRAIN_INTERVAL_S=str(args.interval),
-                            STREAMREC_RETRAIN_MIN_EVENTS=str(args.min_events),
-                            STREAMREC_RETRAIN_TIME_BUDGET_S=str(args.budget),
-                            STREAMREC_RETRAIN_HOLDOUT_USERS=str(args.holdout),
-                            STREAMREC_TRAINLOG_SEGMENT_S="1", STREAMREC_TRAINLOG_MAX_AGE_S="1e9",
-                            STREAMREC_TRAINER_WEB_PORT=str(tport)),
-                stdout=out, stderr=subprocess.STDOUT)
+                env=env_for(
+                    settings,
+                    STREAMREC_RETRAIN_INTERVAL_S=str(args.interval),
+                    STREAMREC_RETRAIN_MIN_EVENTS=str(args.min_events),
+                    STREAMREC_RETRAIN_TIME_BUDGET_S=str(args.budget),
+                    STREAMREC_RETRAIN_HOLDOUT_USERS=str(args.holdout),
+                    STREAMREC_TRAINLOG_SEGMENT_S="1",
+                    STREAMREC_TRAINLOG_MAX_AGE_S="1e9",
+                    STREAMREC_TRAINER_WEB_PORT=str(tport),
+                ),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         t_trainer = time.time()
-        print(f"part 2: trainer every {args.interval:.0f}s ({args.budget:.0f}s budget), traffic at "
-              f"{args.train_rate:.0f}/s until {args.promotions} promotions (at most {args.max_live:.0f}s)...",
-              flush=True)
+        print(
+            f"part 2: trainer every {args.interval:.0f}s ({args.budget:.0f}s budget), traffic at "
+            f"{args.train_rate:.0f}/s until {args.promotions} promotions (at most {args.max_live:.0f}s)...",
+            flush=True,
+        )
         pos = 0
         chunk = max(1, int(args.train_rate))  # one second of traffic per call
         deadline = time.monotonic() + args.max_live
         live_start = t_warm = None
         while time.monotonic() < deadline:
-            part = rest[pos: pos + chunk]
+            part = rest[pos : pos + chunk]
             pos += len(part)
             sender.send(part, args.train_rate)
             promoted = [r for r in rounds_from_log(trainer_log.read_text(errors="replace")) if r[1]]
@@ -461,32 +516,46 @@ def main() -> int:
 
     print()
     print(f"Part 1: {sum(e in rec.arrived for e in part1)} of {len(part1)} events answered")
-    print(f"Swap latency: one worker, {args.rate:.0f} events/s, {len(windows)} swaps "
-          f"(catalog {args.items} items, each swap {np.mean(swap_s):.2f}s from announcement to serving)")
+    print(
+        f"Swap latency: one worker, {args.rate:.0f} events/s, {len(windows)} swaps "
+        f"(catalog {args.items} items, each swap {np.mean(swap_s):.2f}s from announcement to serving)"
+    )
     print()
     print("| events sent | n | p50 ms | p95 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| outside swaps (steady) | {len(steady)} | {pct(steady, 50):.1f} | {pct(steady, 95):.1f} | "
-          f"{pct(steady, 99):.1f} |")
-    print(f"| in the {BEFORE_SWAP_S:.0f} s before each announcement (matched baseline) | {len(before)} | "
-          f"{pct(before, 50):.1f} | {pct(before, 95):.1f} | {pct(before, 99):.1f} |")
-    print(f"| while a swap was in progress (announcement .. serving + {AFTER_SWAP_S:.0f} s) | {len(during)} | "
-          f"{pct(during, 50):.1f} | {pct(during, 95):.1f} | {pct(during, 99):.1f} |")
+    print(
+        f"| outside swaps (steady) | {len(steady)} | {pct(steady, 50):.1f} | {pct(steady, 95):.1f} | "
+        f"{pct(steady, 99):.1f} |"
+    )
+    print(
+        f"| in the {BEFORE_SWAP_S:.0f} s before each announcement (matched baseline) | {len(before)} | "
+        f"{pct(before, 50):.1f} | {pct(before, 95):.1f} | {pct(before, 99):.1f} |"
+    )
+    print(
+        f"| while a swap was in progress (announcement .. serving + {AFTER_SWAP_S:.0f} s) | {len(during)} | "
+        f"{pct(during, 50):.1f} | {pct(during, 95):.1f} | {pct(during, 99):.1f} |"
+    )
     print()
-    print(f"Freshness: trainer interval {args.interval:.0f}s, budget {args.budget:.0f}s, traffic "
-          f"{args.train_rate:.0f} events/s; warm-up (trainer process start .. its first version serving) "
-          f"{t_warm - t_trainer:.0f}s, then {live_end - live_start} measured events over "
-          f"{sender.order[live_end - 1][1] - t_warm:.0f}s")
+    print(
+        f"Freshness: trainer interval {args.interval:.0f}s, budget {args.budget:.0f}s, traffic "
+        f"{args.train_rate:.0f} events/s; warm-up (trainer process start .. its first version serving) "
+        f"{t_warm - t_trainer:.0f}s, then {live_end - live_start} measured events over "
+        f"{sender.order[live_end - 1][1] - t_warm:.0f}s"
+    )
     print()
-    print("| round | events read | round s (train + gate + register) | decision | version | "
-          "first rec by it, s after trainer start |")
+    print(
+        "| round | events read | round s (train + gate + register) | decision | version | "
+        "first rec by it, s after trainer start |"
+    )
     print("|---:|---:|---:|---|---|---:|")
     for k, (n, v, d, secs) in enumerate(rounds, 1):
         seen = f"{rec.first_seen[v] - t_trainer:.1f}" if v and v in rec.first_seen else "-"
         print(f"| {k} | {n} | {secs:.1f} | {d} | {v or '-'} | {seen} |")
     print()
-    print(f"event -> first recommendation by a version trained on it: n={len(e2m)}, mean {np.mean(e2m):.1f}s, "
-          f"p50 {pct(e2m, 50):.1f}s, max {max(e2m) if e2m else float('nan'):.1f}s")
+    print(
+        f"event -> first recommendation by a version trained on it: n={len(e2m)}, mean {np.mean(e2m):.1f}s, "
+        f"p50 {pct(e2m, 50):.1f}s, max {max(e2m) if e2m else float('nan'):.1f}s"
+    )
     print()
     print(f"Next window after the last promotion ({len(cases)} users, full ranking over {len(catalog)} items):")
     print()
@@ -499,13 +568,19 @@ def main() -> int:
         "event_to_model_s": round(max(e2m), 1) if e2m else None,
         "event_to_model_s_mean": round(float(np.mean(e2m)), 1) if e2m else None,
         "trainer_warmup_s": round(t_warm - t_trainer, 1),
-        "retrain_interval_s": args.interval, "retrain_budget_s": args.budget,
+        "retrain_interval_s": args.interval,
+        "retrain_budget_s": args.budget,
         "event_rate_while_training": args.train_rate,
-        "stale_ndcg_at_10": round(stale["ndcg@10"], 4), "retrained_ndcg_at_10": round(fresh["ndcg@10"], 4),
-        "stale_hr_at_10": round(stale["hr@10"], 4), "retrained_hr_at_10": round(fresh["hr@10"], 4),
-        "p99_ms_steady": round(pct(steady, 99), 1), "p99_ms_during_swap": round(pct(during, 99), 1),
+        "stale_ndcg_at_10": round(stale["ndcg@10"], 4),
+        "retrained_ndcg_at_10": round(fresh["ndcg@10"], 4),
+        "stale_hr_at_10": round(stale["hr@10"], 4),
+        "retrained_hr_at_10": round(fresh["hr@10"], 4),
+        "p99_ms_steady": round(pct(steady, 99), 1),
+        "p99_ms_during_swap": round(pct(during, 99), 1),
         "p99_ms_before_swap": round(pct(before, 99), 1),
-        "swap_rate_events_per_s": args.rate, "swaps": len(windows), "promotions": len(promoted),
+        "swap_rate_events_per_s": args.rate,
+        "swaps": len(windows),
+        "promotions": len(promoted),
     }
     print(json.dumps(result))
     return 0

@@ -42,22 +42,41 @@ def insights_cost(model: Path, catalog, events: list[ShopEvent], batch: int) -> 
     from streamrec.streams.pipeline import Pipeline
 
     rec = Recommender.load(model, device="cpu")
-    p = Pipeline(recommender=rec, index=ItemIndex(rec.dim), top_k=10, history_len=50, purchased_max=500,
-                 trigger_types=("view", "add_to_cart", "remove_from_cart", "purchase"))
+    p = Pipeline(
+        recommender=rec,
+        index=ItemIndex(rec.dim),
+        top_k=10,
+        history_len=50,
+        purchased_max=500,
+        trigger_types=("view", "add_to_cart", "remove_from_cart", "purchase"),
+    )
     p.apply_catalog([(c.item_id, c) for c in catalog])
     states: dict[str, UserState] = {}
 
     def plain(items: list) -> None:
         for (_st, ev), recs in zip(items, p.score([s for s, _ in items], [])):
-            recommendation_bytes(user_id=ev.user_id, items=recs, model_version="bench", event_id=ev.event_id,
-                                 event_ts=ev.ts, produced_ts=ev.ts)
+            recommendation_bytes(
+                user_id=ev.user_id,
+                items=recs,
+                model_version="bench",
+                event_id=ev.event_id,
+                event_ts=ev.ts,
+                produced_ts=ev.ts,
+            )
 
     def reasons(items: list) -> None:
         lists = p.scorer.recommend_explained([s for s, _ in items])
         for (_st, ev), recs in zip(items, lists):
-            recommendation_bytes(user_id=ev.user_id, items=[(i, s) for i, s, _ in recs], model_version="bench",
-                                 event_id=ev.event_id, event_ts=ev.ts, produced_ts=ev.ts,
-                                 reasons=[r for _, _, r in recs], purchase_intent=0.5)
+            recommendation_bytes(
+                user_id=ev.user_id,
+                items=[(i, s) for i, s, _ in recs],
+                model_version="bench",
+                event_id=ev.event_id,
+                event_ts=ev.ts,
+                produced_ts=ev.ts,
+                reasons=[r for _, _, r in recs],
+                purchase_intent=0.5,
+            )
 
     def intent(items: list) -> None:
         p.scorer.intent([s for s, _ in items])
@@ -83,17 +102,24 @@ def insights_cost(model: Path, catalog, events: list[ShopEvent], batch: int) -> 
             t[name] += time.perf_counter() - t0
         n += len(items)
     with_all = t["reasons"] + t["intent"] + t["profiles"]
-    return {"users_scored": n, "without_per_s": n / t["without"], "with_per_s": n / with_all,
-            "cost": 1.0 - t["without"] / with_all,
-            "reasons_share": (t["reasons"] - t["without"]) / with_all,
-            "intent_share": t["intent"] / with_all, "profiles_share": t["profiles"] / with_all}
-
+    return {
+        "users_scored": n,
+        "without_per_s": n / t["without"],
+        "with_per_s": n / with_all,
+        "cost": 1.0 - t["without"] / with_all,
+        "reasons_share": (t["reasons"] - t["without"]) / with_all,
+        "intent_share": t["intent"] / with_all,
+        "profiles_share": t["profiles"] / with_all,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="checkpoint dir trained on Beauty (an intent model beside it "
-                                                   "makes the intent part count)")
+    ap.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint dir trained on Beauty (an intent model beside it makes the intent part count)",
+    )
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()
@@ -107,15 +133,19 @@ def main() -> int:
     sequences = read_sequences(d / "sequences.txt")
     texts = read_item_text(d / "item_text.tsv")
     catalog = catalog_from_dataset(dataset_items(sequences, texts), texts)
-    events = [e.model_copy(update={"ts": 1_767_225_600_000 + k})
-              for k, e in enumerate(beauty_events(sequences, args.events, prefix="bench"))]
+    events = [
+        e.model_copy(update={"ts": 1_767_225_600_000 + k})
+        for k, e in enumerate(beauty_events(sequences, args.events, prefix="bench"))
+    ]
     c = insights_cost(Path(args.model), catalog, events, args.batch)
     print(f"| compute path, batch {args.batch:d}, {c['users_scored']:d} users scored | users/s |")
     print("|---|---:|")
     print(f"| without reasons, intent, profiles | {c['without_per_s']:,.0f} |")
     print(f"| with reasons, intent, profiles | {c['with_per_s']:,.0f} |")
-    print(f"cost: {c['cost']:.1%} of the compute path's time (reasons {c['reasons_share']:.1%}, "
-          f"purchase intent {c['intent_share']:.1%}, profile messages {c['profiles_share']:.1%})")
+    print(
+        f"cost: {c['cost']:.1%} of the compute path's time (reasons {c['reasons_share']:.1%}, "
+        f"purchase intent {c['intent_share']:.1%}, profile messages {c['profiles_share']:.1%})"
+    )
     print(json.dumps({k: round(v, 4) for k, v in c.items()}))
     return 0
 

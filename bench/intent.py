@@ -121,12 +121,18 @@ def profile_hits(users: dict, weights: ProfileWeights, day: int | None = None) -
             hit_prof += c in filled
             hit_prof_only += c in top
             hit_pop += c in popular
-    return {"purchases": n, "users": len(users_with), "profile_hit_at_5": hit_prof / max(n, 1),
-            "profile_only_hit_at_5": hit_prof_only / max(n, 1), "popularity_hit_at_5": hit_pop / max(n, 1)}
+    return {
+        "purchases": n,
+        "users": len(users_with),
+        "profile_hit_at_5": hit_prof / max(n, 1),
+        "profile_only_hit_at_5": hit_prof_only / max(n, 1),
+        "popularity_hit_at_5": hit_pop / max(n, 1),
+    }
 
 
-def bootstrap_diff(y: np.ndarray, pa: np.ndarray, pb: np.ndarray, groups: np.ndarray, n: int = 300,
-                   seed: int = 0) -> dict[str, tuple[float, float]]:
+def bootstrap_diff(
+    y: np.ndarray, pa: np.ndarray, pb: np.ndarray, groups: np.ndarray, n: int = 300, seed: int = 0
+) -> dict[str, tuple[float, float]]:
     """95 % intervals of (a - b) for ROC AUC and log loss, resampling whole sessions."""
     rng = np.random.default_rng(seed)
     uniq, inv = np.unique(groups, return_inverse=True)
@@ -156,11 +162,15 @@ def user_vector_rows(users: dict, budget_s: float, seed: int) -> np.ndarray:
             data.users.append(u)
             data.items.append([e.item_id for e in early])
             data.types.append([e.type for e in early])
-    res = train(data, config=dict(use_text=False, loss="sampled", n_negatives=2048),
-                settings=TrainSettings(time_budget=budget_s, max_epochs=30, device="cpu", progress=False,
-                                       seed=seed))
-    print(f"SASRec on the training days: {res.metrics['epochs']} epochs, val NDCG@10 "
-          f"{res.metrics.get('val', {}).get('ndcg@10', float('nan')):.4f}")
+    res = train(
+        data,
+        config=dict(use_text=False, loss="sampled", n_negatives=2048),
+        settings=TrainSettings(time_budget=budget_s, max_epochs=30, device="cpu", progress=False, seed=seed),
+    )
+    print(
+        f"SASRec on the training days: {res.metrics['epochs']} epochs, val NDCG@10 "
+        f"{res.metrics.get('val', {}).get('ndcg@10', float('nan')):.4f}"
+    )
     rec = Recommender(res.model, res.vocab, version="bench", device="cpu")
     prefixes = []
     for seq in users.values():
@@ -177,8 +187,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--encoder-budget", type=float, default=120.0,
-                    help="seconds to train the SASRec whose user vector is tried as extra input (0: skip)")
+    ap.add_argument(
+        "--encoder-budget",
+        type=float,
+        default=120.0,
+        help="seconds to train the SASRec whose user vector is tried as extra input (0: skip)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     f = data_file()
@@ -196,28 +210,34 @@ def main() -> int:
     test_fav = ex_fav.select(ex.session_start_ms >= TEST_FROM)
     fit_part = ex.select(ex.session_end_ms < VAL_FROM)
     val = ex.select((ex.session_start_ms >= VAL_FROM) & (ex.session_end_ms < TEST_FROM))
-    print(f"data {f}: {len(users)} users; examples train {len(train.y)} (pos {train.y.mean():.3f}), "
-          f"test {len(test.y)} (pos {test.y.mean():.3f}), sessions in test "
-          f"{len(set(zip(test.user, test.session_start_ms.tolist())))}")
+    print(
+        f"data {f}: {len(users)} users; examples train {len(train.y)} (pos {train.y.mean():.3f}), "
+        f"test {len(test.y)} (pos {test.y.mean():.3f}), sessions in test "
+        f"{len(set(zip(test.user, test.session_start_ms.tolist())))}"
+    )
 
     base_cols = columns(BASELINE_FEATURES)
     all_cols = list(range(len(FEATURE_NAMES)))
     # model selection on the validation day only
     val_scores = {}
     for hidden in (0, 16):
-        m = fit_intent(fit_part.x, fit_part.y, feature_names=FEATURE_NAMES, hidden=hidden,
-                       steps=args.steps, seed=args.seed)
+        m = fit_intent(
+            fit_part.x, fit_part.y, feature_names=FEATURE_NAMES, hidden=hidden, steps=args.steps, seed=args.seed
+        )
         val_scores[hidden] = metrics(val.y, m.predict(val.x))
         print(f"validation hidden={hidden}: " + ", ".join(f"{k} {v:.4f}" for k, v in val_scores[hidden].items()))
     hidden = min(val_scores, key=lambda h: val_scores[h]["log_loss"])
 
     base_rate = float(train.y.mean())
-    baseline = fit_intent(train_fav.x[:, base_cols], train.y, feature_names=BASELINE_FEATURES, hidden=0,
-                          steps=args.steps, seed=args.seed)
-    with_favs = fit_intent(train_fav.x, train.y, feature_names=FEATURE_NAMES, hidden=hidden,
-                           steps=args.steps, seed=args.seed)
-    model = fit_intent(train.x[:, all_cols], train.y, feature_names=FEATURE_NAMES, hidden=hidden,
-                       steps=args.steps, seed=args.seed)
+    baseline = fit_intent(
+        train_fav.x[:, base_cols], train.y, feature_names=BASELINE_FEATURES, hidden=0, steps=args.steps, seed=args.seed
+    )
+    with_favs = fit_intent(
+        train_fav.x, train.y, feature_names=FEATURE_NAMES, hidden=hidden, steps=args.steps, seed=args.seed
+    )
+    model = fit_intent(
+        train.x[:, all_cols], train.y, feature_names=FEATURE_NAMES, hidden=hidden, steps=args.steps, seed=args.seed
+    )
     uv_row = None
     if args.encoder_budget > 0:
         uv = user_vector_rows(users, args.encoder_budget, args.seed)
@@ -225,10 +245,15 @@ def main() -> int:
         names = FEATURE_NAMES + tuple(f"user_vec_{k}" for k in range(uv.shape[1]))
         xa = np.concatenate([ex.x, uv], axis=1)
         tr_mask, te_mask = ex.session_end_ms < TEST_FROM, ex.session_start_ms >= TEST_FROM
-        with_uv = fit_intent(xa[tr_mask], train.y, feature_names=names, hidden=hidden, steps=args.steps,
-                             seed=args.seed)
-        uv_only = fit_intent(uv[tr_mask], train.y, feature_names=names[len(FEATURE_NAMES):], hidden=hidden,
-                             steps=args.steps, seed=args.seed)
+        with_uv = fit_intent(xa[tr_mask], train.y, feature_names=names, hidden=hidden, steps=args.steps, seed=args.seed)
+        uv_only = fit_intent(
+            uv[tr_mask],
+            train.y,
+            feature_names=names[len(FEATURE_NAMES) :],
+            hidden=hidden,
+            steps=args.steps,
+            seed=args.seed,
+        )
         uv_row = (metrics(test.y, with_uv.predict(xa[te_mask])), metrics(test.y, uv_only.predict(uv[te_mask])))
     p_model, p_base = model.predict(test.x), baseline.predict(test_fav.x[:, base_cols])
     groups = np.asarray([f"{u}@{t}" for u, t in zip(test.user, test.session_start_ms.tolist())])
@@ -236,8 +261,9 @@ def main() -> int:
     rows = {
         "base rate": metrics(test.y, np.full(len(test.y), base_rate)),
         "counts-only logistic (baseline)": metrics(test.y, baseline.predict(test_fav.x[:, base_cols])),
-        f"session+user features ({'logistic' if hidden == 0 else f'MLP {hidden}'}), shipped":
-            metrics(test.y, model.predict(test.x)),
+        f"session+user features ({'logistic' if hidden == 0 else f'MLP {hidden}'}), shipped": metrics(
+            test.y, model.predict(test.x)
+        ),
         "same, favourites apart (not seen by a worker)": metrics(test.y, with_favs.predict(test_fav.x)),
     }
     if uv_row is not None:
@@ -252,9 +278,13 @@ def main() -> int:
     weights = ProfileWeights()  # the worker's defaults
     prof = profile_hits(users, weights)
     # the settings a shop could pick, judged on the day before (2017-12-02), never on the last day
-    grid = {f"half-life {h:g} d, weights view/cart/buy {v:g}/{c:g}/{b:g}":
-            ProfileWeights(view=v, add_to_cart=c, purchase=b, half_life_s=h * 86_400.0)
-            for h in (0.5, 1, 3, 7, 1e6) for v, c, b in ((1, 1, 1), (1, 3, 5))}
+    grid = {
+        f"half-life {h:g} d, weights view/cart/buy {v:g}/{c:g}/{b:g}": ProfileWeights(
+            view=v, add_to_cart=c, purchase=b, half_life_s=h * 86_400.0
+        )
+        for h in (0.5, 1, 3, 7, 1e6)
+        for v, c, b in ((1, 1, 1), (1, 3, 5))
+    }
     val_day = day_ms("2017-12-02")
     val = {name: profile_hits(users, w, day=val_day)["profile_hit_at_5"] for name, w in grid.items()}
     print("\nprofile settings on the validation day (purchases of 2017-12-02, profiles from the days before):")
@@ -269,15 +299,19 @@ def main() -> int:
         ),
         "same as default, no decay": profile_hits(users, ProfileWeights(half_life_s=1e12)),
     }
-    print(f"\nshipped model - baseline, 95 % interval over 300 session-bootstrap resamples: "
-          f"ROC AUC [{ci['roc_auc'][0]:+.4f}, {ci['roc_auc'][1]:+.4f}], "
-          f"log loss [{ci['log_loss'][0]:+.4f}, {ci['log_loss'][1]:+.4f}]")
+    print(
+        f"\nshipped model - baseline, 95 % interval over 300 session-bootstrap resamples: "
+        f"ROC AUC [{ci['roc_auc'][0]:+.4f}, {ci['roc_auc'][1]:+.4f}], "
+        f"log loss [{ci['log_loss'][0]:+.4f}, {ci['log_loss'][1]:+.4f}]"
+    )
     print()
     print(f"interest profile: {prof['purchases']} last-day purchases of {prof['users']} users")
     print("| categories of last-day purchases | hit@5 |")
     print("|---|---:|")
-    print(f"| profile (earlier days), default settings (half-life 7 d, 1/3/5), filled with popular | "
-          f"{prof['profile_hit_at_5']:.4f} |")
+    print(
+        f"| profile (earlier days), default settings (half-life 7 d, 1/3/5), filled with popular | "
+        f"{prof['profile_hit_at_5']:.4f} |"
+    )
     print(f"| profile alone | {prof['profile_only_hit_at_5']:.4f} |")
     for name, a in ablations.items():
         print(f"| {name} | {a['profile_hit_at_5']:.4f} |")
@@ -286,7 +320,8 @@ def main() -> int:
     mname = list(rows)[2]
     out = {
         "model": "logistic" if hidden == 0 else f"mlp{hidden}",
-        "model_roc_auc": round(rows[mname]["roc_auc"], 4), "model_pr_auc": round(rows[mname]["pr_auc"], 4),
+        "model_roc_auc": round(rows[mname]["roc_auc"], 4),
+        "model_pr_auc": round(rows[mname]["pr_auc"], 4),
         "model_log_loss": round(rows[mname]["log_loss"], 4),
         "baseline_roc_auc": round(rows["counts-only logistic (baseline)"]["roc_auc"], 4),
         "baseline_pr_auc": round(rows["counts-only logistic (baseline)"]["pr_auc"], 4),
@@ -295,13 +330,20 @@ def main() -> int:
         "model_minus_baseline_log_loss_ci95": [round(v, 4) for v in ci["log_loss"]],
         "base_rate_log_loss": round(rows["base rate"]["log_loss"], 4),
         "base_rate_pr_auc": round(rows["base rate"]["pr_auc"], 4),
-        "test_examples": len(test.y), "test_positive_rate": round(float(test.y.mean()), 4),
+        "test_examples": len(test.y),
+        "test_positive_rate": round(float(test.y.mean()), 4),
         "favs_apart_roc_auc": round(rows[list(rows)[3]]["roc_auc"], 4),
         "favs_apart_log_loss": round(rows[list(rows)[3]]["log_loss"], 4),
-        **({"with_user_vector_roc_auc": round(uv_row[0]["roc_auc"], 4),
-            "with_user_vector_log_loss": round(uv_row[0]["log_loss"], 4),
-            "user_vector_only_roc_auc": round(uv_row[1]["roc_auc"], 4),
-            "user_vector_only_log_loss": round(uv_row[1]["log_loss"], 4)} if uv_row else {}),
+        **(
+            {
+                "with_user_vector_roc_auc": round(uv_row[0]["roc_auc"], 4),
+                "with_user_vector_log_loss": round(uv_row[0]["log_loss"], 4),
+                "user_vector_only_roc_auc": round(uv_row[1]["roc_auc"], 4),
+                "user_vector_only_log_loss": round(uv_row[1]["log_loss"], 4),
+            }
+            if uv_row
+            else {}
+        ),
         "profile_hit_at_5": round(prof["profile_hit_at_5"], 4),
         "profile_only_hit_at_5": round(prof["profile_only_hit_at_5"], 4),
         "profile_validation_choice": best,

@@ -70,8 +70,16 @@ def beauty_events(sequences: dict[str, list[str]], n: int, *, prefix: str) -> li
         for u in users:
             seq = sequences[u]
             if pos < len(seq):
-                out.append(ShopEvent(event_id=f"{prefix}-{len(out)}", user_id=f"u{u}", session_id=f"s{u}",
-                                     item_id=seq[pos].split(":")[0], type="view", ts=1_760_000_000_000))
+                out.append(
+                    ShopEvent(
+                        event_id=f"{prefix}-{len(out)}",
+                        user_id=f"u{u}",
+                        session_id=f"s{u}",
+                        item_id=seq[pos].split(":")[0],
+                        type="view",
+                        ts=1_760_000_000_000,
+                    )
+                )
                 progressed = True
                 if len(out) >= n:
                     break
@@ -87,9 +95,26 @@ def ensure_model(args: argparse.Namespace, work: Path) -> Path:
     out = work / "model"
     d = data_dir()
     print(f"training a model on Beauty for {args.train_seconds}s (pass --model DIR to skip)...", flush=True)
-    subprocess.run([sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "train", "--sequences",
-                    str(d / "sequences.txt"), "--item-text", str(d / "item_text.tsv"), "--out", str(out),
-                    "--time-budget", str(args.train_seconds), "--no-progress"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamrec.cli",
+            "--log-level",
+            "WARNING",
+            "train",
+            "--sequences",
+            str(d / "sequences.txt"),
+            "--item-text",
+            str(d / "item_text.tsv"),
+            "--out",
+            str(out),
+            "--time-budget",
+            str(args.train_seconds),
+            "--no-progress",
+        ],
+        check=True,
+    )
     return out
 
 
@@ -97,9 +122,14 @@ def raw_consume(settings: Settings, n: int) -> float:
     from aiokafka import AIOKafkaConsumer
 
     async def run() -> float:
-        c = AIOKafkaConsumer(settings.topic_events, bootstrap_servers=settings.resolved_bootstrap(),
-                             group_id=f"bench-raw-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest",
-                             enable_auto_commit=False, max_poll_records=2000)
+        c = AIOKafkaConsumer(
+            settings.topic_events,
+            bootstrap_servers=settings.resolved_bootstrap(),
+            group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_poll_records=2000,
+        )
         await c.start()
         seen, t0 = 0, None
         try:
@@ -127,8 +157,14 @@ def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int)
 
     rec = Recommender.load(model, device="cpu")
     index = ItemIndex(rec.dim)
-    p = Pipeline(recommender=rec, index=index, top_k=10, history_len=50, purchased_max=500,
-                 trigger_types=("view", "add_to_cart", "remove_from_cart", "purchase"))
+    p = Pipeline(
+        recommender=rec,
+        index=index,
+        top_k=10,
+        history_len=50,
+        purchased_max=500,
+        trigger_types=("view", "add_to_cart", "remove_from_cart", "purchase"),
+    )
     p.apply_catalog([(c.item_id, c) for c in catalog])
     raw = [e.to_bytes() for e in events]
     states: dict[str, dict] = {}
@@ -145,9 +181,14 @@ def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int)
         items = list(answer.values())
         lists = p.score([s for s, _ in items], fresh)
         for (st, ev), recs in zip(items, lists):
-            Recommendation(user_id=ev.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in recs],
-                           model_version="bench", event_id=ev.event_id, event_ts=ev.ts,
-                           produced_ts=ev.ts).to_bytes()
+            Recommendation(
+                user_id=ev.user_id,
+                items=[ScoredItem(item_id=i, score=s) for i, s in recs],
+                model_version="bench",
+                event_id=ev.event_id,
+                event_ts=ev.ts,
+                produced_ts=ev.ts,
+            ).to_bytes()
             st.latest = {"items": recs}
             states[ev.user_id] = st.to_json()
 
@@ -216,9 +257,12 @@ class Probe:
         lag_n = d.get("streamrec_loop_lag_seconds_count", 0.0)
         lag_late = lag_n - d.get("streamrec_loop_lag_seconds_bucket{le=0.1}", lag_n)
         return {
-            "events": n, "seconds": t1 - self.t0, "load": max(self.load0, os.getloadavg()[0]),
+            "events": n,
+            "seconds": t1 - self.t0,
+            "load": max(self.load0, os.getloadavg()[0]),
             "batches": d.get("streamrec_batches_total", 0.0),
-            "cpu_us": (w1 - self.w0) * per, "broker_cpu_us": (b1 - self.b0) * per,
+            "cpu_us": (w1 - self.w0) * per,
+            "broker_cpu_us": (b1 - self.b0) * per,
             "threads_us": threads,
             "stages_us": {st: d.get(f"streamrec_stage_seconds_sum{{stage={st}}}", 0.0) * per for st in STAGES},
             "commits": d.get("streamrec_stage_seconds_count{stage=commit}", 0.0),
@@ -231,22 +275,57 @@ def py_spy(pid: int, out: Path | None, seconds: int) -> subprocess.Popen | None:
     if out is None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(["py-spy", "record", "-r", "200", "-d", str(seconds), "-p", str(pid), "-o", str(out),
-                             "--format", "raw", "--threads", "--idle", "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "-r",
+            "200",
+            "-d",
+            str(seconds),
+            "-p",
+            str(pid),
+            "-o",
+            str(out),
+            "--format",
+            "raw",
+            "--threads",
+            "--idle",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def start_worker(settings: Settings, model: Path, port: int, log: Path, guarantee: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env["STREAMREC_PROCESSING_GUARANTEE"] = guarantee
-    for name in ("topic_events", "topic_catalog", "topic_recommendations", "topic_dlq", "topic_model_updates",
-                 "app_id", "partitions", "data_dir"):
+    for name in (
+        "topic_events",
+        "topic_catalog",
+        "topic_recommendations",
+        "topic_dlq",
+        "topic_model_updates",
+        "app_id",
+        "partitions",
+        "data_dir",
+    ):
         env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
-    env.update({"STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(), "STREAMREC_WEB_PORT": str(port),
-                "STREAMREC_DEVICE": "cpu"})
+    env.update(
+        {
+            "STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(),
+            "STREAMREC_WEB_PORT": str(port),
+            "STREAMREC_DEVICE": "cpu",
+        }
+    )
     with open(log, "wb") as out:  # the child keeps its own copy of the fd
-        proc = subprocess.Popen([sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "worker",
-                                 "--model", str(model)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "worker", "--model", str(model)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -260,8 +339,14 @@ def start_worker(settings: Settings, model: Path, port: int, log: Path, guarante
     raise SystemExit("worker did not become healthy")
 
 
-def latency_at(settings: Settings, events: list[ShopEvent], rate: float, seconds: float,
-               probe: Probe | None = None, profile: Path | None = None) -> dict:
+def latency_at(
+    settings: Settings,
+    events: list[ShopEvent],
+    rate: float,
+    seconds: float,
+    probe: Probe | None = None,
+    profile: Path | None = None,
+) -> dict:
     n = int(rate * seconds)
     sent_at: dict[str, float] = {}
     lat: list[float] = []
@@ -282,8 +367,9 @@ def latency_at(settings: Settings, events: list[ShopEvent], rate: float, seconds
         if probe is not None:
             probe.start()
         spy = py_spy(probe.worker_pid, profile, int(min(seconds, 12))) if probe is not None else None
-        with EventProducer(settings.resolved_bootstrap(), events_topic=settings.topic_events,
-                           config={"linger.ms": 0}) as producer:
+        with EventProducer(
+            settings.resolved_bootstrap(), events_topic=settings.topic_events, config={"linger.ms": 0}
+        ) as producer:
             t0 = time.perf_counter()
             for i in range(n):
                 target = t0 + i / rate
@@ -306,13 +392,31 @@ def latency_at(settings: Settings, events: list[ShopEvent], rate: float, seconds
             spy.wait(60)
     arr = np.array(lat) if lat else np.array([float("nan")])
     work = np.array(in_worker) if in_worker else np.array([float("nan")])
-    return {"rate": rate, "sent": n, "answered": len(lat), "p50": float(np.percentile(arr, 50)),
-            "p95": float(np.percentile(arr, 95)), "p99": float(np.percentile(arr, 99)),
-            "worker_p99": float(np.percentile(work, 99)), **costs}
+    return {
+        "rate": rate,
+        "sent": n,
+        "answered": len(lat),
+        "p50": float(np.percentile(arr, 50)),
+        "p95": float(np.percentile(arr, 95)),
+        "p99": float(np.percentile(arr, 99)),
+        "worker_p99": float(np.percentile(work, 99)),
+        **costs,
+    }
 
 
-def run_worker(settings: Settings, model: Path, work: Path, *, guarantee: str, n_events: int, events: list[ShopEvent],
-               rates: list[float], rate_seconds: float, broker_pid: int | None, profile: Path | None) -> dict:
+def run_worker(
+    settings: Settings,
+    model: Path,
+    work: Path,
+    *,
+    guarantee: str,
+    n_events: int,
+    events: list[ShopEvent],
+    rates: list[float],
+    rate_seconds: float,
+    broker_pid: int | None,
+    profile: Path | None,
+) -> dict:
     """One worker with ``guarantee``: drain the backlog on its topics, then the latency phases."""
     port = localkafka.free_port()
     t_start = time.perf_counter()
@@ -337,14 +441,20 @@ def run_worker(settings: Settings, model: Path, work: Path, *, guarantee: str, n
         if spy is not None:
             spy.wait(60)
         drain["events_per_s"] = (n - first[1]) / (t1 - first[0]) if t1 > first[0] else float("nan")
-        print(f"[{guarantee}] pipeline: {drain['events_per_s']:,.0f} events/s, worker CPU "
-              f"{drain['cpu_us']:.0f} µs/event (load {drain['load']:.1f})", flush=True)
+        print(
+            f"[{guarantee}] pipeline: {drain['events_per_s']:,.0f} events/s, worker CPU "
+            f"{drain['cpu_us']:.0f} µs/event (load {drain['load']:.1f})",
+            flush=True,
+        )
         lat = []
         for r in rates:
             prof = profile / f"{guarantee}-{r:.0f}.txt" if profile else None
             res = latency_at(settings, events, r, rate_seconds, Probe(url, worker.pid, broker_pid), prof)
-            print(f"[{guarantee}] {r:.0f} ev/s: p50 {res['p50']:.1f} p99 {res['p99']:.1f} ms, worker CPU "
-                  f"{res['cpu_us']:.0f} µs/event (load {res['load']:.1f})", flush=True)
+            print(
+                f"[{guarantee}] {r:.0f} ev/s: p50 {res['p50']:.1f} p99 {res['p99']:.1f} ms, worker CPU "
+                f"{res['cpu_us']:.0f} µs/event (load {res['load']:.1f})",
+                flush=True,
+            )
             lat.append(res)
     finally:
         if worker.poll() is None:
@@ -368,8 +478,11 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256, help="worker batch size (STREAMREC_BATCH_MAX)")
     ap.add_argument("--rates", default="100,500,1000")
     ap.add_argument("--rate-seconds", type=float, default=15.0)
-    ap.add_argument("--guarantees", default="at_least_once,exactly_once",
-                    help="processing guarantees to run, each with its own worker (STREAMREC_PROCESSING_GUARANTEE)")
+    ap.add_argument(
+        "--guarantees",
+        default="at_least_once,exactly_once",
+        help="processing guarantees to run, each with its own worker (STREAMREC_PROCESSING_GUARANTEE)",
+    )
     ap.add_argument("--profile", help="directory for py-spy profiles of each phase (py-spy must be on PATH)")
     args = ap.parse_args()
     guarantees = [g.strip() for g in args.guarantees.split(",") if g.strip()]
@@ -398,10 +511,25 @@ def main() -> int:
         state = localkafka.start(started, libs=Settings().kafka_libs.expanduser())
         bootstrap, broker_pid = state.bootstrap, state.pid
     tag = f"bench{uuid.uuid4().hex[:6]}"
-    base = Settings(bootstrap_servers=bootstrap, topic_catalog=f"{tag}.catalog", topic_dlq=f"{tag}.dlq",
-                    topic_model_updates=f"{tag}.models", data_dir=work / "data", partitions=4, batch_max=args.batch)
-    per_g = {g: base.model_copy(update={"topic_events": f"{tag}.{g}.events", "topic_recommendations": f"{tag}.{g}.recs",
-                                        "app_id": f"{tag}-{g}"}) for g in guarantees}
+    base = Settings(
+        bootstrap_servers=bootstrap,
+        topic_catalog=f"{tag}.catalog",
+        topic_dlq=f"{tag}.dlq",
+        topic_model_updates=f"{tag}.models",
+        data_dir=work / "data",
+        partitions=4,
+        batch_max=args.batch,
+    )
+    per_g = {
+        g: base.model_copy(
+            update={
+                "topic_events": f"{tag}.{g}.events",
+                "topic_recommendations": f"{tag}.{g}.recs",
+                "app_id": f"{tag}-{g}",
+            }
+        )
+        for g in guarantees
+    }
     results: dict[str, dict] = {}
     try:
         print(f"producing {len(catalog)} catalog items and {len(events)} events per guarantee...", flush=True)
@@ -421,65 +549,93 @@ def main() -> int:
         alone, alone_cpu = model_index_alone(model, catalog, events, args.batch)
         print(f"model+index alone: {alone:,.0f} events/s, {alone_cpu * 1e6:.0f} µs CPU/event", flush=True)
         for g, settings in per_g.items():
-            results[g] = run_worker(settings, model, work, guarantee=g, n_events=len(events), events=events,
-                                    rates=rates, rate_seconds=args.rate_seconds, broker_pid=broker_pid,
-                                    profile=profile)
+            results[g] = run_worker(
+                settings,
+                model,
+                work,
+                guarantee=g,
+                n_events=len(events),
+                events=events,
+                rates=rates,
+                rate_seconds=args.rate_seconds,
+                broker_pid=broker_pid,
+                profile=profile,
+            )
     finally:
         if started is not None:
             localkafka.stop(started)
     load_end = os.getloadavg()
 
     print()
-    print(f"load average at start {load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f}, "
-          f"at end {load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f} (1 / 5 / 15 min)")
+    print(
+        f"load average at start {load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f}, "
+        f"at end {load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f} (1 / 5 / 15 min)"
+    )
     print()
     print("| measure | events/s | vs ceiling | worker CPU µs/event | broker CPU µs/event | load |")
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| raw consume (bare aiokafka, ceiling) | {raw:,.0f} | 1.00 | | | |")
-    print(f"| model+index alone, batch {args.batch} (ceiling) | {alone:,.0f} | 1.00 | {alone_cpu * 1e6:.0f} "
-          f"(this process) | | |")
+    print(
+        f"| model+index alone, batch {args.batch} (ceiling) | {alone:,.0f} | 1.00 | {alone_cpu * 1e6:.0f} "
+        f"(this process) | | |"
+    )
     for g, res in results.items():
         dr = res["drain"]
-        print(f"| pipeline, one worker, {g} (draining) | {dr['events_per_s']:,.0f} | "
-              f"{dr['events_per_s'] / alone:.2f} of model+index | {dr['cpu_us']:.0f} | {fmt(dr['broker_cpu_us'])} "
-              f"| {dr['load']:.1f} |")
+        print(
+            f"| pipeline, one worker, {g} (draining) | {dr['events_per_s']:,.0f} | "
+            f"{dr['events_per_s'] / alone:.2f} of model+index | {dr['cpu_us']:.0f} | {fmt(dr['broker_cpu_us'])} "
+            f"| {dr['load']:.1f} |"
+        )
     print()
     print("Latency, produce -> recommendation received:")
     print()
-    print("| guarantee | rate ev/s | sent | answered | p50 ms | p95 ms | p99 ms | p99 ms worker (event ts -> produced) "
-          "| worker CPU µs/event | broker CPU µs/event | loop stalls > 100 ms | load |")
+    print(
+        "| guarantee | rate ev/s | sent | answered | p50 ms | p95 ms | p99 ms | p99 ms worker (event ts -> produced) "
+        "| worker CPU µs/event | broker CPU µs/event | loop stalls > 100 ms | load |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for g, res in results.items():
         for r in res["latency"]:
-            print(f"| {g} | {r['rate']:.0f} | {r['sent']} | {r['answered']} | {r['p50']:.1f} | {r['p95']:.1f} "
-                  f"| {r['p99']:.1f} | {r['worker_p99']:.1f} | {r['cpu_us']:.0f} | {fmt(r['broker_cpu_us'])} "
-                  f"| {r['loop_lag_over_100ms']:.0f} | {r['load']:.1f} |")
+            print(
+                f"| {g} | {r['rate']:.0f} | {r['sent']} | {r['answered']} | {r['p50']:.1f} | {r['p95']:.1f} "
+                f"| {r['p99']:.1f} | {r['worker_p99']:.1f} | {r['cpu_us']:.0f} | {fmt(r['broker_cpu_us'])} "
+                f"| {r['loop_lag_over_100ms']:.0f} | {r['load']:.1f} |"
+            )
     print()
-    print("Where the worker's time goes, µs per event (stage wall time from streamrec_stage_seconds; "
-          "`score` is the model-thread call as the loop waits for it, incl. model + index + filter; "
-          "thread columns are CPU time):")
+    print(
+        "Where the worker's time goes, µs per event (stage wall time from streamrec_stage_seconds; "
+        "`score` is the model-thread call as the loop waits for it, incl. model + index + filter; "
+        "thread columns are CPU time):"
+    )
     print()
-    print("| guarantee | phase | events/batch | " + " | ".join(STAGES) + " | CPU loop thread | CPU model thread "
-          "| CPU other threads |")
+    print(
+        "| guarantee | phase | events/batch | " + " | ".join(STAGES) + " | CPU loop thread | CPU model thread "
+        "| CPU other threads |"
+    )
     print("|---|---|---:|" + "---:|" * (len(STAGES) + 3))
     for g, res in results.items():
         for name, ph in [("drain", res["drain"])] + [(f"{r['rate']:.0f} ev/s", r) for r in res["latency"]]:
             th = ph["threads_us"]
-            print(f"| {g} | {name} | {ph['events'] / max(ph['batches'], 1):.1f} | "
-                  + " | ".join(f"{ph['stages_us'][st]:.0f}" for st in STAGES)
-                  + f" | {th.get('loop', 0):.0f} | {th.get('model', 0):.0f} | {th.get('other threads', 0):.0f} |")
+            print(
+                f"| {g} | {name} | {ph['events'] / max(ph['batches'], 1):.1f} | "
+                + " | ".join(f"{ph['stages_us'][st]:.0f}" for st in STAGES)
+                + f" | {th.get('loop', 0):.0f} | {th.get('model', 0):.0f} | {th.get('other threads', 0):.0f} |"
+            )
     g0 = guarantees[0]
     main_res = results[g0]
     at = {r["rate"]: r for r in main_res["latency"]}
     summary = {
-        "guarantee": g0, "pipeline_events_per_s": round(main_res["drain"]["events_per_s"], 1),
-        "model_index_events_per_s": round(alone, 1), "raw_consume_events_per_s": round(raw, 1),
+        "guarantee": g0,
+        "pipeline_events_per_s": round(main_res["drain"]["events_per_s"], 1),
+        "model_index_events_per_s": round(alone, 1),
+        "raw_consume_events_per_s": round(raw, 1),
         "pipeline_cpu_us_per_event": round(main_res["drain"]["cpu_us"], 1),
         "model_index_cpu_us_per_event": round(alone_cpu * 1e6, 1),
         "p99_ms_at_500": round(at[500.0]["p99"], 1) if 500.0 in at else None,
         "p50_ms_at_500": round(at[500.0]["p50"], 1) if 500.0 in at else None,
         "p99_ms_at_1000": round(at[1000.0]["p99"], 1) if 1000.0 in at else None,
-        "load_average_start": round(load_start[0], 1), "load_average_end": round(load_end[0], 1),
+        "load_average_start": round(load_start[0], 1),
+        "load_average_end": round(load_end[0], 1),
     }
     for g, res in results.items():
         if g != g0:

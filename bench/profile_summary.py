@@ -17,8 +17,17 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 #: frames that mean "this thread is waiting, not working"
-IDLE = ("epoll", "select (", "poll (selectors", "wait (threading", "_worker (concurrent", "get (queue",
-        "acquire", "sleep", "run_forever (asyncio/base_events.py)")
+IDLE = (
+    "epoll",
+    "select (",
+    "poll (selectors",
+    "wait (threading",
+    "_worker (concurrent",
+    "get (queue",
+    "acquire",
+    "sleep",
+    "run_forever (asyncio/base_events.py)",
+)
 IDLE_RE = re.compile(r"\b(select|poll|epoll|wait|_wait_for_tstate_lock|get|sleep)\b \(")
 
 

@@ -60,10 +60,21 @@ PUBLISHED = [  # (model, HR@10, NDCG@10, source) — same split, full ranking
 ]
 
 # The configuration chosen on the VALIDATION split (see bench/RESULTS.md).
-MODEL_CONFIG = dict(d_model=64, n_layers=1, n_heads=1, d_ff=256, max_len=50, dropout=0.2,
-                    emb_dropout=0.5, id_dropout=0.1, use_text=True, loss="full")
-TRAIN = dict(lr=1e-3, batch_size=128, max_epochs=40, patience=10, weight_decay=0.0,
-             lr_schedule="cosine", val_users=None)  # classic split: nothing of validation trains
+MODEL_CONFIG = dict(
+    d_model=64,
+    n_layers=1,
+    n_heads=1,
+    d_ff=256,
+    max_len=50,
+    dropout=0.2,
+    emb_dropout=0.5,
+    id_dropout=0.1,
+    use_text=True,
+    loss="full",
+)
+TRAIN = dict(
+    lr=1e-3, batch_size=128, max_epochs=40, patience=10, weight_decay=0.0, lr_schedule="cosine", val_users=None
+)  # classic split: nothing of validation trains
 
 
 def data_dir() -> Path:
@@ -109,9 +120,19 @@ def zero_shot(data: Interactions, text: dict, args, cfg: dict, tr: dict) -> dict
     hidden = hidden_items(data, args.seed)
     # Users whose test target (their last item) is hidden; history = everything before it.
     cases = [k for k, s in enumerate(data.items) if s[-1] in hidden and len(s) >= 2]
-    res = train(hide_items(data, hidden), item_text=text, config=cfg,
-                settings=TrainSettings(time_budget=args.zero_shot_budget, seed=args.seed,
-                                       device="auto", progress=False, text_cache=args.text_cache, **tr))
+    res = train(
+        hide_items(data, hidden),
+        item_text=text,
+        config=cfg,
+        settings=TrainSettings(
+            time_budget=args.zero_shot_budget,
+            seed=args.seed,
+            device="auto",
+            progress=False,
+            text_cache=args.text_cache,
+            **tr,
+        ),
+    )
     model, vocab = res.model, res.vocab
     # Variant 1 (what the serving path does): Recommender.add_items, i.e. text projection plus
     # an id embedding borrowed from the trained items with the closest titles.
@@ -141,21 +162,30 @@ def zero_shot(data: Interactions, text: dict, args, cfg: dict, tr: dict) -> dict
 
 
 def print_zero_shot(z: dict) -> None:
-    print(f"\n## Zero-shot: {z['hidden_items']} items (10%) hidden from training; "
-          f"{z['users']} users whose test target is hidden; hidden items scored from title only\n")
+    print(
+        f"\n## Zero-shot: {z['hidden_items']} items (10%) hidden from training; "
+        f"{z['users']} users whose test target is hidden; hidden items scored from title only\n"
+    )
     print(f"| {'method':38s} | HR@10   | NDCG@10 | HR@20   |")
     print(f"|{'-' * 40}|---------|---------|---------|")
-    for k, label in (("model_borrowed_id", "streamrec, Recommender.add_items"),
-                     ("model", "streamrec, text projection only"), ("popularity", "popularity"),
-                     ("text_similarity", "text similarity (MiniLM, exp(-0.7 age))")):
+    for k, label in (
+        ("model_borrowed_id", "streamrec, Recommender.add_items"),
+        ("model", "streamrec, text projection only"),
+        ("popularity", "popularity"),
+        ("text_similarity", "text similarity (MiniLM, exp(-0.7 age))"),
+    ):
         print(f"| {label:38s} | {z[k]['hr@10']:7.4f} | {z[k]['ndcg@10']:7.4f} | {z[k]['hr@20']:7.4f} |")
     print(f"zero-shot model trained {z['train_seconds']:.0f}s")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--time-budget", type=float, default=1500.0,
-                    help="cap on the seconds to train the main model (40 epochs usually end first)")
+    ap.add_argument(
+        "--time-budget",
+        type=float,
+        default=1500.0,
+        help="cap on the seconds to train the main model (40 epochs usually end first)",
+    )
     ap.add_argument("--zero-shot-budget", type=float, default=300.0, help="seconds for the zero-shot model")
     ap.add_argument("--skip-zero-shot", action="store_true")
     ap.add_argument("--only-zero-shot", action="store_true", help="run only the zero-shot report")
@@ -177,17 +207,29 @@ def main() -> int:
         return 2
     data = read_sequences(d / "sequences.txt")
     text = read_item_text(d / "item_text.tsv") if (d / "item_text.tsv").is_file() else {}
-    print(f"data {d}: {len(data)} users, {sum(map(len, data.items))} interactions; "
-          f"torch threads {torch.get_num_threads()}; device auto")
+    print(
+        f"data {d}: {len(data)} users, {sum(map(len, data.items))} interactions; "
+        f"torch threads {torch.get_num_threads()}; device auto"
+    )
     print(f"config {json.dumps(cfg)} train {json.dumps(tr)} budget {args.time_budget:.0f}s")
 
     if args.only_zero_shot:
         print_zero_shot(zero_shot(data, text, args, cfg, tr))
         return 0
     t0 = time.monotonic()
-    res = train(data, item_text=text, config=cfg,
-                settings=TrainSettings(time_budget=args.time_budget, seed=args.seed, device="auto",
-                                       progress=args.progress, text_cache=args.text_cache, **tr))
+    res = train(
+        data,
+        item_text=text,
+        config=cfg,
+        settings=TrainSettings(
+            time_budget=args.time_budget,
+            seed=args.seed,
+            device="auto",
+            progress=args.progress,
+            text_cache=args.text_cache,
+            **tr,
+        ),
+    )
     wall = time.monotonic() - t0
     m, val = res.metrics["test"], res.metrics["val"]
     split = leave_one_out(encode(data, res.vocab))
@@ -207,20 +249,43 @@ def main() -> int:
     for name, hr, nd, src in PUBLISHED:
         print(row(name, hr, nd, f"published, {src}"))
     print(row("popularity (this run)", pop["hr@10"], pop["ndcg@10"], "measured"))
-    print(row("item-to-item co-occurrence (this run)", co["hr@10"], co["ndcg@10"],
-              "measured; counts test histories, incl. validation items"))
-    print(row("co-occurrence, training part only", co_train["hr@10"], co_train["ndcg@10"],
-              "measured; counts what the model trains on"))
-    print(row("text similarity (this run)", ts["hr@10"], ts["ndcg@10"],
-              "measured; MiniLM titles, recency-weighted history (exp(-0.7 age)), no training"))
-    print(row("streamrec SASRec+text, full softmax", m["hr@10"], m["ndcg@10"],
-              f"test; val NDCG@10 {val['ndcg@10']:.4f}"))
-    print(f"\nHR@5 {m['hr@5']:.4f} NDCG@5 {m['ndcg@5']:.4f} HR@20 {m['hr@20']:.4f} "
-          f"NDCG@20 {m['ndcg@20']:.4f} coverage@10 {m['coverage@10']:.4f}")
-    print(f"training: {res.metrics['train_seconds']:.0f}s (incl. validation each epoch), "
-          f"{res.metrics['epochs']} epochs, best epoch {res.metrics['best_epoch']}, "
-          f"stop: {res.metrics['stop_reason']}; wall incl. text encoding {wall:.0f}s; "
-          f"params {res.model.num_params}")
+    print(
+        row(
+            "item-to-item co-occurrence (this run)",
+            co["hr@10"],
+            co["ndcg@10"],
+            "measured; counts test histories, incl. validation items",
+        )
+    )
+    print(
+        row(
+            "co-occurrence, training part only",
+            co_train["hr@10"],
+            co_train["ndcg@10"],
+            "measured; counts what the model trains on",
+        )
+    )
+    print(
+        row(
+            "text similarity (this run)",
+            ts["hr@10"],
+            ts["ndcg@10"],
+            "measured; MiniLM titles, recency-weighted history (exp(-0.7 age)), no training",
+        )
+    )
+    print(
+        row("streamrec SASRec+text, full softmax", m["hr@10"], m["ndcg@10"], f"test; val NDCG@10 {val['ndcg@10']:.4f}")
+    )
+    print(
+        f"\nHR@5 {m['hr@5']:.4f} NDCG@5 {m['ndcg@5']:.4f} HR@20 {m['hr@20']:.4f} "
+        f"NDCG@20 {m['ndcg@20']:.4f} coverage@10 {m['coverage@10']:.4f}"
+    )
+    print(
+        f"training: {res.metrics['train_seconds']:.0f}s (incl. validation each epoch), "
+        f"{res.metrics['epochs']} epochs, best epoch {res.metrics['best_epoch']}, "
+        f"stop: {res.metrics['stop_reason']}; wall incl. text encoding {wall:.0f}s; "
+        f"params {res.model.num_params}"
+    )
     print("val NDCG@10 per epoch: " + " ".join(f"{h.get('val_ndcg@10', 0):.4f}" for h in res.metrics["history"]))
 
     # Inference throughput through the public API (save, load, encode_users).
@@ -229,15 +294,24 @@ def main() -> int:
         rec = Recommender.load(Path(tmp) / "ckpt", device="auto")
     hist = [[(i, "view") for i in s[:-1]] for s in data.items]
     tput = {b: throughput(rec, hist, b) for b in (1, 64, 256)}
-    print(f"inference (encode_users, device {rec.device}): "
-          + ", ".join(f"batch {b}: {v:,.0f} seq/s" for b, v in tput.items()))
+    print(
+        f"inference (encode_users, device {rec.device}): "
+        + ", ".join(f"batch {b}: {v:,.0f} seq/s" for b, v in tput.items())
+    )
 
     if not args.skip_zero_shot:
         print_zero_shot(zero_shot(data, text, args, cfg, tr))
 
-    print(json.dumps({"hr_at_10": round(m["hr@10"], 4), "ndcg_at_10": round(m["ndcg@10"], 4),
-                      "train_seconds": round(res.metrics["train_seconds"], 1),
-                      "seq_per_s_batch_256": round(tput[256], 1)}))
+    print(
+        json.dumps(
+            {
+                "hr_at_10": round(m["hr@10"], 4),
+                "ndcg_at_10": round(m["ndcg@10"], 4),
+                "train_seconds": round(res.metrics["train_seconds"], 1),
+                "seq_per_s_batch_256": round(tput[256], 1),
+            }
+        )
+    )
     return 0
 
 

@@ -53,10 +53,10 @@ def synthetic_items(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray
     labels = rng.choice(n_clusters, n, p=popularity / popularity.sum())
     items = np.empty((n, dim), np.float32)
     for start in range(0, n, 200_000):  # chunked to bound temporary memory
-        lab = labels[start:start + 200_000]
+        lab = labels[start : start + 200_000]
         noise = 0.35 * rng.standard_normal((lab.size, dim)).astype(np.float32)
         norms = np.exp(0.25 * rng.standard_normal((lab.size, 1))).astype(np.float32)
-        items[start:start + lab.size] = (centres[lab] + noise) * norms
+        items[start : start + lab.size] = (centres[lab] + noise) * norms
     return items, centres
 
 
@@ -93,7 +93,7 @@ def qps(ix: ItemIndex, queries: np.ndarray, batch: int, k: int = 10) -> float:
         ix.search(queries[: min(batch, len(queries))], k)  # warm-up
         t = time.perf_counter()
         for start in range(0, len(queries), batch):
-            ix.search(queries[start:start + batch], k)
+            ix.search(queries[start : start + batch], k)
         return len(queries) / (time.perf_counter() - t)
     finally:
         faiss.omp_set_num_threads(threads)
@@ -102,7 +102,7 @@ def qps(ix: ItemIndex, queries: np.ndarray, batch: int, k: int = 10) -> float:
 def top_ids(ix: ItemIndex, queries: np.ndarray, k: int = 10) -> list[list[str]]:
     out: list[list[str]] = []
     for start in range(0, len(queries), 256):
-        out += [[i for i, _ in row] for row in ix.search(queries[start:start + 256], k)]
+        out += [[i for i, _ in row] for row in ix.search(queries[start : start + 256], k)]
     return out
 
 
@@ -130,9 +130,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000, help="queries for recall and batch-256 q/s")
     ap.add_argument("--batch1-queries", type=int, default=300, help="approximate, batch 1")
     ap.add_argument("--exact-batch1-queries", type=int, default=40, help="exact, batch 1 (slow)")
-    ap.add_argument("--hnsw-builds", default=None,
-                    help="HNSW M:efConstruction pairs to build, e.g. 32:200,16:200 "
-                         "(default: the library defaults)")
+    ap.add_argument(
+        "--hnsw-builds",
+        default=None,
+        help="HNSW M:efConstruction pairs to build, e.g. 32:200,16:200 (default: the library defaults)",
+    )
     ap.add_argument("--hnsw-ef", default="32,64,128,256", help="efSearch values to sweep")
     ap.add_argument("--ivf-nprobe", default="8,16,32,64", help="nprobe values to sweep")
     ap.add_argument("--seed", type=int, default=0)
@@ -148,14 +150,17 @@ def main() -> None:
         sizes = [min(s, args.max_items) for s in sizes]
     sizes = sorted(set(sizes))
     rows: list[dict] = []
-    print(f"# dim={args.dim} seed={args.seed} queries={args.queries} data="
-          f"{'model' if real is not None else 'synthetic low-rank Gaussian mixture'}")
+    print(
+        f"# dim={args.dim} seed={args.seed} queries={args.queries} data="
+        f"{'model' if real is not None else 'synthetic low-rank Gaussian mixture'}"
+    )
     for n in sizes:
         if real is not None:
             rng = np.random.default_rng(args.seed)
             vecs = real[rng.permutation(len(real))[:n]]
-            queries = (vecs[rng.integers(0, n, args.queries)]
-                       + 0.3 * rng.standard_normal((args.queries, args.dim))).astype(np.float32)
+            queries = (
+                vecs[rng.integers(0, n, args.queries)] + 0.3 * rng.standard_normal((args.queries, args.dim))
+            ).astype(np.float32)
         else:
             vecs, centres = synthetic_items(n, args.dim, args.seed)
             queries = synthetic_users(centres, args.queries, args.seed)
@@ -163,26 +168,43 @@ def main() -> None:
 
         flat, secs, mem = build("flat", ids, vecs)
         truth = top_ids(flat, queries)
-        base = {"items": n, "kind": "flat", "params": "exact", "build_s": secs, "bytes_per_item": mem,
-                "qps_b1": qps(flat, queries[: args.exact_batch1_queries], 1),
-                "qps_b256": qps(flat, queries, 256), "recall_at_10": 1.0}
+        base = {
+            "items": n,
+            "kind": "flat",
+            "params": "exact",
+            "build_s": secs,
+            "bytes_per_item": mem,
+            "qps_b1": qps(flat, queries[: args.exact_batch1_queries], 1),
+            "qps_b256": qps(flat, queries, 256),
+            "recall_at_10": 1.0,
+        }
         rows.append(base)
         print(_fmt(base, base), flush=True)
         del flat
-        hnsw_builds = [tuple(int(v) for v in b.split(":")) for b in args.hnsw_builds.split(",")] \
-            if args.hnsw_builds else [(defaults.hnsw_m, defaults.hnsw_ef_construction)]
-        configs = [("hnsw", "hnsw_ef_search", args.hnsw_ef, dict(hnsw_m=m, hnsw_ef_construction=c))
-                   for m, c in hnsw_builds] + [("ivf", "ivf_nprobe", args.ivf_nprobe, {})]
+        hnsw_builds = (
+            [tuple(int(v) for v in b.split(":")) for b in args.hnsw_builds.split(",")]
+            if args.hnsw_builds
+            else [(defaults.hnsw_m, defaults.hnsw_ef_construction)]
+        )
+        configs = [
+            ("hnsw", "hnsw_ef_search", args.hnsw_ef, dict(hnsw_m=m, hnsw_ef_construction=c)) for m, c in hnsw_builds
+        ] + [("ivf", "ivf_nprobe", args.ivf_nprobe, {})]
         for kind, key, values, build_params in configs:
             ix, secs, mem = build(kind, ids, vecs, **build_params)
             same_build = all(getattr(ix, p) == getattr(defaults, p) for p in build_params)
             for v in [int(x) for x in values.split(",")]:
                 setattr(ix, key, v)
-                row = {"items": n, "kind": kind, "params": _params(ix, kind), "build_s": secs,
-                       "bytes_per_item": mem, "recall_at_10": recall(top_ids(ix, queries), truth),
-                       "qps_b1": qps(ix, queries[: args.batch1_queries], 1),
-                       "qps_b256": qps(ix, queries, 256),
-                       "default": same_build and v == getattr(defaults, key)}
+                row = {
+                    "items": n,
+                    "kind": kind,
+                    "params": _params(ix, kind),
+                    "build_s": secs,
+                    "bytes_per_item": mem,
+                    "recall_at_10": recall(top_ids(ix, queries), truth),
+                    "qps_b1": qps(ix, queries[: args.batch1_queries], 1),
+                    "qps_b256": qps(ix, queries, 256),
+                    "default": same_build and v == getattr(defaults, key),
+                }
                 rows.append(row)
                 print(_fmt(row, base), flush=True)
             del ix
@@ -192,14 +214,24 @@ def main() -> None:
     base = next(r for r in rows if r["items"] == n and r["kind"] == "flat")
     auto = "flat" if n <= defaults.exact_max else "hnsw"
     pick = next(r for r in rows if r["items"] == n and r["kind"] == auto and r.get("default", True))
-    print(f"# default config at {n} items: kind={pick['kind']} {pick['params']}; "
-          f"target recall@10 >= {TARGET_RECALL} at >= 10x exact q/s")
-    print(json.dumps({"items": n, "kind": pick["kind"], "params": pick["params"],
-                      "recall_at_10": round(pick["recall_at_10"], 4),
-                      "speedup_vs_exact": round(pick["qps_b256"] / base["qps_b256"], 1),
-                      "speedup_vs_exact_batch_1": round(pick["qps_b1"] / base["qps_b1"], 1),
-                      "qps_batch_256": round(pick["qps_b256"], 1),
-                      "qps_batch_1": round(pick["qps_b1"], 1)}))
+    print(
+        f"# default config at {n} items: kind={pick['kind']} {pick['params']}; "
+        f"target recall@10 >= {TARGET_RECALL} at >= 10x exact q/s"
+    )
+    print(
+        json.dumps(
+            {
+                "items": n,
+                "kind": pick["kind"],
+                "params": pick["params"],
+                "recall_at_10": round(pick["recall_at_10"], 4),
+                "speedup_vs_exact": round(pick["qps_b256"] / base["qps_b256"], 1),
+                "speedup_vs_exact_batch_1": round(pick["qps_b1"] / base["qps_b1"], 1),
+                "qps_batch_256": round(pick["qps_b256"], 1),
+                "qps_batch_1": round(pick["qps_b1"], 1),
+            }
+        )
+    )
 
 
 def _params(ix: ItemIndex, kind: str) -> str:
@@ -213,15 +245,19 @@ _HEADER_DONE = False
 
 def _fmt(r: dict, base: dict) -> str:
     global _HEADER_DONE
-    line = (f"| {r['items']:>9,} | {r['kind']:<4} | {r['params']:<24} | {r['build_s']:>8.1f} | "
-            f"{r['bytes_per_item']:>9.0f} | {r['qps_b1']:>9.0f} | {r['qps_b256']:>10.0f} | "
-            f"{r['qps_b256'] / base['qps_b256']:>7.1f}x | {r['recall_at_10']:>9.3f} |")
+    line = (
+        f"| {r['items']:>9,} | {r['kind']:<4} | {r['params']:<24} | {r['build_s']:>8.1f} | "
+        f"{r['bytes_per_item']:>9.0f} | {r['qps_b1']:>9.0f} | {r['qps_b256']:>10.0f} | "
+        f"{r['qps_b256'] / base['qps_b256']:>7.1f}x | {r['recall_at_10']:>9.3f} |"
+    )
     if not _HEADER_DONE:
         _HEADER_DONE = True
-        line = ("| items     | kind | params                   | build s  | bytes/item | q/s b=1   "
-                "| q/s b=256  | vs exact | recall@10 |\n"
-                "|----------:|------|--------------------------|---------:|-----------:|----------:"
-                "|-----------:|---------:|----------:|\n") + line
+        line = (
+            "| items     | kind | params                   | build s  | bytes/item | q/s b=1   "
+            "| q/s b=256  | vs exact | recall@10 |\n"
+            "|----------:|------|--------------------------|---------:|-----------:|----------:"
+            "|-----------:|---------:|----------:|\n"
+        ) + line
     return line
 
 

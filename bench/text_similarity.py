@@ -55,15 +55,18 @@ def main() -> int:
     cache = Path(args.text_cache)
     data, text = read_sequences(d / "sequences.txt"), read_item_text(d / "item_text.tsv")
     vocab = vocab_from(data)
-    T = torch.cat([torch.zeros(1, 384), torch.from_numpy(
-        encode_cached([text.get(i) for i in vocab.ids], cache_file=cache))])
+    T = torch.cat(
+        [torch.zeros(1, 384), torch.from_numpy(encode_cached([text.get(i) for i in vocab.ids], cache_file=cache))]
+    )
     hidden = {vocab.row(i) for i in hidden_items(data, args.seed)}
     enc = encode(data, vocab)
 
     def val(want: str) -> tuple[Encoded, np.ndarray]:
         idx = [k for k, s in enumerate(enc.items) if want == "all" or s[-2] in hidden]
-        return (Encoded([enc.items[k][:-2] for k in idx], [enc.types[k][:-2] for k in idx]),
-                np.array([enc.items[k][-2] for k in idx], dtype=np.int64))
+        return (
+            Encoded([enc.items[k][:-2] for k in idx], [enc.types[k][:-2] for k in idx]),
+            np.array([enc.items[k][-2] for k in idx], dtype=np.int64),
+        )
 
     known = np.array([r for r in range(1, len(T)) if r not in hidden and bool(T[r].any())])
     E = T[known]
@@ -71,19 +74,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         from streamrec.devtools.simulator import ShopSimulator, write_dataset
 
-        seq_p, text_p = write_dataset(ShopSimulator(seed=7, n_items=2000, n_users=3000, id_prefix="ts"),
-                                      tmp, n_events=100_000)
+        seq_p, text_p = write_dataset(
+            ShopSimulator(seed=7, n_items=2000, n_users=3000, id_prefix="ts"), tmp, n_events=100_000
+        )
         shop, shop_text = read_sequences(seq_p), read_item_text(text_p)
     sv = vocab_from(shop)
     sv.add(list(shop_text))
-    ST = torch.cat([torch.zeros(1, 384), torch.from_numpy(
-        encode_cached([shop_text.get(i) for i in sv.ids], cache_file=cache))])
+    ST = torch.cat(
+        [torch.zeros(1, 384), torch.from_numpy(encode_cached([shop_text.get(i) for i in sv.ids], cache_file=cache))]
+    )
     senc = encode(shop, sv)
     s_in = Encoded([s[:-1] for s in senc.items], [t[:-1] for t in senc.types])
     s_y = np.array([s[-1] for s in senc.items], dtype=np.int64)
     v_all, v_hid = val("all"), val("hidden")
-    print(f"\n| title vector | Beauty val, all users ({len(v_all[1])}) | Beauty val, hidden-item "
-          f"targets ({len(v_hid[1])}) | simulator shop ({len(s_y)} users) |\n|---|---:|---:|---:|")
+    print(
+        f"\n| title vector | Beauty val, all users ({len(v_all[1])}) | Beauty val, hidden-item "
+        f"targets ({len(v_hid[1])}) | simulator shop ({len(s_y)} users) |\n|---|---:|---:|---:|"
+    )
     out = {}
     for r in (int(x) for x in args.dims.split(",")):
         P = None if r == 0 else vh[:r].T
@@ -91,9 +98,11 @@ def main() -> int:
         def f(X: torch.Tensor, P: torch.Tensor | None = P) -> torch.Tensor:
             return X if P is None else X @ P
 
-        row = [rank_all(text_similarity_score_fn(f(T)), *v_all, len(T) - 1)["ndcg@10"],
-               rank_all(text_similarity_score_fn(f(T)), *v_hid, len(T) - 1)["ndcg@10"],
-               rank_all(text_similarity_score_fn(f(ST)), s_in, s_y, len(ST) - 1)["ndcg@10"]]
+        row = [
+            rank_all(text_similarity_score_fn(f(T)), *v_all, len(T) - 1)["ndcg@10"],
+            rank_all(text_similarity_score_fn(f(T)), *v_hid, len(T) - 1)["ndcg@10"],
+            rank_all(text_similarity_score_fn(f(ST)), s_in, s_y, len(ST) - 1)["ndcg@10"],
+        ]
         name = "full 384-d" if r == 0 else f"PCA {r} (Beauty's known titles)"
         print(f"| {name} | " + " | ".join(f"{x:.4f}" for x in row) + " |")
         out[str(r)] = [round(x, 4) for x in row]

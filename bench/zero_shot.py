@@ -79,25 +79,27 @@ COLS = ("hr@10", "ndcg@10", "ndcg@20")
 
 def last_item_cases(enc: Encoded, drop: int, keep) -> tuple[Encoded, np.ndarray]:
     idx = [k for k, s in enumerate(enc.items) if len(s) > max(drop, 1) and keep(s[-drop])]
-    return (Encoded([enc.items[k][:-drop] for k in idx], [enc.types[k][:-drop] for k in idx]),
-            np.array([enc.items[k][-drop] for k in idx], dtype=np.int64))
+    return (
+        Encoded([enc.items[k][:-drop] for k in idx], [enc.types[k][:-drop] for k in idx]),
+        np.array([enc.items[k][-drop] for k in idx], dtype=np.int64),
+    )
 
 
-def methods(model: SASRec, train_enc: Encoded, inputs: Encoded, targets: np.ndarray,
-            catalog: np.ndarray | None = None) -> dict[str, dict]:
+def methods(
+    model: SASRec, train_enc: Encoded, inputs: Encoded, targets: np.ndarray, catalog: np.ndarray | None = None
+) -> dict[str, dict]:
     n = model.config.n_items
     return {
         "model": evaluate_model(model, inputs, targets, catalog_rows=catalog),
-        "text_similarity": rank_all(text_similarity_score_fn(model.text_emb), inputs, targets, n,
-                                    catalog_rows=catalog),
-        "popularity": rank_all(popularity_score_fn(train_enc, n), inputs, targets, n,
-                               catalog_rows=catalog),
+        "text_similarity": rank_all(text_similarity_score_fn(model.text_emb), inputs, targets, n, catalog_rows=catalog),
+        "popularity": rank_all(popularity_score_fn(train_enc, n), inputs, targets, n, catalog_rows=catalog),
     }
 
 
 @torch.inference_mode()
-def boost_grid(model: SASRec, inputs: Encoded, targets: np.ndarray, n_known: int,
-               boosts: list[float]) -> dict[float, tuple[float, float, float]]:
+def boost_grid(
+    model: SASRec, inputs: Encoded, targets: np.ndarray, n_known: int, boosts: list[float]
+) -> dict[float, tuple[float, float, float]]:
     """NDCG@10 (all users, new-item targets, known-item targets) with ``boost`` added to the
     scores of rows > n_known, for every boost, from one scoring pass (history excluded)."""
     assert model.config.new_item_boost == 0.0
@@ -112,7 +114,7 @@ def boost_grid(model: SASRec, inputs: Encoded, targets: np.ndarray, n_known: int
         y = torch.as_tensor(targets[s : s + 512])
         for b in boosts:
             sc = base.clone()
-            sc[:, n_known + 1:] += b
+            sc[:, n_known + 1 :] += b
             rank = (sc > sc.gather(1, y[:, None])).sum(1).numpy()
             gains[b][s : s + 512] = np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)
     new = targets > n_known
@@ -127,8 +129,7 @@ def print_table(title: str, res: dict[str, dict]) -> None:
         print(f"| {name} | {m['users']} | " + " | ".join(f"{m[c]:.4f}" for c in COLS) + " |")
 
 
-def new_shop(model: SASRec, vocab, data: Interactions, text: dict, *,
-             cache_file: str | None = None) -> dict[str, dict]:
+def new_shop(model: SASRec, vocab, data: Interactions, text: dict, *, cache_file: str | None = None) -> dict[str, dict]:
     """Every item of ``data`` is unseen: add them (title only), rank each user's last item
     among this shop's items only."""
     m, v = copy.deepcopy(model), copy.deepcopy(vocab)
@@ -157,11 +158,18 @@ def main() -> int:
     ap.add_argument("--test", action="store_true", help="also report the test split (once, at the end)")
     ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text_emb.safetensors"))
     ap.add_argument("--save", type=Path, default=None, help="keep the trained model here")
-    ap.add_argument("--boosts", type=lambda v: [float(x) for x in v.split(",")] if v else [],
-                    default=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0],
-                    help="new-item boosts tried on validation ('' = none, keep 0)")
-    ap.add_argument("--checkpoint", type=Path, default=None,
-                    help="skip training: a model this script saved (--save) on the same split")
+    ap.add_argument(
+        "--boosts",
+        type=lambda v: [float(x) for x in v.split(",")] if v else [],
+        default=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0],
+        help="new-item boosts tried on validation ('' = none, keep 0)",
+    )
+    ap.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="skip training: a model this script saved (--save) on the same split",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -176,8 +184,7 @@ def main() -> int:
     text = read_item_text(d / "item_text.tsv")
     hidden = hidden_items(data, args.seed)
     print(f"config {json.dumps(cfg)} train {json.dumps(tr)}; torch threads {torch.get_num_threads()}")
-    settings = TrainSettings(seed=args.seed, progress=False, text_cache=args.text_cache,
-                             device="cpu", **tr)
+    settings = TrainSettings(seed=args.seed, progress=False, text_cache=args.text_cache, device="cpu", **tr)
     if args.checkpoint is None:
         res = train(hide_items(data, hidden), item_text=text, config=cfg, settings=settings)
         model, vocab, metrics = res.model, res.vocab, res.metrics
@@ -192,8 +199,9 @@ def main() -> int:
         if hidden & set(vocab.ids):
             raise SystemExit(f"{args.checkpoint} was trained on hidden items: not this split")
         if cfg.get("hybrid", True) and not model.config.hybrid:
-            model = with_text_channel(model, **{k: v for k, v in args.config.items()
-                                                if k in ("text_sim_dim", "text_decay")})
+            model = with_text_channel(
+                model, **{k: v for k, v in args.config.items() if k in ("text_sim_dim", "text_decay")}
+            )
             split = leave_one_out(encode(hide_items(data, hidden), vocab), val_users=tr["val_users"])
             rows = torch.as_tensor([i for q in split.train.items for i in q], dtype=torch.long)
             model.item_count += torch.bincount(rows, minlength=len(vocab) + 1).float()
@@ -204,9 +212,11 @@ def main() -> int:
                 g = fit_gates(model, split.train, settings, rng=rng)
             metrics = dict(metrics) | {"gates": g}
     hist = metrics.get("history", [])
-    print(f"trained {metrics.get('train_seconds', 0):.0f}s, {metrics.get('epochs')} epochs, best "
-          f"{metrics.get('best_epoch')}; val NDCG@10 (known items only) per epoch: "
-          + " ".join(f"{h['val_ndcg@10']:.4f}" for h in hist))
+    print(
+        f"trained {metrics.get('train_seconds', 0):.0f}s, {metrics.get('epochs')} epochs, best "
+        f"{metrics.get('best_epoch')}; val NDCG@10 (known items only) per epoch: "
+        + " ".join(f"{h['val_ndcg@10']:.4f}" for h in hist)
+    )
     if "gates" in metrics:
         print(f"gate fit: {metrics['gates']}")
     res_metrics = metrics
@@ -217,32 +227,44 @@ def main() -> int:
     if model.config.hybrid:
         g = [*model.gate_item.weight.detach()[0].tolist(), float(model.gate_item.bias.detach())]
         u = [*model.gate_user.weight.detach()[0].tolist(), float(model.gate_user.bias.detach())]
-        print("gates: item beta w(new, log1p count), bias = " + ", ".join(f"{x:.3f}" for x in g[1:])
-              + "; user alpha w(share new, log1p len), bias = " + ", ".join(f"{x:.3f}" for x in u[1:]))
+        print(
+            "gates: item beta w(new, log1p count), bias = "
+            + ", ".join(f"{x:.3f}" for x in g[1:])
+            + "; user alpha w(share new, log1p len), bias = "
+            + ", ".join(f"{x:.3f}" for x in u[1:])
+        )
     enc = encode(data, vocab)
-    out: dict = {"config": cfg, "epochs": res_metrics.get("epochs"),
-                 "train_seconds": res_metrics.get("train_seconds")}
-    splits = {"all users": lambda r: True, "hidden-item targets": lambda r: r > n_known,
-              "known-item targets": lambda r: r <= n_known}
+    out: dict = {"config": cfg, "epochs": res_metrics.get("epochs"), "train_seconds": res_metrics.get("train_seconds")}
+    splits = {
+        "all users": lambda r: True,
+        "hidden-item targets": lambda r: r > n_known,
+        "known-item targets": lambda r: r <= n_known,
+    }
     if model.config.hybrid and args.boosts:
         # The new-item boost (an exploration knob, not learned): one pass over the validation
         # users, every boost of the grid ranked on the same scores.
         inp, tgt = last_item_cases(enc, 2, lambda r: True)
-        ts_hidden = rank_all(text_similarity_score_fn(model.text_emb),
-                             *last_item_cases(enc, 2, splits["hidden-item targets"]),
-                             model.config.n_items)["ndcg@10"]
-        ts_all = rank_all(text_similarity_score_fn(model.text_emb), inp, tgt,
-                          model.config.n_items)["ndcg@10"]
+        ts_hidden = rank_all(
+            text_similarity_score_fn(model.text_emb),
+            *last_item_cases(enc, 2, splits["hidden-item targets"]),
+            model.config.n_items,
+        )["ndcg@10"]
+        ts_all = rank_all(text_similarity_score_fn(model.text_emb), inp, tgt, model.config.n_items)["ndcg@10"]
         grid = boost_grid(model, inp, tgt, n_known, args.boosts)
-        print("\n## New-item boost on validation (NDCG@10): all users / hidden-item targets; text "
-              f"similarity {ts_all:.4f} / {ts_hidden:.4f}\n")
+        print(
+            "\n## New-item boost on validation (NDCG@10): all users / hidden-item targets; text "
+            f"similarity {ts_all:.4f} / {ts_hidden:.4f}\n"
+        )
         print("| boost | all users | hidden-item targets | known-item targets |\n|---:|---:|---:|---:|")
         for b, (a, h, k) in grid.items():
             print(f"| {b:g} | {a:.4f} | {h:.4f} | {k:.4f} |")
         ok = [b for b, (a, h, _) in grid.items() if a >= ts_all and h >= ts_hidden]
         chosen = min(ok) if ok else max(grid, key=lambda b: grid[b][1] if grid[b][0] >= ts_all else -1)
-        print(f"chosen boost {chosen:g}: the smallest with both validation rows >= text similarity"
-              if ok else f"no boost reaches text similarity on both rows; best hidden row: {chosen:g}")
+        print(
+            f"chosen boost {chosen:g}: the smallest with both validation rows >= text similarity"
+            if ok
+            else f"no boost reaches text similarity on both rows; best hidden row: {chosen:g}"
+        )
         model.config.new_item_boost = float(chosen)
         out["boost_grid"] = {str(b): [round(x, 4) for x in v] for b, v in grid.items()}
         out["boost"] = chosen
@@ -258,8 +280,11 @@ def main() -> int:
         seq_p, text_p = write_dataset(sim, tmp, n_events=args.shop_events)
         shop, shop_text = read_sequences(seq_p), read_item_text(text_p)
     r = new_shop(model, vocab, shop, shop_text, cache_file=args.text_cache)
-    print_table(f"## New shop: the simulator's ({len(shop)} users, {len(shop_text)} items, all "
-                "unseen), last item ranked among its own catalog", r)
+    print_table(
+        f"## New shop: the simulator's ({len(shop)} users, {len(shop_text)} items, all "
+        "unseen), last item ranked among its own catalog",
+        r,
+    )
     out["simulator shop"] = {k: round(v["ndcg@10"], 4) for k, v in r.items()}
     hid_rows = set(range(n_known + 1, len(vocab) + 1))
     sub = Encoded([], [])
@@ -270,8 +295,11 @@ def main() -> int:
             sub.types.append([e for _, e in keep])
     inputs, targets = last_item_cases(sub, 1, lambda r: True)
     r = methods(model, inputs, inputs, targets, np.array(sorted(hid_rows), dtype=np.int64))
-    print_table(f"## New shop: Beauty's hidden items as a shop ({len(targets)} users with >= 2 of "
-                f"them, {len(hid_rows)} items), last item ranked among the hidden items", r)
+    print_table(
+        f"## New shop: Beauty's hidden items as a shop ({len(targets)} users with >= 2 of "
+        f"them, {len(hid_rows)} items), last item ranked among the hidden items",
+        r,
+    )
     out["hidden items as a shop"] = {k: round(v["ndcg@10"], 4) for k, v in r.items()}
     if args.test:
         for name, keep in splits.items():
@@ -294,8 +322,10 @@ def main() -> int:
         rec0 = Recommender(plain, vocab, version="plain", device="cpu")
         tput["without text channel"] = throughput(rec0, hist_u, 256)
         dims["without text channel"] = rec0.dim
-    print("\ninference, encode_users batch 256: " + ", ".join(
-        f"{k} {v:,.0f} seq/s (vector dim {dims[k]})" for k, v in tput.items()))
+    print(
+        "\ninference, encode_users batch 256: "
+        + ", ".join(f"{k} {v:,.0f} seq/s (vector dim {dims[k]})" for k, v in tput.items())
+    )
     out["seq_per_s_batch_256"] = {k: round(v) for k, v in tput.items()}
     # The worker's other per-batch cost: the exact FAISS search over the whole catalog.
     import faiss
@@ -315,8 +345,10 @@ def main() -> int:
             index.search(q, 10)
             n += len(q)
         search[k] = n / (time.perf_counter() - t1)
-    print("exact FAISS search (IndexFlatIP, top 10, batch 256, 1 thread): " + ", ".join(
-        f"{k} {v:,.0f} queries/s" for k, v in search.items()))
+    print(
+        "exact FAISS search (IndexFlatIP, top 10, batch 256, 1 thread): "
+        + ", ".join(f"{k} {v:,.0f} queries/s" for k, v in search.items())
+    )
     out["faiss_flat_q_per_s_batch_256"] = {k: round(v) for k, v in search.items()}
     out["wall_s"] = round(time.monotonic() - t0)
     print(json.dumps(out))

@@ -54,9 +54,14 @@ def main() -> int:
     data = read_sequences(d / "sequences.txt")
     text = read_item_text(d / "item_text.tsv")
     hidden = hidden_items(data, args.seed)  # the hidden items of bench/quality.py
-    res = train(hide_items(data, hidden), item_text=text, config=MODEL_CONFIG,
-                settings=TrainSettings(time_budget=args.budget, seed=args.seed, progress=False,
-                                       text_cache=args.text_cache, **TRAIN))
+    res = train(
+        hide_items(data, hidden),
+        item_text=text,
+        config=MODEL_CONFIG,
+        settings=TrainSettings(
+            time_budget=args.budget, seed=args.seed, progress=False, text_cache=args.text_cache, **TRAIN
+        ),
+    )
     model, vocab = res.model, res.vocab
     n_known = len(vocab)
     add_items(model, vocab, sorted(hidden), text, cache_file=args.text_cache)
@@ -67,19 +72,25 @@ def main() -> int:
     def boosted(b: float, new_only: bool = False):
         def fn(items, types):
             s = base(items, types).clone()
-            s[:, n_known + 1:] += b
+            s[:, n_known + 1 :] += b
             if new_only:
-                s[:, 1:n_known + 1] = float("-inf")
+                s[:, 1 : n_known + 1] = float("-inf")
             return s
+
         return fn
 
     enc = encode(data, vocab)
 
     def split(drop: int, want: str) -> tuple[Encoded, np.ndarray]:
-        idx = [k for k, s in enumerate(enc.items) if len(s) > drop
-               and (want == "all" or (s[-drop] > n_known) == (want == "new"))]
-        return (Encoded([enc.items[k][:-drop] for k in idx], [enc.types[k][:-drop] for k in idx]),
-                np.array([enc.items[k][-drop] for k in idx], dtype=np.int64))
+        idx = [
+            k
+            for k, s in enumerate(enc.items)
+            if len(s) > drop and (want == "all" or (s[-drop] > n_known) == (want == "new"))
+        ]
+        return (
+            Encoded([enc.items[k][:-drop] for k in idx], [enc.types[k][:-drop] for k in idx]),
+            np.array([enc.items[k][-drop] for k in idx], dtype=np.int64),
+        )
 
     val, val_new = split(2, "all"), split(2, "new")
     val_ndcg = {b: rank_all(boosted(b), *val, n)["ndcg@10"] for b in boosts}
@@ -92,9 +103,12 @@ def main() -> int:
         print(f"| {b:g} | {val_ndcg[b]:.4f} | {val_new_ndcg[b]:.4f} |")
     print(f"\n| test users (count) | boost 0 NDCG@10 | boost {best:g} (chosen on validation) NDCG@10 |")
     print("|---|---:|---:|")
-    out: dict = {"boost": best, "new_items": len(hidden),
-                 "val_new_only_best_boost": max(val_new_ndcg, key=val_new_ndcg.get),
-                 "val_new_only_best_ndcg": round(max(val_new_ndcg.values()), 4)}
+    out: dict = {
+        "boost": best,
+        "new_items": len(hidden),
+        "val_new_only_best_boost": max(val_new_ndcg, key=val_new_ndcg.get),
+        "val_new_only_best_ndcg": round(max(val_new_ndcg.values()), 4),
+    }
     for want in ("all", "known", "new"):
         inp, tgt = split(1, want)
         r0, rb = (rank_all(boosted(b), inp, tgt, n)["ndcg@10"] for b in (0.0, best))

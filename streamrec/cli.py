@@ -107,13 +107,16 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.devtools.simulator import ShopSimulator, run_simulation, write_dataset
 
     sim = ShopSimulator(
-        seed=args.seed, n_items=args.items, n_users=args.users, new_item_rate=args.new_item_rate,
-        drift_every=args.drift or 0, drift_new_items=args.drift_new_items,
+        seed=args.seed,
+        n_items=args.items,
+        n_users=args.users,
+        new_item_rate=args.new_item_rate,
+        drift_every=args.drift or 0,
+        drift_new_items=args.drift_new_items,
         id_prefix=args.id_prefix or f"run{int(time.time())}",
     )
     if args.write_dataset:
-        seq, text = write_dataset(sim, args.write_dataset, n_events=args.events or 20_000,
-                                  with_types=args.with_types)
+        seq, text = write_dataset(sim, args.write_dataset, n_events=args.events or 20_000, with_types=args.with_types)
         print(f"wrote {seq}, {text} and {seq.parent / 'events.csv'}")
         return 0
     if args.events is None and args.duration is None:
@@ -121,8 +124,13 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     stop = _stop_on_signals()
     with EventProducer.from_settings(settings) as producer:
         sent = run_simulation(
-            producer, sim, rate=args.rate, duration=args.duration, max_events=args.events,
-            send_catalog=not args.no_catalog, stop=stop,
+            producer,
+            sim,
+            rate=args.rate,
+            duration=args.duration,
+            max_events=args.events,
+            send_catalog=not args.no_catalog,
+            stop=stop,
         )
     print(f"sent {sent} events to {settings.topic_events} via {settings.resolved_bootstrap()}")
     return 0
@@ -141,9 +149,16 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         users = by_user(read_events(args.typed_events))
         stop = _stop_on_signals()
         with EventProducer.from_settings(settings) as producer:
-            sent = run_typed_replay(producer, users, rate=args.rate, max_events=args.events,
-                                    duration=args.duration, send_catalog=not args.no_catalog,
-                                    keep_time=not args.restamp, stop=stop)
+            sent = run_typed_replay(
+                producer,
+                users,
+                rate=args.rate,
+                max_events=args.events,
+                duration=args.duration,
+                send_catalog=not args.no_catalog,
+                keep_time=not args.restamp,
+                stop=stop,
+            )
         print(f"replayed {sent} events from {args.typed_events} to {settings.topic_events}")
         return 0
     sequences = read_sequences(args.sequences)
@@ -151,8 +166,15 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     stop = _stop_on_signals()
     with EventProducer.from_settings(settings) as producer:
         sent = run_replay(
-            producer, sequences, texts, rate=args.rate, max_events=args.events, event_type=args.event_type,
-            duration=args.duration, send_catalog=not args.no_catalog, stop=stop,
+            producer,
+            sequences,
+            texts,
+            rate=args.rate,
+            max_events=args.events,
+            event_type=args.event_type,
+            duration=args.duration,
+            send_catalog=not args.no_catalog,
+            stop=stop,
         )
     print(f"replayed {sent} events from {args.sequences} to {settings.topic_events}")
     return 0
@@ -169,11 +191,13 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     conf = settings.confluent_config()
     watch = ConnectionWatch(conf["bootstrap.servers"])
     watch.install(conf)
-    conf.update({
-        "group.id": f"streamrec-tail-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest" if args.from_beginning else "latest",
-        "enable.auto.commit": False,
-    })
+    conf.update(
+        {
+            "group.id": f"streamrec-tail-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer = Consumer(conf)
     topic = args.topic or settings.topic_events
     consumer.subscribe([topic])
@@ -204,15 +228,16 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="streamrec", description="Streaming recommendations for online shops."
-    )
+    parser = argparse.ArgumentParser(prog="streamrec", description="Streaming recommendations for online shops.")
     parser.add_argument("--version", action="version", version=f"streamrec {__version__}")
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (STREAMREC_BOOTSTRAP_SERVERS)")
     parser.add_argument("--data-dir", type=Path, help="data directory (STREAMREC_DATA_DIR)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="torch/faiss device (STREAMREC_DEVICE)")
-    parser.add_argument("--log-level", default=os.environ.get("STREAMREC_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("STREAMREC_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("kafka", help="run a local single-node Kafka (no Docker needed)")
@@ -232,35 +257,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=positive_int, default=500, help="catalog size")
     p.add_argument("--users", type=positive_int, default=200, help="number of shoppers")
     p.add_argument("--no-catalog", action="store_true", help="do not emit the catalog first")
-    p.add_argument("--new-item-rate", type=float, default=0.0,
-                   help="chance per event that a brand-new catalog item appears (zero-shot drill)")
-    p.add_argument("--drift", type=positive_int, metavar="EVENTS",
-                   help="every EVENTS events tastes shift to other categories/brands, popularity is "
-                        "re-ranked and new items trend (a stale model loses to a retrained one)")
-    p.add_argument("--drift-new-items", type=non_negative_int, default=10, metavar="N",
-                   help="with --drift: trending new items listed at each shift (default 10)")
+    p.add_argument(
+        "--new-item-rate",
+        type=float,
+        default=0.0,
+        help="chance per event that a brand-new catalog item appears (zero-shot drill)",
+    )
+    p.add_argument(
+        "--drift",
+        type=positive_int,
+        metavar="EVENTS",
+        help="every EVENTS events tastes shift to other categories/brands, popularity is "
+        "re-ranked and new items trend (a stale model loses to a retrained one)",
+    )
+    p.add_argument(
+        "--drift-new-items",
+        type=non_negative_int,
+        default=10,
+        metavar="N",
+        help="with --drift: trending new items listed at each shift (default 10)",
+    )
     p.add_argument("--id-prefix", help="event id prefix (default: run<unix time>, unique per run)")
-    p.add_argument("--write-dataset", type=Path, metavar="DIR",
-                   help="write sequences.txt + item_text.tsv + events.csv (typed, timestamped) for training "
-                   "instead of producing")
+    p.add_argument(
+        "--write-dataset",
+        type=Path,
+        metavar="DIR",
+        help="write sequences.txt + item_text.tsv + events.csv (typed, timestamped) for training instead of producing",
+    )
     p.add_argument("--with-types", action="store_true", help="with --write-dataset: item:type tokens")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("replay", help="replay a real dataset (sequences + item text, or typed events) as events")
     p.add_argument("--sequences", type=existing_file)
-    p.add_argument("--typed-events", type=existing_file, metavar="CSV",
-                   help="typed events with timestamps (user_id,item_id,category_id,behavior,ts; the "
-                        "Taobao layout) instead of --sequences: sent in time order with their own "
-                        "types, timestamps and 30-minute sessions; the catalog carries the categories")
-    p.add_argument("--restamp", action="store_true",
-                   help="with --typed-events: stamp events with the send time instead of their own")
+    p.add_argument(
+        "--typed-events",
+        type=existing_file,
+        metavar="CSV",
+        help="typed events with timestamps (user_id,item_id,category_id,behavior,ts; the "
+        "Taobao layout) instead of --sequences: sent in time order with their own "
+        "types, timestamps and 30-minute sessions; the catalog carries the categories",
+    )
+    p.add_argument(
+        "--restamp",
+        action="store_true",
+        help="with --typed-events: stamp events with the send time instead of their own",
+    )
     p.add_argument("--item-text", type=existing_file)
     p.add_argument("--rate", type=positive_float)
     p.add_argument("--events", type=positive_int, help="stop after this many events")
     p.add_argument("--duration", type=positive_float, help="stop after this many seconds")
     p.add_argument("--no-catalog", action="store_true", help="do not emit the catalog first")
-    p.add_argument("--event-type", default="purchase",
-                   choices=list(EVENT_TYPES))
+    p.add_argument("--event-type", default="purchase", choices=list(EVENT_TYPES))
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("tail", help="print messages arriving on a topic")

@@ -34,14 +34,13 @@ _TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
 class Settings(BaseSettings):
     """Everything an operator can set. Each field maps to ``STREAMREC_<FIELD>`` (upper case)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="STREAMREC_", env_file=".env", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", env_file=".env", extra="ignore", frozen=True)
 
     # --- Kafka connection -------------------------------------------------------------------
     bootstrap_servers: str | None = Field(
-        None, description="Kafka bootstrap servers, host:port[,host:port]. Unset: the local broker "
-        "started by `streamrec kafka up`, else 127.0.0.1:9092."
+        None,
+        description="Kafka bootstrap servers, host:port[,host:port]. Unset: the local broker "
+        "started by `streamrec kafka up`, else 127.0.0.1:9092.",
     )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -58,10 +57,13 @@ class Settings(BaseSettings):
     topic_dlq: str = Field("shop.events.dlq", pattern=_TOPIC_PATTERN)
     topic_model_updates: str = Field("streamrec.model-updates", pattern=_TOPIC_PATTERN)
     topic_catalog_dlq: str = Field(
-        "shop.catalog.dlq", pattern=_TOPIC_PATTERN, description="refused catalog items with reasons",
+        "shop.catalog.dlq",
+        pattern=_TOPIC_PATTERN,
+        description="refused catalog items with reasons",
     )
     topic_deletions: str = Field(
-        "shop.user-deletions", pattern=_TOPIC_PATTERN,
+        "shop.user-deletions",
+        pattern=_TOPIC_PATTERN,
         description="user deletion requests (right to erasure), key user_id",
     )
     topic_profiles: str = Field("shop.profiles", pattern=_TOPIC_PATTERN)
@@ -83,12 +85,15 @@ class Settings(BaseSettings):
     )
 
     text_cache_dir: Path | None = Field(
-        None, description="MiniLM title-vector cache (RocksDB dir) shared by the worker, train and "
-        "evaluate; unset: DATA_DIR/text-cache"
+        None,
+        description="MiniLM title-vector cache (RocksDB dir) shared by the worker, train and "
+        "evaluate; unset: DATA_DIR/text-cache",
     )
     text_cache_max_items: int = Field(
-        2_000_000, ge=1, le=1_000_000_000, description="most title vectors kept in the text cache "
-        "(about 1.6 KB each on disk); the oldest-used go first"
+        2_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="most title vectors kept in the text cache (about 1.6 KB each on disk); the oldest-used go first",
     )
 
     # --- worker -----------------------------------------------------------------------------
@@ -98,8 +103,9 @@ class Settings(BaseSettings):
     batch_max: int = Field(256, ge=1, le=10_000, description="events per scoring batch")
     batch_within_s: float = Field(0.005, gt=0, le=10, description="max wait to fill a batch")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
-        "at_least_once", description="Faust processing guarantee; exactly_once makes state, recommendations "
-        "and offsets one Kafka transaction per commit (readers must use isolation.level=read_committed)"
+        "at_least_once",
+        description="Faust processing guarantee; exactly_once makes state, recommendations "
+        "and offsets one Kafka transaction per commit (readers must use isolation.level=read_committed)",
     )
     commit_interval_s: float = Field(
         1.0, gt=0, le=60, description="how often the worker commits offsets (and, exactly_once, its transactions)"
@@ -111,8 +117,9 @@ class Settings(BaseSettings):
 
     # --- user insights (issue #15) ------------------------------------------------------------
     recommendation_insights: bool = Field(
-        True, description="put purchase_intent and per-item reasons in recommendations (false: the "
-        "previous message shape, for consumers that still refuse unknown fields)"
+        True,
+        description="put purchase_intent and per-item reasons in recommendations (false: the "
+        "previous message shape, for consumers that still refuse unknown fields)",
     )
     profile_weight_view: float = Field(1.0, ge=0, le=1e6, description="profile weight of a view")
     profile_weight_cart: float = Field(3.0, ge=0, le=1e6, description="profile weight of an add_to_cart")
@@ -130,9 +137,7 @@ class Settings(BaseSettings):
     ivf_nprobe: int = Field(64, ge=1, le=1_000_000)
 
     # --- trainer (`streamrec trainer`: training log, retraining cadence, gate) ----------------
-    retrain_interval_s: float = Field(
-        300.0, gt=0, le=7 * 86400, description="seconds between retraining checks"
-    )
+    retrain_interval_s: float = Field(300.0, gt=0, le=7 * 86400, description="seconds between retraining checks")
     retrain_min_events: int = Field(
         1000, ge=1, le=1_000_000_000, description="new logged events needed before a retrain"
     )
@@ -195,10 +200,13 @@ class Settings(BaseSettings):
         """The interest-profile settings as the pure code takes them."""
         from streamrec.serving.profile import ProfileWeights
 
-        return ProfileWeights(view=self.profile_weight_view, add_to_cart=self.profile_weight_cart,
-                              purchase=self.profile_weight_purchase,
-                              half_life_s=self.profile_half_life_hours * 3600.0,
-                              max_entries=self.profile_max_entries)
+        return ProfileWeights(
+            view=self.profile_weight_view,
+            add_to_cart=self.profile_weight_cart,
+            purchase=self.profile_weight_purchase,
+            half_life_s=self.profile_half_life_hours * 3600.0,
+            max_entries=self.profile_max_entries,
+        )
 
     @property
     def registry_dir(self) -> Path:

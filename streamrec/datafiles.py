@@ -57,8 +57,10 @@ def check_id(token: str, path: str | Path, lineno: int, what: str) -> str:
     """``token`` if it is a wire-contract id, else :class:`DatasetError` naming file and line."""
     if not ID_RE.match(token):
         shown = token if len(token) <= 40 else token[:37] + "..."
-        raise DatasetError(f"{path}:{lineno}: {what} {shown!r} is not an id "
-                           f"(1..128 printable ASCII characters, no spaces; got {len(token)} characters)")
+        raise DatasetError(
+            f"{path}:{lineno}: {what} {shown!r} is not an id "
+            f"(1..128 printable ASCII characters, no spaces; got {len(token)} characters)"
+        )
     return token
 
 
@@ -98,8 +100,7 @@ def read_sequences(path: str | Path) -> dict[str, list[str]]:
         first_line[user] = lineno
     if not seqs:
         raise DatasetError(f"sequences file {str(path)!r} holds no interactions")
-    log.info("sequences read path=%s users=%d interactions=%d", path, len(seqs),
-             sum(len(s) for s in seqs.values()))
+    log.info("sequences read path=%s users=%d interactions=%d", path, len(seqs), sum(len(s) for s in seqs.values()))
     return seqs
 
 

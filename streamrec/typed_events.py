@@ -80,12 +80,13 @@ def parse_lines(lines: Iterable[str], *, source: str = "<events>") -> list[Typed
         user, item, cat, beh, ts = parts
         for name, value in (("user_id", user), ("item_id", item), ("category_id", cat)):
             if not _ID_RE.match(value):
-                raise DatasetError(f"{source}:{lineno}: {name} {value[:40]!r} is not an id "
-                                 "(1..128 printable ASCII characters, no spaces)")
+                raise DatasetError(
+                    f"{source}:{lineno}: {name} {value[:40]!r} is not an id "
+                    "(1..128 printable ASCII characters, no spaces)"
+                )
         kind = BEHAVIORS.get(beh)
         if kind is None:
-            raise DatasetError(f"{source}:{lineno}: behavior {beh[:40]!r} is not one of "
-                             f"{', '.join(sorted(BEHAVIORS))}")
+            raise DatasetError(f"{source}:{lineno}: behavior {beh[:40]!r} is not one of {', '.join(sorted(BEHAVIORS))}")
         try:
             ts_s = int(ts)
         except ValueError:

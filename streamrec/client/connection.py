@@ -60,8 +60,10 @@ class ConnectionWatch:
         if theirs is None:
             conf["error_cb"] = self
         else:
+
             def both(err: KafkaError) -> None:
                 self(err)
                 theirs(err)
+
             conf["error_cb"] = both
         return conf

@@ -104,9 +104,12 @@ class EventProducer:
         deletions topic, keyed by user id. The worker that owns the user removes the user's state
         (a tombstone in its changelog) and stops serving the user's recommendations; the trainer
         purges the user's events from its training log."""
-        req = UserDeletion.from_dict({
-            "user_id": user_id, "requested_ts": int(time.time() * 1000) if requested_ts is None else requested_ts,
-        })
+        req = UserDeletion.from_dict(
+            {
+                "user_id": user_id,
+                "requested_ts": int(time.time() * 1000) if requested_ts is None else requested_ts,
+            }
+        )
         self._produce(self.deletions_topic, req.user_id, req.to_bytes())
         return req
 

@@ -102,8 +102,9 @@ class RecommendationSubscriber:
                 return int(high)
             except Exception as exc:  # noqa: BLE001 - runs in a rebalance callback: never raise (not leader yet, timeout)
                 if time.monotonic() > deadline:
-                    log.warning("end offset of %s[%d] unknown (%s); starting at the latest", tp.topic,
-                                tp.partition, exc)
+                    log.warning(
+                        "end offset of %s[%d] unknown (%s); starting at the latest", tp.topic, tp.partition, exc
+                    )
                     return OFFSET_END
                 time.sleep(0.2)
 
@@ -150,7 +151,10 @@ class RecommendationSubscriber:
                 self.skipped += 1
                 log.warning(
                     "skipping malformed recommendation topic=%s partition=%s offset=%s reason=%s",
-                    msg.topic(), msg.partition(), msg.offset(), exc.reason,
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    exc.reason,
                 )
                 continue
             if self.user_ids is not None and rec.user_id not in self.user_ids:

@@ -58,11 +58,40 @@ def ensure_model(settings: Settings, env: dict[str, str]) -> str:
         return str(registry.current_version())
     sim_dir = settings.data_dir / "sim"
     print("no model yet: training one on the simulator's shop (about a minute)...", flush=True)
-    subprocess.run(_cli("simulate", "--write-dataset", str(sim_dir), "--events", "30000", "--seed", str(SIM_SEED),
-                        "--items", str(SIM_ITEMS), "--users", str(SIM_USERS), "--with-types"), env=env, check=True)
-    subprocess.run(_cli("train", "--sequences", str(sim_dir / "sequences.txt"), "--item-text",
-                        str(sim_dir / "item_text.tsv"), "--events", str(sim_dir / "events.csv"),
-                        "--time-budget", "60", "--no-progress"), env=env, check=True)
+    subprocess.run(
+        _cli(
+            "simulate",
+            "--write-dataset",
+            str(sim_dir),
+            "--events",
+            "30000",
+            "--seed",
+            str(SIM_SEED),
+            "--items",
+            str(SIM_ITEMS),
+            "--users",
+            str(SIM_USERS),
+            "--with-types",
+        ),
+        env=env,
+        check=True,
+    )
+    subprocess.run(
+        _cli(
+            "train",
+            "--sequences",
+            str(sim_dir / "sequences.txt"),
+            "--item-text",
+            str(sim_dir / "item_text.tsv"),
+            "--events",
+            str(sim_dir / "events.csv"),
+            "--time-budget",
+            "60",
+            "--no-progress",
+        ),
+        env=env,
+        check=True,
+    )
     return str(ModelRegistry(settings.registry_dir).current_version())
 
 
@@ -86,8 +115,10 @@ class LiveStats:
     def on_rec(self, rec) -> None:
         with self.lock:
             self.recs.append((time.monotonic(), rec.produced_ts - rec.event_ts))
-            self.latest[rec.user_id] = [(i.item_id, i.reason.kind if i.reason else None,
-                                         i.reason.item_id if i.reason else None) for i in rec.items[:5]]
+            self.latest[rec.user_id] = [
+                (i.item_id, i.reason.kind if i.reason else None, i.reason.item_id if i.reason else None)
+                for i in rec.items[:5]
+            ]
             self.intent[rec.user_id] = rec.purchase_intent
             if rec.user_id not in self.order:
                 self.order.append(rec.user_id)
@@ -117,8 +148,9 @@ def describe(items: list[tuple[str, str | None, str | None]], titles: dict[str, 
     return "; ".join(out)
 
 
-def follow_titles(bootstrap: str, topic: str, titles: dict[str, str], stop: threading.Event,
-                  settings: Settings) -> None:
+def follow_titles(
+    bootstrap: str, topic: str, titles: dict[str, str], stop: threading.Event, settings: Settings
+) -> None:
     """Keep ``titles`` up to date from the compacted catalog topic (new items included)."""
     import uuid
 
@@ -128,8 +160,14 @@ def follow_titles(bootstrap: str, topic: str, titles: dict[str, str], stop: thre
     from streamrec.schemas import CatalogItem
 
     conf = settings.confluent_config()
-    conf.update({"bootstrap.servers": bootstrap, "group.id": f"streamrec-demo-{uuid.uuid4().hex[:8]}",
-                 "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    conf.update(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"streamrec-demo-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer = Consumer(conf)
     consumer.subscribe([topic])
     try:
@@ -152,8 +190,7 @@ def _scrape(url: str) -> dict[str, float]:
 
     with urllib.request.urlopen(url, timeout=2) as resp:
         text = resp.read().decode()
-    return {s.name: float(s.value) for fam in text_string_to_metric_families(text) for s in fam.samples
-            if not s.labels}
+    return {s.name: float(s.value) for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels}
 
 
 def _scrape_labelled(url: str) -> dict[str, float]:
@@ -182,28 +219,46 @@ def _render(stats: LiveStats, titles: dict[str, str], rates: dict[str, float], e
         head = Table(title=f"streamrec demo - {elapsed:.0f}s", show_header=True)
         for col in ("events/s", "recs/s", "p50 ms", "p99 ms", "DLQ", "catalog", "model"):
             head.add_column(col, justify="right")
-        head.add_row(f"{rates.get('events', 0):.0f}", f"{rates.get('recs', 0):.0f}", f"{p(0.5):.0f}",
-                     f"{p(0.99):.0f}", f"{stats.metrics.get('streamrec_dlq_total', 0):.0f}",
-                     f"{stats.metrics.get('streamrec_catalog_items', 0):.0f}", stats.model_version)
+        head.add_row(
+            f"{rates.get('events', 0):.0f}",
+            f"{rates.get('recs', 0):.0f}",
+            f"{p(0.5):.0f}",
+            f"{p(0.99):.0f}",
+            f"{stats.metrics.get('streamrec_dlq_total', 0):.0f}",
+            f"{stats.metrics.get('streamrec_catalog_items', 0):.0f}",
+            stats.model_version,
+        )
         m, tr = stats.metrics, stats.trainer
         models = Table(title="model versions (the trainer promotes, the worker hot-swaps)", show_header=True)
-        for col in ("serving since", "version", "swaps", "refused", "trainer rounds", "promoted", "rejected",
-                    "last gate NDCG@10 cand / cur"):
+        for col in (
+            "serving since",
+            "version",
+            "swaps",
+            "refused",
+            "trainer rounds",
+            "promoted",
+            "rejected",
+            "last gate NDCG@10 cand / cur",
+        ):
             models.add_column(col, justify="right")
-        gate = (f"{tr.get('streamrec_trainer_gate_metric{metric=ndcg@10,model=candidate}', float('nan')):.4f} / "
-                f"{tr.get('streamrec_trainer_gate_metric{metric=ndcg@10,model=current}', float('nan')):.4f}")
+        gate = (
+            f"{tr.get('streamrec_trainer_gate_metric{metric=ndcg@10,model=candidate}', float('nan')):.4f} / "
+            f"{tr.get('streamrec_trainer_gate_metric{metric=ndcg@10,model=current}', float('nan')):.4f}"
+        )
         rounds = sum(v for k, v in tr.items() if k.startswith("streamrec_trainer_retrains_total"))
         history = list(stats.versions) or [(0.0, stats.model_version)]
         for n, (since, version) in enumerate(history):
             last = n == len(history) - 1
-            models.add_row(f"{since:.0f}s", version + (" (serving)" if last else ""),
-                           f"{m.get('streamrec_model_swaps_total', 0):.0f}" if last else "",
-                           f"{m.get('streamrec_model_refusals_total', 0):.0f}" if last else "",
-                           f"{rounds:.0f}" if last else "",
-                           f"{tr.get('streamrec_trainer_gate_decisions_total{decision=promoted}', 0):.0f}"
-                           if last else "",
-                           f"{tr.get('streamrec_trainer_gate_decisions_total{decision=rejected}', 0):.0f}"
-                           if last else "", gate if last else "")
+            models.add_row(
+                f"{since:.0f}s",
+                version + (" (serving)" if last else ""),
+                f"{m.get('streamrec_model_swaps_total', 0):.0f}" if last else "",
+                f"{m.get('streamrec_model_refusals_total', 0):.0f}" if last else "",
+                f"{rounds:.0f}" if last else "",
+                f"{tr.get('streamrec_trainer_gate_decisions_total{decision=promoted}', 0):.0f}" if last else "",
+                f"{tr.get('streamrec_trainer_gate_decisions_total{decision=rejected}', 0):.0f}" if last else "",
+                gate if last else "",
+            )
         users = Table(title="latest recommendations (and why)", show_header=True)
         users.add_column("user")
         users.add_column("intent", justify="right")
@@ -227,8 +282,9 @@ def run(seconds: float | None) -> int:
     if settings.bootstrap_servers:
         bootstrap = settings.bootstrap_servers
     else:
-        state = localkafka.start(settings.kafka_dir.resolve(), libs=settings.kafka_libs.expanduser(),
-                                 heap=settings.kafka_heap)
+        state = localkafka.start(
+            settings.kafka_dir.resolve(), libs=settings.kafka_libs.expanduser(), heap=settings.kafka_heap
+        )
         bootstrap, started_kafka = state.bootstrap, True
     env = _env(settings, bootstrap)
     procs: list[subprocess.Popen] = []
@@ -255,22 +311,25 @@ def run(seconds: float | None) -> int:
             except OSError:
                 time.sleep(0.5)
         trainer_env = dict(env)
-        trainer_env.update({
-            "STREAMREC_RETRAIN_INTERVAL_S": os.environ.get("DEMO_RETRAIN_INTERVAL_S", "60"),
-            "STREAMREC_RETRAIN_MIN_EVENTS": os.environ.get("DEMO_RETRAIN_MIN_EVENTS", "2000"),
-            "STREAMREC_RETRAIN_TIME_BUDGET_S": os.environ.get("DEMO_RETRAIN_BUDGET_S", "30"),
-            "STREAMREC_RETRAIN_HOLDOUT_USERS": os.environ.get("DEMO_RETRAIN_HOLDOUT_USERS", "200"),
-            # the simulator's clock starts in the past: keep its events in the training log
-            "STREAMREC_TRAINLOG_MAX_AGE_S": os.environ.get("STREAMREC_TRAINLOG_MAX_AGE_S", "1e9"),
-        })
+        trainer_env.update(
+            {
+                "STREAMREC_RETRAIN_INTERVAL_S": os.environ.get("DEMO_RETRAIN_INTERVAL_S", "60"),
+                "STREAMREC_RETRAIN_MIN_EVENTS": os.environ.get("DEMO_RETRAIN_MIN_EVENTS", "2000"),
+                "STREAMREC_RETRAIN_TIME_BUDGET_S": os.environ.get("DEMO_RETRAIN_BUDGET_S", "30"),
+                "STREAMREC_RETRAIN_HOLDOUT_USERS": os.environ.get("DEMO_RETRAIN_HOLDOUT_USERS", "200"),
+                # the simulator's clock starts in the past: keep its events in the training log
+                "STREAMREC_TRAINLOG_MAX_AGE_S": os.environ.get("STREAMREC_TRAINLOG_MAX_AGE_S", "1e9"),
+            }
+        )
         with open(logs / "trainer.log", "wb") as out:  # the child keeps its own copy of the fd
             trainer = subprocess.Popen(_cli("trainer"), env=trainer_env, stdout=out, stderr=subprocess.STDOUT)
         procs.append(trainer)
         trainer_url = f"http://127.0.0.1:{settings.trainer_web_port}/metrics"
         sim = ShopSimulator(seed=SIM_SEED, n_items=SIM_ITEMS, n_users=SIM_USERS)
         titles = {c.item_id: c.title for c in sim.catalog()}
-        titler = threading.Thread(target=follow_titles, args=(bootstrap, settings.topic_catalog, titles, stop,
-                                                              settings), daemon=True)
+        titler = threading.Thread(
+            target=follow_titles, args=(bootstrap, settings.topic_catalog, titles, stop, settings), daemon=True
+        )
         titler.start()
         stats = LiveStats()
         sub = RecommendationSubscriber(bootstrap, topic=settings.topic_recommendations)
@@ -286,11 +345,23 @@ def run(seconds: float | None) -> int:
         reader.start()
         with open(logs / "simulator.log", "wb") as out:
             simulator = subprocess.Popen(
-                _cli("simulate", "--rate", os.environ.get("DEMO_RATE", "300"), "--seed", str(SIM_SEED),
-                     "--items", str(SIM_ITEMS), "--users", str(SIM_USERS), "--new-item-rate", "0.002",
-                     *(["--drift", drift] if (drift := os.environ.get("DEMO_DRIFT", "20000")) not in ("", "0")
-                       else [])),
-                env=env, stdout=out, stderr=subprocess.STDOUT,
+                _cli(
+                    "simulate",
+                    "--rate",
+                    os.environ.get("DEMO_RATE", "300"),
+                    "--seed",
+                    str(SIM_SEED),
+                    "--items",
+                    str(SIM_ITEMS),
+                    "--users",
+                    str(SIM_USERS),
+                    "--new-item-rate",
+                    "0.002",
+                    *(["--drift", drift] if (drift := os.environ.get("DEMO_DRIFT", "20000")) not in ("", "0") else []),
+                ),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         procs.append(simulator)
         t0 = time.monotonic()

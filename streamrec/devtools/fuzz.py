@@ -51,8 +51,13 @@ def _id(rng: random.Random, prefix: str = "") -> str:
     return prefix + "".join(rng.choice(_ID_CHARS) for _ in range(rng.randint(1, 24)))
 
 
-def valid_event(rng: random.Random, *, user_ids: list[str] | None = None, item_ids: list[str] | None = None,
-                serial: int | None = None) -> dict[str, Any]:
+def valid_event(
+    rng: random.Random,
+    *,
+    user_ids: list[str] | None = None,
+    item_ids: list[str] | None = None,
+    serial: int | None = None,
+) -> dict[str, Any]:
     """A valid :class:`~streamrec.schemas.ShopEvent` as a dict (optional fields sometimes set)."""
     event: dict[str, Any] = {
         "event_id": f"fz-{serial}" if serial is not None else _id(rng, "e-"),
@@ -72,8 +77,12 @@ def valid_event(rng: random.Random, *, user_ids: list[str] | None = None, item_i
 def valid_catalog_item(rng: random.Random) -> dict[str, Any]:
     """A valid :class:`~streamrec.schemas.CatalogItem` as a dict."""
     item: dict[str, Any] = {
-        "item_id": _id(rng, "sku-"), "title": _id(rng), "category": _id(rng), "brand": _id(rng),
-        "price": round(rng.uniform(0, 1000), 2), "in_stock": rng.random() < 0.8,
+        "item_id": _id(rng, "sku-"),
+        "title": _id(rng),
+        "category": _id(rng),
+        "brand": _id(rng),
+        "price": round(rng.uniform(0, 1000), 2),
+        "in_stock": rng.random() < 0.8,
         "updated_ts": rng.randint(TS_MIN_MS, TS_MAX_MS),
     }
     if rng.random() < 0.3:
@@ -138,8 +147,21 @@ def unicode_id(msg: dict[str, Any], rng: random.Random) -> tuple[bytes, bool | N
 def huge_number(msg: dict[str, Any], rng: random.Random) -> tuple[bytes, bool | None]:
     numeric = [f for f in sorted(msg) if isinstance(msg[f], (int, float)) and not isinstance(msg[f], bool)]
     field = rng.choice(numeric or sorted(msg))
-    literal = rng.choice(["1" + "0" * 30, "-" + "9" * 25, "1e308", "1e400", "-1e400", "NaN", "Infinity",
-                          str(2**63), str(-(2**63) - 1), "1" * 5000, "0.0000000000000000000001e-400"])
+    literal = rng.choice(
+        [
+            "1" + "0" * 30,
+            "-" + "9" * 25,
+            "1e308",
+            "1e400",
+            "-1e400",
+            "NaN",
+            "Infinity",
+            str(2**63),
+            str(-(2**63) - 1),
+            "1" * 5000,
+            "0.0000000000000000000001e-400",
+        ]
+    )
     text = _dump({**msg, field: 0}).decode("utf-8")
     key = json.dumps(field)
     text = text.replace(f"{key}:0", f"{key}:{literal}", 1)
@@ -189,8 +211,20 @@ def not_an_object(msg: dict[str, Any], rng: random.Random) -> tuple[bytes, bool 
 
 
 MUTATIONS: dict[str, Mutation] = {
-    f.__name__: f for f in (wrong_type, boundary_length, unicode_id, huge_number, deep_nesting, truncated,
-                            not_utf8, mib_value, missing_field, extra_field, not_an_object)
+    f.__name__: f
+    for f in (
+        wrong_type,
+        boundary_length,
+        unicode_id,
+        huge_number,
+        deep_nesting,
+        truncated,
+        not_utf8,
+        mib_value,
+        missing_field,
+        extra_field,
+        not_an_object,
+    )
 }
 
 
@@ -199,8 +233,15 @@ def mutate(msg: dict[str, Any], name: str, rng: random.Random) -> FuzzMessage:
     return FuzzMessage(raw, name, must_fail)
 
 
-def fuzz_batch(n: int, *, seed: int = 0, valid_share: float = 0.5, user_ids: list[str] | None = None,
-               item_ids: list[str] | None = None, big_share: float = 0.002) -> list[FuzzMessage]:
+def fuzz_batch(
+    n: int,
+    *,
+    seed: int = 0,
+    valid_share: float = 0.5,
+    user_ids: list[str] | None = None,
+    item_ids: list[str] | None = None,
+    big_share: float = 0.002,
+) -> list[FuzzMessage]:
     """``n`` messages from a seeded generator: about ``valid_share`` valid events (event ids
     ``fz-<i>``, unique), the rest near misses spread over every mutation. 1 MiB messages are rare
     (``big_share``) so that a large batch stays small on the wire."""

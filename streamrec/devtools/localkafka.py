@@ -164,7 +164,8 @@ def ensure_jars(libs: Path, *, pom: Path | None = None) -> Path:
     log.info("fetching Kafka jars with Maven into %s", libs)
     proc = subprocess.run(
         [mvn, "-B", "-q", "-f", str(pom), f"-Dkafka.libs={libs}", "package"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0 or not jars_present(libs):
         tail = (proc.stdout + proc.stderr)[-2000:]
@@ -228,7 +229,9 @@ def broker_reachable(
     except (OSError, ValueError):
         return False
     conf: dict[str, str | int | float | bool] = {
-        "bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0
+        "bootstrap.servers": bootstrap,
+        "socket.timeout.ms": int(timeout * 1000),
+        "log_level": 0,
     }
     conf.update(config or {})
     try:
@@ -318,26 +321,48 @@ def start(
     (kafka_dir / "log4j2.properties").write_text(_LOG4J2.format(log=log_file))
     java = _java()
     cp = f"{libs}/*"
-    jvm = [java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-           f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.properties'}", "-cp", cp]
+    jvm = [
+        java,
+        f"-Xmx{heap}",
+        f"-Xms{heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.properties'}",
+        "-cp",
+        cp,
+    ]
     if not (logs / "meta.properties").is_file():
         # The quorum is static (controller.quorum.voters), so re-formatting is never needed;
         # format only once per data dir (--ignore-formatted keeps re-runs harmless).
         fmt = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "--ignore-formatted", f"--cluster-id={_cluster_id()}",
-             "-c", str(props)],
-            capture_output=True, text=True,
+            [
+                *jvm,
+                "kafka.tools.StorageTool",
+                "format",
+                "--ignore-formatted",
+                f"--cluster-id={_cluster_id()}",
+                "-c",
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
         )
         if fmt.returncode != 0:
             raise KafkaRuntimeError(f"kafka storage format failed: {(fmt.stdout + fmt.stderr)[-2000:]}")
     with open(kafka_dir / "kafka.out", "ab") as out:  # the child keeps its own copy of the fd
         proc = subprocess.Popen(
             [*jvm, "kafka.Kafka", str(props)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     state = BrokerState(
-        bootstrap=f"127.0.0.1:{port}", controller=f"127.0.0.1:{cport}", pid=proc.pid,
-        data_dir=str(kafka_dir), log_file=str(log_file),
+        bootstrap=f"127.0.0.1:{port}",
+        controller=f"127.0.0.1:{cport}",
+        pid=proc.pid,
+        data_dir=str(kafka_dir),
+        log_file=str(log_file),
         sasl_ssl_bootstrap=f"127.0.0.1:{ports['sasl_ssl']}" if sasl_ssl is not None else None,
     )
     deadline = time.monotonic() + timeout
@@ -374,8 +399,9 @@ def _upsert_scram_users(bootstrap: str, users: Mapping[str, str], *, timeout: fl
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
-    upserts: list[UserScramCredentialAlteration] = [UserScramCredentialUpsertion(user, info, password.encode("utf-8"))
-               for user, password in users.items()]
+    upserts: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(user, info, password.encode("utf-8")) for user, password in users.items()
+    ]
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -145,5 +145,3 @@ def emit(
     elapsed = monotonic() - start
     log.info("emitted events=%d seconds=%.1f rate=%.0f/s", sent, elapsed, sent / elapsed if elapsed > 0 else 0.0)
     return sent
-
-

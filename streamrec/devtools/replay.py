@@ -60,8 +60,17 @@ def catalog_from_dataset(
     for item in dict.fromkeys(items):
         if not ID_RE.match(item):
             raise ValueError(f"item id {item[:40]!r}: must be 1..128 printable ASCII characters")
-        out.append(CatalogItem(item_id=item, title=texts.get(item, "")[:MAX_TITLE_CHARS], category="",
-                               brand="", price=0.0, in_stock=True, updated_ts=updated_ts))
+        out.append(
+            CatalogItem(
+                item_id=item,
+                title=texts.get(item, "")[:MAX_TITLE_CHARS],
+                category="",
+                brand="",
+                price=0.0,
+                in_stock=True,
+                updated_ts=updated_ts,
+            )
+        )
     return out
 
 
@@ -149,8 +158,9 @@ def run_replay(
             producer.send_catalog(item)
         log.info("catalog sent items=%d untitled=%d", len(catalog), sum(1 for c in catalog if not c.title))
     events = replay_events(sequences, event_type=event_type, interleave=interleave)
-    return emit(producer, events, rate=rate, duration=duration, max_events=max_events, clock=clock,
-                progress=progress, stop=stop)
+    return emit(
+        producer, events, rate=rate, duration=duration, max_events=max_events, clock=clock, progress=progress, stop=stop
+    )
 
 
 # -- typed, timestamped events (the Taobao layout, streamrec.typed_events) ----------------------------
@@ -163,12 +173,15 @@ def typed_catalog(users: Mapping[str, list[TypedEvent]], *, updated_ts: int = DE
     for seq in users.values():
         for e in seq:
             cats.setdefault(e.item_id, e.category)
-    return [CatalogItem(item_id=i, title="", category=c, brand="", price=0.0, in_stock=True, updated_ts=updated_ts)
-            for i, c in cats.items()]
+    return [
+        CatalogItem(item_id=i, title="", category=c, brand="", price=0.0, in_stock=True, updated_ts=updated_ts)
+        for i, c in cats.items()
+    ]
 
 
-def typed_replay_events(users: Mapping[str, list[TypedEvent]], *, id_prefix: str = "replay",
-                        gap_s: int = SESSION_GAP_S) -> Iterator[ShopEvent]:
+def typed_replay_events(
+    users: Mapping[str, list[TypedEvent]], *, id_prefix: str = "replay", gap_s: int = SESSION_GAP_S
+) -> Iterator[ShopEvent]:
     """Every event of the file in global time order (ties: by user, then the user's order),
     with its own type and timestamp; a user's session id changes after a gap longer than
     ``gap_s`` (the split the intent model was trained with). Ids are
@@ -184,8 +197,14 @@ def typed_replay_events(users: Mapping[str, list[TypedEvent]], *, id_prefix: str
             k += 1
         session_of[user] = (k, ts)
         uid = f"{id_prefix}-{user}-{n + 1}"
-        yield ShopEvent(event_id=uid[:128], user_id=user, session_id=f"{id_prefix}-{user}-s{k + 1}"[:128],
-                        item_id=e.item_id, type=e.type, ts=ts)  # type: ignore[arg-type]
+        yield ShopEvent(
+            event_id=uid[:128],
+            user_id=user,
+            session_id=f"{id_prefix}-{user}-s{k + 1}"[:128],
+            item_id=e.item_id,
+            type=e.type,  # type: ignore[arg-type]  # checked against EVENT_TYPES when read
+            ts=ts,
+        )
 
 
 def run_typed_replay(
@@ -213,5 +232,13 @@ def run_typed_replay(
             producer.send_catalog(item)
         log.info("catalog sent items=%d", len(catalog))
     events = typed_replay_events(users, id_prefix=id_prefix)
-    return emit(producer, events, rate=rate, duration=duration, max_events=max_events,
-                clock=None if keep_time else wall_clock_ms, progress=progress, stop=stop)
+    return emit(
+        producer,
+        events,
+        rate=rate,
+        duration=duration,
+        max_events=max_events,
+        clock=None if keep_time else wall_clock_ms,
+        progress=progress,
+        stop=stop,
+    )

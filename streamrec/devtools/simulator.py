@@ -111,28 +111,38 @@ class ShopSimulator:
     ) -> None:
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed={seed!r}: must be a non-negative int")
-        for name, value, lo in (("n_items", n_items, 1), ("n_users", n_users, 1),
-                                ("brands_per_category", brands_per_category, 1),
-                                ("concurrent_sessions", concurrent_sessions, 1)):
+        for name, value, lo in (
+            ("n_items", n_items, 1),
+            ("n_users", n_users, 1),
+            ("brands_per_category", brands_per_category, 1),
+            ("concurrent_sessions", concurrent_sessions, 1),
+        ):
             if not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name}={value!r}: must be an int >= {lo}")
         if brands_per_category > MAX_BRANDS:
             raise ValueError(f"brands_per_category={brands_per_category!r}: at most {MAX_BRANDS}")
         if not 1 <= n_categories <= MAX_CATEGORIES:
             raise ValueError(f"n_categories={n_categories!r}: must be 1..{MAX_CATEGORIES}")
-        for name, p in (("out_of_stock_rate", out_of_stock_rate), ("description_rate", description_rate),
-                        ("similar_next_rate", similar_next_rate), ("cart_rate", cart_rate),
-                        ("remove_rate", remove_rate), ("checkout_rate", checkout_rate),
-                        ("new_item_rate", new_item_rate)):
+        for name, p in (
+            ("out_of_stock_rate", out_of_stock_rate),
+            ("description_rate", description_rate),
+            ("similar_next_rate", similar_next_rate),
+            ("cart_rate", cart_rate),
+            ("remove_rate", remove_rate),
+            ("checkout_rate", checkout_rate),
+            ("new_item_rate", new_item_rate),
+        ):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}={p!r}: must be a probability in [0, 1]")
         for name, value in (("drift_every", drift_every), ("drift_new_items", drift_new_items)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r}: must be an int >= 0")
         if not popularity_exponent >= 0 or not taste_concentration > 0 or not mean_session_events >= 1:
-            raise ValueError("popularity_exponent must be >= 0, taste_concentration > 0, "
-                             f"mean_session_events >= 1 (got {popularity_exponent!r}, "
-                             f"{taste_concentration!r}, {mean_session_events!r})")
+            raise ValueError(
+                "popularity_exponent must be >= 0, taste_concentration > 0, "
+                f"mean_session_events >= 1 (got {popularity_exponent!r}, "
+                f"{taste_concentration!r}, {mean_session_events!r})"
+            )
         if not TS_MIN_MS <= base_ts <= TS_MAX_MS - 10 * 365 * 86_400_000:
             raise ValueError(f"base_ts={base_ts!r}: must be epoch ms between 2000 and 2090")
         prefix = f"s{seed}" if id_prefix is None else id_prefix
@@ -162,8 +172,9 @@ class ShopSimulator:
         rng = np.random.default_rng([seed, 0])
         self._brands = make_brands(rng, n_categories * brands_per_category, brands_per_category)
         # brands offered per category, as indices into self._brands (brands may span categories)
-        self._cat_brands = [rng.choice(len(self._brands), size=brands_per_category, replace=False)
-                            for _ in range(n_categories)]
+        self._cat_brands = [
+            rng.choice(len(self._brands), size=brands_per_category, replace=False) for _ in range(n_categories)
+        ]
         # category popularity, Zipf-like, in random order: the prior of every user's taste
         cat_w = 1.0 / np.arange(1, n_categories + 1) ** 0.7
         self._cat_prior = rng.permutation(cat_w / cat_w.sum())
@@ -179,7 +190,7 @@ class ShopSimulator:
             self._item_brand.append(brand)
         # heavy-tailed popularity: Zipf weights over a random ranking of the items
         ranks = rng.permutation(n_items) + 1
-        self._popularity = (1.0 / ranks ** popularity_exponent).tolist()
+        self._popularity = (1.0 / ranks**popularity_exponent).tolist()
         rng_users = np.random.default_rng([seed, 2])
         self._user_activity = rng_users.lognormal(0.0, 1.0, size=n_users)  # some users shop a lot
         self._user_activity_cdf = np.cumsum(self._user_activity / self._user_activity.sum())
@@ -189,9 +200,17 @@ class ShopSimulator:
 
     def _make_item(self, rng: np.random.Generator, index: int, cat: int, ts: int) -> tuple[CatalogItem, int]:
         """A new item of category ``cat`` (and its brand's index), from this shop's brands."""
-        return make_item(rng, index, cat, ts, brands=self._brands, cat_brands=self._cat_brands,
-                         brand_premium=self._brand_premium, description_rate=self.description_rate,
-                         out_of_stock_rate=self.out_of_stock_rate)
+        return make_item(
+            rng,
+            index,
+            cat,
+            ts,
+            brands=self._brands,
+            cat_brands=self._cat_brands,
+            brand_premium=self._brand_premium,
+            description_rate=self.description_rate,
+            out_of_stock_rate=self.out_of_stock_rate,
+        )
 
     def catalog(self) -> list[CatalogItem]:
         """The initial catalog (items listed mid-stream by ``new_item_rate`` come from :meth:`stream`)."""
@@ -323,7 +342,7 @@ class _Traffic:
         self.cat_perm = (self.cat_perm + shift) % sim.n_categories
         self.brand_perm = self.brand_perm[rng.permutation(len(self.brand_perm))]
         ranks = rng.permutation(len(self.popularity)) + 1
-        self.popularity = (1.0 / ranks ** sim.popularity_exponent).tolist()
+        self.popularity = (1.0 / ranks**sim.popularity_exponent).tolist()
         new = []
         for _ in range(sim.drift_new_items):
             item = self._new_item()
@@ -515,5 +534,13 @@ def run_simulation(
         for item in sim.catalog():
             producer.send_catalog(item if stamp is None else item.model_copy(update={"updated_ts": stamp}))
         log.info("catalog sent items=%d", sim.n_items)
-    return emit(producer, sim.stream(max_events), rate=rate, duration=duration, max_events=max_events,
-                clock=clock, progress=progress, stop=stop)
+    return emit(
+        producer,
+        sim.stream(max_events),
+        rate=rate,
+        duration=duration,
+        max_events=max_events,
+        clock=clock,
+        progress=progress,
+        stop=stop,
+    )

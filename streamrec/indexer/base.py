@@ -37,13 +37,13 @@ class CandidateIndex(Protocol):
 
     def __len__(self) -> int: ...  # live items: not removed; out-of-stock items still count
     def __contains__(self, item_id: object) -> bool: ...
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, *,
-               in_stock: bool | Sequence[bool] = True) -> None: ...
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, *, in_stock: bool | Sequence[bool] = True) -> None: ...
     def remove(self, ids: Sequence[str]) -> None: ...
     def set_in_stock(self, ids: Sequence[str], in_stock: bool) -> None: ...
     def is_eligible(self, item_id: str) -> bool: ...
-    def search(self, queries: np.ndarray, k: int, *,
-               exclude: Sequence[Collection[str]] | None = None) -> list[list[tuple[str, float]]]: ...
+    def search(
+        self, queries: np.ndarray, k: int, *, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[list[tuple[str, float]]]: ...
 
 
 def check_ids(ids: Sequence[str], *, unique: bool = False) -> list[str]:
@@ -91,8 +91,7 @@ def check_flags(in_stock: bool | Sequence[bool], n: int) -> np.ndarray:
         return np.full(n, bool(in_stock))
     flags = np.asarray(in_stock)
     if flags.shape != (n,) or flags.dtype != np.bool_:
-        raise ValueError(f"in_stock must be a bool or {n} bools, got shape {flags.shape} "
-                         f"dtype {flags.dtype}")
+        raise ValueError(f"in_stock must be a bool or {n} bools, got shape {flags.shape} dtype {flags.dtype}")
     return flags.copy()
 
 
@@ -100,9 +99,11 @@ def check_exclude(exclude: Sequence[Collection[str]] | None, nq: int) -> Sequenc
     if exclude is None:
         return None
     if isinstance(exclude, (str, bytes)) or len(exclude) != nq:
-        raise ValueError(f"exclude must hold one collection of ids per query ({nq}), "
-                         f"got {type(exclude).__name__} of length "
-                         f"{len(exclude) if hasattr(exclude, '__len__') else '?'}")
+        raise ValueError(
+            f"exclude must hold one collection of ids per query ({nq}), "
+            f"got {type(exclude).__name__} of length "
+            f"{len(exclude) if hasattr(exclude, '__len__') else '?'}"
+        )
     return exclude
 
 

@@ -30,8 +30,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_checkpoint(directory: str | Path, writers: dict[str, Callable[[Path], object]],
-                     meta: dict[str, Any]) -> None:
+def write_checkpoint(directory: str | Path, writers: dict[str, Callable[[Path], object]], meta: dict[str, Any]) -> None:
     """Write each file through ``writers[name](tmp_path)``, then the manifest, each atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -60,8 +59,10 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {manifest.get('format_version')!r} is not "
-                              f"supported (this code reads {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: format_version {manifest.get('format_version')!r} is not "
+            f"supported (this code reads {FORMAT_VERSION})"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise CheckpointError(f"{path}: 'files' is missing")
@@ -74,6 +75,5 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         except OSError as e:
             raise CheckpointError(f"index checkpoint file {f} is missing or unreadable: {e}") from e
         if not isinstance(info, dict) or digest != info.get("sha256"):
-            raise CheckpointError(f"index checkpoint file {f} is corrupt: sha256 {digest} does not "
-                                  f"match the manifest")
+            raise CheckpointError(f"index checkpoint file {f} is corrupt: sha256 {digest} does not match the manifest")
     return manifest

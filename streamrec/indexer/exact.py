@@ -28,8 +28,9 @@ from streamrec.indexer.base import (
 )
 
 
-def topk_masked(vectors: np.ndarray, eligible: np.ndarray, query: np.ndarray, k: int,
-                exclude_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def topk_masked(
+    vectors: np.ndarray, eligible: np.ndarray, query: np.ndarray, k: int, exclude_rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k rows of ``vectors @ query`` among ``eligible`` rows not in ``exclude_rows``.
 
     Returns (rows, scores), best first; fewer than k when fewer rows qualify.
@@ -65,8 +66,7 @@ class ExactIndex:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._vecs
 
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, *,
-               in_stock: bool | Sequence[bool] = True) -> None:
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, *, in_stock: bool | Sequence[bool] = True) -> None:
         ids = check_ids(ids)
         vecs = check_vectors(vectors, n=len(ids), dim=self.dim)
         ids, vecs, flags = dedupe_last(ids, vecs, check_flags(in_stock, len(ids)))
@@ -87,8 +87,9 @@ class ExactIndex:
     def is_eligible(self, item_id: str) -> bool:
         return self._stock.get(item_id, False)
 
-    def search(self, queries: np.ndarray, k: int, *,
-               exclude: Sequence[Collection[str]] | None = None) -> list[list[tuple[str, float]]]:
+    def search(
+        self, queries: np.ndarray, k: int, *, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[list[tuple[str, float]]]:
         q = check_queries(queries, self.dim)
         k = check_k(k)
         exclude = check_exclude(exclude, len(q))

@@ -88,8 +88,10 @@ def select_device(device: str) -> str:
         return "cpu"
     gpu = _gpu_available()
     if device == "cuda" and not gpu:
-        raise ValueError("device='cuda' but this faiss build has no GPU support or sees no GPU "
-                         "(install faiss-gpu, or use device='auto' / 'cpu')")
+        raise ValueError(
+            "device='cuda' but this faiss build has no GPU support or sees no GPU "
+            "(install faiss-gpu, or use device='auto' / 'cpu')"
+        )
     return "cuda" if gpu else "cpu"
 
 
@@ -178,17 +180,31 @@ class ItemIndex:
     Search-time options (``hnsw_ef_search``, ``ivf_nprobe``) may be changed on a live index.
     """
 
-    def __init__(self, dim: int, *, kind: str = "auto", exact_max: int = 50_000, hnsw_m: int = 32,
-                 hnsw_ef_construction: int = 200, hnsw_ef_search: int = 128, ivf_nlist: int = 1024,
-                 ivf_nprobe: int = 64, device: str = "auto") -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        kind: str = "auto",
+        exact_max: int = 50_000,
+        hnsw_m: int = 32,
+        hnsw_ef_construction: int = 200,
+        hnsw_ef_search: int = 128,
+        ivf_nlist: int = 1024,
+        ivf_nprobe: int = 64,
+        device: str = "auto",
+    ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if kind not in ("auto", *KINDS):
             raise ValueError(f"kind must be one of {('auto', *KINDS)}, got {kind!r}")
-        for name, value in (("exact_max", exact_max), ("hnsw_m", hnsw_m),
-                            ("hnsw_ef_construction", hnsw_ef_construction),
-                            ("hnsw_ef_search", hnsw_ef_search), ("ivf_nlist", ivf_nlist),
-                            ("ivf_nprobe", ivf_nprobe)):
+        for name, value in (
+            ("exact_max", exact_max),
+            ("hnsw_m", hnsw_m),
+            ("hnsw_ef_construction", hnsw_ef_construction),
+            ("hnsw_ef_search", hnsw_ef_search),
+            ("ivf_nlist", ivf_nlist),
+            ("ivf_nprobe", ivf_nprobe),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "exact_max" else 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.dim = dim
@@ -220,8 +236,9 @@ class ItemIndex:
         slot = st.ids.get(item_id)
         return slot is not None and bool(st.elig[slot])
 
-    def search(self, queries: np.ndarray, k: int, *,
-               exclude: Sequence[Collection[str]] | None = None) -> list[list[tuple[str, float]]]:
+    def search(
+        self, queries: np.ndarray, k: int, *, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Top-``k`` eligible items per query, best first: ``[[(item_id, score), ...], ...]``.
 
         Each row holds exactly ``min(k, eligible items not in that row's exclude set)`` items.
@@ -232,8 +249,9 @@ class ItemIndex:
         with self._lock.read():
             return self._search(self._state, q, k, exclude)
 
-    def _search(self, st: _State, q: np.ndarray, k: int,
-                exclude: Sequence[Collection[str]] | None) -> list[list[tuple[str, float]]]:
+    def _search(
+        self, st: _State, q: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None
+    ) -> list[list[tuple[str, float]]]:
         nq = len(q)
         out: list[list[tuple[str, float]]] = [[] for _ in range(nq)]
         if st.n_elig == 0 or nq == 0:
@@ -284,8 +302,7 @@ class ItemIndex:
             if fetch >= cap:
                 break
             fetch = min(cap, fetch * 4)
-        log.debug("exact scan for %d of %d queries (k=%d, eligible=%d of %d)",
-                  rows.size, nq, k, st.n_elig, ntotal)
+        log.debug("exact scan for %d of %d queries (k=%d, eligible=%d of %d)", rows.size, nq, k, st.n_elig, ntotal)
         self._exact(st, q, rows, target, excl, out)
         return out
 
@@ -305,16 +322,21 @@ class ItemIndex:
             return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)  # type: ignore[call-arg]
         return None if sel is None else faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
 
-    def _faiss_search(self, st: _State, q: np.ndarray, k: int,
-                      params: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _faiss_search(self, st: _State, q: np.ndarray, k: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
         if st.device == "cuda":
             with self._gpu_lock:
                 return st.index.search(q, k)
         return st.index.search(q, k, params=params)
 
     @staticmethod
-    def _exact(st: _State, q: np.ndarray, rows: np.ndarray, target: np.ndarray,
-               excl: list[np.ndarray | None], out: list[list[tuple[str, float]]]) -> None:
+    def _exact(
+        st: _State,
+        q: np.ndarray,
+        rows: np.ndarray,
+        target: np.ndarray,
+        excl: list[np.ndarray | None],
+        out: list[list[tuple[str, float]]],
+    ) -> None:
         """Brute force over the stored vectors for ``rows`` of ``q`` (the guaranteed path)."""
         n = st.n_slots
         vecs, elig = st.vecs[:n], st.elig[:n]
@@ -323,7 +345,7 @@ class ItemIndex:
             return
         chunk = max(1, (1 << 24) // n)  # bound the (chunk, n) score matrix to 64 MiB
         for start in range(0, rows.size, chunk):
-            rr = rows[start:start + chunk]
+            rr = rows[start : start + chunk]
             scores = np.where(elig, q[rr] @ vecs.T, -np.inf)  # (c, n)
             for j, qi in enumerate(rr):
                 if excl[qi] is not None:
@@ -337,8 +359,7 @@ class ItemIndex:
                 out[qi] = list(zip(st.ext[top[j, :t]].tolist(), best[j, :t].astype(np.float32).tolist()))
 
     # ---- incremental changes -------------------------------------------------------------
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, *,
-               in_stock: bool | Sequence[bool] = True) -> None:
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, *, in_stock: bool | Sequence[bool] = True) -> None:
         """Add new items or replace their vectors; ``in_stock`` is set for every id given.
 
         A repeated id keeps its last vector. An unchanged vector only updates the stock flag.
@@ -371,8 +392,7 @@ class ItemIndex:
         if op[0] == "upsert":
             self._upsert(st, *op[1:])
         elif op[0] == "remove":
-            slots = np.array([s for s in (st.ids.pop(i, None) for i in op[1]) if s is not None],
-                             dtype=np.int64)
+            slots = np.array([s for s in (st.ids.pop(i, None) for i in op[1]) if s is not None], dtype=np.int64)
             if slots.size:
                 self._drop(st, slots)
         else:
@@ -472,12 +492,19 @@ class ItemIndex:
             ivf = faiss.extract_index_ivf(index)
             ivf.nprobe = min(self.ivf_nprobe, ivf.nlist)
 
-    def _build_state(self, ids: list[str], vecs: np.ndarray, flags: np.ndarray,
-                     kind: str | None = None) -> _State:
+    def _build_state(self, ids: list[str], vecs: np.ndarray, flags: np.ndarray, kind: str | None = None) -> _State:
         """A complete new state over ``vecs`` (owned by the caller no more); no lock taken."""
         n = len(ids)
-        st = _State(self.dim, ids=dict(zip(ids, range(n))), ext=np.array([*ids, None], dtype=object)[:n],
-                    vecs=vecs, live=np.ones(n, bool), stock=flags.copy(), elig=flags.copy(), n_slots=n)
+        st = _State(
+            self.dim,
+            ids=dict(zip(ids, range(n))),
+            ext=np.array([*ids, None], dtype=object)[:n],
+            vecs=vecs,
+            live=np.ones(n, bool),
+            stock=flags.copy(),
+            elig=flags.copy(),
+            n_slots=n,
+        )
         if n:
             self._new_structure(st, vecs, kind)
             st.index.add_with_ids(vecs, np.arange(n, dtype=np.int64))
@@ -488,9 +515,14 @@ class ItemIndex:
         return st
 
     # ---- rebuild and swap ----------------------------------------------------------------
-    def rebuild(self, ids: Sequence[str], vectors: np.ndarray, *,
-                in_stock: Sequence[bool] | None = None,
-                background: bool = True) -> concurrent.futures.Future | None:
+    def rebuild(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        in_stock: Sequence[bool] | None = None,
+        background: bool = True,
+    ) -> concurrent.futures.Future | None:
         """Replace the whole index (new model version) and swap it in atomically.
 
         ``in_stock=None`` keeps the current stock flag of known ids (new ids: in stock).
@@ -538,8 +570,14 @@ class ItemIndex:
                     return None
                 live = np.flatnonzero(st.live[: st.n_slots])
                 ids, vecs, flags = st.ext[live].tolist(), st.vecs[live], st.stock[live]
-            log.info("index retune: kind=%s -> %s items=%d dead_slots=%d background=%s",
-                     st.kind, want, len(ids), dead, background)
+            log.info(
+                "index retune: kind=%s -> %s items=%d dead_slots=%d background=%s",
+                st.kind,
+                want,
+                len(ids),
+                dead,
+                background,
+            )
             return self._start_rebuild(ids, vecs, flags, want, background)
 
     def compact(self, *, background: bool = False) -> concurrent.futures.Future | None:
@@ -550,8 +588,9 @@ class ItemIndex:
             ids, vecs, flags = st.ext[live].tolist(), st.vecs[live], st.stock[live]
         return self._start_rebuild(ids, vecs, flags, None, background)
 
-    def _start_rebuild(self, ids: list[str], vecs: np.ndarray, flags: np.ndarray | None,
-                       kind: str | None, background: bool) -> concurrent.futures.Future | None:
+    def _start_rebuild(
+        self, ids: list[str], vecs: np.ndarray, flags: np.ndarray | None, kind: str | None, background: bool
+    ) -> concurrent.futures.Future | None:
         change_log: list[tuple] = []
         with self._lock.write():
             self._logs.append(change_log)
@@ -562,17 +601,20 @@ class ItemIndex:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="streamrec-index-rebuild")
+                    max_workers=1, thread_name_prefix="streamrec-index-rebuild"
+                )
             return self._pool.submit(job)
 
-    def _rebuild_job(self, ids: list[str], vecs: np.ndarray, flags: np.ndarray | None,
-                     kind: str | None, change_log: list[tuple]) -> None:
+    def _rebuild_job(
+        self, ids: list[str], vecs: np.ndarray, flags: np.ndarray | None, kind: str | None, change_log: list[tuple]
+    ) -> None:
         try:
             if flags is None:
                 cur = self._state
                 stock = cur.stock
-                flags = np.fromiter((True if (s := cur.ids.get(i)) is None else bool(stock[s])
-                                     for i in ids), dtype=bool, count=len(ids))
+                flags = np.fromiter(
+                    (True if (s := cur.ids.get(i)) is None else bool(stock[s]) for i in ids), dtype=bool, count=len(ids)
+                )
             new = self._build_state(ids, vecs, flags, kind)
             done = 0
             while len(change_log) - done >= _CATCH_UP_BATCH:  # catch up off the lock
@@ -587,8 +629,14 @@ class ItemIndex:
                 self.kind = new.kind or self.kind
                 self.device = new.device
                 self._logs = [c for c in self._logs if c is not change_log]
-            log.info("index swapped: kind=%s device=%s items=%d eligible=%d replayed=%d",
-                     new.kind, new.device, new.n_live, new.n_elig, len(change_log))
+            log.info(
+                "index swapped: kind=%s device=%s items=%d eligible=%d replayed=%d",
+                new.kind,
+                new.device,
+                new.n_live,
+                new.n_elig,
+                len(change_log),
+            )
         except BaseException:
             log.exception("index rebuild failed; the old index stays in use")
             raise
@@ -619,8 +667,10 @@ class ItemIndex:
         with self._lock.read():
             st = self._state
             n = st.n_slots
-            state = {"slots": st.ext[:n].tolist(),
-                     "in_stock": (st.stock[:n].astype(np.uint8) + ord("0")).tobytes().decode()}
+            state = {
+                "slots": st.ext[:n].tolist(),
+                "in_stock": (st.stock[:n].astype(np.uint8) + ord("0")).tobytes().decode(),
+            }
             writers: dict[str, Callable[[Path], object]] = {
                 "vectors.npy": lambda p: _save_npy(p, st.vecs[:n]),
                 "state.json": lambda p: p.write_text(json.dumps(state), encoding="utf-8"),
@@ -628,9 +678,17 @@ class ItemIndex:
             has_index = st.index is not None and st.device == "cpu"
             if has_index:
                 writers["index.faiss"] = lambda p: faiss.write_index(st.index, str(p))
-            write_checkpoint(directory, writers, {
-                "dim": self.dim, "kind": st.kind, "n_slots": n, "n_live": st.n_live,
-                "index_ntotal": int(st.index.ntotal) if has_index else None})
+            write_checkpoint(
+                directory,
+                writers,
+                {
+                    "dim": self.dim,
+                    "kind": st.kind,
+                    "n_slots": n,
+                    "n_live": st.n_live,
+                    "index_ntotal": int(st.index.ntotal) if has_index else None,
+                },
+            )
 
     @classmethod
     def load(cls, directory: str | Path, **kwargs: Any) -> ItemIndex:
@@ -659,8 +717,16 @@ class ItemIndex:
             ids = {s: i for i, s in enumerate(slots) if s is not None}
             if len(ids) != int(live.sum()) or not all(isinstance(s, str) for s in ids):
                 raise CheckpointError("the id map repeats an id or holds a non-string")
-            st = _State(dim, ids=ids, ext=ext, vecs=np.ascontiguousarray(vecs), live=live,
-                        stock=stock, elig=live & stock, n_slots=n)
+            st = _State(
+                dim,
+                ids=ids,
+                ext=ext,
+                vecs=np.ascontiguousarray(vecs),
+                live=live,
+                stock=stock,
+                elig=live & stock,
+                n_slots=n,
+            )
             st.recount()
             if kind is not None and kind not in KINDS:
                 raise CheckpointError(f"unknown index kind {kind!r}")
@@ -670,8 +736,9 @@ class ItemIndex:
                 index = faiss.read_index(str(directory / "index.faiss"))
                 expect = n if kind == "hnsw" else st.n_live
                 if index.d != dim or index.ntotal != expect:
-                    raise CheckpointError(f"index.faiss holds {index.ntotal} vectors of dim "
-                                          f"{index.d}; expected {expect} of dim {dim}")
+                    raise CheckpointError(
+                        f"index.faiss holds {index.ntotal} vectors of dim {index.d}; expected {expect} of dim {dim}"
+                    )
                 self._set_search_params(index, kind)
                 st.index, st.kind, st.device = index, kind, "cpu"
                 st.supports_remove = kind != "hnsw"
@@ -715,17 +782,16 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
         np.save(f, arr, allow_pickle=False)
 
 
-def load_or_rebuild(directory: str | Path,
-                    rebuild_fn: Callable[[], tuple[Sequence[str], np.ndarray]],
-                    **kwargs: Any) -> ItemIndex:
+def load_or_rebuild(
+    directory: str | Path, rebuild_fn: Callable[[], tuple[Sequence[str], np.ndarray]], **kwargs: Any
+) -> ItemIndex:
     """Load the index saved in ``directory``; if it is missing or corrupt, rebuild it from
     ``rebuild_fn()`` (the catalog: ``(ids, vectors)`` or ``(ids, vectors, in_stock)``), save it
     back, and return it, so a bad file costs a rebuild rather than a crash."""
     try:
         return ItemIndex.load(directory, **kwargs)
     except CheckpointError as e:
-        log.warning("index checkpoint unusable, rebuilding from the catalog: dir=%s reason=%s",
-                    directory, e)
+        log.warning("index checkpoint unusable, rebuilding from the catalog: dir=%s reason=%s", directory, e)
     got = rebuild_fn()
     ids, vectors = got[0], np.asarray(got[1], dtype=np.float32)
     in_stock = got[2] if len(got) > 2 else None

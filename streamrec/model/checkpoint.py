@@ -103,9 +103,7 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {str(p)!r}: bad config or item map: {exc}") from None
     if len(vocab) != config.n_items:
-        raise CheckpointError(
-            f"checkpoint {str(p)!r}: item map has {len(vocab)} items, config says {config.n_items}"
-        )
+        raise CheckpointError(f"checkpoint {str(p)!r}: item map has {len(vocab)} items, config says {config.n_items}")
     try:
         state = load_file(str(p / WEIGHTS))
         text = load_file(str(p / TEXT_EMB))["text_emb"]

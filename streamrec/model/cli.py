@@ -28,41 +28,74 @@ log = logging.getLogger(__name__)
 
 
 def _data_args(p: argparse.ArgumentParser, *, events: bool = False) -> None:
-    p.add_argument("--sequences", required=not events, type=Path, default=None,
-                   help="'user item item ...' per line")
+    p.add_argument("--sequences", required=not events, type=Path, default=None, help="'user item item ...' per line")
     p.add_argument("--item-text", type=Path, default=None, help="TSV item_id<TAB>title with header")
     if events:
-        p.add_argument("--events", type=Path, default=None,
-                       help="typed events CSV (user_id,item_id,category_id,behavior,ts; the Taobao layout): "
-                            "trains the purchase-intent model too, and the recommender when "
-                            "--sequences is not given")
+        p.add_argument(
+            "--events",
+            type=Path,
+            default=None,
+            help="typed events CSV (user_id,item_id,category_id,behavior,ts; the Taobao layout): "
+            "trains the purchase-intent model too, and the recommender when "
+            "--sequences is not given",
+        )
 
 
 def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
-    p.add_argument("--out", type=Path, default=None,
-                   help="write the checkpoint here (default: register a new version in the registry)")
-    p.add_argument("--time-budget", type=positive_float, default=None,
-                   metavar="SECONDS", help="stop training after this many seconds")
-    p.add_argument("--max-epochs", type=positive_int, default=40,
-                   help="hard stop, and the length of the cosine learning-rate schedule")
-    p.add_argument("--patience", type=positive_int, default=10,
-                   help="epochs without validation NDCG@10 gain before stopping")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the checkpoint here (default: register a new version in the registry)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop training after this many seconds",
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=positive_int,
+        default=40,
+        help="hard stop, and the length of the cosine learning-rate schedule",
+    )
+    p.add_argument(
+        "--patience", type=positive_int, default=10, help="epochs without validation NDCG@10 gain before stopping"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=positive_float, default=None)
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
-                   help="cosine: anneal the learning rate over the time budget (or max epochs)")
+    p.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default=None,
+        help="cosine: anneal the learning rate over the time budget (or max epochs)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--val-users", type=positive_int, default=None,
-                   help="hold out only N random users' second-last item for validation; the "
-                        "others train on it too (default: every user's, the classic split)")
-    p.add_argument("--text-cache", type=Path, default=None,
-                   help="text-cache directory of MiniLM title vectors, shared with the worker "
-                        "(default: STREAMREC_TEXT_CACHE_DIR, else DATA_DIR/text-cache)")
+    p.add_argument(
+        "--val-users",
+        type=positive_int,
+        default=None,
+        help="hold out only N random users' second-last item for validation; the "
+        "others train on it too (default: every user's, the classic split)",
+    )
+    p.add_argument(
+        "--text-cache",
+        type=Path,
+        default=None,
+        help="text-cache directory of MiniLM title vectors, shared with the worker "
+        "(default: STREAMREC_TEXT_CACHE_DIR, else DATA_DIR/text-cache)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--hybrid-fit", choices=("post", "joint"), default=None,
-                   help="post (default): train the model part, then fit the text channel's "
-                        "gates; joint: the channel in the loss from the start (slower)")
+    p.add_argument(
+        "--hybrid-fit",
+        choices=("post", "joint"),
+        default=None,
+        help="post (default): train the model part, then fit the text channel's "
+        "gates; joint: the channel in the loss from the start (slower)",
+    )
     if not model_flags:
         return
     d = SASRecConfig()
@@ -78,15 +111,26 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
     g.add_argument("--loss", choices=("full", "sampled"), default=d.loss)
     g.add_argument("--n-negatives", type=positive_int, default=d.n_negatives)
     g.add_argument("--no-text", action="store_true", help="id embeddings only (ignore item text)")
-    g.add_argument("--no-hybrid", action="store_true",
-                   help="no gated text-similarity channel in the scored vectors")
-    g.add_argument("--text-sim-dim", type=int, default=d.text_sim_dim,
-                   help="dims of the text-similarity channel (0 = the full 384-d title vector)")
-    g.add_argument("--shop-dropout", type=probability, default=d.shop_dropout,
-                   help="prob. per training batch of dropping every id (trains the new-shop case)")
-    g.add_argument("--new-item-boost", type=float, default=d.new_item_boost,
-                   help="served score offset for items without a trained id (exploration; "
-                        "0.5 met both zero-shot targets on Beauty's validation split)")
+    g.add_argument("--no-hybrid", action="store_true", help="no gated text-similarity channel in the scored vectors")
+    g.add_argument(
+        "--text-sim-dim",
+        type=int,
+        default=d.text_sim_dim,
+        help="dims of the text-similarity channel (0 = the full 384-d title vector)",
+    )
+    g.add_argument(
+        "--shop-dropout",
+        type=probability,
+        default=d.shop_dropout,
+        help="prob. per training batch of dropping every id (trains the new-shop case)",
+    )
+    g.add_argument(
+        "--new-item-boost",
+        type=float,
+        default=d.new_item_boost,
+        help="served score offset for items without a trained id (exploration; "
+        "0.5 met both zero-shot targets on Beauty's validation split)",
+    )
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -96,37 +140,48 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("finetune", help="warm-start a model on new data")
-    p.add_argument("--model", type=Path, default=None,
-                   help="checkpoint dir (default: the registry's current model)")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint dir (default: the registry's current model)")
     _data_args(p)
     _train_args(p, model_flags=False)
     p.set_defaults(func=cmd_finetune)
 
     p = subparsers.add_parser("evaluate", help="leave-one-out full-ranking HR/NDCG@5/10/20")
-    p.add_argument("--model", type=Path, default=None,
-                   help="checkpoint dir (default: the registry's current model)")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint dir (default: the registry's current model)")
     _data_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--baselines", action="store_true",
-                   help="add popularity, item-to-item co-occurrence and text similarity (MiniLM "
-                        "titles, recency-weighted history), with the model's lift")
-    p.add_argument("--candidates", choices=("data", "all"), default=None,
-                   help="data: rank among the items of the evaluation data's catalog (its "
-                        "--item-text items and the items in --sequences), as a worker's index "
-                        "holds only the live catalog; all: among every item the model knows plus "
-                        "those. Default: data when the data brings items the model has never "
-                        "seen, else all")
-    p.add_argument("--keep-seen", action="store_true",
-                   help="rank items already in the history too (default: excluded, as S3-Rec)")
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add popularity, item-to-item co-occurrence and text similarity (MiniLM "
+        "titles, recency-weighted history), with the model's lift",
+    )
+    p.add_argument(
+        "--candidates",
+        choices=("data", "all"),
+        default=None,
+        help="data: rank among the items of the evaluation data's catalog (its "
+        "--item-text items and the items in --sequences), as a worker's index "
+        "holds only the live catalog; all: among every item the model knows plus "
+        "those. Default: data when the data brings items the model has never "
+        "seen, else all",
+    )
+    p.add_argument(
+        "--keep-seen", action="store_true", help="rank items already in the history too (default: excluded, as S3-Rec)"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = subparsers.add_parser("models", help="list or promote registered model versions")
     sub = p.add_subparsers(dest="models_command", required=True)
     q = sub.add_parser("list", help="registered versions, newest last")
     q.add_argument("--json", action="store_true")
-    q.add_argument("--trained-before", type=non_negative_int, default=None, metavar="TS_MS",
-                   help="only versions whose training data was cut at or before TS_MS (epoch ms), "
-                        "e.g. a user deletion's purge time: they may embed that user's past behaviour")
+    q.add_argument(
+        "--trained-before",
+        type=non_negative_int,
+        default=None,
+        metavar="TS_MS",
+        help="only versions whose training data was cut at or before TS_MS (epoch ms), "
+        "e.g. a user deletion's purge time: they may embed that user's past behaviour",
+    )
     q.set_defaults(func=cmd_models_list)
     q = sub.add_parser("promote", help="make VERSION the current model")
     q.add_argument("version")
@@ -146,10 +201,16 @@ def _settings(args: argparse.Namespace, settings: Settings):
     from streamrec.model.train import TrainSettings
 
     kw: dict[str, Any] = dict(
-        batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
-        time_budget=args.time_budget, seed=args.seed, device=settings.device,
-        progress=not args.no_progress, weight_decay=args.weight_decay,
-        text_cache=str(args.text_cache or settings.text_cache_path), val_users=args.val_users,
+        batch_size=args.batch_size,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        time_budget=args.time_budget,
+        seed=args.seed,
+        device=settings.device,
+        progress=not args.no_progress,
+        weight_decay=args.weight_decay,
+        text_cache=str(args.text_cache or settings.text_cache_path),
+        val_users=args.val_users,
     )
     if args.lr is not None:
         kw["lr"] = args.lr
@@ -198,13 +259,17 @@ def _publish(res, args: argparse.Namespace, settings: Settings) -> str:
 def _summary(res, where: str) -> None:
     m = res.metrics
     print(f"saved: {where}")
-    print(f"epochs: {m.get('epochs')} (best {m.get('best_epoch')}, stop: {m.get('stop_reason')}), "
-          f"seconds: {m.get('train_seconds')}")
+    print(
+        f"epochs: {m.get('epochs')} (best {m.get('best_epoch')}, stop: {m.get('stop_reason')}), "
+        f"seconds: {m.get('train_seconds')}"
+    )
     for split in ("val", "test"):
         if split in m:
             s = m[split]
-            print(f"{split}: HR@10 {s['hr@10']:.4f}  NDCG@10 {s['ndcg@10']:.4f}  "
-                  f"HR@20 {s['hr@20']:.4f}  NDCG@20 {s['ndcg@20']:.4f}")
+            print(
+                f"{split}: HR@10 {s['hr@10']:.4f}  NDCG@10 {s['ndcg@10']:.4f}  "
+                f"HR@20 {s['hr@20']:.4f}  NDCG@20 {s['ndcg@20']:.4f}"
+            )
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -225,12 +290,23 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         else Interactions(*to_interactions_lists(users))  # type: ignore[arg-type]
     )
     text = read_item_text(args.item_text)
-    cfg = dict(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, d_ff=args.d_ff,
-               max_len=args.max_len, dropout=args.dropout, emb_dropout=args.emb_dropout,
-               id_dropout=args.id_dropout, loss=args.loss, n_negatives=args.n_negatives,
-               use_text=not args.no_text, hybrid=not (args.no_hybrid or args.no_text),
-               text_sim_dim=args.text_sim_dim, shop_dropout=args.shop_dropout,
-               new_item_boost=args.new_item_boost)
+    cfg = dict(
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        d_ff=args.d_ff,
+        max_len=args.max_len,
+        dropout=args.dropout,
+        emb_dropout=args.emb_dropout,
+        id_dropout=args.id_dropout,
+        loss=args.loss,
+        n_negatives=args.n_negatives,
+        use_text=not args.no_text,
+        hybrid=not (args.no_hybrid or args.no_text),
+        text_sim_dim=args.text_sim_dim,
+        shop_dropout=args.shop_dropout,
+        new_item_boost=args.new_item_boost,
+    )
     if not -10.0 <= args.new_item_boost <= 10.0:
         raise ValueError(f"--new-item-boost {args.new_item_boost}: must be in -10..10")
     if not 0 <= args.text_sim_dim <= 384:
@@ -245,8 +321,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         res.intent, info = train_intent(users, seed=args.seed)  # type: ignore[attr-defined]
         res.metrics["intent"] = info
     elif any(t != "view" for ts in data.types for t in ts):
-        log.info("typed sequences without timestamps: no purchase-intent model (sessions need time; "
-                 "pass --events FILE)")
+        log.info(
+            "typed sequences without timestamps: no purchase-intent model (sessions need time; pass --events FILE)"
+        )
     _summary(res, _publish(res, args, settings))
     if "intent" in res.metrics:
         print(f"purchase intent: {json.dumps(res.metrics['intent'])}")
@@ -265,9 +342,17 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: str = "auto",
-                 baselines: bool = False, exclude_seen: bool = True,
-                 candidates: str | None = None, text_cache: Path | None = None) -> dict[str, Any]:
+def evaluate_dir(
+    model_dir: Path,
+    data,
+    text: dict[str, str | None],
+    *,
+    device: str = "auto",
+    baselines: bool = False,
+    exclude_seen: bool = True,
+    candidates: str | None = None,
+    text_cache: Path | None = None,
+) -> dict[str, Any]:
     """Evaluate a checkpoint on ``data``: per user the last item is the target, the rest the
     history. Items unknown to the model are embedded from their text (zero-shot).
 
@@ -307,16 +392,21 @@ def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: 
     if len(targets) == 0:
         raise ValueError("no user in the sequences file has 2 or more interactions to evaluate")
     rows = np.array([vocab.row(i) for i in catalog], dtype=np.int64) if candidates == "data" else None
-    report: dict[str, Any] = {"model": str(model_dir), "users": len(targets),
-                              "items": int(model.config.n_items), "items_added_from_text": len(added),
-                              "exclude_seen": exclude_seen, "candidates": candidates,
-                              "candidate_items": int(model.config.n_items if rows is None else len(rows))}
-    report["model_metrics"] = evaluate_model(model, inputs, targets, device=dev,
-                                             exclude_seen=exclude_seen, catalog_rows=rows)
+    report: dict[str, Any] = {
+        "model": str(model_dir),
+        "users": len(targets),
+        "items": int(model.config.n_items),
+        "items_added_from_text": len(added),
+        "exclude_seen": exclude_seen,
+        "candidates": candidates,
+        "candidate_items": int(model.config.n_items if rows is None else len(rows)),
+    }
+    report["model_metrics"] = evaluate_model(
+        model, inputs, targets, device=dev, exclude_seen=exclude_seen, catalog_rows=rows
+    )
     if baselines:
         n = model.config.n_items
-        fns = [("popularity", popularity_score_fn(inputs, n)),
-               ("cooccurrence", cooccurrence_score_fn(inputs, n))]
+        fns = [("popularity", popularity_score_fn(inputs, n)), ("cooccurrence", cooccurrence_score_fn(inputs, n))]
         if model.config.use_text and bool(model.text_emb.any()):
             fns.append(("text_similarity", text_similarity_score_fn(model.text_emb)))
         for name, fn in fns:
@@ -329,15 +419,24 @@ def evaluate_dir(model_dir: Path, data, text: dict[str, str | None], *, device: 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     model_dir = _model_dir(args, settings)
     data, text = _load_data(args)
-    rep = evaluate_dir(model_dir, data, text, device=settings.device, baselines=args.baselines,
-                       exclude_seen=not args.keep_seen, candidates=args.candidates,
-                       text_cache=settings.text_cache_path)
+    rep = evaluate_dir(
+        model_dir,
+        data,
+        text,
+        device=settings.device,
+        baselines=args.baselines,
+        exclude_seen=not args.keep_seen,
+        candidates=args.candidates,
+        text_cache=settings.text_cache_path,
+    )
     if args.json:
         print(json.dumps(rep, sort_keys=True))
         return 0
-    print(f"model {rep['model']}  users {rep['users']}  items {rep['items']} "
-          f"(+{rep['items_added_from_text']} from text)  history excluded: {rep['exclude_seen']}  "
-          f"candidates: {rep['candidates']} ({rep['candidate_items']} items)")
+    print(
+        f"model {rep['model']}  users {rep['users']}  items {rep['items']} "
+        f"(+{rep['items_added_from_text']} from text)  history excluded: {rep['exclude_seen']}  "
+        f"candidates: {rep['candidates']} ({rep['candidate_items']} items)"
+    )
     cols = ["hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "coverage@10"]
     print(f"{'':16s}" + "".join(f"{c:>12s}" for c in cols))
     for name in ("model_metrics", "popularity", "cooccurrence", "text_similarity"):
@@ -358,13 +457,24 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
     before = getattr(args, "trained_before", None)
     versions = reg.list() if before is None else reg.versions_trained_before(before)
     if getattr(args, "json", False):
-        print(json.dumps([{"version": v.version, "path": str(v.path), "created_ts": v.created_ts,
-                           "is_current": v.is_current, "data_cut_ts": data_cut_ms(v),
-                           "trained_until_ts": v.metrics.get("trained_until_ts"),
-                           "test_ndcg@10": v.metrics.get("test", {}).get("ndcg@10"),
-                           # versions promoted by the trainer's gate: its fresh hold-out
-                           "holdout_ndcg@10": (v.metrics.get("gate") or {}).get("candidate", {}).get("ndcg@10")}
-                          for v in versions]))
+        print(
+            json.dumps(
+                [
+                    {
+                        "version": v.version,
+                        "path": str(v.path),
+                        "created_ts": v.created_ts,
+                        "is_current": v.is_current,
+                        "data_cut_ts": data_cut_ms(v),
+                        "trained_until_ts": v.metrics.get("trained_until_ts"),
+                        "test_ndcg@10": v.metrics.get("test", {}).get("ndcg@10"),
+                        # versions promoted by the trainer's gate: its fresh hold-out
+                        "holdout_ndcg@10": (v.metrics.get("gate") or {}).get("candidate", {}).get("ndcg@10"),
+                    }
+                    for v in versions
+                ]
+            )
+        )
         return 0
     if not versions:
         if before is not None:
@@ -375,8 +485,10 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
     for v in versions:
         gate = (v.metrics.get("gate") or {}).get("candidate") or {}
         label, ndcg = ("holdout", gate.get("ndcg@10")) if gate else ("test", v.metrics.get("test", {}).get("ndcg@10"))
-        print(f"{'*' if v.is_current else ' '} {v.version}  {label} NDCG@10 "
-              f"{'-' if ndcg is None else f'{ndcg:.4f}'}  data_cut_ts={data_cut_ms(v)}  {v.path}")
+        print(
+            f"{'*' if v.is_current else ' '} {v.version}  {label} NDCG@10 "
+            f"{'-' if ndcg is None else f'{ndcg:.4f}'}  data_cut_ts={data_cut_ms(v)}  {v.path}"
+        )
     return 0
 
 

@@ -41,8 +41,7 @@ class Interactions:
 
     def subset(self, idx: Iterable[int]) -> Interactions:
         idx = list(idx)
-        return Interactions([self.users[i] for i in idx], [self.items[i] for i in idx],
-                            [self.types[i] for i in idx])
+        return Interactions([self.users[i] for i in idx], [self.items[i] for i in idx], [self.types[i] for i in idx])
 
 
 def read_sequences(path: str | Path) -> Interactions:
@@ -173,8 +172,7 @@ class Split:
     test_targets: np.ndarray
 
 
-def leave_one_out(enc: Encoded, *, val_users: int | None = None, seed: int = 0,
-                  train_on_last: bool = False) -> Split:
+def leave_one_out(enc: Encoded, *, val_users: int | None = None, seed: int = 0, train_on_last: bool = False) -> Split:
     """Users with >= 3 items give a test case (last item, history = all before it).
 
     ``val_users=None`` (the classic split): every such user also gives a validation case (the
@@ -212,8 +210,13 @@ def leave_one_out(enc: Encoded, *, val_users: int | None = None, seed: int = 0,
         else:
             tr_i.append(s)
             tr_t.append(t)
-    return Split(Encoded(tr_i, tr_t), Encoded(vi, vt), np.array(vy, dtype=np.int64),
-                 Encoded(ti, tt), np.array(ty, dtype=np.int64))
+    return Split(
+        Encoded(tr_i, tr_t),
+        Encoded(vi, vt),
+        np.array(vy, dtype=np.int64),
+        Encoded(ti, tt),
+        np.array(ty, dtype=np.int64),
+    )
 
 
 def pad_left(seqs: Sequence[Sequence[int]], length: int) -> torch.Tensor:
@@ -241,15 +244,17 @@ def pad_left(seqs: Sequence[Sequence[int]], length: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def history_batch(items: Sequence[Sequence[int]], types: Sequence[Sequence[int]], max_len: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def history_batch(
+    items: Sequence[Sequence[int]], types: Sequence[Sequence[int]], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Histories -> left-padded (B, T) item rows and type ids, T = min(longest, max_len) >= 1."""
     T = max(1, min(max_len, max((len(s) for s in items), default=1)))
     return pad_left(items, T), pad_left(types, T)
 
 
-def training_batches(train: Encoded, *, max_len: int, batch_size: int, rng: np.random.Generator
-                     ) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def training_batches(
+    train: Encoded, *, max_len: int, batch_size: int, rng: np.random.Generator
+) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Shuffled (inputs, types, targets) batches: input s[:-1] predicts s[1:] at every position."""
     idx = np.array([i for i, s in enumerate(train.items) if len(s) >= 2], dtype=np.int64)
     lens = np.array([min(len(train.items[i]), max_len + 1) for i in idx])
@@ -265,8 +270,11 @@ def training_batches(train: Encoded, *, max_len: int, batch_size: int, rng: np.r
         batches.extend(part[s : s + batch_size] for s in range(0, len(part), batch_size))
     for b in rng.permutation(len(batches)):
         chunk = [int(idx[j]) for j in batches[b]]
-        seqs = [train.items[i][-(max_len + 1):] for i in chunk]
-        tys = [train.types[i][-(max_len + 1):] for i in chunk]
+        seqs = [train.items[i][-(max_len + 1) :] for i in chunk]
+        tys = [train.types[i][-(max_len + 1) :] for i in chunk]
         T = max(len(x) for x in seqs) - 1
-        yield pad_left([x[:-1] for x in seqs], T), pad_left([x[:-1] for x in tys], T), \
-            pad_left([x[1:] for x in seqs], T)
+        yield (
+            pad_left([x[:-1] for x in seqs], T),
+            pad_left([x[:-1] for x in tys], T),
+            pad_left([x[1:] for x in seqs], T),
+        )

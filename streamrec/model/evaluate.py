@@ -93,8 +93,7 @@ def rank_all(
     return out
 
 
-def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu",
-                   text_channel: bool = True) -> ScoreFn:
+def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu", text_channel: bool = True) -> ScoreFn:
     """Scores of all rows for a batch of histories: the served user vector . the served item
     vectors (with hybrid scoring both carry the gated text-similarity channel)."""
     model.eval()
@@ -114,15 +113,28 @@ def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu",
     return fn
 
 
-def evaluate_model(model: SASRec, inputs: Encoded, targets: np.ndarray, *,
-                   device: torch.device | str = "cpu", exclude_seen: bool = True,
-                   batch_size: int = 512, catalog_rows: np.ndarray | None = None,
-                   text_channel: bool = True) -> dict[str, float]:
+def evaluate_model(
+    model: SASRec,
+    inputs: Encoded,
+    targets: np.ndarray,
+    *,
+    device: torch.device | str = "cpu",
+    exclude_seen: bool = True,
+    batch_size: int = 512,
+    catalog_rows: np.ndarray | None = None,
+    text_channel: bool = True,
+) -> dict[str, float]:
     was_training = model.training
     try:
-        return rank_all(model_score_fn(model, device=device, text_channel=text_channel),
-                        inputs, targets, model.config.n_items,
-                        exclude_seen=exclude_seen, batch_size=batch_size, catalog_rows=catalog_rows)
+        return rank_all(
+            model_score_fn(model, device=device, text_channel=text_channel),
+            inputs,
+            targets,
+            model.config.n_items,
+            exclude_seen=exclude_seen,
+            batch_size=batch_size,
+            catalog_rows=catalog_rows,
+        )
     finally:
         model.train(was_training)
 
@@ -143,8 +155,7 @@ def popularity_score_fn(train: Encoded, n_items: int) -> ScoreFn:
     return fn
 
 
-def cooccurrence_score_fn(train: Encoded, n_items: int, *, window: int = 3, recent: int = 3
-                          ) -> ScoreFn:
+def cooccurrence_score_fn(train: Encoded, n_items: int, *, window: int = 3, recent: int = 3) -> ScoreFn:
     """Item-to-item: j scores by how often it followed the user's last ``recent`` items within
     ``window`` steps in ``train`` (newer history items weigh more), popularity breaking ties."""
     follow: defaultdict[int, defaultdict[int, float]] = defaultdict(lambda: defaultdict(float))
@@ -160,7 +171,7 @@ def cooccurrence_score_fn(train: Encoded, n_items: int, *, window: int = 3, rece
         out = tie.expand(len(items), -1).clone()
         for r, h in enumerate(items):
             for age, i in enumerate(reversed(h[-recent:])):
-                w = 0.5 ** age
+                w = 0.5**age
                 nb = follow.get(i)
                 if nb:
                     cols = torch.as_tensor(list(nb.keys()), dtype=torch.long)
@@ -195,5 +206,6 @@ def text_similarity_score_fn(text_emb: torch.Tensor, *, decay: float = 0.7) -> S
 
 def lift(model: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     """Relative lift of ``model`` over ``base`` per metric (0.25 = +25 %)."""
-    return {k: (model[k] / base[k] - 1.0) if base.get(k) else float("nan")
-            for k in model if k.startswith(("hr@", "ndcg@"))}
+    return {
+        k: (model[k] / base[k] - 1.0) if base.get(k) else float("nan") for k in model if k.startswith(("hr@", "ndcg@"))
+    }

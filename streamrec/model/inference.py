@@ -56,9 +56,18 @@ class Recommender:
     version: str  # registry version or checkpoint dir name
     dim: int  # vector dimension d of user and item vectors
 
-    def __init__(self, model: SASRec, vocab: ItemVocab, *, version: str, device: str = "auto",
-                 text_encoder: TextEncoder | None = None, impute_neighbors: int = 0,
-                 impute_temperature: float = 0.05, text_cache: TextCache | None = None) -> None:
+    def __init__(
+        self,
+        model: SASRec,
+        vocab: ItemVocab,
+        *,
+        version: str,
+        device: str = "auto",
+        text_encoder: TextEncoder | None = None,
+        impute_neighbors: int = 0,
+        impute_temperature: float = 0.05,
+        text_cache: TextCache | None = None,
+    ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.vocab = vocab
@@ -78,8 +87,10 @@ class Recommender:
         self.rows_computed = 0  # item vectors computed (initial table + added/changed rows)
         self.rows_copied = 0  # item vectors moved when the storage grew
         if impute_neighbors < 0 or impute_temperature <= 0:
-            raise ValueError(f"impute_neighbors must be >= 0 and impute_temperature > 0, got "
-                             f"{impute_neighbors}, {impute_temperature}")
+            raise ValueError(
+                f"impute_neighbors must be >= 0 and impute_temperature > 0, got "
+                f"{impute_neighbors}, {impute_temperature}"
+            )
         self.impute_neighbors = impute_neighbors
         self.impute_temperature = impute_temperature
         self._n_trained = int(model.config.n_items)  # rows 1..n learned in training
@@ -89,8 +100,7 @@ class Recommender:
         self._learned[PAD_ID] = False
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "auto", version: str | None = None,
-             **options: Any) -> Recommender:
+    def load(cls, path: str | Path, *, device: str = "auto", version: str | None = None, **options: Any) -> Recommender:
         """Load a checkpoint dir. CheckpointError (clear message) when missing/corrupt/incompatible.
         ``options`` go to the constructor (``impute_neighbors``, ``impute_temperature``,
         ``text_cache``)."""
@@ -129,8 +139,14 @@ class Recommender:
         return self._low[:n], self._new[:n]
 
     @torch.no_grad()
-    def _write_rows(self, rows: torch.Tensor, vec: torch.Tensor, text: torch.Tensor,
-                    new: bool | torch.Tensor, count: torch.Tensor | None = None) -> None:
+    def _write_rows(
+        self,
+        rows: torch.Tensor,
+        vec: torch.Tensor,
+        text: torch.Tensor,
+        new: bool | torch.Tensor,
+        count: torch.Tensor | None = None,
+    ) -> None:
         """Store the scored vectors of ``rows``: input vectors ``vec`` (k, d) plus, with hybrid
         scoring, [beta(i) * unit(t_i) ; b(i)] from their titles ``text`` (k, TEXT_DIM)."""
         assert self._store is not None
@@ -211,31 +227,32 @@ class Recommender:
             texts = [t for t in list(fresh.values()) + list(fill.values()) if t is not None]
             vecs = self._encode_texts(texts) if texts else torch.zeros(0, TEXT_DIM)
             it = iter(vecs)
-            fresh_text = torch.stack([next(it) if t is not None else torch.zeros(TEXT_DIM)
-                                      for t in fresh.values()]) if fresh else torch.zeros(0, TEXT_DIM)
+            fresh_text = (
+                torch.stack([next(it) if t is not None else torch.zeros(TEXT_DIM) for t in fresh.values()])
+                if fresh
+                else torch.zeros(0, TEXT_DIM)
+            )
             for i in fill:
                 self.model.text_emb[self.vocab.row(i)] = next(it).to(self.model.text_emb.device)
             if fill:
-                rows = torch.as_tensor([self.vocab.row(i) for i in fill], dtype=torch.long,
-                                       device=self.model.id_emb.weight.device)
+                rows = torch.as_tensor(
+                    [self.vocab.row(i) for i in fill], dtype=torch.long, device=self.model.id_emb.weight.device
+                )
                 with torch.inference_mode():
                     count = self.model.item_count[rows] if self._hybrid else None
                     new = self.model.item_new()[rows] if self._hybrid else False
-                    self._write_rows(rows, self.model.item_table(rows), self.model.text_emb[rows],
-                                     new, count)
+                    self._write_rows(rows, self.model.item_table(rows), self.model.text_emb[rows], new, count)
                 self.rows_computed += len(fill)
             if fresh:
                 n_new = sum(1 for i in fresh if i not in self.vocab)
                 self._reserve(len(self.vocab) + 1 + max(0, n_new - len(self.vocab.free)))
                 self.vocab.add(list(fresh))
-                rows = torch.as_tensor([self.vocab.row(i) for i in fresh], dtype=torch.long,
-                                       device=self._store.device)
+                rows = torch.as_tensor([self.vocab.row(i) for i in fresh], dtype=torch.long, device=self._store.device)
                 with torch.inference_mode():
                     self._write_rows(rows, self._text_only_vectors(fresh_text), fresh_text, True)
                 self.rows_computed += len(fresh)
             table = self._item_table()
-            idx = torch.as_tensor([self.vocab.row(i) for i, _ in items], dtype=torch.long,
-                                  device=table.device)
+            idx = torch.as_tensor([self.vocab.row(i) for i, _ in items], dtype=torch.long, device=table.device)
             return table[idx].float().cpu().numpy().copy()
 
     def remove_items(self, ids: Sequence[str]) -> int:
@@ -272,8 +289,12 @@ class Recommender:
                     used += (len(self.vocab) + 1) * extra[:1].numel() * extra.element_size()
             model = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
             text = self.model.text_emb.numel() * self.model.text_emb.element_size()
-            return {"item_vectors_used": used, "item_vectors_capacity": store,
-                    "model_weights": model, "model_text_emb": text}
+            return {
+                "item_vectors_used": used,
+                "item_vectors_capacity": store,
+                "model_weights": model,
+                "model_text_emb": text,
+            }
 
     @torch.no_grad()
     def _impute_ids(self, text: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -326,14 +347,15 @@ class Recommender:
                     if row != PAD_ID:
                         r.append(row)
                         t.append(EVENT_TYPE_IDS.get(etype, default_type))
-                rows.append(r[-self.model.config.max_len:])
-                types.append(t[-self.model.config.max_len:])
+                rows.append(r[-self.model.config.max_len :])
+                types.append(t[-self.model.config.max_len :])
             table = self._input_table()
             low, new = self._text_rows()
             x, xt = history_batch(rows, types, self.model.config.max_len)
             with torch.inference_mode():
-                h = self.model.user_vectors(x.to(self.device), xt.to(self.device), table,
-                                            low=low, new_rows=new)  # (B, dim)
+                h = self.model.user_vectors(
+                    x.to(self.device), xt.to(self.device), table, low=low, new_rows=new
+                )  # (B, dim)
         return h.float().cpu().numpy().copy()
 
     def lookup(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

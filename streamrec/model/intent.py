@@ -93,8 +93,11 @@ class IntentModel(nn.Module):
             return None
         try:
             raw = json.loads((p / INTENT_CONFIG).read_text(encoding="utf-8"))
-            cfg = IntentConfig(feature_names=[str(x) for x in raw["feature_names"]],
-                               hidden=int(raw.get("hidden", 0)), metrics=dict(raw.get("metrics") or {}))
+            cfg = IntentConfig(
+                feature_names=[str(x) for x in raw["feature_names"]],
+                hidden=int(raw.get("hidden", 0)),
+                metrics=dict(raw.get("metrics") or {}),
+            )
             if not 1 <= len(cfg.feature_names) <= 4096 or not 0 <= cfg.hidden <= 4096:
                 raise ValueError("feature count or hidden width out of range")
             state = load_file(str(p / INTENT_WEIGHTS))
@@ -105,8 +108,17 @@ class IntentModel(nn.Module):
         return model.eval()
 
 
-def fit_intent(x: np.ndarray, y: np.ndarray, *, feature_names: Sequence[str], hidden: int = 0,
-               steps: int = 400, lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0) -> IntentModel:
+def fit_intent(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    feature_names: Sequence[str],
+    hidden: int = 0,
+    steps: int = 400,
+    lr: float = 0.05,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> IntentModel:
     """Full-batch Adam on the binary cross-entropy; inputs standardised with the training stats."""
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
@@ -153,8 +165,14 @@ class IntentExamples:
 
     def select(self, mask: np.ndarray) -> IntentExamples:
         idx = np.flatnonzero(mask)
-        return IntentExamples(self.x[idx], self.y[idx], self.session_start_ms[idx], self.session_end_ms[idx],
-                              [self.user[i] for i in idx], self.ts_ms[idx])
+        return IntentExamples(
+            self.x[idx],
+            self.y[idx],
+            self.session_start_ms[idx],
+            self.session_end_ms[idx],
+            [self.user[i] for i in idx],
+            self.ts_ms[idx],
+        )
 
 
 def intent_examples(users: dict[str, list[Any]], *, favorites: bool = False) -> IntentExamples:
@@ -200,8 +218,14 @@ def intent_examples(users: dict[str, list[Any]], *, favorites: bool = False) -> 
                 ts.append(e.ts_ms)
     from streamrec.serving.session import FEATURE_NAMES
 
-    return IntentExamples(np.asarray(rows, np.float32).reshape(-1, len(FEATURE_NAMES)), np.asarray(ys, np.float32),
-                          np.asarray(starts, np.int64), np.asarray(ends, np.int64), who, np.asarray(ts, np.int64))
+    return IntentExamples(
+        np.asarray(rows, np.float32).reshape(-1, len(FEATURE_NAMES)),
+        np.asarray(ys, np.float32),
+        np.asarray(starts, np.int64),
+        np.asarray(ends, np.int64),
+        who,
+        np.asarray(ts, np.int64),
+    )
 
 
 def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
@@ -233,8 +257,9 @@ def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
-def train_intent(users: dict[str, list[Any]], *, holdout: float = 0.2, seed: int = 0,
-                 steps: int = 400) -> tuple[IntentModel | None, dict[str, Any]]:
+def train_intent(
+    users: dict[str, list[Any]], *, holdout: float = 0.2, seed: int = 0, steps: int = 400
+) -> tuple[IntentModel | None, dict[str, Any]]:
     """Fit the shipped intent model on typed, timestamped events (``{user: [TypedEvent]}``).
 
     The latest ``holdout`` share of the sessions (by start time) is held out once to measure
@@ -257,8 +282,10 @@ def train_intent(users: dict[str, list[Any]], *, holdout: float = 0.2, seed: int
         pm, pb = m.predict(te.x), b.predict(te.x[:, cols])
         metrics["holdout"] = {
             "examples": len(te.y),
-            "model_roc_auc": round(roc_auc(te.y, pm), 4), "model_log_loss": round(log_loss(te.y, pm), 4),
-            "baseline_roc_auc": round(roc_auc(te.y, pb), 4), "baseline_log_loss": round(log_loss(te.y, pb), 4),
+            "model_roc_auc": round(roc_auc(te.y, pm), 4),
+            "model_log_loss": round(log_loss(te.y, pm), 4),
+            "baseline_roc_auc": round(roc_auc(te.y, pb), 4),
+            "baseline_log_loss": round(log_loss(te.y, pb), 4),
             "base_rate_log_loss": round(log_loss(te.y, np.full(len(te.y), tr.y.mean())), 4),
         }
     model = fit_intent(ex.x, ex.y, feature_names=FEATURE_NAMES, steps=steps, seed=seed)

@@ -102,9 +102,13 @@ class Decision:
         out = {f"holdout_{k}": float(v) for k, v in self.candidate.items() if k in GATE_METRICS}
         if self.current is not None:
             out |= {f"current_{k}": float(v) for k, v in self.current.items() if k in GATE_METRICS}
-        out |= {"holdout_users": float(self.holdout_users), "train_events": float(self.train_events),
-                "train_seconds": float(self.train_seconds), "added_items": float(self.added_items),
-                "full": 1.0 if self.mode == "full" else 0.0}
+        out |= {
+            "holdout_users": float(self.holdout_users),
+            "train_events": float(self.train_events),
+            "train_seconds": float(self.train_seconds),
+            "added_items": float(self.added_items),
+            "full": 1.0 if self.mode == "full" else 0.0,
+        }
         return out
 
 
@@ -163,8 +167,9 @@ def split_holdout(seqs: dict[str, list[Step]], n_users: int) -> tuple[dict[str, 
     return train, ho
 
 
-def training_window(seqs: dict[str, list[Step]], *, window_s: float, replay_ratio: float,
-                    rng: np.random.Generator, full: bool = False) -> Interactions:
+def training_window(
+    seqs: dict[str, list[Step]], *, window_s: float, replay_ratio: float, rng: np.random.Generator, full: bool = False
+) -> Interactions:
     """The users to train on: recent ones plus a replay sample of older ones (all when ``full``).
     "Recent" is relative to the newest event in ``seqs`` (event time, not the wall clock)."""
     users = [u for u, s in seqs.items() if len(s) >= 1]
@@ -189,8 +194,7 @@ def training_window(seqs: dict[str, list[Step]], *, window_s: float, replay_rati
 # -- the gate -------------------------------------------------------------------------------------
 
 
-def gate(candidate: dict[str, float], current: dict[str, float] | None, tolerance: float
-         ) -> tuple[bool, str]:
+def gate(candidate: dict[str, float], current: dict[str, float] | None, tolerance: float) -> tuple[bool, str]:
     """Promote unless the candidate is worse than current by more than ``tolerance`` on NDCG@10
     or HR@10 (absolute). No current version: promote.
 
@@ -210,22 +214,31 @@ def gate(candidate: dict[str, float], current: dict[str, float] | None, toleranc
     return True, f"not worse than current by more than {tolerance}: {parts}"
 
 
-def add_catalog(model: SASRec, vocab: ItemVocab, ids: list[str], item_text: dict[str, str | None],
-                *, cache_file: str | None, device: str) -> int:
+def add_catalog(
+    model: SASRec,
+    vocab: ItemVocab,
+    ids: list[str],
+    item_text: dict[str, str | None],
+    *,
+    cache_file: str | None,
+    device: str,
+) -> int:
     """Add the ``ids`` the model lacks, embedded from their text. Returns how many were added."""
     from streamrec.model.train import add_items
 
     return len(add_items(model, vocab, ids, item_text, cache_file=cache_file, device=device))
 
 
-def evaluate_holdout(model: SASRec, vocab: ItemVocab, holdout: HoldOut, *, device: str = "cpu"
-                     ) -> dict[str, float]:
+def evaluate_holdout(model: SASRec, vocab: ItemVocab, holdout: HoldOut, *, device: str = "cpu") -> dict[str, float]:
     """Full-ranking metrics of ``model`` on the hold-out (items in the history excluded)."""
     from streamrec.model.evaluate import evaluate_model
     from streamrec.model.text import resolve_device
 
-    data = Interactions(list(holdout.users), [[s[0] for s in h] for h in holdout.histories],
-                        [[s[1] for s in h] for h in holdout.histories])
+    data = Interactions(
+        list(holdout.users),
+        [[s[0] for s in h] for h in holdout.histories],
+        [[s[1] for s in h] for h in holdout.histories],
+    )
     enc = encode(data, vocab)
     keep = [k for k, (h, t) in enumerate(zip(enc.items, holdout.targets)) if h and t in vocab]
     if not keep:
@@ -253,10 +266,15 @@ def carry_intent(base_dir: Path | None, out_dir: Path) -> bool:
     return True
 
 
-def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cfg: RetrainConfig,
-            *, full: bool = False,
-            transform: Callable[[Interactions, np.random.Generator], Interactions] | None = None
-            ) -> Decision:
+def retrain(
+    table: pa.Table,
+    registry: Any,
+    item_text: dict[str, str | None],
+    cfg: RetrainConfig,
+    *,
+    full: bool = False,
+    transform: Callable[[Interactions, np.random.Generator], Interactions] | None = None,
+) -> Decision:
     """Train a candidate on the logged events in ``table``, gate it against the registry's
     current version, and register + promote it when it passes (see the module docstring).
 
@@ -282,38 +300,69 @@ def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cf
     base_dir = registry.current_path()
     base_version = registry.current_version()
     full = full or base_dir is None
-    data = training_window(train_seqs, window_s=cfg.window_s, replay_ratio=cfg.replay_ratio, rng=rng,
-                           full=full)
+    data = training_window(train_seqs, window_s=cfg.window_s, replay_ratio=cfg.replay_ratio, rng=rng, full=full)
     if transform is not None:
         data = transform(data, rng)
     if sum(len(s) >= 2 for s in data.items) == 0:
         raise ValueError(f"cannot retrain: no training sequence of 2+ items among {len(data)} users")
-    settings = TrainSettings(time_budget=cfg.time_budget_s, max_epochs=cfg.max_epochs,
-                             patience=cfg.patience, seed=cfg.seed, device=dev, progress=False,
-                             text_cache=cfg.text_cache, val_users=cfg.val_users, train_on_last=True)
+    settings = TrainSettings(
+        time_budget=cfg.time_budget_s,
+        max_epochs=cfg.max_epochs,
+        patience=cfg.patience,
+        seed=cfg.seed,
+        device=dev,
+        progress=False,
+        text_cache=cfg.text_cache,
+        val_users=cfg.val_users,
+        train_on_last=True,
+    )
     current = None
     if base_dir is not None:
         current = load_checkpoint(base_dir, device=dev)
     if full:
         config = None
         if current is not None:
-            config = {k: v for k, v in current[0].config.to_dict().items()
-                      if k in ("max_len", "d_model", "n_layers", "n_heads", "d_ff", "dropout",
-                               "emb_dropout", "id_dropout", "use_text", "loss", "n_negatives",
-                               # the same served vectors (hybrid text channel or not, its size)
-                               "hybrid", "text_sim_dim", "text_decay", "trust_known_share",
-                               "new_item_boost")}
+            config = {
+                k: v
+                for k, v in current[0].config.to_dict().items()
+                if k
+                in (
+                    "max_len",
+                    "d_model",
+                    "n_layers",
+                    "n_heads",
+                    "d_ff",
+                    "dropout",
+                    "emb_dropout",
+                    "id_dropout",
+                    "use_text",
+                    "loss",
+                    "n_negatives",
+                    # the same served vectors (hybrid text channel or not, its size)
+                    "hybrid",
+                    "text_sim_dim",
+                    "text_decay",
+                    "trust_known_share",
+                    "new_item_boost",
+                )
+            }
         res = train(data, item_text=item_text, config=config, settings=settings)
     else:
         model, vocab = load_checkpoint(base_dir, device=dev)  # a second copy: fit trains in place
         res = finetune(model, vocab, data, item_text=item_text, settings=settings)
     train_seconds = time.monotonic() - t0
     # Same item set for both: the union of the vocabularies, the log and the catalog.
-    universe = list(dict.fromkeys(
-        # (a vocabulary's freed rows hold None: not an item)
-        [*(i for i in (current[1].ids if current is not None else []) if i is not None),
-         *(i for i in res.vocab.ids if i is not None),
-         *(i for s in seqs.values() for i, _, _ in s), *item_text]))
+    universe = list(
+        dict.fromkeys(
+            # (a vocabulary's freed rows hold None: not an item)
+            [
+                *(i for i in (current[1].ids if current is not None else []) if i is not None),
+                *(i for i in res.vocab.ids if i is not None),
+                *(i for s in seqs.values() for i, _, _ in s),
+                *item_text,
+            ]
+        )
+    )
     added = add_catalog(res.model, res.vocab, universe, item_text, cache_file=cfg.text_cache, device=dev)
     with torch.inference_mode():
         cand_m = evaluate_holdout(res.model, res.vocab, holdout, device=dev)
@@ -323,19 +372,29 @@ def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cf
             cur_m = evaluate_holdout(current[0], current[1], holdout, device=dev)
     ok, reason = gate(cand_m, cur_m, cfg.tolerance)
     decision = Decision(
-        promoted=ok, reason=reason, mode="full" if full else "finetune", candidate=cand_m,
-        current=cur_m, tolerance=cfg.tolerance, holdout_users=int(cand_m.get("users", 0)),
-        train_users=len(data), train_events=sum(len(s) for s in data.items),
+        promoted=ok,
+        reason=reason,
+        mode="full" if full else "finetune",
+        candidate=cand_m,
+        current=cur_m,
+        tolerance=cfg.tolerance,
+        holdout_users=int(cand_m.get("users", 0)),
+        train_users=len(data),
+        train_events=sum(len(s) for s in data.items),
         added_items=int(res.metrics.get("added_items", 0)) + added,
-        train_seconds=round(train_seconds, 1), base_version=None if full else base_version,
+        train_seconds=round(train_seconds, 1),
+        base_version=None if full else base_version,
     )
     if ok:
         import pyarrow.compute as pc
 
         newest = pc.max(table.column("ts")).as_py() if table.num_rows else None
         # Which deletions this version predates (registry.versions_trained_before).
-        metrics = dict(res.metrics) | {"gate": decision.to_dict(), "data_cut_ts": cut_ms,
-                                       "trained_until_ts": None if newest is None else int(newest)}
+        metrics = dict(res.metrics) | {
+            "gate": decision.to_dict(),
+            "data_cut_ts": cut_ms,
+            "trained_until_ts": None if newest is None else int(newest),
+        }
         registry.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=registry.root))
         try:
@@ -347,12 +406,22 @@ def retrain(table: pa.Table, registry: Any, item_text: dict[str, str | None], cf
         registry.promote(decision.version)
         if cfg.keep is not None:
             registry.prune(cfg.keep)
-    log.info("retrain decision=%s mode=%s version=%s base=%s candidate_ndcg@10=%.4f candidate_hr@10=%.4f "
-             "current_ndcg@10=%s current_hr@10=%s holdout_users=%d train_users=%d seconds=%.1f reason=%s",
-             "promoted" if ok else "rejected", decision.mode, decision.version, base_version,
-             cand_m["ndcg@10"], cand_m["hr@10"], None if cur_m is None else round(cur_m["ndcg@10"], 4),
-             None if cur_m is None else round(cur_m["hr@10"], 4), decision.holdout_users,
-             decision.train_users, train_seconds, reason)
+    log.info(
+        "retrain decision=%s mode=%s version=%s base=%s candidate_ndcg@10=%.4f candidate_hr@10=%.4f "
+        "current_ndcg@10=%s current_hr@10=%s holdout_users=%d train_users=%d seconds=%.1f reason=%s",
+        "promoted" if ok else "rejected",
+        decision.mode,
+        decision.version,
+        base_version,
+        cand_m["ndcg@10"],
+        cand_m["hr@10"],
+        None if cur_m is None else round(cur_m["ndcg@10"], 4),
+        None if cur_m is None else round(cur_m["hr@10"], 4),
+        decision.holdout_users,
+        decision.train_users,
+        train_seconds,
+        reason,
+    )
     return decision
 
 

@@ -246,8 +246,7 @@ class SASRec(PreTrainedModel):
             return torch.rand(n_rows, device=dev) >= self.config.id_dropout
         return None
 
-    def item_table(self, rows: torch.Tensor | None = None, keep: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+    def item_table(self, rows: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Input item vectors for ``rows`` (default: all rows incl. PAD). (N, d).
 
         In training each item's id embedding is dropped with prob. ``id_dropout`` (the same
@@ -303,8 +302,14 @@ class SASRec(PreTrainedModel):
 
     def text_low(self) -> torch.Tensor:
         """Reduced title vectors of all rows, (N+1, r); cached until the titles change."""
-        key = (id(self.text_emb), _version(self.text_emb), self.text_emb.shape[0],
-               self.text_emb.data_ptr(), id(self.text_basis), _version(self.text_basis))
+        key = (
+            id(self.text_emb),
+            _version(self.text_emb),
+            self.text_emb.shape[0],
+            self.text_emb.data_ptr(),
+            id(self.text_basis),
+            _version(self.text_basis),
+        )
         if self._low_cache is None or self._low_cache[0] != key:
             with torch.no_grad():
                 low = self.text_emb.float() @ self.text_basis  # (N+1, r)
@@ -316,24 +321,24 @@ class SASRec(PreTrainedModel):
         new = self.item_count <= 0
         return new if keep is None else new | ~keep
 
-    def item_gates(self, keep: torch.Tensor | None = None, *, serving: bool = True
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def item_gates(
+        self, keep: torch.Tensor | None = None, *, serving: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """beta(i) and b(i) for every row, each (N+1,); ``serving`` adds ``new_item_boost`` to
         the new items' b (never in training or gate fitting)."""
         return self._gates(self.item_new(keep).float(), self.item_count, serving=serving)
 
-    def _gates(self, new: torch.Tensor, count: torch.Tensor, *, serving: bool
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gates(self, new: torch.Tensor, count: torch.Tensor, *, serving: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """beta and b of items with new-flags ``new`` (k,) float and training counts (k,)."""
-        feat = torch.stack([torch.ones_like(new), new,
-                            torch.log1p(count.clamp(min=0)) * (1 - new)], dim=1)  # (k, 3)
+        feat = torch.stack([torch.ones_like(new), new, torch.log1p(count.clamp(min=0)) * (1 - new)], dim=1)  # (k, 3)
         b = self.bias_item(feat)[:, 0]
         if serving and self.config.new_item_boost:
             b = b + self.config.new_item_boost * new
         return F.softplus(self.gate_item(feat))[:, 0], b
 
-    def output_table(self, table: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-                     *, serving: bool = True) -> torch.Tensor:
+    def output_table(
+        self, table: torch.Tensor | None = None, keep: torch.Tensor | None = None, *, serving: bool = True
+    ) -> torch.Tensor:
         """Scored item vectors of every row (N+1, output_dim): the input vectors, plus the gated
         text channel and the bias with hybrid scoring."""
         if table is None:
@@ -351,8 +356,9 @@ class SASRec(PreTrainedModel):
         beta, b = self._gates(new.float(), count.float(), serving=True)
         return torch.cat([beta[:, None] * F.normalize(low.float(), dim=-1), b[:, None]], dim=1)
 
-    def user_text(self, item_ids: torch.Tensor, keep: torch.Tensor | None = None, *,
-                  last_only: bool = False) -> torch.Tensor:
+    def user_text(
+        self, item_ids: torch.Tensor, keep: torch.Tensor | None = None, *, last_only: bool = False
+    ) -> torch.Tensor:
         """The user part of the text channel at every position, (B, T, r + 1) (or only after the
         last one, (B, 1, r + 1)): [alpha(u) * unit(recency-weighted mean of the titles) ; 1]."""
         alpha, qn, some, _ = self._user_text_parts(item_ids, keep, last_only=last_only)
@@ -360,10 +366,15 @@ class SASRec(PreTrainedModel):
         # empty history still scores every item 0 (callers fall back to popularity).
         return torch.cat([alpha * qn, torch.ones_like(alpha)], dim=-1) * some
 
-    def _user_text_parts(self, item_ids: torch.Tensor, keep: torch.Tensor | None = None, *,
-                         last_only: bool = False, low: torch.Tensor | None = None,
-                         new_rows: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _user_text_parts(
+        self,
+        item_ids: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        *,
+        last_only: bool = False,
+        low: torch.Tensor | None = None,
+        new_rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """alpha (B, T', 1), unit text vector (B, T', r), has-history (B, T', 1) and the scale
         of the user's model part (B, T', 1): the share of known items in the history with
         ``trust_known_share``, else 1. ``low`` (rows, r) and ``new_rows`` (rows,) bool override
@@ -377,10 +388,9 @@ class SASRec(PreTrainedModel):
             # the same vector up to float rounding, at a fraction of the gather.
             decay = math.exp(-self.config.text_decay)  # weight factor per step of age
             horizon = T if decay >= 1.0 else min(T, int(math.log(1e-4) / math.log(decay)) + 1)
-            ids_t = item_ids[:, T - horizon:]
-            w = (decay ** torch.arange(horizon - 1, -1, -1, device=item_ids.device,
-                                       dtype=torch.float32))  # (horizon,)
-            x = table_low[ids_t] * valid[:, T - horizon:, None]  # (B, horizon, r)
+            ids_t = item_ids[:, T - horizon :]
+            w = decay ** torch.arange(horizon - 1, -1, -1, device=item_ids.device, dtype=torch.float32)  # (horizon,)
+            x = table_low[ids_t] * valid[:, T - horizon :, None]  # (B, horizon, r)
             q = torch.einsum("k,bkr->br", w.to(x.dtype), x)[:, None]  # (B, 1, r)
         else:
             x = table_low[item_ids] * valid[..., None]  # (B, T, r)
@@ -400,26 +410,43 @@ class SASRec(PreTrainedModel):
         scale = (1 - share_new)[..., None] if self.config.trust_known_share else torch.ones_like(some)
         return alpha, F.normalize(q, dim=-1), some, scale
 
-    def user_states(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None,
-                    table: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def user_states(
+        self,
+        item_ids: torch.Tensor,
+        type_ids: torch.Tensor | None,
+        table: torch.Tensor,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Scored user vectors at every position, (B, T, output_dim)."""
         h = self.encode(item_ids, type_ids, table)  # (B, T, d)
         if not self.config.hybrid:
             return h
         return self._fuse(h, item_ids, keep)
 
-    def _fuse(self, h: torch.Tensor, item_ids: torch.Tensor, keep: torch.Tensor | None = None,
-              *, last_only: bool = False, low: torch.Tensor | None = None,
-              new_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def _fuse(
+        self,
+        h: torch.Tensor,
+        item_ids: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        *,
+        last_only: bool = False,
+        low: torch.Tensor | None = None,
+        new_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """[scale * h ; text channel] for hidden states h (B, T', d)."""
-        alpha, qn, some, scale = self._user_text_parts(item_ids, keep, last_only=last_only,
-                                                       low=low, new_rows=new_rows)
+        alpha, qn, some, scale = self._user_text_parts(item_ids, keep, last_only=last_only, low=low, new_rows=new_rows)
         text = torch.cat([alpha * qn, torch.ones_like(alpha)], dim=-1) * some
         return torch.cat([h * scale, text], dim=-1)
 
-    def user_vectors(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None,
-                     table: torch.Tensor, *, low: torch.Tensor | None = None,
-                     new_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def user_vectors(
+        self,
+        item_ids: torch.Tensor,
+        type_ids: torch.Tensor | None,
+        table: torch.Tensor,
+        *,
+        low: torch.Tensor | None = None,
+        new_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Scored user vector after the whole (left-padded) history, (B, output_dim).
         ``low``/``new_rows``: see :meth:`_user_text_parts`."""
         h = self.encode(item_ids, type_ids, table)[:, -1:]  # (B, 1, d)
@@ -429,9 +456,7 @@ class SASRec(PreTrainedModel):
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def encode(
-        self, item_ids: torch.Tensor, type_ids: torch.Tensor | None, table: torch.Tensor
-    ) -> torch.Tensor:
+    def encode(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None, table: torch.Tensor) -> torch.Tensor:
         """Hidden state at every position of LEFT-padded histories. (B, T, d).
 
         Position embeddings count from the right (the newest item always gets the same one), so
@@ -486,8 +511,7 @@ class SASRec(PreTrainedModel):
             beta, b = self.item_gates(keep, serving=not self.training)  # (N+1,)
             with torch.no_grad():
                 cos = qn[sel] @ F.normalize(self.text_low(), dim=-1)[1:].T  # (M, N)
-            logits = (h[sel] * scale[sel]) @ table[1:].T \
-                + some * (alpha * cos * beta[1:] + b[1:])  # (M, N)
+            logits = (h[sel] * scale[sel]) @ table[1:].T + some * (alpha * cos * beta[1:] + b[1:])  # (M, N)
             return h, F.cross_entropy(logits, y - 1)
         u = h if not channel else self._fuse(h, item_ids, keep)
         out = self.output_table(table, keep, serving=not self.training) if channel else table
@@ -550,8 +574,13 @@ class SASRec(PreTrainedModel):
     def _storage(self, attr: str, used: torch.Tensor, need: int) -> torch.Tensor:
         """Backing storage with room for ``need`` rows whose first rows are ``used`` (a view)."""
         store: torch.Tensor | None = getattr(self, attr, None)
-        shares = (store is not None and store.device == used.device and store.dtype == used.dtype
-                  and store.data_ptr() == used.data_ptr() and store.shape[1:] == used.shape[1:])
+        shares = (
+            store is not None
+            and store.device == used.device
+            and store.dtype == used.dtype
+            and store.data_ptr() == used.data_ptr()
+            and store.shape[1:] == used.shape[1:]
+        )
         if shares and store is not None and store.shape[0] >= need:
             return store
         cap = max(need, 2 * used.shape[0], 64)
@@ -565,4 +594,3 @@ class SASRec(PreTrainedModel):
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-

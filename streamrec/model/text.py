@@ -100,8 +100,11 @@ class TextEncoder:
         for s in range(0, len(idx), batch_size):
             chunk = idx[s : s + batch_size]
             batch = self._tok(
-                [str(texts[i]) for i in chunk], padding=True, truncation=True,
-                max_length=MAX_TOKENS, return_tensors="pt",
+                [str(texts[i]) for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=MAX_TOKENS,
+                return_tensors="pt",
             ).to(self.device)
             hidden = self._model(**batch).last_hidden_state  # (b, L, 384)
             m = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, L, 1)

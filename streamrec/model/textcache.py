@@ -79,9 +79,15 @@ class TextCache:
     answered. Thread-safe (one lock around each call).
     """
 
-    def __init__(self, path: str | Path | None, *, encoder: TextEncoder | None = None,
-                 encoder_id: str | None = None, max_items: int = DEFAULT_MAX_ITEMS,
-                 device: str = "auto") -> None:
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        encoder: TextEncoder | None = None,
+        encoder_id: str | None = None,
+        max_items: int = DEFAULT_MAX_ITEMS,
+        device: str = "auto",
+    ) -> None:
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
             raise ValueError(f"max_items must be a positive int, got {max_items!r}")
         self.path = None if path is None else Path(path)
@@ -111,8 +117,7 @@ class TextCache:
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         if self.path.exists() and not self.path.is_dir():  # e.g. an old safetensors cache file
-            log.warning("text cache path is a file, not a directory; using memory only path=%s",
-                        self.path)
+            log.warning("text cache path is a file, not a directory; using memory only path=%s", self.path)
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,14 +126,11 @@ class TextCache:
             msg = str(exc)
             if "lock" in msg.lower() and self.path.is_dir():
                 try:  # another process writes it: read what it has, keep new vectors in memory
-                    self._db = Rdict(str(self.path), Options(raw_mode=True),
-                                     access_type=AccessType.read_only())
+                    self._db = Rdict(str(self.path), Options(raw_mode=True), access_type=AccessType.read_only())
                     self.read_only = True
-                    log.warning("text cache in use by another process, opened read-only path=%s",
-                                self.path)
+                    log.warning("text cache in use by another process, opened read-only path=%s", self.path)
                 except Exception as exc2:  # noqa: BLE001
-                    log.warning("text cache unavailable, using memory only path=%s reason=%s",
-                                self.path, exc2)
+                    log.warning("text cache unavailable, using memory only path=%s reason=%s", self.path, exc2)
                     self._db = None
                     return
             else:
@@ -143,8 +145,7 @@ class TextCache:
 
         assert self.path is not None
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-        log.warning("text cache unusable, starting a new one path=%s moved_to=%s reason=%s",
-                    self.path, aside, reason)
+        log.warning("text cache unusable, starting a new one path=%s moved_to=%s reason=%s", self.path, aside, reason)
         try:
             if self.path.exists():
                 self.path.rename(aside)
@@ -354,7 +355,12 @@ class TextCache:
         self.close()
 
 
-def open_cache(path: str | Path | None, *, encoder: TextEncoder | None = None,
-               max_items: int = DEFAULT_MAX_ITEMS, device: str = "auto") -> TextCache:
+def open_cache(
+    path: str | Path | None,
+    *,
+    encoder: TextEncoder | None = None,
+    max_items: int = DEFAULT_MAX_ITEMS,
+    device: str = "auto",
+) -> TextCache:
     """The shared entry point: a persistent cache at ``path``, or an in-memory one for None."""
     return TextCache(path, encoder=encoder, max_items=max_items, device=device)

@@ -92,9 +92,16 @@ class TrainResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def item_text_matrix(vocab: ItemVocab, item_text: dict[str, str | None], ids: list[str] | None = None,
-                     *, encoder: TextEncoder | None = None, cache_file: str | Path | None = None,
-                     device: str = "auto", cache: TextCache | None = None) -> torch.Tensor:
+def item_text_matrix(
+    vocab: ItemVocab,
+    item_text: dict[str, str | None],
+    ids: list[str] | None = None,
+    *,
+    encoder: TextEncoder | None = None,
+    cache_file: str | Path | None = None,
+    device: str = "auto",
+    cache: TextCache | None = None,
+) -> torch.Tensor:
     """MiniLM vectors of ``ids`` (default: all vocab items), zeros for items without text.
 
     Titles go through the shared text cache: ``cache``, else the directory ``cache_file``
@@ -117,7 +124,8 @@ def _optimizer(model: SASRec, s: TrainSettings) -> torch.optim.Optimizer:
         (no_decay if p.ndim < 2 else decay).append(p)
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=s.lr, betas=(0.9, 0.98),
+        lr=s.lr,
+        betas=(0.9, 0.98),
     )
 
 
@@ -142,8 +150,7 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     model.to(dev)
-    split = leave_one_out(encode(data, vocab), val_users=s.val_users, seed=s.seed,
-                          train_on_last=s.train_on_last)
+    split = leave_one_out(encode(data, vocab), val_users=s.val_users, seed=s.seed, train_on_last=s.train_on_last)
     if model.config.hybrid:  # what the model trains on: its items are "known" from now on
         rows = torch.as_tensor([i for seq in split.train.items for i in seq], dtype=torch.long)
         counts = torch.bincount(rows, minlength=model.item_count.shape[0])[: model.item_count.shape[0]]
@@ -161,9 +168,13 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     for epoch in range(1, s.max_epochs + 1):
         model.train()
         losses = []
-        bar = tqdm(training_batches(split.train, max_len=model.config.max_len,
-                                    batch_size=s.batch_size, rng=rng),
-                   total=n_batches, desc=f"epoch {epoch}", disable=not s.progress, leave=False)
+        bar = tqdm(
+            training_batches(split.train, max_len=model.config.max_len, batch_size=s.batch_size, rng=rng),
+            total=n_batches,
+            desc=f"epoch {epoch}",
+            disable=not s.progress,
+            leave=False,
+        )
         out_of_time = False
         for b, (x, t, y) in enumerate(bar):
             progress = (epoch - 1 + b / max(n_batches, 1)) / s.max_epochs
@@ -183,19 +194,33 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
             if s.time_budget is not None and time.monotonic() - t0 > s.time_budget:
                 out_of_time = True
                 break
-        entry: dict[str, Any] = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else None,
-                                 "seconds": round(time.monotonic() - t0, 1)}
+        entry: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else None,
+            "seconds": round(time.monotonic() - t0, 1),
+        }
         if has_val:
-            val = evaluate_model(model, split.val_inputs, split.val_targets, device=dev,
-                                 batch_size=s.eval_batch_size, text_channel=not post)
+            val = evaluate_model(
+                model,
+                split.val_inputs,
+                split.val_targets,
+                device=dev,
+                batch_size=s.eval_batch_size,
+                text_channel=not post,
+            )
             entry["val_ndcg@10"] = val["ndcg@10"]
             entry["val_hr@10"] = val["hr@10"]
             score = val["ndcg@10"]
         else:
             score = -float(entry["loss"] or 0.0)
         history.append(entry)
-        log.info("epoch=%d loss=%s val_ndcg@10=%s seconds=%s", epoch, entry["loss"],
-                 entry.get("val_ndcg@10"), entry["seconds"])
+        log.info(
+            "epoch=%d loss=%s val_ndcg@10=%s seconds=%s",
+            epoch,
+            entry["loss"],
+            entry.get("val_ndcg@10"),
+            entry["seconds"],
+        )
         if score > best:
             best, best_epoch, bad = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -212,21 +237,25 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     metrics: dict[str, Any] = {}
     if post:
         if has_val:
-            metrics["val_model_part"] = evaluate_model(model, split.val_inputs, split.val_targets,
-                                                       device=dev, text_channel=False)
+            metrics["val_model_part"] = evaluate_model(
+                model, split.val_inputs, split.val_targets, device=dev, text_channel=False
+            )
         if s.gate_data not in ("val", "train"):
             raise ValueError(f"unknown gate_data {s.gate_data!r}: use 'val' or 'train'")
         if s.gate_data == "val" and has_val:
-            metrics["gates"] = fit_gates(model, split.val_inputs, s, rng=rng, device=dev,
-                                         targets=split.val_targets)
+            metrics["gates"] = fit_gates(model, split.val_inputs, s, rng=rng, device=dev, targets=split.val_targets)
         else:
             metrics["gates"] = fit_gates(model, split.train, s, rng=rng, device=dev)
     train_seconds = time.monotonic() - t0
     model.eval()
     metrics |= {
-        "best_epoch": best_epoch, "epochs": len(history), "stop_reason": stop_reason,
-        "train_seconds": round(train_seconds, 1), "history": history,
-        "n_items": model.config.n_items, "n_users": len(data),
+        "best_epoch": best_epoch,
+        "epochs": len(history),
+        "stop_reason": stop_reason,
+        "train_seconds": round(train_seconds, 1),
+        "history": history,
+        "n_items": model.config.n_items,
+        "n_users": len(data),
     }
     if has_val:
         metrics["val"] = evaluate_model(model, split.val_inputs, split.val_targets, device=dev)
@@ -236,8 +265,7 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     return TrainResult(model, vocab, metrics, settings_dict)
 
 
-def _pair_batches(inputs: Encoded, targets: np.ndarray, *, max_len: int, batch_size: int,
-                  rng: np.random.Generator):
+def _pair_batches(inputs: Encoded, targets: np.ndarray, *, max_len: int, batch_size: int, rng: np.random.Generator):
     """(history, target) pairs as training-style batches: the target sits after the last item."""
     order = rng.permutation(len(targets))
     for s in range(0, len(order), batch_size):
@@ -248,9 +276,15 @@ def _pair_batches(inputs: Encoded, targets: np.ndarray, *, max_len: int, batch_s
         yield x, t, y
 
 
-def fit_gates(model: SASRec, train_enc: Encoded, s: TrainSettings, *,
-              rng: np.random.Generator, device: torch.device | str = "cpu",
-              targets: np.ndarray | None = None) -> dict[str, Any]:
+def fit_gates(
+    model: SASRec,
+    train_enc: Encoded,
+    s: TrainSettings,
+    *,
+    rng: np.random.Generator,
+    device: torch.device | str = "cpu",
+    targets: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Fit only the hybrid channel's gates (alpha, beta, b) with everything else frozen, by the
     full-softmax loss of the hybrid scores: on ``train_enc``'s next-item targets, or, with
     ``targets``, on (history ``train_enc``[k], target ``targets``[k]) pairs, e.g. the validation
@@ -284,10 +318,13 @@ def fit_gates(model: SASRec, train_enc: Encoded, s: TrainSettings, *,
     steps, done, losses = max(1, round(s.gate_epochs * n_batches)), 0, []
     try:
         while done < steps:
-            batches = (training_batches(train_enc, max_len=model.config.max_len,
-                                        batch_size=s.batch_size, rng=rng) if targets is None else
-                       _pair_batches(train_enc, targets, max_len=model.config.max_len,
-                                     batch_size=s.gate_positions, rng=rng))
+            batches = (
+                training_batches(train_enc, max_len=model.config.max_len, batch_size=s.batch_size, rng=rng)
+                if targets is None
+                else _pair_batches(
+                    train_enc, targets, max_len=model.config.max_len, batch_size=s.gate_positions, rng=rng
+                )
+            )
             for x, t, y in batches:
                 x, t, y = x.to(dev), t.to(dev), y.to(dev)
                 if rng.random() < s.gate_shop_dropout:
@@ -297,8 +334,7 @@ def fit_gates(model: SASRec, train_enc: Encoded, s: TrainSettings, *,
                 keep[0] = True
                 pos = (y != 0).nonzero()  # (M, 2)
                 if len(pos) > s.gate_positions:
-                    pos = pos[torch.as_tensor(rng.choice(len(pos), s.gate_positions, replace=False),
-                                              device=dev)]
+                    pos = pos[torch.as_tensor(rng.choice(len(pos), s.gate_positions, replace=False), device=dev)]
                 alpha, qn, some, scale = model._user_text_parts(x, keep)
                 alpha, some = alpha[pos[:, 0], pos[:, 1]], some[pos[:, 0], pos[:, 1]]  # (m, 1)
                 with torch.no_grad():
@@ -319,14 +355,17 @@ def fit_gates(model: SASRec, train_enc: Encoded, s: TrainSettings, *,
     finally:
         for p, w in zip(frozen, was):
             p.requires_grad_(w)
-    out: dict[str, Any] = {name: [round(v, 4) for v in torch.cat([g.weight.detach()[0], g.bias.detach()]).tolist()]
-           for name, g in (("gate_item", model.gate_item), ("gate_user", model.gate_user),
-                           ("bias_item", model.bias_item))}
-    out |= {"steps": done, "data": "train" if targets is None else "pairs",
-            "loss_first": losses[0] if losses else None,
-            "loss_last_20": float(np.mean(losses[-20:])) if losses else None}
-    log.info("gates fitted steps=%d loss_first=%s loss_last=%s", done, out["loss_first"],
-             out["loss_last_20"])
+    out: dict[str, Any] = {
+        name: [round(v, 4) for v in torch.cat([g.weight.detach()[0], g.bias.detach()]).tolist()]
+        for name, g in (("gate_item", model.gate_item), ("gate_user", model.gate_user), ("bias_item", model.bias_item))
+    }
+    out |= {
+        "steps": done,
+        "data": "train" if targets is None else "pairs",
+        "loss_first": losses[0] if losses else None,
+        "loss_last_20": float(np.mean(losses[-20:])) if losses else None,
+    }
+    log.info("gates fitted steps=%d loss_first=%s loss_last=%s", done, out["loss_first"], out["loss_last_20"])
     return out
 
 
@@ -346,9 +385,13 @@ def with_text_channel(model: SASRec, **config: Any) -> SASRec:
     return out.to(model.id_emb.weight.device).train(model.training)
 
 
-def train(data: Interactions, *, item_text: dict[str, str | None] | None = None,
-          config: SASRecConfig | dict[str, Any] | None = None,
-          settings: TrainSettings = TrainSettings()) -> TrainResult:
+def train(
+    data: Interactions,
+    *,
+    item_text: dict[str, str | None] | None = None,
+    config: SASRecConfig | dict[str, Any] | None = None,
+    settings: TrainSettings = TrainSettings(),
+) -> TrainResult:
     """Train a new model on ``data`` (see module docstring for the split)."""
     vocab = vocab_from(data)
     cfg = config if isinstance(config, SASRecConfig) else SASRecConfig(**(config or {}))
@@ -359,15 +402,26 @@ def train(data: Interactions, *, item_text: dict[str, str | None] | None = None,
     torch.manual_seed(settings.seed)
     model = SASRec(cfg)
     if cfg.use_text:
-        model.text_emb = torch.cat([torch.zeros(1, cfg.text_dim), item_text_matrix(
-            vocab, text, cache_file=settings.text_cache, device=settings.device)])
+        model.text_emb = torch.cat(
+            [
+                torch.zeros(1, cfg.text_dim),
+                item_text_matrix(vocab, text, cache_file=settings.text_cache, device=settings.device),
+            ]
+        )
         model.set_text_basis()  # the training catalog's principal title directions
     return fit(model, vocab, data, settings)
 
 
-def add_items(model: SASRec, vocab: ItemVocab, ids: list[str], item_text: dict[str, str | None], *,
-              encoder: TextEncoder | None = None, cache_file: str | Path | None = None,
-              device: str = "auto") -> list[str]:
+def add_items(
+    model: SASRec,
+    vocab: ItemVocab,
+    ids: list[str],
+    item_text: dict[str, str | None],
+    *,
+    encoder: TextEncoder | None = None,
+    cache_file: str | Path | None = None,
+    device: str = "auto",
+) -> list[str]:
     """Grow ``model`` and ``vocab`` by the ``ids`` not yet known; returns the new ones."""
     new = [i for i in dict.fromkeys(ids) if i not in vocab]
     if not new:
@@ -378,17 +432,21 @@ def add_items(model: SASRec, vocab: ItemVocab, ids: list[str], item_text: dict[s
     return new
 
 
-def finetune(model: SASRec, vocab: ItemVocab, data: Interactions, *,
-             item_text: dict[str, str | None] | None = None,
-             settings: TrainSettings = TrainSettings()) -> TrainResult:
+def finetune(
+    model: SASRec,
+    vocab: ItemVocab,
+    data: Interactions,
+    *,
+    item_text: dict[str, str | None] | None = None,
+    settings: TrainSettings = TrainSettings(),
+) -> TrainResult:
     """Warm-start from a trained model. Items new to its vocabulary are appended (rows start as
     their text projection); existing rows keep their place and their learned values."""
     vocab = copy.deepcopy(vocab)
     new: list[str] = []
     for seq in data.items:
         new.extend(i for i in seq if i not in vocab)
-    added = add_items(model, vocab, new, item_text or {}, cache_file=settings.text_cache,
-                      device=settings.device)
+    added = add_items(model, vocab, new, item_text or {}, cache_file=settings.text_cache, device=settings.device)
     res = fit(model, vocab, data, settings)
     res.metrics["added_items"] = len(added)
     return res

@@ -77,8 +77,10 @@ _COLUMNS: list[tuple[str, pa.DataType]] = [
 SCHEMA = pa.schema(_COLUMNS)
 SUFFIX = ".parquet"
 DELETIONS_FILE = "deletions.json"
-_NAME_RE = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\+(?P<last>\d{20})"
-                      r"(?:\+(?P<tag>[0-9a-f]{8}))?\.parquet$")
+_NAME_RE = re.compile(
+    r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\+(?P<last>\d{20})"
+    r"(?:\+(?P<tag>[0-9a-f]{8}))?\.parquet$"
+)
 
 
 def segment_name(topic: str, partition: int, first: int, last: int, tag: str | None = None) -> str:
@@ -167,8 +169,9 @@ class TrainLog:
     (the retraining thread) call :meth:`read`, which only opens complete segments.
     """
 
-    def __init__(self, root: str | Path, *, topic: str, max_age_s: float | None = None,
-                 max_bytes: int | None = None) -> None:
+    def __init__(
+        self, root: str | Path, *, topic: str, max_age_s: float | None = None, max_bytes: int | None = None
+    ) -> None:
         if max_age_s is not None and max_age_s <= 0:
             raise ValueError(f"max_age_s must be > 0, got {max_age_s}")
         if max_bytes is not None and max_bytes <= 0:
@@ -222,8 +225,9 @@ class TrainLog:
         lo = pc.min(ts).as_py() if len(ts) else 0
         hi = pc.max(ts).as_py() if len(ts) else 0
         with self._lock:
-            self._segments[p] = Segment(p, self.topic, partition, first, last, len(ids), st.st_size,
-                                        int(lo or 0), int(hi or 0), st.st_mtime)
+            self._segments[p] = Segment(
+                p, self.topic, partition, first, last, len(ids), st.st_size, int(lo or 0), int(hi or 0), st.st_mtime
+            )
         self._seg_ids[p] = ids
         self._ids.update(ids)
 
@@ -241,8 +245,9 @@ class TrainLog:
     def _write_deletions(self) -> None:
         from streamrec.fsutil import atomic_write_text
 
-        atomic_write_text(self._deletions_path, json.dumps(
-            {"deleted": self.deleted, "pending": self.pending}, sort_keys=True))
+        atomic_write_text(
+            self._deletions_path, json.dumps({"deleted": self.deleted, "pending": self.pending}, sort_keys=True)
+        )
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -295,8 +300,7 @@ class TrainLog:
 
     # -- writing ------------------------------------------------------------------------------------
 
-    def append(self, partition: int, first: int, last: int,
-               records: Iterable[tuple[int, ShopEvent]]) -> AppendResult:
+    def append(self, partition: int, first: int, last: int, records: Iterable[tuple[int, ShopEvent]]) -> AppendResult:
         """Durably write the events of offsets ``first..last`` of ``partition`` not logged yet.
 
         Returns when the segment is on disk (fsync + atomic rename + directory fsync): only then
@@ -362,8 +366,10 @@ class TrainLog:
                 users = pq.read_table(s.path, columns=["user_id", "ts"])
             except FileNotFoundError:  # deleted by retention meanwhile
                 continue
-            doomed = pc.and_(pc.equal(users.column("user_id"), pa.scalar(user_id, pa.string())),
-                             pc.less_equal(users.column("ts"), pa.scalar(requested_ts, pa.int64())))
+            doomed = pc.and_(
+                pc.equal(users.column("user_id"), pa.scalar(user_id, pa.string())),
+                pc.less_equal(users.column("ts"), pa.scalar(requested_ts, pa.int64())),
+            )
             n = int(pc.sum(doomed).as_py() or 0)  # type: ignore[type-var]  # a bool sum counts
             if n == 0:
                 continue
@@ -382,8 +388,13 @@ class TrainLog:
         del self.pending[user_id]
         self.deleted[h] = requested_ts
         self._write_deletions()
-        log.info("user purged from the training log user_hash=%s requested_ts=%d removed=%d purged_ts=%d",
-                 h[:12], requested_ts, removed, int(time.time() * 1000))
+        log.info(
+            "user purged from the training log user_hash=%s requested_ts=%d removed=%d purged_ts=%d",
+            h[:12],
+            requested_ts,
+            removed,
+            int(time.time() * 1000),
+        )
         return removed
 
     def enforce_retention(self, now_ms: int | None = None) -> list[Path]:
@@ -396,8 +407,9 @@ class TrainLog:
             horizon = now_ms - int(self.max_age_s * 1000)
             doomed.extend(s for s in self._segments.values() if s.max_ts < horizon)
         if self.max_bytes is not None:
-            keep = sorted((s for s in self._segments.values() if s not in doomed),
-                          key=lambda s: (s.max_ts, s.path.name))
+            keep = sorted(
+                (s for s in self._segments.values() if s not in doomed), key=lambda s: (s.max_ts, s.path.name)
+            )
             total = sum(s.bytes for s in keep)
             for s in keep:
                 if total <= self.max_bytes:

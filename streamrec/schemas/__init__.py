@@ -66,5 +66,3 @@ def write_schemas() -> None:  # pragma: no cover - developer tool: python -m str
     for c in CONTRACTS:
         (here / c.schema_file).write_text(json.dumps(json_schema(c), indent=2, sort_keys=True) + "\n")
         print("wrote", here / c.schema_file)
-
-

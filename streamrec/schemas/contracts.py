@@ -127,10 +127,17 @@ class Profile(Outbound):
     produced_ts: TimestampMs
 
 
-def recommendation_bytes(*, user_id: str, items: Sequence[tuple[str, float]], model_version: str, event_id: str,
-                         event_ts: int, produced_ts: int,
-                         reasons: Sequence[tuple[str, str | None] | None] | None = None,
-                         purchase_intent: float | None = None) -> bytes:
+def recommendation_bytes(
+    *,
+    user_id: str,
+    items: Sequence[tuple[str, float]],
+    model_version: str,
+    event_id: str,
+    event_ts: int,
+    produced_ts: int,
+    reasons: Sequence[tuple[str, str | None] | None] | None = None,
+    purchase_intent: float | None = None,
+) -> bytes:
     """A :class:`Recommendation`'s wire bytes, built without the pydantic objects (the worker's hot
     path: one message per triggering event). The worker's own values are already valid (ids come
     from validated events and the catalog), so this only encodes; ``tests/unit/schemas`` checks
@@ -143,11 +150,24 @@ def recommendation_bytes(*, user_id: str, items: Sequence[tuple[str, float]], mo
     if reasons is None:
         out_items = [{"item_id": i, "score": s} for i, s in items]
     else:  # (kind, item_id or None) per item, as the scorer gives them; None: no reason
-        out_items = [{"item_id": i, "score": s} if r is None else
-                     {"item_id": i, "score": s, "reason": {"kind": r[0]} if r[1] is None else
-                      {"kind": r[0], "item_id": r[1]}} for (i, s), r in zip(items, reasons)]
-    msg = {"user_id": user_id, "items": out_items, "model_version": model_version,
-           "event_id": event_id, "event_ts": event_ts, "produced_ts": produced_ts}
+        out_items = [
+            {"item_id": i, "score": s}
+            if r is None
+            else {
+                "item_id": i,
+                "score": s,
+                "reason": {"kind": r[0]} if r[1] is None else {"kind": r[0], "item_id": r[1]},
+            }
+            for (i, s), r in zip(items, reasons)
+        ]
+    msg = {
+        "user_id": user_id,
+        "items": out_items,
+        "model_version": model_version,
+        "event_id": event_id,
+        "event_ts": event_ts,
+        "produced_ts": produced_ts,
+    }
     if purchase_intent is not None:
         msg["purchase_intent"] = purchase_intent
     return orjson.dumps(msg)
@@ -208,5 +228,11 @@ class UserDeletion(Contract):
 
 
 CONTRACTS: tuple[type[Contract], ...] = (
-    ShopEvent, CatalogItem, Recommendation, DeadLetter, ModelUpdate, UserDeletion, Profile,
+    ShopEvent,
+    CatalogItem,
+    Recommendation,
+    DeadLetter,
+    ModelUpdate,
+    UserDeletion,
+    Profile,
 )

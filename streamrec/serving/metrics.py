@@ -55,8 +55,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Per-stage time of one batch, seconds (100 µs .. 5 s).
-STAGE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0)
+STAGE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 #: Time to build and swap in a new model version, s.
 SWAP_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0)
@@ -70,54 +69,69 @@ class Metrics:
         self.events_in = self.counter("streamrec_events_in", "Events consumed from the events topic.")
         self.recommendations_out = self.counter("streamrec_recommendations_out", "Recommendations published.")
         self.dlq = self.counter("streamrec_dlq", "Messages sent to the dead-letter topic.")
-        self.duplicates = self.counter("streamrec_duplicate_events",
-                                       "Redelivered events recognised by event id.")
-        self.state_resets = self.counter("streamrec_state_resets",
-                                         "Stored user states that no longer decoded and were reset.")
+        self.duplicates = self.counter("streamrec_duplicate_events", "Redelivered events recognised by event id.")
+        self.state_resets = self.counter(
+            "streamrec_state_resets", "Stored user states that no longer decoded and were reset."
+        )
         self.batches = self.counter("streamrec_batches", "Scoring batches handled.")
-        self.user_deletions = self.counter("streamrec_user_deletions",
-                                           "Users erased on a deletion request (right to erasure).")
-        self.catalog_dlq = self.counter("streamrec_catalog_dlq",
-                                        "Catalog items refused and sent to the catalog dead-letter topic.")
-        self.kafka_available = self.gauge("streamrec_kafka_available",
-                                          "1 while the worker reaches a Kafka bootstrap server, 0 during an outage.")
+        self.user_deletions = self.counter(
+            "streamrec_user_deletions", "Users erased on a deletion request (right to erasure)."
+        )
+        self.catalog_dlq = self.counter(
+            "streamrec_catalog_dlq", "Catalog items refused and sent to the catalog dead-letter topic."
+        )
+        self.kafka_available = self.gauge(
+            "streamrec_kafka_available", "1 while the worker reaches a Kafka bootstrap server, 0 during an outage."
+        )
         self.kafka_available.set(1)
         self.kafka_outages = self.counter("streamrec_kafka_outages", "Kafka outages seen by this worker.")
         self.catalog_items = self.gauge("streamrec_catalog_items", "Items in this worker's index.")
         self.model_info = self.gauge("streamrec_model_info", "The model version being served.", ("version",))
-        self.consumer_lag = self.gauge("streamrec_consumer_lag", "Messages behind the end of each partition.",
-                                       ("partition",))
+        self.consumer_lag = self.gauge(
+            "streamrec_consumer_lag", "Messages behind the end of each partition.", ("partition",)
+        )
         # hot swap (streamrec.serving.swap): versions swapped in, refused, and what a swap cost
         self.model_swaps = self.counter("streamrec_model_swaps", "Model versions swapped in while serving.")
-        self.model_refusals = self.counter("streamrec_model_refusals",
-                                           "Announced model versions refused (missing, corrupt, incompatible).")
-        self.model_swap_in_progress = self.gauge("streamrec_model_swap_in_progress",
-                                                 "1 while a new version is being built off the hot path.")
-        self.model_swap_seconds = self.histogram("streamrec_model_swap_seconds",
-                                                 "Announcement taken to new version serving, s.", SWAP_BUCKETS_S)
-        self.model_swap_titles = self.counter("streamrec_model_swap_titles",
-                                              "Catalog titles a swap needed: reused or run through the text model.",
-                                              ("source",))
+        self.model_refusals = self.counter(
+            "streamrec_model_refusals", "Announced model versions refused (missing, corrupt, incompatible)."
+        )
+        self.model_swap_in_progress = self.gauge(
+            "streamrec_model_swap_in_progress", "1 while a new version is being built off the hot path."
+        )
+        self.model_swap_seconds = self.histogram(
+            "streamrec_model_swap_seconds", "Announcement taken to new version serving, s.", SWAP_BUCKETS_S
+        )
+        self.model_swap_titles = self.counter(
+            "streamrec_model_swap_titles",
+            "Catalog titles a swap needed: reused or run through the text model.",
+            ("source",),
+        )
         self.batch_size = self.histogram("streamrec_batch_size", "Events per scoring batch.", BATCH_BUCKETS)
-        self.latency = self.histogram("streamrec_event_to_recommendation_ms",
-                                      "Event timestamp to recommendation produced, ms.", LATENCY_BUCKETS_MS)
-        self.stage_seconds = self.histogram("streamrec_stage_seconds", "Time per batch in each worker stage, s.",
-                                            STAGE_BUCKETS_S, ("stage",))
-        self.loop_lag = self.histogram("streamrec_loop_lag_seconds",
-                                       "How late the event loop woke a periodic timer, s.", STAGE_BUCKETS_S)
+        self.latency = self.histogram(
+            "streamrec_event_to_recommendation_ms",
+            "Event timestamp to recommendation produced, ms.",
+            LATENCY_BUCKETS_MS,
+        )
+        self.stage_seconds = self.histogram(
+            "streamrec_stage_seconds", "Time per batch in each worker stage, s.", STAGE_BUCKETS_S, ("stage",)
+        )
+        self.loop_lag = self.histogram(
+            "streamrec_loop_lag_seconds", "How late the event loop woke a periodic timer, s.", STAGE_BUCKETS_S
+        )
         self.registry.register(ThreadCpuCollector())
         # catalog scale: the text cache, the index kind, memory per part
-        self.titles_embedded = self.counter("streamrec_titles_embedded",
-                                            "Catalog titles embedded by MiniLM (text-cache misses).")
-        self.title_cache_hits = self.counter("streamrec_title_cache_hits",
-                                             "Catalog titles answered by the text cache.")
-        self.title_embed_seconds = self.counter("streamrec_title_embed_seconds",
-                                                "Seconds spent embedding catalog titles.")
+        self.titles_embedded = self.counter(
+            "streamrec_titles_embedded", "Catalog titles embedded by MiniLM (text-cache misses)."
+        )
+        self.title_cache_hits = self.counter("streamrec_title_cache_hits", "Catalog titles answered by the text cache.")
+        self.title_embed_seconds = self.counter(
+            "streamrec_title_embed_seconds", "Seconds spent embedding catalog titles."
+        )
         self.index_info = self.gauge("streamrec_index_info", "The index kind being served.", ("kind",))
-        self.index_rebuilding = self.gauge("streamrec_index_rebuilding",
-                                           "1 while the index is rebuilt in the background.")
-        self.memory_bytes = self.gauge("streamrec_memory_bytes", "Bytes held by each part of the worker.",
-                                       ("part",))
+        self.index_rebuilding = self.gauge(
+            "streamrec_index_rebuilding", "1 while the index is rebuilt in the background."
+        )
+        self.memory_bytes = self.gauge("streamrec_memory_bytes", "Bytes held by each part of the worker.", ("part",))
         self._titles_seen = (0, 0, 0.0)
         #: the last 2048 latencies, for quick percentiles in logs and the demo
         self.recent_latency: deque[float] = deque(maxlen=2048)
@@ -214,8 +228,9 @@ class ThreadCpuCollector:
     Counts of threads that ended are dropped, so a counter may step back when a thread exits."""
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        fam = CounterMetricFamily("streamrec_thread_cpu_seconds", "CPU time of each thread of the worker.",
-                                  labels=["thread"])
+        fam = CounterMetricFamily(
+            "streamrec_thread_cpu_seconds", "CPU time of each thread of the worker.", labels=["thread"]
+        )
         for name, cpu in sorted(thread_cpu_seconds().items()):
             fam.add_metric([name], cpu)
         yield fam

@@ -66,7 +66,11 @@ class Popularity:
         self._scores = dict(keep)
 
     def top(
-        self, k: int, *, exclude: Collection[str] = (), eligible: Callable[[str], bool] | None = None,
+        self,
+        k: int,
+        *,
+        exclude: Collection[str] = (),
+        eligible: Callable[[str], bool] | None = None,
         now_ms: int | None = None,
     ) -> list[str]:
         """The ``k`` most popular eligible items not in ``exclude`` (``now_ms`` is unused:

@@ -42,8 +42,11 @@ class ProfileWeights:
             raise ValueError(f"max_entries must be in 1..1000, got {self.max_entries}")
 
     def of(self, type: str) -> float:
-        return float(getattr(self, type, self.view) if type in
-                     ("view", "add_to_cart", "purchase", "remove_from_cart") else self.view)
+        return float(
+            getattr(self, type, self.view)
+            if type in ("view", "add_to_cart", "purchase", "remove_from_cart")
+            else self.view
+        )
 
 
 def _decay(weight: float, since_ms: float, until_ms: float, half_life_s: float) -> float:
@@ -60,8 +63,9 @@ class InterestProfile:
     brands: dict[str, list[float]] = field(default_factory=dict)
     updated_ms: int = 0
 
-    def update(self, *, category: str | None, brand: str | None, type: str, ts_ms: int,
-               weights: ProfileWeights) -> None:
+    def update(
+        self, *, category: str | None, brand: str | None, type: str, ts_ms: int, weights: ProfileWeights
+    ) -> None:
         """Count one event of an item with this category and brand (empty or None: skipped)."""
         w = weights.of(type)
         self.updated_ms = max(self.updated_ms, int(ts_ms))
@@ -77,23 +81,26 @@ class InterestProfile:
             else:
                 at = max(entry[1], float(ts_ms))
                 # an out-of-order (older) event is decayed to the entry's time instead
-                entry[0] = _decay(entry[0], entry[1], at, weights.half_life_s) + \
-                    _decay(w, float(ts_ms), at, weights.half_life_s)
+                entry[0] = _decay(entry[0], entry[1], at, weights.half_life_s) + _decay(
+                    w, float(ts_ms), at, weights.half_life_s
+                )
                 entry[1] = at
             if len(table) > weights.max_entries:
                 now = float(ts_ms)
                 worst = min(table, key=lambda k: (_decay(table[k][0], table[k][1], now, weights.half_life_s), k))
                 del table[worst]
 
-    def top(self, kind: Kind, *, now_ms: int | None = None, n: int | None = None,
-            weights: ProfileWeights | None = None) -> list[tuple[str, float]]:
+    def top(
+        self, kind: Kind, *, now_ms: int | None = None, n: int | None = None, weights: ProfileWeights | None = None
+    ) -> list[tuple[str, float]]:
         """Entries by decayed weight (highest first, ties by name), decayed to ``now_ms``
         (default: the latest event) with the half-life of ``weights`` (default settings)."""
         half_life_s = (weights or ProfileWeights()).half_life_s
         table = self.categories if kind == "categories" else self.brands
         now = float(self.updated_ms if now_ms is None else now_ms)
-        ranked = sorted(((k, _decay(v[0], v[1], now, half_life_s)) for k, v in table.items()),
-                        key=lambda kv: (-kv[1], kv[0]))
+        ranked = sorted(
+            ((k, _decay(v[0], v[1], now, half_life_s)) for k, v in table.items()), key=lambda kv: (-kv[1], kv[0])
+        )
         return ranked if n is None else ranked[:n]
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +113,8 @@ class InterestProfile:
             return cls()
         if not isinstance(data, dict):
             raise TypeError(f"profile must be an object, got {type(data).__name__}")
-        return cls(categories={str(k): [float(v[0]), float(v[1])] for k, v in (data.get("c") or {}).items()},
-                   brands={str(k): [float(v[0]), float(v[1])] for k, v in (data.get("b") or {}).items()},
-                   updated_ms=int(data.get("t") or 0))
+        return cls(
+            categories={str(k): [float(v[0]), float(v[1])] for k, v in (data.get("c") or {}).items()},
+            brands={str(k): [float(v[0]), float(v[1])] for k, v in (data.get("b") or {}).items()},
+            updated_ms=int(data.get("t") or 0),
+        )

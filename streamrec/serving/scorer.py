@@ -59,8 +59,15 @@ class Scorer:
     so a batch never mixes two versions. Popularity is shared across versions.
     """
 
-    def __init__(self, *, recommender: Any, index: Any, popularity: Popularity, top_k: int,
-                 stage: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        recommender: Any,
+        index: Any,
+        popularity: Popularity,
+        top_k: int,
+        stage: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+    ) -> None:
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be in 1..1000, got {top_k}")
         #: times the ``model`` / ``index`` / ``filter`` stages (``Metrics.stage`` in the worker)
@@ -112,22 +119,22 @@ class Scorer:
                 vecs = model.recommender.encode_users([states[i].history_pairs() for i in warm])
         if vecs is not None:
             with stage("index"):
-                found = index.search(
-                    np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm]
-                )
+                found = index.search(np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm])
         with stage("filter"):
             if vecs is not None:
                 why = self._similar_reasons(model, [states[i] for i in warm], found) if explain else None
                 for n, (i, items) in enumerate(zip(warm, found)):
-                    results[i] = [(item, float(score), why[n][j] if why else ("", None))
-                                  for j, (item, score) in enumerate(items)]
+                    results[i] = [
+                        (item, float(score), why[n][j] if why else ("", None)) for j, (item, score) in enumerate(items)
+                    ]
             for i, state in enumerate(states):
                 if len(results[i]) < k:
                     results[i] = self._fill(model, results[i], state.purchased, k, explain=explain)
         return results
 
-    def _similar_reasons(self, model: ServingModel, states: Sequence[UserState],
-                         found: Sequence[Sequence[tuple[str, float]]]) -> list[list[Reason]]:
+    def _similar_reasons(
+        self, model: ServingModel, states: Sequence[UserState], found: Sequence[Sequence[tuple[str, float]]]
+    ) -> list[list[Reason]]:
         """For each found item: ``new_item`` if zero-shot, else ``similar_to`` the history item
         with the largest inner product. One vector lookup and one batched product per batch;
         Python touches each id once (to number it), the rest is numpy."""
@@ -165,12 +172,15 @@ class Scorer:
         out: list[list[Reason]] = []
         for b in range(B):
             n = int(r_len[b])
-            out.append([("new_item", None) if c == 0 else ("similar_to", uniq[h]) if c == 1 else ("popular", None)
-                        for c, h in zip(code_l[b][:n], best_l[b][:n])])
+            out.append(
+                [
+                    ("new_item", None) if c == 0 else ("similar_to", uniq[h]) if c == 1 else ("popular", None)
+                    for c, h in zip(code_l[b][:n], best_l[b][:n])
+                ]
+            )
         return out
 
-    def _fill(self, model: ServingModel, have: Explained, purchased: set[str], k: int, *,
-              explain: bool) -> Explained:
+    def _fill(self, model: ServingModel, have: Explained, purchased: set[str], k: int, *, explain: bool) -> Explained:
         """Top up a short list with popular items, then with the model's cold-start ranking.
 
         Fill-ins rank below the model's results; their scores only keep the order.

@@ -30,11 +30,25 @@ SESSION_GAP_MS = 30 * 60 * 1000
 MAX_SESSION_ITEMS = 64
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "log_views", "log_carts", "log_favs", "log_purchases_before", "log_events", "log_duration_s",
-    "log_gap_s", "last_is_cart", "last_is_fav", "log_distinct_items", "log_repeat_events",
-    "view_of_carted_item", "log_carted_items_open",
-    "log_past_sessions", "log_past_purchases", "past_buy_session_rate", "log_past_carts",
-    "log_hours_since_last_session", "has_bought_before",
+    "log_views",
+    "log_carts",
+    "log_favs",
+    "log_purchases_before",
+    "log_events",
+    "log_duration_s",
+    "log_gap_s",
+    "last_is_cart",
+    "last_is_fav",
+    "log_distinct_items",
+    "log_repeat_events",
+    "view_of_carted_item",
+    "log_carted_items_open",
+    "log_past_sessions",
+    "log_past_purchases",
+    "past_buy_session_rate",
+    "log_past_carts",
+    "log_hours_since_last_session",
+    "has_bought_before",
 )
 #: The counts-only baseline of issue #15: views, carts, favs, session length, time since start.
 BASELINE_FEATURES: tuple[str, ...] = ("log_views", "log_carts", "log_favs", "log_events", "log_duration_s")
@@ -76,11 +90,13 @@ class SessionStats:
         self.n_view = self.n_cart = self.n_fav = self.n_purchase = self.n_events = self.n_repeat = 0
         self.items = {}
 
-    def update(self, item_id: str, kind: str, ts_ms: int, session_id: str | None = None,
-               gap_ms: int = SESSION_GAP_MS) -> None:
+    def update(
+        self, item_id: str, kind: str, ts_ms: int, session_id: str | None = None, gap_ms: int = SESSION_GAP_MS
+    ) -> None:
         """Count one event. ``kind``: an event type, or ``favorite`` (offline Taobao data)."""
         new_session = (
-            self.last_ms is None or ts_ms - self.last_ms > gap_ms
+            self.last_ms is None
+            or ts_ms - self.last_ms > gap_ms
             or (session_id is not None and self.session_id is not None and session_id != self.session_id)
         )
         if new_session:
@@ -119,15 +135,25 @@ class SessionStats:
         carted_open = sum(1 for v in self.items.values() if v == 2)
         l1p = math.log1p
         return [
-            l1p(self.n_view), l1p(self.n_cart), l1p(self.n_fav),
+            l1p(self.n_view),
+            l1p(self.n_cart),
+            l1p(self.n_fav),
             l1p(self.n_purchase - (1 if self.last_type == "purchase" else 0)),
-            l1p(self.n_events), l1p(dur), l1p(gap),
-            float(self.last_type == "add_to_cart"), float(self.last_type == "favorite"),
-            l1p(len(self.items)), l1p(self.n_repeat),
-            float(self.last_type == "view" and self.last_item_state == 2), l1p(carted_open),
-            l1p(self.past_sessions), l1p(self.past_purchases),
-            self.past_buy_sessions / (self.past_sessions + 1.0), l1p(self.past_carts),
-            l1p(since), float(self.past_purchases > 0),
+            l1p(self.n_events),
+            l1p(dur),
+            l1p(gap),
+            float(self.last_type == "add_to_cart"),
+            float(self.last_type == "favorite"),
+            l1p(len(self.items)),
+            l1p(self.n_repeat),
+            float(self.last_type == "view" and self.last_item_state == 2),
+            l1p(carted_open),
+            l1p(self.past_sessions),
+            l1p(self.past_purchases),
+            self.past_buy_sessions / (self.past_sessions + 1.0),
+            l1p(self.past_carts),
+            l1p(since),
+            float(self.past_purchases > 0),
         ]
 
     # -- persistence in the user's state ------------------------------------------------------

@@ -42,8 +42,17 @@ class UserState:
         return any(h[3] == event_id for h in self.history)
 
     def update(
-        self, *, event_id: str, item_id: str, type: str, ts: int, session_id: str,
-        history_len: int, purchased_max: int, category: str | None = None, brand: str | None = None,
+        self,
+        *,
+        event_id: str,
+        item_id: str,
+        type: str,
+        ts: int,
+        session_id: str,
+        history_len: int,
+        purchased_max: int,
+        category: str | None = None,
+        brand: str | None = None,
         profile_weights: ProfileWeights | None = None,
     ) -> bool:
         """Apply one event; returns False (and changes nothing) for a duplicate event id.
@@ -72,8 +81,14 @@ class UserState:
         return [(h[0], h[1]) for h in self.history]
 
     def to_json(self) -> dict[str, Any]:
-        return {"h": self.history, "p": self.purchased_list, "s": self.session_id, "r": self.latest,
-                "x": self.session.to_json(), "i": self.profile.to_json()}
+        return {
+            "h": self.history,
+            "p": self.purchased_list,
+            "s": self.session_id,
+            "r": self.latest,
+            "x": self.session.to_json(),
+            "i": self.profile.to_json(),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> UserState:

@@ -87,17 +87,18 @@ def check_compatible(recommender: Any) -> None:
     is fine: the model and its index are swapped together."""
     cfg = recommender.model.config
     if getattr(cfg, "use_text", True) and int(cfg.text_dim) != TEXT_DIM:
-        raise CheckpointError(f"incompatible model: text_dim {cfg.text_dim}, the worker's title "
-                              f"encoder gives {TEXT_DIM}")
+        raise CheckpointError(
+            f"incompatible model: text_dim {cfg.text_dim}, the worker's title encoder gives {TEXT_DIM}"
+        )
     if int(cfg.n_event_types) < len(EVENT_TYPES) + 1:
-        raise CheckpointError(f"incompatible model: {cfg.n_event_types} event types, the contract "
-                              f"has {len(EVENT_TYPES)} (+ padding)")
+        raise CheckpointError(
+            f"incompatible model: {cfg.n_event_types} event types, the contract has {len(EVENT_TYPES)} (+ padding)"
+        )
 
 
 def _vectors(recommender: Any, items: list[CatalogItem]) -> np.ndarray:
     """Item vectors of ``items`` (learned for known items, from the title for others)."""
-    return np.asarray(recommender.add_items([(it.item_id, it.text() or None) for it in items]),
-                      dtype=np.float32)
+    return np.asarray(recommender.add_items([(it.item_id, it.text() or None) for it in items]), dtype=np.float32)
 
 
 #: Catalog changes in topic order: ``(item_id, item)``, ``item`` None for a deletion; a source of
@@ -115,8 +116,9 @@ def _latest(changes: Iterable[Change]) -> tuple[list[str], list[CatalogItem]]:
     return gone, [it for it in last.values() if it is not None]
 
 
-def build_serving_model(*, loader: VersionLoader, path: Any, version: str, new_index: Callable[[int], Any],
-                        catalog: Iterable[list[Change]]) -> Built:
+def build_serving_model(
+    *, loader: VersionLoader, path: Any, version: str, new_index: Callable[[int], Any], catalog: Iterable[list[Change]]
+) -> Built:
     """A complete new :class:`ServingModel`: ``version`` loaded from ``path`` by ``loader``,
     checked, with the vectors of every live item of ``catalog`` in a new index from
     ``new_index(dim)``.
@@ -157,8 +159,13 @@ def build_serving_model(*, loader: VersionLoader, path: Any, version: str, new_i
     if probe.shape != (1, rec.dim) or not np.isfinite(probe).all():
         raise CheckpointError(f"model {rec.version} gives a non-finite or misshaped user vector {probe.shape}")
     reused1, encoded1 = loader.counts()
-    stats = SwapStats(version=str(rec.version), items=len(ids), titles_reused=reused1 - reused0,
-                      titles_encoded=encoded1 - encoded0, build_s=time.perf_counter() - t0)
+    stats = SwapStats(
+        version=str(rec.version),
+        items=len(ids),
+        titles_reused=reused1 - reused0,
+        titles_encoded=encoded1 - encoded0,
+        build_s=time.perf_counter() - t0,
+    )
     return Built(ServingModel(recommender=rec, index=index), stats)
 
 

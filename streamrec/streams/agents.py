@@ -57,9 +57,17 @@ class BatchHandler:
     purchase intent; every user touched by a batch gets one Profile message on ``profiles``.
     """
 
-    def __init__(self, *, pipeline: Pipeline, users: Any, recommendations: Any, dead_letters: Any,
-                 profiles: Any = None, insights: bool = True,
-                 now_ms: Callable[[], int] = Pipeline.now_ms) -> None:
+    def __init__(
+        self,
+        *,
+        pipeline: Pipeline,
+        users: Any,
+        recommendations: Any,
+        dead_letters: Any,
+        profiles: Any = None,
+        insights: bool = True,
+        now_ms: Callable[[], int] = Pipeline.now_ms,
+    ) -> None:
         self.pipeline = pipeline
         self.users = users
         self.recommendations = recommendations
@@ -78,13 +86,25 @@ class BatchHandler:
         decision = decide(stage, exc)
         msg = event.message
         if decision.action is Action.RAISE:
-            log.error("stream error stage=%s topic=%s partition=%s offset=%s reason=%s", stage.value,
-                      msg.topic, msg.partition, msg.offset, decision.reason)
+            log.error(
+                "stream error stage=%s topic=%s partition=%s offset=%s reason=%s",
+                stage.value,
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                decision.reason,
+            )
             raise exc
         if decision.action is Action.RESET:
             self.pipeline.metrics.state_resets.inc()
-            log.warning("user state reset user=%s topic=%s partition=%s offset=%s reason=%s", user,
-                        msg.topic, msg.partition, msg.offset, decision.reason)
+            log.warning(
+                "user state reset user=%s topic=%s partition=%s offset=%s reason=%s",
+                user,
+                msg.topic,
+                msg.partition,
+                msg.offset,
+                decision.reason,
+            )
         else:
             if stage in (Stage.STATE, Stage.APPLY):  # parse errors are bad input; scoring logs once per batch
                 log.error("event failed stage=%s user=%s", stage.value, user, exc_info=exc)
@@ -95,10 +115,12 @@ class BatchHandler:
         """Send ``event``'s original bytes to the dead-letter topic with ``reason``."""
         msg = event.message
         self.pipeline.metrics.dlq.inc()
-        log.warning("dead-letter topic=%s partition=%s offset=%s reason=%s", msg.topic, msg.partition,
-                    msg.offset, reason)
-        dl = DeadLetter.wrap(topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                             reason=reason, original=msg.value)
+        log.warning(
+            "dead-letter topic=%s partition=%s offset=%s reason=%s", msg.topic, msg.partition, msg.offset, reason
+        )
+        dl = DeadLetter.wrap(
+            topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason, original=msg.value
+        )
         await self.dead_letters.send(key=msg.key, value=dl.to_bytes())
 
     # -- the batch ---------------------------------------------------------------------------
@@ -161,8 +183,9 @@ class BatchHandler:
                     as_current(source[user])
                     self.users[user] = state.to_json()
 
-    async def publish(self, states: dict[str, UserState], answer: dict[str, ShopEvent], source: dict[str, Any],
-                      fresh: list[ShopEvent]) -> None:
+    async def publish(
+        self, states: dict[str, UserState], answer: dict[str, ShopEvent], source: dict[str, Any], fresh: list[ShopEvent]
+    ) -> None:
         """Score the triggering users with one model (taken once), send their recommendations."""
         pipeline = self.pipeline
         metrics = pipeline.metrics
@@ -173,8 +196,9 @@ class BatchHandler:
         try:
             with metrics.stage("score"):
                 if self.insights:
-                    lists, intents = await pipeline.run(pipeline.score_explained,
-                                                        [states[e.user_id] for e in events], fresh, model)
+                    lists, intents = await pipeline.run(
+                        pipeline.score_explained, [states[e.user_id] for e in events], fresh, model
+                    )
                 else:
                     plain = await pipeline.run(pipeline.score, [states[e.user_id] for e in events], fresh, model)
                     lists, intents = [[(i, s, None) for i, s in r] for r in plain], [None] * len(plain)
@@ -190,17 +214,27 @@ class BatchHandler:
             for ev, recs, intent in zip(events, lists, intents):
                 # reasons come from the scorer (kinds) and the user's validated history (ids)
                 value = recommendation_bytes(
-                    user_id=ev.user_id, items=[(i, s) for i, s, _ in recs], model_version=version,
-                    event_id=ev.event_id, event_ts=ev.ts, produced_ts=now,
-                    reasons=[r for _, _, r in recs] if self.insights else None, purchase_intent=intent)
+                    user_id=ev.user_id,
+                    items=[(i, s) for i, s, _ in recs],
+                    model_version=version,
+                    event_id=ev.event_id,
+                    event_ts=ev.ts,
+                    produced_ts=now,
+                    reasons=[r for _, _, r in recs] if self.insights else None,
+                    purchase_intent=intent,
+                )
                 try:
                     await send(key=ev.user_id.encode(), value=value)
                 except Exception as exc:  # noqa: BLE001 - the error policy decides
                     await self.on_error(Stage.PRODUCE, exc, source[ev.user_id], user=ev.user_id)
                 metrics.observe_latency_ms(max(0, now - ev.ts))
                 # kept for GET /users/{id}/recommendations (and the profile's purchase_intent)
-                latest: dict[str, Any] = {"items": [[i, s] for i, s, _ in recs], "model_version": version,
-                                          "event_id": ev.event_id, "produced_ts": now}
+                latest: dict[str, Any] = {
+                    "items": [[i, s] for i, s, _ in recs],
+                    "model_version": version,
+                    "event_id": ev.event_id,
+                    "produced_ts": now,
+                }
                 if self.insights:  # added keys only: [item, score] pairs keep their shape
                     latest["reasons"] = [list(r) if r else None for _, _, r in recs]
                     if intent is not None:
@@ -209,8 +243,9 @@ class BatchHandler:
             metrics.recommendations_out.inc(len(events))
             await self.publish_profiles(states, source, fresh, now)
 
-    async def publish_profiles(self, states: dict[str, UserState], source: dict[str, Any], fresh: list[ShopEvent],
-                               now: int) -> None:
+    async def publish_profiles(
+        self, states: dict[str, UserState], source: dict[str, Any], fresh: list[ShopEvent], now: int
+    ) -> None:
         """One Profile per user with a new event in the batch, keyed by user (compacted topic)."""
         if self.profiles is None:
             return
@@ -223,7 +258,6 @@ class BatchHandler:
                 await self.profiles.send(key=user.encode(), value=prof.to_bytes())
             except Exception as exc:  # noqa: BLE001 - the error policy decides
                 await self.on_error(Stage.PRODUCE, exc, source[user], user=user)
-
 
     # -- the right to erasure ---------------------------------------------------------------
 
@@ -245,8 +279,14 @@ class BatchHandler:
             await self.pipeline.run(purge_local, self.users, req.user_id)
         self.pipeline.metrics.user_deletions.inc()
         msg = event.message
-        log.info("user erased user=%s requested_ts=%d topic=%s partition=%s offset=%s", req.user_id,
-                 req.requested_ts, msg.topic, msg.partition, msg.offset)
+        log.info(
+            "user erased user=%s requested_ts=%d topic=%s partition=%s offset=%s",
+            req.user_id,
+            req.requested_ts,
+            msg.topic,
+            msg.partition,
+            msg.offset,
+        )
         return req.user_id
 
 
@@ -256,8 +296,14 @@ async def consume_deletions(stream: Any, handler: BatchHandler) -> None:
         await handler.delete_user(event)
 
 
-async def consume_events(stream: Any, handler: BatchHandler, *, batch_max: int, within_s: float,
-                         catalog_timeout_s: float = CATALOG_READY_TIMEOUT_S) -> None:
+async def consume_events(
+    stream: Any,
+    handler: BatchHandler,
+    *,
+    batch_max: int,
+    within_s: float,
+    catalog_timeout_s: float = CATALOG_READY_TIMEOUT_S,
+) -> None:
     """The events agent's body: wait for the catalog, then hand batches to ``handler``."""
     ready = handler.pipeline.catalog_ready
     log.info("events agent waiting for the catalog")

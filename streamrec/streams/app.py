@@ -53,15 +53,27 @@ def new_index(settings: Settings, dim: int) -> Any:
     from streamrec.indexer import ItemIndex
 
     return ItemIndex(
-        dim, kind=settings.index_kind, exact_max=settings.index_exact_max,
-        hnsw_m=settings.hnsw_m, hnsw_ef_construction=settings.hnsw_ef_construction,
-        hnsw_ef_search=settings.hnsw_ef_search, ivf_nlist=settings.ivf_nlist,
-        ivf_nprobe=settings.ivf_nprobe, device=settings.device,
+        dim,
+        kind=settings.index_kind,
+        exact_max=settings.index_exact_max,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construction=settings.hnsw_ef_construction,
+        hnsw_ef_search=settings.hnsw_ef_search,
+        ivf_nlist=settings.ivf_nlist,
+        ivf_nprobe=settings.ivf_nprobe,
+        device=settings.device,
     )
 
 
-def create_app(settings: Settings, *, recommender: Any, index: Any, store: str = "rocksdb://",
-               loader: VersionLoader | None = None, follow_models: bool = True) -> tuple[faust.App, Pipeline]:
+def create_app(
+    settings: Settings,
+    *,
+    recommender: Any,
+    index: Any,
+    store: str = "rocksdb://",
+    loader: VersionLoader | None = None,
+    follow_models: bool = True,
+) -> tuple[faust.App, Pipeline]:
     """Build the worker app around a loaded model and an (empty or restored) item index.
 
     ``store`` is the table store (``memory://`` in unit tests). ``loader`` says how the worker
@@ -71,10 +83,15 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
     as ``app.streamrec_handler`` and the pipeline as ``app.streamrec_pipeline``.
     """
     pipeline = Pipeline(
-        recommender=recommender, index=index, top_k=settings.top_k, history_len=settings.history_len,
-        purchased_max=settings.purchased_max, trigger_types=settings.trigger_types,
+        recommender=recommender,
+        index=index,
+        top_k=settings.top_k,
+        history_len=settings.history_len,
+        purchased_max=settings.purchased_max,
+        trigger_types=settings.trigger_types,
         profile_weights=settings.profile_weights(),
-        new_index=lambda dim: new_index(settings, dim), loader=loader,
+        new_index=lambda dim: new_index(settings, dim),
+        loader=loader,
     )
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +132,9 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
     catalog_dlq_topic = app.topic(settings.topic_catalog_dlq, partitions=settings.partitions, **raw)
     profiles_topic = app.topic(settings.topic_profiles, partitions=settings.partitions, **raw)
     users = app.Table(
-        "users", default=None, partitions=settings.partitions,
+        "users",
+        default=None,
+        partitions=settings.partitions,
         # JSON values; one that does not decode resets its user instead of stopping recovery
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer=register_state_codec()),
         help="per-user history, purchases, latest list",
@@ -133,8 +152,14 @@ def create_app(settings: Settings, *, recommender: Any, index: Any, store: str =
     table.value_serializer = register_state_codec()
     users.changelog_topic = table._new_changelog_topic()
 
-    handler = BatchHandler(pipeline=pipeline, users=users, recommendations=recs_topic, dead_letters=dlq_topic,
-                           profiles=profiles_topic, insights=settings.recommendation_insights)
+    handler = BatchHandler(
+        pipeline=pipeline,
+        users=users,
+        recommendations=recs_topic,
+        dead_letters=dlq_topic,
+        profiles=profiles_topic,
+        insights=settings.recommendation_insights,
+    )
 
     @app.agent(events_topic, concurrency=1)
     async def process_events(stream: Any) -> None:

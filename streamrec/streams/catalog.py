@@ -37,12 +37,12 @@ async def refuse_item(msg: Any, reason: str, pipeline: Pipeline, dead_letters: A
     they are identical (same topic, partition, offset), and consumers dedup them by that triple.
     """
     pipeline.metrics.catalog_dlq.inc()
-    log.warning("bad catalog item topic=%s partition=%s offset=%s reason=%s", msg.topic, msg.partition,
-                msg.offset, reason)
+    log.warning(
+        "bad catalog item topic=%s partition=%s offset=%s reason=%s", msg.topic, msg.partition, msg.offset, reason
+    )
     if dead_letters is None:
         return
-    dl = DeadLetter.wrap(topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
-                         original=msg.value)
+    dl = DeadLetter.wrap(topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason, original=msg.value)
     await dead_letters.send(key=msg.key, value=dl.to_bytes())
 
 
@@ -57,7 +57,10 @@ async def catalog_reader(settings: Settings, pipeline: Pipeline, *, dead_letters
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
-        **aiokafka_config(settings), enable_auto_commit=False, group_id=None, auto_offset_reset="earliest",
+        **aiokafka_config(settings),
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
         client_id=f"{settings.app_id}-catalog",
     )
     await consumer.start()
@@ -113,8 +116,9 @@ async def catalog_reader(settings: Settings, pipeline: Pipeline, *, dead_letters
         await consumer.stop()
 
 
-def read_catalog_topic(settings: Settings, *, chunk: int = CATALOG_BATCH * 8,
-                       timeout_s: float = 600.0) -> Iterator[list[tuple[str, CatalogItem | None]]]:
+def read_catalog_topic(
+    settings: Settings, *, chunk: int = CATALOG_BATCH * 8, timeout_s: float = 600.0
+) -> Iterator[list[tuple[str, CatalogItem | None]]]:
     """The whole compacted catalog topic as of now, in chunks of ``(item_id, item)`` changes in
     topic order (``item`` None: deleted), read from the beginning to the end offsets seen at the
     call. A hot swap builds its new version from this (synchronous: it runs on the swap thread).
@@ -124,10 +128,15 @@ def read_catalog_topic(settings: Settings, *, chunk: int = CATALOG_BATCH * 8,
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     topic = settings.topic_catalog
-    consumer = Consumer(settings.confluent_config() | {
-        "group.id": f"{settings.app_id}-catalog-snapshot-{uuid.uuid4().hex[:8]}",  # never committed
-        "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3,
-    })
+    consumer = Consumer(
+        settings.confluent_config()
+        | {
+            "group.id": f"{settings.app_id}-catalog-snapshot-{uuid.uuid4().hex[:8]}",  # never committed
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
+        }
+    )
     try:
         meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
         if meta is None or meta.error is not None:

@@ -18,12 +18,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="serve this checkpoint dir instead of the registry's current model")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("trainer", help="log the event stream durably and retrain the model on a cadence "
-                                       "(own consumer group <app id>-trainer)")
-    p.add_argument("--full", action="store_true",
-                   help="start with a full retrain from scratch right away (then the usual cadence)")
-    p.add_argument("--metrics-port", type=int,
-                   help="HTTP port of /metrics (STREAMREC_TRAINER_WEB_PORT; 0: any free port)")
+    p = sub.add_parser(
+        "trainer",
+        help="log the event stream durably and retrain the model on a cadence (own consumer group <app id>-trainer)",
+    )
+    p.add_argument(
+        "--full", action="store_true", help="start with a full retrain from scratch right away (then the usual cadence)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, help="HTTP port of /metrics (STREAMREC_TRAINER_WEB_PORT; 0: any free port)"
+    )
     p.set_defaults(func=cmd_trainer)
     _announce_promotions(sub)
 
@@ -38,8 +42,11 @@ def _announce_promotions(sub: argparse._SubParsersAction) -> None:
         if isinstance(action, argparse._SubParsersAction):
             promote = action.choices.get("promote")
             if promote is not None:
-                promote.add_argument("--no-announce", action="store_true",
-                                     help="only switch the registry's CURRENT (no ModelUpdate on Kafka)")
+                promote.add_argument(
+                    "--no-announce",
+                    action="store_true",
+                    help="only switch the registry's CURRENT (no ModelUpdate on Kafka)",
+                )
                 promote.set_defaults(func=cmd_models_promote)
 
 
@@ -59,8 +66,9 @@ def cmd_models_promote(args: argparse.Namespace, settings: Settings) -> int:
     try:
         publish(settings, update)
     except KafkaRuntimeError as exc:
-        raise KafkaRuntimeError(f"{exc} (the registry's CURRENT is {args.version}; rerun to announce, "
-                                "or restart the workers)") from None
+        raise KafkaRuntimeError(
+            f"{exc} (the registry's CURRENT is {args.version}; rerun to announce, or restart the workers)"
+        ) from None
     print(f"announced on {settings.topic_model_updates}: {args.version} ({update.path})")
     return 0
 
@@ -136,8 +144,9 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
         path = registry.require_current()
         version = registry.current_version()
     # one text cache for the serving version and every version hot-swapped in
-    cache = TextCache(settings.text_cache_path, encoder=TextEncoder(device=settings.device),
-                      max_items=settings.text_cache_max_items)
+    cache = TextCache(
+        settings.text_cache_path, encoder=TextEncoder(device=settings.device), max_items=settings.text_cache_max_items
+    )
     recommender = Recommender.load(path, device=settings.device, version=version, text_cache=cache)
     loader = VersionLoader.with_text_cache(cache, device=settings.device)
     index = new_index(settings, recommender.dim)

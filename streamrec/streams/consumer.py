@@ -39,8 +39,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 log = logging.getLogger(__name__)
 
 
-def partitions_to_rewind(committed: Mapping[Any, int | None], *, is_source: Callable[[Any], bool],
-                         auto_offset_reset: str) -> list[Any]:
+def partitions_to_rewind(
+    committed: Mapping[Any, int | None], *, is_source: Callable[[Any], bool], auto_offset_reset: str
+) -> list[Any]:
     """The source partitions that ``seek_to_committed`` leaves unpositioned and that must start
     from the beginning: those with no committed offset (when the reset policy is "earliest") and
     those committed at 0 (aiokafka seeks only to offsets > 0)."""
@@ -76,12 +77,15 @@ class Consumer(faust_aiokafka.Consumer):
     async def seek_to_committed(self) -> Mapping[Any, int]:
         committed = await super().seek_to_committed()
         rewind = partitions_to_rewind(
-            committed, is_source=self._is_source_tp,
+            committed,
+            is_source=self._is_source_tp,
             auto_offset_reset=self.app.conf.consumer_auto_offset_reset,
         )
         if rewind:
-            log.info("no committed offset, reading from the beginning: %s",
-                     ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(rewind)))
+            log.info(
+                "no committed offset, reading from the beginning: %s",
+                ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(rewind)),
+            )
             await self._thread.seek_to_beginning(*rewind)
         return committed
 

@@ -31,9 +31,7 @@ def aiokafka_config(settings: Settings) -> dict[str, Any]:
     if settings.sasl_mechanism:
         conf["sasl_mechanism"] = settings.sasl_mechanism
         conf["sasl_plain_username"] = settings.sasl_username
-        conf["sasl_plain_password"] = (
-            settings.sasl_password.get_secret_value() if settings.sasl_password else None
-        )
+        conf["sasl_plain_password"] = settings.sasl_password.get_secret_value() if settings.sasl_password else None
     return conf
 
 

@@ -103,8 +103,11 @@ class ModelFollower:
             log.info("model update for the version already serving version=%s", serving)
             return False
         if startup and not is_newer(update.version, serving):
-            log.info("latest announced model not newer than the one serving: announced=%s serving=%s",
-                     update.version, serving)
+            log.info(
+                "latest announced model not newer than the one serving: announced=%s serving=%s",
+                update.version,
+                serving,
+            )
             return False
         path = resolve_checkpoint(update, self.registry_dir)
         return await self.pipeline.swap_model(update.version, path) is not None
@@ -117,7 +120,10 @@ async def follow_model_updates(settings: Settings, pipeline: Pipeline) -> None:
     follower = ModelFollower(pipeline, settings.registry_dir)
     topic = settings.topic_model_updates
     consumer = AIOKafkaConsumer(
-        **aiokafka_config(settings), enable_auto_commit=False, group_id=None, auto_offset_reset="earliest",
+        **aiokafka_config(settings),
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
         client_id=f"{settings.app_id}-models",
     )
     await consumer.start()
@@ -129,8 +135,12 @@ async def follow_model_updates(settings: Settings, pipeline: Pipeline) -> None:
             if parts:
                 break
             if waited == 20:
-                log.warning("model-updates topic %s not found yet; still serving version=%s, looking "
-                            "again every %.0fs", topic, pipeline.model_version, TOPIC_RETRY_S)
+                log.warning(
+                    "model-updates topic %s not found yet; still serving version=%s, looking again every %.0fs",
+                    topic,
+                    pipeline.model_version,
+                    TOPIC_RETRY_S,
+                )
             await refresh_metadata(consumer)
             await asyncio.sleep(0.5 if waited < 20 else TOPIC_RETRY_S)
             waited += 1
@@ -151,8 +161,12 @@ async def follow_model_updates(settings: Settings, pipeline: Pipeline) -> None:
         for tp in tps:
             consumer.seek(tp, end[tp])
         await pipeline.catalog_ready.wait()  # a version is built for the whole catalog
-        log.info("following model updates topic=%s serving=%s latest_announced=%s", topic,
-                 pipeline.model_version, latest.version if latest else None)
+        log.info(
+            "following model updates topic=%s serving=%s latest_announced=%s",
+            topic,
+            pipeline.model_version,
+            latest.version if latest else None,
+        )
         if latest is not None:
             await follower.apply(latest, startup=True)
         while True:

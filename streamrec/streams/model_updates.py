@@ -39,8 +39,7 @@ KEY = b"current"
 
 
 def _numbers(d: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def update_for(registry: Any, version: str, metrics: dict[str, float] | None = None) -> ModelUpdate:
@@ -53,12 +52,13 @@ def update_for(registry: Any, version: str, metrics: dict[str, float] | None = N
         stored = read_metrics(path)
         gate = stored.get("gate") or {}
         metrics = {}
-        metrics |= {f"holdout_{k}": v for k, v in _numbers(gate.get("candidate") or {}).items()
-                    if k in ("ndcg@10", "hr@10")}
-        metrics |= {f"test_{k}": v for k, v in _numbers(stored.get("test") or {}).items()
-                    if k in ("ndcg@10", "hr@10")}
-    return ModelUpdate(version=version, path=str(path), metrics=dict(list(metrics.items())[:256]),
-                       created_ts=int(time.time() * 1000))
+        metrics |= {
+            f"holdout_{k}": v for k, v in _numbers(gate.get("candidate") or {}).items() if k in ("ndcg@10", "hr@10")
+        }
+        metrics |= {f"test_{k}": v for k, v in _numbers(stored.get("test") or {}).items() if k in ("ndcg@10", "hr@10")}
+    return ModelUpdate(
+        version=version, path=str(path), metrics=dict(list(metrics.items())[:256]), created_ts=int(time.time() * 1000)
+    )
 
 
 def publish(settings: Settings, update: ModelUpdate, *, timeout: float = 30.0) -> None:
@@ -66,7 +66,9 @@ def publish(settings: Settings, update: ModelUpdate, *, timeout: float = 30.0) -
     from confluent_kafka import KafkaException, Producer
 
     conf = settings.confluent_config() | {
-        "enable.idempotence": True, "acks": "all", "message.timeout.ms": int(timeout * 1000),
+        "enable.idempotence": True,
+        "acks": "all",
+        "message.timeout.ms": int(timeout * 1000),
         "log_level": 3,
     }
     producer = Producer(conf)
@@ -77,8 +79,7 @@ def publish(settings: Settings, update: ModelUpdate, *, timeout: float = 30.0) -
             errors.append(str(err))
 
     try:
-        producer.produce(settings.topic_model_updates, key=KEY, value=update.to_bytes(),
-                         on_delivery=on_delivery)
+        producer.produce(settings.topic_model_updates, key=KEY, value=update.to_bytes(), on_delivery=on_delivery)
     except (KafkaException, BufferError) as exc:
         raise KafkaRuntimeError(f"cannot announce model version {update.version}: {exc}") from None
     remaining = producer.flush(timeout + 5)
@@ -86,6 +87,8 @@ def publish(settings: Settings, update: ModelUpdate, *, timeout: float = 30.0) -
         reason = errors[0] if errors else "not delivered in time"
         raise KafkaRuntimeError(
             f"cannot announce model version {update.version} on {settings.topic_model_updates} "
-            f"via {settings.resolved_bootstrap()}: {reason}")
-    log.info("model update published topic=%s version=%s path=%s", settings.topic_model_updates,
-             update.version, update.path)
+            f"via {settings.resolved_bootstrap()}: {reason}"
+        )
+    log.info(
+        "model update published topic=%s version=%s path=%s", settings.topic_model_updates, update.version, update.path
+    )

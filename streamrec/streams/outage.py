@@ -36,8 +36,14 @@ CLIENT_LOGGERS = ("aiokafka", "faust", "mode", "kafka")
 class BrokerWatch:
     """Broker reachability, with rate-limited log lines about it."""
 
-    def __init__(self, bootstrap: Iterable[str], *, interval_s: float = 1.0, reminder_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        bootstrap: Iterable[str],
+        *,
+        interval_s: float = 1.0,
+        reminder_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.addresses = [hp.strip() for hp in bootstrap if hp.strip()]
         self.interval_s = interval_s
         self.reminder_s = reminder_s
@@ -59,17 +65,25 @@ class BrokerWatch:
             self.outages += 1
             self._since = self._reminded = now
             self._suppressed_at_start = self.suppressed
-            log.warning("kafka unavailable bootstrap=%s: client connection errors are muted until it is back",
-                        ",".join(self.addresses))
+            log.warning(
+                "kafka unavailable bootstrap=%s: client connection errors are muted until it is back",
+                ",".join(self.addresses),
+            )
         elif not self.available and not reachable:
             if now - self._reminded >= self.reminder_s:
                 self._reminded = now
-                log.warning("kafka still unavailable seconds=%.0f muted_log_lines=%d", now - self._since,
-                            self.suppressed - self._suppressed_at_start)
+                log.warning(
+                    "kafka still unavailable seconds=%.0f muted_log_lines=%d",
+                    now - self._since,
+                    self.suppressed - self._suppressed_at_start,
+                )
         elif not self.available and reachable:
             self.available = True
-            log.warning("kafka available again after seconds=%.1f muted_log_lines=%d", now - self._since,
-                        self.suppressed - self._suppressed_at_start)
+            log.warning(
+                "kafka available again after seconds=%.1f muted_log_lines=%d",
+                now - self._since,
+                self.suppressed - self._suppressed_at_start,
+            )
 
     async def probe(self, timeout: float = 2.0) -> bool:  # noqa: ASYNC109  # a per-address connect bound, not the call's
         """True when any bootstrap address accepts a TCP connection."""
@@ -99,8 +113,16 @@ class BrokerWatch:
 
 
 #: Fragments of the client libraries' connection-error messages (aiokafka 0.14, faust 0.15.3).
-CONNECTION_ERRORS = ("Unable connect", "Connect call failed", "KafkaConnectionError", "Connection at",
-                     "NodeNotReadyError", "Unable to bootstrap", "Connection refused", "ConnectionError")
+CONNECTION_ERRORS = (
+    "Unable connect",
+    "Connect call failed",
+    "KafkaConnectionError",
+    "Connection at",
+    "NodeNotReadyError",
+    "Unable to bootstrap",
+    "Connection refused",
+    "ConnectionError",
+)
 
 
 class ClientLogFilter(logging.Filter):

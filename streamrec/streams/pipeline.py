@@ -61,6 +61,7 @@ SWAP_CATCH_UP = 64
 #: thread and the event loop win the CPU over a version being built.
 SWAP_THREAD_NICE = 10
 
+
 def _lower_priority() -> None:
     """Initializer of the swap thread: lower its priority (best effort; only Linux has per-thread nice)."""
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
@@ -86,13 +87,23 @@ def rss_bytes() -> int:
 
 
 class Pipeline:
-    def __init__(self, *, recommender: Any, index: Any, top_k: int, history_len: int,
-                 purchased_max: int, trigger_types: tuple[str, ...],
-                 profile_weights: ProfileWeights | None = None,
-                 new_index: Callable[[int], Any] | None = None, loader: VersionLoader | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        recommender: Any,
+        index: Any,
+        top_k: int,
+        history_len: int,
+        purchased_max: int,
+        trigger_types: tuple[str, ...],
+        profile_weights: ProfileWeights | None = None,
+        new_index: Callable[[int], Any] | None = None,
+        loader: VersionLoader | None = None,
+    ) -> None:
         self.metrics = Metrics()
-        self.scorer = Scorer(recommender=recommender, index=index, popularity=Popularity(), top_k=top_k,
-                             stage=self.metrics.stage)
+        self.scorer = Scorer(
+            recommender=recommender, index=index, popularity=Popularity(), top_k=top_k, stage=self.metrics.stage
+        )
         self.profile_weights = profile_weights or ProfileWeights()
         self.history_len = history_len
         self.purchased_max = purchased_max
@@ -114,8 +125,9 @@ class Pipeline:
         #: where a build reads the whole catalog: the worker app reads the compacted catalog topic
         #: (streams.catalog.read_catalog_topic); ``self.catalog`` keeps no texts
         self.catalog_source: Callable[[], Iterable[list[Change]]] | None = None
-        self._swap_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-swap",
-                                                 initializer=_lower_priority)
+        self._swap_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="streamrec-swap", initializer=_lower_priority
+        )
         self._swap_lock = asyncio.Lock()
         self.swap_pending: str | None = None  # the version being built
 
@@ -198,8 +210,7 @@ class Pipeline:
 
     def catalog_loaded(self) -> None:
         """The initial catalog is in (runs on the model thread): pick the index kind for it."""
-        log.info("catalog loaded items=%d index_kind=%s", len(self.catalog),
-                 getattr(self.scorer.index, "kind", "?"))
+        log.info("catalog loaded items=%d index_kind=%s", len(self.catalog), getattr(self.scorer.index, "kind", "?"))
         self.retune_index()
         self.update_memory()
 
@@ -212,8 +223,9 @@ class Pipeline:
         """Gauges read at scrape time on the event loop (plain attribute reads, no locks)."""
         index = self.scorer.index
         rebuilding = getattr(index, "rebuilding", None)
-        self.metrics.set_index(kind=str(getattr(index, "kind", "")),
-                               rebuilding=bool(rebuilding()) if rebuilding else False)
+        self.metrics.set_index(
+            kind=str(getattr(index, "kind", "")), rebuilding=bool(rebuilding()) if rebuilding else False
+        )
         self.metrics.memory_bytes.labels(part="rss").set(rss_bytes())
 
     def update_memory(self) -> None:
@@ -270,14 +282,21 @@ class Pipeline:
             try:
                 catalog = await self.run(self._begin_swap, change_log)
                 built, done = await loop.run_in_executor(
-                    self._swap_executor, self._build, version, Path(path), catalog, change_log)
+                    self._swap_executor, self._build, version, Path(path), catalog, change_log
+                )
                 replayed = await self.run(self._finish_swap, built, change_log, done)
             except Exception as exc:  # any failure refuses the version, loudly
                 self.metrics.model_refusals.inc()
                 reason = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
                 expected = isinstance(exc, (CheckpointError, OSError, ValueError))  # no traceback for these
-                log.error("model version refused version=%s path=%s serving=%s reason=%s", version, path,
-                          self.model_version, reason, exc_info=None if expected else exc)
+                log.error(
+                    "model version refused version=%s path=%s serving=%s reason=%s",
+                    version,
+                    path,
+                    self.model_version,
+                    reason,
+                    exc_info=None if expected else exc,
+                )
                 return None
             finally:
                 await self.run(self._end_swap, change_log)
@@ -289,9 +308,17 @@ class Pipeline:
             self.metrics.model_swap_seconds.observe(total)
             self.metrics.model_swap_titles.labels(source="reused").inc(stats.titles_reused)
             self.metrics.model_swap_titles.labels(source="encoded").inc(stats.titles_encoded)
-            log.info("model swapped version=%s items=%d titles_reused=%d titles_encoded=%d replayed=%d "
-                     "build_s=%.2f total_s=%.2f", version, stats.items, stats.titles_reused,
-                     stats.titles_encoded, replayed, stats.build_s, total)
+            log.info(
+                "model swapped version=%s items=%d titles_reused=%d titles_encoded=%d replayed=%d "
+                "build_s=%.2f total_s=%.2f",
+                version,
+                stats.items,
+                stats.titles_reused,
+                stats.titles_encoded,
+                replayed,
+                stats.build_s,
+                total,
+            )
             return stats
 
     def _begin_swap(self, change_log: list[Change]) -> Callable[[], Iterable[list[Change]]]:
@@ -302,13 +329,15 @@ class Pipeline:
         self._swap_logs.append(change_log)
         return self.catalog_source
 
-    def _build(self, version: str, path: Path, catalog: Callable[[], Iterable[list[Change]]],
-               change_log: list[Change]) -> tuple[Built, int]:
+    def _build(
+        self, version: str, path: Path, catalog: Callable[[], Iterable[list[Change]]], change_log: list[Change]
+    ) -> tuple[Built, int]:
         """(swap thread) The whole new version, caught up with all but the last few logged
         changes; returns it and how many logged changes it has applied."""
         assert self.loader is not None and self.new_index is not None
-        built = build_serving_model(loader=self.loader, path=path, version=version, new_index=self.new_index,
-                                    catalog=catalog())
+        built = build_serving_model(
+            loader=self.loader, path=path, version=version, new_index=self.new_index, catalog=catalog()
+        )
         done = 0
         while len(change_log) - done >= SWAP_CATCH_UP:  # catch up off the model thread
             end = len(change_log)
@@ -336,16 +365,24 @@ class Pipeline:
         gid = self.item_group.get(event.item_id)
         category, brand = self._groups[gid] if gid is not None else (None, None)
         fresh = state.update(
-            event_id=event.event_id, item_id=event.item_id, type=event.type, ts=event.ts,
-            session_id=event.session_id, history_len=self.history_len, purchased_max=self.purchased_max,
-            category=category, brand=brand, profile_weights=self.profile_weights,
+            event_id=event.event_id,
+            item_id=event.item_id,
+            type=event.type,
+            ts=event.ts,
+            session_id=event.session_id,
+            history_len=self.history_len,
+            purchased_max=self.purchased_max,
+            category=category,
+            brand=brand,
+            profile_weights=self.profile_weights,
         )
         if not fresh:
             self.metrics.duplicates.inc()
         return fresh
 
-    def score(self, states: list[UserState], fresh_events: list[ShopEvent],
-              model: ServingModel | None = None) -> list[list[tuple[str, float]]]:
+    def score(
+        self, states: list[UserState], fresh_events: list[ShopEvent], model: ServingModel | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Count the batch's new events into popularity, then score with ``model`` (default: the
         current one) on the model thread."""
         for ev in fresh_events:
@@ -354,8 +391,9 @@ class Pipeline:
             return []
         return self.scorer.recommend(states, model)
 
-    def score_explained(self, states: list[UserState], fresh_events: list[ShopEvent],
-                        model: ServingModel | None = None) -> tuple[list[Explained], list[float | None]]:
+    def score_explained(
+        self, states: list[UserState], fresh_events: list[ShopEvent], model: ServingModel | None = None
+    ) -> tuple[list[Explained], list[float | None]]:
         """Like :meth:`score`, with a reason per item and each state's purchase intent (both
         from the same ``model``)."""
         for ev in fresh_events:
@@ -372,13 +410,21 @@ class Pipeline:
         at = prof.updated_ms or now_ms
 
         def entries(kind: str) -> list[WeightedName]:
-            return [WeightedName(name=n, weight=round(v, 6))
-                    for n, v in prof.top(kind, now_ms=at, n=w.max_entries, weights=w)]  # type: ignore[arg-type]
+            return [
+                WeightedName(name=n, weight=round(v, 6))
+                for n, v in prof.top(kind, now_ms=at, n=w.max_entries, weights=w)  # type: ignore[arg-type]
+            ]
 
         intent = (state.latest or {}).get("purchase_intent")
-        return Profile(user_id=user_id, categories=entries("categories"), brands=entries("brands"),
-                       purchase_intent=intent, event_id=event_id, updated_ts=max(at, TS_MIN_MS),
-                       produced_ts=now_ms)
+        return Profile(
+            user_id=user_id,
+            categories=entries("categories"),
+            brands=entries("brands"),
+            purchase_intent=intent,
+            event_id=event_id,
+            updated_ts=max(at, TS_MIN_MS),
+            produced_ts=now_ms,
+        )
 
     @staticmethod
     def now_ms() -> int:

@@ -53,7 +53,12 @@ class Decision:
 #: What a stored state that no longer decodes raises (JSON errors are ValueErrors; Faust wraps
 #: a value its serializer cannot read in a DecodeError).
 STATE_DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, TypeError, KeyError, IndexError, AttributeError, DecodeError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    DecodeError,
 )
 
 

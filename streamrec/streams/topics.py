@@ -41,8 +41,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_model_updates, 1, {"cleanup.policy": "compact"}, "model versions ready to serve"),
         # Partitioned like the events topic (same count, key user_id): a user's deletion reaches the
         # worker that owns the user's state. Kept as long as the events, then gone: it names users.
-        TopicSpec(settings.topic_deletions, n, {"retention.ms": str(7 * DAY_MS)},
-                  "user deletion requests, key user_id"),
+        TopicSpec(
+            settings.topic_deletions, n, {"retention.ms": str(7 * DAY_MS)}, "user deletion requests, key user_id"
+        ),
         TopicSpec(settings.topic_profiles, n, {"cleanup.policy": "compact"}, "interest profiles, key user_id"),
     ]
 
@@ -86,8 +87,14 @@ def create_topics(settings: Settings, *, timeout: float = 30.0) -> dict[str, str
             have = len(existing[spec.name].partitions)
             result[spec.name] = "exists" if have == spec.partitions else f"exists ({have} partitions)"
         else:
-            new.append(NewTopic(spec.name, num_partitions=spec.partitions,
-                                replication_factor=settings.replication_factor, config=spec.config))
+            new.append(
+                NewTopic(
+                    spec.name,
+                    num_partitions=spec.partitions,
+                    replication_factor=settings.replication_factor,
+                    config=spec.config,
+                )
+            )
     if new:
         for name, fut in admin.create_topics(new, operation_timeout=timeout, request_timeout=timeout).items():
             try:

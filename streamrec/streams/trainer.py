@@ -116,9 +116,12 @@ def retrain_config(settings: Settings) -> Any:
     from streamrec.model.retrain import RetrainConfig
 
     return RetrainConfig(
-        time_budget_s=settings.retrain_time_budget_s, window_s=settings.retrain_window_s,
-        replay_ratio=settings.retrain_replay_ratio, holdout_users=settings.retrain_holdout_users,
-        tolerance=settings.retrain_gate_tolerance, device=settings.device,
+        time_budget_s=settings.retrain_time_budget_s,
+        window_s=settings.retrain_window_s,
+        replay_ratio=settings.retrain_replay_ratio,
+        holdout_users=settings.retrain_holdout_users,
+        tolerance=settings.retrain_gate_tolerance,
+        device=settings.device,
         text_cache=str(settings.text_cache_path),  # the text cache the worker, train and evaluate share
         keep=settings.registry_keep,
     )
@@ -132,10 +135,13 @@ class Trainer:
 
         self.settings = settings
         self.metrics = metrics or TrainerMetrics()
-        self.log = TrainLog(settings.trainlog_dir, topic=settings.topic_events,
-                            max_age_s=settings.trainlog_max_age_s, max_bytes=settings.trainlog_max_bytes)
-        self.buffer = SegmentBuffer(max_events=settings.trainlog_segment_events,
-                                    max_age_s=settings.trainlog_segment_s)
+        self.log = TrainLog(
+            settings.trainlog_dir,
+            topic=settings.topic_events,
+            max_age_s=settings.trainlog_max_age_s,
+            max_bytes=settings.trainlog_max_bytes,
+        )
+        self.buffer = SegmentBuffer(max_events=settings.trainlog_segment_events, max_age_s=settings.trainlog_segment_s)
         self.registry = ModelRegistry(settings.registry_dir)
         self.state_path = settings.trainlog_dir / STATE_FILE
         self.state = _read_state(self.state_path)
@@ -160,8 +166,11 @@ class Trainer:
 
     def _conf(self, group: str) -> dict[str, Any]:
         return self.settings.confluent_config() | {
-            "group.id": group, "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest", "log_level": 3,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
             # Ingestion never blocks for long (training runs in its own thread).
             "max.poll.interval.ms": 300_000,
         }
@@ -177,9 +186,14 @@ class Trainer:
             start = max(committed.get(tp.partition, -1), nxt.get(tp.partition, -1))
             if start >= 0:
                 tp.offset = start
-            log.info("partition assigned topic=%s partition=%d committed=%s log_next=%s start=%s",
-                     tp.topic, tp.partition, committed.get(tp.partition), nxt.get(tp.partition),
-                     start if start >= 0 else "earliest")
+            log.info(
+                "partition assigned topic=%s partition=%d committed=%s log_next=%s start=%s",
+                tp.topic,
+                tp.partition,
+                committed.get(tp.partition),
+                nxt.get(tp.partition),
+                start if start >= 0 else "earliest",
+            )
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
@@ -197,8 +211,9 @@ class Trainer:
         # Static membership: a restarted trainer (same group, same instance id) takes its
         # partitions back at once instead of waiting for the dead member's session to time out,
         # and a second trainer started on the same group fences the first (one log writer).
-        self._consumer = Consumer(self._conf(s.trainer_group) | {"group.instance.id": s.trainer_group,
-                                                                 "session.timeout.ms": 30_000})
+        self._consumer = Consumer(
+            self._conf(s.trainer_group) | {"group.instance.id": s.trainer_group, "session.timeout.ms": 30_000}
+        )
         self._consumer.subscribe([s.topic_events], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._deletions_consumer = Consumer(self._conf(f"{s.trainer_group}-deletions"))
         self._deletions_consumer.subscribe([s.topic_deletions])
@@ -212,8 +227,9 @@ class Trainer:
             log.warning("catalog topic not found topic=%s: items are learned without text", s.topic_catalog)
             return
         # Group-less: assigned by hand from the beginning, never committed.
-        self._catalog_consumer.assign([TopicPartition(s.topic_catalog, p, OFFSET_BEGINNING)
-                                       for p in sorted(topic.partitions)])
+        self._catalog_consumer.assign(
+            [TopicPartition(s.topic_catalog, p, OFFSET_BEGINNING) for p in sorted(topic.partitions)]
+        )
 
     def _close(self) -> None:
         for c in (self._consumer, self._catalog_consumer, self._deletions_consumer):
@@ -230,9 +246,14 @@ class Trainer:
         self._malformed_unlogged += 1
         now = time.monotonic()
         if now - self._last_malformed_log >= MALFORMED_LOG_EVERY_S:  # rate-limited: the DLQ has them all
-            log.warning("malformed record skipped topic=%s partition=%d offset=%d reason=%s "
-                        "skipped_since_last_line=%d", topic, partition, offset, reason,
-                        self._malformed_unlogged)
+            log.warning(
+                "malformed record skipped topic=%s partition=%d offset=%d reason=%s skipped_since_last_line=%d",
+                topic,
+                partition,
+                offset,
+                reason,
+                self._malformed_unlogged,
+            )
             self._last_malformed_log = now
             self._malformed_unlogged = 0
 
@@ -398,16 +419,25 @@ class Trainer:
                 publish(self.settings, update_for(self.registry, decision.version, decision.flat_metrics()))
             except KafkaRuntimeError as exc:
                 self.metrics.publish_failures.inc()
-                log.error("model update not announced version=%s reason=%s (the registry's CURRENT "
-                          "is set; workers that restart pick it up)", decision.version, exc)
+                log.error(
+                    "model update not announced version=%s reason=%s (the registry's CURRENT "
+                    "is set; workers that restart pick it up)",
+                    decision.version,
+                    exc,
+                )
 
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         self._open()
-        log.info("trainer started group=%s topic=%s log=%s log_rows=%d current_version=%s",
-                 self.settings.trainer_group, self.settings.topic_events, self.log.root, self.log.rows,
-                 self.registry.current_version())
+        log.info(
+            "trainer started group=%s topic=%s log=%s log_rows=%d current_version=%s",
+            self.settings.trainer_group,
+            self.settings.topic_events,
+            self.log.root,
+            self.log.rows,
+            self.registry.current_version(),
+        )
         try:
             while not stop.is_set():
                 self.ingest(self._consumer.consume(num_messages=self._take, timeout=0.2))

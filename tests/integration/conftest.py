@@ -20,10 +20,30 @@ def sim_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     seq, text = write_dataset(ShopSimulator(**SIM), d / "data", n_events=8000)
     out = d / "model"
     res = subprocess.run(
-        [sys.executable, "-m", "streamrec.cli", "--device", "cpu", "train", "--sequences", str(seq),
-         "--item-text", str(text), "--events", str(seq.parent / "events.csv"), "--out", str(out),
-         "--time-budget", "25", "--no-progress", "--seed", "1"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "streamrec.cli",
+            "--device",
+            "cpu",
+            "train",
+            "--sequences",
+            str(seq),
+            "--item-text",
+            str(text),
+            "--events",
+            str(seq.parent / "events.csv"),
+            "--out",
+            str(out),
+            "--time-budget",
+            "25",
+            "--no-progress",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     return out

@@ -36,9 +36,16 @@ def test_broker_killed_under_load_every_event_answered_and_outage_logged_once(si
     broker = localkafka.start(kafka_dir, libs=libs, heap="384m", timeout=180)
     tag = f"drill-{uuid.uuid4().hex[:8]}"
     settings = Settings(
-        bootstrap_servers=broker.bootstrap, topic_events=f"{tag}.events", topic_catalog=f"{tag}.catalog",
-        topic_recommendations=f"{tag}.recs", topic_dlq=f"{tag}.dlq", topic_model_updates=f"{tag}.models",
-        topic_deletions=f"{tag}.deletions", topic_catalog_dlq=f"{tag}.catalog-dlq", app_id=f"app-{tag}", partitions=2,
+        bootstrap_servers=broker.bootstrap,
+        topic_events=f"{tag}.events",
+        topic_catalog=f"{tag}.catalog",
+        topic_recommendations=f"{tag}.recs",
+        topic_dlq=f"{tag}.dlq",
+        topic_model_updates=f"{tag}.models",
+        topic_deletions=f"{tag}.deletions",
+        topic_catalog_dlq=f"{tag}.catalog-dlq",
+        app_id=f"app-{tag}",
+        partitions=2,
         data_dir=tmp_path / "data",
     )
     w = None
@@ -77,8 +84,14 @@ def test_broker_killed_under_load_every_event_answered_and_outage_logged_once(si
                 n = 0
                 while not stop_sending.is_set():
                     pacer.wait()
-                    e = ShopEvent(event_id=f"{tag}-{n}", user_id=f"{tag}-u{n}", session_id="s",
-                                  item_id=items[n % len(items)], type="view", ts=int(time.time() * 1000))
+                    e = ShopEvent(
+                        event_id=f"{tag}-{n}",
+                        user_id=f"{tag}-u{n}",
+                        session_id="s",
+                        item_id=items[n % len(items)],
+                        type="view",
+                        ts=int(time.time() * 1000),
+                    )
                     producer.send(e)
                     sent.append(e.event_id)
                     n += 1
@@ -115,8 +128,9 @@ def test_broker_killed_under_load_every_event_answered_and_outage_logged_once(si
         reader.join(30)
         sub.close()
         missing = set(sent) - set(got)
-        assert not missing, f"{len(missing)} of {len(sent)} events never answered, e.g. {sorted(missing)[:5]}" \
-                            f"\n{w.log()[-3000:]}"
+        assert not missing, (
+            f"{len(missing)} of {len(sent)} events never answered, e.g. {sorted(missing)[:5]}\n{w.log()[-3000:]}"
+        )
         assert set(got) == set(sent) and len(set(got)) == len(sent)  # exactly: nothing lost, nothing foreign
 
         assert w.proc.poll() is None  # the worker never crashed

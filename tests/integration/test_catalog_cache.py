@@ -39,9 +39,18 @@ def test_restart_with_a_filled_cache_embeds_only_new_titles(kafka_settings, sim_
         w.stop()
     assert (kafka_settings.data_dir / "text-cache").is_dir()
 
-    fresh = [CatalogItem(item_id=f"new-{i}", title=f"brand new velvet lip tint no. {i}", category="beauty",
-                         brand="acme", price=12.0, in_stock=True, updated_ts=1_760_000_000_000)
-             for i in range(3)]
+    fresh = [
+        CatalogItem(
+            item_id=f"new-{i}",
+            title=f"brand new velvet lip tint no. {i}",
+            category="beauty",
+            brand="acme",
+            price=12.0,
+            in_stock=True,
+            updated_ts=1_760_000_000_000,
+        )
+        for i in range(3)
+    ]
     send(kafka_settings, fresh)  # listed while the worker was down
 
     w2 = start_worker(kafka_settings, sim_model, tmp_path)

@@ -20,16 +20,18 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 180) -> subpr
 
 def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update({
-        "STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(),
-        "STREAMREC_TOPIC_EVENTS": settings.topic_events,
-        "STREAMREC_TOPIC_CATALOG": settings.topic_catalog,
-        "STREAMREC_TOPIC_RECOMMENDATIONS": settings.topic_recommendations,
-        "STREAMREC_TOPIC_DLQ": settings.topic_dlq,
-        "STREAMREC_TOPIC_MODEL_UPDATES": settings.topic_model_updates,
-        "STREAMREC_DATA_DIR": str(settings.data_dir),
-        "STREAMREC_PARTITIONS": str(settings.partitions),
-    })
+    env.update(
+        {
+            "STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(),
+            "STREAMREC_TOPIC_EVENTS": settings.topic_events,
+            "STREAMREC_TOPIC_CATALOG": settings.topic_catalog,
+            "STREAMREC_TOPIC_RECOMMENDATIONS": settings.topic_recommendations,
+            "STREAMREC_TOPIC_DLQ": settings.topic_dlq,
+            "STREAMREC_TOPIC_MODEL_UPDATES": settings.topic_model_updates,
+            "STREAMREC_DATA_DIR": str(settings.data_dir),
+            "STREAMREC_PARTITIONS": str(settings.partitions),
+        }
+    )
     env.update(extra)
     return env
 
@@ -37,10 +39,25 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
 def console_consume(settings: Settings, topic: str, n: int, timeout_ms: int = 30000) -> list[str]:
     libs = settings.kafka_libs.expanduser()
     out = subprocess.run(
-        ["java", "-Xmx256m", "-cp", f"{libs}/*", "org.apache.kafka.tools.consumer.ConsoleConsumer",
-         "--bootstrap-server", settings.resolved_bootstrap(), "--topic", topic, "--from-beginning",
-         "--max-messages", str(n), "--timeout-ms", str(timeout_ms)],
-        capture_output=True, text=True, timeout=timeout_ms / 1000 + 60,
+        [
+            "java",
+            "-Xmx256m",
+            "-cp",
+            f"{libs}/*",
+            "org.apache.kafka.tools.consumer.ConsoleConsumer",
+            "--bootstrap-server",
+            settings.resolved_bootstrap(),
+            "--topic",
+            topic,
+            "--from-beginning",
+            "--max-messages",
+            str(n),
+            "--timeout-ms",
+            str(timeout_ms),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout_ms / 1000 + 60,
     )
     return [line for line in out.stdout.splitlines() if line.strip()]
 

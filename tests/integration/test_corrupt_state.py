@@ -43,25 +43,43 @@ def test_undecodable_state_resets_only_that_user(kafka_settings, sim_model, shop
     # an older release or a bad disk would have left it), and give carol a good one.
     changelog = f"{settings.app_id}-users-changelog"
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(changelog, num_partitions=settings.partitions, replication_factor=1,
-                                  config=USERS_CHANGELOG_CONFIG)])[changelog].result(30)
+    admin.create_topics(
+        [NewTopic(changelog, num_partitions=settings.partitions, replication_factor=1, config=USERS_CHANGELOG_CONFIG)]
+    )[changelog].result(30)
     items = [c.item_id for c in shop.catalog() if c.in_stock]
     raw = Producer({"bootstrap.servers": bootstrap})
     damaged = {"mallory": b'{"h": [["i1", "view"]], "p": 3}', "trent": b"\x00\xffnot json"}
     for user, value in damaged.items():
-        raw.produce(changelog, key=json.dumps(user).encode(), value=value,
-                    partition=partition_of(bootstrap, user.encode(), settings.partitions))
+        raw.produce(
+            changelog,
+            key=json.dumps(user).encode(),
+            value=value,
+            partition=partition_of(bootstrap, user.encode(), settings.partitions),
+        )
     carol = {"h": [[items[0], "purchase", 1_760_000_000_000, "carol-old"]], "p": [items[0]], "s": "s0", "r": None}
-    raw.produce(changelog, key=b'"carol"', value=json.dumps(carol).encode(),
-                partition=partition_of(bootstrap, b"carol", settings.partitions))
+    raw.produce(
+        changelog,
+        key=b'"carol"',
+        value=json.dumps(carol).encode(),
+        partition=partition_of(bootstrap, b"carol", settings.partitions),
+    )
     assert raw.flush(60) == 0
 
     w = start_worker(settings, sim_model, tmp_path)
     try:
         w.wait_healthy()
         users = ["mallory", "trent", "carol", "dave"]
-        events = [ShopEvent(event_id=f"{u}-new", user_id=u, session_id="s1", item_id=items[1], type="view",
-                            ts=int(time.time() * 1000)) for u in users]
+        events = [
+            ShopEvent(
+                event_id=f"{u}-new",
+                user_id=u,
+                session_id="s1",
+                item_id=items[1],
+                type="view",
+                ts=int(time.time() * 1000),
+            )
+            for u in users
+        ]
         with RecommendationSubscriber.from_settings(settings, user_ids=set(users)) as sub:
             sub.wait_ready()
             with EventProducer.from_settings(settings) as producer:

@@ -15,8 +15,14 @@ from tests.integration.worker_harness import changelog, start_worker, state_of
 
 
 def ev(user: str, item: str, n: int) -> ShopEvent:
-    return ShopEvent(event_id=f"{user}-{n}", user_id=user, session_id=f"{user}-s", item_id=item, type="view",
-                     ts=int(time.time() * 1000))
+    return ShopEvent(
+        event_id=f"{user}-{n}",
+        user_id=user,
+        session_id=f"{user}-s",
+        item_id=item,
+        type="view",
+        ts=int(time.time() * 1000),
+    )
 
 
 def answer_all(settings, events: list[ShopEvent], timeout: float) -> None:
@@ -59,8 +65,9 @@ def test_survivor_takes_over_and_every_history_is_kept(kafka_settings, sim_model
         shares = []
         for w in (w1, w2):
             text = w.get("/metrics")[1]
-            shares.append(float(next(x for x in text.splitlines() if x.startswith("streamrec_events_in_total "))
-                                .split()[1]))
+            shares.append(
+                float(next(x for x in text.splitlines() if x.startswith("streamrec_events_in_total ")).split()[1])
+            )
         assert all(s > 0 for s in shares), shares  # both owned partitions before the crash
         before = histories(settings, users)
         assert all(len(h) == 3 for h in before.values())

@@ -41,8 +41,14 @@ def test_flood_at_ten_times_the_drain_rate_lag_drains_nothing_lost(kafka_setting
     settings = kafka_settings
     create_topics(settings)
     items = [c.item_id for c in shop.catalog() if c.in_stock]
-    raw = Producer({"bootstrap.servers": settings.resolved_bootstrap(), "partitioner": "murmur2_random",
-                    "linger.ms": 20, "queue.buffering.max.messages": 1_000_000})
+    raw = Producer(
+        {
+            "bootstrap.servers": settings.resolved_bootstrap(),
+            "partitioner": "murmur2_random",
+            "linger.ms": 20,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     for item in shop.catalog():
         raw.produce(settings.topic_catalog, key=item.item_id.encode(), value=item.to_bytes())
     tag = uuid.uuid4().hex[:6]
@@ -52,8 +58,14 @@ def test_flood_at_ten_times_the_drain_rate_lag_drains_nothing_lost(kafka_setting
         nonlocal n
         for _ in range(count):
             # one event per user: every event gets its own recommendation, so counts are exact
-            e = ShopEvent(event_id=f"fl{tag}-{n}", user_id=f"fl{tag}-u{n}", session_id="s",
-                          item_id=items[n % len(items)], type="view", ts=int(time.time() * 1000))
+            e = ShopEvent(
+                event_id=f"fl{tag}-{n}",
+                user_id=f"fl{tag}-u{n}",
+                session_id="s",
+                item_id=items[n % len(items)],
+                type="view",
+                ts=int(time.time() * 1000),
+            )
             while True:
                 try:
                     raw.produce(settings.topic_events, key=e.user_id.encode(), value=e.to_bytes())
@@ -109,8 +121,14 @@ def test_flood_at_ten_times_the_drain_rate_lag_drains_nothing_lost(kafka_setting
         watcher.join(120)
 
         # nothing lost: a recommendation for every event, each exactly once
-        c = Consumer({"bootstrap.servers": settings.resolved_bootstrap(), "group.id": f"flood-{tag}",
-                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c = Consumer(
+            {
+                "bootstrap.servers": settings.resolved_bootstrap(),
+                "group.id": f"flood-{tag}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         c.subscribe([settings.topic_recommendations])
         seen: set[str] = set()
         deadline = time.monotonic() + 300
@@ -126,7 +144,9 @@ def test_flood_at_ten_times_the_drain_rate_lag_drains_nothing_lost(kafka_setting
         assert all(s[2] == 200 for s in samples), [s[2] for s in samples]  # /health answered throughout
         peak = max(s[1] for s in samples)
         assert peak < baseline_rss + 1024, (baseline_rss, peak)  # bounded, loosely: +1 GiB at most
-        print(f"flood drain_rate={drain_rate:.0f}/s burst={burst} in {FLOOD_S}s max_lag={max(lags):.0f} "
-              f"rss baseline={baseline_rss:.0f}MiB peak={peak:.0f}MiB")
+        print(
+            f"flood drain_rate={drain_rate:.0f}/s burst={burst} in {FLOOD_S}s max_lag={max(lags):.0f} "
+            f"rss baseline={baseline_rss:.0f}MiB peak={peak:.0f}MiB"
+        )
     finally:
         w.stop()

@@ -27,9 +27,15 @@ N = int(os.environ.get("STREAMREC_FUZZ_DRILL_N", "5000"))
 
 def read_until(settings, topic: str, done, timeout: float) -> list[bytes]:
     """Values of ``topic`` from the beginning until ``done(values)`` (then 3 s more: nothing extra)."""
-    c = Consumer({"bootstrap.servers": settings.resolved_bootstrap(), "group.id": f"read-{time.time_ns()}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "fetch.message.max.bytes": 4 * 1024 * 1024})
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.resolved_bootstrap(),
+            "group.id": f"read-{time.time_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.message.max.bytes": 4 * 1024 * 1024,
+        }
+    )
     c.subscribe([topic])
     out: list[bytes] = []
     deadline = time.monotonic() + timeout
@@ -58,8 +64,14 @@ def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim
     settings = kafka_settings
     create_topics(settings)
     catalog = [c.item_id for c in shop.catalog() if c.in_stock]
-    raw = Producer({"bootstrap.servers": settings.resolved_bootstrap(), "partitioner": "murmur2_random",
-                    "linger.ms": 20, "message.max.bytes": 1_000_000})
+    raw = Producer(
+        {
+            "bootstrap.servers": settings.resolved_bootstrap(),
+            "partitioner": "murmur2_random",
+            "linger.ms": 20,
+            "message.max.bytes": 1_000_000,
+        }
+    )
     for item in shop.catalog():
         raw.produce(settings.topic_catalog, key=item.item_id.encode(), value=item.to_bytes())
     # the catalog topic is fuzzed too: a malformed item goes to the catalog dead-letter topic
@@ -134,7 +146,7 @@ def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim
         owed = dict(last_valid)
 
         def all_answered(values: list[bytes]) -> bool:  # incremental: only the new values are parsed
-            for v in values[all_answered.seen:]:
+            for v in values[all_answered.seen :]:
                 r = Recommendation.from_bytes(v)
                 got.setdefault(r.user_id, set()).add(r.event_id)
                 if owed.get(r.user_id) == r.event_id:

@@ -63,9 +63,14 @@ class Sender(threading.Thread):
             start = time.monotonic()
             while not self.stop.is_set():
                 user = f"{self.prefix}{n}"
-                e = ShopEvent(event_id=f"{user}-e", user_id=user, session_id=f"{user}-s",
-                              item_id=self.items[(n * 7) % len(self.items)], type="view",
-                              ts=int(time.time() * 1000))
+                e = ShopEvent(
+                    event_id=f"{user}-e",
+                    user_id=user,
+                    session_id=f"{user}-s",
+                    item_id=self.items[(n * 7) % len(self.items)],
+                    type="view",
+                    ts=int(time.time() * 1000),
+                )
                 producer.send(e)
                 self.sent.append((time.monotonic(), e))
                 n += 1
@@ -102,7 +107,8 @@ def registry_worker(kafka_settings, sim_model, shop, tmp_path):
 
 
 def test_announced_version_is_swapped_in_while_events_flow_and_every_event_is_answered_once(
-        kafka_settings, registry_worker, shop, tmp_path):
+    kafka_settings, registry_worker, shop, tmp_path
+):
     registry, v1, start = registry_worker
     w = start()
     assert health(w)["model_version"] == v1
@@ -157,7 +163,8 @@ def test_announced_version_is_swapped_in_while_events_flow_and_every_event_is_an
 
 
 def test_corrupt_or_missing_checkpoint_is_refused_and_the_old_version_keeps_serving(
-        kafka_settings, registry_worker, shop, tmp_path):
+    kafka_settings, registry_worker, shop, tmp_path
+):
     registry, v1, start = registry_worker
     w = start()
     bad = registry.register(registry.current_path())
@@ -182,8 +189,16 @@ def test_corrupt_or_missing_checkpoint_is_refused_and_the_old_version_keeps_serv
     with RecommendationSubscriber.from_settings(kafka_settings, user_ids={"after-refusal"}) as sub:
         sub.wait_ready()
         with EventProducer.from_settings(kafka_settings) as producer:
-            e = producer.send(ShopEvent(event_id="after-refusal-1", user_id="after-refusal", session_id="s",
-                                        item_id=item, type="view", ts=int(time.time() * 1000)))
+            e = producer.send(
+                ShopEvent(
+                    event_id="after-refusal-1",
+                    user_id="after-refusal",
+                    session_id="s",
+                    item_id=item,
+                    type="view",
+                    ts=int(time.time() * 1000),
+                )
+            )
         got: list[Recommendation] = []
         collect(sub, got, lambda: any(r.event_id == e.event_id for r in got), 60, "answer after refusal")
     assert got[-1].model_version == v1
@@ -192,7 +207,8 @@ def test_corrupt_or_missing_checkpoint_is_refused_and_the_old_version_keeps_serv
 
 @pytest.mark.slow  # a real trainer round (~8 s of training) and a swap, on top of the worker start
 def test_trainer_promotes_and_the_worker_swaps_while_every_event_is_answered(
-        kafka_settings, registry_worker, shop, tmp_path):
+    kafka_settings, registry_worker, shop, tmp_path
+):
     """End to end with a short interval: worker and trainer run, events flow, the trainer promotes
     a version, the worker swaps to it, later recommendations carry it, and every event sent across
     the swap got its recommendation."""
@@ -218,10 +234,16 @@ def test_trainer_promotes_and_the_worker_swaps_while_every_event_is_answered(
         sub.wait_ready()
         sender.start()
         trainer = start_trainer(
-            kafka_settings, trainer_log, STREAMREC_RETRAIN_INTERVAL_S="3", STREAMREC_RETRAIN_MIN_EVENTS="500",
-            STREAMREC_RETRAIN_TIME_BUDGET_S="8", STREAMREC_RETRAIN_GATE_TOLERANCE="1.0",
-            STREAMREC_RETRAIN_HOLDOUT_USERS="60", STREAMREC_TRAINLOG_SEGMENT_S="0.5",
-            STREAMREC_TRAINLOG_MAX_AGE_S="1e9")
+            kafka_settings,
+            trainer_log,
+            STREAMREC_RETRAIN_INTERVAL_S="3",
+            STREAMREC_RETRAIN_MIN_EVENTS="500",
+            STREAMREC_RETRAIN_TIME_BUDGET_S="8",
+            STREAMREC_RETRAIN_GATE_TOLERANCE="1.0",
+            STREAMREC_RETRAIN_HOLDOUT_USERS="60",
+            STREAMREC_TRAINLOG_SEGMENT_S="0.5",
+            STREAMREC_TRAINLOG_MAX_AGE_S="1e9",
+        )
         try:
             swapped_at: list[float] = []
 

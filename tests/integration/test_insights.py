@@ -20,8 +20,13 @@ from tests.integration.worker_harness import start_worker
 
 def profiles_from_topic(settings, user: str, last_event: str, timeout: float = 60.0) -> Profile:
     """The profile of ``user`` on the profiles topic that follows ``last_event``."""
-    c = Consumer({"bootstrap.servers": settings.resolved_bootstrap(), "group.id": uuid.uuid4().hex,
-                  "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.resolved_bootstrap(),
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
     c.subscribe([settings.topic_profiles])
     try:
         deadline = time.monotonic() + timeout
@@ -53,11 +58,13 @@ def test_typed_session_gets_intent_reasons_and_a_profile(kafka_settings, sim_mod
     lines = ["user_id,item_id,category_id,behavior,ts"]
     # carol only views, all in one category; dave views, carts and buys across two others
     lines += [f"carol,{c.item_id},{c.category},pv,{t + 20 * k}" for k, c in enumerate(one_cat)]
-    lines += [f"dave,{mixed[0].item_id},{mixed[0].category},pv,{t}",
-              f"dave,{mixed[0].item_id},{mixed[0].category},cart,{t + 30}",
-              f"dave,{mixed[1].item_id},{mixed[1].category},pv,{t + 60}",
-              f"dave,{mixed[0].item_id},{mixed[0].category},buy,{t + 90}",
-              f"dave,{mixed[2].item_id},{mixed[2].category},pv,{t + 120}"]
+    lines += [
+        f"dave,{mixed[0].item_id},{mixed[0].category},pv,{t}",
+        f"dave,{mixed[0].item_id},{mixed[0].category},cart,{t + 30}",
+        f"dave,{mixed[1].item_id},{mixed[1].category},pv,{t + 60}",
+        f"dave,{mixed[0].item_id},{mixed[0].category},buy,{t + 90}",
+        f"dave,{mixed[2].item_id},{mixed[2].category},pv,{t + 120}",
+    ]
     users = by_user(parse_lines(lines))
     last = {"carol": f"it-carol-{len(users['carol'])}", "dave": f"it-dave-{len(users['dave'])}"}
 
@@ -67,8 +74,10 @@ def test_typed_session_gets_intent_reasons_and_a_profile(kafka_settings, sim_mod
         with RecommendationSubscriber.from_settings(kafka_settings, user_ids=set(users)) as sub:
             sub.wait_ready()
             with EventProducer.from_settings(kafka_settings) as producer:
-                assert run_typed_replay(producer, users, rate=None, max_events=None, send_catalog=False,
-                                        id_prefix="it") == len(lines) - 1
+                assert (
+                    run_typed_replay(producer, users, rate=None, max_events=None, send_catalog=False, id_prefix="it")
+                    == len(lines) - 1
+                )
             recs = wait_for(sub, lambda got: set(last.values()) <= {r.event_id for r in got})
         for rec in recs:
             history = {e.item_id for e in users[rec.user_id]}

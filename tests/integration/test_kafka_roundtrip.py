@@ -15,13 +15,25 @@ from streamrec.streams.topics import admin_client, create_topics, topic_specs
 
 
 def _event(i: int, user: str = "u1", type_: str = "view") -> dict:
-    return {"event_id": f"e{i}", "user_id": user, "session_id": "s1", "item_id": f"sku-{i}",
-            "type": type_, "ts": 1_760_000_000_000 + i}
+    return {
+        "event_id": f"e{i}",
+        "user_id": user,
+        "session_id": "s1",
+        "item_id": f"sku-{i}",
+        "type": type_,
+        "ts": 1_760_000_000_000 + i,
+    }
 
 
 def _consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     c.subscribe([topic])
     out = []
     deadline = time.monotonic() + timeout
@@ -39,8 +51,9 @@ def _consume_to_end(bootstrap: str, topic: str, timeout: float = 30.0) -> list:
     """Every message of ``topic`` below the end offsets taken now, all partitions."""
     from confluent_kafka import TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}
+    )
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         end = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
@@ -110,9 +123,14 @@ def test_subscriber_filters_users_and_skips_malformed(kafka_settings):
         topic = kafka_settings.topic_recommendations
         p.produce(topic, key=b"alice", value=b"{not json")
         for user in ("bob", "alice"):
-            rec = Recommendation(user_id=user, items=[ScoredItem(item_id="sku-1", score=0.5)],
-                                 model_version="v1", event_id="e1", event_ts=1_760_000_000_000,
-                                 produced_ts=1_760_000_000_001)
+            rec = Recommendation(
+                user_id=user,
+                items=[ScoredItem(item_id="sku-1", score=0.5)],
+                model_version="v1",
+                event_id="e1",
+                event_ts=1_760_000_000_000,
+                produced_ts=1_760_000_000_001,
+            )
             p.produce(topic, key=user.encode(), value=rec.to_bytes())
         p.flush(10)
         got = None

@@ -23,16 +23,27 @@ def test_kafka_up_after_sigkill_restarts_on_the_recorded_ports(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env["STREAMREC_DATA_DIR"] = str(tmp_path / "d")
     try:
-        producer = Producer({"bootstrap.servers": state.bootstrap, "acks": "all", "enable.idempotence": True,
-                             "message.timeout.ms": 300_000})
+        producer = Producer(
+            {
+                "bootstrap.servers": state.bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "message.timeout.ms": 300_000,
+            }
+        )
         producer.produce(topic, key=b"k", value=b"before")
         assert producer.flush(60) == 0
         assert localkafka.kill(kafka_dir) == state.pid
         assert not localkafka.broker_reachable(state.bootstrap, timeout=2)
         assert (kafka_dir / "state.json").is_file()  # a crash leaves its stale state file behind
 
-        up = subprocess.run([sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "kafka", "up"],
-                            env=env, capture_output=True, text=True, timeout=300)
+        up = subprocess.run(
+            [sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "kafka", "up"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert up.returncode == 0, up.stderr
         assert up.stdout.strip().splitlines()[-1] == state.bootstrap  # the same port as before the crash
         after = localkafka.read_state(kafka_dir)
@@ -41,8 +52,9 @@ def test_kafka_up_after_sigkill_restarts_on_the_recorded_ports(tmp_path):
         # the producer made before the crash reconnects by itself; the data dir kept the topic
         producer.produce(topic, key=b"k", value=b"after")
         assert producer.flush(120) == 0
-        consumer = Consumer({"bootstrap.servers": state.bootstrap, "group.id": f"g-{topic}",
-                             "auto.offset.reset": "earliest"})
+        consumer = Consumer(
+            {"bootstrap.servers": state.bootstrap, "group.id": f"g-{topic}", "auto.offset.reset": "earliest"}
+        )
         consumer.subscribe([topic])
         seen: list[bytes] = []
         for _ in range(240):

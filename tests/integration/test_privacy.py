@@ -20,8 +20,14 @@ DEADLINE_S = 90.0
 
 
 def ev(user: str, item: str, type_: str = "view") -> ShopEvent:
-    return ShopEvent(event_id=f"{user}-ev-{uuid.uuid4().hex[:10]}", user_id=user, session_id=f"{user}-s",
-                     item_id=item, type=type_, ts=int(time.time() * 1000))
+    return ShopEvent(
+        event_id=f"{user}-ev-{uuid.uuid4().hex[:10]}",
+        user_id=user,
+        session_id=f"{user}-s",
+        item_id=item,
+        type=type_,
+        ts=int(time.time() * 1000),
+    )
 
 
 def wait_until(check, what: str, timeout: float = DEADLINE_S):
@@ -46,7 +52,8 @@ def changelog_configs(settings) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_deleted_user_leaves_nothing_in_state_http_changelog_or_a_restarted_worker(
-        kafka_settings, sim_model, shop, tmp_path):
+    kafka_settings, sim_model, shop, tmp_path
+):
     from rocksdict import AccessType, Options, Rdict
 
     settings = kafka_settings
@@ -68,8 +75,10 @@ def test_deleted_user_leaves_nothing_in_state_http_changelog_or_a_restarted_work
                     producer.send(e)
             last = {alice[-1].event_id, bob[-1].event_id}
             got: set[str] = set()
-            wait_until(lambda: (r := sub.poll(0.5)) is not None and got.add(r.event_id) is None and last <= got,
-                       "recommendations for alice and bob")
+            wait_until(
+                lambda: (r := sub.poll(0.5)) is not None and got.add(r.event_id) is None and last <= got,
+                "recommendations for alice and bob",
+            )
             assert w.get("/users/alice/recommendations")[0] == 200
 
             with EventProducer.from_settings(settings) as producer:
@@ -81,8 +90,10 @@ def test_deleted_user_leaves_nothing_in_state_http_changelog_or_a_restarted_work
             assert all(r is None or r.user_id != "alice" for r in (sub.poll(0.5) for _ in range(4)))
 
         # the changelog's latest record for alice is a tombstone; bob's is his state
-        log = wait_until(lambda: (c := changelog(settings)).get(b"alice", [b""])[-1] is None and c,
-                         "a tombstone for alice in the changelog")
+        log = wait_until(
+            lambda: (c := changelog(settings)).get(b"alice", [b""])[-1] is None and c,
+            "a tombstone for alice in the changelog",
+        )
         assert log[b"alice"][-1] is None and len(log[b"alice"]) >= 2
         assert log[b"bob"][-1] is not None
         # and the changelog purges alice's old records within a known time (README, Guarantees)
@@ -120,11 +131,11 @@ def test_deleted_user_leaves_nothing_in_state_http_changelog_or_a_restarted_work
             with EventProducer.from_settings(settings) as producer:
                 producer.send(again)
             wait_until(lambda: (r := sub.poll(0.5)) is not None and r.event_id == again.event_id, "alice's new list")
-        fresh = wait_until(lambda: (v := changelog(settings)[b"alice"][-1]) is not None and state_of(v),
-                           "alice's new state")
+        fresh = wait_until(
+            lambda: (v := changelog(settings)[b"alice"][-1]) is not None and state_of(v), "alice's new state"
+        )
         assert [h[3] for h in fresh["h"]] == [again.event_id] and fresh["p"] == []
     finally:
         w.kill()
         if w2 is not None:
             w2.stop()
-

@@ -35,7 +35,10 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[lo
     pki = make_test_pki(root / "pki")
     kafka_dir = root / "kafka"
     state = localkafka.start(
-        kafka_dir, libs=Settings().kafka_libs.expanduser(), heap="384m", timeout=180,
+        kafka_dir,
+        libs=Settings().kafka_libs.expanduser(),
+        heap="384m",
+        timeout=180,
         sasl_ssl=localkafka.SaslSslListener(pki.server_keystore, {USER: PASSWORD}),
     )
     try:
@@ -48,12 +51,22 @@ def secure_settings(secure_broker, data_dir: Path, *, password: str = PASSWORD) 
     state, ca = secure_broker
     tag = f"sec-{uuid.uuid4().hex[:8]}"
     return Settings(
-        bootstrap_servers=state.sasl_ssl_bootstrap, security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-        sasl_username=USER, sasl_password=password, ssl_cafile=ca,
-        topic_events=f"{tag}.events", topic_catalog=f"{tag}.catalog", topic_recommendations=f"{tag}.recs",
-        topic_dlq=f"{tag}.dlq", topic_model_updates=f"{tag}.models", topic_deletions=f"{tag}.deletions",
+        bootstrap_servers=state.sasl_ssl_bootstrap,
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=USER,
+        sasl_password=password,
+        ssl_cafile=ca,
+        topic_events=f"{tag}.events",
+        topic_catalog=f"{tag}.catalog",
+        topic_recommendations=f"{tag}.recs",
+        topic_dlq=f"{tag}.dlq",
+        topic_model_updates=f"{tag}.models",
+        topic_deletions=f"{tag}.deletions",
         topic_catalog_dlq=f"{tag}.catalog-dlq",
-        app_id=f"app-{tag}", partitions=2, data_dir=data_dir,
+        app_id=f"app-{tag}",
+        partitions=2,
+        data_dir=data_dir,
     )
 
 
@@ -70,8 +83,13 @@ def security_env(settings: Settings) -> dict[str, str]:
 
 
 def cli(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", *args],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_broker_listens_with_tls_and_scram_only_on_its_secure_port(secure_broker):
@@ -89,16 +107,26 @@ def test_cli_producer_and_subscriber_through_sasl_ssl(secure_broker, data_dir):
     assert f"{settings.topic_events}: created" in res.stdout
     assert f"{settings.topic_deletions}: created" in res.stdout
 
-    events = [ShopEvent(event_id=f"e{i}", user_id=f"u{i % 3}", session_id="s", item_id=f"i{i}", type="view",
-                        ts=1_760_000_000_000 + i) for i in range(5)]
+    events = [
+        ShopEvent(
+            event_id=f"e{i}",
+            user_id=f"u{i % 3}",
+            session_id="s",
+            item_id=f"i{i}",
+            type="view",
+            ts=1_760_000_000_000 + i,
+        )
+        for i in range(5)
+    ]
     with EventProducer.from_settings(settings) as producer:
         for e in events:
             producer.send(e)
         producer.delete_user("u0")
     res = cli(["tail", "--topic", settings.topic_events, "--from-beginning", "--max", "5", "--seconds", "90"], env)
     assert res.returncode == 0, res.stderr
-    assert sorted(json.loads(line.split(" ", 2)[2])["event_id"] for line in res.stdout.splitlines()) == \
-        sorted(e.event_id for e in events)
+    assert sorted(json.loads(line.split(" ", 2)[2])["event_id"] for line in res.stdout.splitlines()) == sorted(
+        e.event_id for e in events
+    )
     res = cli(["tail", "--topic", settings.topic_deletions, "--from-beginning", "--max", "1", "--seconds", "90"], env)
     assert res.returncode == 0 and '"user_id":"u0"' in res.stdout, res.stderr
 
@@ -112,8 +140,17 @@ def test_wrong_password_fails_fast_with_one_clear_line(secure_broker, data_dir):
     assert "Traceback" not in res.stderr
     # the library clients raise KafkaAuthError instead of waiting out their (long) timeouts
     producer = EventProducer.from_settings(bad)
-    producer.send_catalog({"item_id": "x", "title": "t", "category": "c", "brand": "b", "price": 1.0,
-                           "in_stock": True, "updated_ts": 1_760_000_000_000})
+    producer.send_catalog(
+        {
+            "item_id": "x",
+            "title": "t",
+            "category": "c",
+            "brand": "b",
+            "price": 1.0,
+            "in_stock": True,
+            "updated_ts": 1_760_000_000_000,
+        }
+    )
     with pytest.raises(KafkaAuthError, match="invalid credentials"):
         producer.flush(timeout=300)
     producer._producer.purge()  # drop the undeliverable message; the client is freed below
@@ -146,8 +183,9 @@ def test_worker_and_catalog_reader_through_sasl_ssl(secure_broker, data_dir, sim
         health = w.wait_healthy()
         assert health["catalog_items"] == len(catalog)  # the catalog reader (aiokafka) read it all
         item = next(c.item_id for c in catalog if c.in_stock)
-        event = ShopEvent(event_id="sec-1", user_id="alice", session_id="s1", item_id=item, type="view",
-                          ts=int(time.time() * 1000))
+        event = ShopEvent(
+            event_id="sec-1", user_id="alice", session_id="s1", item_id=item, type="view", ts=int(time.time() * 1000)
+        )
         with RecommendationSubscriber.from_settings(settings, user_ids={"alice"}) as sub:
             sub.wait_ready(timeout=120)
             with EventProducer.from_settings(settings) as producer:

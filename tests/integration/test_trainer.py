@@ -32,8 +32,9 @@ from tests.integration.worker_harness import settings_env
 def start_trainer(settings: Settings, log_path: Path, *args: str, **env: str) -> subprocess.Popen:
     e = settings_env(settings, STREAMREC_TRAINER_WEB_PORT="0", **env)
     fh = log_path.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "streamrec.cli", "trainer", *args], env=e,
-                            stdout=fh, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamrec.cli", "trainer", *args], env=e, stdout=fh, stderr=subprocess.STDOUT
+    )
 
 
 def metrics_url(log_path: Path, proc: subprocess.Popen, timeout: float = 90) -> str:
@@ -94,9 +95,12 @@ def test_sigkill_mid_segment_then_restart_logs_every_event_once(kafka_settings: 
         producer.flush()
     trainlog = s.trainlog_dir
     log_path = tmp_path / "trainer.log"
-    env = {"STREAMREC_TRAINLOG_SEGMENT_EVENTS": "40", "STREAMREC_TRAINLOG_SEGMENT_S": "0.3",
-           "STREAMREC_RETRAIN_INTERVAL_S": "100000",
-           "STREAMREC_TRAINLOG_MAX_AGE_S": "1e9"}  # simulated event times lie in the past
+    env = {
+        "STREAMREC_TRAINLOG_SEGMENT_EVENTS": "40",
+        "STREAMREC_TRAINLOG_SEGMENT_S": "0.3",
+        "STREAMREC_RETRAIN_INTERVAL_S": "100000",
+        "STREAMREC_TRAINLOG_MAX_AGE_S": "1e9",
+    }  # simulated event times lie in the past
     first = start_trainer(s, log_path, **env)
     try:
         deadline = time.monotonic() + 120
@@ -143,8 +147,7 @@ def test_sigkill_mid_segment_then_restart_logs_every_event_once(kafka_settings: 
 
 def read_updates(settings: Settings, n: int, timeout: float) -> list[ModelUpdate]:
     """A plain, group-less consumer of the model-updates topic, from the beginning."""
-    c = Consumer(settings.confluent_config() | {"group.id": f"t-{uuid.uuid4().hex[:8]}",
-                                                "enable.auto.commit": False})
+    c = Consumer(settings.confluent_config() | {"group.id": f"t-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
     c.assign([TopicPartition(settings.topic_model_updates, 0, OFFSET_BEGINNING)])
     out: list[ModelUpdate] = []
     deadline = time.monotonic() + timeout
@@ -162,7 +165,8 @@ def read_updates(settings: Settings, n: int, timeout: float) -> list[ModelUpdate
 
 @pytest.mark.slow  # trains a model (session fixture) and runs a retraining round
 def test_trainer_promotes_and_announces_then_rollback_announces(
-        kafka_settings: Settings, sim_model: Path, tmp_path: Path) -> None:
+    kafka_settings: Settings, sim_model: Path, tmp_path: Path
+) -> None:
     s = kafka_settings
     create_topics(s)
     reg = ModelRegistry(s.registry_dir)
@@ -176,10 +180,17 @@ def test_trainer_promotes_and_announces_then_rollback_announces(
             producer.send_catalog(item)
         producer.flush()
     log_path = tmp_path / "trainer.log"
-    proc = start_trainer(s, log_path, STREAMREC_RETRAIN_INTERVAL_S="3", STREAMREC_RETRAIN_MIN_EVENTS="500",
-                         STREAMREC_RETRAIN_TIME_BUDGET_S="8", STREAMREC_RETRAIN_GATE_TOLERANCE="1.0",
-                         STREAMREC_RETRAIN_HOLDOUT_USERS="60", STREAMREC_TRAINLOG_SEGMENT_S="0.5",
-                         STREAMREC_TRAINLOG_MAX_AGE_S="1e9")
+    proc = start_trainer(
+        s,
+        log_path,
+        STREAMREC_RETRAIN_INTERVAL_S="3",
+        STREAMREC_RETRAIN_MIN_EVENTS="500",
+        STREAMREC_RETRAIN_TIME_BUDGET_S="8",
+        STREAMREC_RETRAIN_GATE_TOLERANCE="1.0",
+        STREAMREC_RETRAIN_HOLDOUT_USERS="60",
+        STREAMREC_TRAINLOG_SEGMENT_S="0.5",
+        STREAMREC_TRAINLOG_MAX_AGE_S="1e9",
+    )
     try:
         url = metrics_url(log_path, proc)
         [update] = read_updates(s, 1, timeout=300)
@@ -193,21 +204,34 @@ def test_trainer_promotes_and_announces_then_rollback_announces(
         m = scrape(url)
         assert m['streamrec_trainer_gate_decisions_total{decision="promoted"}'] >= 1
         assert m['streamrec_trainer_gate_metric{metric="ndcg@10",model="current"}'] == pytest.approx(
-            update.metrics["current_ndcg@10"])
+            update.metrics["current_ndcg@10"]
+        )
         decisions = (s.data_dir / "trainer" / "decisions.jsonl").read_text().splitlines()
         assert json.loads(decisions[0])["version"] == update.version
     finally:
         stop(proc)
 
     env = settings_env(s)
-    res = subprocess.run([sys.executable, "-m", "streamrec.cli", "models", "promote", first], env=env,
-                         capture_output=True, text=True, timeout=120, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "models", "promote", first],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     assert reg.current_version() == first
     updates = read_updates(s, 10, timeout=15)
     assert updates[-1].version == first and updates[-1].metrics["rollback"] == 1.0
-    bad = subprocess.run([sys.executable, "-m", "streamrec.cli", "models", "promote", "v9999-nope"], env=env,
-                         capture_output=True, text=True, timeout=120, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "models", "promote", "v9999-nope"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert bad.returncode == 2 and "v9999-nope" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -227,12 +251,18 @@ def test_delete_user_purges_the_trainers_log(kafka_settings: Settings, tmp_path:
     t0 = int(time.time() * 1000) - 60_000
 
     def event(user: str, i: int) -> ShopEvent:
-        return ShopEvent(event_id=f"{user}-{i}", user_id=user, session_id="s", item_id=f"i{i % 5}",
-                         type="view", ts=t0 + i)
+        return ShopEvent(
+            event_id=f"{user}-{i}", user_id=user, session_id="s", item_id=f"i{i % 5}", type="view", ts=t0 + i
+        )
 
     log_path = tmp_path / "trainer.log"
-    proc = start_trainer(s, log_path, STREAMREC_TRAINLOG_SEGMENT_EVENTS="10", STREAMREC_TRAINLOG_SEGMENT_S="0.2",
-                         STREAMREC_RETRAIN_INTERVAL_S="100000")
+    proc = start_trainer(
+        s,
+        log_path,
+        STREAMREC_TRAINLOG_SEGMENT_EVENTS="10",
+        STREAMREC_TRAINLOG_SEGMENT_S="0.2",
+        STREAMREC_RETRAIN_INTERVAL_S="100000",
+    )
     try:
         with EventProducer.from_settings(s) as producer:
             for i in range(30):

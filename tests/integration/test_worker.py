@@ -19,8 +19,14 @@ DEADLINE_S = 60.0
 
 
 def ev(user: str, item: str, type_: str = "view", *, i: int | None = None) -> ShopEvent:
-    return ShopEvent(event_id=f"{user}-{uuid.uuid4().hex[:10]}" if i is None else f"{user}-{i}", user_id=user,
-                     session_id=f"{user}-s1", item_id=item, type=type_, ts=int(time.time() * 1000))
+    return ShopEvent(
+        event_id=f"{user}-{uuid.uuid4().hex[:10]}" if i is None else f"{user}-{i}",
+        user_id=user,
+        session_id=f"{user}-s1",
+        item_id=item,
+        type=type_,
+        ts=int(time.time() * 1000),
+    )
 
 
 def wait_for(sub: RecommendationSubscriber, pred, timeout: float = DEADLINE_S) -> list[Recommendation]:
@@ -38,8 +44,9 @@ def wait_for(sub: RecommendationSubscriber, pred, timeout: float = DEADLINE_S) -
 
 def group_offsets(settings) -> tuple[dict[int, int], dict[int, int]]:
     """(committed offset, end offset) of each events partition for the worker group (committed < 0: none)."""
-    c = Consumer({"bootstrap.servers": settings.resolved_bootstrap(), "group.id": settings.app_id,
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {"bootstrap.servers": settings.resolved_bootstrap(), "group.id": settings.app_id, "enable.auto.commit": False}
+    )
     try:
         tps = [TopicPartition(settings.topic_events, p) for p in range(settings.partitions)]
         committed = {tp.partition: tp.offset for tp in c.committed(tps, timeout=15)}
@@ -52,8 +59,14 @@ def group_offsets(settings) -> tuple[dict[int, int], dict[int, int]]:
 def metric(w, name: str) -> int:
     """An unlabelled sample of the worker's /metrics (e.g. ``streamrec_events_in_total``)."""
     text = w.get("/metrics")[1]
-    return int(next(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-                    if s.name == name and not s.labels))
+    return int(
+        next(
+            s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == name and not s.labels
+        )
+    )
 
 
 def wait_group_members(settings, members: int, timeout: float = 120.0) -> None:
@@ -65,8 +78,9 @@ def wait_group_members(settings, members: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         desc = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(timeout=10)
-        owners = [m for m in desc.members
-                  if any(tp.topic == settings.topic_events for tp in m.assignment.topic_partitions)]
+        owners = [
+            m for m in desc.members if any(tp.topic == settings.topic_events for tp in m.assignment.topic_partitions)
+        ]
         if desc.state == ConsumerGroupState.STABLE and len(desc.members) == members == len(owners):
             return
         assert time.monotonic() < deadline, f"group {settings.app_id}: {desc.state}, {len(owners)} owners"
@@ -99,8 +113,14 @@ def worker(kafka_settings, sim_model, shop, tmp_path):
 def test_session_gets_recommendation_without_purchased_items(kafka_settings, worker, shop):
     w = worker()
     items = [c.item_id for c in shop.catalog() if c.in_stock][:5]
-    session = [ev("alice", items[0]), ev("alice", items[1]), ev("alice", items[1], "add_to_cart"),
-               ev("alice", items[1], "purchase"), ev("alice", items[2]), ev("alice", items[0], "purchase")]
+    session = [
+        ev("alice", items[0]),
+        ev("alice", items[1]),
+        ev("alice", items[1], "add_to_cart"),
+        ev("alice", items[1], "purchase"),
+        ev("alice", items[2]),
+        ev("alice", items[0], "purchase"),
+    ]
     with RecommendationSubscriber.from_settings(kafka_settings, user_ids={"alice"}) as sub:
         sub.wait_ready()
         with EventProducer.from_settings(kafka_settings) as producer:
@@ -145,8 +165,13 @@ def test_malformed_burst_goes_to_dlq_and_valid_events_still_answered(kafka_setti
         raw.produce(kafka_settings.topic_events, key=b"bob", value=good.to_bytes())
         raw.flush(10)
         wait_for(sub, lambda got: any(r.event_id == good.event_id for r in got))
-    c = Consumer({"bootstrap.servers": kafka_settings.resolved_bootstrap(), "group.id": uuid.uuid4().hex,
-                  "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {
+            "bootstrap.servers": kafka_settings.resolved_bootstrap(),
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
     c.subscribe([kafka_settings.topic_dlq])
     letters: list[DeadLetter] = []
     deadline = time.monotonic() + 30
@@ -166,12 +191,18 @@ def test_malformed_burst_goes_to_dlq_and_valid_events_still_answered(kafka_setti
 #: A genuinely new title for each default simulator category (words its catalog never uses for
 #: that category), so that only the text's meaning relates the new item to what a user likes.
 NEW_TITLES = {
-    "skincare": "Hyaluronic Acid Hydrating Face Cream", "haircare": "Keratin Smoothing Shampoo",
-    "makeup": "Satin Finish Lip Gloss", "fragrance": "Sandalwood Eau de Parfum",
-    "running shoes": "Marathon Road Running Sneaker", "sportswear": "Moisture-Wicking Running Shirt",
-    "coffee": "Ethiopian Light Roast Coffee Beans", "tea": "Peppermint Herbal Tea Sachets",
-    "kitchen": "Cast Iron Grill Pan", "home decor": "Soy Wax Scented Candle",
-    "electronics accessories": "Wireless Charging Pad", "books": "Historical Fiction Novel",
+    "skincare": "Hyaluronic Acid Hydrating Face Cream",
+    "haircare": "Keratin Smoothing Shampoo",
+    "makeup": "Satin Finish Lip Gloss",
+    "fragrance": "Sandalwood Eau de Parfum",
+    "running shoes": "Marathon Road Running Sneaker",
+    "sportswear": "Moisture-Wicking Running Shirt",
+    "coffee": "Ethiopian Light Roast Coffee Beans",
+    "tea": "Peppermint Herbal Tea Sachets",
+    "kitchen": "Cast Iron Grill Pan",
+    "home decor": "Soy Wax Scented Candle",
+    "electronics accessories": "Wireless Charging Pad",
+    "books": "Historical Fiction Novel",
 }
 
 
@@ -179,10 +210,15 @@ class ZeroShotRankGap(AssertionError):
     """The new related item missed the top 10: what the model cannot do yet (issue #13)."""
 
 
-@pytest.mark.xfail(strict=True, raises=ZeroShotRankGap, reason=(
-    "model issue #13: a new item with a new but related title (same brand and category) ranks "
-    "outside the top 10 of 300+ items for this user (rank ~22 offline with the test's model; 2 of "
-    "the 12 categories reach the top 10). Remove this marker when the model passes."))
+@pytest.mark.xfail(
+    strict=True,
+    raises=ZeroShotRankGap,
+    reason=(
+        "model issue #13: a new item with a new but related title (same brand and category) ranks "
+        "outside the top 10 of 300+ items for this user (rank ~22 offline with the test's model; 2 of "
+        "the 12 categories reach the top 10). Remove this marker when the model passes."
+    ),
+)
 def test_new_catalog_item_is_recommended_from_its_text(kafka_settings, worker, shop):
     """A fair zero-shot drill at the default TOP_K (10): a user who looks at one brand's items in one
     category; the shop lists a new item of that brand and category under a title its catalog never
@@ -202,12 +238,22 @@ def test_new_catalog_item_is_recommended_from_its_text(kafka_settings, worker, s
         wait_for(sub, lambda got: any(r.event_id == events[-1].event_id for r in got))
         other = next(c for c in catalog if c.in_stock and c.category != anchor.category)
         now = int(time.time() * 1000)
-        new_like = anchor.model_copy(update={
-            "item_id": "sku-brand-new", "title": f"{anchor.brand} {NEW_TITLES[anchor.category]}",
-            "description": None, "updated_ts": now})
-        new_other = other.model_copy(update={
-            "item_id": "sku-other-new", "title": f"{other.brand} {NEW_TITLES[other.category]}",
-            "description": None, "updated_ts": now})
+        new_like = anchor.model_copy(
+            update={
+                "item_id": "sku-brand-new",
+                "title": f"{anchor.brand} {NEW_TITLES[anchor.category]}",
+                "description": None,
+                "updated_ts": now,
+            }
+        )
+        new_other = other.model_copy(
+            update={
+                "item_id": "sku-other-new",
+                "title": f"{other.brand} {NEW_TITLES[other.category]}",
+                "description": None,
+                "updated_ts": now,
+            }
+        )
         titles = {c.title for c in catalog}
         assert new_like.title not in titles and new_other.title not in titles
         with EventProducer.from_settings(kafka_settings) as producer:
@@ -255,12 +301,14 @@ def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(kafka_s
         w2 = worker()
         last = {e.user_id: e for e in sent}
         try:
-            got = wait_for(sub, lambda got: {r.event_id for r in got} >= {e.event_id for e in last.values()},
-                           timeout=120)
+            got = wait_for(
+                sub, lambda got: {r.event_id for r in got} >= {e.event_id for e in last.values()}, timeout=120
+            )
         except AssertionError as exc:
             metrics = w2.get("/metrics")[1] if w2.proc.poll() is None else "(exited)"
-            raise AssertionError(f"{exc}\n--- metrics ---\n{metrics}\n--- restarted worker log ---\n"
-                                 f"{w2.log()[-3000:]}") from None
+            raise AssertionError(
+                f"{exc}\n--- metrics ---\n{metrics}\n--- restarted worker log ---\n{w2.log()[-3000:]}"
+            ) from None
     assert w2.proc.poll() is None and "Traceback" not in w2.log()
     consumed = metric(w2, "streamrec_events_in_total")  # nothing after the committed offsets skipped
     assert consumed >= owed, f"consumed {consumed} of {owed}; committed {committed}, end {end}"
@@ -281,8 +329,9 @@ def test_worker_killed_before_its_first_commit_successor_reads_every_event(kafka
     w = worker()
     catalog = [c.item_id for c in shop.catalog() if c.in_stock]
     users = [f"early{i}" for i in range(12)]
-    changelog = [TopicPartition(f"{kafka_settings.app_id}-users-changelog", p)
-                 for p in range(kafka_settings.partitions)]
+    changelog = [
+        TopicPartition(f"{kafka_settings.app_id}-users-changelog", p) for p in range(kafka_settings.partitions)
+    ]
     sent: list[ShopEvent] = []
     with RecommendationSubscriber.from_settings(kafka_settings, user_ids=set(users)) as sub:
         sub.wait_ready()
@@ -313,7 +362,8 @@ def test_worker_killed_before_its_first_commit_successor_reads_every_event(kafka
         lag = [x for x in w2.get("/metrics")[1].splitlines() if x.startswith("streamrec_consumer_lag")]
         assert consumed >= owed, (
             f"restarted worker consumed {consumed} of the {owed} events after the committed offsets "
-            f"{committed} (end offsets {end}); {lag}")
+            f"{committed} (end offsets {end}); {lag}"
+        )
         last = {e.user_id: e.event_id for e in sent}
         wait_for(sub, lambda got: {r.event_id for r in got} >= set(last.values()))
     assert w2.proc.poll() is None and "Traceback" not in w2.log()

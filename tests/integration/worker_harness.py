@@ -22,9 +22,21 @@ from streamrec.devtools.localkafka import free_port
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    for name in ("bootstrap_servers", "topic_events", "topic_catalog", "topic_recommendations", "topic_dlq",
-                 "topic_model_updates", "topic_deletions", "topic_catalog_dlq", "topic_profiles", "app_id",
-                 "partitions", "data_dir", "top_k"):
+    for name in (
+        "bootstrap_servers",
+        "topic_events",
+        "topic_catalog",
+        "topic_recommendations",
+        "topic_dlq",
+        "topic_model_updates",
+        "topic_deletions",
+        "topic_catalog_dlq",
+        "topic_profiles",
+        "app_id",
+        "partitions",
+        "data_dir",
+        "top_k",
+    ):
         value = getattr(settings, name)
         env[f"STREAMREC_{name.upper()}"] = str(value)
     env["STREAMREC_BOOTSTRAP_SERVERS"] = settings.resolved_bootstrap()
@@ -83,8 +95,9 @@ class WorkerProcess:
         return self.proc.returncode
 
 
-def start_worker(settings: Settings, model_dir: Path | None, log_dir: Path, *, port: int | None = None,
-                 **extra_env: str) -> WorkerProcess:
+def start_worker(
+    settings: Settings, model_dir: Path | None, log_dir: Path, *, port: int | None = None, **extra_env: str
+) -> WorkerProcess:
     """A `streamrec worker` serving ``model_dir``, or (None) the registry's current version."""
     port = port or free_port()
     env = settings_env(settings, STREAMREC_WEB_PORT=str(port), **extra_env)
@@ -92,7 +105,10 @@ def start_worker(settings: Settings, model_dir: Path | None, log_dir: Path, *, p
     with open(log_path, "wb") as out:  # the child keeps its own copy of the fd
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamrec.cli", "worker", *(["--model", str(model_dir)] if model_dir else [])],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     return WorkerProcess(proc, port, log_path)
 
@@ -100,8 +116,9 @@ def start_worker(settings: Settings, model_dir: Path | None, log_dir: Path, *, p
 def changelog(settings) -> dict[bytes, list[bytes | None]]:
     """Every record of the users table's changelog, values per key in offset order."""
     topic = f"{settings.app_id}-users-changelog"
-    c = Consumer({"bootstrap.servers": settings.resolved_bootstrap(), "group.id": uuid.uuid4().hex,
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {"bootstrap.servers": settings.resolved_bootstrap(), "group.id": uuid.uuid4().hex, "enable.auto.commit": False}
+    )
     out: dict[bytes, list[bytes | None]] = {}
     try:
         tps = [TopicPartition(topic, p) for p in range(settings.partitions)]

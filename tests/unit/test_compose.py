@@ -49,8 +49,10 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE.get("services") or {}
 def _spec_errors(doc: dict[str, Any]) -> list[str]:
     spec = json.loads(COMPOSE_SPEC.read_text(encoding="utf-8"))
     validator = jsonschema.Draft201909Validator(spec)
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
 
 
 def _env(service: dict[str, Any]) -> dict[str, str]:
@@ -161,10 +163,12 @@ def test_every_wait_can_end() -> None:
             if condition == "service_healthy":
                 check = target.get("healthcheck") or {}
                 assert check.get("test") and not check.get("disable"), (
-                    f"{name} waits for {dep} to be healthy, but {dep} has no healthcheck")
+                    f"{name} waits for {dep} to be healthy, but {dep} has no healthcheck"
+                )
             if condition == "service_completed_successfully":
                 assert str(target.get("restart", "no")) == "no", (
-                    f"{name} waits for {dep} to complete, but {dep} restarts ({target.get('restart')})")
+                    f"{name} waits for {dep} to complete, but {dep} restarts ({target.get('restart')})"
+                )
 
 
 def test_dependency_order() -> None:
@@ -243,7 +247,8 @@ def test_env_names_are_settings_fields(name: str) -> None:
             continue
         assert var.startswith("STREAMREC_"), f"{name}: {var} is not a STREAMREC_* setting"
         assert var.removeprefix("STREAMREC_").lower() in fields, (
-            f"{name}: {var} is not a field of streamrec.config.Settings")
+            f"{name}: {var} is not a field of streamrec.config.Settings"
+        )
 
 
 @pytest.mark.parametrize("name", STREAMREC_SERVICES)
@@ -290,8 +295,10 @@ def test_commands_are_accepted_by_the_cli(name: str, args: list[str], tmp_path: 
     assert args, f"{name}: no command"
     sub = next((a for a in args if not a.startswith("-")), None)
     if sub not in _subcommands(parser):
-        pytest.skip(f"`streamrec {sub}` is not in the CLI yet (its package has not landed); "
-                    f"cannot check {name}'s command {args!r}")
+        pytest.skip(
+            f"`streamrec {sub}` is not in the CLI yet (its package has not landed); "
+            f"cannot check {name}'s command {args!r}"
+        )
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):

@@ -27,8 +27,14 @@ def test_bad_value_names_setting_and_value(monkeypatch):
 
 
 def test_security_passes_through_and_secret_hidden():
-    s = Settings(bootstrap_servers="b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                 sasl_username="shop", sasl_password="s3cret", ssl_cafile="/ca.pem")
+    s = Settings(
+        bootstrap_servers="b:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="shop",
+        sasl_password="s3cret",
+        ssl_cafile="/ca.pem",
+    )
     conf = s.confluent_config()
     assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.password"] == "s3cret"
     assert conf["ssl.ca.location"] == "/ca.pem"

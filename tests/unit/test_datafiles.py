@@ -51,7 +51,9 @@ def test_read_sequences_bounds_and_encoding(tmp_path: Path, monkeypatch: pytest.
         read_sequences(write(tmp_path, "seq.txt", b"1 1 2\n2 \xff\xfe\n"))
     monkeypatch.setattr(datafiles, "MAX_LINE_CHARS", 10)
     assert read_sequences(write(tmp_path, "ok.txt", "1 2 3 4 56\r\n7 8 9 10 1\n")) == {
-        "1": ["2", "3", "4", "56"], "7": ["8", "9", "10", "1"]}
+        "1": ["2", "3", "4", "56"],
+        "7": ["8", "9", "10", "1"],
+    }
     with pytest.raises(ValueError, match=r"long.txt:1: line longer than 10 bytes"):
         read_sequences(write(tmp_path, "long.txt", "1 2 3 4 5 6 7 8 9\n"))
 

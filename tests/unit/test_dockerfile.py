@@ -45,7 +45,7 @@ def _dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile_entrypoint_cmd_and_healthcheck() -> None:
     assert DOCKERFILE.is_file()
     instr = _dockerfile_instructions()
-    final = instr[max(i for i, (w, _) in enumerate(instr) if w == "FROM"):]
+    final = instr[max(i for i, (w, _) in enumerate(instr) if w == "FROM") :]
     words = dict(final)  # last occurrence wins, as in Docker
     assert json.loads(words["ENTRYPOINT"]) == ["streamrec"]
     assert json.loads(words["CMD"]) == ["worker"]
@@ -79,19 +79,25 @@ def test_dockerfile_extras_expand_to_pip_requirement() -> None:
     """`.${EXTRAS:+[$EXTRAS]}` as written in the RUN lines: '.' by default, '.[gpu]' for gpu."""
     text = DOCKERFILE.read_text(encoding="utf-8")
     exprs = set(re.findall(r'"(\.\$\{EXTRAS[^"]*)"', text))
-    assert exprs, "the pip install lines should install \".${EXTRAS:+[$EXTRAS]}\""
+    assert exprs, 'the pip install lines should install ".${EXTRAS:+[$EXTRAS]}"'
     for expr in exprs:
         for extras, expected in (("", "."), ("gpu", ".[gpu]")):
             got = subprocess.run(
-                ["sh", "-c", f'printf %s "{expr}"'], env={"EXTRAS": extras},
-                capture_output=True, text=True, check=True,
+                ["sh", "-c", f'printf %s "{expr}"'],
+                env={"EXTRAS": extras},
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout
             assert got == expected, f"{expr} with EXTRAS={extras!r} -> {got!r}"
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
-    entries = {line.strip().lstrip("/") for line in DOCKERIGNORE.read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    entries = {
+        line.strip().lstrip("/")
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     for required in (".venv", ".cache", "data", ".git", ".pytest_cache", ".env"):
         assert required in entries, f".dockerignore should exclude {required}"
     assert "streamrec" not in entries and "pyproject.toml" not in entries

@@ -12,8 +12,9 @@ from streamrec.devtools.fuzz import MUTATIONS, FuzzMessage, catalog_messages, fu
 from streamrec.errors import SchemaError
 from streamrec.schemas import CatalogItem, ShopEvent
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                        HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 def classify(contract, m: FuzzMessage) -> str | None:

@@ -45,7 +45,14 @@ def test_replay_interleaves_and_keeps_each_users_order() -> None:
     seqs = {"a": ["1", "2", "3", "4"], "b": ["5"], "c": ["6", "7"]}
     evs = list(replay_events(seqs, start_ts=1_800_000_000_000, step_ms=10))
     assert [(e.user_id, e.item_id) for e in evs] == [
-        ("a", "1"), ("b", "5"), ("c", "6"), ("a", "2"), ("c", "7"), ("a", "3"), ("a", "4")]
+        ("a", "1"),
+        ("b", "5"),
+        ("c", "6"),
+        ("a", "2"),
+        ("c", "7"),
+        ("a", "3"),
+        ("a", "4"),
+    ]
     assert [e.ts for e in evs] == [1_800_000_000_000 + 10 * k for k in range(7)]
     for user, seq in seqs.items():
         assert [e.item_id for e in evs if e.user_id == user] == seq
@@ -68,7 +75,11 @@ def test_typed_tokens_set_the_event_type() -> None:
     seqs = {"a": ["1", "2:add_to_cart", "2:purchase", "x:y"]}
     evs = list(replay_events(seqs))
     assert [(e.item_id, e.type) for e in evs] == [
-        ("1", "purchase"), ("2", "add_to_cart"), ("2", "purchase"), ("x:y", "purchase")]
+        ("1", "purchase"),
+        ("2", "add_to_cart"),
+        ("2", "purchase"),
+        ("x:y", "purchase"),
+    ]
     assert dataset_items(seqs) == ["1", "2", "x:y"]
 
 
@@ -76,8 +87,9 @@ def test_run_replay_sends_catalog_then_paced_events() -> None:
     seqs = {"a": ["1", "2", "3"], "b": ["2", "4"]}
     prod = FakeProducer()
     now = iter(range(1_900_000_000_000, 1_900_000_001_000))
-    n = run_replay(prod, seqs, {"1": "One", "2": "Two"}, rate=None, max_events=4, event_type="view",
-                   clock=lambda: next(now))
+    n = run_replay(
+        prod, seqs, {"1": "One", "2": "Two"}, rate=None, max_events=4, event_type="view", clock=lambda: next(now)
+    )
     assert n == 4 and prod.flushes == 1
     catalog = [r for r in prod.sent if isinstance(r, CatalogItem)]
     assert [c.item_id for c in catalog] == ["1", "2", "3", "4"] and prod.sent[:4] == catalog
@@ -103,18 +115,27 @@ def test_typed_replay_keeps_types_times_and_sessions():
     from streamrec.typed_events import by_user, parse_lines
 
     t = 1_511_544_000
-    users = by_user(parse_lines([
-        "user_id,item_id,category_id,behavior,ts",
-        f"u1,i1,c9,pv,{t}", f"u2,i2,c8,cart,{t + 5}", f"u1,i1,c9,buy,{t + 10}",
-        f"u1,i3,c7,fav,{t + 10 + 31 * 60}",  # more than 30 min later: a new session
-    ]))
+    users = by_user(
+        parse_lines(
+            [
+                "user_id,item_id,category_id,behavior,ts",
+                f"u1,i1,c9,pv,{t}",
+                f"u2,i2,c8,cart,{t + 5}",
+                f"u1,i1,c9,buy,{t + 10}",
+                f"u1,i3,c7,fav,{t + 10 + 31 * 60}",  # more than 30 min later: a new session
+            ]
+        )
+    )
     prod = FakeProducer()
     n = run_typed_replay(prod, users, rate=None, max_events=None, id_prefix="tb")
     cats = [x for x in prod.sent if isinstance(x, CatalogItem)]
     evs = [x for x in prod.sent if not isinstance(x, CatalogItem)]
     assert n == 4 and {(c.item_id, c.category) for c in cats} == {("i1", "c9"), ("i2", "c8"), ("i3", "c7")}
     assert [(e.user_id, e.item_id, e.type, e.ts) for e in evs] == [
-        ("u1", "i1", "view", t * 1000), ("u2", "i2", "add_to_cart", (t + 5) * 1000),
-        ("u1", "i1", "purchase", (t + 10) * 1000), ("u1", "i3", "view", (t + 10 + 31 * 60) * 1000)]
+        ("u1", "i1", "view", t * 1000),
+        ("u2", "i2", "add_to_cart", (t + 5) * 1000),
+        ("u1", "i1", "purchase", (t + 10) * 1000),
+        ("u1", "i3", "view", (t + 10 + 31 * 60) * 1000),
+    ]
     assert [e.session_id for e in evs] == ["tb-u1-s1", "tb-u2-s1", "tb-u1-s1", "tb-u1-s2"]
     assert len({e.event_id for e in evs}) == 4

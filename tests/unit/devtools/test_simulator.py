@@ -178,8 +178,17 @@ def test_pluggable_clock_never_goes_backwards() -> None:
     assert [e.ts for e in evs[:3]] == [1_800_000_000_000, 1_800_000_000_500, 1_800_000_000_500]
 
 
-@pytest.mark.parametrize("kwargs", [{"seed": -1}, {"n_items": 0}, {"n_categories": 99},
-                                    {"cart_rate": 1.5}, {"id_prefix": "has space"}, {"base_ts": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"seed": -1},
+        {"n_items": 0},
+        {"n_categories": 99},
+        {"cart_rate": 1.5},
+        {"id_prefix": "has space"},
+        {"base_ts": 0},
+    ],
+)
 def test_bad_arguments_raise_value_error(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         ShopSimulator(**kwargs)
@@ -225,11 +234,18 @@ def test_typed_dataset_replays_with_its_event_types(tmp_path) -> None:
 
 def test_interest_sequences_skip_removals_and_repeats() -> None:
     def ev(i: int, item: str, kind: str) -> ShopEvent:
-        return ShopEvent(event_id=f"e{i}", user_id="u", session_id="s", item_id=item, type=kind,
-                         ts=DEFAULT_BASE_TS_MS + i)
+        return ShopEvent(
+            event_id=f"e{i}", user_id="u", session_id="s", item_id=item, type=kind, ts=DEFAULT_BASE_TS_MS + i
+        )
 
-    evs = [ev(1, "a", "view"), ev(2, "a", "add_to_cart"), ev(3, "b", "view"), ev(4, "a", "remove_from_cart"),
-           ev(5, "a", "view"), ev(6, "a", "purchase")]
+    evs = [
+        ev(1, "a", "view"),
+        ev(2, "a", "add_to_cart"),
+        ev(3, "b", "view"),
+        ev(4, "a", "remove_from_cart"),
+        ev(5, "a", "view"),
+        ev(6, "a", "purchase"),
+    ]
     assert interest_sequences(evs) == {"u": ["a", "b", "a"]}
     assert interest_sequences(evs, dedupe_consecutive=False) == {"u": ["a", "a", "b", "a", "a"]}
     assert interest_sequences(evs, with_types=True) == {"u": ["a", "a:add_to_cart", "b", "a", "a:purchase"]}
@@ -283,8 +299,9 @@ def test_run_simulation_sends_catalog_first_then_live_stamped_events() -> None:
     sim = ShopSimulator(seed=2, n_items=30, n_users=10)
     prod, counts = FakeProducer(), []
     now = iter(range(1_900_000_000_000, 1_900_000_100_000))
-    n = run_simulation(prod, sim, rate=None, duration=None, max_events=200, clock=lambda: next(now),
-                       progress=counts.append)
+    n = run_simulation(
+        prod, sim, rate=None, duration=None, max_events=200, clock=lambda: next(now), progress=counts.append
+    )
     assert n == 200 and prod.flushes == 1 and counts[-1] == 200
     assert all(isinstance(r, CatalogItem) for r in prod.sent[:30])
     evs = [r for r in prod.sent[30:] if isinstance(r, ShopEvent)]
@@ -296,8 +313,16 @@ def test_run_simulation_sends_catalog_first_then_live_stamped_events() -> None:
 def test_emit_stops_at_duration_and_on_stop_with_fake_time() -> None:
     t = FakeTime()
     sim = ShopSimulator(seed=2, n_items=30, n_users=10)
-    n = emit(FakeProducer(), sim.stream(None), rate=100.0, duration=3.0, max_events=None, clock=None,
-             monotonic=t.clock, sleep=t.sleep)
+    n = emit(
+        FakeProducer(),
+        sim.stream(None),
+        rate=100.0,
+        duration=3.0,
+        max_events=None,
+        clock=None,
+        monotonic=t.clock,
+        sleep=t.sleep,
+    )
     assert 295 <= n <= 302
     stop = threading.Event()
     stop.set()

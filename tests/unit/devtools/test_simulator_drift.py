@@ -63,8 +63,26 @@ def test_tastes_move_to_other_categories() -> None:
 def test_cli_accepts_drift(tmp_path: Path) -> None:
     from streamrec.cli import main
 
-    assert main(["simulate", "--write-dataset", str(tmp_path), "--events", "300", "--items", "40",
-                 "--users", "20", "--drift", "100", "--drift-new-items", "3"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--write-dataset",
+                str(tmp_path),
+                "--events",
+                "300",
+                "--items",
+                "40",
+                "--users",
+                "20",
+                "--drift",
+                "100",
+                "--drift-new-items",
+                "3",
+            ]
+        )
+        == 0
+    )
     text = (tmp_path / "item_text.tsv").read_text().splitlines()
     assert len(text) == 1 + 40 + 2 * 3  # header, catalog, two shifts of 3 items
 
@@ -89,8 +107,9 @@ def test_a_stale_model_loses_to_a_retrained_one_under_drift(tmp_path: Path) -> N
     log = TrainLog(tmp_path / "log", topic="shop.events")
     log.append(0, 0, n - 1, list(enumerate(events[:n])))
     reg = ModelRegistry(tmp_path / "models")
-    cfg = RetrainConfig(time_budget_s=12, holdout_users=300, device="cpu", seed=1, val_users=64,
-                        max_epochs=200, patience=20)
+    cfg = RetrainConfig(
+        time_budget_s=12, holdout_users=300, device="cpu", seed=1, val_users=64, max_epochs=200, patience=20
+    )
     first = retrain(log.read(), reg, base_text, cfg)  # the trending items are not listed yet
     assert first.promoted
     log.append(0, n, 2 * n - 1, [(n + k, e) for k, e in enumerate(events[n:])])

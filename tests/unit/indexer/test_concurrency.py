@@ -76,8 +76,7 @@ def test_changes_during_rebuild_are_replayed(data):
     assert not ix.is_eligible(ids[2]) and ix.is_eligible(ids[3])
     assert ix.search(q, 1)[0][0][0] == "added"
     top2 = ix.search(q, 2)[0][1][0]  # the new vectors are in use:
-    np.testing.assert_allclose(ix.search(q, 2)[0][1][1],
-                               float(new_vecs[int(top2.split("-")[1])] @ q[0]), rtol=1e-4)
+    np.testing.assert_allclose(ix.search(q, 2)[0][1][1], float(new_vecs[int(top2.split("-")[1])] @ q[0]), rtol=1e-4)
     assert not ix._logs
     ix.close()
 

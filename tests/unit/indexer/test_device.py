@@ -12,6 +12,7 @@ from streamrec.indexer.faiss_index import choose_kind, placement, select_device
 def gpu(monkeypatch):
     def fake(available: bool):
         monkeypatch.setattr(faiss_index, "_gpu_available", lambda: available)
+
     return fake
 
 

@@ -21,8 +21,7 @@ def unit_vecs(n: int, seed: int) -> np.ndarray:
 
 
 def small_index(**kw) -> ItemIndex:
-    return ItemIndex(DIM, device="cpu", exact_max=EXACT_MAX, hnsw_m=8, hnsw_ef_construction=40,
-                     hnsw_ef_search=64, **kw)
+    return ItemIndex(DIM, device="cpu", exact_max=EXACT_MAX, hnsw_m=8, hnsw_ef_construction=40, hnsw_ef_search=64, **kw)
 
 
 def check_contents(index: ItemIndex, expect: dict[str, np.ndarray], out_of_stock: set[str]) -> None:
@@ -103,7 +102,7 @@ def test_shrinking_catalog_goes_back_to_flat_with_hysteresis():
     ids = [f"sku-{i}" for i in range(400)]
     vecs = unit_vecs(400, seed=3)
     for s in range(0, 400, BATCH):
-        index.upsert(ids[s:s + BATCH], vecs[s:s + BATCH])
+        index.upsert(ids[s : s + BATCH], vecs[s : s + BATCH])
     assert index.kind == "flat"
     index.retune(background=False)
     assert index.kind == "hnsw"
@@ -119,7 +118,7 @@ def test_a_fixed_kind_never_switches():
     index = small_index(kind="flat")
     vecs = unit_vecs(400, seed=4)
     for s in range(0, 400, BATCH):
-        index.upsert([f"sku-{i}" for i in range(s, min(400, s + BATCH))], vecs[s:s + BATCH])
+        index.upsert([f"sku-{i}" for i in range(s, min(400, s + BATCH))], vecs[s : s + BATCH])
         assert index.retune() is None
     assert index.kind == "flat"
 

@@ -53,9 +53,18 @@ def test_load_rejects_wrong_dim(data, tmp_path):
         ItemIndex.load(tmp_path, dim=DIM + 1)
 
 
-@pytest.mark.parametrize("damage", ["flip:index.faiss", "flip:vectors.npy", "flip:state.json",
-                                    "drop:index.faiss", "drop:manifest.json", "edit:manifest.json",
-                                    "nodir"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "flip:index.faiss",
+        "flip:vectors.npy",
+        "flip:state.json",
+        "drop:index.faiss",
+        "drop:manifest.json",
+        "edit:manifest.json",
+        "nodir",
+    ],
+)
 def test_corrupt_checkpoint_rebuilds(damage, data, tmp_path):
     ids, vecs, queries = data
     good = make_index("hnsw")

@@ -46,8 +46,7 @@ def write_item_text(path: Path, n: int = N_ITEMS, *, skip: tuple[int, ...] = (5,
     return path
 
 
-TINY_CONFIG = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=10, dropout=0.1,
-                   emb_dropout=0.1, id_dropout=0.1)
+TINY_CONFIG = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=10, dropout=0.1, emb_dropout=0.1, id_dropout=0.1)
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +65,12 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_data, tiny_te
     from streamrec.model.checkpoint import save_checkpoint
     from streamrec.model.train import TrainSettings, train
 
-    res = train(tiny_data, item_text=tiny_text, config=TINY_CONFIG,
-                settings=TrainSettings(max_epochs=3, device="cpu", progress=False, batch_size=32))
+    res = train(
+        tiny_data,
+        item_text=tiny_text,
+        config=TINY_CONFIG,
+        settings=TrainSettings(max_epochs=3, device="cpu", progress=False, batch_size=32),
+    )
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     save_checkpoint(res.model, res.vocab, out, metrics=res.metrics, train_settings=res.settings)
     return out

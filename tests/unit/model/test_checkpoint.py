@@ -15,8 +15,14 @@ from streamrec.model.inference import Recommender
 
 def test_layout(tiny_checkpoint):
     names = {p.name for p in tiny_checkpoint.iterdir()}
-    assert {"config.json", "model.safetensors", "item_map.json", "text_emb.safetensors",
-            "metrics.json", "train_settings.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "item_map.json",
+        "text_emb.safetensors",
+        "metrics.json",
+        "train_settings.json",
+    } <= names
     item_map = json.loads((tiny_checkpoint / "item_map.json").read_text())
     assert sorted(item_map.values()) == list(range(1, len(item_map) + 1))
 

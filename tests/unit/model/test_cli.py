@@ -23,8 +23,19 @@ def _run(argv, settings):
 
 def _tiny_flags():
     c = TINY_CONFIG
-    return ["--d-model", str(c["d_model"]), "--n-layers", "1", "--d-ff", str(c["d_ff"]),
-            "--max-len", str(c["max_len"]), "--max-epochs", "2", "--no-progress"]
+    return [
+        "--d-model",
+        str(c["d_model"]),
+        "--n-layers",
+        "1",
+        "--d-ff",
+        str(c["d_ff"]),
+        "--max-len",
+        str(c["max_len"]),
+        "--max-epochs",
+        "2",
+        "--no-progress",
+    ]
 
 
 @pytest.fixture
@@ -69,8 +80,9 @@ def test_train_register_evaluate_finetune_promote(tmp_path, settings, tiny_data,
     seq2.write_text("z1 i1 i4 brand-new\nz2 i2 i5 i8\n")
     text2 = tmp_path / "t2.tsv"
     text2.write_text("item_id\ttitle\nbrand-new\tred lipstick shade 100\n")
-    assert _run(["evaluate", "--sequences", str(seq2), "--item-text", str(text2), "--json",
-                 "--baselines"], settings) == 0
+    assert (
+        _run(["evaluate", "--sequences", str(seq2), "--item-text", str(text2), "--json", "--baselines"], settings) == 0
+    )
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep["users"] == 2 and rep["items_added_from_text"] == 1
     assert {"model_metrics", "popularity", "cooccurrence", "lift_over_popularity"} <= set(rep)
@@ -78,8 +90,13 @@ def test_train_register_evaluate_finetune_promote(tmp_path, settings, tiny_data,
     assert _run(["evaluate", "--sequences", str(seq), "--baselines"], settings) == 0
     assert "lift vs popularity" in capsys.readouterr().out
     # finetune into a second version, then promote it
-    assert _run(["finetune", "--sequences", str(seq2), "--item-text", str(text2),
-                 "--max-epochs", "1", "--no-progress"], settings) == 0
+    assert (
+        _run(
+            ["finetune", "--sequences", str(seq2), "--item-text", str(text2), "--max-epochs", "1", "--no-progress"],
+            settings,
+        )
+        == 0
+    )
     versions = [v.version for v in reg.list()]
     assert len(versions) == 2 and reg.current_version() == v1
     assert _run(["models", "promote", versions[1]], settings) == 0
@@ -92,8 +109,7 @@ def test_train_register_evaluate_finetune_promote(tmp_path, settings, tiny_data,
 def test_train_to_out_dir(tmp_path, settings, tiny_data):
     seq = write_sequences(tmp_path / "s.txt", tiny_data)
     out = tmp_path / "ckpt"
-    assert _run(["train", "--sequences", str(seq), "--out", str(out), "--no-text", *_tiny_flags()],
-                settings) == 0
+    assert _run(["train", "--sequences", str(seq), "--out", str(out), "--no-text", *_tiny_flags()], settings) == 0
     assert (out / "model.safetensors").is_file() and (out / "train_settings.json").is_file()
     assert not settings.registry_dir.exists() or not any(settings.registry_dir.iterdir())
 
@@ -101,12 +117,23 @@ def test_train_to_out_dir(tmp_path, settings, tiny_data):
 def test_evaluate_candidates_and_text_baseline(tmp_path, settings, tiny_checkpoint, capsys):
     # A whole new shop: 12 items the model has never seen, titles in its colour families.
     text = tmp_path / "t.tsv"
-    text.write_text("item_id\ttitle\n" + "".join(
-        f"n{i}\t{('red', 'green', 'blue')[i % 3]} lipstick shade {100 + i}\n" for i in range(12)))
+    text.write_text(
+        "item_id\ttitle\n"
+        + "".join(f"n{i}\t{('red', 'green', 'blue')[i % 3]} lipstick shade {100 + i}\n" for i in range(12))
+    )
     seq = tmp_path / "s.txt"
     seq.write_text("".join(f"u{k} n{k % 3} n{k % 3 + 3} n{k % 3 + 6} n{k % 3 + 9}\n" for k in range(6)))
-    base = ["evaluate", "--model", str(tiny_checkpoint), "--sequences", str(seq), "--item-text",
-            str(text), "--json", "--baselines"]
+    base = [
+        "evaluate",
+        "--model",
+        str(tiny_checkpoint),
+        "--sequences",
+        str(seq),
+        "--item-text",
+        str(text),
+        "--json",
+        "--baselines",
+    ]
     assert _run(base, settings) == 0  # default: new items in the data -> rank among its catalog
     rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rep["candidates"] == "data" and rep["candidate_items"] == 12
@@ -120,9 +147,20 @@ def test_evaluate_candidates_and_text_baseline(tmp_path, settings, tiny_checkpoi
         assert rep[name]["hr@10"] >= rep_all[name]["hr@10"]
         assert rep[name]["ndcg@20"] >= rep_all[name]["ndcg@20"]
     # the training shop itself: nothing new -> all
-    assert _run(["evaluate", "--model", str(tiny_checkpoint), "--sequences",
-                 str(write_sequences(tmp_path / "old.txt", make_interactions(9))), "--json"],
-                settings) == 0
+    assert (
+        _run(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_checkpoint),
+                "--sequences",
+                str(write_sequences(tmp_path / "old.txt", make_interactions(9))),
+                "--json",
+            ],
+            settings,
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["candidates"] == "all"
     with pytest.raises(SystemExit):
         _run([*base, "--candidates", "some"], settings)

@@ -50,8 +50,9 @@ def test_grown_model_saves_no_spare_rows(tmp_path):
 
 @pytest.fixture
 def rec(tiny_checkpoint) -> Recommender:
-    return Recommender.load(tiny_checkpoint, device="cpu", version="t",
-                            text_cache=TextCache(None, encoder=CountingEncoder()))
+    return Recommender.load(
+        tiny_checkpoint, device="cpu", version="t", text_cache=TextCache(None, encoder=CountingEncoder())
+    )
 
 
 def titles(lo: int, hi: int) -> list[tuple[str, str]]:
@@ -75,8 +76,7 @@ def test_recommender_loads_items_in_linear_work(rec):
 
 def test_vectors_do_not_depend_on_batching(tiny_checkpoint):
     def load(batch: int) -> np.ndarray:
-        r = Recommender.load(tiny_checkpoint, device="cpu",
-                             text_cache=TextCache(None, encoder=CountingEncoder()))
+        r = Recommender.load(tiny_checkpoint, device="cpu", text_cache=TextCache(None, encoder=CountingEncoder()))
         for s in range(0, 300, batch):
             r.add_items(titles(s, min(300, s + batch)))
         return r.add_items(titles(0, 300))

@@ -39,7 +39,7 @@ def test_shapes_and_empty_history_is_zero():
     torch.testing.assert_close(u, m.user_states(X, None, table)[:, -1])
     assert torch.all(u[2] == 0)  # empty history: the zero vector, every score 0
     assert m.default_vector().shape == (m.output_dim,)
-    assert torch.all(m.default_vector()[16:16 + TEXT_DIM] == 0)
+    assert torch.all(m.default_vector()[16 : 16 + TEXT_DIM] == 0)
 
 
 def test_score_decomposes_into_model_text_and_bias():
@@ -52,7 +52,7 @@ def test_score_decomposes_into_model_text_and_bias():
     w = torch.exp(-0.7 * torch.tensor([3.0, 2.0, 1.0, 0.0]))
     q = F.normalize((w[:, None] * m.text_emb[1:5]).sum(0), dim=0)
     cos = F.normalize(m.text_emb, dim=-1) @ q
-    alpha = u[16:16 + TEXT_DIM].norm()
+    alpha = u[16 : 16 + TEXT_DIM].norm()
     k = 0.75  # item 4 of the history [1, 2, 3, 4] has no training count: 3 of 4 are known
     expected = k * (table @ h) + alpha * beta * cos + b
     torch.testing.assert_close(out @ u, expected, atol=1e-5, rtol=1e-5)
@@ -147,15 +147,15 @@ def test_served_user_vector_reads_only_the_weights_that_matter():
     """user_vectors skips history items whose recency weight is < 1e-4 of the newest: the
     same vector as the all-positions path, up to rounding."""
     torch.manual_seed(1)
-    cfg = SASRecConfig(n_items=30, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=40,
-                       text_decay=0.5)
+    cfg = SASRecConfig(n_items=30, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=40, text_decay=0.5)
     m = SASRec(cfg).eval()
     m.text_emb = F.normalize(torch.randn(31, cfg.text_dim), dim=-1)
     x = torch.randint(1, 31, (3, 40))
     x[0, :10] = PAD_ID
     table = m.item_table()
-    torch.testing.assert_close(m.user_vectors(x, None, table), m.user_states(x, None, table)[:, -1],
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        m.user_vectors(x, None, table), m.user_states(x, None, table)[:, -1], atol=1e-4, rtol=1e-4
+    )
 
 
 def test_post_fit_trains_the_model_part_then_only_the_gates(tiny_data, tiny_text):
@@ -163,9 +163,12 @@ def test_post_fit_trains_the_model_part_then_only_the_gates(tiny_data, tiny_text
 
     from .conftest import TINY_CONFIG
 
-    res = train(tiny_data, item_text=tiny_text, config=TINY_CONFIG,
-                settings=TrainSettings(max_epochs=2, device="cpu", progress=False, batch_size=32,
-                                       gate_epochs=2))
+    res = train(
+        tiny_data,
+        item_text=tiny_text,
+        config=TINY_CONFIG,
+        settings=TrainSettings(max_epochs=2, device="cpu", progress=False, batch_size=32, gate_epochs=2),
+    )
     m = res.model
     assert m.config.hybrid and "val_model_part" in res.metrics and "val" in res.metrics
     g = res.metrics["gates"]
@@ -173,8 +176,12 @@ def test_post_fit_trains_the_model_part_then_only_the_gates(tiny_data, tiny_text
     assert g["gate_item"] != [0.0, 0.0, 0.0, 0.5413]  # the gates moved
     assert float(m.item_count[1:].min()) > 0  # every tiny item trains
     with pytest.raises(ValueError, match="hybrid_fit"):
-        train(tiny_data, item_text=tiny_text, config=TINY_CONFIG,
-              settings=TrainSettings(max_epochs=1, device="cpu", progress=False, hybrid_fit="x"))
+        train(
+            tiny_data,
+            item_text=tiny_text,
+            config=TINY_CONFIG,
+            settings=TrainSettings(max_epochs=1, device="cpu", progress=False, hybrid_fit="x"),
+        )
 
 
 def test_joint_fit_and_with_text_channel(tiny_data, tiny_text):
@@ -182,15 +189,22 @@ def test_joint_fit_and_with_text_channel(tiny_data, tiny_text):
 
     from .conftest import TINY_CONFIG
 
-    res = train(tiny_data, item_text=tiny_text, config=TINY_CONFIG | {"hybrid": False},
-                settings=TrainSettings(max_epochs=1, device="cpu", progress=False, batch_size=32))
+    res = train(
+        tiny_data,
+        item_text=tiny_text,
+        config=TINY_CONFIG | {"hybrid": False},
+        settings=TrainSettings(max_epochs=1, device="cpu", progress=False, batch_size=32),
+    )
     assert not res.model.config.hybrid
     h = with_text_channel(res.model)
     assert h.config.hybrid and h.output_dim == res.model.config.d_model + TEXT_DIM + 1
     torch.testing.assert_close(h.eval().item_table(), res.model.eval().item_table())
-    res2 = train(tiny_data, item_text=tiny_text, config=TINY_CONFIG,
-                 settings=TrainSettings(max_epochs=1, device="cpu", progress=False, batch_size=32,
-                                        hybrid_fit="joint"))
+    res2 = train(
+        tiny_data,
+        item_text=tiny_text,
+        config=TINY_CONFIG,
+        settings=TrainSettings(max_epochs=1, device="cpu", progress=False, batch_size=32, hybrid_fit="joint"),
+    )
     assert "gates" not in res2.metrics and torch.isfinite(torch.tensor(res2.metrics["history"][0]["loss"]))
 
 

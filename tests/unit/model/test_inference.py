@@ -32,14 +32,15 @@ def test_default_name_and_device(tiny_checkpoint):
 def test_history_truncated_to_max_len(rec):
     long = [(f"i{1 + k % 24}", "view") for k in range(40)]
     a = rec.encode_users([long])
-    b = rec.encode_users([long[-rec.model.config.max_len:]])
+    b = rec.encode_users([long[-rec.model.config.max_len :]])
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_add_items_known_unknown_and_no_text(rec):
     known_ids, before = rec.item_vectors()
-    vecs = rec.add_items([("i2", "ignored new title"), ("new-a", "red lipstick shade 99"),
-                          ("new-b", None), ("new-c", "   ")])
+    vecs = rec.add_items(
+        [("i2", "ignored new title"), ("new-a", "red lipstick shade 99"), ("new-b", None), ("new-c", "   ")]
+    )
     assert vecs.shape == (4, rec.dim) and vecs.dtype == np.float32
     np.testing.assert_allclose(vecs[0], before[known_ids.index("i2")], atol=1e-6)  # known: learned + cached text
     default = rec.model.default_vector().numpy()
@@ -83,13 +84,12 @@ def test_pad_left_matches_a_plain_loop():
         for b, s in enumerate(seqs):
             s = list(s)[-length:] if length > 0 else []
             if s:
-                out[b, length - len(s):] = torch.tensor(s)
+                out[b, length - len(s) :] = torch.tensor(s)
         return out
 
     rng = np.random.default_rng(0)
     for length in (0, 1, 3, 50):
         for _ in range(20):
-            seqs = [[int(x) for x in rng.integers(1, 99, size=rng.integers(0, 70))]
-                    for _ in range(rng.integers(0, 30))]
+            seqs = [[int(x) for x in rng.integers(1, 99, size=rng.integers(0, 70))] for _ in range(rng.integers(0, 30))]
             assert torch.equal(pad_left(seqs, length), reference(seqs, length))
     assert pad_left([(1, 2), range(3, 6)], 3).tolist() == [[0, 1, 2], [3, 4, 5]]  # any sequence type

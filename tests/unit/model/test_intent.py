@@ -27,9 +27,14 @@ def ev(user: str, item: str, type_: str, minute: float, raw: str | None = None) 
 
 
 def test_examples_skip_purchases_and_label_a_later_purchase():
-    seq = [ev("u", "a", "view", 0), ev("u", "a", "add_to_cart", 1), ev("u", "a", "purchase", 2),
-           ev("u", "b", "view", 3),                                # after the last purchase: negative
-           ev("u", "c", "view", 100), ev("u", "c", "view", 101)]   # a second session, no purchase
+    seq = [
+        ev("u", "a", "view", 0),
+        ev("u", "a", "add_to_cart", 1),
+        ev("u", "a", "purchase", 2),
+        ev("u", "b", "view", 3),  # after the last purchase: negative
+        ev("u", "c", "view", 100),
+        ev("u", "c", "view", 101),
+    ]  # a second session, no purchase
     ex = intent_examples({"u": seq})
     assert ex.x.shape == (5, len(FEATURE_NAMES))  # 6 events, the purchase is not scored
     assert ex.y.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
@@ -38,8 +43,13 @@ def test_examples_skip_purchases_and_label_a_later_purchase():
 
 def test_example_features_see_only_the_prefix():
     """The row at an event is the same whatever follows it: nothing later can leak in."""
-    seq = [ev("u", "a", "view", 0), ev("u", "b", "view", 1), ev("u", "a", "add_to_cart", 2),
-           ev("u", "a", "purchase", 3), ev("u", "c", "view", 4)]
+    seq = [
+        ev("u", "a", "view", 0),
+        ev("u", "b", "view", 1),
+        ev("u", "a", "add_to_cart", 2),
+        ev("u", "a", "purchase", 3),
+        ev("u", "c", "view", 4),
+    ]
     full = intent_examples({"u": seq})
     for k in range(1, len(seq) + 1):
         part = intent_examples({"u": seq[:k]})

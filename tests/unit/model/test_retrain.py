@@ -33,18 +33,27 @@ def _table(rows: list[tuple[str, str, str, int]]) -> pa.Table:
 
 
 def test_sequences_keep_interest_and_collapse_repeats() -> None:
-    t = _table([("a", "x", "view", 1), ("b", "y", "view", 2), ("a", "x", "purchase", 3),
-                ("a", "z", "remove_from_cart", 4), ("a", "w", "view", 5), ("a", "x", "view", 6)])
+    t = _table(
+        [
+            ("a", "x", "view", 1),
+            ("b", "y", "view", 2),
+            ("a", "x", "purchase", 3),
+            ("a", "z", "remove_from_cart", 4),
+            ("a", "w", "view", 5),
+            ("a", "x", "view", 6),
+        ]
+    )
     seqs = sequences_from_log(t)
-    assert seqs == {"a": [("x", "purchase", 3), ("w", "view", 5), ("x", "view", 6)],
-                    "b": [("y", "view", 2)]}
+    assert seqs == {"a": [("x", "purchase", 3), ("w", "view", 5), ("x", "view", 6)], "b": [("y", "view", 2)]}
 
 
 def test_holdout_takes_the_latest_interaction_of_the_most_recent_users() -> None:
-    seqs = {"old": [("a", "view", 1), ("b", "view", 2)],
-            "new": [("a", "view", 3), ("c", "view", 9)],
-            "mid": [("b", "view", 4), ("c", "view", 5), ("d", "view", 6)],
-            "one": [("z", "view", 100)]}  # a single interaction has no history to predict from
+    seqs = {
+        "old": [("a", "view", 1), ("b", "view", 2)],
+        "new": [("a", "view", 3), ("c", "view", 9)],
+        "mid": [("b", "view", 4), ("c", "view", 5), ("d", "view", 6)],
+        "one": [("z", "view", 100)],
+    }  # a single interaction has no history to predict from
     train, ho = split_holdout(seqs, 2)
     assert ho.users == ["new", "mid"] and ho.targets == ["c", "d"]
     assert ho.histories[1] == [("b", "view", 4), ("c", "view", 5)]
@@ -79,9 +88,20 @@ def test_gate_tolerance() -> None:
 
 
 def test_decision_flat_metrics_and_file(tmp_path: Path) -> None:
-    d = Decision(promoted=False, reason="r", mode="finetune", candidate={"ndcg@10": 0.1, "hr@10": 0.2, "users": 5},
-                 current={"ndcg@10": 0.3, "hr@10": 0.4}, tolerance=0.01, holdout_users=5, train_users=9,
-                 train_events=40, added_items=2, train_seconds=1.5, base_version="v0001-20260101T000000Z")
+    d = Decision(
+        promoted=False,
+        reason="r",
+        mode="finetune",
+        candidate={"ndcg@10": 0.1, "hr@10": 0.2, "users": 5},
+        current={"ndcg@10": 0.3, "hr@10": 0.4},
+        tolerance=0.01,
+        holdout_users=5,
+        train_users=9,
+        train_events=40,
+        added_items=2,
+        train_seconds=1.5,
+        base_version="v0001-20260101T000000Z",
+    )
     flat = d.flat_metrics()
     assert flat["holdout_ndcg@10"] == 0.1 and flat["current_hr@10"] == 0.4 and flat["full"] == 0.0
     assert all(isinstance(v, float) for v in flat.values())
@@ -99,7 +119,7 @@ def shuffle_items(data: Interactions, rng: np.random.Generator) -> Interactions:
     out, k = Interactions(), 0
     for u, s, t in zip(data.users, data.items, data.types):
         out.users.append(u)
-        out.items.append([str(x) for x in flat[k:k + len(s)]])
+        out.items.append([str(x) for x in flat[k : k + len(s)]])
         out.types.append(list(t))
         k += len(s)
     return out
@@ -111,7 +131,7 @@ def sim_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[pa.Table, dict[st
     log = TrainLog(tmp_path_factory.mktemp("log"), topic="shop.events")
     events = list(sim.events(15000))
     for k in range(0, len(events), 1000):
-        chunk = events[k:k + 1000]
+        chunk = events[k : k + 1000]
         log.append(0, k, k + len(chunk) - 1, [(k + j, e) for j, e in enumerate(chunk)])
     return log.read(), {it.item_id: it.text() for it in sim.catalog()}
 
@@ -123,15 +143,23 @@ def test_rounds_bootstrap_refuse_a_worse_candidate_then_promote(sim_log, tmp_pat
     torch.set_num_threads(1)
     table, text = sim_log
     reg = ModelRegistry(tmp_path / "models")
-    cfg = RetrainConfig(time_budget_s=12, holdout_users=300, tolerance=0.005, device="cpu", seed=1,
-                        val_users=64, max_epochs=200, patience=20, keep=2)
+    cfg = RetrainConfig(
+        time_budget_s=12,
+        holdout_users=300,
+        tolerance=0.005,
+        device="cpu",
+        seed=1,
+        val_users=64,
+        max_epochs=200,
+        patience=20,
+        keep=2,
+    )
     boot = retrain(table, reg, text, cfg)  # empty registry: a full retrain, promoted
     assert boot.promoted and boot.mode == "full" and boot.current is None
     assert reg.current_version() == boot.version
     assert boot.candidate["ndcg@10"] > 0.08  # random over 200 items: ~0.02
 
-    worse = retrain(table, reg, text, RetrainConfig(**{**cfg.__dict__, "time_budget_s": 5}),
-                    transform=shuffle_items)
+    worse = retrain(table, reg, text, RetrainConfig(**{**cfg.__dict__, "time_budget_s": 5}), transform=shuffle_items)
     assert not worse.promoted, worse.reason
     assert worse.current["ndcg@10"] - worse.candidate["ndcg@10"] > cfg.tolerance
     assert worse.version is None and reg.current_version() == boot.version
@@ -169,8 +197,14 @@ def test_a_round_trains_and_gates_on_cuda(sim_log, tmp_path: Path) -> None:
 
     table, text = sim_log
     reg = ModelRegistry(tmp_path / "models")
-    d = retrain(table, reg, text, RetrainConfig(time_budget_s=5, holdout_users=100, device="cuda", seed=1,
-                                                val_users=64, max_epochs=50, patience=10))
+    d = retrain(
+        table,
+        reg,
+        text,
+        RetrainConfig(
+            time_budget_s=5, holdout_users=100, device="cuda", seed=1, val_users=64, max_epochs=50, patience=10
+        ),
+    )
     assert d.promoted and d.candidate["ndcg@10"] > 0.05
     settings = json.loads((reg.current_path() / "train_settings.json").read_text())
     assert settings["device_used"].startswith("cuda")

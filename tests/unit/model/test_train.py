@@ -25,11 +25,13 @@ def test_finetune_grows_vocab_keeps_old_rows(tiny_checkpoint, tiny_text):
     model, vocab = load_checkpoint(tiny_checkpoint)
     old_rows = dict(vocab.rows)
     old_emb = model.id_emb.weight.detach().clone()
-    data = Interactions(["x1", "x2"], [["i1", "i2", "fresh1", "i3"], ["fresh2", "i1", "i2", "fresh1"]],
-                        [["view"] * 4, ["view"] * 4])
+    data = Interactions(
+        ["x1", "x2"], [["i1", "i2", "fresh1", "i3"], ["fresh2", "i1", "i2", "fresh1"]], [["view"] * 4, ["view"] * 4]
+    )
     text = dict(tiny_text, fresh1="blue lipstick shade 77")
-    res = finetune(model, vocab, data, item_text=text,
-                   settings=TrainSettings(max_epochs=1, device="cpu", progress=False, lr=1e-12))
+    res = finetune(
+        model, vocab, data, item_text=text, settings=TrainSettings(max_epochs=1, device="cpu", progress=False, lr=1e-12)
+    )
     assert res.metrics["added_items"] == 2
     assert len(res.vocab) == len(old_rows) + 2
     assert all(res.vocab.rows[k] == v for k, v in old_rows.items())
@@ -123,9 +125,21 @@ def test_cosine_schedule_reaches_the_floor_by_max_epochs(tiny_data, tiny_text):
 
     torch.optim.AdamW.step = spy
     try:
-        train(tiny_data, item_text=tiny_text, config=TINY_CONFIG,
-              settings=TrainSettings(max_epochs=3, patience=10, device="cpu", progress=False,
-                                     batch_size=8, lr=1e-2, lr_schedule="cosine", min_lr_ratio=0.1))
+        train(
+            tiny_data,
+            item_text=tiny_text,
+            config=TINY_CONFIG,
+            settings=TrainSettings(
+                max_epochs=3,
+                patience=10,
+                device="cpu",
+                progress=False,
+                batch_size=8,
+                lr=1e-2,
+                lr_schedule="cosine",
+                min_lr_ratio=0.1,
+            ),
+        )
     finally:
         torch.optim.AdamW.step = orig
     assert seen[0] == pytest.approx(1e-2)

@@ -22,8 +22,14 @@ T0 = 1_767_225_600_000
 
 
 def ev(i: int, *, user: str = "u1", ts: int | None = None, eid: str | None = None) -> ShopEvent:
-    return ShopEvent(event_id=eid or f"e{i}", user_id=user, session_id="s", item_id=f"i{i % 7}",
-                     type="view", ts=T0 + i * 1000 if ts is None else ts)
+    return ShopEvent(
+        event_id=eid or f"e{i}",
+        user_id=user,
+        session_id="s",
+        item_id=f"i{i % 7}",
+        type="view",
+        ts=T0 + i * 1000 if ts is None else ts,
+    )
 
 
 def test_segment_names_sort_by_offset_and_round_trip() -> None:
@@ -126,8 +132,9 @@ def test_retention_by_age_drops_old_segments_and_their_ids(tmp_path: Path) -> No
 
 def test_retention_by_size_drops_oldest_first(tmp_path: Path) -> None:
     log = TrainLog(tmp_path, topic=TOPIC)
-    segs = [log.append(0, k * 10, k * 10 + 9, [(k * 10 + j, ev(k * 10 + j)) for j in range(10)]).segment
-            for k in range(4)]
+    segs = [
+        log.append(0, k * 10, k * 10 + 9, [(k * 10 + j, ev(k * 10 + j)) for j in range(10)]).segment for k in range(4)
+    ]
     cap = sum(p.stat().st_size for p in segs[2:])
     capped = TrainLog(tmp_path, topic=TOPIC, max_bytes=cap)
     deleted = capped.enforce_retention(now_ms=T0)

@@ -19,8 +19,14 @@ T0 = 1_767_225_600_000
 
 
 def ev(i: int, user: str, *, ts: int | None = None) -> ShopEvent:
-    return ShopEvent(event_id=f"{user}-e{i}", user_id=user, session_id="s", item_id=f"i{i % 5}",
-                     type="view", ts=T0 + i * 1000 if ts is None else ts)
+    return ShopEvent(
+        event_id=f"{user}-e{i}",
+        user_id=user,
+        session_id="s",
+        item_id=f"i{i % 5}",
+        type="view",
+        ts=T0 + i * 1000 if ts is None else ts,
+    )
 
 
 def filled(root: Path) -> TrainLog:
@@ -65,8 +71,7 @@ def test_replayed_old_events_are_not_logged_again_but_later_ones_are(tmp_path: P
     cut = T0 + 60_000
     log.purge_user("alice", cut)
     log = TrainLog(tmp_path, topic=TOPIC)  # the cut survives a restart
-    res = log.append(2, 0, 2, [(0, ev(0, "alice")), (1, ev(9, "alice", ts=cut)),
-                               (2, ev(10, "alice", ts=cut + 1))])
+    res = log.append(2, 0, 2, [(0, ev(0, "alice")), (1, ev(9, "alice", ts=cut)), (2, ev(10, "alice", ts=cut + 1))])
     assert (res.written, res.erased) == (1, 2)
     t = log.read()
     alice_ts = [ts for u, ts in zip(t.column("user_id").to_pylist(), t.column("ts").to_pylist()) if u == "alice"]

@@ -28,52 +28,114 @@ GOOD_EVENT = {"event_id": "e1", "user_id": "u1", "session_id": "s1", "item_id": 
 
 VALID = {
     ShopEvent: [GOOD_EVENT, {**GOOD_EVENT, "type": "purchase", "price": 9.5, "quantity": 2}],
-    CatalogItem: [{"item_id": "sku-1", "title": "Rose Serum", "category": "skincare", "brand": "Lumina",
-                   "price": 12.0, "in_stock": True, "updated_ts": TS},
-                  {"item_id": "sku-2", "title": "", "category": "unknown", "brand": "", "price": 0,
-                   "in_stock": False, "description": "d" * 100, "updated_ts": TS}],
-    Recommendation: [{"user_id": "u1", "items": [{"item_id": "a", "score": 1.5}], "model_version": "v1",
-                      "event_id": "e1", "event_ts": TS, "produced_ts": TS + 3},
-                     {"user_id": "u1", "items": [{"item_id": "a", "score": 1.5,
-                                                  "reason": {"kind": "similar_to", "item_id": "b"}},
-                                                 {"item_id": "c", "score": 0.5, "reason": {"kind": "popular"}},
-                                                 {"item_id": "d", "score": 0.1, "reason": {"kind": "new_item"}}],
-                      "model_version": "v1", "event_id": "e1", "event_ts": TS, "produced_ts": TS + 3,
-                      "purchase_intent": 0.25}],
-    DeadLetter: [{"topic": "shop.events", "partition": 0, "offset": 7, "reason": "not JSON",
-                  "original": base64.b64encode(b"\xff").decode()}],
-    ModelUpdate: [{"version": "v0001", "path": "/data/models/v0001", "metrics": {"ndcg_at_10": 0.05},
-                   "created_ts": TS}],
+    CatalogItem: [
+        {
+            "item_id": "sku-1",
+            "title": "Rose Serum",
+            "category": "skincare",
+            "brand": "Lumina",
+            "price": 12.0,
+            "in_stock": True,
+            "updated_ts": TS,
+        },
+        {
+            "item_id": "sku-2",
+            "title": "",
+            "category": "unknown",
+            "brand": "",
+            "price": 0,
+            "in_stock": False,
+            "description": "d" * 100,
+            "updated_ts": TS,
+        },
+    ],
+    Recommendation: [
+        {
+            "user_id": "u1",
+            "items": [{"item_id": "a", "score": 1.5}],
+            "model_version": "v1",
+            "event_id": "e1",
+            "event_ts": TS,
+            "produced_ts": TS + 3,
+        },
+        {
+            "user_id": "u1",
+            "items": [
+                {"item_id": "a", "score": 1.5, "reason": {"kind": "similar_to", "item_id": "b"}},
+                {"item_id": "c", "score": 0.5, "reason": {"kind": "popular"}},
+                {"item_id": "d", "score": 0.1, "reason": {"kind": "new_item"}},
+            ],
+            "model_version": "v1",
+            "event_id": "e1",
+            "event_ts": TS,
+            "produced_ts": TS + 3,
+            "purchase_intent": 0.25,
+        },
+    ],
+    DeadLetter: [
+        {
+            "topic": "shop.events",
+            "partition": 0,
+            "offset": 7,
+            "reason": "not JSON",
+            "original": base64.b64encode(b"\xff").decode(),
+        }
+    ],
+    ModelUpdate: [
+        {"version": "v0001", "path": "/data/models/v0001", "metrics": {"ndcg_at_10": 0.05}, "created_ts": TS}
+    ],
     UserDeletion: [{"user_id": "u1", "requested_ts": TS}],
-    Profile: [{"user_id": "u1", "categories": [{"name": "shoes", "weight": 3.5}], "brands": [],
-               "event_id": "e1", "updated_ts": TS, "produced_ts": TS + 1},
-              {"user_id": "u1", "categories": [], "brands": [{"name": "Acme", "weight": 0.0}],
-               "purchase_intent": 1.0, "event_id": "e1", "updated_ts": TS, "produced_ts": TS + 1}],
+    Profile: [
+        {
+            "user_id": "u1",
+            "categories": [{"name": "shoes", "weight": 3.5}],
+            "brands": [],
+            "event_id": "e1",
+            "updated_ts": TS,
+            "produced_ts": TS + 1,
+        },
+        {
+            "user_id": "u1",
+            "categories": [],
+            "brands": [{"name": "Acme", "weight": 0.0}],
+            "purchase_intent": 1.0,
+            "event_id": "e1",
+            "updated_ts": TS,
+            "produced_ts": TS + 1,
+        },
+    ],
 }
 
 INVALID = {
     ShopEvent: [
-        {**GOOD_EVENT, "type": "zoom"},                 # unknown event type
-        {**GOOD_EVENT, "user_id": "u" * 129},            # id too long
-        {**GOOD_EVENT, "user_id": ""},                   # empty id
-        {**GOOD_EVENT, "user_id": "has space"},          # whitespace in id
-        {**GOOD_EVENT, "ts": 5},                         # timestamp out of range
-        {**GOOD_EVENT, "ts": "1760000000000"},           # wrong type
+        {**GOOD_EVENT, "type": "zoom"},  # unknown event type
+        {**GOOD_EVENT, "user_id": "u" * 129},  # id too long
+        {**GOOD_EVENT, "user_id": ""},  # empty id
+        {**GOOD_EVENT, "user_id": "has space"},  # whitespace in id
+        {**GOOD_EVENT, "ts": 5},  # timestamp out of range
+        {**GOOD_EVENT, "ts": "1760000000000"},  # wrong type
         {**GOOD_EVENT, "price": -1},
         {**GOOD_EVENT, "quantity": 0},
-        {**GOOD_EVENT, "extra": 1},                      # unknown field
+        {**GOOD_EVENT, "extra": 1},  # unknown field
         {k: v for k, v in GOOD_EVENT.items() if k != "item_id"},  # missing field
     ],
     CatalogItem: [{**VALID[CatalogItem][0], "title": "t" * 513}, {**VALID[CatalogItem][0], "in_stock": "yes"}],
-    Recommendation: [{**VALID[Recommendation][0], "items": [{"item_id": "a", "score": 1}] * 1001},
-                     {**VALID[Recommendation][0], "purchase_intent": 1.5},
-                     {**VALID[Recommendation][0], "items": [{"item_id": "a", "score": 1.0,
-                                                             "reason": {"kind": "because"}}]}],
-    Profile: [{**VALID[Profile][0], "categories": [{"name": "x", "weight": -1.0}]},
-              {**VALID[Profile][0], "categories": [{"name": "x", "weight": 1.0}] * 1001},
-              {k: v for k, v in VALID[Profile][0].items() if k != "user_id"}],
-    UserDeletion: [{"user_id": "u1"}, {"user_id": "", "requested_ts": TS}, {"user_id": "u1", "requested_ts": 5},
-                   {"user_id": "u1", "requested_ts": TS, "reason": "gdpr"}],
+    Recommendation: [
+        {**VALID[Recommendation][0], "items": [{"item_id": "a", "score": 1}] * 1001},
+        {**VALID[Recommendation][0], "purchase_intent": 1.5},
+        {**VALID[Recommendation][0], "items": [{"item_id": "a", "score": 1.0, "reason": {"kind": "because"}}]},
+    ],
+    Profile: [
+        {**VALID[Profile][0], "categories": [{"name": "x", "weight": -1.0}]},
+        {**VALID[Profile][0], "categories": [{"name": "x", "weight": 1.0}] * 1001},
+        {k: v for k, v in VALID[Profile][0].items() if k != "user_id"},
+    ],
+    UserDeletion: [
+        {"user_id": "u1"},
+        {"user_id": "", "requested_ts": TS},
+        {"user_id": "u1", "requested_ts": 5},
+        {"user_id": "u1", "requested_ts": TS, "reason": "gdpr"},
+    ],
 }
 
 
@@ -162,11 +224,22 @@ def test_recommendation_bytes_parse_back_to_the_same_recommendation():
     from streamrec.schemas import Recommendation, ScoredItem, recommendation_bytes
 
     items = [("i1", 0.5), ("sku-7~!", -1.25e-7), ("x" * 128, 3.0), ("i2", 1e300)]
-    raw = recommendation_bytes(user_id="u1", items=items, model_version="v0001-x", event_id="e1",
-                               event_ts=1_700_000_000_000, produced_ts=1_700_000_000_005)
-    expected = Recommendation(user_id="u1", items=[ScoredItem(item_id=i, score=s) for i, s in items],
-                              model_version="v0001-x", event_id="e1", event_ts=1_700_000_000_000,
-                              produced_ts=1_700_000_000_005)
+    raw = recommendation_bytes(
+        user_id="u1",
+        items=items,
+        model_version="v0001-x",
+        event_id="e1",
+        event_ts=1_700_000_000_000,
+        produced_ts=1_700_000_000_005,
+    )
+    expected = Recommendation(
+        user_id="u1",
+        items=[ScoredItem(item_id=i, score=s) for i, s in items],
+        model_version="v0001-x",
+        event_id="e1",
+        event_ts=1_700_000_000_000,
+        produced_ts=1_700_000_000_005,
+    )
     assert Recommendation.from_bytes(raw) == expected
     assert json.loads(raw) == json.loads(expected.to_bytes())
 
@@ -174,9 +247,15 @@ def test_recommendation_bytes_parse_back_to_the_same_recommendation():
 def test_recommendation_bytes_with_reasons_and_intent_parse_back():
     from streamrec.schemas import recommendation_bytes
 
-    raw = recommendation_bytes(user_id="u1", items=[("a", 1.5), ("c", 0.5), ("d", 0.1)], model_version="v1",
-                               event_id="e1", event_ts=TS, produced_ts=TS + 3,
-                               reasons=[("similar_to", "b"), ("popular", None), ("new_item", None)],
-                               purchase_intent=0.25)
+    raw = recommendation_bytes(
+        user_id="u1",
+        items=[("a", 1.5), ("c", 0.5), ("d", 0.1)],
+        model_version="v1",
+        event_id="e1",
+        event_ts=TS,
+        produced_ts=TS + 3,
+        reasons=[("similar_to", "b"), ("popular", None), ("new_item", None)],
+        purchase_intent=0.25,
+    )
     assert Recommendation.from_bytes(raw) == Recommendation.from_dict(VALID[Recommendation][1])
     jsonschema.validate(json.loads(raw), committed_schema(Recommendation))

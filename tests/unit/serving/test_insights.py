@@ -22,20 +22,39 @@ HOUR = 3_600_000
 
 def item(i: int, *, title: str | None = None, category: str = "makeup", brand: str = "Tiny") -> CatalogItem:
     colour = ("red", "green", "blue")[i % 3]
-    return CatalogItem(item_id=f"i{i}", title=title if title is not None else f"{colour} lipstick shade {i}",
-                       category=category, brand=brand, price=9.0, in_stock=True, updated_ts=TS)
+    return CatalogItem(
+        item_id=f"i{i}",
+        title=title if title is not None else f"{colour} lipstick shade {i}",
+        category=category,
+        brand=brand,
+        price=9.0,
+        in_stock=True,
+        updated_ts=TS,
+    )
 
 
 def event(user: str, i: int, type_: str = "view", n: int = 0, session: str = "s") -> ShopEvent:
-    return ShopEvent(event_id=f"{user}-{i}-{type_}-{n}", user_id=user, session_id=session, item_id=f"i{i}",
-                     type=type_, ts=TS + n * 1000)
+    return ShopEvent(
+        event_id=f"{user}-{i}-{type_}-{n}",
+        user_id=user,
+        session_id=session,
+        item_id=f"i{i}",
+        type=type_,
+        ts=TS + n * 1000,
+    )
 
 
 @pytest.fixture
 def pipeline(tiny_checkpoint) -> Pipeline:
     rec = Recommender.load(tiny_checkpoint, device="cpu")
-    p = Pipeline(recommender=rec, index=ItemIndex(rec.dim, kind="flat"), top_k=5, history_len=10,
-                 purchased_max=3, trigger_types=TYPES)
+    p = Pipeline(
+        recommender=rec,
+        index=ItemIndex(rec.dim, kind="flat"),
+        top_k=5,
+        history_len=10,
+        purchased_max=3,
+        trigger_types=TYPES,
+    )
     p.apply_catalog([(f"i{i}", item(i)) for i in range(1, 25)])
     return p
 
@@ -105,8 +124,9 @@ def test_profile_weights_validate():
 
 
 def test_views_in_one_category_put_it_on_top_of_the_served_profile(pipeline):
-    pipeline.apply_catalog([("i30", item(30, category="perfume", brand="Scent")),
-                            ("i31", item(31, category="perfume", brand="Scent"))])
+    pipeline.apply_catalog(
+        [("i30", item(30, category="perfume", brand="Scent")), ("i31", item(31, category="perfume", brand="Scent"))]
+    )
     st = UserState()
     pipeline.apply_event(st, event("u", 1, "purchase", 0))  # makeup, long ago
     for n, i in enumerate([30, 31, 30, 31, 30, 31, 30], start=1):
@@ -147,9 +167,22 @@ def test_reason_popular_for_the_popularity_fill(pipeline):
 
 
 def test_reason_new_item_for_a_zero_shot_item(pipeline):
-    pipeline.apply_catalog([("new-1", CatalogItem(item_id="new-1", title="red lipstick shade 99",
-                                                  category="makeup", brand="Tiny", price=1.0,
-                                                  in_stock=True, updated_ts=TS))])
+    pipeline.apply_catalog(
+        [
+            (
+                "new-1",
+                CatalogItem(
+                    item_id="new-1",
+                    title="red lipstick shade 99",
+                    category="makeup",
+                    brand="Tiny",
+                    price=1.0,
+                    in_stock=True,
+                    updated_ts=TS,
+                ),
+            )
+        ]
+    )
     st = UserState()
     for n, i in enumerate([3, 6, 9]):
         pipeline.apply_event(st, event("u", i, "view", n))
@@ -179,15 +212,26 @@ def test_scorer_intent_uses_the_session_features(pipeline):
     lists, intents = pipeline.score_explained([browsing, carting], [])
     assert len(lists) == 2 and all(0.0 <= p <= 1.0 for p in intents)
     assert intents[1] > intents[0]
-    rec = Recommendation(user_id="c", items=[], model_version="v", event_id="e", event_ts=TS, produced_ts=TS,
-                         purchase_intent=intents[1])
+    rec = Recommendation(
+        user_id="c", items=[], model_version="v", event_id="e", event_ts=TS, produced_ts=TS, purchase_intent=intents[1]
+    )
     assert Recommendation.from_bytes(rec.to_bytes()).purchase_intent == pytest.approx(intents[1])
 
 
 def test_user_state_round_trips_with_insights_and_reads_old_states():
     st = UserState()
-    st.update(event_id="e1", item_id="a", type="add_to_cart", ts=TS, session_id="s", history_len=5,
-              purchased_max=5, category="c", brand="b", profile_weights=ProfileWeights())
+    st.update(
+        event_id="e1",
+        item_id="a",
+        type="add_to_cart",
+        ts=TS,
+        session_id="s",
+        history_len=5,
+        purchased_max=5,
+        category="c",
+        brand="b",
+        profile_weights=ProfileWeights(),
+    )
     back = UserState.from_json(st.to_json())
     assert back == st and back.session.n_cart == 1 and back.profile.categories["c"][0] == 3.0
     old = UserState.from_json({"h": [["a", "view", TS, "e0"]], "p": [], "s": "s", "r": None})

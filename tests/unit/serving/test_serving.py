@@ -18,39 +18,55 @@ TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase")
 
 def item(i: int, *, in_stock: bool = True, title: str | None = None) -> CatalogItem:
     colour = ("red", "green", "blue")[i % 3]
-    return CatalogItem(item_id=f"i{i}", title=title if title is not None else f"{colour} lipstick shade {i}",
-                       category="makeup", brand="Tiny", price=9.0, in_stock=in_stock, updated_ts=TS)
+    return CatalogItem(
+        item_id=f"i{i}",
+        title=title if title is not None else f"{colour} lipstick shade {i}",
+        category="makeup",
+        brand="Tiny",
+        price=9.0,
+        in_stock=in_stock,
+        updated_ts=TS,
+    )
 
 
 @pytest.fixture
 def pipeline(tiny_checkpoint) -> Pipeline:
     rec = Recommender.load(tiny_checkpoint, device="cpu")
-    p = Pipeline(recommender=rec, index=ItemIndex(rec.dim, kind="flat"), top_k=5, history_len=4,
-                 purchased_max=3, trigger_types=TYPES)
+    p = Pipeline(
+        recommender=rec,
+        index=ItemIndex(rec.dim, kind="flat"),
+        top_k=5,
+        history_len=4,
+        purchased_max=3,
+        trigger_types=TYPES,
+    )
     p.apply_catalog([(f"i{i}", item(i)) for i in range(1, 25)])
     return p
 
 
 def event(user: str, i: int, type_: str = "view", n: int = 0) -> ShopEvent:
-    return ShopEvent(event_id=f"{user}-{i}-{type_}-{n}", user_id=user, session_id="s", item_id=f"i{i}",
-                     type=type_, ts=TS + n)
+    return ShopEvent(
+        event_id=f"{user}-{i}-{type_}-{n}", user_id=user, session_id="s", item_id=f"i{i}", type=type_, ts=TS + n
+    )
 
 
 def test_user_state_is_bounded_and_dedupes():
     s = UserState()
     for n in range(10):
-        assert s.update(event_id=f"e{n}", item_id=f"i{n}", type="purchase", ts=n, session_id="s",
-                        history_len=4, purchased_max=3)
+        assert s.update(
+            event_id=f"e{n}", item_id=f"i{n}", type="purchase", ts=n, session_id="s", history_len=4, purchased_max=3
+        )
     assert len(s.history) == 4 and s.purchased_list == ["i7", "i8", "i9"]
-    assert not s.update(event_id="e9", item_id="i9", type="view", ts=99, session_id="s",
-                        history_len=4, purchased_max=3)  # a redelivered event changes nothing
+    assert not s.update(
+        event_id="e9", item_id="i9", type="view", ts=99, session_id="s", history_len=4, purchased_max=3
+    )  # a redelivered event changes nothing
     assert UserState.from_json(s.to_json()) == s
 
 
 def test_popularity_weights_types_and_decays():
     p = Popularity(half_life_s=1)
-    p.add("old", "purchase", ts_ms=0)             # 5 points, long ago
-    p.add("new", "view", ts_ms=10_000)             # 1 point, 10 half-lives later: worth more now
+    p.add("old", "purchase", ts_ms=0)  # 5 points, long ago
+    p.add("new", "view", ts_ms=10_000)  # 1 point, 10 half-lives later: worth more now
     assert p.top(2) == ["new", "old"]
     assert p.top(2, exclude={"new"}) == ["old"]
     assert p.top(2, eligible=lambda i: i != "old") == ["new"]
@@ -75,8 +91,14 @@ def test_cold_user_gets_popular_items_never_empty(pipeline):
     ids = [i for i, _ in recs]
     assert ids[:2] == ["i2", "i8"] and len(ids) == 5  # popular first, topped up to k
     # even with no popularity at all, a cold user still gets k eligible items
-    empty = Pipeline(recommender=pipeline.scorer.recommender, index=pipeline.scorer.index, top_k=5,
-                     history_len=4, purchased_max=3, trigger_types=TYPES)
+    empty = Pipeline(
+        recommender=pipeline.scorer.recommender,
+        index=pipeline.scorer.index,
+        top_k=5,
+        history_len=4,
+        purchased_max=3,
+        trigger_types=TYPES,
+    )
     [recs] = empty.score([UserState()], [])
     assert len(recs) == 5
 
@@ -103,8 +125,11 @@ def test_metrics_render_prometheus_text():
     m.batch_size.observe(3)
     m.stage_seconds.labels(stage="parse").observe(0.002)
     text = m.render(model_version="v9", consumer_lag={"t/0": 4})
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
     assert samples[("streamrec_events_in_total", ())] == 3 and samples[("streamrec_dlq_total", ())] == 1
     assert samples[("streamrec_event_to_recommendation_ms_bucket", (("le", "10.0"),))] == 1
     assert samples[("streamrec_event_to_recommendation_ms_bucket", (("le", "5.0"),))] == 0

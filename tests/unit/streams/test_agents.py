@@ -27,8 +27,15 @@ TOPIC = "events"
 
 def item(i: int) -> CatalogItem:
     colour = ("red", "green", "blue")[i % 3]
-    return CatalogItem(item_id=f"i{i}", title=f"{colour} lipstick shade {i}", category="makeup", brand="Tiny",
-                       price=9.0, in_stock=True, updated_ts=TS)
+    return CatalogItem(
+        item_id=f"i{i}",
+        title=f"{colour} lipstick shade {i}",
+        category="makeup",
+        brand="Tiny",
+        price=9.0,
+        in_stock=True,
+        updated_ts=TS,
+    )
 
 
 class Harness:
@@ -46,10 +53,17 @@ class Harness:
         msg = Message(TOPIC, partition, self.offset, TS / 1000, 0, [], key, raw, None)
         return Event(self.app, key, raw, [], msg)
 
-    def shop(self, user: str, i: int, type_: str = "view", n: int = 0, *, partition: int = 0,
-             event_id: str | None = None) -> Event:
-        ev = ShopEvent(event_id=event_id or f"{user}-{i}-{type_}-{n}", user_id=user, session_id="s",
-                       item_id=f"i{i}", type=type_, ts=TS + n)
+    def shop(
+        self, user: str, i: int, type_: str = "view", n: int = 0, *, partition: int = 0, event_id: str | None = None
+    ) -> Event:
+        ev = ShopEvent(
+            event_id=event_id or f"{user}-{i}-{type_}-{n}",
+            user_id=user,
+            session_id="s",
+            item_id=f"i{i}",
+            type=type_,
+            ts=TS + n,
+        )
         return self.event(ev.to_bytes(), partition=partition, key=user.encode())
 
     @staticmethod
@@ -80,8 +94,9 @@ class Harness:
 async def harness(tiny_checkpoint, tmp_path):
     """A finalized app on the memory store with flow control resumed (Faust's own ``event_loop``
     test fixture fails on pytest-asyncio 1.x, see CONVENTIONS.md)."""
-    settings = Settings(data_dir=tmp_path, app_id=f"unit-{uuid.uuid4().hex[:8]}", top_k=5, history_len=4,
-                        purchased_max=3, partitions=2)
+    settings = Settings(
+        data_dir=tmp_path, app_id=f"unit-{uuid.uuid4().hex[:8]}", top_k=5, history_len=4, purchased_max=3, partitions=2
+    )
     rec = Recommender.load(tiny_checkpoint, device="cpu")
     app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat"), store="memory://")
     app.finalize()
@@ -90,8 +105,13 @@ async def harness(tiny_checkpoint, tmp_path):
     pipeline.apply_catalog([(f"i{i}", item(i)) for i in range(1, 25)])
     handler: BatchHandler = app.streamrec_handler
     # the same handler, with in-memory channels as its sinks instead of Kafka topics
-    handler = BatchHandler(pipeline=pipeline, users=handler.users, recommendations=app.channel(),
-                           dead_letters=app.channel(), profiles=app.channel())
+    handler = BatchHandler(
+        pipeline=pipeline,
+        users=handler.users,
+        recommendations=app.channel(),
+        dead_letters=app.channel(),
+        profiles=app.channel(),
+    )
     yield Harness(app, handler)
     pipeline._executor.shutdown(wait=True)
 
@@ -116,8 +136,12 @@ async def test_redelivered_event_is_applied_once(harness):
 
 
 async def test_state_written_once_per_user_per_batch_on_its_own_partition(harness):
-    batch = [harness.shop("a", 1, n=1, partition=0), harness.shop("b", 2, n=2, partition=1),
-             harness.shop("a", 4, n=3, partition=0), harness.shop("b", 5, "purchase", n=4, partition=1)]
+    batch = [
+        harness.shop("a", 1, n=1, partition=0),
+        harness.shop("b", 2, n=2, partition=1),
+        harness.shop("a", 4, n=3, partition=0),
+        harness.shop("b", 5, "purchase", n=4, partition=1),
+    ]
     harness.changelog()
     await harness.handler.handle(batch)  # the batch's last event is b's, on partition 1
     assert sorted(harness.changelog()) == [("a", 0), ("b", 1)]
@@ -127,8 +151,9 @@ async def test_state_written_once_per_user_per_batch_on_its_own_partition(harnes
 
 
 async def test_recommendation_fields(harness):
-    await harness.handler.handle([harness.shop("u", 1, "purchase", n=1), harness.shop("u", 4, n=2),
-                                  harness.shop("v", 2, n=3)])
+    await harness.handler.handle(
+        [harness.shop("u", 1, "purchase", n=1), harness.shop("u", 4, n=2), harness.shop("v", 2, n=3)]
+    )
     recs = {r.user_id: r for r in harness.recommendations()}
     assert set(recs) == {"u", "v"}
     r = recs["u"]
@@ -149,8 +174,9 @@ async def test_insights_reasons_and_profiles(harness):
     from streamrec.streams.views import user_profile_body
 
     profiles_in = harness.handler.profiles.__aiter__()
-    await harness.handler.handle([harness.shop("u", 3, n=1), harness.shop("u", 6, "add_to_cart", n=2),
-                                  harness.shop("v", 2, n=3)])
+    await harness.handler.handle(
+        [harness.shop("u", 3, n=1), harness.shop("u", 6, "add_to_cart", n=2), harness.shop("v", 2, n=3)]
+    )
     recs = {r.user_id: r for r in harness.recommendations()}
     assert all(i.reason is not None for r in recs.values() for i in r.items)
     assert {i.reason.kind for i in recs["u"].items} <= {"similar_to", "new_item", "popular"}
@@ -161,8 +187,9 @@ async def test_insights_reasons_and_profiles(harness):
     u = next(p for p in sent if p.user_id == "u")
     assert u.categories[0].name == "makeup" and u.event_id == "u-6-add_to_cart-2"
     body, status = user_profile_body(harness.pipeline, harness.users.get("u"), "u")
-    assert status == 200 and Profile.from_dict(body).model_dump(exclude={"produced_ts"}) == \
-        u.model_dump(exclude={"produced_ts"})
+    assert status == 200 and Profile.from_dict(body).model_dump(exclude={"produced_ts"}) == u.model_dump(
+        exclude={"produced_ts"}
+    )
     assert user_profile_body(harness.pipeline, None, "nobody")[1] == 404
     latest = UserState.from_json(harness.users.get("u")).latest
     assert len(latest["reasons"]) == len(latest["items"])
@@ -219,10 +246,13 @@ def test_metrics_text_reads_back_with_the_prometheus_parser(harness):
 def test_processing_guarantee_setting_reaches_faust(tiny_checkpoint, tmp_path):
     rec = Recommender.load(tiny_checkpoint, device="cpu")
     for guarantee in ("at_least_once", "exactly_once"):
-        settings = Settings(data_dir=tmp_path, app_id=f"unit-{uuid.uuid4().hex[:8]}", processing_guarantee=guarantee,
-                            commit_interval_s=0.25)
-        app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat"),
-                                   store="memory://")
+        settings = Settings(
+            data_dir=tmp_path,
+            app_id=f"unit-{uuid.uuid4().hex[:8]}",
+            processing_guarantee=guarantee,
+            commit_interval_s=0.25,
+        )
+        app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat"), store="memory://")
         assert app.conf.processing_guarantee.value == guarantee
         assert app.conf.broker_commit_interval == 0.25
         pipeline._executor.shutdown(wait=True)

@@ -20,8 +20,13 @@ def pending_changelog(h) -> list[tuple[object, int, object]]:
 
 async def test_deletion_tombstones_the_user_and_later_events_start_from_empty(harness):  # noqa: F811
     h = harness
-    await h.handler.handle([h.shop("alice", 1, "purchase", n=1, partition=1), h.shop("alice", 2, n=2, partition=1),
-                            h.shop("bob", 3, n=3, partition=0)])
+    await h.handler.handle(
+        [
+            h.shop("alice", 1, "purchase", n=1, partition=1),
+            h.shop("alice", 2, n=2, partition=1),
+            h.shop("bob", 3, n=3, partition=0),
+        ]
+    )
     assert h.users.get("alice") is not None
     h.recommendations()
     pending_changelog(h)

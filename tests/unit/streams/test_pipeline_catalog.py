@@ -22,8 +22,15 @@ TRAINED = [f"i{i}" for i in range(1, 25)]  # the tiny model's items
 
 
 def item(item_id: str, title: str, in_stock: bool = True) -> CatalogItem:
-    return CatalogItem(item_id=item_id, title=title, category="beauty", brand="acme", price=9.5,
-                       in_stock=in_stock, updated_ts=1_700_000_000_000)
+    return CatalogItem(
+        item_id=item_id,
+        title=title,
+        category="beauty",
+        brand="acme",
+        price=9.5,
+        in_stock=in_stock,
+        updated_ts=1_700_000_000_000,
+    )
 
 
 def random_log(seed: int, n: int = 900) -> list[tuple[str, CatalogItem | None]]:
@@ -55,8 +62,7 @@ def compacted(log):
 def make_pipeline(ckpt, cache_dir, encoder) -> Pipeline:
     rec = Recommender.load(ckpt, device="cpu", text_cache=TextCache(cache_dir, encoder=encoder))
     index = ItemIndex(rec.dim, device="cpu", exact_max=EXACT_MAX, hnsw_m=8, hnsw_ef_construction=40)
-    return Pipeline(recommender=rec, index=index, top_k=5, history_len=20, purchased_max=10,
-                    trigger_types=("view",))
+    return Pipeline(recommender=rec, index=index, top_k=5, history_len=20, purchased_max=10, trigger_types=("view",))
 
 
 def load(p: Pipeline, records, *, ready_after: int | None = None) -> None:
@@ -64,7 +70,7 @@ def load(p: Pipeline, records, *, ready_after: int | None = None) -> None:
         if ready_after is not None and s >= ready_after and not p.catalog_ready.is_set():
             p.catalog_loaded()
             p.catalog_ready.set()
-        p.apply_catalog(records[s:s + BATCH])
+        p.apply_catalog(records[s : s + BATCH])
 
 
 def finish(p: Pipeline) -> None:
@@ -121,8 +127,15 @@ def test_memory_report_names_every_part(tiny_checkpoint, tmp_path):
     p = make_pipeline(tiny_checkpoint, tmp_path / "cache", CountingEncoder())
     load(p, random_log(3, 200))
     mem = p.memory_bytes()
-    for part in ("item_vectors_used", "model_weights", "index_arrays", "index_faiss", "catalog_dict",
-                 "text_cache_disk", "rss"):
+    for part in (
+        "item_vectors_used",
+        "model_weights",
+        "index_arrays",
+        "index_faiss",
+        "catalog_dict",
+        "text_cache_disk",
+        "rss",
+    ):
         assert mem[part] > 0, part
     p.update_memory()
     p.refresh_gauges()

@@ -80,9 +80,16 @@ def make_pipeline(ckpt: Path, cache: TextCache) -> tuple[Pipeline, Gate]:
     rec = Recommender.load(ckpt, device="cpu", version="v0001-20260101T000000Z", text_cache=cache)
     loader = VersionLoader.with_text_cache(cache, device="cpu")
     gate = Gate(loader)
-    p = Pipeline(recommender=rec, index=ItemIndex(rec.dim, kind="flat", device="cpu"), top_k=5,
-                 history_len=4, purchased_max=3, trigger_types=("view", "purchase"),
-                 new_index=lambda dim: ItemIndex(dim, kind="flat", device="cpu"), loader=loader)
+    p = Pipeline(
+        recommender=rec,
+        index=ItemIndex(rec.dim, kind="flat", device="cpu"),
+        top_k=5,
+        history_len=4,
+        purchased_max=3,
+        trigger_types=("view", "purchase"),
+        new_index=lambda dim: ItemIndex(dim, kind="flat", device="cpu"),
+        loader=loader,
+    )
     topic: list = []  # the catalog topic: what a build reads (a copy as of the call)
     p.catalog_source = lambda: [list(topic)]
     p.topic = topic  # type: ignore[attr-defined]
@@ -96,8 +103,9 @@ async def publish(p: Pipeline, changes: list) -> None:
 
 
 def new_item(item_id: str, title: str, *, in_stock: bool = True) -> CatalogItem:
-    return CatalogItem(item_id=item_id, title=title, category="makeup", brand="Tiny", price=5.0,
-                       in_stock=in_stock, updated_ts=TS)
+    return CatalogItem(
+        item_id=item_id, title=title, category="makeup", brand="Tiny", price=5.0, in_stock=in_stock, updated_ts=TS
+    )
 
 
 @pytest.fixture
@@ -119,12 +127,15 @@ async def test_swap_keeps_catalog_changes_made_during_the_build(pipe, tiny_check
     swap = asyncio.create_task(pipe.swap_model(v2.name, v2))
     await pipe.gate.wait_entered()  # the build has taken its catalog snapshot and is loading
     assert pipe.swap_pending == v2.name and pipe.model is old
-    await publish(pipe, [
-        ("n9", new_item("n9", "matte lip crayon")),  # added
-        ("i3", None),  # deleted
-        ("i4", item(4).model_copy(update={"in_stock": False})),  # out of stock
-        ("n1", new_item("n1", "glossy lip balm number 1", in_stock=False)),
-    ])
+    await publish(
+        pipe,
+        [
+            ("n9", new_item("n9", "matte lip crayon")),  # added
+            ("i3", None),  # deleted
+            ("i4", item(4).model_copy(update={"in_stock": False})),  # out of stock
+            ("n1", new_item("n1", "glossy lip balm number 1", in_stock=False)),
+        ],
+    )
     assert pipe.model is old  # still the old one until the build is whole
     pipe.gate.release.set()
     stats = await swap
@@ -175,9 +186,19 @@ async def test_known_titles_are_not_embedded_again(pipe, tiny_checkpoint, tmp_pa
     ids = ["n1", "n2", "i5"]
     fresh = Recommender.load(v2, device="cpu", version="check", text_cache=TextCache(None, encoder=minilm.inner))
     got = [pipe.model.index._state.vecs[pipe.model.index._state.ids[i]] for i in ids]
-    want = fresh.add_items([(i, text) for i, text in zip(ids, [
-        new_item("n1", "glossy lip balm number 1").text(), new_item("n2", "a new title for n2").text(),
-        item(5).text()])])
+    want = fresh.add_items(
+        [
+            (i, text)
+            for i, text in zip(
+                ids,
+                [
+                    new_item("n1", "glossy lip balm number 1").text(),
+                    new_item("n2", "a new title for n2").text(),
+                    item(5).text(),
+                ],
+            )
+        ]
+    )
     np.testing.assert_allclose(np.stack(got), want, rtol=1e-5, atol=1e-6)
     assert pipe.metrics.value("streamrec_model_swap_titles_total", source="reused") == stats.titles_reused
 
@@ -211,10 +232,12 @@ def corrupt(kind: str, src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("kind", ["missing", "truncated weights", "garbage item map", "incompatible config",
-                                  "wrong text width"])
+@pytest.mark.parametrize(
+    "kind", ["missing", "truncated weights", "garbage item map", "incompatible config", "wrong text width"]
+)
 async def test_a_version_that_cannot_be_served_is_refused_and_the_old_one_keeps_serving(
-        pipe, tiny_checkpoint, tmp_path, kind, caplog):
+    pipe, tiny_checkpoint, tmp_path, kind, caplog
+):
     bad = corrupt(kind, tiny_checkpoint, tmp_path / "v0002-20260101T000100Z")
     old = pipe.model
     pipe.gate.release.set()
@@ -234,28 +257,41 @@ async def test_a_version_that_cannot_be_served_is_refused_and_the_old_one_keeps_
 
 @pytest.fixture
 async def harness(tiny_checkpoint, tmp_path, minilm):
-    settings = Settings(data_dir=tmp_path, app_id=f"unit-{uuid.uuid4().hex[:8]}", top_k=5, history_len=4,
-                        purchased_max=3, partitions=2, device="cpu", index_kind="flat")
+    settings = Settings(
+        data_dir=tmp_path,
+        app_id=f"unit-{uuid.uuid4().hex[:8]}",
+        top_k=5,
+        history_len=4,
+        purchased_max=3,
+        partitions=2,
+        device="cpu",
+        index_kind="flat",
+    )
     cache = TextCache(None, encoder=minilm)
     rec = Recommender.load(tiny_checkpoint, device="cpu", version="v0001-20260101T000000Z", text_cache=cache)
-    app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat", device="cpu"),
-                               store="memory://", loader=VersionLoader.with_text_cache(cache, device="cpu"),
-                               follow_models=False)
+    app, pipeline = create_app(
+        settings,
+        recommender=rec,
+        index=ItemIndex(rec.dim, kind="flat", device="cpu"),
+        store="memory://",
+        loader=VersionLoader.with_text_cache(cache, device="cpu"),
+        follow_models=False,
+    )
     app.finalize()
     app.conf.store = "memory://"
     app.flow_control.resume()
     catalog = [(f"i{i}", item(i)) for i in range(1, 25)]
     pipeline.catalog_source = lambda: [catalog]
     pipeline.apply_catalog(catalog)
-    handler = BatchHandler(pipeline=pipeline, users=app.streamrec_handler.users, recommendations=app.channel(),
-                           dead_letters=app.channel())
+    handler = BatchHandler(
+        pipeline=pipeline, users=app.streamrec_handler.users, recommendations=app.channel(), dead_letters=app.channel()
+    )
     yield Harness(app, handler)
     pipeline._executor.shutdown(wait=True)
     pipeline._swap_executor.shutdown(wait=True)
 
 
-async def test_version_flips_once_between_batches_and_every_event_is_answered_once(harness, tiny_checkpoint,
-                                                                                   tmp_path):
+async def test_version_flips_once_between_batches_and_every_event_is_answered_once(harness, tiny_checkpoint, tmp_path):
     """Batches keep flowing while a version is built and swapped: each batch is labelled by one
     version, the labels go v1 ... v1 v2 ... v2 (never back), every event gets one answer."""
     v2 = version_dir(tiny_checkpoint, tmp_path, "v0002-20260101T000100Z")

@@ -40,8 +40,9 @@ class Msg:
 
 
 def ev(i: int) -> bytes:
-    return ShopEvent(event_id=f"e{i}", user_id=f"u{i % 3}", session_id="s", item_id=f"i{i}",
-                     type="view", ts=1_767_225_600_000 + i).to_bytes()
+    return ShopEvent(
+        event_id=f"e{i}", user_id=f"u{i % 3}", session_id="s", item_id=f"i{i}", type="view", ts=1_767_225_600_000 + i
+    ).to_bytes()
 
 
 def trainer(tmp_path: Path) -> Trainer:
@@ -67,8 +68,15 @@ def test_ingest_flush_counts_malformed_and_duplicates(tmp_path: Path) -> None:
 
 def test_catalog_is_followed_with_tombstones(tmp_path: Path) -> None:
     t = trainer(tmp_path)
-    item = CatalogItem(item_id="i1", title="Red Lipstick", category="makeup", brand="B", price=3.0,
-                       in_stock=True, updated_ts=1_767_225_600_000)
+    item = CatalogItem(
+        item_id="i1",
+        title="Red Lipstick",
+        category="makeup",
+        brand="B",
+        price=3.0,
+        in_stock=True,
+        updated_ts=1_767_225_600_000,
+    )
     t.follow_catalog([Msg(item.to_bytes(), 0, _key=b"i1"), Msg(b"bad", 1, _key=b"i2")])
     assert t.catalog == {"i1": item.text()}
     t.follow_catalog([Msg(None, 2, _key=b"i1")])
