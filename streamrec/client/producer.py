@@ -63,6 +63,7 @@ class EventProducer:
         self._producer = Producer(self._watch.install(conf))
         self._lock = threading.Lock()
         self._errors: list[str] = []
+        self._closed = False
         self.delivered = 0
 
     @classmethod
@@ -153,16 +154,32 @@ class EventProducer:
             raise DeliveryError(f"{len(errors)} delivery error(s): {shown}")
 
     def close(self, timeout: float = 30.0) -> None:
-        self.flush(timeout)
+        """Flush (raising as :meth:`flush` does), then release the client: its threads stop and
+        it no longer reconnects. Messages still undelivered when ``timeout`` ran out are dropped."""
+        try:
+            self.flush(timeout)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if len(self._producer):  # undeliverable leftovers: drop them rather than block in close()
+            self._producer.purge()
+            self._producer.poll(0)
+        self._producer.close()
 
     def __enter__(self) -> EventProducer:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self.flush()
-        else:  # don't hide the original error behind a delivery error
-            try:
-                self.flush(5.0)
-            except StreamrecError as derr:
-                log.error("%s", derr)
+            self.close()
+            return
+        try:  # don't hide the original error behind a delivery error
+            self.flush(5.0)
+        except StreamrecError as derr:
+            log.error("%s", derr)
+        finally:
+            self._release()

@@ -8,6 +8,7 @@ The bodies are plain functions of the pipeline (testable without a web server or
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from streamrec.serving.state import UserState
@@ -20,6 +21,7 @@ def health_body(pipeline: Pipeline) -> tuple[dict[str, Any], int]:
     ready = pipeline.catalog_ready.is_set()
     return {
         "status": "ok" if ready else "starting",
+        "pid": os.getpid(),
         "model_version": pipeline.model_version,
         "model_swaps": int(pipeline.metrics.value("streamrec_model_swaps_total")),
         "model_refusals": int(pipeline.metrics.value("streamrec_model_refusals_total")),

@@ -153,8 +153,8 @@ def test_wrong_password_fails_fast_with_one_clear_line(secure_broker, data_dir):
     )
     with pytest.raises(KafkaAuthError, match="invalid credentials"):
         producer.flush(timeout=300)
-    producer._producer.purge()  # drop the undeliverable message; the client is freed below
-    del producer
+    with pytest.raises(KafkaAuthError):
+        producer.close(timeout=0.1)  # raises again, and releases the client (it stops reconnecting)
     with RecommendationSubscriber.from_settings(bad) as sub, pytest.raises(KafkaAuthError, match="invalid credentials"):
         sub.wait_ready(timeout=300)
 

@@ -62,6 +62,16 @@ class WorkerProcess:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
+        except OSError as exc:  # say why: a dead worker's log, not only "connection refused"
+            state = "running" if self.proc.poll() is None else f"exited with {self.proc.returncode}"
+            raise AssertionError(f"GET {self.url}{path}: {exc} (worker {state}):\n{self.log()[-4000:]}") from exc
+
+    def _get_quiet(self, path: str, timeout: float) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
 
     def wait_healthy(self, timeout: float = 180.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -69,9 +79,14 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
-                status, body = self.get("/health", timeout=2)
+                status, body = self._get_quiet("/health", timeout=2)
                 if status == 200:
-                    return json.loads(body)
+                    health = json.loads(body)
+                    # another process on our port (a port handed out twice) must not pass for us
+                    assert health.get("pid") == self.proc.pid, (
+                        f"port {self.port} answered by pid {health.get('pid')}, not worker {self.proc.pid}"
+                    )
+                    return health
             except (OSError, ValueError):
                 pass
             time.sleep(0.5)
@@ -95,11 +110,24 @@ class WorkerProcess:
         return self.proc.returncode
 
 
+_ports_given: set[int] = set()
+
+
+def unused_port() -> int:
+    """A free port never handed out before in this process: two workers started back to back
+    must not be given the same one (the OS may return a just-closed port again)."""
+    while True:
+        port = free_port()
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+
+
 def start_worker(
     settings: Settings, model_dir: Path | None, log_dir: Path, *, port: int | None = None, **extra_env: str
 ) -> WorkerProcess:
     """A `streamrec worker` serving ``model_dir``, or (None) the registry's current version."""
-    port = port or free_port()
+    port = port or unused_port()
     env = settings_env(settings, STREAMREC_WEB_PORT=str(port), **extra_env)
     log_path = log_dir / f"worker-{port}-{int(time.time() * 1000)}.log"
     with open(log_path, "wb") as out:  # the child keeps its own copy of the fd
