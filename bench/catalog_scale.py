@@ -20,6 +20,14 @@ ready, the index kind, events/s, p99 and memory are the worker's own, but the ge
 vectors are not MiniLM's (recommendations among them mean nothing), and no cold figure or
 titles/s is reported for such a run (null in the JSON).
 
+``--memory-only N``: no Kafka and no worker process: the worker's structures (a Recommender and
+an ItemIndex as ``streamrec worker`` builds them, the pipeline's catalog dicts) loaded with N
+generated items through ``Pipeline.apply_catalog`` in the catalog reader's batches, the titles'
+vectors random unit vectors (a stand-in text cache: no MiniLM, nothing cached in memory); then
+the index retuned as after a catalog load, saved and loaded again (a warm restart's index).
+Reports ``streamrec_memory_bytes`` parts per item, RSS (now and peak) and the seconds per item of
+each step of the catalog load (parse, the pipeline's bookkeeping, vectors, index), one JSON line.
+
 Data: Beauty at ../shared/data/beauty (override: STREAMREC_BENCH_DATA). A model: ``--model DIR``,
 else a short training run here. Starts a local Kafka unless STREAMREC_BOOTSTRAP_SERVERS is set.
 The last line is one JSON object: {"sizes": [{"items", "cold_ready_s", "warm_ready_s",
@@ -156,6 +164,126 @@ def prefill_cache(path: Path, titles: list[str], batch: int = 20_000) -> None:
     with TextCache(path, encoder=RandomUnit()) as cache:
         for s in range(0, len(titles), batch):
             cache.encode(titles[s : s + batch])
+
+
+class RandomTitles:
+    """A stand-in text cache: a random unit vector per title, derived from the title (the same
+    title, the same vector), nothing kept. Counts like :class:`TextCache` (all hits)."""
+
+    def __init__(self) -> None:
+        self.embedded, self.hits, self.embed_seconds = 0, 0, 0.0
+
+    def encode(self, texts, batch_size: int = 128):
+        import hashlib
+
+        import numpy as np
+
+        from streamrec.model.text import TEXT_DIM
+
+        seeds = [int.from_bytes(hashlib.blake2b((t or "").encode(), digest_size=8).digest(), "big") for t in texts]
+        x = np.stack([np.random.default_rng(sd).standard_normal(TEXT_DIM, dtype=np.float32) for sd in seeds])
+        self.hits += len(texts)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def disk_bytes(self) -> int:
+        return 0
+
+
+def memory_only(args: argparse.Namespace) -> int:
+    """See the module docstring (``--memory-only``)."""
+    import torch
+
+    from streamrec.model.inference import Recommender
+    from streamrec.streams.app import index_options, new_index
+    from streamrec.streams.pipeline import Pipeline, rss_bytes
+
+    torch.set_num_threads(1)
+    n = args.memory_only
+    settings = Settings(device="cpu", index_exact_max=args.exact_max)
+    model = Path(args.model) if args.model else None
+    if model is None:
+        print("--memory-only needs --model DIR", file=sys.stderr)
+        return 2
+    rss0 = rss_bytes()
+    rec = Recommender.load(model, device="cpu", text_cache=RandomTitles())
+    index = new_index(settings, rec.dim)
+    pipe = Pipeline(
+        recommender=rec,
+        index=index,
+        top_k=settings.top_k,
+        history_len=settings.history_len,
+        purchased_max=settings.purchased_max,
+        trigger_types=settings.trigger_types,
+    )
+    rss_model = rss_bytes()
+    items = generated_items(n, prefix="g-")
+    raw = [it.to_bytes() for it in items]
+    del items
+    parse_s = 0.0
+    t0 = time.perf_counter()
+    batch = 512  # streams.catalog.CATALOG_BATCH
+    for s in range(0, n, batch):
+        t = time.perf_counter()
+        chunk = [CatalogItem.from_bytes(b) for b in raw[s : s + batch]]
+        parse_s += time.perf_counter() - t
+        pipe.apply_catalog([(it.item_id, it) for it in chunk])
+    load_s = time.perf_counter() - t0
+    pipe.catalog_ready.set()
+    t = time.perf_counter()
+    pipe.catalog_loaded()
+    while index.rebuilding():
+        time.sleep(0.5)
+    retune_s = time.perf_counter() - t
+    del raw
+    import gc
+
+    gc.collect()
+    mem = pipe.memory_bytes()
+    rss_loaded = rss_bytes()
+    # a warm restart's index: saved, then loaded (what the worker does at a start)
+    work = Path(tempfile.mkdtemp(prefix="streamrec-memory-"))
+    t = time.perf_counter()
+    index.save(work / "index")
+    save_s = time.perf_counter() - t
+    t = time.perf_counter()
+    from streamrec.indexer import ItemIndex
+
+    loaded = ItemIndex.load(work / "index", **index_options(settings))
+    load_index_s = time.perf_counter() - t
+    assert len(loaded) == len(index)
+    disk = sum(f.stat().st_size for f in (work / "index").iterdir())
+    peak = proc_mem(os.getpid())[1]
+    row = {
+        "items": n,
+        "dim": rec.dim,
+        "index_kind": index.kind,
+        "hnsw_storage": settings.hnsw_storage,
+        "bytes_per_item": {k: round(v / n) for k, v in mem.items() if k != "rss"},
+        "rss_gib": round(rss_loaded / GIB, 3),
+        "rss_before_items_gib": round(rss_model / GIB, 3),
+        "rss_per_item": round((rss_loaded - rss_model) / n),
+        "peak_rss_gib": round(peak / GIB, 3),
+        "process_start_rss_gib": round(rss0 / GIB, 3),
+        "catalog_load_s": round(load_s, 1),
+        "parse_us_per_item": round(parse_s / n * 1e6, 1),
+        "apply_us_per_item": round((load_s - parse_s) / n * 1e6, 1),
+        "retune_s": round(retune_s, 1),
+        "index_save_s": round(save_s, 1),
+        "index_load_s": round(load_index_s, 1),
+        "index_disk_bytes_per_item": round(disk / n),
+    }
+    print()
+    print(f"| bytes per item ({n:,} items, {rec.dim}-d, index {index.kind}) | |")
+    print("|---|---:|")
+    for k, v in row["bytes_per_item"].items():
+        print(f"| {k} | {v:,} |")
+    print(f"| RSS above the loaded model, per item | {row['rss_per_item']:,} |")
+    print()
+    print(json.dumps(row))
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -473,9 +601,18 @@ def main() -> int:
         default=None,
         help="like --prefill-cache, in this text-cache dir (kept, reused by later runs)",
     )
+    ap.add_argument(
+        "--memory-only",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure the worker's structures at N items without Kafka or a worker (needs --model)",
+    )
     ap.add_argument("--ready-timeout", type=float, default=4 * 3600)
     ap.add_argument("--settle-timeout", type=float, default=1800)
     args = ap.parse_args()
+    if args.memory_only:
+        return memory_only(args)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         if not sizes or min(sizes) < 1:

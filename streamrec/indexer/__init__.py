@@ -5,6 +5,6 @@
 
 from streamrec.indexer.base import MAX_ID_LEN, MAX_K, CandidateIndex
 from streamrec.indexer.exact import ExactIndex
-from streamrec.indexer.faiss_index import ItemIndex, load_or_rebuild
+from streamrec.indexer.faiss_index import ItemIndex, load_or_rebuild, load_saved
 
-__all__ = ["MAX_ID_LEN", "MAX_K", "CandidateIndex", "ExactIndex", "ItemIndex", "load_or_rebuild"]
+__all__ = ["MAX_ID_LEN", "MAX_K", "CandidateIndex", "ExactIndex", "ItemIndex", "load_or_rebuild", "load_saved"]

@@ -2,12 +2,19 @@
 
 Design, and why:
 
-* **Slots.** Every vector that enters FAISS gets a fresh int64 *slot* id (``add_with_ids``); the
-  external-id <-> slot map, the vectors, and the live / in-stock flags live beside the FAISS
-  index in numpy arrays. A changed vector gets a new slot and the old slot dies, so HNSW (which
-  cannot ``remove_ids``) and GPU indexes use the same path as flat / IVF: dead slots are
-  *tombstones*, filtered out at search time and dropped when the index is rebuilt or compacted.
-  Flat and IVF on CPU also remove the dead slot from FAISS at once.
+* **Slots.** Every vector that enters FAISS gets a fresh int64 *slot* id; the external-id <->
+  slot map and the live / in-stock flags live beside the FAISS index in numpy arrays. A changed
+  vector gets a new slot and the old slot dies: dead slots are *tombstones* (every kind, as HNSW
+  cannot ``remove_ids``), filtered out at search time and dropped when the index is rebuilt or
+  compacted (:meth:`ItemIndex.retune` does it once they outnumber the live items).
+* **One copy of the vectors.** On CPU the FAISS index holds the only copy of the item vectors
+  (flat and HNSW add slots in order, so a slot is the FAISS row and no id map is needed); exact
+  fallbacks, rebuilds and :meth:`ItemIndex.vectors` read them back from FAISS. ``hnsw_storage``
+  "fp16" / "sq8" stores the HNSW vectors at 2 / 1 bytes per dimension instead of 4 (1M items of
+  449-d: 0.9 / 0.45 GB instead of 1.8 GB; recall in bench/RESULTS.md "Catalog scale"). An upsert
+  whose vector equals the stored one within the storage's precision (``_TOLERANCE``) only sets
+  the stock flag, so a restart that recomputes every vector leaves a loaded index as it is. GPU
+  indexes keep a host copy of the vectors (their FAISS structures cannot always be read back).
 * **Filtering.** Search asks FAISS for more than K (scaled by the share of ineligible entries and
   the exclude sets), drops removed / out-of-stock / excluded items, widens (x4) while rows lack
   K, and falls back to an exact numpy scan over the stored vectors if widening reaches
@@ -39,6 +46,7 @@ Design, and why:
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import json
 import logging
 import math
@@ -73,6 +81,16 @@ MAX_FETCH = 2048  # most candidates asked of FAISS per query before the exact fa
 _EXACT = object()  # _params() sentinel: scan exactly instead of asking FAISS
 _CATCH_UP_BATCH = 64  # replay logged changes off the lock until fewer than this remain
 _IVF_TRAIN_PER_LIST = 64  # k-means training sample: this many vectors per inverted list
+HNSW_STORAGES = ("flat", "fp16", "sq8")
+_SQ = {"fp16": "QT_fp16", "sq8": "QT_8bit"}
+_BUILD_CHUNK = 65_536  # vectors read / added per step of a rebuild (bounds its transient memory)
+_TRAIN_SAMPLE = 65_536  # vectors a scalar quantiser is trained on
+_LAYOUT = 2  # checkpoint layout: 2 = slots are FAISS rows / ids, nothing removed from FAISS
+
+
+#: an upsert keeps the stored vector when ``max|stored - new| <= tol * (1 + max|new|)``: float32
+#: noise of a recomputation (batch-dependent BLAS rounding), or the storage's rounding
+_TOLERANCE = {"float32": 1e-5, "fp16": 2e-3, "sq8": 2e-2}
 
 
 def _gpu_available() -> bool:
@@ -109,6 +127,9 @@ def placement(kind: str, device: str) -> str:
     return "cuda" if device == "cuda" and kind in ("flat", "ivf") else "cpu"
 
 
+_SERIALS = itertools.count()
+
+
 @dataclass(eq=False)
 class _State:
     """Everything one search needs; replaced as a whole by a rebuild (slot = FAISS id = row)."""
@@ -117,10 +138,10 @@ class _State:
     index: Any = None  # faiss index over slots; None while the index is empty
     kind: str | None = None
     device: str = "cpu"
-    supports_remove: bool = False  # remove dead slots from FAISS at once (else tombstones)
+    keep_vecs: bool = False  # hold a host copy of the vectors (GPU indexes); else FAISS has them
     ids: dict[str, int] = field(default_factory=dict)  # external id -> live slot
     ext: np.ndarray = None  # type: ignore[assignment]  # (cap,) object: slot -> id, None if dead
-    vecs: np.ndarray = None  # type: ignore[assignment]  # (cap, dim) float32
+    vecs: np.ndarray | None = None  # (cap, dim) float32 host copy, only with keep_vecs
     live: np.ndarray = None  # type: ignore[assignment]  # (cap,) bool: slot holds a current vector
     stock: np.ndarray = None  # type: ignore[assignment]  # (cap,) bool
     elig: np.ndarray = None  # type: ignore[assignment]  # (cap,) bool: live & stock
@@ -128,19 +149,23 @@ class _State:
     n_live: int = 0
     n_elig: int = 0
     version: int = 0  # bumped by every change of ``elig``
+    changes: int = 0  # bumped by every change of the contents (vectors, ids, stock flags)
+    serial: int = field(default_factory=lambda: next(_SERIALS))  # tells states apart (unsaved())
     _selector: tuple | None = None  # (version, packed bitmap, faiss.IDSelectorBitmap)
 
     def __post_init__(self) -> None:
-        if self.vecs is None:
+        if self.live is None:
             self._resize(0)
 
     def _resize(self, cap: int) -> None:
         n = self.n_slots
         ext = np.full(cap, None, dtype=object)
-        vecs = np.empty((cap, self.dim), np.float32)
+        vecs = np.empty((cap, self.dim), np.float32) if self.keep_vecs else None
         flags = [np.zeros(cap, bool) for _ in range(3)]
         if n:
-            ext[:n], vecs[:n] = self.ext[:n], self.vecs[:n]
+            ext[:n] = self.ext[:n]
+            if vecs is not None and self.vecs is not None:
+                vecs[:n] = self.vecs[:n]
             for new, old in zip(flags, (self.live, self.stock, self.elig)):
                 new[:n] = old[:n]
         self.ext, self.vecs = ext, vecs
@@ -192,7 +217,10 @@ class ItemIndex:
         ivf_nlist: int = 1024,
         ivf_nprobe: int = 64,
         device: str = "auto",
+        hnsw_storage: str = "flat",
     ) -> None:
+        if hnsw_storage not in HNSW_STORAGES:
+            raise ValueError(f"hnsw_storage must be one of {HNSW_STORAGES}, got {hnsw_storage!r}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if kind not in ("auto", *KINDS):
@@ -212,7 +240,11 @@ class ItemIndex:
         self.hnsw_ef_construction, self.hnsw_ef_search = hnsw_ef_construction, hnsw_ef_search
         self.ivf_nlist, self.ivf_nprobe = ivf_nlist, ivf_nprobe
         self._kind_req = kind
+        self.hnsw_storage = hnsw_storage
         self._device = select_device(device)
+        self._keep_vecs = self._device == "cuda"
+        self.saved_meta: dict[str, Any] = {}  # the ``meta`` a loaded checkpoint was saved with
+        self._saved: tuple[int, int] | None = None  # (state serial, changes) when last saved / loaded
         self._gpu_res: Any = None
         self._lock = RWLock()
         self._gpu_lock = threading.Lock()
@@ -220,7 +252,7 @@ class ItemIndex:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._retune_lock = threading.Lock()
-        self._state = _State(dim)
+        self._state = _State(dim, keep_vecs=self._keep_vecs)
         self.kind: str = choose_kind(kind, 0, exact_max, self._device)
         self.device: str = placement(self.kind, self._device)
 
@@ -328,8 +360,41 @@ class ItemIndex:
                 return st.index.search(q, k)
         return st.index.search(q, k, params=params)
 
+    def vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors of ``ids``: ``(len(ids), dim)`` float32 and a bool array, False
+        where an id is not indexed (its row is zeros). Read from FAISS on CPU (fp16 / sq8 HNSW
+        storage: the stored, rounded values)."""
+        with self._lock.read():
+            st = self._state
+            slots = np.fromiter((st.ids.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+            found = slots >= 0
+            out = np.zeros((len(ids), self.dim), np.float32)
+            if found.any():
+                out[found] = self._read(st, slots[found])
+            return out, found
+
     @staticmethod
+    def _read(st: _State, slots: np.ndarray) -> np.ndarray:
+        """(len(slots), dim) float32 vectors of ``slots`` (live or dead: FAISS never drops a row)."""
+        if st.vecs is not None:
+            return st.vecs[slots]
+        if st.index is None or slots.size == 0:
+            return np.zeros((slots.size, st.dim), np.float32)
+        return st.index.reconstruct_batch(np.ascontiguousarray(slots, dtype=np.int64))
+
+    @staticmethod
+    def _read_range(st: _State, start: int, end: int) -> np.ndarray:
+        """Vectors of slots ``start..end-1`` (dead ones may be zeros or stale)."""
+        if st.vecs is not None:
+            return st.vecs[start:end]
+        out = np.zeros((end - start, st.dim), np.float32)
+        if st.index is not None and end > start:
+            st.index.reconstruct_n(start, end - start, out)
+        return out
+
+    @classmethod
     def _exact(
+        cls,
         st: _State,
         q: np.ndarray,
         rows: np.ndarray,
@@ -337,26 +402,35 @@ class ItemIndex:
         excl: list[np.ndarray | None],
         out: list[list[tuple[str, float]]],
     ) -> None:
-        """Brute force over the stored vectors for ``rows`` of ``q`` (the guaranteed path)."""
+        """Brute force over the stored vectors for ``rows`` of ``q`` (the guaranteed path), read
+        in chunks of slots so that no full copy of the vectors is made."""
         n = st.n_slots
-        vecs, elig = st.vecs[:n], st.elig[:n]
         kk = int(min(target[rows].max(), n))
         if kk <= 0:
             return
-        chunk = max(1, (1 << 24) // n)  # bound the (chunk, n) score matrix to 64 MiB
-        for start in range(0, rows.size, chunk):
-            rr = rows[start : start + chunk]
-            scores = np.where(elig, q[rr] @ vecs.T, -np.inf)  # (c, n)
-            for j, qi in enumerate(rr):
-                if excl[qi] is not None:
-                    scores[j, excl[qi]] = -np.inf
-            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-            best = np.take_along_axis(scores, top, axis=1)
-            order = np.argsort(-best, axis=1, kind="stable")
-            top, best = np.take_along_axis(top, order, 1), np.take_along_axis(best, order, 1)
-            for j, qi in enumerate(rr):
-                t = int(target[qi])
-                out[qi] = list(zip(st.ext[top[j, :t]].tolist(), best[j, :t].astype(np.float32).tolist()))
+        qr = q[rows]
+        best_s = np.full((rows.size, 0), -np.inf, np.float32)
+        best_i = np.zeros((rows.size, 0), np.int64)
+        chunk = max(1024, min(_BUILD_CHUNK, (1 << 24) // max(1, rows.size)))  # (rows, chunk) <= 64 MiB
+        for start in range(0, n, chunk):
+            end = min(n, start + chunk)
+            scores = np.where(st.elig[start:end], qr @ cls._read_range(st, start, end).T, -np.inf).astype(np.float32)
+            for j, qi in enumerate(rows):
+                ex = excl[qi]
+                if ex is not None:
+                    ex = ex[(ex >= start) & (ex < end)]
+                    scores[j, ex - start] = -np.inf
+            cand_s = np.concatenate([best_s, scores], axis=1)
+            cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, end), scores.shape)], axis=1)
+            if cand_s.shape[1] > kk:
+                top = np.argpartition(-cand_s, kk - 1, axis=1)[:, :kk]
+                cand_s, cand_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
+            best_s, best_i = cand_s, cand_i
+        order = np.argsort(-best_s, axis=1, kind="stable")
+        best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+        for j, qi in enumerate(rows):
+            t = int(target[qi])
+            out[qi] = list(zip(st.ext[best_i[j, :t]].tolist(), best_s[j, :t].astype(np.float32).tolist()))
 
     # ---- incremental changes -------------------------------------------------------------
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, *, in_stock: bool | Sequence[bool] = True) -> None:
@@ -395,8 +469,10 @@ class ItemIndex:
             slots = np.array([s for s in (st.ids.pop(i, None) for i in op[1]) if s is not None], dtype=np.int64)
             if slots.size:
                 self._drop(st, slots)
+                st.changes += 1
         else:
             slots = np.array([st.ids[i] for i in op[1] if i in st.ids], dtype=np.int64)
+            st.changes += int(np.count_nonzero(st.stock[slots] != op[2]))
             st.stock[slots] = op[2]
             st.elig[slots] = op[2]
         st.recount()
@@ -408,37 +484,57 @@ class ItemIndex:
         same = np.zeros(len(ids), bool)
         known = np.flatnonzero(old >= 0)
         if known.size:
-            same[known] = (st.vecs[old[known]] == vecs[known]).all(axis=1)
+            stored, new = self._read(st, old[known]), vecs[known]
+            tol = _TOLERANCE["float32" if st.vecs is not None or st.kind != "hnsw" else self.hnsw_storage_of(st)]
+            same[known] = np.abs(stored - new).max(axis=1) <= tol * (1 + np.abs(new).max(axis=1))
             keep = old[same]
+            st.changes += int(np.count_nonzero(st.stock[keep] != flags[same]))
             st.stock[keep] = flags[same]
             st.elig[keep] = flags[same]
         changed = np.flatnonzero(~same)
         if not changed.size:
             return
+        st.changes += 1
         dead = old[changed]
         dead = dead[dead >= 0]
         if dead.size:
             self._drop(st, dead)
         slots = st.alloc(changed.size)
-        st.vecs[slots] = vecs[changed]
+        if st.vecs is not None:
+            st.vecs[slots] = vecs[changed]
         st.live[slots] = True
         st.stock[slots] = flags[changed]
         st.elig[slots] = flags[changed]
         names = [ids[j] for j in changed]
         st.ext[slots] = np.array(names, dtype=object)
         st.ids.update(zip(names, slots.tolist()))
-        st.index.add_with_ids(vecs[changed], slots)
+        self._add(st, np.ascontiguousarray(vecs[changed]), slots)
 
-    def _drop(self, st: _State, slots: np.ndarray) -> None:
+    @staticmethod
+    def hnsw_storage_of(st: _State) -> str:
+        """"flat" / "fp16" / "sq8": how ``st``'s HNSW index stores its vectors."""
+        if not isinstance(st.index, faiss.IndexHNSW):
+            return "float32"
+        storage = faiss.downcast_index(st.index.storage)
+        if isinstance(storage, faiss.IndexScalarQuantizer):
+            return "fp16" if storage.sq.qtype == faiss.ScalarQuantizer.QT_fp16 else "sq8"
+        return "float32"
+
+    @staticmethod
+    def _add(st: _State, vecs: np.ndarray, slots: np.ndarray) -> None:
+        """Add ``vecs`` as ``slots`` (consecutive, from ``ntotal`` on, for the kinds without ids)."""
+        if isinstance(st.index, (faiss.IndexFlat, faiss.IndexHNSW)):
+            assert slots.size == 0 or int(slots[0]) == st.index.ntotal, "slots must be the next rows"
+            st.index.add(vecs)
+        else:
+            st.index.add_with_ids(vecs, slots)
+
+    @staticmethod
+    def _drop(st: _State, slots: np.ndarray) -> None:
+        """Kill ``slots``: a tombstone (the FAISS row stays, so a slot is always its row / id)."""
         st.live[slots] = False
         st.elig[slots] = False
         st.ext[slots] = None
-        if st.supports_remove:
-            if st.kind == "ivf":  # the hashtable direct map needs an IDSelectorArray
-                sel = faiss.IDSelectorArray(slots.size, faiss.swig_ptr(slots))
-                st.index.remove_ids(sel)
-            else:
-                st.index.remove_ids(slots)
 
     # ---- building FAISS structures -------------------------------------------------------
     def _gpu(self) -> Any:
@@ -446,73 +542,115 @@ class ItemIndex:
             self._gpu_res = faiss.StandardGpuResources()
         return self._gpu_res
 
-    def _new_structure(self, st: _State, train: np.ndarray, kind: str | None = None) -> None:
-        """Give ``st`` an empty (trained) index; its kind is chosen from ``len(train)``."""
-        kind = kind or choose_kind(self._kind_req, len(train), self.exact_max, self._device)
+    def _new_structure(self, st: _State, train: np.ndarray, kind: str | None = None, n: int | None = None) -> None:
+        """Give ``st`` an empty (trained) index; its kind is chosen from ``n`` (default
+        ``len(train)``); ``train`` is a sample of the vectors to come."""
+        n = len(train) if n is None else n
+        kind = kind or choose_kind(self._kind_req, n, self.exact_max, self._device)
         where = placement(kind, self._device)
         index: faiss.Index
         if kind == "flat":
-            inner: faiss.Index = faiss.IndexFlatIP(self.dim)
             if where == "cuda":
-                inner = faiss.index_cpu_to_gpu(self._gpu(), 0, inner)
-            index = faiss.IndexIDMap2(inner)
+                index = faiss.IndexIDMap2(faiss.index_cpu_to_gpu(self._gpu(), 0, faiss.IndexFlatIP(self.dim)))
+            else:
+                index = faiss.IndexFlatIP(self.dim)  # slots are rows: no id map
         elif kind == "hnsw":
-            hnsw = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw: faiss.IndexHNSW
+            if self.hnsw_storage == "flat":
+                hnsw = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            else:
+                qtype = getattr(faiss.ScalarQuantizer, _SQ[self.hnsw_storage])
+                hnsw = faiss.IndexHNSWSQ(self.dim, qtype, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+                hnsw.train(np.ascontiguousarray(train[:_TRAIN_SAMPLE], dtype=np.float32))
             hnsw.hnsw.efConstruction = self.hnsw_ef_construction
-            index = faiss.IndexIDMap2(hnsw)
+            index = hnsw  # slots are rows: no id map
         else:
-            n = len(train)
             nlist = max(1, min(self.ivf_nlist, n // 39))
             quantizer = faiss.IndexFlatIP(self.dim)
             ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
             ivf.cp.min_points_per_centroid = 1  # small catalogs: no warning, nlist is capped
             sample = train
-            if n > nlist * _IVF_TRAIN_PER_LIST:
-                pick = np.random.default_rng(0).choice(n, nlist * _IVF_TRAIN_PER_LIST, replace=False)
+            if len(train) > nlist * _IVF_TRAIN_PER_LIST:
+                pick = np.random.default_rng(0).choice(len(train), nlist * _IVF_TRAIN_PER_LIST, replace=False)
                 sample = train[np.sort(pick)]
-            ivf.train(sample)
+            ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
             ivf.nprobe = min(self.ivf_nprobe, nlist)
-            if where == "cuda":  # the GPU copy keeps nprobe; it has no remove_ids (tombstones)
+            if where == "cuda":  # the GPU copy keeps nprobe
                 index = faiss.index_cpu_to_gpu(self._gpu(), 0, ivf)
             else:
-                # O(1) remove_ids; faiss's stubs (1.15) lack DirectMap
+                # reconstruct by id (vectors(), rebuilds); faiss's stubs (1.15) lack DirectMap
                 ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
                 index = ivf
         if where == "cpu":
             self._set_search_params(index, kind)
         st.index, st.kind, st.device = index, kind, where
-        st.supports_remove = where == "cpu" and kind != "hnsw"
 
     def _set_search_params(self, index: Any, kind: str) -> None:
         if kind == "hnsw":
             # downcast_index returns the concrete class; the stubs say Index
-            hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(index.index))
+            hnsw = cast(faiss.IndexHNSW, faiss.downcast_index(getattr(index, "index", index)))
             hnsw.hnsw.efSearch = self.hnsw_ef_search
         elif kind == "ivf":
             ivf = faiss.extract_index_ivf(index)
             ivf.nprobe = min(self.ivf_nprobe, ivf.nlist)
 
-    def _build_state(self, ids: list[str], vecs: np.ndarray, flags: np.ndarray, kind: str | None = None) -> _State:
-        """A complete new state over ``vecs`` (owned by the caller no more); no lock taken."""
+    def _build_state(
+        self,
+        ids: list[str],
+        vecs: np.ndarray | Callable[[np.ndarray], np.ndarray],
+        flags: np.ndarray,
+        kind: str | None = None,
+    ) -> _State:
+        """A complete new state over ``ids``; ``vecs`` is their (n, dim) array or a reader
+        ``positions -> vectors`` (an old state's FAISS rows), read in chunks so that a rebuild
+        never holds a second full copy. No lock taken."""
         n = len(ids)
+        read = vecs if callable(vecs) else (lambda pos, a=vecs: a[pos])
         st = _State(
             self.dim,
+            keep_vecs=self._keep_vecs,
             ids=dict(zip(ids, range(n))),
             ext=np.array([*ids, None], dtype=object)[:n],
-            vecs=vecs,
             live=np.ones(n, bool),
             stock=flags.copy(),
             elig=flags.copy(),
             n_slots=n,
         )
+        st.vecs = np.empty((n, self.dim), np.float32) if self._keep_vecs else None
         if n:
-            self._new_structure(st, vecs, kind)
-            st.index.add_with_ids(vecs, np.arange(n, dtype=np.int64))
+            kind = kind or choose_kind(self._kind_req, n, self.exact_max, self._device)
+            sample = np.arange(n)
+            want = (
+                (0 if self.hnsw_storage == "flat" else _TRAIN_SAMPLE)
+                if kind == "hnsw"
+                else max(self.ivf_nlist, 1) * _IVF_TRAIN_PER_LIST
+                if kind == "ivf"
+                else 0
+            )
+            if n > want:
+                sample = np.sort(np.random.default_rng(0).choice(n, want, replace=False))
+            self._new_structure(st, read(sample) if want else np.empty((0, self.dim), np.float32), kind, n)
+            for start in range(0, n, _BUILD_CHUNK):
+                pos = np.arange(start, min(n, start + _BUILD_CHUNK))
+                v = np.ascontiguousarray(read(pos), dtype=np.float32)
+                if st.vecs is not None:
+                    st.vecs[pos] = v
+                self._add(st, v, pos.astype(np.int64))
         else:
             st.kind = choose_kind(self._kind_req, 0, self.exact_max, self._device)
             st.device = placement(st.kind, self._device)
         st.recount()
         return st
+
+    def _reader(self, st: _State, slots: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """Read the vectors of ``slots[positions]`` from ``st`` under the read lock (a slot's
+        vector never changes and FAISS never drops a row, so chunks may be read apart)."""
+
+        def read(pos: np.ndarray) -> np.ndarray:
+            with self._lock.read():
+                return self._read(st, slots[pos])
+
+        return read
 
     # ---- rebuild and swap ----------------------------------------------------------------
     def rebuild(
@@ -548,8 +686,23 @@ class ItemIndex:
         """Bytes of the index by part, read from the arrays and FAISS structures (the id -> slot
         dict and FAISS's own hash maps are not counted: the bench's RSS covers them)."""
         st = self._state
-        arrays = st.vecs.nbytes + st.live.nbytes + st.stock.nbytes + st.elig.nbytes + st.ext.nbytes
+        arrays = st.live.nbytes + st.stock.nbytes + st.elig.nbytes + st.ext.nbytes
+        arrays += 0 if st.vecs is None else st.vecs.nbytes
         return {"index_arrays": int(arrays), "index_faiss": _faiss_bytes(st.index, self.dim)}
+
+    def unsaved(self) -> bool:
+        """True when the contents changed since the last :meth:`save` or :meth:`load` (or were
+        never saved)."""
+        st = self._state
+        return self._saved != (st.serial, st.changes)
+
+    def ids(self) -> list[str]:
+        """The ids indexed now (in stock or not)."""
+        return list(self._state.ids)
+
+    def stored_as(self) -> str:
+        """How the vectors are stored: "float32", or "fp16" / "sq8" (an HNSW over quantised ones)."""
+        return self.hnsw_storage_of(self._state)
 
     def rebuilding(self) -> bool:
         """True while a rebuild is in flight (its change log is open)."""
@@ -569,7 +722,7 @@ class ItemIndex:
                 if want == st.kind and dead <= max(st.n_live, 4096):
                     return None
                 live = np.flatnonzero(st.live[: st.n_slots])
-                ids, vecs, flags = st.ext[live].tolist(), st.vecs[live], st.stock[live]
+                ids, flags = st.ext[live].tolist(), st.stock[live]
             log.info(
                 "index retune: kind=%s -> %s items=%d dead_slots=%d background=%s",
                 st.kind,
@@ -578,18 +731,23 @@ class ItemIndex:
                 dead,
                 background,
             )
-            return self._start_rebuild(ids, vecs, flags, want, background)
+            return self._start_rebuild(ids, self._reader(st, live), flags, want, background)
 
     def compact(self, *, background: bool = False) -> concurrent.futures.Future | None:
         """Rebuild from the live items only: drops tombstones and re-picks the kind by size."""
         with self._lock.read():
             st = self._state
             live = np.flatnonzero(st.live[: st.n_slots])
-            ids, vecs, flags = st.ext[live].tolist(), st.vecs[live], st.stock[live]
-        return self._start_rebuild(ids, vecs, flags, None, background)
+            ids, flags = st.ext[live].tolist(), st.stock[live]
+        return self._start_rebuild(ids, self._reader(st, live), flags, None, background)
 
     def _start_rebuild(
-        self, ids: list[str], vecs: np.ndarray, flags: np.ndarray | None, kind: str | None, background: bool
+        self,
+        ids: list[str],
+        vecs: np.ndarray | Callable[[np.ndarray], np.ndarray],
+        flags: np.ndarray | None,
+        kind: str | None,
+        background: bool,
     ) -> concurrent.futures.Future | None:
         change_log: list[tuple] = []
         with self._lock.write():
@@ -606,7 +764,12 @@ class ItemIndex:
             return self._pool.submit(job)
 
     def _rebuild_job(
-        self, ids: list[str], vecs: np.ndarray, flags: np.ndarray | None, kind: str | None, change_log: list[tuple]
+        self,
+        ids: list[str],
+        vecs: np.ndarray | Callable[[np.ndarray], np.ndarray],
+        flags: np.ndarray | None,
+        kind: str | None,
+        change_log: list[tuple],
     ) -> None:
         try:
             if flags is None:
@@ -658,11 +821,13 @@ class ItemIndex:
         self.close()
 
     # ---- persistence ---------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
-        """Write index, id map, vectors and flags with a sha256 manifest (no pickle).
+    def save(self, directory: str | Path, *, meta: dict[str, Any] | None = None) -> None:
+        """Write the FAISS index (which holds the vectors), id map and flags with
+        a sha256 manifest (no pickle). ``meta`` (JSON) is kept in the manifest and comes back as
+        :attr:`saved_meta` of :meth:`load` (the worker stores its model version there).
 
         Holds the read lock while writing: searches go on, mutations wait. A GPU index is not
-        written; :meth:`load` rebuilds it from the saved vectors (fast on a GPU).
+        written; its host copy of the vectors is, and :meth:`load` rebuilds from it.
         """
         with self._lock.read():
             st = self._state
@@ -672,23 +837,28 @@ class ItemIndex:
                 "in_stock": (st.stock[:n].astype(np.uint8) + ord("0")).tobytes().decode(),
             }
             writers: dict[str, Callable[[Path], object]] = {
-                "vectors.npy": lambda p: _save_npy(p, st.vecs[:n]),
                 "state.json": lambda p: p.write_text(json.dumps(state), encoding="utf-8"),
             }
             has_index = st.index is not None and st.device == "cpu"
             if has_index:
                 writers["index.faiss"] = lambda p: faiss.write_index(st.index, str(p))
+            elif st.vecs is not None:
+                writers["vectors.npy"] = lambda p: _save_npy(p, st.vecs[:n])
             write_checkpoint(
                 directory,
                 writers,
                 {
                     "dim": self.dim,
                     "kind": st.kind,
+                    "layout": _LAYOUT,
+                    "hnsw_storage": self.hnsw_storage,
                     "n_slots": n,
                     "n_live": st.n_live,
                     "index_ntotal": int(st.index.ntotal) if has_index else None,
+                    "meta": meta or {},
                 },
             )
+            self._saved = (st.serial, st.changes)
 
     @classmethod
     def load(cls, directory: str | Path, **kwargs: Any) -> ItemIndex:
@@ -698,61 +868,93 @@ class ItemIndex:
         manifest = read_manifest(directory)
         try:
             dim, n, kind = int(manifest["dim"]), int(manifest["n_slots"]), manifest["kind"]
+            layout = int(manifest.get("layout", 1))
+            meta = manifest.get("meta") or {}
+            if not isinstance(meta, dict):
+                raise TypeError("meta is not an object")
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"index checkpoint at {directory}: bad manifest: {e}") from e
         if kwargs.setdefault("dim", dim) != dim:
             raise CheckpointError(f"index at {directory} has dim {dim}, not {kwargs['dim']}")
         self = cls(**kwargs)  # bad options raise ValueError here, not CheckpointError
+        files = manifest["files"]
         try:
-            if "vectors.npy" not in manifest["files"] or "state.json" not in manifest["files"]:
-                raise CheckpointError("manifest lacks vectors.npy or state.json")
-            vecs = np.load(directory / "vectors.npy", allow_pickle=False)
+            if "state.json" not in files:
+                raise CheckpointError("manifest lacks state.json")
             state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
             slots, stock_s = state["slots"], state["in_stock"]
-            if vecs.dtype != np.float32 or vecs.shape != (n, dim) or len(slots) != n or len(stock_s) != n:
-                raise CheckpointError("vectors / slots / flags disagree with the manifest")
+            if len(slots) != n or len(stock_s) != n:
+                raise CheckpointError("slots / flags disagree with the manifest")
             ext = np.array([*slots, None], dtype=object)[:n]
             live = np.array([s is not None for s in slots], dtype=bool)
             stock = np.frombuffer(stock_s.encode(), dtype=np.uint8) == ord("1")
             ids = {s: i for i, s in enumerate(slots) if s is not None}
             if len(ids) != int(live.sum()) or not all(isinstance(s, str) for s in ids):
                 raise CheckpointError("the id map repeats an id or holds a non-string")
-            st = _State(
-                dim,
-                ids=ids,
-                ext=ext,
-                vecs=np.ascontiguousarray(vecs),
-                live=live,
-                stock=stock,
-                elig=live & stock,
-                n_slots=n,
-            )
-            st.recount()
             if kind is not None and kind not in KINDS:
                 raise CheckpointError(f"unknown index kind {kind!r}")
+            vecs = None
+            if "vectors.npy" in files:
+                vecs = np.load(directory / "vectors.npy", allow_pickle=False)
+                if vecs.dtype != np.float32 or vecs.shape != (n, dim):
+                    raise CheckpointError("vectors.npy disagrees with the manifest")
+            index = None
+            if layout == _LAYOUT and "index.faiss" in files:
+                index = faiss.read_index(str(directory / "index.faiss"))
+                if index.d != dim or index.ntotal != n:
+                    raise CheckpointError(
+                        f"index.faiss holds {index.ntotal} vectors of dim {index.d}; expected {n} of dim {dim}"
+                    )
+            if vecs is None and index is None and kind is not None and n:
+                raise CheckpointError("the checkpoint holds neither index.faiss nor vectors.npy")
             if kind is None or n == 0:
                 st = self._build_state([], np.empty((0, dim), np.float32), np.empty(0, bool))
-            elif "index.faiss" in manifest["files"] and placement(kind, self._device) == "cpu":
-                index = faiss.read_index(str(directory / "index.faiss"))
-                expect = n if kind == "hnsw" else st.n_live
-                if index.d != dim or index.ntotal != expect:
-                    raise CheckpointError(
-                        f"index.faiss holds {index.ntotal} vectors of dim {index.d}; expected {expect} of dim {dim}"
-                    )
+            elif index is not None and placement(kind, self._device) == "cpu" and vecs is None:
+                st = _State(dim, ext=ext, live=live, stock=stock, elig=live & stock, ids=ids, n_slots=n)
                 self._set_search_params(index, kind)
                 st.index, st.kind, st.device = index, kind, "cpu"
-                st.supports_remove = kind != "hnsw"
-            else:  # saved from a GPU, or loading onto one: rebuild the structure from vectors
+                if self._keep_vecs:
+                    st.vecs = index.reconstruct_n(0, n)
+            else:  # saved from a GPU, an older layout, or loading onto a GPU: rebuild from vectors
+                if vecs is None:
+                    assert index is not None
+                    vecs = index.reconstruct_n(0, n)
                 keep = np.flatnonzero(live)
-                self._new_structure(st, vecs[keep], kind)
-                st.index.add_with_ids(vecs[keep], keep.astype(np.int64))
+                st = self._build_state([str(ext[i]) for i in keep], vecs[keep], stock[keep], kind)
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, OSError, AttributeError) as e:
             raise CheckpointError(f"index checkpoint at {directory} is unusable: {e}") from e
+        st.recount()
         self._state = st
         self.kind, self.device = st.kind or self.kind, st.device
+        self.saved_meta = meta
+        self._saved = (st.serial, st.changes)
         return self
+
+
+def load_saved(
+    directory: str | Path, *, meta: dict[str, Any], **options: Any
+) -> tuple[ItemIndex | None, str]:
+    """The index saved in ``directory`` if it was saved with ``meta`` (e.g. the model version and
+    dimension it holds vectors of) and fits ``options`` (constructor options: a forced ``kind``,
+    ``hnsw_storage``); else ``(None, reason)``. A missing or corrupt checkpoint is a reason too,
+    never an error: the caller builds a fresh index instead."""
+    try:
+        index = ItemIndex.load(directory, **options)
+    except CheckpointError as e:
+        return None, str(e)
+    saved = index.saved_meta
+    for key, want in meta.items():
+        if saved.get(key) != want:
+            return None, f"saved for {key}={saved.get(key)!r}, not {want!r}"
+    kind = options.get("kind", "auto")
+    if kind != "auto" and index.kind != kind:
+        return None, f"saved as kind={index.kind}, the settings ask for {kind}"
+    storage = {"flat": "float32"}.get(options.get("hnsw_storage", "flat"), options.get("hnsw_storage", "flat"))
+    if index.kind == "hnsw" and index.stored_as() != storage:
+        return None, f"saved with hnsw storage {index.stored_as()}, the settings ask for {storage}"
+    return index, "ok"
 
 
 def _faiss_bytes(index: Any, dim: int) -> int:
@@ -761,11 +963,15 @@ def _faiss_bytes(index: Any, dim: int) -> int:
         return 0
     n = int(index.ntotal)
     total = n * 8  # IndexIDMap2's id map (int64 per entry)
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    if not isinstance(index, faiss.IndexIDMap2):
+        total = 0  # flat and HNSW on CPU: slots are rows, no id map
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if isinstance(inner, faiss.IndexHNSW):
         h = inner.hnsw
         links = h.neighbors.size() * 4 + h.offsets.size() * 8  # type: ignore[attr-defined]  # SWIG members faiss's stubs omit
-        total += n * dim * 4 + links + h.levels.size() * 4
+        storage = faiss.downcast_index(inner.storage)
+        code = storage.code_size if isinstance(storage, faiss.IndexScalarQuantizer) else dim * 4
+        total += n * code + links + h.levels.size() * 4
     elif isinstance(inner, faiss.IndexFlat):
         total += n * dim * 4
     else:

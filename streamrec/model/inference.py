@@ -21,7 +21,15 @@ catalog on every worker start would be slow); an item that had no text gets the 
 
 Growth is amortised: the cached item vectors live in storage that doubles when full, and adding
 items computes vectors for the new rows only (``rows_computed`` / ``rows_copied`` count the work;
-loading N items in batches is O(N)). Items added at serving time are not appended to the model's
+loading N items in batches is O(N)). Per row it keeps the scored vector (its first d columns are
+the encoder's input vector; with hybrid scoring the title channel's reduced title is read back
+from the scored vector's text part and the row's title norm, so no second 384-float copy is
+held) and the new-item flag.
+
+One copy of the vectors: a recommender serving beside an index (:class:`~streamrec.serving.scorer.
+ServingModel` calls :meth:`Recommender.attach_vectors` with ``index.vectors``) keeps only the
+trained rows' vectors; those of the items added at serving time are read from the index, which
+holds them anyway (1M items of 449-d: 1.8 GB less in the worker). Items added at serving time are not appended to the model's
 own tables (no per-item 384-float title vector is kept in memory): a new row's vector is its text
 projection plus the optional imputed id part, written straight into the cache of item vectors.
 :meth:`Recommender.remove_items` frees a deleted item's row for the next new item. Titles go
@@ -35,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +86,15 @@ class Recommender:
         self._encoder = text_encoder
         self.text_cache = text_cache
         self._lock = threading.RLock()
-        # (capacity, dim) scored item vectors, rows 0..len(vocab); their first d columns are the
-        # input item vectors the encoder reads. With hybrid scoring also the rows' reduced titles
-        # (capacity, r) and new-item flags (capacity,), which the user's text channel reads.
+        # (capacity, dim) scored item vectors, rows 0..len(vocab) (attached: the trained rows
+        # only); their first d columns are the input item vectors the encoder reads. With hybrid
+        # scoring also the rows' title norms and new-item flags (capacity,), which the user's text
+        # channel reads (the reduced title = unit(text part of the scored vector) * norm).
         self._store: torch.Tensor | None = None
-        self._low: torch.Tensor | None = None
+        self._norm: torch.Tensor | None = None
         self._new: torch.Tensor | None = None
+        #: where the vectors of added rows are read when attached (``ItemIndex.vectors``)
+        self._source: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]] | None = None
         self.rows_computed = 0  # item vectors computed (initial table + added/changed rows)
         self.rows_copied = 0  # item vectors moved when the storage grew
         if impute_neighbors < 0 or impute_temperature <= 0:
@@ -113,30 +124,63 @@ class Recommender:
     # -- items --------------------------------------------------------------------------------------
 
     def _item_table(self) -> torch.Tensor:
-        """(len(vocab) + 1, dim) scored item vectors: a view of the first rows of the storage."""
+        """The storage of scored item vectors (rows 0..len(vocab), or the trained rows only when
+        attached), created on first use."""
         if self._store is None:
             with torch.inference_mode():
                 table = self.model.output_table(self.model.item_table())  # (n_trained+1, dim)
                 low, new = (self.model.text_low(), self.model.item_new()) if self._hybrid else (None, None)
             if low is not None and new is not None:  # clones made outside inference mode: writable
-                self._low = low.clone()  # (n_trained+1, r)
+                self._norm = low.float().norm(dim=1).clone()  # (n_trained+1,)
                 self._new = new.clone()  # (n_trained+1,)
             self._store = table.clone()
             self.rows_computed += table.shape[0] - 1
-        return self._store[: len(self.vocab) + 1]
+        return self._store
 
-    def _input_table(self) -> torch.Tensor:
-        """(len(vocab) + 1, d) input item vectors (the encoder's): columns of the storage."""
-        return self._item_table()[:, : self._d]
+    def _own(self, rows: np.ndarray) -> np.ndarray:
+        """Which ``rows`` this recommender holds itself (all unless attached: then the PAD row
+        and the trained rows still learned)."""
+        if self._source is None:
+            return np.ones(len(rows), dtype=bool)
+        own = rows == PAD_ID
+        inside = rows < len(self._learned)
+        own[inside] |= self._learned[rows[inside]]
+        return own
 
-    def _text_rows(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Reduced titles and new-flags of the used rows (hybrid), else (None, None)."""
+    def _row_vectors(self, rows: np.ndarray) -> torch.Tensor:
+        """(len(rows), dim) scored vectors of vocabulary ``rows`` (float32, on the model's device):
+        from the storage, or for added rows of an attached recommender from the index (an id the
+        index lacks: the default vector)."""
+        table = self._item_table()
+        idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(table.device)
+        own = self._own(rows)
+        if own.all():
+            return table[idx].float()
+        out = torch.empty((len(rows), self.dim), dtype=torch.float32, device=table.device)
+        mine = np.flatnonzero(own)
+        if mine.size:
+            out[torch.from_numpy(mine).to(table.device)] = table[idx[torch.from_numpy(mine)]].float()
+        other = np.flatnonzero(~own)
+        assert self._source is not None
+        ids = [self.vocab.ids[int(r) - 1] or "" for r in rows[other]]
+        vecs, found = self._source(ids)
+        if not found.all():
+            vecs = np.array(vecs, dtype=np.float32)
+            vecs[~found] = self.model.default_vector().float().cpu().numpy()
+        out[torch.from_numpy(other).to(table.device)] = torch.from_numpy(np.asarray(vecs, np.float32)).to(table.device)
+        return out
+
+    def _text_inputs(self, vecs: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Reduced titles (k, r) and new-flags (k,) of ``rows`` whose scored vectors are ``vecs``
+        (hybrid), else (None, None): unit(text part) * the row's title norm."""
         if not self._hybrid:
             return None, None
-        self._item_table()
-        assert self._low is not None and self._new is not None
-        n = len(self.vocab) + 1
-        return self._low[:n], self._new[:n]
+        assert self._norm is not None and self._new is not None
+        idx = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)).to(self._norm.device)
+        r = int(self.model.text_basis.shape[1])
+        part = vecs[:, self._d : self._d + r]
+        low = torch.nn.functional.normalize(part, dim=1) * self._norm[idx].to(part.device)[:, None]
+        return low, self._new[idx].to(part.device)
 
     @torch.no_grad()
     def _write_rows(
@@ -146,53 +190,79 @@ class Recommender:
         text: torch.Tensor,
         new: bool | torch.Tensor,
         count: torch.Tensor | None = None,
-    ) -> None:
-        """Store the scored vectors of ``rows``: input vectors ``vec`` (k, d) plus, with hybrid
-        scoring, [beta(i) * unit(t_i) ; b(i)] from their titles ``text`` (k, TEXT_DIM)."""
+        *,
+        store: bool = True,
+    ) -> torch.Tensor:
+        """Compute (and with ``store``, keep) the scored vectors of ``rows``: input vectors ``vec``
+        (k, d) plus, with hybrid scoring, [beta(i) * unit(t_i) ; b(i)] from their titles ``text``
+        (k, TEXT_DIM). Returns them (k, dim) float32."""
         assert self._store is not None
         if not self._hybrid:
-            self._store[rows] = vec.to(self._store.dtype)
-            return
-        assert self._low is not None and self._new is not None
-        basis = self.model.text_basis
-        low = text.to(basis.device, torch.float32) @ basis  # (k, r)
-        flags = torch.as_tensor(new, dtype=torch.bool, device=low.device).expand(low.shape[0])
-        counts = torch.zeros(low.shape[0], device=low.device) if count is None else count
-        part = self.model.text_part(low, flags, counts.to(low.device))  # (k, r+1)
-        self._store[rows] = torch.cat([vec.to(part.device, part.dtype), part], dim=1).to(self._store.dtype)
-        self._low[rows] = low.to(self._low.dtype)
-        self._new[rows] = flags
+            full = vec.float()
+        else:
+            assert self._norm is not None and self._new is not None
+            basis = self.model.text_basis
+            low = text.to(basis.device, torch.float32) @ basis  # (k, r)
+            flags = torch.as_tensor(new, dtype=torch.bool, device=low.device).expand(low.shape[0])
+            counts = torch.zeros(low.shape[0], device=low.device) if count is None else count
+            part = self.model.text_part(low, flags, counts.to(low.device))  # (k, r+1)
+            full = torch.cat([vec.to(part.device, part.dtype), part], dim=1).float()
+            self._norm[rows] = low.norm(dim=1).to(self._norm.dtype)
+            self._new[rows] = flags
+        if store:
+            self._store[rows] = full.to(self._store.device, self._store.dtype)
+        return full
 
     def _reserve(self, rows: int) -> None:
-        """Make room for ``rows`` rows (incl. PAD) by doubling: O(1) amortised per row."""
+        """Make room for ``rows`` rows (incl. PAD) by doubling: O(1) amortised per row. Attached,
+        only the per-row flags grow (the index holds the added rows' vectors)."""
         self._item_table()
         assert self._store is not None
-        if self._store.shape[0] >= rows:
+        have = self._store.shape[0] if self._source is None else (self._new.shape[0] if self._new is not None else 0)
+        if have >= rows or (self._source is not None and not self._hybrid):
             return
         used = len(self.vocab) + 1
-        cap = max(rows, 2 * self._store.shape[0], 1024)
-        # torch.empty: the spare rows are untouched pages, address space rather than RSS
-        store = torch.empty((cap, self.dim), dtype=self._store.dtype, device=self._store.device)
-        store[:used] = self._store[:used]
-        self.rows_copied += used
-        self._store = store
-        if self._hybrid:  # the per-row text inputs grow with the vectors
-            assert self._low is not None and self._new is not None
-            low = self._low.new_empty((cap, self._low.shape[1]))
-            low[:used] = self._low[:used]
-            new = self._new.new_empty((cap,))
-            new[:used] = self._new[:used]
-            self._low, self._new = low, new
+        cap = max(rows, 2 * have, 1024)
+        if self._source is None:
+            # torch.empty: the spare rows are untouched pages, address space rather than RSS
+            store = torch.empty((cap, self.dim), dtype=self._store.dtype, device=self._store.device)
+            store[:used] = self._store[:used]
+            self.rows_copied += used
+            self._store = store
+        if self._hybrid:  # the per-row text inputs grow with the rows
+            assert self._norm is not None and self._new is not None
+            n_old = min(used, self._norm.shape[0])
+            norm = self._norm.new_zeros((cap,))
+            norm[:n_old] = self._norm[:n_old]
+            new = self._new.new_ones((cap,))
+            new[:n_old] = self._new[:n_old]
+            self._norm, self._new = norm, new
+
+    def reserve(self, n_items: int) -> None:
+        """Room for ``n_items`` more items at once (a catalog of known size): one allocation
+        instead of doublings; spare rows cost address space, not memory, until written."""
+        with self._lock:
+            self._reserve(len(self.vocab) + 1 + max(0, n_items - len(self.vocab.free)))
+
+    def attach_vectors(self, source: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]] | None) -> None:
+        """Read the vectors of items added at serving time from ``source`` (``ItemIndex.vectors``:
+        ids -> (vectors, found)) instead of keeping a copy: the index that serves this model holds
+        every added item's vector. Drops the copies of added rows held so far (they must be in
+        the source). ``None`` detaches (only before anything is added: the copies are gone)."""
+        with self._lock:
+            self._item_table()
+            assert self._store is not None
+            self._source = source
+            if source is not None and self._store.shape[0] > self._n_trained + 1:
+                self._store = self._store[: self._n_trained + 1].clone()
 
     def item_vectors(self) -> tuple[list[str], np.ndarray]:
         """All items the model knows (incl. added ones): ids and (N, d) float32 vectors."""
         with self._lock:
-            table = self._item_table()
             live = sorted((r, i) for i, r in self.vocab.rows.items())  # rows are unique
-            rows = [r for r, _ in live]
+            rows = np.array([r for r, _ in live], dtype=np.int64)
             ids = [i for _, i in live]  # == vocab.ids[r - 1]: a live row never holds None
-            idx = torch.as_tensor(rows, dtype=torch.long, device=table.device)
-            return ids, table[idx].float().cpu().numpy().copy()
+            return ids, self._row_vectors(rows).cpu().numpy().copy()
 
     def is_learned(self, row: int) -> bool:
         return row < len(self._learned) and bool(self._learned[row])
@@ -234,6 +304,7 @@ class Recommender:
             )
             for i in fill:
                 self.model.text_emb[self.vocab.row(i)] = next(it).to(self.model.text_emb.device)
+            done: dict[str, torch.Tensor] = {}  # id -> its scored vector, computed in this call
             if fill:
                 rows = torch.as_tensor(
                     [self.vocab.row(i) for i in fill], dtype=torch.long, device=self.model.id_emb.weight.device
@@ -241,7 +312,8 @@ class Recommender:
                 with torch.inference_mode():
                     count = self.model.item_count[rows] if self._hybrid else None
                     new = self.model.item_new()[rows] if self._hybrid else False
-                    self._write_rows(rows, self.model.item_table(rows), self.model.text_emb[rows], new, count)
+                    full = self._write_rows(rows, self.model.item_table(rows), self.model.text_emb[rows], new, count)
+                done.update(zip(fill, full))
                 self.rows_computed += len(fill)
             if fresh:
                 n_new = sum(1 for i in fresh if i not in self.vocab)
@@ -249,11 +321,16 @@ class Recommender:
                 self.vocab.add(list(fresh))
                 rows = torch.as_tensor([self.vocab.row(i) for i in fresh], dtype=torch.long, device=self._store.device)
                 with torch.inference_mode():
-                    self._write_rows(rows, self._text_only_vectors(fresh_text), fresh_text, True)
+                    full = self._write_rows(
+                        rows, self._text_only_vectors(fresh_text), fresh_text, True, store=self._source is None
+                    )
+                done.update(zip(fresh, full))
                 self.rows_computed += len(fresh)
-            table = self._item_table()
-            idx = torch.as_tensor([self.vocab.row(i) for i, _ in items], dtype=torch.long, device=table.device)
-            return table[idx].float().cpu().numpy().copy()
+            rest = [i for i in given if i not in done]  # trained items, unchanged: stored rows
+            if rest:
+                rows_np = np.fromiter((self.vocab.row(i) for i in rest), dtype=np.int64, count=len(rest))
+                done.update(zip(rest, self._row_vectors(rows_np)))
+            return torch.stack([done[i] for i, _ in items]).float().cpu().numpy()
 
     def remove_items(self, ids: Sequence[str]) -> int:
         """Forget deleted items: their rows are freed for the next new items (a trained item's
@@ -282,11 +359,13 @@ class Recommender:
         """Bytes held per part (measured from the arrays, not estimated)."""
         with self._lock:
             store = 0 if self._store is None else self._store.numel() * self._store.element_size()
-            used = (len(self.vocab) + 1) * self.dim * 4
-            for extra in (self._low, self._new):
+            used = (len(self.vocab) + 1 if self._source is None else min(len(self.vocab), self._n_trained) + 1) * (
+                self.dim * 4
+            )
+            for extra in (self._norm, self._new):
                 if extra is not None:
                     store += extra.numel() * extra.element_size()
-                    used += (len(self.vocab) + 1) * extra[:1].numel() * extra.element_size()
+                    used += (len(self.vocab) + 1) * extra.element_size()
             model = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
             text = self.model.text_emb.numel() * self.model.text_emb.element_size()
             return {
@@ -349,12 +428,15 @@ class Recommender:
                         t.append(EVENT_TYPE_IDS.get(etype, default_type))
                 rows.append(r[-self.model.config.max_len :])
                 types.append(t[-self.model.config.max_len :])
-            table = self._input_table()
-            low, new = self._text_rows()
             x, xt = history_batch(rows, types, self.model.config.max_len)
+            # only the rows this batch reads (PAD first: row 0 stays the padding row)
+            uniq, inv = np.unique(np.concatenate([[PAD_ID], x.numpy().ravel()]), return_inverse=True)
+            local = torch.from_numpy(inv[1:].reshape(tuple(x.shape)).astype(np.int64))
             with torch.inference_mode():
+                vecs = self._row_vectors(uniq)  # (U, dim)
+                low, new = self._text_inputs(vecs, uniq)
                 h = self.model.user_vectors(
-                    x.to(self.device), xt.to(self.device), table, low=low, new_rows=new
+                    local.to(self.device), xt.to(self.device), vecs[:, : self._d], low=low, new_rows=new
                 )  # (B, dim)
         return h.float().cpu().numpy().copy()
 
@@ -365,8 +447,7 @@ class Recommender:
         with self._lock:
             table = self._item_table()
             rows = np.fromiter((self.vocab.row(str(i)) for i in item_ids), dtype=np.int64, count=len(item_ids))
-            idx = torch.from_numpy(rows).to(table.device)
-            vecs = table[idx]
+            vecs = self._row_vectors(rows)
             unknown = rows == PAD_ID
             if unknown.any():
                 default = self.model.default_vector().to(table.device)
@@ -388,7 +469,7 @@ class Recommender:
             default = self.model.default_vector().to(table.device)
             rows = [self.vocab.row(str(i)) for i in item_ids]
             idx = torch.as_tensor(rows, dtype=torch.long, device=table.device)
-            vecs = table[idx] if rows else torch.zeros(0, self.dim, device=table.device)
+            vecs = self._row_vectors(np.array(rows, dtype=np.int64)) if rows else torch.zeros(0, self.dim)
             if rows:
                 vecs = torch.where((idx == PAD_ID)[:, None], default[None], vecs)
             v = vecs.float().cpu().numpy()

@@ -45,6 +45,14 @@ class ServingModel:
     recommender: Any
     index: Any
 
+    def __post_init__(self) -> None:
+        # one copy of the item vectors: the recommender reads its added items' vectors from the
+        # index (Recommender.attach_vectors) instead of keeping its own
+        attach = getattr(self.recommender, "attach_vectors", None)
+        vectors = getattr(self.index, "vectors", None)
+        if attach is not None and vectors is not None:
+            attach(vectors)
+
     @property
     def version(self) -> str:
         return str(self.recommender.version)

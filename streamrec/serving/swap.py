@@ -132,6 +132,10 @@ def build_serving_model(
     reused0, encoded0 = loader.counts()
     rec = loader.load(path, version)
     check_compatible(rec)
+    index = new_index(rec.dim)
+    attach = getattr(rec, "attach_vectors", None)
+    if attach is not None and hasattr(index, "vectors"):
+        attach(index.vectors)  # one copy: the added items' vectors will live in the index only
     live: dict[str, tuple[int, bool]] = {}  # id -> (row in the vectors so far, in stock)
     parts: list[np.ndarray] = []
     n_rows = 0
@@ -151,7 +155,6 @@ def build_serving_model(
     ids = list(live)
     vecs = np.concatenate(parts) if parts else np.zeros((0, rec.dim), np.float32)
     rows = np.fromiter((live[i][0] for i in ids), dtype=np.int64, count=len(ids))
-    index = new_index(rec.dim)
     # one build over the whole catalog: the kind fits its size; check_vectors inside refuses a
     # model that yields NaN/inf vectors
     index.rebuild(ids, vecs[rows], in_stock=[live[i][1] for i in ids], background=False)

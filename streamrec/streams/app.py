@@ -9,6 +9,7 @@ new versions (:mod:`streamrec.streams.model_follower`) and the web views
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,21 +49,57 @@ def worker_datadir(settings: Settings) -> Path:
     return settings.data_dir / "worker" / f"{settings.app_id}-{settings.web_port}"
 
 
+def index_options(settings: Settings) -> dict[str, Any]:
+    """The worker's :class:`~streamrec.indexer.ItemIndex` options."""
+    return {
+        "kind": settings.index_kind,
+        "exact_max": settings.index_exact_max,
+        "hnsw_m": settings.hnsw_m,
+        "hnsw_ef_construction": settings.hnsw_ef_construction,
+        "hnsw_ef_search": settings.hnsw_ef_search,
+        "hnsw_storage": settings.hnsw_storage,
+        "ivf_nlist": settings.ivf_nlist,
+        "ivf_nprobe": settings.ivf_nprobe,
+        "device": settings.device,
+    }
+
+
 def new_index(settings: Settings, dim: int) -> Any:
     """An empty item index with the worker's index settings (at start and for each new version)."""
     from streamrec.indexer import ItemIndex
 
-    return ItemIndex(
-        dim,
-        kind=settings.index_kind,
-        exact_max=settings.index_exact_max,
-        hnsw_m=settings.hnsw_m,
-        hnsw_ef_construction=settings.hnsw_ef_construction,
-        hnsw_ef_search=settings.hnsw_ef_search,
-        ivf_nlist=settings.ivf_nlist,
-        ivf_nprobe=settings.ivf_nprobe,
-        device=settings.device,
+    return ItemIndex(dim, **index_options(settings))
+
+
+def index_dir(settings: Settings) -> Path:
+    """Where the worker keeps its item index between runs (one per app: any worker of the app
+    may load it, the catalog it reads then corrects it)."""
+    return settings.data_dir / "index" / settings.app_id
+
+
+def index_meta(recommender: Any) -> dict[str, Any]:
+    """What a saved index must have been saved with to be loaded for ``recommender``."""
+    return {"model_version": str(recommender.version), "dim": int(recommender.dim)}
+
+
+def saved_or_new_index(settings: Settings, recommender: Any) -> Any:
+    """The index this app saved for this model version (a warm restart serves it at once; the
+    catalog read at start adds, changes and removes what changed meanwhile), else a new one."""
+    from streamrec.indexer import load_saved
+
+    t0 = time.perf_counter()
+    index, reason = load_saved(index_dir(settings), meta=index_meta(recommender), **index_options(settings))
+    if index is None:
+        log.info("no saved index used, building one from the catalog: reason=%s", reason)
+        return new_index(settings, recommender.dim)
+    log.info(
+        "saved index loaded: kind=%s items=%d seconds=%.1f dir=%s",
+        index.kind,
+        len(index),
+        time.perf_counter() - t0,
+        index_dir(settings),
     )
+    return index
 
 
 def create_app(
@@ -92,6 +129,7 @@ def create_app(
         profile_weights=settings.profile_weights(),
         new_index=lambda dim: new_index(settings, dim),
         loader=loader,
+        index_dir=index_dir(settings),
     )
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +242,12 @@ def create_app(
     async def memory_gauges() -> None:
         if pipeline.catalog_ready.is_set():  # while loading, each catalog batch measures it
             await pipeline.run(pipeline.update_memory)
+
+    @app.on_before_shutdown.connect
+    async def save_index(app: Any, **kwargs: Any) -> None:
+        # a clean stop saves the index, so the next start serves it at once (no rebuild)
+        if pipeline.catalog_ready.is_set():
+            await pipeline.run(pipeline.save_index)
 
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]

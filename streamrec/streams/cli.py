@@ -126,7 +126,7 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
     from streamrec.model.text import TextEncoder
     from streamrec.model.textcache import TextCache
     from streamrec.serving.swap import VersionLoader
-    from streamrec.streams.app import create_app, new_index
+    from streamrec.streams.app import create_app, saved_or_new_index
     from streamrec.streams.tuning import (
         compute_threads,
         quiet_third_party_loggers,
@@ -149,7 +149,7 @@ def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[
     )
     recommender = Recommender.load(path, device=settings.device, version=version, text_cache=cache)
     loader = VersionLoader.with_text_cache(cache, device=settings.device)
-    index = new_index(settings, recommender.dim)
+    index = saved_or_new_index(settings, recommender)
     log.info("model loaded version=%s dim=%d path=%s", recommender.version, recommender.dim, path)
     return create_app(settings, recommender=recommender, index=index, loader=loader)
 

@@ -99,8 +99,12 @@ class Pipeline:
         profile_weights: ProfileWeights | None = None,
         new_index: Callable[[int], Any] | None = None,
         loader: VersionLoader | None = None,
+        index_dir: Path | None = None,
     ) -> None:
         self.metrics = Metrics()
+        #: where the index is saved after a rebuild and at a clean stop (None: never saved)
+        self.index_dir = index_dir
+        self._save_lock = threading.Lock()
         self.scorer = Scorer(
             recommender=recommender, index=index, popularity=Popularity(), top_k=top_k, stage=self.metrics.stage
         )
@@ -209,8 +213,16 @@ class Pipeline:
             self.update_memory()
 
     def catalog_loaded(self) -> None:
-        """The initial catalog is in (runs on the model thread): pick the index kind for it."""
-        log.info("catalog loaded items=%d index_kind=%s", len(self.catalog), getattr(self.scorer.index, "kind", "?"))
+        """The initial catalog is in (runs on the model thread): drop what a loaded index holds
+        that the catalog no longer lists, then pick the index kind for the catalog's size."""
+        index = self.scorer.index
+        ids = getattr(index, "ids", None)
+        if ids is not None:
+            stale = [i for i in ids() if i not in self.catalog]
+            if stale:
+                index.remove(stale)
+                log.info("index: removed items the catalog no longer lists count=%d", len(stale))
+        log.info("catalog loaded items=%d index_kind=%s", len(self.catalog), getattr(index, "kind", "?"))
         self.retune_index()
         self.update_memory()
 
@@ -235,9 +247,41 @@ class Pipeline:
             self.metrics.memory_bytes.labels(part=part).set(n)
 
     def retune_index(self, model: ServingModel | None = None) -> None:
-        retune = getattr((model or self.scorer.model).index, "retune", None)
+        model = model or self.scorer.model
+        retune = getattr(model.index, "retune", None)
         if retune is not None:
-            retune(background=True)  # no-op unless the kind is due to change
+            future = retune(background=True)  # None unless the kind is due to change
+            if future is not None and self.index_dir is not None:
+                # saved once rebuilt (on the rebuild thread), so a restart loads it
+                future.add_done_callback(lambda f, m=model: f.exception() is None and self.save_index(m))
+
+    def save_index(self, model: ServingModel | None = None) -> bool:
+        """Save the serving index with the model version it holds vectors of (see
+        :func:`streamrec.streams.app.saved_or_new_index`); False when not saved. A model that is
+        no longer serving is not saved (its index is not the one a restart must load)."""
+        model = model or self.scorer.model
+        save = getattr(model.index, "save", None)
+        if self.index_dir is None or save is None or model is not self.scorer.model:
+            return False
+        unsaved = getattr(model.index, "unsaved", None)
+        if unsaved is not None and not unsaved():
+            return False  # the saved copy is this one
+        meta = {"model_version": str(model.recommender.version), "dim": int(model.recommender.dim)}
+        t0 = time.perf_counter()
+        try:
+            with self._save_lock:
+                save(self.index_dir, meta=meta)
+        except OSError as exc:
+            log.error("could not save the index dir=%s error=%s", self.index_dir, exc)
+            return False
+        log.info(
+            "index saved kind=%s items=%d seconds=%.1f dir=%s",
+            getattr(model.index, "kind", "?"),
+            len(model.index),
+            time.perf_counter() - t0,
+            self.index_dir,
+        )
+        return True
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held per part of the worker, from the structures themselves, plus the RSS."""

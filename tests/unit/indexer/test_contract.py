@@ -147,7 +147,7 @@ def test_rebuild_keeps_stock_flags_and_compact_drops_tombstones(data):
     ix.set_in_stock(ids[:10], False)
     ix.remove(ids[10:20])
     ix.upsert(ids[20:30], vecs[20:30] * 2)
-    assert ix._state.index.ntotal == 2010  # HNSW: removed / replaced vectors are tombstones
+    assert ix._state.index.ntotal == 2010  # removed / replaced vectors are tombstones
     ix.compact()
     assert ix._state.index.ntotal == len(ix) == 1990
     assert not any(ix.is_eligible(i) for i in ids[:10]) and ix.is_eligible(ids[25])

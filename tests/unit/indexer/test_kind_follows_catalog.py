@@ -27,8 +27,10 @@ def small_index(**kw) -> ItemIndex:
 def check_contents(index: ItemIndex, expect: dict[str, np.ndarray], out_of_stock: set[str]) -> None:
     st = index._state
     assert set(st.ids) == set(expect) and len(index) == len(expect)
-    for item, vec in expect.items():
-        np.testing.assert_array_equal(st.vecs[st.ids[item]], vec)
+    stored, found = index.vectors(list(expect))
+    assert found.all()
+    for (item, vec), got in zip(expect.items(), stored):
+        np.testing.assert_array_equal(got, vec)
         assert index.is_eligible(item) == (item not in out_of_stock)
     # every in-stock item is found by its own (unit) vector: inner product 1 is the maximum
     names = [i for i in expect if i not in out_of_stock]

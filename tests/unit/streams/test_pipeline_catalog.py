@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from streamrec.indexer import ItemIndex
+from streamrec.indexer import ItemIndex, load_saved
 from streamrec.model.inference import Recommender
 from streamrec.model.textcache import TextCache
 from streamrec.schemas import CatalogItem
@@ -90,9 +90,9 @@ def check_agree(p: Pipeline, log) -> None:
     vec_of = dict(zip(ids, vecs))
     assert not deleted & set(vec_of), "a deleted item is still in the model's vocabulary"
     assert set(vec_of) - set(listed) <= set(TRAINED)  # only trained, never-listed items extra
-    st = index._state
+    stored = dict(zip(listed, index.vectors(list(listed))[0]))
     for k, v in listed.items():
-        np.testing.assert_allclose(st.vecs[st.ids[k]], vec_of[k], atol=1e-5)
+        np.testing.assert_allclose(stored[k], vec_of[k], atol=1e-5)
         assert index.is_eligible(k) == v.in_stock
     assert len(rec.vocab) <= len(TRAINED) + 400  # freed rows were reused, not appended
 
@@ -147,3 +147,48 @@ def test_memory_report_names_every_part(tiny_checkpoint, tmp_path):
     assert m.value("streamrec_memory_bytes", part="index_faiss") == mem["index_faiss"]
     assert 'streamrec_memory_bytes{part="rss"}' in m.render(model_version="v")
     p.scorer.recommender.text_cache.close()
+
+
+def test_warm_restart_loads_the_saved_index_and_applies_what_changed(tiny_checkpoint, tmp_path):
+    """A stopped pipeline's index is saved; the next one loads it (same model version) and the
+    catalog it reads meanwhile adds, changes and removes items on it: no rebuild, nothing lost."""
+    log = [(f"sku-{k}", item(f"sku-{k}", f"title {k}")) for k in range(300)]
+    p = make_pipeline(tiny_checkpoint, tmp_path / "cache", CountingEncoder())
+    p.index_dir = tmp_path / "index"
+    load(p, log)
+    p.catalog_loaded()
+    p.catalog_ready.set()
+    p.scorer.index.close()  # the retune to HNSW: saved when it swaps
+    assert p.scorer.index.kind == "hnsw" and not p.scorer.index.unsaved()
+    assert p.save_index() is False  # nothing changed since: not written again
+    version = p.scorer.recommender.version
+    p.scorer.recommender.text_cache.close()
+
+    # meanwhile: 20 items deleted, 10 re-titled, 5 new, one out of stock
+    later = [(f"sku-{k}", None) for k in range(20)]
+    later += [(f"sku-{k}", item(f"sku-{k}", f"new title {k}")) for k in range(20, 30)]
+    later += [(f"new-{k}", item(f"new-{k}", f"fresh {k}")) for k in range(5)]
+    later += [("sku-40", item("sku-40", "title 40", in_stock=False))]
+    now = compacted(log + later)
+    rec = Recommender.load(tiny_checkpoint, device="cpu", text_cache=TextCache(tmp_path / "cache"))
+    assert rec.version == version
+    index, why = load_saved(
+        tmp_path / "index",
+        meta={"model_version": rec.version, "dim": rec.dim},
+        device="cpu",
+        exact_max=EXACT_MAX,
+        hnsw_m=8,
+        hnsw_ef_construction=40,
+    )
+    assert index is not None, why
+    slots = index._state.n_slots
+    p2 = Pipeline(recommender=rec, index=index, top_k=5, history_len=20, purchased_max=10, trigger_types=("view",))
+    p2.index_dir = tmp_path / "index"
+    load(p2, now)
+    p2.catalog_loaded()
+    p2.catalog_ready.set()
+    assert not index.rebuilding() and p2.scorer.index is index and index.kind == "hnsw"
+    assert index._state.n_slots == slots + 15  # only the re-titled and new items were added
+    check_agree(p2, log + later)
+    assert p2.save_index() is True
+    p2.scorer.recommender.text_cache.close()

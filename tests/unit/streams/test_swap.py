@@ -185,7 +185,7 @@ async def test_known_titles_are_not_embedded_again(pipe, tiny_checkpoint, tmp_pa
     # and the new version's vectors for them are the ones MiniLM gives: same as embedding afresh
     ids = ["n1", "n2", "i5"]
     fresh = Recommender.load(v2, device="cpu", version="check", text_cache=TextCache(None, encoder=minilm.inner))
-    got = [pipe.model.index._state.vecs[pipe.model.index._state.ids[i]] for i in ids]
+    got = list(pipe.model.index.vectors(ids)[0])
     want = fresh.add_items(
         [
             (i, text)
