@@ -69,7 +69,6 @@ from streamrec.indexer.base import (
     check_k,
     check_queries,
     check_vectors,
-    dedupe_last,
 )
 from streamrec.indexer.checkpoint import read_manifest, write_checkpoint
 
@@ -144,6 +143,7 @@ class _State:
     vecs: np.ndarray | None = None  # (cap, dim) float32 host copy, only with keep_vecs
     live: np.ndarray = None  # type: ignore[assignment]  # (cap,) bool: slot holds a current vector
     stock: np.ndarray = None  # type: ignore[assignment]  # (cap,) bool
+    tags: np.ndarray = None  # type: ignore[assignment]  # (cap,) int64: the caller's tag of the slot's vector
     elig: np.ndarray = None  # type: ignore[assignment]  # (cap,) bool: live & stock
     n_slots: int = 0
     n_live: int = 0
@@ -161,14 +161,15 @@ class _State:
         n = self.n_slots
         ext = np.full(cap, None, dtype=object)
         vecs = np.empty((cap, self.dim), np.float32) if self.keep_vecs else None
+        tags = np.zeros(cap, np.int64)
         flags = [np.zeros(cap, bool) for _ in range(3)]
         if n:
-            ext[:n] = self.ext[:n]
+            ext[:n], tags[:n] = self.ext[:n], self.tags[:n]
             if vecs is not None and self.vecs is not None:
                 vecs[:n] = self.vecs[:n]
             for new, old in zip(flags, (self.live, self.stock, self.elig)):
                 new[:n] = old[:n]
-        self.ext, self.vecs = ext, vecs
+        self.ext, self.vecs, self.tags = ext, vecs, tags
         self.live, self.stock, self.elig = flags
 
     def alloc(self, m: int) -> np.ndarray:
@@ -433,16 +434,42 @@ class ItemIndex:
             out[qi] = list(zip(st.ext[best_i[j, :t]].tolist(), best_s[j, :t].astype(np.float32).tolist()))
 
     # ---- incremental changes -------------------------------------------------------------
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray, *, in_stock: bool | Sequence[bool] = True) -> None:
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        in_stock: bool | Sequence[bool] = True,
+        tags: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
         """Add new items or replace their vectors; ``in_stock`` is set for every id given.
 
-        A repeated id keeps its last vector. An unchanged vector only updates the stock flag.
+        A repeated id keeps its last vector. An unchanged vector only updates the stock flag
+        (and the tag). ``tags``: one int64 per id that the caller keeps with the vector (e.g. a
+        fingerprint of what it was computed from; :meth:`tags` reads it back, and it is saved).
         """
         ids = check_ids(ids)
         vecs = check_vectors(vectors, n=len(ids), dim=self.dim)
-        ids, vecs, flags = dedupe_last(ids, vecs, check_flags(in_stock, len(ids)))
+        tag_arr = np.zeros(len(ids), np.int64) if tags is None else np.asarray(tags, dtype=np.int64)
+        if tag_arr.shape != (len(ids),):
+            raise ValueError(f"tags must hold one int per id ({len(ids)}), got shape {tag_arr.shape}")
+        flags = check_flags(in_stock, len(ids))
+        if len(set(ids)) != len(ids):
+            last = {item: i for i, item in enumerate(ids)}
+            keep = np.fromiter(sorted(last.values()), dtype=np.int64, count=len(last))
+            ids, vecs, flags, tag_arr = [ids[i] for i in keep], vecs[keep], flags[keep], tag_arr[keep]
         if ids:
-            self._mutate(("upsert", ids, vecs.copy(), flags))
+            self._mutate(("upsert", ids, vecs.copy(), flags, tag_arr))
+
+    def tags(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The tags given with the vectors of ``ids`` (see :meth:`upsert`; 0 if none was) and a
+        bool array, False where an id is not indexed."""
+        st = self._state
+        slots = np.fromiter((st.ids.get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
+        found = slots >= 0
+        out = np.zeros(len(ids), np.int64)
+        out[found] = st.tags[slots[found]]
+        return out, found
 
     def remove(self, ids: Sequence[str]) -> None:
         """Remove items for good (unknown ids are ignored); they are never returned again."""
@@ -477,7 +504,7 @@ class ItemIndex:
             st.elig[slots] = op[2]
         st.recount()
 
-    def _upsert(self, st: _State, ids: list[str], vecs: np.ndarray, flags: np.ndarray) -> None:
+    def _upsert(self, st: _State, ids: list[str], vecs: np.ndarray, flags: np.ndarray, tags: np.ndarray) -> None:
         if st.index is None:
             self._new_structure(st, vecs)
         old = np.array([st.ids.get(i, -1) for i in ids], dtype=np.int64)
@@ -491,6 +518,7 @@ class ItemIndex:
             st.changes += int(np.count_nonzero(st.stock[keep] != flags[same]))
             st.stock[keep] = flags[same]
             st.elig[keep] = flags[same]
+            st.tags[keep] = tags[same]
         changed = np.flatnonzero(~same)
         if not changed.size:
             return
@@ -503,6 +531,7 @@ class ItemIndex:
         if st.vecs is not None:
             st.vecs[slots] = vecs[changed]
         st.live[slots] = True
+        st.tags[slots] = tags[changed]
         st.stock[slots] = flags[changed]
         st.elig[slots] = flags[changed]
         names = [ids[j] for j in changed]
@@ -600,8 +629,9 @@ class ItemIndex:
         vecs: np.ndarray | Callable[[np.ndarray], np.ndarray],
         flags: np.ndarray,
         kind: str | None = None,
+        tags: np.ndarray | None = None,
     ) -> _State:
-        """A complete new state over ``ids``; ``vecs`` is their (n, dim) array or a reader
+        """A complete new state over ``ids`` (``tags``: theirs, default 0); ``vecs`` is their (n, dim) array or a reader
         ``positions -> vectors`` (an old state's FAISS rows), read in chunks so that a rebuild
         never holds a second full copy. No lock taken."""
         n = len(ids)
@@ -614,6 +644,7 @@ class ItemIndex:
             live=np.ones(n, bool),
             stock=flags.copy(),
             elig=flags.copy(),
+            tags=np.zeros(n, np.int64) if tags is None else np.asarray(tags, np.int64).copy(),
             n_slots=n,
         )
         st.vecs = np.empty((n, self.dim), np.float32) if self._keep_vecs else None
@@ -778,7 +809,11 @@ class ItemIndex:
                 flags = np.fromiter(
                     (True if (s := cur.ids.get(i)) is None else bool(stock[s]) for i in ids), dtype=bool, count=len(ids)
                 )
-            new = self._build_state(ids, vecs, flags, kind)
+            cur = self._state
+            tags = np.fromiter(
+                (0 if (s := cur.ids.get(i)) is None else int(cur.tags[s]) for i in ids), dtype=np.int64, count=len(ids)
+            )
+            new = self._build_state(ids, vecs, flags, kind, tags)
             done = 0
             while len(change_log) - done >= _CATCH_UP_BATCH:  # catch up off the lock
                 end = len(change_log)
@@ -838,6 +873,7 @@ class ItemIndex:
             }
             writers: dict[str, Callable[[Path], object]] = {
                 "state.json": lambda p: p.write_text(json.dumps(state), encoding="utf-8"),
+                "tags.npy": lambda p: _save_npy(p, st.tags[:n]),
             }
             has_index = st.index is not None and st.device == "cpu"
             if has_index:
@@ -905,12 +941,17 @@ class ItemIndex:
                     raise CheckpointError(
                         f"index.faiss holds {index.ntotal} vectors of dim {index.d}; expected {n} of dim {dim}"
                     )
+            tags = np.zeros(n, np.int64)
+            if "tags.npy" in files:
+                tags = np.load(directory / "tags.npy", allow_pickle=False)
+                if tags.dtype != np.int64 or tags.shape != (n,):
+                    raise CheckpointError("tags.npy disagrees with the manifest")
             if vecs is None and index is None and kind is not None and n:
                 raise CheckpointError("the checkpoint holds neither index.faiss nor vectors.npy")
             if kind is None or n == 0:
                 st = self._build_state([], np.empty((0, dim), np.float32), np.empty(0, bool))
             elif index is not None and placement(kind, self._device) == "cpu" and vecs is None:
-                st = _State(dim, ext=ext, live=live, stock=stock, elig=live & stock, ids=ids, n_slots=n)
+                st = _State(dim, ext=ext, live=live, stock=stock, elig=live & stock, tags=tags, ids=ids, n_slots=n)
                 self._set_search_params(index, kind)
                 st.index, st.kind, st.device = index, kind, "cpu"
                 if self._keep_vecs:
@@ -920,7 +961,7 @@ class ItemIndex:
                     assert index is not None
                     vecs = index.reconstruct_n(0, n)
                 keep = np.flatnonzero(live)
-                st = self._build_state([str(ext[i]) for i in keep], vecs[keep], stock[keep], kind)
+                st = self._build_state([str(ext[i]) for i in keep], vecs[keep], stock[keep], kind, tags[keep])
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, OSError, AttributeError) as e:

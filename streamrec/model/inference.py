@@ -29,9 +29,11 @@ held) and the new-item flag.
 One copy of the vectors: a recommender serving beside an index (:class:`~streamrec.serving.scorer.
 ServingModel` calls :meth:`Recommender.attach_vectors` with ``index.vectors``) keeps only the
 trained rows' vectors; those of the items added at serving time are read from the index, which
-holds them anyway (1M items of 449-d: 1.8 GB less in the worker). Items added at serving time are not appended to the model's
-own tables (no per-item 384-float title vector is kept in memory): a new row's vector is its text
-projection plus the optional imputed id part, written straight into the cache of item vectors.
+holds them anyway (1M items of 449-d: 1.8 GB less in the worker); :meth:`Recommender.register_items`
+takes items of a saved index back after a restart without reading their titles. Items added at
+serving time are not appended to the model's own tables (no per-item 384-float title vector is
+kept in memory): a new row's vector is its text projection plus the optional imputed id part,
+written into the cache of item vectors (attached: handed to the index).
 :meth:`Recommender.remove_items` frees a deleted item's row for the next new item. Titles go
 through a :class:`streamrec.model.textcache.TextCache`, so a restart re-embeds no known title.
 
@@ -243,6 +245,39 @@ class Recommender:
         instead of doublings; spare rows cost address space, not memory, until written."""
         with self._lock:
             self._reserve(len(self.vocab) + 1 + max(0, n_items - len(self.vocab.free)))
+
+    def title_norms(self, ids: Sequence[str]) -> np.ndarray:
+        """(len(ids),) float32: the norm of each item's reduced title (what :meth:`register_items`
+        needs to take an item back without its title); 0 for unknown ids and without hybrid."""
+        with self._lock:
+            rows = np.fromiter((self.vocab.row(str(i)) for i in ids), dtype=np.int64, count=len(ids))
+            if self._norm is None:
+                return np.zeros(len(ids), np.float32)
+            out = self._norm[torch.from_numpy(np.minimum(rows, self._norm.shape[0] - 1))].float().cpu().numpy()
+            out[rows == PAD_ID] = 0.0
+            return out
+
+    def register_items(self, ids: Sequence[str], norms: np.ndarray) -> bool:
+        """Take back items added in an earlier run whose vectors the attached source (a saved
+        index loaded for this model version) still holds, with their :meth:`title_norms`: they
+        join the vocabulary without their titles being read or anything computed. Ids the
+        vocabulary knows are skipped. False (nothing done) when not attached."""
+        if self._source is None:
+            return False
+        with self._lock:
+            self._item_table()
+            fresh = [str(i) for i, _ in zip(ids, norms) if str(i) not in self.vocab]
+            keep = np.fromiter((str(i) not in self.vocab for i in ids), dtype=bool, count=len(ids))
+            if not fresh:
+                return True
+            self._reserve(len(self.vocab) + 1 + max(0, len(fresh) - len(self.vocab.free)))
+            self.vocab.add(fresh)
+            if self._hybrid:
+                assert self._norm is not None and self._new is not None
+                rows = torch.as_tensor([self.vocab.row(i) for i in fresh], dtype=torch.long, device=self._norm.device)
+                self._norm[rows] = torch.from_numpy(np.asarray(norms, np.float32)[keep]).to(self._norm.device)
+                self._new[rows] = True
+            return True
 
     def attach_vectors(self, source: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]] | None) -> None:
         """Read the vectors of items added at serving time from ``source`` (``ItemIndex.vectors``:

@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from streamrec.errors import CheckpointError
 from streamrec.schemas import TS_MIN_MS, CatalogItem, Profile, ShopEvent
 from streamrec.schemas.contracts import WeightedName
@@ -75,6 +77,15 @@ def catalog_entry(item: CatalogItem) -> int:
     """What the pipeline remembers of an item: 63 bits of its text's hash and the stock flag."""
     h = int.from_bytes(hashlib.blake2b(item.text().encode("utf-8"), digest_size=8).digest(), "big")
     return (h >> 1) << 1 | int(item.in_stock)
+
+
+def index_tags(entries: list[int], norms: np.ndarray) -> np.ndarray:
+    """The tag the pipeline keeps with each item's vector in the index: 31 bits of its text's
+    hash (from :func:`catalog_entry`) and the float32 bits of its title norm, so that a restart
+    over a saved index can take an unchanged item back without embedding its title."""
+    text = np.fromiter(entries, dtype=np.uint64, count=len(entries)) >> np.uint64(33)
+    bits = np.asarray(norms, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((text << np.uint64(32)) | bits).astype(np.int64)
 
 
 def rss_bytes() -> int:
@@ -199,8 +210,14 @@ class Pipeline:
             if ids:
                 index.set_in_stock(ids, flag)
         if embed:
+            embed = self._reuse_indexed(model, embed)
+        if embed:
+            ids = [it.item_id for it in embed]
             vecs = recommender.add_items([(it.item_id, it.text() or None) for it in embed])
-            index.upsert([it.item_id for it in embed], vecs, in_stock=[it.in_stock for it in embed])
+            upsert_kw: dict[str, Any] = {"in_stock": [it.in_stock for it in embed]}
+            if hasattr(index, "tags") and hasattr(recommender, "title_norms"):
+                upsert_kw["tags"] = index_tags([self.catalog[i] for i in ids], recommender.title_norms(ids))
+            index.upsert(ids, vecs, **upsert_kw)
         if self._swap_logs:  # a version being built replays these before its swap
             applied = [(i, it) for i, it in latest.items() if it is None or i in self.catalog]
             for change_log in self._swap_logs:
@@ -211,6 +228,36 @@ class Pipeline:
         self._count_titles(model)
         if time.monotonic() - self._memory_at >= MEMORY_EVERY_S:
             self.update_memory()
+
+    def _reuse_indexed(self, model: ServingModel, items: list[CatalogItem]) -> list[CatalogItem]:
+        """Items the (loaded) index already holds with the same text, for this model version:
+        the recommender takes them back (:meth:`~streamrec.model.inference.Recommender.
+        register_items`) without reading their titles or computing vectors, and only their stock
+        flags are set. Returns the other items (to embed as usual)."""
+        index, rec = model.index, model.recommender
+        vocab = getattr(rec, "vocab", None)
+        if not hasattr(index, "tags") or not hasattr(rec, "register_items") or vocab is None:
+            return items
+        cand = [it for it in items if it.item_id not in vocab]
+        if not cand:
+            return items
+        ids = [it.item_id for it in cand]
+        tags, found = index.tags(ids)
+        text = np.fromiter((self.catalog[i] for i in ids), dtype=np.uint64, count=len(ids)) >> np.uint64(33)
+        ok = found & ((tags >> 32).astype(np.uint64) == text)
+        if not ok.any():
+            return items
+        pick = np.flatnonzero(ok)
+        reuse = [cand[k] for k in pick]
+        norms = (tags[pick] & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+        if not rec.register_items([it.item_id for it in reuse], norms):
+            return items
+        for flag in (True, False):
+            same = [it.item_id for it in reuse if it.in_stock is flag]
+            if same:
+                index.set_in_stock(same, flag)
+        taken = {it.item_id for it in reuse}
+        return [it for it in items if it.item_id not in taken]
 
     def catalog_loaded(self) -> None:
         """The initial catalog is in (runs on the model thread): drop what a loaded index holds

@@ -162,6 +162,7 @@ def test_warm_restart_loads_the_saved_index_and_applies_what_changed(tiny_checkp
     assert p.scorer.index.kind == "hnsw" and not p.scorer.index.unsaved()
     assert p.save_index() is False  # nothing changed since: not written again
     version = p.scorer.recommender.version
+    before_user = p.scorer.recommender.encode_users([[("sku-50", "view"), ("sku-77", "view")]])
     p.scorer.recommender.text_cache.close()
 
     # meanwhile: 20 items deleted, 10 re-titled, 5 new, one out of stock
@@ -170,7 +171,8 @@ def test_warm_restart_loads_the_saved_index_and_applies_what_changed(tiny_checkp
     later += [(f"new-{k}", item(f"new-{k}", f"fresh {k}")) for k in range(5)]
     later += [("sku-40", item("sku-40", "title 40", in_stock=False))]
     now = compacted(log + later)
-    rec = Recommender.load(tiny_checkpoint, device="cpu", text_cache=TextCache(tmp_path / "cache"))
+    enc = CountingEncoder()
+    rec = Recommender.load(tiny_checkpoint, device="cpu", text_cache=TextCache(tmp_path / "cache", encoder=enc))
     assert rec.version == version
     index, why = load_saved(
         tmp_path / "index",
@@ -189,6 +191,11 @@ def test_warm_restart_loads_the_saved_index_and_applies_what_changed(tiny_checkp
     p2.catalog_ready.set()
     assert not index.rebuilding() and p2.scorer.index is index and index.kind == "hnsw"
     assert index._state.n_slots == slots + 15  # only the re-titled and new items were added
+    # the unchanged items were taken back from the index: their titles were not even looked up
+    assert rec.text_cache.hits + rec.text_cache.embedded == 15 and len(enc.seen) == 15
     check_agree(p2, log + later)
+    # and they score as before the restart (their vectors and title norms came back intact)
+    hist = [[("sku-50", "view"), ("sku-77", "view")]]
+    np.testing.assert_allclose(rec.encode_users(hist), before_user, atol=1e-5)
     assert p2.save_index() is True
     p2.scorer.recommender.text_cache.close()
