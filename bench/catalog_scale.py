@@ -167,8 +167,8 @@ def prefill_cache(path: Path, titles: list[str], batch: int = 20_000) -> None:
 
 
 class RandomTitles:
-    """A stand-in text cache: a random unit vector per title, derived from the title (the same
-    title, the same vector), nothing kept. Counts like :class:`TextCache` (all hits)."""
+    """A stand-in text cache: random unit vectors (one generator per call, seeded by its first
+    title), nothing kept. Counts like :class:`TextCache` (all hits)."""
 
     def __init__(self) -> None:
         self.embedded, self.hits, self.embed_seconds = 0, 0, 0.0
@@ -180,8 +180,8 @@ class RandomTitles:
 
         from streamrec.model.text import TEXT_DIM
 
-        seeds = [int.from_bytes(hashlib.blake2b((t or "").encode(), digest_size=8).digest(), "big") for t in texts]
-        x = np.stack([np.random.default_rng(sd).standard_normal(TEXT_DIM, dtype=np.float32) for sd in seeds])
+        seed = int.from_bytes(hashlib.blake2b((texts[0] or "").encode(), digest_size=8).digest(), "big")
+        x = np.random.default_rng(seed).standard_normal((len(texts), TEXT_DIM), dtype=np.float32)
         self.hits += len(texts)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 

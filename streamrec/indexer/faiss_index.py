@@ -541,7 +541,7 @@ class ItemIndex:
 
     @staticmethod
     def hnsw_storage_of(st: _State) -> str:
-        """"flat" / "fp16" / "sq8": how ``st``'s HNSW index stores its vectors."""
+        """How ``st``'s HNSW index stores its vectors: "float32", "fp16" or "sq8"."""
         if not isinstance(st.index, faiss.IndexHNSW):
             return "float32"
         storage = faiss.downcast_index(st.index.storage)
@@ -879,7 +879,8 @@ class ItemIndex:
             if has_index:
                 writers["index.faiss"] = lambda p: faiss.write_index(st.index, str(p))
             elif st.vecs is not None:
-                writers["vectors.npy"] = lambda p: _save_npy(p, st.vecs[:n])
+                host = st.vecs[:n]
+                writers["vectors.npy"] = lambda p: _save_npy(p, host)
             write_checkpoint(
                 directory,
                 writers,
@@ -974,9 +975,7 @@ class ItemIndex:
         return self
 
 
-def load_saved(
-    directory: str | Path, *, meta: dict[str, Any], **options: Any
-) -> tuple[ItemIndex | None, str]:
+def load_saved(directory: str | Path, *, meta: dict[str, Any], **options: Any) -> tuple[ItemIndex | None, str]:
     """The index saved in ``directory`` if it was saved with ``meta`` (e.g. the model version and
     dimension it holds vectors of) and fits ``options`` (constructor options: a forced ``kind``,
     ``hnsw_storage``); else ``(None, reason)``. A missing or corrupt checkpoint is a reason too,

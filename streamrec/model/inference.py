@@ -240,12 +240,6 @@ class Recommender:
             new[:n_old] = self._new[:n_old]
             self._norm, self._new = norm, new
 
-    def reserve(self, n_items: int) -> None:
-        """Room for ``n_items`` more items at once (a catalog of known size): one allocation
-        instead of doublings; spare rows cost address space, not memory, until written."""
-        with self._lock:
-            self._reserve(len(self.vocab) + 1 + max(0, n_items - len(self.vocab.free)))
-
     def title_norms(self, ids: Sequence[str]) -> np.ndarray:
         """(len(ids),) float32: the norm of each item's reduced title (what :meth:`register_items`
         needs to take an item back without its title); 0 for unknown ids and without hybrid."""

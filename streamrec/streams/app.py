@@ -244,7 +244,7 @@ def create_app(
             await pipeline.run(pipeline.update_memory)
 
     @app.on_before_shutdown.connect
-    async def save_index(app: Any, **kwargs: Any) -> None:
+    async def save_index(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         # a clean stop saves the index, so the next start serves it at once (no rebuild)
         if pipeline.catalog_ready.is_set():
             await pipeline.run(pipeline.save_index)
