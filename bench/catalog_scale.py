@@ -511,9 +511,7 @@ def run_size(size: int, args, model: Path, bootstrap: str, work: Path, beauty: l
         warm_rss = proc_mem(w.proc.pid)[0]
     finally:
         w.stop()
-    print(
-        f"[{size}] warm ready {warm:.1f}s serving {warm_kind}, embedded {warm_embedded} titles again", flush=True
-    )
+    print(f"[{size}] warm ready {warm:.1f}s serving {warm_kind}, embedded {warm_embedded} titles again", flush=True)
     return {
         "items": len(catalog),
         "new_titles": embedded,
@@ -542,7 +540,8 @@ def report(rows: list[dict], args) -> None:
     base = rows[0]
     print()
     print(
-        f"| items | new titles | cold ready s | MiniLM titles/s | warm ready s | titles re-embedded warm (index at ready) "
+        "| items | new titles | cold ready s | MiniLM titles/s | warm ready s "
+        "| titles re-embedded warm (index at ready) "
         f"| index (settled s) | events/s backlog | vs {base['items']:,} | p50 / p99 ms at {args.rate}/s "
         f"| RSS GiB (peak) |"
     )
@@ -556,7 +555,8 @@ def report(rows: list[dict], args) -> None:
         )
         print(
             f"| {r['items']:,} | {r['new_titles']:,} | {cold} | {tps} | {r['warm_ready_s']:.1f} "
-            f"| {r['warm_embedded']} ({r['warm_index_kind']}) | {r['index_kind']} ({r['settled_s']:.0f}) | {r['events_per_s']:,.0f} "
+            f"| {r['warm_embedded']} ({r['warm_index_kind']}) | {r['index_kind']} ({r['settled_s']:.0f}) "
+            f"| {r['events_per_s']:,.0f} "
             f"| {r['events_per_s'] / base['events_per_s']:.2f} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} "
             f"| {r['rss_gib']:.2f} ({r['peak_rss_gib']:.2f}) |"
         )
