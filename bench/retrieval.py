@@ -77,7 +77,7 @@ def model_vectors(model_dir: str) -> np.ndarray | None:
     except ImportError:
         print(f"# --model {model_dir}: streamrec.model.inference is not available; using synthetic")
         return None
-    got = Recommender.load(model_dir).item_vectors()  # (ids, vectors) or vectors
+    got = Recommender.load(model_dir, device="cpu").item_vectors()  # (ids, vectors) or vectors
     vecs = np.asarray(got[1] if isinstance(got, tuple) else got, dtype=np.float32)
     print(f"# real item vectors from {model_dir}: {vecs.shape}")
     return vecs
@@ -136,6 +136,12 @@ def main() -> None:
         help="HNSW M:efConstruction pairs to build, e.g. 32:200,16:200 (default: the library defaults)",
     )
     ap.add_argument("--hnsw-ef", default="32,64,128,256", help="efSearch values to sweep")
+    ap.add_argument(
+        "--hnsw-storage",
+        default="flat",
+        help="HNSW vector storages to build, e.g. flat,fp16,sq8 (float32, 16-bit, 8-bit scalar quantised)",
+    )
+    ap.add_argument("--no-ivf", action="store_true", help="skip the IVF configurations")
     ap.add_argument("--ivf-nprobe", default="8,16,32,64", help="nprobe values to sweep")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -187,8 +193,10 @@ def main() -> None:
             else [(defaults.hnsw_m, defaults.hnsw_ef_construction)]
         )
         configs = [
-            ("hnsw", "hnsw_ef_search", args.hnsw_ef, dict(hnsw_m=m, hnsw_ef_construction=c)) for m, c in hnsw_builds
-        ] + [("ivf", "ivf_nprobe", args.ivf_nprobe, {})]
+            ("hnsw", "hnsw_ef_search", args.hnsw_ef, dict(hnsw_m=m, hnsw_ef_construction=c, hnsw_storage=st))
+            for m, c in hnsw_builds
+            for st in args.hnsw_storage.split(",")
+        ] + ([] if args.no_ivf else [("ivf", "ivf_nprobe", args.ivf_nprobe, {})])
         for kind, key, values, build_params in configs:
             ix, secs, mem = build(kind, ids, vecs, **build_params)
             same_build = all(getattr(ix, p) == getattr(defaults, p) for p in build_params)
@@ -236,7 +244,8 @@ def main() -> None:
 
 def _params(ix: ItemIndex, kind: str) -> str:
     if kind == "hnsw":
-        return f"M={ix.hnsw_m} efC={ix.hnsw_ef_construction} ef={ix.hnsw_ef_search}"
+        storage = "" if ix.hnsw_storage == "flat" else f" {ix.hnsw_storage}"
+        return f"M={ix.hnsw_m} efC={ix.hnsw_ef_construction} ef={ix.hnsw_ef_search}{storage}"
     return f"nlist={ix._state.index.nlist} nprobe={ix.ivf_nprobe}"
 
 
