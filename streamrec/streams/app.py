@@ -123,6 +123,7 @@ def create_app(
     # Table writes queue changelog messages in Faust's producer buffer; past 100 (its default) the
     # stream pauses to drain it ("producer buffer full"), which every full batch of users hit.
     app.producer.buffer.max_messages = 8 * settings.batch_max
+    app.streamrec_settings = settings  # type: ignore[attr-defined]  # read by streams.consumer
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic_events, partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic_recommendations, partitions=settings.partitions, **raw)
