@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(
         1.0, gt=0, le=60, description="how often the worker commits offsets (and, exactly_once, its transactions)"
     )
+    direct_produce: bool = Field(
+        True,
+        description="at_least_once: send recommendations and profiles through librdkafka instead of "
+        "Faust's producer (the worker's offsets still commit only after they are acknowledged)",
+    )
     fetch_min_bytes: int = Field(
         16_384,
         ge=1,

@@ -54,6 +54,10 @@ def partitions_to_rewind(
     return out
 
 
+#: How long one commit waits for the direct producer's acknowledgements before it is skipped.
+DIRECT_WAIT_S = 5.0
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, whose aiokafka consumer batches its fetches.
 
@@ -85,6 +89,12 @@ class Consumer(faust_aiokafka.Consumer):
         ``commit`` stage of the worker's metrics (``app.streamrec_pipeline``, when present)."""
         t0 = time.perf_counter()
         try:
+            direct = getattr(self.app, "streamrec_direct", None)
+            # recommendations sent through librdkafka (streams.direct) must be stored before the
+            # offsets of their events are committed; while some still wait, skip this commit
+            if direct is not None and not await direct.wait_delivered(DIRECT_WAIT_S):
+                log.warning("commit deferred: %d recommendation message(s) not yet acknowledged", direct.pending())
+                return False
             return await super().commit(topics, start_new_transaction=start_new_transaction)
         finally:
             pipeline = getattr(self.app, "streamrec_pipeline", None)
