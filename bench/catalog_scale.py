@@ -201,7 +201,9 @@ def memory_only(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     n = args.memory_only
-    settings = Settings(device="cpu", index_exact_max=args.exact_max)
+    settings = Settings(
+        device="cpu", index_exact_max=args.exact_max, hnsw_ef_construction=args.hnsw_ef_construction
+    )
     model = Path(args.model) if args.model else None
     if model is None:
         print("--memory-only needs --model DIR", file=sys.stderr)
@@ -260,6 +262,7 @@ def memory_only(args: argparse.Namespace) -> int:
         "dim": rec.dim,
         "index_kind": index.kind,
         "hnsw_storage": settings.hnsw_storage,
+        "hnsw_ef_construction": settings.hnsw_ef_construction,
         "bytes_per_item": {k: round(v / n) for k, v in mem.items() if k != "rss"},
         "rss_gib": round(rss_loaded / GIB, 3),
         "rss_before_items_gib": round(rss_model / GIB, 3),
@@ -613,6 +616,12 @@ def main() -> int:
         default=0,
         metavar="N",
         help="measure the worker's structures at N items without Kafka or a worker (needs --model)",
+    )
+    ap.add_argument(
+        "--hnsw-ef-construction",
+        type=int,
+        default=Settings.model_fields["hnsw_ef_construction"].default,
+        help="--memory-only: HNSW build breadth (memory does not depend on it; build time does)",
     )
     ap.add_argument("--ready-timeout", type=float, default=4 * 3600)
     ap.add_argument("--settle-timeout", type=float, default=1800)
