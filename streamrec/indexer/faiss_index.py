@@ -717,7 +717,7 @@ class ItemIndex:
         """Bytes of the index by part, read from the arrays and FAISS structures (the id -> slot
         dict and FAISS's own hash maps are not counted: the bench's RSS covers them)."""
         st = self._state
-        arrays = st.live.nbytes + st.stock.nbytes + st.elig.nbytes + st.ext.nbytes
+        arrays = st.live.nbytes + st.stock.nbytes + st.elig.nbytes + st.ext.nbytes + st.tags.nbytes
         arrays += 0 if st.vecs is None else st.vecs.nbytes
         return {"index_arrays": int(arrays), "index_faiss": _faiss_bytes(st.index, self.dim)}
 
