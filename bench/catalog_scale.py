@@ -351,6 +351,7 @@ class Worker:
             "partitions",
             "data_dir",
             "index_exact_max",
+            "hnsw_ef_construction",
         ):
             env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
         env["STREAMREC_TEXT_CACHE_DIR"] = str(settings.text_cache_path)
@@ -482,6 +483,7 @@ def run_size(size: int, args, model: Path, bootstrap: str, work: Path, beauty: l
         data_dir=d / "data",
         partitions=4,
         index_exact_max=args.exact_max,
+        hnsw_ef_construction=args.hnsw_ef_construction,
     )
     create_topics(settings)
     extra = generated_items(max(0, size - len(beauty)), prefix=f"g{size}-")
@@ -649,7 +651,7 @@ def main() -> int:
         "--hnsw-ef-construction",
         type=int,
         default=Settings.model_fields["hnsw_ef_construction"].default,
-        help="--memory-only: HNSW build breadth (memory does not depend on it; build time does)",
+        help="the worker's HNSW build breadth (memory does not depend on it; build time does)",
     )
     ap.add_argument("--ready-timeout", type=float, default=4 * 3600)
     ap.add_argument("--settle-timeout", type=float, default=1800)
