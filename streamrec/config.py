@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     hnsw_ef_construction: int = Field(200, ge=8, le=4096)
     hnsw_ef_search: int = Field(128, ge=8, le=4096)
     hnsw_storage: Literal["flat", "fp16", "sq8"] = Field(
-        "fp16", description="how HNSW stores the item vectors: float32 (flat), fp16 or 8-bit"
+        "flat", description="how HNSW stores the item vectors: float32 (flat), fp16 or 8-bit"
     )
     ivf_nlist: int = Field(1024, ge=1, le=1_000_000)
     ivf_nprobe: int = Field(64, ge=1, le=1_000_000)

@@ -11,7 +11,8 @@ Design, and why:
   (flat and HNSW add slots in order, so a slot is the FAISS row and no id map is needed); exact
   fallbacks, rebuilds and :meth:`ItemIndex.vectors` read them back from FAISS. ``hnsw_storage``
   "fp16" / "sq8" stores the HNSW vectors at 2 / 1 bytes per dimension instead of 4 (1M items of
-  449-d: 0.9 / 0.45 GB instead of 1.8 GB; recall in bench/RESULTS.md "Catalog scale"). An upsert
+  449-d: 0.9 / 0.45 GB instead of 1.8 GB; the same recall@10, but 2-3x slower searches and 5x
+  slower builds with this faiss build: bench/RESULTS.md "Catalog scale"). An upsert
   whose vector equals the stored one within the storage's precision (``_TOLERANCE``) only sets
   the stock flag, so a restart that recomputes every vector leaves a loaded index as it is. GPU
   indexes keep a host copy of the vectors (their FAISS structures cannot always be read back).
