@@ -5,7 +5,9 @@ user's state once, score the batch in one model + index call, publish one recomm
 triggering user, then write each touched user's state once, bound to that user's own event.
 Failures go through :func:`streamrec.streams.policy.decide` (dead-letter, reset or raise).
 
-The sinks are Faust channels: topics in the worker, in-memory ``app.channel()`` in unit tests.
+The sinks are Faust channels: topics in the worker (under exactly_once wrapped so that each
+message joins the transaction of the current event: :mod:`streamrec.streams.transactions`, hence
+:func:`as_current` before each send), in-memory ``app.channel()`` in unit tests.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class BatchHandler:
         dl = DeadLetter.wrap(
             topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason, original=msg.value
         )
+        as_current(event)  # exactly_once: the dead letter joins this event's transaction
         await self.dead_letters.send(key=msg.key, value=dl.to_bytes())
 
     # -- the batch ---------------------------------------------------------------------------
@@ -223,6 +226,7 @@ class BatchHandler:
                     reasons=[r for _, _, r in recs] if self.insights else None,
                     purchase_intent=intent,
                 )
+                as_current(source[ev.user_id])  # exactly_once: sent in this event's transaction
                 try:
                     await send(key=ev.user_id.encode(), value=value)
                 except Exception as exc:  # noqa: BLE001 - the error policy decides
@@ -254,6 +258,7 @@ class BatchHandler:
             if state is None or not state.history:
                 continue
             prof = self.pipeline.profile_of(user, state, event_id=state.history[-1][3], now_ms=now)
+            as_current(source[user])
             try:
                 await self.profiles.send(key=user.encode(), value=prof.to_bytes())
             except Exception as exc:  # noqa: BLE001 - the error policy decides

@@ -26,6 +26,7 @@ from streamrec.streams.outage import BrokerWatch
 from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
 from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, register_state_codec
+from streamrec.streams.transactions import TransactionalSink
 from streamrec.streams.tuning import watch_loop_lag
 from streamrec.streams.views import register_views
 
@@ -152,14 +153,21 @@ def create_app(
     table.value_serializer = register_state_codec()
     users.changelog_topic = table._new_changelog_topic()
 
+    exactly_once = settings.processing_guarantee == "exactly_once"
+
+    def sink(topic: Any) -> Any:  # exactly_once: each output in its event's transaction
+        return TransactionalSink(app, topic) if exactly_once else topic
+
     handler = BatchHandler(
         pipeline=pipeline,
         users=users,
-        recommendations=recs_topic,
-        dead_letters=dlq_topic,
-        profiles=profiles_topic,
+        recommendations=sink(recs_topic),
+        dead_letters=sink(dlq_topic),
+        profiles=sink(profiles_topic),
         insights=settings.recommendation_insights,
     )
+    # exactly_once: no commit in the middle of a batch, nor before its state is handed over
+    app.streamrec_commit_lock = handler.lock if exactly_once else None  # type: ignore[attr-defined]
 
     @app.agent(events_topic, concurrency=1)
     async def process_events(stream: Any) -> None:

@@ -60,6 +60,7 @@ def metric(w, name: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600 + N // 40)  # the full 100k drill takes longer than pytest's default 600 s
 def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim_model, shop, tmp_path):
     settings = kafka_settings
     create_topics(settings)
@@ -113,7 +114,7 @@ def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim
             raw.poll(0)
         assert raw.flush(120) == 0
 
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 600 + N // 100
         while metric(w, "streamrec_events_in_total") < len(messages) and time.monotonic() < deadline:
             assert w.proc.poll() is None, w.log()[-3000:]
             time.sleep(1)
