@@ -54,4 +54,3 @@ class TransactionalSink:
         return await self.app.producer.send(
             self.name, key, value, None, None, None, transactional_id=self.transactional_id(event)
         )
-

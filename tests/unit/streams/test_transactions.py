@@ -40,7 +40,8 @@ async def test_a_message_joins_the_transaction_of_its_events_partition():
 
     async def send_for(topic_name: str, partition: int) -> None:
         msg = Message(topic_name, partition, 41, 0.0, 0, [], b"u1", b"{}", None)
-        as_current(Event(real, b"u1", b"{}", [], msg))
+        event = Event(real, b"u1", b"{}", [], msg)  # held: the current event is a weak reference
+        as_current(event)
         assert await sink.send(key=b"u1", value=b"rec") == "sent"
 
     await send_for("shop.events", 3)
