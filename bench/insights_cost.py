@@ -2,13 +2,15 @@
 
 Usage (from the repo root)::
 
-    STREAMREC_BENCH_DATA=../shared/data/beauty .venv/bin/python bench/insights_cost.py --model DIR [--events 20000]
+    STREAMREC_BENCH_DATA=../shared/data/beauty .venv/bin/python bench/insights_cost.py --model DIR \
+        [--events 20000] [--categories 100]
 
 Beauty's first events (users interleaved) through the worker's own code without Kafka (state
 update, model + index, messages); every batch is scored both ways, the order alternating from
-batch to batch, so that a loaded machine's changing load hits both alike. The end-to-end
-comparison is ``bench/pipeline.py`` with ``STREAMREC_RECOMMENDATION_INSIGHTS=false`` against the
-default. The last line is one JSON object.
+batch to batch, so that a loaded machine's changing load hits both alike. Beauty's items have no
+category or brand, so its profiles are empty and never sent; ``--categories N`` gives each item a
+pseudo category (and brand) so that the profile messages are measured too. The end-to-end
+comparison is ``bench/pipeline.py --insights off,on``. The last line is one JSON object.
 """
 
 from __future__ import annotations

@@ -168,10 +168,19 @@ def recommendation_bytes(
     if reasons is None:
         out_items = [{"item_id": i, "score": s} for i, s in items]
     else:  # (kind, item_id or None) per item, as the scorer gives them; None: no reason
-        out_items = [
-            {"item_id": i, "score": s} if r is None else {"item_id": i, "score": s, "reason": _reason_object(r)}
-            for (i, s), r in zip(items, reasons)
-        ]
+        known = _REASON_OBJECTS.get
+        try:
+            out_items = [
+                {"item_id": i, "score": s}
+                if r is None
+                else {"item_id": i, "score": s, "reason": known(r) or _reason_object(r)}
+                for (i, s), r in zip(items, reasons)
+            ]
+        except TypeError:  # a reason given as a list (unhashable): the slow way
+            out_items = [
+                {"item_id": i, "score": s} if r is None else {"item_id": i, "score": s, "reason": _reason_object(r)}
+                for (i, s), r in zip(items, reasons)
+            ]
     msg = {
         "user_id": user_id,
         "items": out_items,

@@ -145,15 +145,16 @@ class Scorer:
         with the largest inner product. One vector lookup and one batched product per batch
         (each user's found items against that user's history); Python touches each id once (to
         number it), the rest is numpy, and each reason is one shared tuple per batch."""
-        pos: dict[str, int] = {}
-        num = pos.setdefault
-        h_flat = [num(h[0], len(pos)) for s in states for h in s.history]
+        h_ids = [h[0] for s in states for h in s.history]
         h_len = np.fromiter((len(s.history) for s in states), np.int64, len(states))
-        r_flat = [num(item, len(pos)) for items in found for item, _ in items]
+        r_ids = [item for items in found for item, _ in items]
         r_len = np.fromiter((len(items) for items in found), np.int64, len(found))
-        if not pos:
+        uniq = list(dict.fromkeys(h_ids + r_ids))  # each id once, numbered below (C-level maps)
+        if not uniq:
             return [[] for _ in states]
-        uniq = list(pos)
+        pos = dict(zip(uniq, range(len(uniq))))
+        h_flat = list(map(pos.__getitem__, h_ids))
+        r_flat = list(map(pos.__getitem__, r_ids))
         vecs, kind = model.recommender.lookup(uniq)  # (U, d), (U,)
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         B, H, K = len(states), max(1, int(h_len.max(initial=0))), max(1, int(r_len.max(initial=0)))
