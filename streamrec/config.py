@@ -110,6 +110,20 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(
         1.0, gt=0, le=60, description="how often the worker commits offsets (and, exactly_once, its transactions)"
     )
+    direct_produce: bool = Field(
+        True,
+        description="at_least_once: send recommendations and profiles through librdkafka instead of "
+        "Faust's producer (the worker's offsets still commit only after they are acknowledged)",
+    )
+    fetch_min_bytes: int = Field(
+        16_384,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description="the worker's event consumer asks the broker to wait for this many bytes ...",
+    )
+    fetch_max_wait_ms: int = Field(
+        20, ge=0, le=1500, description="... or this many milliseconds, whichever comes first (aiokafka fetch)"
+    )
     top_k: int = Field(10, ge=1, le=1000, description="items per recommendation")
     history_len: int = Field(50, ge=1, le=1000, description="interactions kept per user")
     purchased_max: int = Field(500, ge=0, le=100_000, description="purchased items kept per user")

@@ -97,6 +97,8 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
     # Checkpoints written before hybrid scoring existed have no such field: they score with
     # the id/text vectors alone (no text-similarity channel), exactly as when they were saved.
     cfg_dict.setdefault("hybrid", False)
+    # ... and those written before text_sim_dim defaulted to 128 used the full title vector
+    cfg_dict.setdefault("text_sim_dim", 0)
     try:
         config = SASRecConfig.from_dict(cfg_dict)
         vocab = ItemVocab.load(p / ITEM_MAP)

@@ -20,6 +20,7 @@ from streamrec.serving.swap import VersionLoader
 from streamrec.streams.agents import BatchHandler, consume_deletions, consume_events
 from streamrec.streams.catalog import catalog_reader, read_catalog_topic
 from streamrec.streams.consumer import Transport
+from streamrec.streams.direct import DirectProducer
 from streamrec.streams.kafka_config import faust_brokers, faust_credentials
 from streamrec.streams.model_follower import follow_model_updates
 from streamrec.streams.outage import BrokerWatch
@@ -124,6 +125,7 @@ def create_app(
     # Table writes queue changelog messages in Faust's producer buffer; past 100 (its default) the
     # stream pauses to drain it ("producer buffer full"), which every full batch of users hit.
     app.producer.buffer.max_messages = 8 * settings.batch_max
+    app.streamrec_settings = settings  # type: ignore[attr-defined]  # read by streams.consumer
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(settings.topic_events, partitions=settings.partitions, **raw)
     recs_topic = app.topic(settings.topic_recommendations, partitions=settings.partitions, **raw)
@@ -153,12 +155,19 @@ def create_app(
     table.value_serializer = register_state_codec()
     users.changelog_topic = table._new_changelog_topic()
 
+    direct = None
+    recs_out: Any = recs_topic
+    profiles_out: Any = profiles_topic
+    if settings.direct_produce and settings.processing_guarantee == "at_least_once":
+        direct = DirectProducer(settings)  # see streams.direct: the consumer's commit waits for it
+        recs_out = direct.channel(settings.topic_recommendations)
+        profiles_out = direct.channel(settings.topic_profiles)
     handler = BatchHandler(
         pipeline=pipeline,
         users=users,
-        recommendations=recs_topic,
+        recommendations=recs_out,
         dead_letters=dlq_topic,
-        profiles=profiles_topic,
+        profiles=profiles_out,
         insights=settings.recommendation_insights,
     )
 
@@ -209,5 +218,6 @@ def create_app(
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]
     app.streamrec_handler = handler  # type: ignore[attr-defined]
+    app.streamrec_direct = direct  # type: ignore[attr-defined]  # read by streams.consumer.commit
     app.streamrec_broker_watch = watch  # type: ignore[attr-defined]
     return app, pipeline

@@ -13,6 +13,7 @@ from streamrec.model.sasrec import PAD_ID, TEXT_DIM, SASRec, SASRecConfig
 
 def _model(**kw) -> SASRec:
     torch.manual_seed(0)
+    kw.setdefault("text_sim_dim", 0)  # the full title vector unless a test says otherwise
     cfg = SASRecConfig(n_items=30, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=8, **kw)
     m = SASRec(cfg)
     m.text_emb = F.normalize(torch.randn(31, cfg.text_dim), dim=-1)
@@ -27,6 +28,11 @@ def _model(**kw) -> SASRec:
 
 X = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10], [0, 0, 0, 0, 0, 0]])
 Y = torch.tensor([[0, 0, 2, 3, 4, 11], [6, 7, 8, 9, 10, 12], [0, 0, 0, 0, 0, 0]])
+
+
+def test_default_channel_is_the_titles_top_128_directions():
+    cfg = SASRecConfig(n_items=30, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=8)
+    assert cfg.text_sim_dim == 128 and SASRec(cfg).output_dim == 16 + 128 + 1
 
 
 def test_shapes_and_empty_history_is_zero():
@@ -197,7 +203,7 @@ def test_joint_fit_and_with_text_channel(tiny_data, tiny_text):
     )
     assert not res.model.config.hybrid
     h = with_text_channel(res.model)
-    assert h.config.hybrid and h.output_dim == res.model.config.d_model + TEXT_DIM + 1
+    assert h.config.hybrid and h.output_dim == res.model.config.d_model + (h.config.text_sim_dim or TEXT_DIM) + 1
     torch.testing.assert_close(h.eval().item_table(), res.model.eval().item_table())
     res2 = train(
         tiny_data,

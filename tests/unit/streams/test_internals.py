@@ -66,3 +66,33 @@ def test_faust_worker_spinner_sets_the_root_logger_to_debug_and_disable_spinner_
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+
+
+async def test_worker_consumer_batches_fetches_through_aiokafkas_private_fetch_settings(tiny_checkpoint, tmp_path):
+    """streams.consumer.ConsumerThread sets aiokafka's ``_fetch_min_bytes``/``_fetch_max_wait_ms``
+    after Faust built the consumer; aiokafka reads them when it starts its fetcher."""
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer
+
+    from streamrec.config import Settings
+    from streamrec.indexer import ItemIndex
+    from streamrec.model.inference import Recommender
+    from streamrec.streams.app import create_app
+    from streamrec.streams.consumer import ConsumerThread
+
+    start_src = inspect.getsource(AIOKafkaConsumer.start)
+    assert "fetch_min_bytes=self._fetch_min_bytes" in start_src, "aiokafka no longer reads _fetch_min_bytes"
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start_src, "aiokafka no longer reads _fetch_max_wait_ms"
+    rec = Recommender.load(tiny_checkpoint, device="cpu")
+    settings = Settings(
+        data_dir=tmp_path, app_id=f"unit-{uuid.uuid4().hex[:8]}", fetch_min_bytes=1234, fetch_max_wait_ms=7
+    )
+    app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat"), store="memory://")
+    try:
+        thread = app.consumer._thread
+        assert isinstance(thread, ConsumerThread)
+        consumer = thread._create_worker_consumer(app.transport)  # built, never started: no broker
+        assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (1234, 7)
+    finally:
+        pipeline._executor.shutdown(wait=True)
