@@ -303,12 +303,17 @@ def py_spy(pid: int, out: Path | None, seconds: int) -> subprocess.Popen | None:
     )
 
 
+#: ``--worker-env`` settings, given to every worker of the run.
+WORKER_ENV: dict[str, str] = {}
+
+
 def start_worker(
     settings: Settings, model: Path, port: int, log: Path, guarantee: str, insights: str | None = None
 ) -> subprocess.Popen:
     """A `streamrec worker` process on ``settings``' topics; ``insights`` "on"/"off" sets
     ``STREAMREC_RECOMMENDATION_INSIGHTS`` (None: the worker's default)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(WORKER_ENV)
     env["STREAMREC_PROCESSING_GUARANTEE"] = guarantee
     if insights is not None:
         env["STREAMREC_RECOMMENDATION_INSIGHTS"] = "true" if insights == "on" else "false"
@@ -617,6 +622,12 @@ def main() -> int:
         default=1,
         help="with --insights: run the values this many times, order reversed every other time",
     )
+    ap.add_argument(
+        "--worker-env",
+        default="",
+        help="STREAMREC_NAME=VALUE settings (space-separated) for every worker of this run, e.g. "
+        "STREAMREC_DIRECT_PRODUCE=false to measure Faust's own producer against the default",
+    )
     ap.add_argument("--profile", help="directory for py-spy profiles of each phase (py-spy must be on PATH)")
     args = ap.parse_args()
     guarantees = [g.strip() for g in args.guarantees.split(",") if g.strip()]
@@ -627,6 +638,12 @@ def main() -> int:
     if any(i not in ("off", "on") for i in insights) or len(set(insights)) != len(insights):
         print(f"--insights: expected off and/or on, got {args.insights!r}", file=sys.stderr)
         return 2
+    for kv in args.worker_env.split():
+        name, sep, value = kv.partition("=")
+        if not sep or not name.startswith("STREAMREC_") or name in ("STREAMREC_PROCESSING_GUARANTEE",):
+            print(f"--worker-env: expected STREAMREC_NAME=VALUE (not the guarantee), got {kv!r}", file=sys.stderr)
+            return 2
+        WORKER_ENV[name] = value
     if not 1 <= args.repeat <= 20:
         print(f"--repeat: expected 1..20, got {args.repeat}", file=sys.stderr)
         return 2
@@ -779,6 +796,7 @@ def main() -> int:
     summary: dict[str, object] = {
         "guarantee": g0,
         "insights": v0.insights,
+        "worker_env": dict(WORKER_ENV),
         "pipeline_events_per_s": round(main_res["drain"]["events_per_s"], 1),
         "model_index_events_per_s": round(alone, 1),
         "raw_consume_events_per_s": round(raw, 1),
