@@ -216,14 +216,16 @@ class BatchHandler:
         with metrics.stage("produce"):
             for ev, recs, intent in zip(events, lists, intents):
                 # reasons come from the scorer (kinds) and the user's validated history (ids)
+                pairs = [(i, s) for i, s, _ in recs]
+                reasons = [r for _, _, r in recs] if self.insights else None
                 value = recommendation_bytes(
                     user_id=ev.user_id,
-                    items=[(i, s) for i, s, _ in recs],
+                    items=pairs,
                     model_version=version,
                     event_id=ev.event_id,
                     event_ts=ev.ts,
                     produced_ts=now,
-                    reasons=[r for _, _, r in recs] if self.insights else None,
+                    reasons=reasons,
                     purchase_intent=intent,
                 )
                 as_current(source[ev.user_id])  # exactly_once: sent in this event's transaction
@@ -232,15 +234,16 @@ class BatchHandler:
                 except Exception as exc:  # noqa: BLE001 - the error policy decides
                     await self.on_error(Stage.PRODUCE, exc, source[ev.user_id], user=ev.user_id)
                 metrics.observe_latency_ms(max(0, now - ev.ts))
-                # kept for GET /users/{id}/recommendations (and the profile's purchase_intent)
+                # kept for GET /users/{id}/recommendations (and the profile's purchase_intent);
+                # tuples are stored as JSON arrays: [item, score] and [kind, item_id or null]
                 latest: dict[str, Any] = {
-                    "items": [[i, s] for i, s, _ in recs],
+                    "items": pairs,
                     "model_version": version,
                     "event_id": ev.event_id,
                     "produced_ts": now,
                 }
                 if self.insights:  # added keys only: [item, score] pairs keep their shape
-                    latest["reasons"] = [list(r) if r else None for _, _, r in recs]
+                    latest["reasons"] = reasons
                     if intent is not None:
                         latest["purchase_intent"] = intent
                 states[ev.user_id].latest = latest
@@ -250,17 +253,21 @@ class BatchHandler:
     async def publish_profiles(
         self, states: dict[str, UserState], source: dict[str, Any], fresh: list[ShopEvent], now: int
     ) -> None:
-        """One Profile per user with a new event in the batch, keyed by user (compacted topic)."""
+        """A Profile for each user with a new event in the batch, when one is due (see
+        :meth:`Pipeline.profile_due`: a new ranking at once, the same ranking at most every
+        ``profile_publish_s``), keyed by user (compacted topic)."""
         if self.profiles is None:
             return
         for user in dict.fromkeys(e.user_id for e in fresh):
             state = states.get(user)
             if state is None or not state.history:
                 continue
-            prof = self.pipeline.profile_of(user, state, event_id=state.history[-1][3], now_ms=now)
-            as_current(source[user])
+            value = self.pipeline.profile_due(user, state, event_id=state.history[-1][3], now_ms=now)
+            if value is None:
+                continue
+            as_current(source[user])  # exactly_once: sent in this event's transaction
             try:
-                await self.profiles.send(key=user.encode(), value=prof.to_bytes())
+                await self.profiles.send(key=user.encode(), value=value)
             except Exception as exc:  # noqa: BLE001 - the error policy decides
                 await self.on_error(Stage.PRODUCE, exc, source[user], user=user)
 

@@ -92,6 +92,7 @@ def create_app(
         purchased_max=settings.purchased_max,
         trigger_types=settings.trigger_types,
         profile_weights=settings.profile_weights(),
+        profile_publish_s=settings.profile_publish_s,
         new_index=lambda dim: new_index(settings, dim),
         loader=loader,
     )

@@ -94,7 +94,10 @@ class Consumer(faust_aiokafka.Consumer):
             # recommendations sent through librdkafka (streams.direct) must be stored before the
             # offsets of their events are committed; while some still wait, skip this commit
             if direct is not None and not await direct.wait_delivered(DIRECT_WAIT_S):
-                log.warning("commit deferred: %d recommendation message(s) not yet acknowledged", direct.pending())
+                now = time.monotonic()
+                if now - getattr(self, "_deferred_logged", -1e9) >= 30.0:  # a broker outage: rarely
+                    self._deferred_logged = now
+                    log.warning("commit deferred: %d recommendation message(s) not yet acknowledged", direct.pending())
                 return False
             return await super().commit(topics, start_new_transaction=start_new_transaction)
         finally:
