@@ -8,7 +8,11 @@ Measured in one run, each figure beside its ceiling:
   4. latency: produce -> recommendation received, p50/p95/p99 at 100, 500 and 1000 events/s.
 
 Steps 3-4 run once per processing guarantee (``--guarantees``, default at_least_once and
-exactly_once, each a fresh worker on its own topics). Beside each figure: the worker's CPU
+exactly_once, each a fresh worker on its own topics). ``--insights off,on`` runs them once more
+per value, back to back, each worker started with ``STREAMREC_RECOMMENDATION_INSIGHTS=false`` /
+``true`` (``--repeat N``: N times, the order reversed every other time), and adds a table of
+on against off (events/s, worker CPU µs/event, p99) with the ratio on/off (issue #15: insights
+may cost at most 10 % of the worker's events/s). Beside each figure: the worker's CPU
 seconds per event (from /proc, much less sensitive to other load on the machine than wall
 time), split by thread (``streamrec_thread_cpu_seconds``), the broker's CPU per event when the
 script started the broker itself, the per-stage time per event from the worker's
@@ -21,7 +25,7 @@ as the catalog, and a model trained on it (``--model DIR``, else a short trainin
 Starts a local Kafka unless STREAMREC_BOOTSTRAP_SERVERS is set. The last line is one JSON object.
 
     .venv/bin/python bench/pipeline.py [--model DIR] [--events 30000] [--rate-seconds 15]
-        [--guarantees at_least_once,exactly_once] [--profile DIR]
+        [--guarantees at_least_once,exactly_once] [--insights off,on [--repeat N]] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -298,15 +303,28 @@ def py_spy(pid: int, out: Path | None, seconds: int) -> subprocess.Popen | None:
     )
 
 
-def start_worker(settings: Settings, model: Path, port: int, log: Path, guarantee: str) -> subprocess.Popen:
+#: ``--worker-env`` settings, given to every worker of the run.
+WORKER_ENV: dict[str, str] = {}
+
+
+def start_worker(
+    settings: Settings, model: Path, port: int, log: Path, guarantee: str, insights: str | None = None
+) -> subprocess.Popen:
+    """A `streamrec worker` process on ``settings``' topics; ``insights`` "on"/"off" sets
+    ``STREAMREC_RECOMMENDATION_INSIGHTS`` (None: the worker's default)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(WORKER_ENV)
     env["STREAMREC_PROCESSING_GUARANTEE"] = guarantee
+    if insights is not None:
+        env["STREAMREC_RECOMMENDATION_INSIGHTS"] = "true" if insights == "on" else "false"
     for name in (
         "topic_events",
         "topic_catalog",
         "topic_recommendations",
         "topic_dlq",
         "topic_model_updates",
+        "topic_profiles",
+        "topic_deletions",
         "app_id",
         "partitions",
         "data_dir",
@@ -404,12 +422,46 @@ def latency_at(
     }
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One worker run: a processing guarantee, insights on/off (None: the default), a repetition."""
+
+    guarantee: str
+    insights: str | None = None
+    rep: int = 0
+    reps: int = 1
+
+    @property
+    def name(self) -> str:
+        out = self.guarantee if self.insights is None else f"{self.guarantee}, insights {self.insights}"
+        return out if self.reps == 1 else f"{out} #{self.rep + 1}"
+
+    @property
+    def key(self) -> str:
+        """Topic-safe tag."""
+        out = self.guarantee if self.insights is None else f"{self.guarantee}-ins{self.insights}"
+        return out if self.reps == 1 else f"{out}-{self.rep}"
+
+
+def variants(guarantees: list[str], insights: list[str], repeat: int) -> list[Variant]:
+    """Per guarantee: the insights values back to back, ``repeat`` times, the order reversed every
+    other time (off,on,on,off,...) so that a drifting load hits both alike."""
+    if not insights:
+        return [Variant(g) for g in guarantees]
+    out = []
+    for g in guarantees:
+        for rep in range(repeat):
+            for ins in insights if rep % 2 == 0 else insights[::-1]:
+                out.append(Variant(g, ins, rep, repeat))
+    return out
+
+
 def run_worker(
     settings: Settings,
     model: Path,
     work: Path,
     *,
-    guarantee: str,
+    variant: Variant,
     n_events: int,
     events: list[ShopEvent],
     rates: list[float],
@@ -417,13 +469,14 @@ def run_worker(
     broker_pid: int | None,
     profile: Path | None,
 ) -> dict:
-    """One worker with ``guarantee``: drain the backlog on its topics, then the latency phases."""
+    """One worker run (``variant``): drain the backlog on its topics, then the latency phases."""
     port = localkafka.free_port()
     t_start = time.perf_counter()
-    worker = start_worker(settings, model, port, work / f"worker-{guarantee}.log", guarantee)
+    name, key = variant.name, variant.key
+    worker = start_worker(settings, model, port, work / f"worker-{key}.log", variant.guarantee, variant.insights)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
-        spy = py_spy(worker.pid, profile / f"{guarantee}-drain.txt" if profile else None, 12)
+        spy = py_spy(worker.pid, profile / f"{key}-drain.txt" if profile else None, 12)
         probe, first = None, None
         while True:
             m = scrape(url)
@@ -442,16 +495,16 @@ def run_worker(
             spy.wait(60)
         drain["events_per_s"] = (n - first[1]) / (t1 - first[0]) if t1 > first[0] else float("nan")
         print(
-            f"[{guarantee}] pipeline: {drain['events_per_s']:,.0f} events/s, worker CPU "
+            f"[{name}] pipeline: {drain['events_per_s']:,.0f} events/s, worker CPU "
             f"{drain['cpu_us']:.0f} µs/event (load {drain['load']:.1f})",
             flush=True,
         )
         lat = []
         for r in rates:
-            prof = profile / f"{guarantee}-{r:.0f}.txt" if profile else None
+            prof = profile / f"{key}-{r:.0f}.txt" if profile else None
             res = latency_at(settings, events, r, rate_seconds, Probe(url, worker.pid, broker_pid), prof)
             print(
-                f"[{guarantee}] {r:.0f} ev/s: p50 {res['p50']:.1f} p99 {res['p99']:.1f} ms, worker CPU "
+                f"[{name}] {r:.0f} ev/s: p50 {res['p50']:.1f} p99 {res['p99']:.1f} ms, worker CPU "
                 f"{res['cpu_us']:.0f} µs/event (load {res['load']:.1f})",
                 flush=True,
             )
@@ -470,6 +523,80 @@ def fmt(x: float, digits: int = 0) -> str:
     return "-" if math.isnan(x) else f"{x:,.{digits}f}"
 
 
+def insights_table(runs: list[tuple[Variant, dict]], rates: list[float]) -> dict[str, float | list | None]:
+    """Print insights on against off per guarantee (means over repeats; ratio on/off) and return
+    the figures for the JSON line (keys of guarantees after the first are prefixed with it)."""
+    out: dict[str, float | list | None] = {}
+    guarantees = list(dict.fromkeys(v.guarantee for v, _ in runs if v.insights is not None))
+    if not guarantees:
+        return out
+    print()
+    print("Insights on against off (each its own worker, back to back; means over repeats):")
+    print()
+    print("| guarantee | measure | insights off | insights on | on / off |")
+    print("|---|---|---:|---:|---:|")
+
+    def mean(xs: list[float]) -> float:
+        xs = [x for x in xs if not math.isnan(x)]
+        return float(np.mean(xs)) if xs else float("nan")
+
+    for gi, g in enumerate(guarantees):
+        pre = "" if gi == 0 else f"{g}_"
+        by = {ins: [res for v, res in runs if v.guarantee == g and v.insights == ins] for ins in ("off", "on")}
+        if not by["off"] or not by["on"]:
+            continue
+        rows: list[tuple[str, str, list[float], list[float]]] = [
+            (
+                "drain, events/s",
+                "events_per_s",
+                [r["drain"]["events_per_s"] for r in by["off"]],
+                [r["drain"]["events_per_s"] for r in by["on"]],
+            ),
+            (
+                "drain, worker CPU µs/event",
+                "cpu_us_per_event",
+                [r["drain"]["cpu_us"] for r in by["off"]],
+                [r["drain"]["cpu_us"] for r in by["on"]],
+            ),
+        ]
+        for rate in rates:
+
+            def at(res: dict, field: str, rate: float = rate) -> float:
+                return next((r[field] for r in res["latency"] if r["rate"] == rate), float("nan"))
+
+            rows.append(
+                (
+                    f"{rate:.0f} ev/s, p99 ms",
+                    f"p99_ms_at_{rate:.0f}",
+                    [at(r, "p99") for r in by["off"]],
+                    [at(r, "p99") for r in by["on"]],
+                )
+            )
+            rows.append(
+                (
+                    f"{rate:.0f} ev/s, worker CPU µs/event",
+                    f"cpu_us_per_event_at_{rate:.0f}",
+                    [at(r, "cpu_us") for r in by["off"]],
+                    [at(r, "cpu_us") for r in by["on"]],
+                )
+            )
+        for label, field, off, on in rows:
+            m_off, m_on = mean(off), mean(on)
+            ratio = m_on / m_off if m_off else float("nan")
+            digits = 1 if "p99" in field else 0
+            print(f"| {g} | {label} | {fmt(m_off, digits)} | {fmt(m_on, digits)} | {fmt(ratio, 3)} |")
+            out[f"{pre}insights_off_{field}"] = None if math.isnan(m_off) else round(m_off, 1)
+            out[f"{pre}insights_on_{field}"] = None if math.isnan(m_on) else round(m_on, 1)
+            out[f"{pre}insights_on_off_{field}_ratio"] = None if math.isnan(ratio) else round(ratio, 4)
+        if len(by["off"]) > 1:  # the ratio of each back-to-back pair, to judge the noise
+            pairs = [
+                round(b["drain"]["events_per_s"] / a["drain"]["events_per_s"], 4) for a, b in zip(by["off"], by["on"])
+            ]
+            print(f"| {g} | drain events/s on / off, each pair | | | {', '.join(f'{p:.3f}' for p in pairs)} |")
+            out[f"{pre}insights_on_off_events_per_s_ratio_pairs"] = pairs
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="checkpoint dir trained on Beauty (default: train one now)")
@@ -483,11 +610,42 @@ def main() -> int:
         default="at_least_once,exactly_once",
         help="processing guarantees to run, each with its own worker (STREAMREC_PROCESSING_GUARANTEE)",
     )
+    ap.add_argument(
+        "--insights",
+        default="",
+        help="off and/or on (e.g. off,on): run each guarantee once per value, back to back, each worker "
+        "started with STREAMREC_RECOMMENDATION_INSIGHTS=false/true (default: the worker's default only)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="with --insights: run the values this many times, order reversed every other time",
+    )
+    ap.add_argument(
+        "--worker-env",
+        default="",
+        help="STREAMREC_NAME=VALUE settings (space-separated) for every worker of this run, e.g. "
+        "STREAMREC_DIRECT_PRODUCE=false to measure Faust's own producer against the default",
+    )
     ap.add_argument("--profile", help="directory for py-spy profiles of each phase (py-spy must be on PATH)")
     args = ap.parse_args()
     guarantees = [g.strip() for g in args.guarantees.split(",") if g.strip()]
     if not guarantees or any(g not in ("at_least_once", "exactly_once") for g in guarantees):
         print(f"--guarantees: expected at_least_once and/or exactly_once, got {args.guarantees!r}", file=sys.stderr)
+        return 2
+    insights = [i.strip() for i in args.insights.split(",") if i.strip()]
+    if any(i not in ("off", "on") for i in insights) or len(set(insights)) != len(insights):
+        print(f"--insights: expected off and/or on, got {args.insights!r}", file=sys.stderr)
+        return 2
+    for kv in args.worker_env.split():
+        name, sep, value = kv.partition("=")
+        if not sep or not name.startswith("STREAMREC_") or name in ("STREAMREC_PROCESSING_GUARANTEE",):
+            print(f"--worker-env: expected STREAMREC_NAME=VALUE (not the guarantee), got {kv!r}", file=sys.stderr)
+            return 2
+        WORKER_ENV[name] = value
+    if not 1 <= args.repeat <= 20:
+        print(f"--repeat: expected 1..20, got {args.repeat}", file=sys.stderr)
         return 2
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     profile = Path(args.profile) if args.profile else None
@@ -497,6 +655,12 @@ def main() -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
     model = ensure_model(args, work)
+    if insights and not (model / "intent.json").is_file():
+        print(
+            f"note: {model} has no intent model (intent.json): insights on computes reasons and profiles, "
+            "but no purchase_intent",
+            flush=True,
+        )
     sequences = read_sequences(d / "sequences.txt")
     texts = read_item_text(d / "item_text.tsv")
     catalog = catalog_from_dataset(dataset_items(sequences, texts), texts)
@@ -520,40 +684,43 @@ def main() -> int:
         partitions=4,
         batch_max=args.batch,
     )
-    per_g = {
-        g: base.model_copy(
+    runs = variants(guarantees, insights, args.repeat)
+    per_v = {
+        v: base.model_copy(
             update={
-                "topic_events": f"{tag}.{g}.events",
-                "topic_recommendations": f"{tag}.{g}.recs",
-                "app_id": f"{tag}-{g}",
+                "topic_events": f"{tag}.{v.key}.events",
+                "topic_recommendations": f"{tag}.{v.key}.recs",
+                "topic_profiles": f"{tag}.{v.key}.profiles",
+                "topic_deletions": f"{tag}.{v.key}.deletions",
+                "app_id": f"{tag}-{v.key}",
             }
         )
-        for g in guarantees
+        for v in runs
     }
-    results: dict[str, dict] = {}
+    results: dict[Variant, dict] = {}
     try:
-        print(f"producing {len(catalog)} catalog items and {len(events)} events per guarantee...", flush=True)
+        print(f"producing {len(catalog)} catalog items and {len(events)} events per worker run...", flush=True)
         now = int(time.time() * 1000)
-        for g, settings in per_g.items():
+        for k, settings in enumerate(per_v.values()):
             create_topics(settings)
             with EventProducer.from_settings(settings) as producer:
-                if g == guarantees[0]:
+                if k == 0:
                     for c in catalog:
                         producer.send_catalog(c)
                 for e in events:
                     producer.send(e.model_copy(update={"ts": now}))
 
-        first = per_g[guarantees[0]]
+        first = per_v[runs[0]]
         raw = raw_consume(first, len(events))
         print(f"raw consume: {raw:,.0f} events/s", flush=True)
         alone, alone_cpu = model_index_alone(model, catalog, events, args.batch)
         print(f"model+index alone: {alone:,.0f} events/s, {alone_cpu * 1e6:.0f} µs CPU/event", flush=True)
-        for g, settings in per_g.items():
-            results[g] = run_worker(
+        for v, settings in per_v.items():
+            results[v] = run_worker(
                 settings,
                 model,
                 work,
-                guarantee=g,
+                variant=v,
                 n_events=len(events),
                 events=events,
                 rates=rates,
@@ -579,10 +746,10 @@ def main() -> int:
         f"| model+index alone, batch {args.batch} (ceiling) | {alone:,.0f} | 1.00 | {alone_cpu * 1e6:.0f} "
         f"(this process) | | |"
     )
-    for g, res in results.items():
+    for v, res in results.items():
         dr = res["drain"]
         print(
-            f"| pipeline, one worker, {g} (draining) | {dr['events_per_s']:,.0f} | "
+            f"| pipeline, one worker, {v.name} (draining) | {dr['events_per_s']:,.0f} | "
             f"{dr['events_per_s'] / alone:.2f} of model+index | {dr['cpu_us']:.0f} | {fmt(dr['broker_cpu_us'])} "
             f"| {dr['load']:.1f} |"
         )
@@ -590,14 +757,14 @@ def main() -> int:
     print("Latency, produce -> recommendation received:")
     print()
     print(
-        "| guarantee | rate ev/s | sent | answered | p50 ms | p95 ms | p99 ms | p99 ms worker (event ts -> produced) "
+        "| run | rate ev/s | sent | answered | p50 ms | p95 ms | p99 ms | p99 ms worker (event ts -> produced) "
         "| worker CPU µs/event | broker CPU µs/event | loop stalls > 100 ms | load |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for g, res in results.items():
+    for v, res in results.items():
         for r in res["latency"]:
             print(
-                f"| {g} | {r['rate']:.0f} | {r['sent']} | {r['answered']} | {r['p50']:.1f} | {r['p95']:.1f} "
+                f"| {v.name} | {r['rate']:.0f} | {r['sent']} | {r['answered']} | {r['p50']:.1f} | {r['p95']:.1f} "
                 f"| {r['p99']:.1f} | {r['worker_p99']:.1f} | {r['cpu_us']:.0f} | {fmt(r['broker_cpu_us'])} "
                 f"| {r['loop_lag_over_100ms']:.0f} | {r['load']:.1f} |"
             )
@@ -609,23 +776,27 @@ def main() -> int:
     )
     print()
     print(
-        "| guarantee | phase | events/batch | " + " | ".join(STAGES) + " | CPU loop thread | CPU model thread "
+        "| run | phase | events/batch | " + " | ".join(STAGES) + " | CPU loop thread | CPU model thread "
         "| CPU other threads |"
     )
     print("|---|---|---:|" + "---:|" * (len(STAGES) + 3))
-    for g, res in results.items():
+    for v, res in results.items():
         for name, ph in [("drain", res["drain"])] + [(f"{r['rate']:.0f} ev/s", r) for r in res["latency"]]:
             th = ph["threads_us"]
             print(
-                f"| {g} | {name} | {ph['events'] / max(ph['batches'], 1):.1f} | "
+                f"| {v.name} | {name} | {ph['events'] / max(ph['batches'], 1):.1f} | "
                 + " | ".join(f"{ph['stages_us'][st]:.0f}" for st in STAGES)
                 + f" | {th.get('loop', 0):.0f} | {th.get('model', 0):.0f} | {th.get('other threads', 0):.0f} |"
             )
+    compared = insights_table(list(results.items()), rates)
     g0 = guarantees[0]
-    main_res = results[g0]
+    v0 = runs[0]
+    main_res = results[v0]
     at = {r["rate"]: r for r in main_res["latency"]}
-    summary = {
+    summary: dict[str, object] = {
         "guarantee": g0,
+        "insights": v0.insights,
+        "worker_env": dict(WORKER_ENV),
         "pipeline_events_per_s": round(main_res["drain"]["events_per_s"], 1),
         "model_index_events_per_s": round(alone, 1),
         "raw_consume_events_per_s": round(raw, 1),
@@ -637,12 +808,13 @@ def main() -> int:
         "load_average_start": round(load_start[0], 1),
         "load_average_end": round(load_end[0], 1),
     }
-    for g, res in results.items():
-        if g != g0:
-            summary[f"{g}_events_per_s"] = round(res["drain"]["events_per_s"], 1)
-            summary[f"{g}_cpu_us_per_event"] = round(res["drain"]["cpu_us"], 1)
-            a = {r["rate"]: r for r in res["latency"]}
-            summary[f"{g}_p99_ms_at_500"] = round(a[500.0]["p99"], 1) if 500.0 in a else None
+    for g in guarantees[1:]:
+        res = results[next(v for v in runs if v.guarantee == g)]
+        summary[f"{g}_events_per_s"] = round(res["drain"]["events_per_s"], 1)
+        summary[f"{g}_cpu_us_per_event"] = round(res["drain"]["cpu_us"], 1)
+        a = {r["rate"]: r for r in res["latency"]}
+        summary[f"{g}_p99_ms_at_500"] = round(a[500.0]["p99"], 1) if 500.0 in a else None
+    summary.update(compared)
     print(json.dumps(summary))
     return 0
 

@@ -140,6 +140,13 @@ class Settings(BaseSettings):
     profile_weight_purchase: float = Field(5.0, ge=0, le=1e6, description="profile weight of a purchase")
     profile_half_life_hours: float = Field(168.0, gt=0, le=1e6, description="profile weights halve after this long")
     profile_max_entries: int = Field(20, ge=1, le=1000, description="categories (and brands) kept per user")
+    profile_publish_s: float = Field(
+        60.0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="a user's profile is sent on shop.profiles when its ranking changes, and with an unchanged "
+        "ranking at most this often (0: after every batch with a new event of the user)",
+    )
 
     # --- index ------------------------------------------------------------------------------
     index_kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"

@@ -74,8 +74,13 @@ def valid_event(
     return event
 
 
-def valid_catalog_item(rng: random.Random) -> dict[str, Any]:
-    """A valid :class:`~streamrec.schemas.CatalogItem` as a dict."""
+_TEXT_FIELDS = ("title", "brand", "category", "description")
+
+
+def valid_catalog_item(rng: random.Random, *, texts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A valid :class:`~streamrec.schemas.CatalogItem` as a dict. With ``texts`` (catalog items
+    as dicts) its title, brand, category and description are those of one of them: the text a
+    worker embeds is then one it has embedded before (a text-cache hit, not a MiniLM call)."""
     item: dict[str, Any] = {
         "item_id": _id(rng, "sku-"),
         "title": _id(rng),
@@ -85,7 +90,10 @@ def valid_catalog_item(rng: random.Random) -> dict[str, Any]:
         "in_stock": rng.random() < 0.8,
         "updated_ts": rng.randint(TS_MIN_MS, TS_MAX_MS),
     }
-    if rng.random() < 0.3:
+    if texts:
+        like = rng.choice(texts)
+        item.update({f: like[f] for f in _TEXT_FIELDS if like.get(f) is not None})
+    elif rng.random() < 0.3:
         item["description"] = " ".join(_id(rng) for _ in range(rng.randint(1, 20)))
     return item
 
@@ -260,13 +268,16 @@ def fuzz_batch(
     return out
 
 
-def catalog_fuzz_batch(n: int, *, seed: int = 0, valid_share: float = 0.5) -> list[FuzzMessage]:
-    """``n`` catalog messages (valid items and near misses) from a seeded generator, no 1 MiB ones."""
+def catalog_fuzz_batch(
+    n: int, *, seed: int = 0, valid_share: float = 0.5, texts: list[dict[str, Any]] | None = None
+) -> list[FuzzMessage]:
+    """``n`` catalog messages (valid items and near misses) from a seeded generator, no 1 MiB ones
+    (``texts``: see :func:`valid_catalog_item`)."""
     rng = random.Random(seed)
     names = [m for m in MUTATIONS if m != "mib_value"]
     out = []
     for _ in range(n):
-        item = valid_catalog_item(rng)
+        item = valid_catalog_item(rng, texts=texts)
         if rng.random() < valid_share:
             out.append(FuzzMessage(_dump(item), "valid", False))
         else:

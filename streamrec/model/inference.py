@@ -43,6 +43,7 @@ scores 0, so callers should fall back to popularity for such users.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -475,7 +476,8 @@ class Recommender:
         2 unknown to the model."""
         with self._lock:
             table = self._item_table()
-            rows = np.fromiter((self.vocab.row(str(i)) for i in item_ids), dtype=np.int64, count=len(item_ids))
+            ids = map(str, item_ids)  # vocab.row per id, without a Python-level call per id
+            rows = np.fromiter(map(self.vocab.rows.get, ids, itertools.repeat(PAD_ID)), np.int64, len(item_ids))
             vecs = self._row_vectors(rows)
             unknown = rows == PAD_ID
             if unknown.any():

@@ -74,7 +74,8 @@ class IntentModel(nn.Module):
         if x.shape[0] == 0:
             return np.zeros(0, np.float32)
         self.eval()
-        return torch.sigmoid(self(torch.from_numpy(x))).numpy().astype(np.float32)
+        with torch.inference_mode():
+            return torch.sigmoid(self(torch.from_numpy(x))).numpy().astype(np.float32)
 
     # -- persistence --------------------------------------------------------------------------
 

@@ -127,6 +127,24 @@ class Profile(Outbound):
     produced_ts: TimestampMs
 
 
+#: reason -> its JSON object, shared by every message that gives that reason (the worker's
+#: reasons repeat: a few kinds and the users' history items); bounded, emptied when full
+_REASON_OBJECTS: dict[tuple[str, str | None], dict[str, str]] = {}
+_REASON_OBJECTS_MAX = 100_000
+
+
+def _reason_object(r: tuple[str, str | None]) -> dict[str, str]:
+    if type(r) is not tuple:  # e.g. a [kind, item_id] list read back from JSON
+        r = (r[0], r[1])
+    obj = _REASON_OBJECTS.get(r)
+    if obj is None:
+        if len(_REASON_OBJECTS) >= _REASON_OBJECTS_MAX:
+            _REASON_OBJECTS.clear()
+        obj = {"kind": r[0]} if r[1] is None else {"kind": r[0], "item_id": r[1]}
+        _REASON_OBJECTS[(r[0], r[1])] = obj
+    return obj
+
+
 def recommendation_bytes(
     *,
     user_id: str,
@@ -150,16 +168,19 @@ def recommendation_bytes(
     if reasons is None:
         out_items = [{"item_id": i, "score": s} for i, s in items]
     else:  # (kind, item_id or None) per item, as the scorer gives them; None: no reason
-        out_items = [
-            {"item_id": i, "score": s}
-            if r is None
-            else {
-                "item_id": i,
-                "score": s,
-                "reason": {"kind": r[0]} if r[1] is None else {"kind": r[0], "item_id": r[1]},
-            }
-            for (i, s), r in zip(items, reasons)
-        ]
+        known = _REASON_OBJECTS.get
+        try:
+            out_items = [
+                {"item_id": i, "score": s}
+                if r is None
+                else {"item_id": i, "score": s, "reason": known(r) or _reason_object(r)}
+                for (i, s), r in zip(items, reasons)
+            ]
+        except TypeError:  # a reason given as a list (unhashable): the slow way
+            out_items = [
+                {"item_id": i, "score": s} if r is None else {"item_id": i, "score": s, "reason": _reason_object(r)}
+                for (i, s), r in zip(items, reasons)
+            ]
     msg = {
         "user_id": user_id,
         "items": out_items,

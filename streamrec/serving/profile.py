@@ -15,6 +15,7 @@ many brands) are kept: past that, the entry with the lowest decayed weight is dr
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -62,6 +63,9 @@ class InterestProfile:
     categories: dict[str, list[float]] = field(default_factory=dict)
     brands: dict[str, list[float]] = field(default_factory=dict)
     updated_ms: int = 0
+    #: an entry was counted since this object was loaded (not stored: the worker loads each
+    #: user's state once per batch, so this says "changed in this batch")
+    changed: bool = field(default=False, compare=False, repr=False)
 
     def update(
         self, *, category: str | None, brand: str | None, type: str, ts_ms: int, weights: ProfileWeights
@@ -75,6 +79,7 @@ class InterestProfile:
             if not name:
                 continue
             name = name[:512]
+            self.changed = True
             entry = table.get(name)
             if entry is None:
                 table[name] = [w, float(ts_ms)]
@@ -106,6 +111,10 @@ class InterestProfile:
     def to_json(self) -> dict[str, Any]:
         return {"c": self.categories, "b": self.brands, "t": self.updated_ms}
 
+    def is_empty(self) -> bool:
+        """True while no category or brand has been counted."""
+        return not (self.categories or self.brands)
+
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> InterestProfile:
         """Decode a stored profile; ``TypeError`` / ``ValueError`` when it does not have this shape."""
@@ -118,3 +127,15 @@ class InterestProfile:
             brands={str(k): [float(v[0]), float(v[1])] for k, v in (data.get("b") or {}).items()},
             updated_ms=int(data.get("t") or 0),
         )
+
+
+def ranking_signature(categories: list[tuple[str, float]], brands: list[tuple[str, float]]) -> int:
+    """A stable 32-bit checksum of the ranked names (not the weights): equal while the ranking is.
+
+    >>> ranking_signature([("a", 2.0), ("b", 1.0)], []) == ranking_signature([("a", 5.0), ("b", 0.5)], [])
+    True
+    >>> ranking_signature([("a", 2.0), ("b", 1.0)], []) == ranking_signature([("b", 2.0), ("a", 1.0)], [])
+    False
+    """
+    text = "\x00".join(n for n, _ in categories) + "\x01" + "\x00".join(n for n, _ in brands)
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))

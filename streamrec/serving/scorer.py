@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 #: ``(kind, item_id or None)``: kind in similar_to / popular / new_item (the Reason contract).
 Reason = tuple[str, "str | None"]
 Explained = list[tuple[str, float, Reason]]
+POPULAR: Reason = ("popular", None)
+NEW_ITEM: Reason = ("new_item", None)
+NO_REASON: Reason = ("", None)  # what :meth:`Scorer.recommend` carries before dropping it
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,20 +124,23 @@ class Scorer:
         stage = self.stage
         results: list[Explained] = [[] for _ in states]
         with stage("model"):
-            warm = [i for i, s in enumerate(states) if any(item in index for item, _ in s.history_pairs())]
+            pairs = [s.history_pairs() for s in states]
+            warm = [i for i, h in enumerate(pairs) if any(item in index for item, _ in h)]
             vecs = None
             if warm and len(index) > 0:
-                vecs = model.recommender.encode_users([states[i].history_pairs() for i in warm])
+                vecs = model.recommender.encode_users([pairs[i] for i in warm])
         if vecs is not None:
             with stage("index"):
                 found = index.search(np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm])
         with stage("filter"):
             if vecs is not None:
-                why = self._similar_reasons(model, [states[i] for i in warm], found) if explain else None
-                for n, (i, items) in enumerate(zip(warm, found)):
-                    results[i] = [
-                        (item, float(score), why[n][j] if why else ("", None)) for j, (item, score) in enumerate(items)
-                    ]
+                if explain:
+                    why = self._similar_reasons(model, [states[i] for i in warm], found)
+                    for i, items, reasons in zip(warm, found, why):
+                        results[i] = [(item, float(score), r) for (item, score), r in zip(items, reasons)]
+                else:
+                    for i, items in zip(warm, found):
+                        results[i] = [(item, float(score), NO_REASON) for item, score in items]
             for i, state in enumerate(states):
                 if len(results[i]) < k:
                     results[i] = self._fill(model, results[i], state.purchased, k, explain=explain)
@@ -144,18 +150,21 @@ class Scorer:
         self, model: ServingModel, states: Sequence[UserState], found: Sequence[Sequence[tuple[str, float]]]
     ) -> list[list[Reason]]:
         """For each found item: ``new_item`` if zero-shot, else ``similar_to`` the history item
-        with the largest inner product. One vector lookup and one batched product per batch;
-        Python touches each id once (to number it), the rest is numpy."""
-        pos: dict[str, int] = {}
-        num = pos.setdefault
-        h_flat = [num(h[0], len(pos)) for s in states for h in s.history]
+        with the largest inner product. One vector lookup and one batched product per batch
+        (each user's found items against that user's history); Python touches each id once (to
+        number it), the rest is numpy, and each reason is one shared tuple per batch."""
+        h_ids = [h[0] for s in states for h in s.history]
         h_len = np.fromiter((len(s.history) for s in states), np.int64, len(states))
-        r_flat = [num(item, len(pos)) for items in found for item, _ in items]
+        r_ids = [item for items in found for item, _ in items]
         r_len = np.fromiter((len(items) for items in found), np.int64, len(found))
-        if not pos:
+        uniq = list(dict.fromkeys(h_ids + r_ids))  # each id once, numbered below (C-level maps)
+        if not uniq:
             return [[] for _ in states]
-        uniq = list(pos)
+        pos = dict(zip(uniq, range(len(uniq))))
+        h_flat = list(map(pos.__getitem__, h_ids))
+        r_flat = list(map(pos.__getitem__, r_ids))
         vecs, kind = model.recommender.lookup(uniq)  # (U, d), (U,)
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         B, H, K = len(states), max(1, int(h_len.max(initial=0))), max(1, int(r_len.max(initial=0)))
 
         def pad(flat: list[int], lens: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,25 +177,22 @@ class Scorer:
             return idx, ok
 
         h_idx, h_ok = pad(h_flat, h_len, H)  # (B, H) history items (repeats are harmless)
-        r_idx, _r_ok = pad(r_flat, r_len, K)  # (B, K) found items
+        r_idx, r_ok = pad(r_flat, r_len, K)  # (B, K) found items
         h_ok &= kind[h_idx] != 2  # items unknown to the model have no meaningful vector
-        sims = np.einsum("bkd,bhd->bkh", vecs[r_idx], vecs[h_idx])  # (B, K, H)
+        sims = np.matmul(vecs[r_idx], vecs[h_idx].transpose(0, 2, 1))  # (B, K, H): one batched product
         valid = h_ok[:, None, :] & (h_idx[:, None, :] != r_idx[:, :, None])  # (B, K, H), not itself
         # the item itself only when nothing else is there
         valid |= (~valid.any(-1, keepdims=True)) & h_ok[:, None, :]
         best = np.take_along_axis(h_idx, np.where(valid, sims, -np.inf).argmax(-1), axis=1)  # (B, K)
-        code = np.where(kind[r_idx] != 0, 0, np.where(valid.any(-1), 1, 2))  # new / similar / popular
-        best_l, code_l = best.tolist(), code.tolist()
-        out: list[list[Reason]] = []
-        for b in range(B):
-            n = int(r_len[b])
-            out.append(
-                [
-                    ("new_item", None) if c == 0 else ("similar_to", uniq[h]) if c == 1 else ("popular", None)
-                    for c, h in zip(code_l[b][:n], best_l[b][:n])
-                ]
-            )
-        return out
+        U = len(uniq)
+        # one object per reason: similar_to each used history item, new_item, popular
+        pick = np.where(kind[r_idx] != 0, U, np.where(valid.any(-1), best, U + 1))  # (B, K)
+        table = np.empty(U + 2, dtype=object)
+        for h in np.unique(pick[r_ok & (pick < U)]).tolist():
+            table[h] = ("similar_to", uniq[h])
+        table[U], table[U + 1] = NEW_ITEM, POPULAR
+        rows = table[pick].tolist()
+        return [row[:n] for row, n in zip(rows, r_len.tolist())]
 
     def _fill(self, model: ServingModel, have: Explained, purchased: set[str], k: int, *, explain: bool) -> Explained:
         """Top up a short list with popular items, then with the model's cold-start ranking.
@@ -197,16 +203,16 @@ class Scorer:
         out = list(have)
         taken = {item for item, _, _ in out} | purchased
         fill = self.popularity.top(k - len(out), exclude=taken, eligible=index.is_eligible)
-        reasons: list[Reason] = [("popular", None)] * len(fill)
+        reasons: list[Reason] = [POPULAR] * len(fill)
         taken.update(fill)
         if len(out) + len(fill) < k and len(index) > 0:
             extra = [item for item, _ in index.search(self.cold_query(model), k, exclude=[taken])[0]]
             extra = extra[: k - len(out) - len(fill)]
             if explain and extra:
                 kinds = model.recommender.lookup(extra)[1]
-                reasons += [("new_item", None) if kd != 0 else ("popular", None) for kd in kinds]
+                reasons += [NEW_ITEM if kd != 0 else POPULAR for kd in kinds]
             else:
-                reasons += [("popular", None)] * len(extra)
+                reasons += [POPULAR] * len(extra)
             fill += extra
         floor = out[-1][1] if out else 0.0
         out += [(item, floor - 1.0 - rank * 1e-3, reasons[rank]) for rank, item in enumerate(fill)]
@@ -230,4 +236,4 @@ class Scorer:
                 self._intent_warned = True
             return [None] * len(states)
         p = intent_model.predict(features([s.session for s in states])[:, cols])
-        return [float(min(1.0, max(0.0, x))) for x in p]
+        return np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0).tolist()

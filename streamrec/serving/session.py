@@ -183,11 +183,54 @@ class SessionStats:
         return s
 
 
+#: columns of :func:`features` that are ``log1p`` of a count or a duration (the rest are as is)
+_LOG_COLUMNS = np.array([n.startswith("log_") for n in FEATURE_NAMES])
+_DIVISOR = np.ones(len(FEATURE_NAMES))
+_DIVISOR[FEATURE_NAMES.index("log_duration_s")] = 1000.0  # ms -> s
+_DIVISOR[FEATURE_NAMES.index("log_gap_s")] = 1000.0
+_DIVISOR[FEATURE_NAMES.index("log_hours_since_last_session")] = 3.6e6  # ms -> h
+
+
+def _raw(s: SessionStats) -> tuple[float, ...]:
+    """The inputs of :meth:`SessionStats.row` at the latest event, before logs and scaling."""
+    last = s.last_ms or 0
+    start = s.start_ms or last  # as row() reads it
+    since = 0
+    if s.prev_session_end_ms is not None and s.start_ms is not None:
+        since = max(0, s.start_ms - s.prev_session_end_ms)
+    t = s.last_type
+    return (
+        s.n_view,
+        s.n_cart,
+        s.n_fav,
+        s.n_purchase - (t == "purchase"),
+        s.n_events,
+        max(0, last - start),
+        s.gap_ms,
+        t == "add_to_cart",
+        t == "favorite",
+        len(s.items),
+        s.n_repeat,
+        t == "view" and s.last_item_state == 2,
+        list(s.items.values()).count(2),
+        s.past_sessions,
+        s.past_purchases,
+        s.past_buy_sessions / (s.past_sessions + 1.0),
+        s.past_carts,
+        since,
+        s.past_purchases > 0,
+    )
+
+
 def features(stats: list[SessionStats]) -> np.ndarray:
-    """(B, F) float32 feature matrix, columns in FEATURE_NAMES order."""
+    """(B, F) float32 feature matrix, columns in FEATURE_NAMES order: the rows of
+    :meth:`SessionStats.row`, computed with one tuple of counters per state and numpy for the
+    logs (the worker calls this once per batch)."""
     if not stats:
         return np.zeros((0, len(FEATURE_NAMES)), np.float32)
-    return np.asarray([s.row() for s in stats], dtype=np.float32)
+    x = np.array([_raw(s) for s in stats], dtype=np.float64) / _DIVISOR
+    x[:, _LOG_COLUMNS] = np.log1p(x[:, _LOG_COLUMNS])
+    return x.astype(np.float32)
 
 
 def columns(names: tuple[str, ...]) -> list[int]:

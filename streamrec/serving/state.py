@@ -32,6 +32,8 @@ class UserState:
     session: SessionStats = field(default_factory=SessionStats)
     #: decayed category / brand weights (the interest profile)
     profile: InterestProfile = field(default_factory=InterestProfile)
+    #: the last Profile message sent: ``[produced_ms, ranking_signature]`` (None: none yet)
+    profile_sent: list[int] | None = None
 
     @property
     def purchased(self) -> set[str]:
@@ -88,6 +90,7 @@ class UserState:
             "r": self.latest,
             "x": self.session.to_json(),
             "i": self.profile.to_json(),
+            "q": self.profile_sent,
         }
 
     @classmethod
@@ -108,6 +111,13 @@ class UserState:
             raise ValueError("user state purchases must be a list of item ids")
         if latest is not None and not isinstance(latest, dict):
             raise ValueError("user state latest recommendation must be an object")
+        sent = data.get("q")
+        if sent is not None and not (
+            isinstance(sent, list)
+            and len(sent) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in sent)
+        ):
+            raise ValueError("user state profile_sent must be [produced_ms, signature]")
         return cls(
             history=[list(h) for h in history],
             purchased_list=list(purchased),
@@ -115,4 +125,5 @@ class UserState:
             latest=latest,
             session=SessionStats.from_json(data.get("x")),
             profile=InterestProfile.from_json(data.get("i")),
+            profile_sent=None if sent is None else list(sent),
         )

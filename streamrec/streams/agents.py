@@ -5,7 +5,9 @@ user's state once, score the batch in one model + index call, publish one recomm
 triggering user, then write each touched user's state once, bound to that user's own event.
 Failures go through :func:`streamrec.streams.policy.decide` (dead-letter, reset or raise).
 
-The sinks are Faust channels: topics in the worker, in-memory ``app.channel()`` in unit tests.
+The sinks are Faust channels: topics in the worker (under exactly_once wrapped so that each
+message joins the transaction of the current event: :mod:`streamrec.streams.transactions`, hence
+:func:`as_current` before each send), in-memory ``app.channel()`` in unit tests.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class BatchHandler:
         dl = DeadLetter.wrap(
             topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason, original=msg.value
         )
+        as_current(event)  # exactly_once: the dead letter joins this event's transaction
         await self.dead_letters.send(key=msg.key, value=dl.to_bytes())
 
     # -- the batch ---------------------------------------------------------------------------
@@ -213,30 +216,34 @@ class BatchHandler:
         with metrics.stage("produce"):
             for ev, recs, intent in zip(events, lists, intents):
                 # reasons come from the scorer (kinds) and the user's validated history (ids)
+                pairs = [(i, s) for i, s, _ in recs]
+                reasons = [r for _, _, r in recs] if self.insights else None
                 value = recommendation_bytes(
                     user_id=ev.user_id,
-                    items=[(i, s) for i, s, _ in recs],
+                    items=pairs,
                     model_version=version,
                     event_id=ev.event_id,
                     event_ts=ev.ts,
                     produced_ts=now,
-                    reasons=[r for _, _, r in recs] if self.insights else None,
+                    reasons=reasons,
                     purchase_intent=intent,
                 )
+                as_current(source[ev.user_id])  # exactly_once: sent in this event's transaction
                 try:
                     await send(key=ev.user_id.encode(), value=value)
                 except Exception as exc:  # noqa: BLE001 - the error policy decides
                     await self.on_error(Stage.PRODUCE, exc, source[ev.user_id], user=ev.user_id)
                 metrics.observe_latency_ms(max(0, now - ev.ts))
-                # kept for GET /users/{id}/recommendations (and the profile's purchase_intent)
+                # kept for GET /users/{id}/recommendations (and the profile's purchase_intent);
+                # tuples are stored as JSON arrays: [item, score] and [kind, item_id or null]
                 latest: dict[str, Any] = {
-                    "items": [[i, s] for i, s, _ in recs],
+                    "items": pairs,
                     "model_version": version,
                     "event_id": ev.event_id,
                     "produced_ts": now,
                 }
                 if self.insights:  # added keys only: [item, score] pairs keep their shape
-                    latest["reasons"] = [list(r) if r else None for _, _, r in recs]
+                    latest["reasons"] = reasons
                     if intent is not None:
                         latest["purchase_intent"] = intent
                 states[ev.user_id].latest = latest
@@ -246,16 +253,21 @@ class BatchHandler:
     async def publish_profiles(
         self, states: dict[str, UserState], source: dict[str, Any], fresh: list[ShopEvent], now: int
     ) -> None:
-        """One Profile per user with a new event in the batch, keyed by user (compacted topic)."""
+        """A Profile for each user with a new event in the batch, when one is due (see
+        :meth:`Pipeline.profile_due`: a new ranking at once, the same ranking at most every
+        ``profile_publish_s``), keyed by user (compacted topic)."""
         if self.profiles is None:
             return
         for user in dict.fromkeys(e.user_id for e in fresh):
             state = states.get(user)
             if state is None or not state.history:
                 continue
-            prof = self.pipeline.profile_of(user, state, event_id=state.history[-1][3], now_ms=now)
+            value = self.pipeline.profile_due(user, state, event_id=state.history[-1][3], now_ms=now)
+            if value is None:
+                continue
+            as_current(source[user])  # exactly_once: sent in this event's transaction
             try:
-                await self.profiles.send(key=user.encode(), value=prof.to_bytes())
+                await self.profiles.send(key=user.encode(), value=value)
             except Exception as exc:  # noqa: BLE001 - the error policy decides
                 await self.on_error(Stage.PRODUCE, exc, source[user], user=user)
 

@@ -28,6 +28,7 @@ from streamrec.streams.outage import BrokerWatch
 from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
 from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, register_state_codec
+from streamrec.streams.transactions import TransactionalSink
 from streamrec.streams.tuning import watch_loop_lag
 from streamrec.streams.views import register_views
 
@@ -128,6 +129,7 @@ def create_app(
         purchased_max=settings.purchased_max,
         trigger_types=settings.trigger_types,
         profile_weights=settings.profile_weights(),
+        profile_publish_s=settings.profile_publish_s,
         new_index=lambda dim: new_index(settings, dim),
         loader=loader,
         index_dir=index_dir(settings),
@@ -192,10 +194,15 @@ def create_app(
     table.value_serializer = register_state_codec()
     users.changelog_topic = table._new_changelog_topic()
 
+    exactly_once = settings.processing_guarantee == "exactly_once"
+
+    def sink(topic: Any) -> Any:  # exactly_once: each output in its event's transaction
+        return TransactionalSink(app, topic) if exactly_once else topic
+
     direct = None
-    recs_out: Any = recs_topic
-    profiles_out: Any = profiles_topic
-    if settings.direct_produce and settings.processing_guarantee == "at_least_once":
+    recs_out: Any = sink(recs_topic)
+    profiles_out: Any = sink(profiles_topic)
+    if settings.direct_produce and not exactly_once:
         direct = DirectProducer(settings)  # see streams.direct: the consumer's commit waits for it
         recs_out = direct.channel(settings.topic_recommendations)
         profiles_out = direct.channel(settings.topic_profiles)
@@ -203,10 +210,12 @@ def create_app(
         pipeline=pipeline,
         users=users,
         recommendations=recs_out,
-        dead_letters=dlq_topic,
+        dead_letters=sink(dlq_topic),
         profiles=profiles_out,
         insights=settings.recommendation_insights,
     )
+    # exactly_once: no commit in the middle of a batch, nor before its state is handed over
+    app.streamrec_commit_lock = handler.lock if exactly_once else None  # type: ignore[attr-defined]
 
     @app.agent(events_topic, concurrency=1)
     async def process_events(stream: Any) -> None:

@@ -1,4 +1,5 @@
-"""The worker's Kafka consumer: Faust's aiokafka consumer with one data-loss fix (seek on resume).
+"""The worker's Kafka consumer: Faust's aiokafka consumer with one data-loss fix (seek on resume),
+and commits that wait for the batch in progress under exactly_once (:meth:`Consumer.force_commit`).
 
 When a worker has finished recovering its tables, Faust (faust-streaming 0.15.3,
 ``Recovery.on_recovery_completed``) resumes the source partitions, then "seeks them to the
@@ -103,6 +104,19 @@ class Consumer(faust_aiokafka.Consumer):
             pipeline = getattr(self.app, "streamrec_pipeline", None)
             if pipeline is not None:
                 pipeline.metrics.stage_seconds.labels(stage="commit").observe(time.perf_counter() - t0)
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Faust's commit; under exactly_once (``app.streamrec_commit_lock`` set: the events
+        agent's lock, held for a whole batch) it waits for the batch in progress and first hands
+        the producer buffer's messages (changelog writes) to their transactions, so that a
+        transaction never holds a batch's outputs without its offsets, nor its offsets without
+        its state (see :mod:`streamrec.streams.transactions`)."""
+        lock = getattr(self.app, "streamrec_commit_lock", None)
+        if lock is None:
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
+        async with lock:
+            await self.app.producer.buffer.flush()
+            return await super().force_commit(topics, start_new_transaction=start_new_transaction)
 
     async def perform_seek(self) -> None:
         # The callers resume the flow (consumer.resume_flow()) after flow_control.resume() has

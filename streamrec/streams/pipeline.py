@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 
 from streamrec.errors import CheckpointError
 from streamrec.schemas import TS_MIN_MS, CatalogItem, Profile, ShopEvent
 from streamrec.schemas.contracts import WeightedName
 from streamrec.serving.metrics import Metrics
 from streamrec.serving.popularity import Popularity
-from streamrec.serving.profile import ProfileWeights
+from streamrec.serving.profile import ProfileWeights, ranking_signature
 from streamrec.serving.scorer import Explained, Scorer, ServingModel
 from streamrec.serving.state import UserState
 from streamrec.serving.swap import (
@@ -108,6 +109,7 @@ class Pipeline:
         purchased_max: int,
         trigger_types: tuple[str, ...],
         profile_weights: ProfileWeights | None = None,
+        profile_publish_s: float = 0.0,
         new_index: Callable[[int], Any] | None = None,
         loader: VersionLoader | None = None,
         index_dir: Path | None = None,
@@ -120,6 +122,10 @@ class Pipeline:
             recommender=recommender, index=index, popularity=Popularity(), top_k=top_k, stage=self.metrics.stage
         )
         self.profile_weights = profile_weights or ProfileWeights()
+        if not 0.0 <= profile_publish_s <= 7 * 24 * 3600.0:
+            raise ValueError(f"profile_publish_s must be in 0..604800, got {profile_publish_s}")
+        #: a user's Profile message is re-sent with the same ranking at most this often (0: always)
+        self.profile_publish_ms = int(profile_publish_s * 1000)
         self.history_len = history_len
         self.purchased_max = purchased_max
         self.trigger_types = frozenset(trigger_types)
@@ -494,28 +500,89 @@ class Pipeline:
         model = model or self.scorer.model
         return self.scorer.recommend_explained(states, model), self.scorer.intent(states, model)
 
-    def profile_of(self, user_id: str, state: UserState, *, event_id: str, now_ms: int) -> Profile:
-        """The Profile message of a user (the web view and ``shop.profiles`` both use this)."""
+    def _profile_parts(
+        self, state: UserState, now_ms: int
+    ) -> tuple[list[tuple[str, float]], list[tuple[str, float]], float | None, int]:
+        """What a Profile message says: top categories and brands (decayed to the user's latest
+        event), the latest purchase intent, and that event's time."""
         w = self.profile_weights
         prof = state.profile
         at = prof.updated_ms or now_ms
 
-        def entries(kind: str) -> list[WeightedName]:
+        def entries(kind: str) -> list[tuple[str, float]]:
             return [
-                WeightedName(name=n, weight=round(v, 6))
+                (n, round(v, 6))
                 for n, v in prof.top(kind, now_ms=at, n=w.max_entries, weights=w)  # type: ignore[arg-type]
             ]
 
         intent = (state.latest or {}).get("purchase_intent")
+        return entries("categories"), entries("brands"), intent, max(at, TS_MIN_MS)
+
+    def profile_of(self, user_id: str, state: UserState, *, event_id: str, now_ms: int) -> Profile:
+        """The Profile message of a user (the web view; ``shop.profiles`` sends the same content
+        as :meth:`profile_bytes`)."""
+        categories, brands, intent, updated = self._profile_parts(state, now_ms)
         return Profile(
             user_id=user_id,
-            categories=entries("categories"),
-            brands=entries("brands"),
+            categories=[WeightedName(name=n, weight=v) for n, v in categories],
+            brands=[WeightedName(name=n, weight=v) for n, v in brands],
             purchase_intent=intent,
             event_id=event_id,
-            updated_ts=max(at, TS_MIN_MS),
+            updated_ts=updated,
             produced_ts=now_ms,
         )
+
+    def profile_bytes(self, user_id: str, state: UserState, *, event_id: str, now_ms: int) -> bytes:
+        """:meth:`profile_of`'s wire bytes, encoded without the pydantic objects (the worker's hot
+        path; the values are the worker's own, already valid: names come from validated catalog
+        items, ids from validated events). ``tests/unit/serving`` checks they parse back to
+        :meth:`profile_of`."""
+        return self._profile_bytes(user_id, self._profile_parts(state, now_ms), event_id=event_id, now_ms=now_ms)
+
+    @staticmethod
+    def _profile_bytes(
+        user_id: str,
+        parts: tuple[list[tuple[str, float]], list[tuple[str, float]], float | None, int],
+        *,
+        event_id: str,
+        now_ms: int,
+    ) -> bytes:
+        categories, brands, intent, updated = parts
+        msg: dict[str, Any] = {
+            "user_id": user_id,
+            "categories": [{"name": n, "weight": v} for n, v in categories],
+            "brands": [{"name": n, "weight": v} for n, v in brands],
+            "event_id": event_id,
+            "updated_ts": updated,
+            "produced_ts": now_ms,
+        }
+        if intent is not None:
+            msg["purchase_intent"] = intent
+        return orjson.dumps(msg)
+
+    def profile_due(self, user_id: str, state: UserState, *, event_id: str, now_ms: int) -> bytes | None:
+        """The Profile message to send for a user with new events, or None when none is due.
+
+        A profile without any category or brand is not sent (it says nothing yet). Otherwise one
+        is sent when none was sent before, when its ranking (the ordered names) differs from the
+        last one sent, or when ``profile_publish_s`` has passed since then (0: every time); so the
+        topic always has the current ranking, and its weights are at most that old. Decay alone
+        never reorders a profile, so without a newly counted entry the ranking is not recomputed.
+        Records what was sent in ``state.profile_sent`` (the caller stores the state)."""
+        prof = state.profile
+        if prof.is_empty():
+            return None
+        changed, prof.changed = prof.changed, False
+        sent = state.profile_sent
+        recent = sent is not None and 0 <= now_ms - sent[0] < self.profile_publish_ms
+        if recent and not changed:
+            return None
+        categories, brands, intent, updated = self._profile_parts(state, now_ms)
+        sig = ranking_signature(categories, brands)
+        if recent and sent is not None and sig == sent[1]:
+            return None
+        state.profile_sent = [now_ms, sig]
+        return self._profile_bytes(user_id, (categories, brands, intent, updated), event_id=event_id, now_ms=now_ms)
 
     @staticmethod
     def now_ms() -> int:

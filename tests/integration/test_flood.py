@@ -37,6 +37,7 @@ def metric(text: str, name: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600 + int(30 * FLOOD_S))  # a burst of B s takes about 10 B s to drain
 def test_flood_at_ten_times_the_drain_rate_lag_drains_nothing_lost(kafka_settings, sim_model, shop, tmp_path):
     settings = kafka_settings
     create_topics(settings)

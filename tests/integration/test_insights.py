@@ -68,7 +68,9 @@ def test_typed_session_gets_intent_reasons_and_a_profile(kafka_settings, sim_mod
     users = by_user(parse_lines(lines))
     last = {"carol": f"it-carol-{len(users['carol'])}", "dave": f"it-dave-{len(users['dave'])}"}
 
-    w = start_worker(kafka_settings, sim_model, tmp_path)
+    # every batch's profile is sent (the default sends an unchanged ranking at most once a minute;
+    # tests/unit/streams/test_agents.py covers that): the message after each user's last event exists
+    w = start_worker(kafka_settings, sim_model, tmp_path, STREAMREC_PROFILE_PUBLISH_S="0")
     try:
         w.wait_healthy()
         with RecommendationSubscriber.from_settings(kafka_settings, user_ids=set(users)) as sub:

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streamrec.config import Settings
 from streamrec.devtools.localkafka import free_port
@@ -145,7 +145,14 @@ def changelog(settings) -> dict[bytes, list[bytes | None]]:
     """Every record of the users table's changelog, values per key in offset order."""
     topic = f"{settings.app_id}-users-changelog"
     c = Consumer(
-        {"bootstrap.servers": settings.resolved_bootstrap(), "group.id": uuid.uuid4().hex, "enable.auto.commit": False}
+        {
+            "bootstrap.servers": settings.resolved_bootstrap(),
+            "group.id": uuid.uuid4().hex,
+            "enable.auto.commit": False,
+            # under exactly_once a partition ends with a transaction marker, never delivered as a
+            # message: the end is then known from the end-of-partition event
+            "enable.partition.eof": True,
+        }
     )
     out: dict[bytes, list[bytes | None]] = {}
     try:
@@ -156,7 +163,11 @@ def changelog(settings) -> dict[bytes, list[bytes | None]]:
         deadline = time.monotonic() + 90
         while todo and time.monotonic() < deadline:
             msg = c.poll(0.5)
-            if msg is None or msg.error():
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF and msg.offset() >= ends[msg.partition()]:
+                    todo.discard(msg.partition())
                 continue
             # the table's keys are JSON strings in the changelog (b'"alice"'): keyed by user id here
             key = msg.key() or b""

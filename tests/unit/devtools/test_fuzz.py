@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 
 from streamrec.devtools.fuzz import MUTATIONS, FuzzMessage, catalog_messages, fuzz_batch, messages
 from streamrec.errors import SchemaError
-from streamrec.schemas import CatalogItem, ShopEvent
+from streamrec.schemas import TS_MIN_MS, CatalogItem, ShopEvent
 
 FUZZ = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -83,3 +83,21 @@ def test_seeded_catalog_batch_is_classified():
     for m in batch:
         check(CatalogItem, m)
     assert {m.kind for m in batch} >= {"valid", "truncated", "not_utf8", "wrong_type"}
+
+
+def test_catalog_batch_with_given_texts_reuses_them_for_valid_items():
+    from streamrec.devtools.fuzz import catalog_fuzz_batch
+
+    texts = [
+        {"title": "Red Lipstick", "brand": "Tiny", "category": "makeup", "description": None},
+        {"title": "Green Tea", "brand": "Leaf", "category": "tea", "description": "loose leaves"},
+    ]
+    known = {
+        CatalogItem.from_dict(dict(t, item_id="x", price=1.0, in_stock=True, updated_ts=TS_MIN_MS)).text()
+        for t in texts
+    }
+    batch = catalog_fuzz_batch(300, seed=5, texts=texts)
+    for m in batch:
+        check(CatalogItem, m)
+    valid = [CatalogItem.from_bytes(m.raw) for m in batch if m.kind == "valid"]
+    assert len(valid) > 50 and {v.text() for v in valid} == known

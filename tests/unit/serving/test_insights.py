@@ -77,6 +77,25 @@ def test_session_stats_split_on_gap_and_session_id_and_carry_the_past():
     assert SessionStats.from_json(s.to_json()) == s
 
 
+def test_batched_features_equal_the_rows():
+    """features() (one tuple per state, numpy logs) gives SessionStats.row() for every state."""
+    rng = np.random.default_rng(0)
+    kinds = ("view", "add_to_cart", "remove_from_cart", "purchase", "favorite")
+    states = [SessionStats()]
+    for _ in range(40):
+        s, t = SessionStats(), int(rng.integers(0, 10**9))
+        for _n in range(int(rng.integers(1, 30))):
+            t += int(rng.choice([1_000, 60_000, 45 * 60_000]))
+            s.update(f"i{rng.integers(0, 8)}", str(rng.choice(kinds)), t, f"s{rng.integers(0, 2)}")
+        states.append(s)
+    edge = SessionStats()
+    edge.update("a", "view", 0)  # a session starting at ts 0 (row() reads it as no start)
+    edge.update("a", "add_to_cart", 60_000)
+    states.append(edge)
+    want = np.asarray([s.row() for s in states], dtype=np.float32)
+    np.testing.assert_allclose(features(states), want, rtol=1e-6, atol=0)
+
+
 def test_session_items_are_bounded():
     s = SessionStats()
     for n in range(500):
@@ -135,6 +154,8 @@ def test_views_in_one_category_put_it_on_top_of_the_served_profile(pipeline):
     assert isinstance(Profile.from_bytes(prof.to_bytes()), Profile)
     assert prof.categories[0].name == "perfume" and prof.brands[0].name == "Scent"
     assert [c.name for c in prof.categories] == ["perfume", "makeup"]
+    # the topic's bytes (orjson, no pydantic objects) parse back to the same message
+    assert Profile.from_bytes(pipeline.profile_bytes("u", st, event_id="e", now_ms=TS + 10**9)) == prof
 
 
 # -- reasons -----------------------------------------------------------------------------------------

@@ -195,6 +195,46 @@ async def test_insights_reasons_and_profiles(harness):
     assert len(latest["reasons"]) == len(latest["items"])
 
 
+async def test_profiles_are_sent_on_a_new_ranking_and_otherwise_at_most_every_interval(harness):
+    """STREAMREC_PROFILE_PUBLISH_S (default 60 s): a new ranking is sent at once, an unchanged
+    one at most once per interval, an empty profile never; the view is always current."""
+    from streamrec.streams.views import user_profile_body
+
+    pipeline = harness.pipeline
+    assert pipeline.profile_publish_ms == 60_000
+    perfume = [item(i).model_copy(update={"category": "perfume", "brand": "Scent"}) for i in (30, 31)]
+    plain = item(40).model_copy(update={"category": "", "brand": ""})
+    pipeline.apply_catalog([(c.item_id, c) for c in [*perfume, plain]])
+    clock = [TS]
+    harness.handler.now_ms = lambda: clock[0]
+    profiles_in = harness.handler.profiles.__aiter__()
+
+    async def step(at_s: float, *events: Any) -> list[Profile]:
+        clock[0] = TS + int(at_s * 1000)
+        await harness.handler.handle(list(events))
+        return [Profile.from_bytes(e.value) for e in harness.drain(profiles_in)]
+
+    [first] = await step(0, harness.shop("u", 3, n=1))  # none sent yet
+    assert [c.name for c in first.categories] == ["makeup"]
+    assert await step(1, harness.shop("u", 4, n=2)) == []  # same ranking, 1 s later
+    [moved] = await step(2, harness.shop("u", 30, "purchase", n=3))  # perfume overtakes makeup
+    assert [c.name for c in moved.categories] == ["perfume", "makeup"] and moved.event_id == "u-30-purchase-3"
+    assert await step(3, harness.shop("u", 31, n=4)) == []  # perfume heavier still: same ranking
+    body, _ = user_profile_body(pipeline, harness.users.get("u"), "u")
+    assert Profile.from_dict(body).event_id == "u-31-view-4"  # the view is current all the same
+    [later] = await step(62.5, harness.shop("u", 5, n=5))  # an interval after the last one sent
+    body, _ = user_profile_body(pipeline, harness.users.get("u"), "u")
+    assert later.model_dump(exclude={"produced_ts"}) == Profile.from_dict(body).model_dump(exclude={"produced_ts"})
+    assert await step(70, harness.shop("w", 40, n=6)) == []  # no category or brand yet: nothing to say
+    assert UserState.from_json(harness.users.get("u")).profile_sent == [TS + 62_500, later_sig(later)]
+
+
+def later_sig(p: Profile) -> int:
+    from streamrec.serving.profile import ranking_signature
+
+    return ranking_signature([(c.name, c.weight) for c in p.categories], [(b.name, b.weight) for b in p.brands])
+
+
 async def test_without_insights_the_previous_shape(harness):
     harness.handler.insights = False
     await harness.handler.handle([harness.shop("u", 3, n=1)])

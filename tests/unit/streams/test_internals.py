@@ -68,6 +68,22 @@ def test_faust_worker_spinner_sets_the_root_logger_to_debug_and_disable_spinner_
         root.handlers[:] = saved[1]
 
 
+def test_faust_transactional_ids_and_the_transactional_send_are_what_the_sink_relies_on():
+    """streams/transactions.py builds Faust's transactional id itself and sends with it; the
+    worker's consumer wraps force_commit and drains the producer buffer."""
+    from faust.transport.consumer import Consumer as FaustConsumer
+    from faust.transport.consumer import TransactionManager
+    from faust.transport.drivers.aiokafka import Producer
+    from faust.transport.producer import ProducerBuffer
+
+    assert TransactionManager.transactional_id_format == "{group_id}-{tpg.group}-{tpg.partition}"
+    send = inspect.signature(Producer.send).parameters
+    assert list(send)[:7] == ["self", "topic", "key", "value", "partition", "timestamp", "headers"]
+    assert send["transactional_id"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert list(inspect.signature(FaustConsumer.force_commit).parameters) == ["self", "topics", "start_new_transaction"]
+    assert inspect.iscoroutinefunction(ProducerBuffer.flush)
+
+
 async def test_worker_consumer_batches_fetches_through_aiokafkas_private_fetch_settings(tiny_checkpoint, tmp_path):
     """streams.consumer.ConsumerThread sets aiokafka's ``_fetch_min_bytes``/``_fetch_max_wait_ms``
     after Faust built the consumer; aiokafka reads them when it starts its fetcher."""
