@@ -136,7 +136,10 @@ def test_sigkill_mid_segment_then_restart_logs_every_event_once(kafka_settings: 
             time.sleep(0.3)
         assert len(ids) == len(set(ids)), "an event was logged twice"
         assert set(ids) == want, f"missing {len(want - set(ids))}, unexpected {len(set(ids) - want)}"
-        m = scrape(url)
+        # the gauges follow a segment's write (the files above can be read a moment earlier)
+        deadline = time.monotonic() + 30
+        while (m := scrape(url))["streamrec_trainer_log_rows"] != len(want) and time.monotonic() < deadline:
+            time.sleep(0.3)
         assert m["streamrec_trainer_malformed_total"] >= 3
         assert m["streamrec_trainer_log_rows"] == len(want)
         assert not list(trainlog.glob(".*.tmp"))
