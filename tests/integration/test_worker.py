@@ -353,7 +353,7 @@ def test_exactly_once_worker_killed_mid_stream_answers_every_event_exactly_once(
     one recommendation per event (none lost, none twice), a read_uncommitted one also sees the
     killed transaction's aborted answers (the kill did catch work in flight), and every user's
     history in the changelog holds each of the user's events once."""
-    eo = {"STREAMREC_PROCESSING_GUARANTEE": "exactly_once", "STREAMREC_COMMIT_INTERVAL_S": "5"}
+    eo = {"STREAMREC_PROCESSING_GUARANTEE": "exactly_once", "STREAMREC_COMMIT_INTERVAL_S": "10"}
     w = worker(**eo)
     catalog = [c.item_id for c in shop.catalog() if c.in_stock]
     users = [f"once{i}" for i in range(100)]
@@ -376,7 +376,7 @@ def test_exactly_once_worker_killed_mid_stream_answers_every_event_exactly_once(
                 ids = {e.event_id for e in batch}
                 if r == kill_round:
                     # kill as soon as one answer of this round is written: its transaction (committed
-                    # every 5 s) is then still open, holding answers and state changes
+                    # every 10 s) is then still open, holding answers and state changes
                     wait_for(watch, lambda got, ids=ids: any(x.event_id in ids for x in got))
                     w.kill()
                     w = worker(**eo)
@@ -390,7 +390,7 @@ def test_exactly_once_worker_killed_mid_stream_answers_every_event_exactly_once(
     uncommitted = read_answers(kafka_settings, every, isolation="read_uncommitted")
     aborted = sum(uncommitted.values()) - sum(committed.values())
     # (it would fail if a commit slipped in between the first answer and the kill, some tens of ms
-    # of a 5 s interval: rather a rare failure than a drill that passes without testing anything)
+    # of a 10 s interval: rather a rare failure than a drill that passes without testing anything)
     assert aborted > 0, "the kill caught no open transaction: nothing was tested"
     log = changelog(kafka_settings)
     for u in users:
