@@ -58,15 +58,13 @@ class WorkerProcess:
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
+            return self._get_quiet(path, timeout)
         except OSError as exc:  # say why: a dead worker's log, not only "connection refused"
             state = "running" if self.proc.poll() is None else f"exited with {self.proc.returncode}"
             raise AssertionError(f"GET {self.url}{path}: {exc} (worker {state}):\n{self.log()[-4000:]}") from exc
 
     def _get_quiet(self, path: str, timeout: float) -> tuple[int, str]:
+        """(status, body); connection errors raise OSError (wait_healthy retries on them)."""
         try:
             with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
                 return resp.status, resp.read().decode()
