@@ -51,6 +51,21 @@ def probability(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """A share in [0, 1], both ends included.
+
+    >>> fraction("1")
+    1.0
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def existing_file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streamrec.argtypes import (
+    fraction,
     non_negative_int,
     positive_float,
     positive_int,
@@ -39,6 +40,15 @@ def _data_args(p: argparse.ArgumentParser, *, events: bool = False) -> None:
             "trains the purchase-intent model too, and the recommender when "
             "--sequences is not given",
         )
+
+
+def _augment_ops(text: str) -> str:
+    from streamrec.model.augment import parse_ops
+
+    try:
+        return ",".join(parse_ops(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
@@ -95,6 +105,29 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         default=None,
         help="post (default): train the model part, then fit the text channel's "
         "gates; joint: the channel in the loss from the start (slower)",
+    )
+    a = p.add_argument_group("data augmentation (CL4SRec operators; off by default)")
+    a.add_argument(
+        "--augment",
+        type=_augment_ops,
+        default="",
+        metavar="OPS",
+        help="comma list of crop, mask, reorder: each training sequence is augmented with "
+        "prob. --augment-prob by one of them, drawn uniformly ('' = off)",
+    )
+    a.add_argument("--augment-prob", type=fraction, default=0.5, help="share of the sequences augmented")
+    a.add_argument(
+        "--augment-crop", type=fraction, default=0.6, metavar="ETA", help="crop keeps this share of the sequence"
+    )
+    a.add_argument(
+        "--augment-mask", type=fraction, default=0.3, metavar="GAMMA", help="mask hides this share of the inputs"
+    )
+    a.add_argument(
+        "--augment-reorder",
+        type=fraction,
+        default=0.6,
+        metavar="BETA",
+        help="reorder shuffles a contiguous share of the sequence this long",
     )
     if not model_flags:
         return
@@ -211,6 +244,11 @@ def _settings(args: argparse.Namespace, settings: Settings):
         weight_decay=args.weight_decay,
         text_cache=str(args.text_cache or settings.text_cache_path),
         val_users=args.val_users,
+        augment=args.augment,
+        augment_prob=args.augment_prob,
+        augment_crop=args.augment_crop,
+        augment_mask=args.augment_mask,
+        augment_reorder=args.augment_reorder,
     )
     if args.lr is not None:
         kw["lr"] = args.lr

@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ import torch
 from streamrec import datafiles
 from streamrec.fsutil import atomic_write_text
 from streamrec.model.sasrec import DEFAULT_EVENT_TYPE, EVENT_TYPE_IDS, PAD_ID
+
+if TYPE_CHECKING:
+    from streamrec.model.augment import Augmenter
 
 
 @dataclass
@@ -253,9 +257,18 @@ def history_batch(
 
 
 def training_batches(
-    train: Encoded, *, max_len: int, batch_size: int, rng: np.random.Generator
+    train: Encoded,
+    *,
+    max_len: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    augment: Augmenter | None = None,
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Shuffled (inputs, types, targets) batches: input s[:-1] predicts s[1:] at every position."""
+    """Shuffled (inputs, types, targets) batches: input s[:-1] predicts s[1:] at every position.
+
+    ``augment``: each sequence (its newest ``max_len + 1`` items) may be cropped, reordered or
+    have input items masked first (:mod:`streamrec.model.augment`; draws from ``rng``). None
+    draws nothing more from ``rng``: the same batches as without it."""
     idx = np.array([i for i, s in enumerate(train.items) if len(s) >= 2], dtype=np.int64)
     lens = np.array([min(len(train.items[i]), max_len + 1) for i in idx])
     # Length bucketing: shuffle, sort within pools of 50 batches by length, shuffle the batches.
@@ -272,6 +285,11 @@ def training_batches(
         chunk = [int(idx[j]) for j in batches[b]]
         seqs = [train.items[i][-(max_len + 1) :] for i in chunk]
         tys = [train.types[i][-(max_len + 1) :] for i in chunk]
+        if augment is not None:
+            xs, xt, ys = augment.batch(seqs, tys, rng)
+            T = max(len(x) for x in xs)
+            yield pad_left(xs, T), pad_left(xt, T), pad_left(ys, T)
+            continue
         T = max(len(x) for x in seqs) - 1
         yield (
             pad_left([x[:-1] for x in seqs], T),

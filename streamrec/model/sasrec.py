@@ -60,6 +60,8 @@ from streamrec.model.text import TEXT_DIM
 from streamrec.schemas import EVENT_TYPES
 
 PAD_ID = 0  # padding row of every item tensor; real items are 1..n_items
+MASK_ID = -1  # training input only (augmentation, streamrec.model.augment): a real position whose
+# item is hidden: its vector is the table's row 0, which carries neither an id nor a title
 EVENT_TYPE_IDS: dict[str, int] = {t: i + 1 for i, t in enumerate(EVENT_TYPES)}  # 0 = padding
 DEFAULT_EVENT_TYPE = "view"  # type assumed for data that has none
 
@@ -465,7 +467,9 @@ class SASRec(PreTrainedModel):
         """
         _, T = item_ids.shape
         assert T <= self.config.max_len, "history longer than max_len"  # noqa: SIM300 - T is a shape letter
-        valid = item_ids != PAD_ID  # (B, T)
+        masked = item_ids == MASK_ID  # (B, T) hidden items (training augmentation): row 0, but real
+        item_ids = item_ids.masked_fill(masked, PAD_ID)
+        valid = (item_ids != PAD_ID) | masked  # (B, T)
         x = table[item_ids]  # (B, T, d)
         if type_ids is None:
             type_ids = torch.full_like(item_ids, EVENT_TYPE_IDS[DEFAULT_EVENT_TYPE])
@@ -501,6 +505,7 @@ class SASRec(PreTrainedModel):
         h = self.encode(item_ids, type_ids, table)  # (B, T, d)
         if targets is None:
             return h, None
+        item_ids = item_ids.masked_fill(item_ids == MASK_ID, PAD_ID)  # hidden items carry no title
         sel = targets != PAD_ID  # (B, T)
         y = targets[sel]  # (M,)
         channel = self.config.hybrid if text_channel is None else (text_channel and self.config.hybrid)

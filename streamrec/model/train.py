@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from streamrec.model.augment import Augmenter
 from streamrec.model.data import (
     Encoded,
     Interactions,
@@ -82,6 +83,15 @@ class TrainSettings:
     # part: an honest calibration; chosen on validation, see bench/RESULTS.md) or on "train"
     train_on_last: bool = False  # also train on each user's last item (the caller holds out its
     # own test set, as the retraining gate does); no "test" metrics are reported then
+    # Sequence data augmentation (CL4SRec's operators, applied to training sequences; see
+    # streamrec.model.augment): a comma list of "crop", "mask", "reorder" ("" = off). Each
+    # training sequence is augmented with prob. augment_prob, by ONE operator drawn uniformly from
+    # the list; off by default (Beauty's validation split: bench/RESULTS.md, "Data augmentation").
+    augment: str = ""
+    augment_prob: float = 0.5  # share of the training sequences augmented in each epoch
+    augment_crop: float = 0.6  # crop: keep a random contiguous share eta of the sequence
+    augment_mask: float = 0.3  # mask: hide a share gamma of the input items (no id, no text)
+    augment_reorder: float = 0.6  # reorder: shuffle a random contiguous share beta
 
 
 @dataclass
@@ -161,6 +171,7 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     stop_reason = "max_epochs"
     n_batches = math.ceil(sum(len(x) >= 2 for x in split.train.items) / s.batch_size)
     lr_at(s, 0, 0.0)  # validates lr_schedule before any work
+    augment = Augmenter.from_settings(s)  # validates the augmentation settings too
     if s.hybrid_fit not in ("post", "joint"):
         raise ValueError(f"unknown hybrid_fit {s.hybrid_fit!r}: use 'post' or 'joint'")
     post = model.config.hybrid and s.hybrid_fit == "post"  # channel fitted after the model part
@@ -169,7 +180,9 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
         model.train()
         losses = []
         bar = tqdm(
-            training_batches(split.train, max_len=model.config.max_len, batch_size=s.batch_size, rng=rng),
+            training_batches(
+                split.train, max_len=model.config.max_len, batch_size=s.batch_size, rng=rng, augment=augment
+            ),
             total=n_batches,
             desc=f"epoch {epoch}",
             disable=not s.progress,
