@@ -164,3 +164,26 @@ def test_evaluate_candidates_and_text_baseline(tmp_path, settings, tiny_checkpoi
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["candidates"] == "all"
     with pytest.raises(SystemExit):
         _run([*base, "--candidates", "some"], settings)
+
+
+def test_augment_flags(tmp_path, settings, tiny_data, capsys):
+    from streamrec.cli import main
+
+    seq = write_sequences(tmp_path / "s.txt", tiny_data)
+    for flag, value in (("--augment", "crop,flip"), ("--augment-prob", "1.5"), ("--augment-mask", "x")):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--sequences", str(seq), flag, value])
+        assert exc.value.code != 0
+        err = capsys.readouterr().err
+        assert flag in err and value in err and "Traceback" not in err
+    out = tmp_path / "ckpt"
+    argv = ["--out", str(out), "--no-text", *_tiny_flags(), "--max-epochs", "1"]
+    argv += ["--augment", "reorder, mask", "--augment-prob", "1", "--augment-reorder", "0.5"]
+    assert _run(["train", "--sequences", str(seq), *argv], settings) == 0
+    saved = json.loads((out / "train_settings.json").read_text())
+    assert saved["augment"] == "reorder,mask" and saved["augment_prob"] == 1.0 and saved["augment_reorder"] == 0.5
+    assert saved["augment_crop"] == 0.6 and saved["augment_mask"] == 0.3
+    ft = tmp_path / "ft"
+    argv = ["--model", str(out), "--sequences", str(seq), "--out", str(ft), "--max-epochs", "1", "--no-progress"]
+    assert _run(["finetune", *argv, "--augment", "crop"], settings) == 0
+    assert json.loads((ft / "train_settings.json").read_text())["augment"] == "crop"
