@@ -120,9 +120,10 @@ def main() -> int:
     base = next((r for r in rows if r["variant"] == "none"), None)
     print("\n## Data augmentation, Beauty validation split (full ranking, history excluded)\n")
     print(
-        "| variant            | val NDCG@10 | val HR@10 | vs none | served NDCG@10 | served HR@10 | best epoch | seconds |"
+        "| variant            | val NDCG@10 | val HR@10 | vs none | served NDCG@10 | served HR@10 "
+        "| best epoch | seconds |"
     )
-    print("|--------------------|-------------|-----------|---------|----------------|--------------|------------|---------|")
+    print(f"|{'-' * 20}|{'-' * 13}|{'-' * 11}|{'-' * 9}|{'-' * 16}|{'-' * 14}|{'-' * 12}|{'-' * 9}|")
     for r in rows:
         rel = f"{r['val_ndcg@10'] / base['val_ndcg@10'] - 1:+.1%}" if base else "-"
         print(

@@ -23,7 +23,10 @@ TRAIN = Encoded(USERS, [[1 + (j % 3) for j in range(len(s))] for s in USERS])  #
 
 def _batches(augment: Augmenter | None, seed: int = 3, max_len: int = 12):
     rng = np.random.default_rng(seed)
-    return [tuple(t.tolist() for t in b) for b in training_batches(TRAIN, max_len=max_len, batch_size=3, rng=rng, augment=augment)]
+    return [
+        tuple(t.tolist() for t in b)
+        for b in training_batches(TRAIN, max_len=max_len, batch_size=3, rng=rng, augment=augment)
+    ]
 
 
 def _rows(batches):
@@ -147,7 +150,7 @@ def test_a_hidden_item_carries_neither_id_nor_text():
 def test_settings_validated_and_recorded(tiny_data):
     with pytest.raises(ValueError, match="'flip'"):
         Augmenter.from_settings(TrainSettings(augment="crop,flip"))
-    with pytest.raises(ValueError, match="augment_prob 1.5"):
+    with pytest.raises(ValueError, match=r"augment_prob 1\.5"):
         Augmenter.from_settings(TrainSettings(augment="mask", augment_prob=1.5))
     assert parse_ops("Crop, reorder,crop") == ("crop", "reorder")
     res = train(
