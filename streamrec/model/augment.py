@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from streamrec.model.sasrec import MASK_ID
 
@@ -71,6 +72,19 @@ class Augmenter:
                 raise ValueError(f"augment_{name} {v!r}: must be a number in [0, 1]")
 
     @classmethod
+    def views_from_settings(cls, s: Any) -> Augmenter | None:
+        """The contrastive term's view maker (``s.augment``'s operators, else all three); None
+        when ``s.contrastive`` is 0."""
+        if not (isinstance(s.contrastive, int | float) and s.contrastive >= 0):
+            raise ValueError(f"contrastive {s.contrastive!r}: must be a weight >= 0")
+        if not (isinstance(s.contrastive_temp, int | float) and s.contrastive_temp > 0):
+            raise ValueError(f"contrastive_temp {s.contrastive_temp!r}: must be > 0")
+        if s.contrastive == 0:
+            return None
+        ops = parse_ops(s.augment) or OPS
+        return cls(ops, prob=1.0, crop=s.augment_crop, mask=s.augment_mask, reorder=s.augment_reorder)
+
+    @classmethod
     def from_settings(cls, s: Any) -> Augmenter | None:
         """From a :class:`~streamrec.model.train.TrainSettings`; None when ``augment`` is empty."""
         ops = parse_ops(s.augment)
@@ -102,6 +116,28 @@ class Augmenter:
             ys.append(s[1:])
         return xs, ts, ys
 
+    def views(
+        self, seqs: Sequence[Sequence[int]], types: Sequence[Sequence[int]], rng: np.random.Generator
+    ) -> tuple[list[list[int]], list[list[int]], list[list[int]], list[list[int]]]:
+        """Two augmented views (items, types, items, types) of each (non-empty) sequence, for a
+        contrastive term: each view by one operator drawn uniformly from the list, always applied
+        (``prob`` is for :meth:`batch`)."""
+        which = rng.integers(len(self.ops), size=(2, len(seqs)))
+        out: tuple[list[list[int]], ...] = ([], [], [], [])
+        for v in range(2):
+            for k in range(len(seqs)):
+                s, t = list(seqs[k]), list(types[k])
+                op = self.ops[which[v, k]]
+                if op == "crop":
+                    s, t = self._crop(s, t, rng)
+                elif op == "reorder":
+                    s, t = self._reorder(s, t, rng)
+                else:
+                    s = self._mask(s, rng)
+                out[2 * v].append(s)
+                out[2 * v + 1].append(t)
+        return out[0], out[1], out[2], out[3]
+
     def _crop(self, s: list[int], t: list[int], rng: np.random.Generator) -> tuple[list[int], list[int]]:
         L = len(s)
         k = min(L, max(2, int(self.crop * L)))
@@ -126,3 +162,20 @@ class Augmenter:
         for i in rng.choice(len(x), size=k, replace=False):
             x[int(i)] = MASK_ID
         return x
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """NT-Xent of two views (B, d): row k of ``z1`` and of ``z2`` are the positive pair, the other
+    2B - 2 rows of the batch the negatives; dot-product similarity / ``temperature`` (CL4SRec's
+    choice). Mean over the 2B rows.
+
+    >>> z = torch.eye(3) * 20
+    >>> bool(info_nce(z, z) < 1e-6)
+    True
+    """
+    n = z1.shape[0]
+    z = torch.cat([z1, z2])  # (2B, d)
+    sim = (z @ z.T) / temperature  # (2B, 2B)
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    pos = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return torch.nn.functional.cross_entropy(sim, pos)

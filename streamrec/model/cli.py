@@ -51,6 +51,16 @@ def _augment_ops(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
     p.add_argument(
         "--out",
@@ -106,7 +116,7 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         help="post (default): train the model part, then fit the text channel's "
         "gates; joint: the channel in the loss from the start (slower)",
     )
-    a = p.add_argument_group("data augmentation (CL4SRec operators; off by default)")
+    a = p.add_argument_group("data augmentation and contrastive term (CL4SRec; off by default)")
     a.add_argument(
         "--augment",
         type=_augment_ops,
@@ -129,6 +139,15 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         metavar="BETA",
         help="reorder shuffles a contiguous share of the sequence this long",
     )
+    a.add_argument(
+        "--contrastive",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="LAMBDA",
+        help="weight of a CL4SRec contrastive term between two augmented views of each user "
+        "(views by --augment's operators, all three if none); 0 = off",
+    )
+    a.add_argument("--contrastive-temp", type=positive_float, default=1.0, help="its temperature")
     if not model_flags:
         return
     d = SASRecConfig()
@@ -249,6 +268,8 @@ def _settings(args: argparse.Namespace, settings: Settings):
         augment_crop=args.augment_crop,
         augment_mask=args.augment_mask,
         augment_reorder=args.augment_reorder,
+        contrastive=args.contrastive,
+        contrastive_temp=args.contrastive_temp,
     )
     if args.lr is not None:
         kw["lr"] = args.lr

@@ -256,19 +256,10 @@ def history_batch(
     return pad_left(items, T), pad_left(types, T)
 
 
-def training_batches(
-    train: Encoded,
-    *,
-    max_len: int,
-    batch_size: int,
-    rng: np.random.Generator,
-    augment: Augmenter | None = None,
-) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Shuffled (inputs, types, targets) batches: input s[:-1] predicts s[1:] at every position.
-
-    ``augment``: each sequence (its newest ``max_len + 1`` items) may be cropped, reordered or
-    have input items masked first (:mod:`streamrec.model.augment`; draws from ``rng``). None
-    draws nothing more from ``rng``: the same batches as without it."""
+def _chunks(
+    train: Encoded, *, max_len: int, batch_size: int, rng: np.random.Generator
+) -> Iterable[tuple[list[list[int]], list[list[int]]]]:
+    """Shuffled batches of (sequences, types), each sequence its newest ``max_len + 1`` items."""
     idx = np.array([i for i, s in enumerate(train.items) if len(s) >= 2], dtype=np.int64)
     lens = np.array([min(len(train.items[i]), max_len + 1) for i in idx])
     # Length bucketing: shuffle, sort within pools of 50 batches by length, shuffle the batches.
@@ -283,16 +274,58 @@ def training_batches(
         batches.extend(part[s : s + batch_size] for s in range(0, len(part), batch_size))
     for b in rng.permutation(len(batches)):
         chunk = [int(idx[j]) for j in batches[b]]
-        seqs = [train.items[i][-(max_len + 1) :] for i in chunk]
-        tys = [train.types[i][-(max_len + 1) :] for i in chunk]
-        if augment is not None:
-            xs, xt, ys = augment.batch(seqs, tys, rng)
-            T = max(len(x) for x in xs)
-            yield pad_left(xs, T), pad_left(xt, T), pad_left(ys, T)
-            continue
-        T = max(len(x) for x in seqs) - 1
-        yield (
-            pad_left([x[:-1] for x in seqs], T),
-            pad_left([x[:-1] for x in tys], T),
-            pad_left([x[1:] for x in seqs], T),
-        )
+        yield [train.items[i][-(max_len + 1) :] for i in chunk], [train.types[i][-(max_len + 1) :] for i in chunk]
+
+
+def _tensors(
+    seqs: list[list[int]], tys: list[list[int]], augment: Augmenter | None, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if augment is not None:
+        xs, xt, ys = augment.batch(seqs, tys, rng)
+        T = max(len(x) for x in xs)
+        return pad_left(xs, T), pad_left(xt, T), pad_left(ys, T)
+    T = max(len(x) for x in seqs) - 1
+    return (
+        pad_left([x[:-1] for x in seqs], T),
+        pad_left([x[:-1] for x in tys], T),
+        pad_left([x[1:] for x in seqs], T),
+    )
+
+
+def training_batches(
+    train: Encoded,
+    *,
+    max_len: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    augment: Augmenter | None = None,
+) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Shuffled (inputs, types, targets) batches: input s[:-1] predicts s[1:] at every position.
+
+    ``augment``: each sequence (its newest ``max_len + 1`` items) may be cropped, reordered or
+    have input items masked first (:mod:`streamrec.model.augment`; draws from ``rng``). None
+    draws nothing more from ``rng``: the same batches as without it."""
+    for seqs, tys in _chunks(train, max_len=max_len, batch_size=batch_size, rng=rng):
+        yield _tensors(seqs, tys, augment, rng)
+
+
+ViewPair = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def contrastive_batches(
+    train: Encoded,
+    *,
+    max_len: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    views: Augmenter,
+    augment: Augmenter | None = None,
+) -> Iterable[tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ViewPair]]:
+    """:func:`training_batches` plus, per batch, two augmented views (items, types) of each
+    sequence's input part (:meth:`Augmenter.views`), left-padded, row k of both views from the
+    same user: the positive pair of a contrastive term (CL4SRec)."""
+    for seqs, tys in _chunks(train, max_len=max_len, batch_size=batch_size, rng=rng):
+        batch = _tensors(seqs, tys, augment, rng)
+        x1, t1, x2, t2 = views.views([s[:-1] for s in seqs], [t[:-1] for t in tys], rng)
+        T1, T2 = max(map(len, x1)), max(map(len, x2))
+        yield batch, ((pad_left(x1, T1), pad_left(t1, T1)), (pad_left(x2, T2), pad_left(t2, T2)))

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from streamrec.model.augment import Augmenter
+from streamrec.model.augment import Augmenter, info_nce
 from streamrec.model.data import (
     Encoded,
     Interactions,
     ItemVocab,
+    ViewPair,
+    contrastive_batches,
     encode,
     history_batch,
     leave_one_out,
@@ -92,6 +94,11 @@ class TrainSettings:
     augment_crop: float = 0.6  # crop: keep a random contiguous share eta of the sequence
     augment_mask: float = 0.3  # mask: hide a share gamma of the input items (no id, no text)
     augment_reorder: float = 0.6  # reorder: shuffle a random contiguous share beta
+    # Contrastive term (CL4SRec): weight lambda of an NT-Xent loss between the user states (last
+    # position) of two augmented views of each sequence's input, views made by augment's operators
+    # (all three when augment is ""); 0 = off (the default; not validated on Beauty)
+    contrastive: float = 0.0
+    contrastive_temp: float = 1.0  # temperature of the dot-product similarity
 
 
 @dataclass
@@ -172,6 +179,7 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     n_batches = math.ceil(sum(len(x) >= 2 for x in split.train.items) / s.batch_size)
     lr_at(s, 0, 0.0)  # validates lr_schedule before any work
     augment = Augmenter.from_settings(s)  # validates the augmentation settings too
+    views = Augmenter.views_from_settings(s)
     if s.hybrid_fit not in ("post", "joint"):
         raise ValueError(f"unknown hybrid_fit {s.hybrid_fit!r}: use 'post' or 'joint'")
     post = model.config.hybrid and s.hybrid_fit == "post"  # channel fitted after the model part
@@ -180,16 +188,14 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
         model.train()
         losses = []
         bar = tqdm(
-            training_batches(
-                split.train, max_len=model.config.max_len, batch_size=s.batch_size, rng=rng, augment=augment
-            ),
+            _epoch_batches(split.train, model.config.max_len, s.batch_size, rng, augment, views),
             total=n_batches,
             desc=f"epoch {epoch}",
             disable=not s.progress,
             leave=False,
         )
         out_of_time = False
-        for b, (x, t, y) in enumerate(bar):
+        for b, (x, t, y, pair) in enumerate(bar):
             progress = (epoch - 1 + b / max(n_batches, 1)) / s.max_epochs
             if s.time_budget is not None:
                 progress = max(progress, (time.monotonic() - t0) / s.time_budget)
@@ -197,6 +203,8 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
                 group["lr"] = lr_at(s, step, progress)
             step += 1
             _, loss = model(x.to(dev), t.to(dev), y.to(dev), text_channel=not post)
+            if pair is not None:
+                loss = loss + s.contrastive * contrastive_loss(model, pair, s.contrastive_temp, dev)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -276,6 +284,36 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
             metrics["test"] = evaluate_model(model, split.test_inputs, split.test_targets, device=dev)
     settings_dict = dataclasses.asdict(s) | {"device_used": str(dev)}
     return TrainResult(model, vocab, metrics, settings_dict)
+
+
+def _epoch_batches(
+    train: Encoded,
+    max_len: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    augment: Augmenter | None,
+    views: Augmenter | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, ViewPair | None]]:
+    """(inputs, types, targets, the contrastive views or None) per batch."""
+    if views is None:
+        for x, t, y in training_batches(train, max_len=max_len, batch_size=batch_size, rng=rng, augment=augment):
+            yield x, t, y, None
+        return
+    for (x, t, y), pair in contrastive_batches(
+        train, max_len=max_len, batch_size=batch_size, rng=rng, views=views, augment=augment
+    ):
+        yield x, t, y, pair
+
+
+def contrastive_loss(
+    model: SASRec,
+    pair: ViewPair,
+    temperature: float,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """NT-Xent between the model-part user states (last position) of two views of each user."""
+    z = [model.encode(x.to(device), t.to(device), model.item_table())[:, -1] for x, t in pair]
+    return info_nce(z[0], z[1], temperature)
 
 
 def _pair_batches(inputs: Encoded, targets: np.ndarray, *, max_len: int, batch_size: int, rng: np.random.Generator):

@@ -160,3 +160,41 @@ def test_settings_validated_and_recorded(tiny_data):
     )
     assert res.settings["augment"] == "crop,mask" and res.settings["augment_mask"] == 0.5
     assert np.isfinite(res.metrics["history"][0]["loss"])
+
+
+def test_contrastive_views_come_from_the_same_user():
+    from streamrec.model.data import contrastive_batches
+
+    aug = Augmenter(("crop", "mask", "reorder"), prob=1.0)
+    rng = np.random.default_rng(1)
+    n_rows = 0
+    for (x, _t, y), ((x1, t1), (x2, t2)) in contrastive_batches(TRAIN, max_len=12, batch_size=3, rng=rng, views=aug):
+        assert x1.shape[0] == x2.shape[0] == x.shape[0] and x1.shape == t1.shape and x2.shape == t2.shape
+        for k in range(x.shape[0]):
+            user = set(_owner((None, None, [i for i in y[k].tolist() if i != PAD_ID])))
+            for v in (x1[k].tolist(), x2[k].tolist()):
+                real = [i for i in v if i != PAD_ID]
+                assert real and v[-1] != PAD_ID  # left-padded, the user state is a real position
+                assert set(real) - {MASK_ID} <= user
+                assert len(real) <= len([i for i in x[k].tolist() if i != PAD_ID])  # of the input part
+            n_rows += 1
+    assert n_rows == len(USERS)
+
+
+def test_contrastive_term_trains_and_is_validated(tiny_data):
+    from streamrec.model.augment import info_nce
+
+    z = torch.randn(4, 8)
+    assert info_nce(z, z, 0.1) < info_nce(z, torch.randn(4, 8), 0.1)  # the positive pair matters
+    with pytest.raises(ValueError, match="contrastive -1"):
+        Augmenter.views_from_settings(TrainSettings(contrastive=-1))
+    assert Augmenter.views_from_settings(TrainSettings()) is None
+    assert Augmenter.views_from_settings(TrainSettings(contrastive=0.1)).ops == ("crop", "mask", "reorder")
+    cfg = TINY_CONFIG | dict(use_text=False, hybrid=False)
+    runs = [
+        train(tiny_data, config=cfg, settings=TrainSettings(max_epochs=1, device="cpu", progress=False, contrastive=w))
+        for w in (0.0, 0.5)
+    ]
+    assert runs[1].settings["contrastive"] == 0.5
+    loss0, loss1 = (r.metrics["history"][0]["loss"] for r in runs)
+    assert np.isfinite(loss1) and loss1 > loss0  # the term adds to the loss

@@ -170,7 +170,8 @@ def test_augment_flags(tmp_path, settings, tiny_data, capsys):
     from streamrec.cli import main
 
     seq = write_sequences(tmp_path / "s.txt", tiny_data)
-    for flag, value in (("--augment", "crop,flip"), ("--augment-prob", "1.5"), ("--augment-mask", "x")):
+    bad = (("--augment", "crop,flip"), ("--augment-prob", "1.5"), ("--augment-mask", "x"), ("--contrastive", "-1"))
+    for flag, value in bad:
         with pytest.raises(SystemExit) as exc:
             main(["train", "--sequences", str(seq), flag, value])
         assert exc.value.code != 0
@@ -185,5 +186,6 @@ def test_augment_flags(tmp_path, settings, tiny_data, capsys):
     assert saved["augment_crop"] == 0.6 and saved["augment_mask"] == 0.3
     ft = tmp_path / "ft"
     argv = ["--model", str(out), "--sequences", str(seq), "--out", str(ft), "--max-epochs", "1", "--no-progress"]
-    assert _run(["finetune", *argv, "--augment", "crop"], settings) == 0
-    assert json.loads((ft / "train_settings.json").read_text())["augment"] == "crop"
+    assert _run(["finetune", *argv, "--augment", "crop", "--contrastive", "0.1"], settings) == 0
+    saved = json.loads((ft / "train_settings.json").read_text())
+    assert saved["augment"] == "crop" and saved["contrastive"] == 0.1 and saved["contrastive_temp"] == 1.0
