@@ -4,6 +4,7 @@ Usage (from the repo root)::
 
     OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/augment.py --epochs 12 [--threads 1]
         [--variants none,crop,mask,reorder,crop+mask+reorder] [--prob 0.5]
+        [--variants contrastive --contrastive-weight 0.1]
 
 Data: ``$STREAMREC_BENCH_DATA`` or ``../shared/data/beauty`` (relative to the repo root).
 
@@ -16,8 +17,10 @@ sequence is augmented with probability ``--prob`` by one operator drawn uniforml
 second-last item, full ranking, history excluded): the best epoch's NDCG@10 / HR@10 of the model
 part (what early stopping selects on), the served (hybrid, gates fitted) NDCG@10 / HR@10 of the
 kept model, the best epoch and the training seconds. The test split is not reported: this is a
-model-selection experiment. The "none" row is the baseline measured in the same run. The last
-line is one JSON object.
+model-selection experiment. The "none" row is the baseline measured in the same run. The variant
+``contrastive`` adds CL4SRec's term instead (``TrainSettings.contrastive``: NT-Xent between the
+user states of two views of each sequence, each view by one of crop/mask/reorder; the next-item
+loss on the plain sequences). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -44,9 +47,16 @@ from streamrec.model.train import TrainSettings, train  # noqa: E402
 VARIANTS = ("none", "crop", "mask", "reorder", "crop+mask+reorder")
 
 
-def run_variant(name: str, data, text, args) -> dict:
+def variant_settings(name: str) -> tuple[str, bool]:
+    """A variant -> (TrainSettings.augment, contrastive on?); ValueError names a bad one."""
+    if name == "contrastive":
+        return "", True
     ops = "" if name == "none" else ",".join(name.split("+"))
-    parse_ops(ops)  # a bad variant fails before any training
+    return ",".join(parse_ops(ops)), False
+
+
+def run_variant(name: str, data, text, args) -> dict:
+    ops, cl = variant_settings(name)
     tr = TRAIN | dict(max_epochs=args.epochs, patience=args.epochs, lr_schedule="cosine")
     t0 = time.monotonic()
     res = train(
@@ -60,6 +70,7 @@ def run_variant(name: str, data, text, args) -> dict:
             text_cache=args.text_cache,
             augment=ops,
             augment_prob=args.prob,
+            contrastive=args.contrastive_weight if cl else 0.0,
             **tr,
         ),
     )
@@ -69,6 +80,7 @@ def run_variant(name: str, data, text, args) -> dict:
         "variant": name,
         "augment": ops,
         "augment_prob": args.prob if ops else 0.0,
+        "contrastive": args.contrastive_weight if cl else 0.0,
         "best_epoch": m["best_epoch"],
         "val_ndcg@10": round(best["val_ndcg@10"], 4),
         "val_hr@10": round(best["val_hr@10"], 4),
@@ -83,8 +95,19 @@ def run_variant(name: str, data, text, args) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=12, help="epochs per variant (the cosine schedule's length)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma list of: " + ", ".join(VARIANTS) + " (any '+' list of crop, mask, reorder), or contrastive",
+    )
     ap.add_argument("--prob", type=float, default=0.5, help="share of the training sequences augmented")
+    ap.add_argument(
+        "--contrastive-weight",
+        type=float,
+        default=0.1,
+        help="lambda of the variant 'contrastive' (CL4SRec: NT-Xent between two views made by "
+        "crop/mask/reorder, temperature 1, next-item loss on the plain sequences)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
@@ -93,7 +116,7 @@ def main() -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         try:
-            parse_ops("" if v == "none" else ",".join(v.split("+")))
+            variant_settings(v)
         except ValueError as e:
             ap.error(f"--variants: {e}")
     if args.epochs < 1:
