@@ -312,7 +312,8 @@ def contrastive_loss(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """NT-Xent between the model-part user states (last position) of two views of each user."""
-    z = [model.encode(x.to(device), t.to(device), model.item_table())[:, -1] for x, t in pair]
+    table = model.item_table()  # (N+1, d), one id-dropout draw for both views
+    z = [model.encode(x.to(device), t.to(device), table)[:, -1] for x, t in pair]
     return info_nce(z[0], z[1], temperature)
 
 
