@@ -144,7 +144,9 @@ def source_model(dom: Domain, args: argparse.Namespace, cfg: dict) -> tuple[SASR
     return res.model, res.vocab, res.metrics | {"loaded": False}
 
 
-def share_split(n_users: int, shares: list[float], eval_users: int, seed: int) -> tuple[dict[float, list[int]], list[int]]:
+def share_split(
+    n_users: int, shares: list[float], eval_users: int, seed: int
+) -> tuple[dict[float, list[int]], list[int]]:
     """Nested user shares (share p = the first round(p * n) of one seeded permutation) and the
     evaluation users: at most ``eval_users`` of those outside the largest share."""
     perm = np.random.default_rng(seed).permutation(n_users)
