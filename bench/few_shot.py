@@ -159,36 +159,64 @@ def eval_cases(dom: Domain, users: list[int]) -> Interactions:
     return dom.data.subset(k for k in users if len(dom.data.items[k]) >= 2)
 
 
-def evaluate_on(model: SASRec, vocab: ItemVocab, dom: Domain, cases: Interactions, args) -> tuple[dict, int]:
+def encoded_cases(cases: Interactions, vocab: ItemVocab) -> tuple[Encoded, np.ndarray]:
+    enc = encode(cases, vocab)
+    inputs = Encoded([s[:-1] for s in enc.items], [t[:-1] for t in enc.types])
+    return inputs, np.array([s[-1] for s in enc.items], dtype=np.int64)
+
+
+def by_target(cases: Interactions, trained: set[str]) -> dict[str, Interactions]:
+    """All cases, and those whose target item has / has not a trained id (``trained``)."""
+    seen = [k for k, s in enumerate(cases.items) if s[-1] in trained]
+    new = [k for k, s in enumerate(cases.items) if s[-1] not in trained]
+    return {"all": cases, "target trained": cases.subset(seen), "target from title": cases.subset(new)}
+
+
+def evaluate_on(
+    model: SASRec, vocab: ItemVocab, dom: Domain, parts: dict[str, Interactions], args
+) -> tuple[dict[str, dict], int]:
     """Add the target items the model has no row for (from titles), rank each case's last item
-    among the target catalog (history excluded). Returns the metrics and the items added."""
+    among the target catalog (history excluded), for each group of cases in ``parts``. Returns
+    the metrics per group and the number of items added from titles."""
     model, vocab = copy.deepcopy(model), copy.deepcopy(vocab)
     added = add_items(model, vocab, dom.catalog, dom.text, cache_file=args.text_cache, device="cpu")
     model.eval()
-    enc = encode(cases, vocab)
-    inputs = Encoded([s[:-1] for s in enc.items], [t[:-1] for t in enc.types])
-    targets = np.array([s[-1] for s in enc.items], dtype=np.int64)
     rows = np.array([vocab.row(i) for i in dom.catalog], dtype=np.int64)
-    return evaluate_model(model, inputs, targets, catalog_rows=rows), len(added)
+    out = {
+        name: evaluate_model(model, *encoded_cases(c, vocab), catalog_rows=rows) for name, c in parts.items() if len(c)
+    }
+    if model.config.hybrid:  # the fitted item gates over the target catalog: new rows vs trained rows
+        with torch.no_grad():
+            beta, b = model.item_gates(serving=False)
+        new = model.item_new()[torch.as_tensor(rows)]
+        r = torch.as_tensor(rows)
+        for flag, label in ((new, "new"), (~new, "trained")):
+            if flag.any():
+                out[f"gate_b_{label}"] = round(float(b[r[flag]].mean()), 3)
+                out[f"gate_beta_{label}"] = round(float(beta[r[flag]].mean()), 3)
+    return out, len(added)
 
 
-def baselines(dom: Domain, cases: Interactions, args) -> dict[str, dict]:
+def baselines(dom: Domain, parts: dict[str, Interactions], args) -> dict[str, dict[str, dict]]:
+    """Text similarity and popularity (counted on the histories of ``parts["all"]``, as
+    ``evaluate --baselines``) per group of cases, ranked among the target catalog."""
     vocab = ItemVocab(dom.catalog)
-    enc = encode(cases, vocab)
-    inputs = Encoded([s[:-1] for s in enc.items], [t[:-1] for t in enc.types])
-    targets = np.array([s[-1] for s in enc.items], dtype=np.int64)
     n = len(vocab)
     T = torch.cat([torch.zeros(1, 384), item_text_matrix(vocab, dom.text, cache_file=args.text_cache, device="cpu")])
-    return {
-        "text_similarity": rank_all(text_similarity_score_fn(T), inputs, targets, n),
-        "popularity": rank_all(popularity_score_fn(inputs, n), inputs, targets, n),
-    }
+    ts, pop = text_similarity_score_fn(T), popularity_score_fn(encoded_cases(parts["all"], vocab)[0], n)
+    out: dict[str, dict[str, dict]] = {"text_similarity": {}, "popularity": {}}
+    for name, c in parts.items():
+        if len(c):
+            inputs, targets = encoded_cases(c, vocab)
+            out["text_similarity"][name] = rank_all(ts, inputs, targets, n)
+            out["popularity"][name] = rank_all(pop, inputs, targets, n)
+    return out
 
 
-def trained_items(share: Interactions) -> int:
-    """Distinct items in the share's training part (leave-one-out: users with >= 3 items train on
-    all but their last two, shorter ones on everything): the target items with a trained id."""
-    return len({i for s in share.items for i in (s[:-2] if len(s) >= 3 else s)})
+def trained_ids(share: Interactions) -> set[str]:
+    """Items in the share's training part (leave-one-out: users with >= 3 items train on all but
+    their last two, shorter ones on everything): the target items that get a trained id."""
+    return {i for s in share.items for i in (s[:-2] if len(s) >= 3 else s)}
 
 
 def short(m: dict) -> dict[str, float]:
@@ -258,74 +286,70 @@ def main() -> int:
         dom = doms[tgt]
         shares, eval_users = share_split(len(dom.data), args.shares, args.eval_users, args.seed)
         cases = eval_cases(dom, eval_users)
-        base = baselines(dom, cases, args)
-        print(
-            f"\n{direction}: {len(cases)} evaluation users (outside every share), "
-            f"{len(dom.catalog)} candidate items; text similarity NDCG@10 "
-            f"{base['text_similarity']['ndcg@10']:.4f}, popularity {base['popularity']['ndcg@10']:.4f}"
-        )
+        print(f"\n{direction}: {len(cases)} evaluation users (outside every share), {len(dom.catalog)} candidate items")
         s_model, s_vocab, _ = sources[src]
-        zs, zs_added = evaluate_on(s_model, s_vocab, dom, cases, args)
-        rows.append(
-            {
-                "direction": direction,
-                "share": 0.0,
-                "users": 0,
-                "items_trained": 0,
-                "finetune": short(zs),
-                "scratch": None,
-                "text_similarity": short(base["text_similarity"]),
-                "popularity": short(base["popularity"]),
-                "finetune_s": 0.0,
-                "scratch_s": None,
-                "eval_users": len(cases),
-            }
-        )
-        print(f"  zero-shot source model: NDCG@10 {zs['ndcg@10']:.4f} ({zs_added} target items from titles)")
-        for p in sorted(args.shares):
-            share = dom.data.subset(shares[p])
+        for p in [0.0, *sorted(args.shares)]:
+            share = dom.data.subset(shares[p]) if p else Interactions()
+            trained = trained_ids(share)
+            parts = by_target(cases, trained)
+            base = baselines(dom, parts, args)
             row: dict[str, Any] = {
                 "direction": direction,
                 "share": p,
                 "users": len(share),
-                "items_trained": trained_items(share),
-                "text_similarity": short(base["text_similarity"]),
-                "popularity": short(base["popularity"]),
+                "items_trained": len(trained),
+                "catalog": len(dom.catalog),
                 "eval_users": len(cases),
+                "eval_target_trained": len(parts["target trained"]),
+                # validation targets of the share without a trained id (they are in the share's
+                # vocabulary, with count 0: the gate fit sees them as "new" items)
+                "share_val_targets_untrained": sum(len(x) >= 3 and x[-2] not in trained for x in share.items),
+                "text_similarity": {k: short(v) for k, v in base["text_similarity"].items()},
+                "popularity": {k: short(v) for k, v in base["popularity"].items()},
+                "scratch": None,
+                "scratch_s": None,
             }
-            # (a) fine-tune the source checkpoint (a fresh copy each time)
-            t0 = time.monotonic()
-            res = finetune(
-                copy.deepcopy(s_model),
-                copy.deepcopy(s_vocab),
-                share,
-                item_text=dom.text,
-                settings=settings(args, args.epochs),
-            )
-            row["finetune_s"] = round(time.monotonic() - t0, 1)
-            ft, ft_added = evaluate_on(res.model, res.vocab, dom, cases, args)
-            row["finetune"] = short(ft)
-            row["finetune_best_epoch"] = res.metrics["best_epoch"]
-            row["finetune_val_ndcg@10"] = round(res.metrics.get("val", {}).get("ndcg@10", float("nan")), 4)
-            row["finetune_from_titles"] = ft_added
-            # (b) from scratch, same config, same share, same epochs
-            t0 = time.monotonic()
-            res = train(share, item_text=dom.text, config=dict(cfg), settings=settings(args, args.epochs))
-            row["scratch_s"] = round(time.monotonic() - t0, 1)
-            sc, sc_added = evaluate_on(res.model, res.vocab, dom, cases, args)
-            row["scratch"] = short(sc)
-            row["scratch_best_epoch"] = res.metrics["best_epoch"]
-            row["scratch_val_ndcg@10"] = round(res.metrics.get("val", {}).get("ndcg@10", float("nan")), 4)
-            row["scratch_from_titles"] = sc_added
+            if not p:  # the source model zero-shot: every target item from its title
+                m, row["finetune_from_titles"] = evaluate_on(s_model, s_vocab, dom, parts, args)
+                row["finetune"] = {k: short(v) for k, v in m.items() if isinstance(v, dict)}
+                row["finetune_gates"] = {k: v for k, v in m.items() if not isinstance(v, dict)}
+                row["finetune_s"] = 0.0
+                rows.append(row)
+                print(f"  zero-shot source model: NDCG@10 {m['all']['ndcg@10']:.4f}", flush=True)
+                continue
+            for name in ("finetune", "scratch"):
+                t0 = time.monotonic()
+                if name == "finetune":  # (a) the source checkpoint (a fresh copy), as `streamrec finetune`
+                    res = finetune(
+                        copy.deepcopy(s_model),
+                        copy.deepcopy(s_vocab),
+                        share,
+                        item_text=dom.text,
+                        settings=settings(args, args.epochs),
+                    )
+                else:  # (b) from scratch: same config, same share, same epochs
+                    res = train(share, item_text=dom.text, config=dict(cfg), settings=settings(args, args.epochs))
+                row[f"{name}_s"] = round(time.monotonic() - t0, 1)
+                m, row[f"{name}_from_titles"] = evaluate_on(res.model, res.vocab, dom, parts, args)
+                row[name] = {k: short(v) for k, v in m.items() if isinstance(v, dict)}
+                row[f"{name}_gates"] = {k: v for k, v in m.items() if not isinstance(v, dict)}
+                row[f"{name}_best_epoch"] = res.metrics["best_epoch"]
+                row[f"{name}_val_ndcg@10"] = round(res.metrics.get("val", {}).get("ndcg@10", float("nan")), 4)
             rows.append(row)
             print(
-                f"  share {p:.0%} ({len(share)} users, {row['items_trained']} of {len(dom.catalog)} target "
-                f"items trained): finetune NDCG@10 {ft['ndcg@10']:.4f} (val {row['finetune_val_ndcg@10']}, "
-                f"best epoch {row['finetune_best_epoch']}, {row['finetune_s']}s), scratch "
-                f"{sc['ndcg@10']:.4f} (val {row['scratch_val_ndcg@10']}, best epoch "
-                f"{row['scratch_best_epoch']}, {row['scratch_s']}s)",
+                f"  share {p:.0%} ({len(share)} users, {len(trained)} of {len(dom.catalog)} target items "
+                f"trained): finetune NDCG@10 {row['finetune']['all']['ndcg@10']:.4f} (share val "
+                f"{row['finetune_val_ndcg@10']}, best epoch {row['finetune_best_epoch']}, {row['finetune_s']}s), "
+                f"scratch {row['scratch']['all']['ndcg@10']:.4f} (share val {row['scratch_val_ndcg@10']}, "
+                f"best epoch {row['scratch_best_epoch']}, {row['scratch_s']}s); share val targets without a "
+                f"trained id {row['share_val_targets_untrained']}; gates finetune {row['finetune_gates']} "
+                f"scratch {row['scratch_gates']}",
                 flush=True,
             )
+
+    def cell(r: dict, method: str, group: str, metric: str) -> str:
+        m = (r[method] or {}).get(group)
+        return f"{m[metric]:.4f}" if m else "-"
 
     print(
         f"\n## Few-shot, {args.epochs} fixed epochs for fine-tune and scratch; held-out users' last item "
@@ -338,15 +362,34 @@ def main() -> int:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        n_cat = len(doms[r["direction"].split("->")[1]].catalog)
-        sc = r["scratch"]
         print(
             f"| {r['direction']} | {r['share']:.0%}{' (zero-shot)' if r['share'] == 0 else ''} | {r['users']} | "
-            f"{r['items_trained']} / {n_cat} | {r['finetune']['ndcg@10']:.4f} | {r['finetune']['hr@10']:.4f} | "
-            + (f"{sc['ndcg@10']:.4f} | {sc['hr@10']:.4f} | " if sc else "- | - | ")
-            + f"{r['text_similarity']['ndcg@10']:.4f} | {r['text_similarity']['hr@10']:.4f} | "
-            f"{r['popularity']['ndcg@10']:.4f} | {r['popularity']['hr@10']:.4f} | {r['finetune_s']:.0f} | "
+            f"{r['items_trained']} / {r['catalog']} | "
+            + " | ".join(
+                cell(r, meth, "all", k)
+                for meth in ("finetune", "scratch", "text_similarity", "popularity")
+                for k in ("ndcg@10", "hr@10")
+            )
+            + f" | {r['finetune_s']:.0f} | "
             + (f"{r['scratch_s']:.0f} |" if r["scratch_s"] is not None else "- |")
+        )
+    print(
+        "\n## NDCG@10 by evaluation target: an item the share trained (it has an id) or one known only from its title\n"
+    )
+    print(
+        "| direction | share | eval users, target trained | finetune, trained | scratch, trained | "
+        "text sim., trained | finetune, from title | scratch, from title | text sim., from title |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['direction']} | {r['share']:.0%} | {r['eval_target_trained']} / {r['eval_users']} | "
+            + " | ".join(
+                cell(r, meth, g, "ndcg@10")
+                for g in ("target trained", "target from title")
+                for meth in ("finetune", "scratch", "text_similarity")
+            )
+            + " |"
         )
     print(f"\nwall {time.monotonic() - t_all:.0f}s; load average now {os.getloadavg()[0]:.1f}")
     print(
