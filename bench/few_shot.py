@@ -336,6 +336,7 @@ def main() -> int:
                 row[f"{name}_best_epoch"] = res.metrics["best_epoch"]
                 row[f"{name}_val_ndcg@10"] = round(res.metrics.get("val", {}).get("ndcg@10", float("nan")), 4)
             rows.append(row)
+            print("row " + json.dumps(row), flush=True)  # each cell as it completes (a partial run keeps them)
             print(
                 f"  share {p:.0%} ({len(share)} users, {len(trained)} of {len(dom.catalog)} target items "
                 f"trained): finetune NDCG@10 {row['finetune']['all']['ndcg@10']:.4f} (share val "
