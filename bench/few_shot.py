@@ -223,6 +223,54 @@ def short(m: dict) -> dict[str, float]:
     return {"ndcg@10": round(m["ndcg@10"], 4), "hr@10": round(m["hr@10"], 4)}
 
 
+def cell(r: dict, method: str, group: str, metric: str) -> str:
+    m = (r[method] or {}).get(group)
+    return f"{m[metric]:.4f}" if m else "-"
+
+
+def print_tables(rows: list[dict[str, Any]], epochs: int) -> None:
+    print(
+        f"\n## Few-shot, {epochs} fixed epochs for fine-tune and scratch; held-out users' last item "
+        "ranked among the target catalog (history excluded)\n"
+    )
+    print(
+        "| direction | share | users trained | target items trained / catalog | finetune NDCG@10 | "
+        "finetune HR@10 | scratch NDCG@10 | scratch HR@10 | text sim. NDCG@10 | text sim. HR@10 | "
+        "popularity NDCG@10 | popularity HR@10 | finetune s | scratch s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['direction']} | {r['share']:.0%}{' (zero-shot)' if r['share'] == 0 else ''} | {r['users']} | "
+            f"{r['items_trained']} / {r['catalog']} | "
+            + " | ".join(
+                cell(r, meth, "all", k)
+                for meth in ("finetune", "scratch", "text_similarity", "popularity")
+                for k in ("ndcg@10", "hr@10")
+            )
+            + f" | {r['finetune_s']:.0f} | "
+            + (f"{r['scratch_s']:.0f} |" if r["scratch_s"] is not None else "- |")
+        )
+    print(
+        "\n## NDCG@10 by evaluation target: an item the share trained (it has an id) or one known only from its title\n"
+    )
+    print(
+        "| direction | share | eval users, target trained | finetune, trained | scratch, trained | "
+        "text sim., trained | finetune, from title | scratch, from title | text sim., from title |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['direction']} | {r['share']:.0%} | {r['eval_target_trained']} / {r['eval_users']} | "
+            + " | ".join(
+                cell(r, meth, g, "ndcg@10")
+                for g in ("target trained", "target from title")
+                for meth in ("finetune", "scratch", "text_similarity")
+            )
+            + " |"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shares", type=lambda v: [float(x) for x in v.split(",")], default=[0.01, 0.05, 0.2])
@@ -245,7 +293,25 @@ def main() -> int:
     ap.add_argument("--sim-events", type=int, default=150_000)
     ap.add_argument("--sim-seed", type=int, default=11)
     ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
+    ap.add_argument(
+        "--render",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="LOG",
+        help="train nothing: print the tables from the 'row {...}' lines of earlier runs' output (a run "
+        "cut short keeps the cells it finished; a later cell of the same direction and share wins)",
+    )
     args = ap.parse_args()
+    if args.render:
+        cells: dict[tuple[str, float], dict] = {}
+        for log_path in args.render:
+            for line in log_path.read_text(encoding="utf-8").splitlines():
+                if line.startswith("row {"):
+                    r = json.loads(line[4:])
+                    cells[(r["direction"], r["share"])] = r
+        print_tables([cells[k] for k in sorted(cells, key=lambda k: (k[0] != "sim->beauty", k[1]))], args.epochs)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     for d in args.directions:
@@ -315,6 +381,7 @@ def main() -> int:
                 row["finetune_gates"] = {k: v for k, v in m.items() if not isinstance(v, dict)}
                 row["finetune_s"] = 0.0
                 rows.append(row)
+                print("row " + json.dumps(row), flush=True)
                 print(f"  zero-shot source model: NDCG@10 {m['all']['ndcg@10']:.4f}", flush=True)
                 continue
             for name in ("finetune", "scratch"):
@@ -348,50 +415,7 @@ def main() -> int:
                 flush=True,
             )
 
-    def cell(r: dict, method: str, group: str, metric: str) -> str:
-        m = (r[method] or {}).get(group)
-        return f"{m[metric]:.4f}" if m else "-"
-
-    print(
-        f"\n## Few-shot, {args.epochs} fixed epochs for fine-tune and scratch; held-out users' last item "
-        "ranked among the target catalog (history excluded)\n"
-    )
-    print(
-        "| direction | share | users trained | target items trained / catalog | finetune NDCG@10 | "
-        "finetune HR@10 | scratch NDCG@10 | scratch HR@10 | text sim. NDCG@10 | text sim. HR@10 | "
-        "popularity NDCG@10 | popularity HR@10 | finetune s | scratch s |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['direction']} | {r['share']:.0%}{' (zero-shot)' if r['share'] == 0 else ''} | {r['users']} | "
-            f"{r['items_trained']} / {r['catalog']} | "
-            + " | ".join(
-                cell(r, meth, "all", k)
-                for meth in ("finetune", "scratch", "text_similarity", "popularity")
-                for k in ("ndcg@10", "hr@10")
-            )
-            + f" | {r['finetune_s']:.0f} | "
-            + (f"{r['scratch_s']:.0f} |" if r["scratch_s"] is not None else "- |")
-        )
-    print(
-        "\n## NDCG@10 by evaluation target: an item the share trained (it has an id) or one known only from its title\n"
-    )
-    print(
-        "| direction | share | eval users, target trained | finetune, trained | scratch, trained | "
-        "text sim., trained | finetune, from title | scratch, from title | text sim., from title |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['direction']} | {r['share']:.0%} | {r['eval_target_trained']} / {r['eval_users']} | "
-            + " | ".join(
-                cell(r, meth, g, "ndcg@10")
-                for g in ("target trained", "target from title")
-                for meth in ("finetune", "scratch", "text_similarity")
-            )
-            + " |"
-        )
+    print_tables(rows, args.epochs)
     print(f"\nwall {time.monotonic() - t_all:.0f}s; load average now {os.getloadavg()[0]:.1f}")
     print(
         json.dumps(
