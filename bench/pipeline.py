@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -357,6 +358,28 @@ def start_worker(
     raise SystemExit("worker did not become healthy")
 
 
+def warm_producer(settings: Settings) -> EventProducer:
+    """The load generator's producer, ready to send: one event sent and acknowledged.
+
+    A new idempotent librdkafka producer first obtains a producer id from the broker; until then
+    (up to ~0.5 s here) its messages wait in its queue. A shop's backend keeps one producer for
+    its lifetime, so the bench does too: the phases share one producer, warmed by one event
+    (user ``bench-warmup``) before the first phase."""
+    producer = EventProducer(settings.resolved_bootstrap(), events_topic=settings.topic_events, config={"linger.ms": 0})
+    producer.send(
+        ShopEvent(
+            event_id=f"warmup-{uuid.uuid4().hex[:8]}",
+            user_id="bench-warmup",
+            session_id="bench-warmup",
+            item_id="warmup",
+            type="view",
+            ts=int(time.time() * 1000),
+        )
+    )
+    producer.flush(10)
+    return producer
+
+
 def latency_at(
     settings: Settings,
     events: list[ShopEvent],
@@ -364,11 +387,17 @@ def latency_at(
     seconds: float,
     probe: Probe | None = None,
     profile: Path | None = None,
+    dump: Path | None = None,
+    producer: EventProducer | None = None,
 ) -> dict:
+    """Events at ``rate`` for ``seconds``, each answer's latency. ``producer``: a warm producer
+    (see :func:`warm_producer`); a fresh one waits for its producer id first (``enable.idempotence``),
+    which holds its first sends up to ~0.5 s and would show as a tail of the worker."""
     n = int(rate * seconds)
     sent_at: dict[str, float] = {}
     lat: list[float] = []
     in_worker: list[float] = []  # event ts -> recommendation produced (the worker's own share)
+    rows: list[tuple[str, float, float, float]] = []  # per answer: event id, sent, latency, worker share
     done = threading.Event()
     with RecommendationSubscriber(settings.resolved_bootstrap(), topic=settings.topic_recommendations) as sub:
         sub.wait_ready()
@@ -377,17 +406,17 @@ def latency_at(
             while not done.is_set():
                 r = sub.poll(0.2)
                 if r is not None and r.event_id in sent_at:
-                    lat.append((time.time() - sent_at[r.event_id]) * 1000)
+                    sent = sent_at[r.event_id]
+                    lat.append((time.time() - sent) * 1000)
                     in_worker.append(float(r.produced_ts - r.event_ts))
+                    rows.append((r.event_id, sent, lat[-1], in_worker[-1]))
 
         t = threading.Thread(target=consume, daemon=True)
         t.start()
         if probe is not None:
             probe.start()
         spy = py_spy(probe.worker_pid, profile, int(min(seconds, 12))) if probe is not None else None
-        with EventProducer(
-            settings.resolved_bootstrap(), events_topic=settings.topic_events, config={"linger.ms": 0}
-        ) as producer:
+        with contextlib.nullcontext(producer) if producer is not None else warm_producer(settings) as producer:
             t0 = time.perf_counter()
             for i in range(n):
                 target = t0 + i / rate
@@ -408,6 +437,11 @@ def latency_at(
         costs = probe.stop() if probe is not None else {}
         if spy is not None:
             spy.wait(60)
+    if dump is not None:  # one CSV per rate: when each answered event was sent, its latencies
+        dump.mkdir(parents=True, exist_ok=True)
+        with open(dump / f"latency-{rate:.0f}.csv", "w") as f:
+            f.write("event_id,sent_unix_s,latency_ms,worker_ms\n")
+            f.writelines(f"{e},{s:.4f},{ms:.2f},{w:.0f}\n" for e, s, ms, w in sorted(rows, key=lambda r: r[1]))
     arr = np.array(lat) if lat else np.array([float("nan")])
     work = np.array(in_worker) if in_worker else np.array([float("nan")])
     return {
@@ -468,10 +502,12 @@ def run_worker(
     rate_seconds: float,
     broker_pid: int | None,
     profile: Path | None,
+    dump: Path | None = None,
 ) -> dict:
     """One worker run (``variant``): drain the backlog on its topics, then the latency phases."""
     port = localkafka.free_port()
     t_start = time.perf_counter()
+    producer: EventProducer | None = None
     name, key = variant.name, variant.key
     worker = start_worker(settings, model, port, work / f"worker-{key}.log", variant.guarantee, variant.insights)
     try:
@@ -500,9 +536,20 @@ def run_worker(
             flush=True,
         )
         lat = []
+        producer = warm_producer(settings)
+        time.sleep(1.0)  # the warm-up event's answer is out before the first phase
         for r in rates:
             prof = profile / f"{key}-{r:.0f}.txt" if profile else None
-            res = latency_at(settings, events, r, rate_seconds, Probe(url, worker.pid, broker_pid), prof)
+            res = latency_at(
+                settings,
+                events,
+                r,
+                rate_seconds,
+                Probe(url, worker.pid, broker_pid),
+                prof,
+                dump / key if dump else None,
+                producer,
+            )
             print(
                 f"[{name}] {r:.0f} ev/s: p50 {res['p50']:.1f} p99 {res['p99']:.1f} ms, worker CPU "
                 f"{res['cpu_us']:.0f} µs/event (load {res['load']:.1f})",
@@ -510,6 +557,8 @@ def run_worker(
             )
             lat.append(res)
     finally:
+        if producer is not None:
+            producer.close()
         if worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -628,6 +677,11 @@ def main() -> int:
         help="STREAMREC_NAME=VALUE settings (space-separated) for every worker of this run, e.g. "
         "STREAMREC_DIRECT_PRODUCE=false to measure Faust's own producer against the default",
     )
+    ap.add_argument(
+        "--dump-latencies",
+        metavar="DIR",
+        help="write each rate's answered events (sent time, latency, worker share) to DIR/<run>/latency-<rate>.csv",
+    )
     ap.add_argument("--profile", help="directory for py-spy profiles of each phase (py-spy must be on PATH)")
     args = ap.parse_args()
     guarantees = [g.strip() for g in args.guarantees.split(",") if g.strip()]
@@ -727,6 +781,7 @@ def main() -> int:
                 rate_seconds=args.rate_seconds,
                 broker_pid=broker_pid,
                 profile=profile,
+                dump=Path(args.dump_latencies) if args.dump_latencies else None,
             )
     finally:
         if started is not None:

@@ -48,6 +48,10 @@ class RecommendationSubscriber:
             "auto.offset.reset": "earliest" if from_beginning else "latest",
             "enable.auto.commit": group_id is not None,
             "enable.partition.eof": False,
+            # librdkafka's default long poll is 500 ms; a partition whose position is resolved
+            # while a fetch is in flight joins only the next fetch, so right after the assignment
+            # its first recommendations could wait that long (bench/RESULTS.md, "The 0.5 s tail")
+            "fetch.wait.max.ms": 100,
         }
         conf.update(config or {})
         self.topic = topic
