@@ -1,9 +1,11 @@
 """Few-shot: fine-tune a model trained on one shop on a small share of a shop it has never seen,
 against training from scratch on the same share (issue #13).
 
-Usage (from the repo root; ~30 min on 2 shared CPU cores, one torch thread, with the defaults)::
+Usage (from the repo root; one torch thread; with the defaults ~8 min for the two source models
+and ~38 min for the cells on 2 loaded CPU cores, see bench/RESULTS.md)::
 
     nice -n 19 .venv/bin/python bench/few_shot.py [--source-dir DIR] [--shares 0.01,0.05,0.2]
+    .venv/bin/python bench/few_shot.py --render LOG [LOG ...]   # the tables of earlier (partial) runs
 
 Domains (item ids prefixed ``beauty:`` / ``sim:`` so that the two catalogs never share an id):
 
@@ -310,7 +312,8 @@ def main() -> int:
                 if line.startswith("row {"):
                     r = json.loads(line[4:])
                     cells[(r["direction"], r["share"])] = r
-        print_tables([cells[k] for k in sorted(cells, key=lambda k: (k[0] != "sim->beauty", k[1]))], args.epochs)
+        rows = [cells[k] for k in sorted(cells, key=lambda k: (k[0] != "sim->beauty", k[1]))]
+        print_tables(rows, rows[0].get("epochs", args.epochs) if rows else args.epochs)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -362,6 +365,7 @@ def main() -> int:
             row: dict[str, Any] = {
                 "direction": direction,
                 "share": p,
+                "epochs": args.epochs,
                 "users": len(share),
                 "items_trained": len(trained),
                 "catalog": len(dom.catalog),
