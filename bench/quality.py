@@ -57,6 +57,7 @@ PUBLISHED = [  # (model, HR@10, NDCG@10, source) — same split, full ranking
     ("SASRec", 0.0605, 0.0318, "S3-Rec (CIKM 2020)"),
     ("SASRec + sampled softmax", 0.0921, 0.0531, "eSASRec (arXiv 2508.06450)"),
     ("eSASRec", 0.0928, 0.0523, "eSASRec (arXiv 2508.06450)"),
+    ("BSARec", 0.1008, 0.0611, "BSARec (AAAI 2024), its repo's BSARec_Beauty_best.log"),
 ]
 
 # The configuration chosen on the VALIDATION split (see bench/RESULTS.md).
@@ -73,8 +74,9 @@ MODEL_CONFIG = dict(
     loss="full",
 )
 TRAIN = dict(
-    lr=1e-3, batch_size=128, max_epochs=40, patience=10, weight_decay=0.0, lr_schedule="cosine", val_users=None
-)  # classic split: nothing of validation trains
+    lr=1e-3, batch_size=128, max_epochs=100, patience=10, weight_decay=0.0, lr_schedule="cosine", val_users=None
+)  # classic split: nothing of validation trains. 100 epochs: the 1500 s budget ends the run first
+# on 2 CPU cores, the cosine schedule following the budget (validation 0.0737 against 0.0726 for 40)
 
 
 def data_dir() -> Path:
@@ -134,23 +136,18 @@ def zero_shot(data: Interactions, text: dict, args, cfg: dict, tr: dict) -> dict
         ),
     )
     model, vocab = res.model, res.vocab
-    # Variant 1 (what the serving path does): Recommender.add_items, i.e. text projection plus
-    # an id embedding borrowed from the trained items with the closest titles.
-    import copy
-
-    rec = Recommender(copy.deepcopy(model), copy.deepcopy(vocab), version="zero-shot", device="auto")
+    # The hidden items are added from their titles (id embedding zero), as train.add_items /
+    # finetune do; the serving path (Recommender.add_items) gives them the same vectors (borrowing
+    # ids from similar titles is off by default) but keeps them in the index, not in the torch
+    # table, so it is not evaluated here (bench/zero_shot.py covers the served scores).
     hidden_ids = sorted(hidden)
-    rec.add_items([(i, text.get(i)) for i in hidden_ids])
-    # Variant 2: text projection alone (id embedding zero), as in train.add_items / finetune.
     add_items(model, vocab, hidden_ids, text, cache_file=args.text_cache)
     model.eval()
-    assert rec.vocab.ids == vocab.ids
     sub = data.subset(cases)
     enc = encode(sub, vocab)
     inputs = Encoded([s[:-1] for s in enc.items], [t[:-1] for t in enc.types])
     targets = np.array([s[-1] for s in enc.items], dtype=np.int64)
     out = {"hidden_items": len(hidden), "users": len(cases), "train_seconds": res.metrics["train_seconds"]}
-    out["model_borrowed_id"] = evaluate_model(rec.model, inputs, targets)
     out["model"] = evaluate_model(model, inputs, targets)
     train_enc = encode(hide_items(data, hidden), vocab)
     out["popularity"] = rank_all(popularity_score_fn(train_enc, len(vocab)), inputs, targets, len(vocab))
@@ -169,8 +166,7 @@ def print_zero_shot(z: dict) -> None:
     print(f"| {'method':38s} | HR@10   | NDCG@10 | HR@20   |")
     print(f"|{'-' * 40}|---------|---------|---------|")
     for k, label in (
-        ("model_borrowed_id", "streamrec, Recommender.add_items"),
-        ("model", "streamrec, text projection only"),
+        ("model", "streamrec (hybrid, titles only)"),
         ("popularity", "popularity"),
         ("text_similarity", "text similarity (MiniLM, exp(-0.7 age))"),
     ):
@@ -184,7 +180,7 @@ def main() -> int:
         "--time-budget",
         type=float,
         default=1500.0,
-        help="cap on the seconds to train the main model (40 epochs usually end first)",
+        help="seconds to train the main model (the cosine schedule follows it; 100 epochs rarely end first)",
     )
     ap.add_argument("--zero-shot-budget", type=float, default=300.0, help="seconds for the zero-shot model")
     ap.add_argument("--skip-zero-shot", action="store_true")
