@@ -38,10 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import MODEL_CONFIG, TRAIN, data_dir  # noqa: E402
+from quality import MODEL_CONFIG, TRAIN, data_dir, read_data  # noqa: E402
 
 from streamrec.model.augment import parse_ops  # noqa: E402
-from streamrec.model.data import read_item_text, read_sequences  # noqa: E402
 from streamrec.model.train import TrainSettings, train  # noqa: E402
 
 VARIANTS = ("none", "crop", "mask", "reorder", "crop+mask+reorder")
@@ -128,8 +127,7 @@ def main() -> int:
     if not (d / "sequences.txt").is_file():
         print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
         return 2
-    data = read_sequences(d / "sequences.txt")
-    text = read_item_text(d / "item_text.tsv") if (d / "item_text.tsv").is_file() else {}
+    data, text = read_data(d)
     print(
         f"data {d}: {len(data)} users; torch threads {torch.get_num_threads()}; {args.epochs} epochs per "
         f"variant, cosine over them; augment prob {args.prob} per sequence (one operator drawn from the list)"

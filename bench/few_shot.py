@@ -65,7 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import MODEL_CONFIG, TRAIN, data_dir  # noqa: E402
+from quality import MODEL_CONFIG, TRAIN, data_dir, read_data, simulated_shop  # noqa: E402
 
 from streamrec.model.checkpoint import load_checkpoint, read_metrics, save_checkpoint  # noqa: E402
 from streamrec.model.data import (  # noqa: E402
@@ -73,8 +73,6 @@ from streamrec.model.data import (  # noqa: E402
     Interactions,
     ItemVocab,
     encode,
-    read_item_text,
-    read_sequences,
 )
 from streamrec.model.evaluate import (  # noqa: E402
     evaluate_model,
@@ -110,16 +108,14 @@ def load_beauty() -> Domain:
     d = data_dir()
     if not (d / "sequences.txt").is_file():
         raise SystemExit(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
-    return Domain("beauty", read_sequences(d / "sequences.txt"), read_item_text(d / "item_text.tsv"))
+    return Domain("beauty", *read_data(d))
 
 
 def load_sim(args: argparse.Namespace) -> Domain:
-    from streamrec.devtools.simulator import ShopSimulator, write_dataset
-
-    with tempfile.TemporaryDirectory() as tmp:
-        sim = ShopSimulator(seed=args.sim_seed, n_items=args.sim_items, n_users=args.sim_users, id_prefix="fewshot")
-        seq_p, text_p = write_dataset(sim, tmp, n_events=args.sim_events)
-        return Domain("sim", read_sequences(seq_p), read_item_text(text_p))
+    shop = simulated_shop(
+        seed=args.sim_seed, n_items=args.sim_items, n_users=args.sim_users, n_events=args.sim_events, prefix="fewshot"
+    )
+    return Domain("sim", *shop)
 
 
 def settings(args: argparse.Namespace, epochs: int) -> TrainSettings:

@@ -83,6 +83,26 @@ def data_dir() -> Path:
     return Path(os.environ.get("STREAMREC_BENCH_DATA", REPO.parent / "shared" / "data" / "beauty"))
 
 
+def read_data(d: Path) -> tuple[Interactions, dict[str, str | None]]:
+    """A Beauty-format directory: its sequences and item titles (none when it has no titles)."""
+    data = read_sequences(d / "sequences.txt")
+    text = read_item_text(d / "item_text.tsv") if (d / "item_text.tsv").is_file() else {}
+    return data, text
+
+
+def simulated_shop(
+    *, seed: int, n_items: int, n_users: int, n_events: int, prefix: str
+) -> tuple[Interactions, dict[str, str | None]]:
+    """The simulator's shop as a dataset (titles with brand and category), read back as a file
+    dataset is: the benches' whole-new-shop domain."""
+    from streamrec.devtools.simulator import ShopSimulator, write_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = ShopSimulator(seed=seed, n_items=n_items, n_users=n_users, id_prefix=prefix)
+        seq_p, text_p = write_dataset(sim, tmp, n_events=n_events)
+        return read_sequences(seq_p), read_item_text(text_p)
+
+
 def row(name: str, hr: float, ndcg: float, note: str = "") -> str:
     return f"| {name:38s} | {hr:7.4f} | {ndcg:7.4f} | {note} |"
 
@@ -201,8 +221,7 @@ def main() -> int:
     if not (d / "sequences.txt").is_file():
         print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
         return 2
-    data = read_sequences(d / "sequences.txt")
-    text = read_item_text(d / "item_text.tsv") if (d / "item_text.tsv").is_file() else {}
+    data, text = read_data(d)
     print(
         f"data {d}: {len(data)} users, {sum(map(len, data.items))} interactions; "
         f"torch threads {torch.get_num_threads()}; device auto"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import data_dir, hidden_items  # noqa: E402
+from quality import data_dir, hidden_items, read_data, simulated_shop  # noqa: E402
 
 from streamrec.model.data import (  # noqa: E402
     Encoded,
     encode,
-    read_item_text,
-    read_sequences,
     vocab_from,
 )
 from streamrec.model.evaluate import rank_all, text_similarity_score_fn  # noqa: E402
@@ -53,7 +50,7 @@ def main() -> int:
         print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
         return 2
     cache = Path(args.text_cache)
-    data, text = read_sequences(d / "sequences.txt"), read_item_text(d / "item_text.tsv")
+    data, text = read_data(d)
     vocab = vocab_from(data)
     T = torch.cat(
         [torch.zeros(1, 384), torch.from_numpy(encode_cached([text.get(i) for i in vocab.ids], cache_file=cache))]
@@ -71,13 +68,7 @@ def main() -> int:
     known = np.array([r for r in range(1, len(T)) if r not in hidden and bool(T[r].any())])
     E = T[known]
     _, _, vh = torch.linalg.svd(E - E.mean(0), full_matrices=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        from streamrec.devtools.simulator import ShopSimulator, write_dataset
-
-        seq_p, text_p = write_dataset(
-            ShopSimulator(seed=7, n_items=2000, n_users=3000, id_prefix="ts"), tmp, n_events=100_000
-        )
-        shop, shop_text = read_sequences(seq_p), read_item_text(text_p)
+    shop, shop_text = simulated_shop(seed=7, n_items=2000, n_users=3000, n_events=100_000, prefix="ts")
     sv = vocab_from(shop)
     sv.add(list(shop_text))
     ST = torch.cat(

@@ -46,7 +46,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import MODEL_CONFIG, TRAIN, data_dir, hidden_items, hide_items, throughput  # noqa: E402
+from quality import (  # noqa: E402
+    MODEL_CONFIG,
+    TRAIN,
+    data_dir,
+    hidden_items,
+    hide_items,
+    read_data,
+    simulated_shop,
+    throughput,
+)
 
 from streamrec.model.checkpoint import load_checkpoint, read_metrics, save_checkpoint  # noqa: E402
 from streamrec.model.data import (  # noqa: E402
@@ -54,8 +63,6 @@ from streamrec.model.data import (  # noqa: E402
     Interactions,
     encode,
     leave_one_out,
-    read_item_text,
-    read_sequences,
 )
 from streamrec.model.evaluate import (  # noqa: E402
     evaluate_model,
@@ -180,8 +187,7 @@ def main() -> int:
     t0 = time.monotonic()
     cfg = MODEL_CONFIG | args.config
     tr = TRAIN | {"max_epochs": args.epochs, "patience": args.epochs} | args.train
-    data = read_sequences(d / "sequences.txt")
-    text = read_item_text(d / "item_text.tsv")
+    data, text = read_data(d)
     hidden = hidden_items(data, args.seed)
     print(f"config {json.dumps(cfg)} train {json.dumps(tr)}; torch threads {torch.get_num_threads()}")
     settings = TrainSettings(seed=args.seed, progress=False, text_cache=args.text_cache, device="cpu", **tr)
@@ -273,12 +279,9 @@ def main() -> int:
         print_table(f"## Validation (second-last item), {name}, full catalog", r)
         out[f"val {name}"] = {k: round(v["ndcg@10"], 4) for k, v in r.items()}
     # Whole new shops.
-    with tempfile.TemporaryDirectory() as tmp:
-        from streamrec.devtools.simulator import ShopSimulator, write_dataset
-
-        sim = ShopSimulator(seed=7, n_items=args.shop_items, n_users=args.shop_users, id_prefix="zs")
-        seq_p, text_p = write_dataset(sim, tmp, n_events=args.shop_events)
-        shop, shop_text = read_sequences(seq_p), read_item_text(text_p)
+    shop, shop_text = simulated_shop(
+        seed=7, n_items=args.shop_items, n_users=args.shop_users, n_events=args.shop_events, prefix="zs"
+    )
     r = new_shop(model, vocab, shop, shop_text, cache_file=args.text_cache)
     print_table(
         f"## New shop: the simulator's ({len(shop)} users, {len(shop_text)} items, all "
