@@ -36,14 +36,14 @@ from streamrec.model.data import (  # noqa: E402
     vocab_from,
 )
 from streamrec.model.evaluate import rank_all, text_similarity_score_fn  # noqa: E402
-from streamrec.model.text import encode_cached  # noqa: E402
+from streamrec.model.train import item_text_matrix  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dims", default="0,32,64,128")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text_emb.safetensors"))
+    ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
     args = ap.parse_args()
     d = data_dir()
     if not (d / "sequences.txt").is_file():
@@ -52,9 +52,7 @@ def main() -> int:
     cache = Path(args.text_cache)
     data, text = read_data(d)
     vocab = vocab_from(data)
-    T = torch.cat(
-        [torch.zeros(1, 384), torch.from_numpy(encode_cached([text.get(i) for i in vocab.ids], cache_file=cache))]
-    )
+    T = torch.cat([torch.zeros(1, 384), item_text_matrix(vocab, text, cache_file=cache)])
     hidden = {vocab.row(i) for i in hidden_items(data, args.seed)}
     enc = encode(data, vocab)
 
@@ -71,9 +69,7 @@ def main() -> int:
     shop, shop_text = simulated_shop(seed=7, n_items=2000, n_users=3000, n_events=100_000, prefix="ts")
     sv = vocab_from(shop)
     sv.add(list(shop_text))
-    ST = torch.cat(
-        [torch.zeros(1, 384), torch.from_numpy(encode_cached([shop_text.get(i) for i in sv.ids], cache_file=cache))]
-    )
+    ST = torch.cat([torch.zeros(1, 384), item_text_matrix(sv, shop_text, cache_file=cache)])
     senc = encode(shop, sv)
     s_in = Encoded([s[:-1] for s in senc.items], [t[:-1] for t in senc.types])
     s_y = np.array([s[-1] for s in senc.items], dtype=np.int64)
