@@ -9,9 +9,11 @@ history's title vectors, cosine to every item, history excluded (``evaluate --ba
 text-similarity row). Rows: Beauty's validation split (second-last item; all users, and the
 users whose target is one of ``bench/quality.py``'s hidden items) in the full catalog, and the
 simulator's shop (last item, ranked among its own catalog). ``dims`` 0 is the full 384-d
-vector; r > 0 projects every title on the top r principal directions of Beauty's known
-(non-hidden) titles first, as ``SASRecConfig.text_sim_dim`` would, which shrinks the hybrid
-model's vectors (and the FAISS search) at the cost measured here. Last line: one JSON object.
+vector; r > 0 projects every title on the top r principal directions first, as
+``SASRecConfig.text_sim_dim`` does, which shrinks the hybrid model's vectors (and the FAISS
+search): either those of Beauty's known (non-hidden) titles for every catalog (the channel before
+the fourth session), or, as the served channel now is (``SASRec.set_text_basis``), the centre and
+directions of the ranked catalog's own titles. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -63,9 +65,13 @@ def main() -> int:
             np.array([enc.items[k][-2] for k in idx], dtype=np.int64),
         )
 
+    def fitted(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centre and principal directions (rows) of the title vectors E with text."""
+        E = E[E.abs().sum(1) > 0]
+        return E.mean(0), torch.linalg.svd(E - E.mean(0), full_matrices=False)[2]
+
     known = np.array([r for r in range(1, len(T)) if r not in hidden and bool(T[r].any())])
-    E = T[known]
-    _, _, vh = torch.linalg.svd(E - E.mean(0), full_matrices=False)
+    _, vh = fitted(T[known])
     shop, shop_text = simulated_shop(seed=7, n_items=2000, n_users=3000, n_events=100_000, prefix="ts")
     sv = vocab_from(shop)
     sv.add(list(shop_text))
@@ -78,21 +84,54 @@ def main() -> int:
         f"\n| title vector | Beauty val, all users ({len(v_all[1])}) | Beauty val, hidden-item "
         f"targets ({len(v_hid[1])}) | simulator shop ({len(s_y)} users) |\n|---|---:|---:|---:|"
     )
-    out = {}
+    own_beauty, own_shop = fitted(T[1:]), fitted(ST[1:])
+    out: dict[str, list[float]] = {}
     for r in (int(x) for x in args.dims.split(",")):
-        P = None if r == 0 else vh[:r].T
+        # (name, key, centre, directions) for Beauty's rows and for the simulator shop's rows;
+        # "own": fitted on the ranked catalog's own titles, as the served channel is
+        # (SASRec.set_text_basis: centred, then the top r directions)
+        rows = (
+            [
+                ("full 384-d (the text-similarity baseline)", "0", (None, None), (None, None)),
+                ("full 384-d, centred on the ranked catalog", "0_centred", (own_beauty[0], None), (own_shop[0], None)),
+            ]
+            if r == 0
+            else [
+                (
+                    f"PCA {r} of Beauty's known titles, uncentred (the channel before)",
+                    str(r),
+                    (None, vh[:r].T),
+                    (None, vh[:r].T),
+                ),
+                (
+                    f"PCA {r} of the ranked catalog's titles, uncentred",
+                    f"{r}_own",
+                    (None, own_beauty[1][:r].T),
+                    (None, own_shop[1][:r].T),
+                ),
+                (
+                    f"PCA {r} of the ranked catalog's titles, centred (the channel now)",
+                    f"{r}_own_centred",
+                    (own_beauty[0], own_beauty[1][:r].T),
+                    (own_shop[0], own_shop[1][:r].T),
+                ),
+            ]
+        )
+        for name, key, fb, fs in rows:
 
-        def f(X: torch.Tensor, P: torch.Tensor | None = P) -> torch.Tensor:
-            return X if P is None else X @ P
+            def f(X: torch.Tensor, fit: tuple[torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
+                mean, P = fit
+                has = (X.abs().sum(1, keepdim=True) > 0).to(X.dtype)  # untitled rows stay zero
+                Y = X if mean is None else (X - mean) * has
+                return Y if P is None else Y @ P
 
-        row = [
-            rank_all(text_similarity_score_fn(f(T)), *v_all, len(T) - 1)["ndcg@10"],
-            rank_all(text_similarity_score_fn(f(T)), *v_hid, len(T) - 1)["ndcg@10"],
-            rank_all(text_similarity_score_fn(f(ST)), s_in, s_y, len(ST) - 1)["ndcg@10"],
-        ]
-        name = "full 384-d" if r == 0 else f"PCA {r} (Beauty's known titles)"
-        print(f"| {name} | " + " | ".join(f"{x:.4f}" for x in row) + " |")
-        out[str(r)] = [round(x, 4) for x in row]
+            row = [
+                rank_all(text_similarity_score_fn(f(T, fb)), *v_all, len(T) - 1)["ndcg@10"],
+                rank_all(text_similarity_score_fn(f(T, fb)), *v_hid, len(T) - 1)["ndcg@10"],
+                rank_all(text_similarity_score_fn(f(ST, fs)), s_in, s_y, len(ST) - 1)["ndcg@10"],
+            ]
+            print(f"| {name} | " + " | ".join(f"{x:.4f}" for x in row) + " |")
+            out[key] = [round(x, 4) for x in row]
     print(json.dumps({"ndcg_at_10_by_dims": out}))
     return 0
 

@@ -150,6 +150,7 @@ def new_shop(model: SASRec, vocab, data: Interactions, text: dict, *, cache_file
     enc = encode(data, v)
     inputs, targets = last_item_cases(enc, 1, lambda r: True)
     catalog = np.array([v.row(i) for i in shop_items], dtype=np.int64)
+    m.set_text_basis(torch.from_numpy(catalog))  # as served to that shop (evaluate does the same)
     return methods(m, inputs, inputs, targets, catalog)
 
 
@@ -297,7 +298,10 @@ def main() -> int:
             sub.items.append([i for i, _ in keep])
             sub.types.append([e for _, e in keep])
     inputs, targets = last_item_cases(sub, 1, lambda r: True)
-    r = methods(model, inputs, inputs, targets, np.array(sorted(hid_rows), dtype=np.int64))
+    shop_rows = np.array(sorted(hid_rows), dtype=np.int64)
+    as_shop = copy.deepcopy(model)
+    as_shop.set_text_basis(torch.from_numpy(shop_rows))  # the text channel fitted to that shop's titles
+    r = methods(as_shop, inputs, inputs, targets, shop_rows)
     print_table(
         f"## New shop: Beauty's hidden items as a shop ({len(targets)} users with >= 2 of "
         f"them, {len(hid_rows)} items), last item ranked among the hidden items",

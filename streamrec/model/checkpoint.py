@@ -113,6 +113,9 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
         raise CheckpointError(f"checkpoint {str(p)!r}: corrupt safetensors file: {exc}") from None
     try:
         model = SASRec(config)
+        if config.hybrid and "text_mean" not in state:
+            # written before the channel was centred: an uncentred channel, as when saved
+            state["text_mean"] = torch.zeros(config.text_dim)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(p)!r}: weights do not fit the config: {exc}") from None

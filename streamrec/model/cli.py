@@ -148,6 +148,14 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         "(views by --augment's operators, all three if none); 0 = off",
     )
     a.add_argument("--contrastive-temp", type=positive_float, default=1.0, help="its temperature")
+    p.add_argument(
+        "--ema",
+        type=probability,
+        default=0.0,
+        metavar="DECAY",
+        help="validate and keep an exponential moving average of the weights with this decay "
+        "per step (0 = off, the last weights)",
+    )
     if not model_flags:
         return
     d = SASRecConfig()
@@ -175,6 +183,19 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         type=probability,
         default=d.shop_dropout,
         help="prob. per training batch of dropping every id (trains the new-shop case)",
+    )
+    g.add_argument(
+        "--freq-mix",
+        type=fraction,
+        default=d.freq_mix,
+        help="share of each block's update from a causal low/high-pass filter of the sequence "
+        "(BSARec's frequency branch) instead of attention; 0 = attention only",
+    )
+    g.add_argument(
+        "--freq-decay",
+        type=_non_negative_float,
+        default=d.freq_decay,
+        help="the filter's low pass: recency-weighted mean of the positions so far, weight exp(-DECAY * age)",
     )
     g.add_argument(
         "--new-item-boost",
@@ -270,6 +291,7 @@ def _settings(args: argparse.Namespace, settings: Settings):
         augment_reorder=args.augment_reorder,
         contrastive=args.contrastive,
         contrastive_temp=args.contrastive_temp,
+        ema=args.ema,
     )
     if args.lr is not None:
         kw["lr"] = args.lr
@@ -365,6 +387,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         text_sim_dim=args.text_sim_dim,
         shop_dropout=args.shop_dropout,
         new_item_boost=args.new_item_boost,
+        freq_mix=args.freq_mix,
+        freq_decay=args.freq_decay,
     )
     if not -10.0 <= args.new_item_boost <= 10.0:
         raise ValueError(f"--new-item-boost {args.new_item_boost}: must be in -10..10")
@@ -420,6 +444,7 @@ def evaluate_dir(
     every item the model knows plus those; None picks ``"data"`` when the data brings items the
     model has never seen, else ``"all"``."""
     import numpy as np
+    import torch
 
     from streamrec.model.checkpoint import load_checkpoint
     from streamrec.model.data import Encoded, encode
@@ -451,6 +476,10 @@ def evaluate_dir(
     if len(targets) == 0:
         raise ValueError("no user in the sequences file has 2 or more interactions to evaluate")
     rows = np.array([vocab.row(i) for i in catalog], dtype=np.int64) if candidates == "data" else None
+    if rows is not None:
+        # as served to that shop: the text channel fitted to its catalog (finetune and the
+        # trainer's rounds fit it so before a version serves; streamrec.model.train.fit_catalog_basis)
+        model.set_text_basis(torch.from_numpy(rows).to(model.text_emb.device))
     report: dict[str, Any] = {
         "model": str(model_dir),
         "users": len(targets),

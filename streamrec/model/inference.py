@@ -204,8 +204,7 @@ class Recommender:
             full = vec.float()
         else:
             assert self._norm is not None and self._new is not None
-            basis = self.model.text_basis
-            low = text.to(basis.device, torch.float32) @ basis  # (k, r)
+            low = self.model.reduce_text(text)  # (k, r)
             flags = torch.as_tensor(new, dtype=torch.bool, device=low.device).expand(low.shape[0])
             counts = torch.zeros(low.shape[0], device=low.device) if count is None else count
             part = self.model.text_part(low, flags, counts.to(low.device))  # (k, r+1)

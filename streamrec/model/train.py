@@ -100,6 +100,8 @@ class TrainSettings:
     # NDCG@10 over 10 epochs, bench/RESULTS.md)
     contrastive: float = 0.0
     contrastive_temp: float = 1.0  # temperature of the dot-product similarity
+    ema: float = 0.0  # decay of an exponential moving average of the weights, updated every
+    # step; validation, early stopping and the result use the averaged weights (0 = off)
 
 
 @dataclass
@@ -133,6 +135,42 @@ def item_text_matrix(
     enc = encoder or TextEncoder(device=device)
     with TextCache(Path(cache_file) if cache_file else None, encoder=enc) as c:
         return torch.from_numpy(c.encode(texts))
+
+
+def fit_catalog_basis(
+    model: SASRec,
+    vocab: ItemVocab,
+    item_text: dict[str, str | None],
+    ids: Sequence[str | None] | None = None,
+    *,
+    cache_file: str | Path | None = None,
+    device: str = "auto",
+) -> int:
+    """Fit the text channel's centre and directions (:meth:`SASRec.set_text_basis`) to the titles
+    of the catalog that will be served: ``ids`` (default: the vocabulary and every item of
+    ``item_text``). Titles the model holds are read from it, the others through the text cache.
+    Returns the number of titles the fit read (0 without a hybrid model)."""
+    if not model.config.hybrid:
+        return 0
+    keys = list(dict.fromkeys(i for i in ([*vocab.ids, *item_text] if ids is None else ids) if i is not None))
+    rows = [vocab.row(i) for i in keys if i in vocab]
+    extra = [i for i in keys if i not in vocab and item_text.get(i)]
+    parts = [model.text_emb[torch.tensor(rows, dtype=torch.long, device=model.text_emb.device)].float().cpu()]
+    if extra:
+        parts.append(item_text_matrix(vocab, item_text, extra, cache_file=cache_file, device=device).float())
+    emb = torch.cat(parts)
+    emb = emb[emb.abs().sum(1) > 0]
+    model.set_text_basis(emb=emb)
+    return int(emb.shape[0])
+
+
+@torch.no_grad()
+def _swap_weights(params: list[torch.nn.Parameter], values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Load ``values`` into ``params``; returns the values they held."""
+    old = [p.detach().clone() for p in params]
+    for p, v in zip(params, values, strict=True):
+        p.copy_(v)
+    return old
 
 
 def _optimizer(model: SASRec, s: TrainSettings) -> torch.optim.Optimizer:
@@ -184,6 +222,10 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     if s.hybrid_fit not in ("post", "joint"):
         raise ValueError(f"unknown hybrid_fit {s.hybrid_fit!r}: use 'post' or 'joint'")
     post = model.config.hybrid and s.hybrid_fit == "post"  # channel fitted after the model part
+    if not 0.0 <= s.ema < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {s.ema}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    shadow = [p.detach().clone() for p in params] if s.ema > 0 else None
     step = 0
     for epoch in range(1, s.max_epochs + 1):
         model.train()
@@ -210,6 +252,9 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            if shadow is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - s.ema)
             losses.append(loss.item())
             if len(losses) % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
@@ -221,6 +266,7 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
             "loss": float(np.mean(losses)) if losses else None,
             "seconds": round(time.monotonic() - t0, 1),
         }
+        live = _swap_weights(params, shadow) if shadow is not None else None  # validate the average
         if has_val:
             val = evaluate_model(
                 model,
@@ -248,6 +294,8 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
+        if live is not None:
+            _swap_weights(params, live)  # training goes on from the live weights
         if out_of_time:
             stop_reason = "time_budget"
             break
@@ -461,7 +509,9 @@ def train(
                 item_text_matrix(vocab, text, cache_file=settings.text_cache, device=settings.device),
             ]
         )
-        model.set_text_basis()  # the training catalog's principal title directions
+        # the channel's centre and directions: the catalog's titles (the training items and
+        # every other item of item_text: what will be served)
+        fit_catalog_basis(model, vocab, text, cache_file=settings.text_cache, device=settings.device)
     return fit(model, vocab, data, settings)
 
 
@@ -500,6 +550,12 @@ def finetune(
     for seq in data.items:
         new.extend(i for i in seq if i not in vocab)
     added = add_items(model, vocab, new, item_text or {}, cache_file=settings.text_cache, device=settings.device)
+    if item_text:
+        # the text channel follows the catalog being trained for (a new shop: its own titles);
+        # the gates are then fitted with it
+        fit_catalog_basis(
+            model, vocab, item_text, [*new, *item_text], cache_file=settings.text_cache, device=settings.device
+        )
     res = fit(model, vocab, data, settings)
     res.metrics["added_items"] = len(added)
     return res

@@ -119,6 +119,44 @@ def test_text_basis_reduces_the_channel():
         _model(text_sim_dim=500)
 
 
+def test_text_basis_is_centred_on_the_fitted_catalog():
+    """The channel vector is (t - centre) @ basis: fitted on a catalog whose titles lie in a
+    3-d affine subspace, 3 directions keep every centred title exactly; untitled rows stay 0."""
+    m = _model(text_sim_dim=3)
+    g = torch.Generator().manual_seed(3)
+    offset, span = torch.randn(TEXT_DIM, generator=g), torch.randn(3, TEXT_DIM, generator=g)
+    catalog = offset + torch.randn(50, 3, generator=g) @ span  # (50, 384)
+    m.set_text_basis(emb=catalog)
+    torch.testing.assert_close(m.text_mean, catalog.mean(0))
+    low = m.reduce_text(catalog)
+    torch.testing.assert_close(low @ m.text_basis.T, catalog - catalog.mean(0), atol=1e-3, rtol=1e-3)
+    assert torch.all(m.reduce_text(torch.zeros(2, TEXT_DIM)) == 0)
+    assert torch.all(m.text_low()[[PAD_ID, 5]] == 0)  # no title, no channel, after any fit
+    # the served rows follow the refit (the cached reduction is invalidated)
+    before = m.text_low().clone()
+    m.set_text_basis()
+    assert not torch.allclose(before, m.text_low())
+
+
+def test_text_basis_needs_as_many_titles_as_directions():
+    m = _model(text_sim_dim=8)
+    m.set_text_basis(emb=torch.randn(5, TEXT_DIM))
+    torch.testing.assert_close(m.text_basis, torch.eye(TEXT_DIM)[:, :8])
+    assert torch.all(m.text_mean == 0)
+
+
+def test_fit_catalog_basis_reads_the_served_catalog_titles():
+    from streamrec.model.data import ItemVocab
+    from streamrec.model.train import fit_catalog_basis
+
+    m = _model(text_sim_dim=4)
+    vocab = ItemVocab()
+    vocab.add([f"i{k}" for k in range(1, 31)])
+    shop = [f"i{k}" for k in range(10, 31)]  # the catalog served: rows 10..30, all titled
+    assert fit_catalog_basis(m, vocab, {}, shop) == 21
+    torch.testing.assert_close(m.text_mean, m.text_emb[10:31].mean(0))
+
+
 def test_no_text_means_no_channel():
     m = SASRec(SASRecConfig(n_items=5, d_model=8, n_heads=1, use_text=False))
     assert not m.config.hybrid and m.output_dim == 8
@@ -140,7 +178,11 @@ def test_old_checkpoint_without_hybrid_loads_as_before(tiny_checkpoint, tmp_path
         cfg.pop(k, None)
     (old / "config.json").write_text(json.dumps(cfg))
     state = load_file(str(old / "model.safetensors"))
-    state = {k: v for k, v in state.items() if not k.startswith(("gate_", "bias_item", "text_basis", "item_count"))}
+    state = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith(("gate_", "bias_item", "text_basis", "text_mean", "item_count"))
+    }
     save_file(state, str(old / "model.safetensors"), metadata={"format": "pt"})
     model, _vocab = load_checkpoint(old)
     assert not model.config.hybrid and model.output_dim == model.config.d_model

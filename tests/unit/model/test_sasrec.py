@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from streamrec.model.sasrec import PAD_ID, SASRec, SASRecConfig
@@ -34,8 +35,18 @@ def test_small_init():
     assert torch.all(m.id_emb.weight[PAD_ID] == 0)
 
 
-def test_no_future_leakage():
-    m = _model().eval()
+def _filtered(**kw) -> SASRec:
+    """A model whose blocks mix attention with the causal frequency filter (beta non-zero)."""
+    m = _model(freq_mix=0.5, **kw)
+    with torch.no_grad():
+        for block in m.blocks:
+            block.filter.beta.normal_()
+    return m
+
+
+@pytest.mark.parametrize("make", [_model, _filtered], ids=["attention", "attention+filter"])
+def test_no_future_leakage(make):
+    m = make().eval()
     x = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
     table = m.item_table()
     h1 = m.encode(x, None, table)
@@ -46,8 +57,9 @@ def test_no_future_leakage():
     assert not torch.allclose(h1[0, 6:], h2[0, 6:])
 
 
-def test_no_nan_with_left_right_and_full_padding():
-    m = _model()
+@pytest.mark.parametrize("make", [_model, _filtered], ids=["attention", "attention+filter"])
+def test_no_nan_with_left_right_and_full_padding(make):
+    m = make()
     for train_mode in (True, False):
         m.train(train_mode)
         x = torch.tensor([[0, 0, 0, 1, 2], [1, 2, 0, 0, 0], [0, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
@@ -61,12 +73,24 @@ def test_no_nan_with_left_right_and_full_padding():
         m.zero_grad()
 
 
-def test_padding_length_does_not_change_output():
-    m = _model().eval()
+@pytest.mark.parametrize("make", [_model, _filtered], ids=["attention", "attention+filter"])
+def test_padding_length_does_not_change_output(make):
+    m = make().eval()
     table = m.item_table()
     a = m.encode(torch.tensor([[3, 4, 5]]), None, table)[:, -1]
     b = m.encode(torch.tensor([[0, 0, 0, 3, 4, 5]]), None, table)[:, -1]
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_filter_changes_the_output_and_checks_its_share():
+    x = torch.tensor([[0, 0, 3, 4, 5]])
+    plain, filtered = _model().eval(), _filtered().eval()
+    filtered.load_state_dict(plain.state_dict(), strict=False)  # same weights but the filter's
+    assert not torch.allclose(
+        plain.encode(x, None, plain.item_table()), filtered.encode(x, None, filtered.item_table())
+    )
+    with pytest.raises(ValueError, match="freq_mix"):
+        _model(freq_mix=1.5)
 
 
 def test_event_types_enter_the_input():

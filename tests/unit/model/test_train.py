@@ -112,6 +112,22 @@ def test_lr_schedules():
         lr_at(TrainSettings(lr_schedule="step"), 0, 0.0)
 
 
+def test_ema_keeps_the_averaged_weights(tiny_data, tiny_text):
+    """With a decay near 1 the average barely leaves the initial weights, while the live
+    weights move: the result is the average."""
+    from streamrec.model.train import train
+
+    def run(ema: float, lr: float = 1e-2):
+        s = TrainSettings(max_epochs=2, patience=10, device="cpu", progress=False, batch_size=8, lr=lr, ema=ema)
+        return train(tiny_data, item_text=tiny_text, config=TINY_CONFIG, settings=s).model.blocks[0].mlp[0].weight
+
+    init = run(0.0, lr=1e-12).detach()  # the same seed: the initial weights
+    live, avg = run(0.0).detach(), run(0.99999).detach()
+    assert (live - avg).abs().max() > 10 * (avg - init).abs().max()
+    with pytest.raises(ValueError, match="ema"):
+        run(1.0)
+
+
 def test_cosine_schedule_reaches_the_floor_by_max_epochs(tiny_data, tiny_text):
     """The optimiser's last learning rate is near lr * min_lr_ratio at the end of max_epochs."""
     from streamrec.model.train import train
