@@ -88,10 +88,11 @@ class SASRecConfig(PreTrainedConfig):
     loss: str = "full"  # "full" softmax over all items, or "sampled" (shared uniform negatives)
     n_negatives: int = 4096  # negatives per batch when loss == "sampled"
     hybrid: bool = True  # fuse a gated text-similarity channel into user/item vectors (docstring)
-    text_sim_dim: int = 128  # dims of that channel: the titles' top r principal directions
-    # (0 = the full 384-d title vector). 128 keeps most of the channel's effect at 64+128+1 = 193-d
-    # vectors, whose exact FAISS search is ~5x cheaper than at 449-d; PCA-64 lost a third of text
-    # similarity's NDCG@10 on Beauty (bench/RESULTS.md, "Hybrid scoring" and "Pipeline")
+    text_sim_dim: int = 192  # dims of that channel: the top r principal directions of the served
+    # catalog's centred titles (0 = the full 384-d title vector). 192 (64+192+1 = 257-d vectors)
+    # ranked a whole new shop above plain text similarity on every catalog measured (128 did not
+    # on one of Beauty's three hidden shops); the full 449-d search costs ~1.7x more
+    # (bench/RESULTS.md, "Hybrid scoring", "Zero-shot")
     text_decay: float = 0.7  # recency decay rate of the history's titles in the user's text
     # vector: weight exp(-text_decay * age), the newest item age 0 (0 = a plain mean)
     shop_dropout: float = 0.0  # prob. per training batch of dropping EVERY id (a whole new shop)

@@ -30,9 +30,9 @@ X = torch.tensor([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10], [0, 0, 0, 0, 0, 0]])
 Y = torch.tensor([[0, 0, 2, 3, 4, 11], [6, 7, 8, 9, 10, 12], [0, 0, 0, 0, 0, 0]])
 
 
-def test_default_channel_is_the_titles_top_128_directions():
+def test_default_channel_is_the_titles_top_192_directions():
     cfg = SASRecConfig(n_items=30, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_len=8)
-    assert cfg.text_sim_dim == 128 and SASRec(cfg).output_dim == 16 + 128 + 1
+    assert cfg.text_sim_dim == 192 and SASRec(cfg).output_dim == 16 + 192 + 1
 
 
 def test_shapes_and_empty_history_is_zero():
