@@ -323,9 +323,9 @@ class SASRec(PreTrainedModel):
 
     # -- the text-similarity channel (hybrid) ------------------------------------------------------
 
-    #: Titles a basis fit reads at most (evenly spaced over the catalog): enough for 384
-    #: directions, bounded for million-item catalogs.
-    BASIS_FIT_ROWS = 200_000
+    #: Titles a basis fit reads at most (evenly spaced over the catalog): plenty for 384
+    #: directions, and 77 MB of float32 titles at most for a million-item catalog.
+    BASIS_FIT_ROWS = 50_000
 
     @torch.no_grad()
     def set_text_basis(self, rows: torch.Tensor | None = None, *, emb: torch.Tensor | None = None) -> None:

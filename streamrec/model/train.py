@@ -153,6 +153,10 @@ def fit_catalog_basis(
     if not model.config.hybrid:
         return 0
     keys = list(dict.fromkeys(i for i in ([*vocab.ids, *item_text] if ids is None else ids) if i is not None))
+    titled = (model.text_emb.abs().sum(1) > 0).cpu().numpy()  # (N+1,) rows with a title
+    keys = [i for i in keys if (i in vocab and titled[vocab.row(i)]) or item_text.get(i)]
+    if len(keys) > SASRec.BASIS_FIT_ROWS:  # evenly spaced: bounded memory and title encoding
+        keys = [keys[k] for k in np.linspace(0, len(keys) - 1, SASRec.BASIS_FIT_ROWS).astype(np.int64)]
     rows = [vocab.row(i) for i in keys if i in vocab]
     extra = [i for i in keys if i not in vocab and item_text.get(i)]
     parts = [model.text_emb[torch.tensor(rows, dtype=torch.long, device=model.text_emb.device)].float().cpu()]
