@@ -265,6 +265,7 @@ def main() -> int:
         print("| boost | all users | hidden-item targets | known-item targets |\n|---:|---:|---:|---:|")
         for b, (a, h, k) in grid.items():
             print(f"| {b:g} | {a:.4f} | {h:.4f} | {k:.4f} |")
+
         # The target is "at least text similarity on both rows": the boost whose worse row has
         # the largest margin over text similarity (the smallest passing boost, the rule until
         # the fourth session, sits by construction where one row barely passes)
