@@ -170,7 +170,7 @@ def main() -> int:
             name = (
                 ("full 384-d" + (", centred" if centred else " (the text-similarity baseline)"))
                 if r == 0
-                else (f"PCA {r} of the shop's titles, centred (the channel now)")
+                else (f"PCA {r} of the shop's titles, centred (the channel's recipe)")
             )
             print(f"| {name} | " + " | ".join(f"{x:.4f}" for x in row) + " |")
             shop_out[f"{r}{'_centred' if centred else ''}"] = [round(x, 4) for x in row]

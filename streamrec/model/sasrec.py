@@ -196,6 +196,7 @@ class SASRec(PreTrainedModel):
     main_input_name = "item_ids"
     text_emb: torch.Tensor  # a buffer (register_buffer below)
     text_basis: torch.Tensor  # hybrid buffers (register_buffer below)
+    text_mean: torch.Tensor
     item_count: torch.Tensor
 
     if TYPE_CHECKING:
@@ -336,7 +337,7 @@ class SASRec(PreTrainedModel):
 
         Centring removes what every title of the catalog shares ("a beauty product"), which
         otherwise dominates the cosine; on the catalogs measured it lifts plain text
-        similarity by 3-12 % (``bench/text_similarity.py``). Fewer titles than directions (or
+        similarity by 2.6-12 % (``bench/text_similarity.py``). Fewer titles than directions (or
         than 2): no fit, the identity and no centring."""
         if not self.config.hybrid:
             return
