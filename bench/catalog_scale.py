@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import beauty_events, latency_at
-from worker_proc import FIELDS, launch, stop, train_model, wait_healthy, worker_env
+from worker_proc import FIELDS, launch, stop, tagged_settings, train_model, wait_healthy, worker_env
 
 from streamrec.client import EventProducer
 from streamrec.config import Settings
@@ -411,16 +411,10 @@ def run_size(size: int, args, model: Path, bootstrap: str, work: Path, beauty: l
     tag = f"cs{size}-{uuid.uuid4().hex[:6]}"
     d = work / tag
     d.mkdir()
-    settings = Settings(
-        bootstrap_servers=bootstrap,
-        topic_events=f"{tag}.events",
-        topic_catalog=f"{tag}.catalog",
-        topic_recommendations=f"{tag}.recs",
-        topic_dlq=f"{tag}.dlq",
-        topic_model_updates=f"{tag}.models",
-        app_id=tag,
-        data_dir=d / "data",
-        partitions=4,
+    settings = tagged_settings(
+        bootstrap,
+        tag,
+        d / "data",
         index_exact_max=args.exact_max,
         hnsw_ef_construction=args.hnsw_ef_construction,
     )

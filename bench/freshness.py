@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from worker_proc import launch, stop, train_model, wait_healthy, worker_env  # noqa: E402
+from worker_proc import launch, stop, tagged_settings, train_model, wait_healthy, worker_env  # noqa: E402
 
 from streamrec.client import EventProducer, RecommendationSubscriber  # noqa: E402
 from streamrec.config import Settings  # noqa: E402
@@ -235,17 +235,7 @@ def main() -> int:
     if not bootstrap:
         started_kafka = work / "kafka"
         bootstrap = localkafka.start(started_kafka, libs=Settings().kafka_libs.expanduser()).bootstrap
-    settings = Settings(
-        bootstrap_servers=bootstrap,
-        topic_events=f"{tag}.events",
-        topic_catalog=f"{tag}.catalog",
-        topic_recommendations=f"{tag}.recs",
-        topic_dlq=f"{tag}.dlq",
-        topic_model_updates=f"{tag}.models",
-        app_id=tag,
-        data_dir=work / "data",
-        partitions=4,
-    )
+    settings = tagged_settings(bootstrap, tag, work / "data")
     sim_kw = {"seed": 3, "n_items": args.items, "n_users": args.users, "id_prefix": tag, "drift_every": args.phase}
     sim = ShopSimulator(**sim_kw)
     total = 3 * args.phase  # enough for phase 0 + live + window (never all of it)

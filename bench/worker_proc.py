@@ -17,7 +17,7 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from streamrec.config import Settings
@@ -33,6 +33,26 @@ FIELDS = (
     "partitions",
     "data_dir",
 )
+
+
+def tagged_settings(bootstrap: str, tag: str, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings on ``bootstrap`` with topics of their own named after ``tag`` (``<tag>.events``,
+    ``.catalog``, ``.recs``, ``.dlq``, ``.models``), app id ``tag``, 4 partitions, state under
+    ``data_dir``; ``overrides`` on top."""
+    from streamrec.config import Settings
+
+    fields: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "topic_events": f"{tag}.events",
+        "topic_catalog": f"{tag}.catalog",
+        "topic_recommendations": f"{tag}.recs",
+        "topic_dlq": f"{tag}.dlq",
+        "topic_model_updates": f"{tag}.models",
+        "app_id": tag,
+        "data_dir": data_dir,
+        "partitions": 4,
+    }
+    return Settings(**(fields | overrides))
 
 
 def worker_env(
