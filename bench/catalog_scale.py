@@ -46,8 +46,6 @@ import json
 import math
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import beauty_events, latency_at
+from worker_proc import FIELDS, launch, stop, tagged_settings, train_model, wait_healthy, worker_env
 
 from streamrec.client import EventProducer
 from streamrec.config import Settings
@@ -340,37 +339,14 @@ def proc_mem(pid: int) -> tuple[int, int]:
 class Worker:
     def __init__(self, settings: Settings, model: Path, log: Path) -> None:
         self.port = localkafka.free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-        for name in (
-            "topic_events",
-            "topic_catalog",
-            "topic_recommendations",
-            "topic_dlq",
-            "topic_model_updates",
-            "app_id",
-            "partitions",
-            "data_dir",
-            "index_exact_max",
-            "hnsw_ef_construction",
-        ):
-            env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
-        env["STREAMREC_TEXT_CACHE_DIR"] = str(settings.text_cache_path)
-        env.update(
-            {
-                "STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(),
-                "STREAMREC_WEB_PORT": str(self.port),
-                "STREAMREC_DEVICE": "cpu",
-            }
+        env = worker_env(
+            settings,
+            (*FIELDS, "index_exact_max", "hnsw_ef_construction"),
+            STREAMREC_TEXT_CACHE_DIR=str(settings.text_cache_path),
+            STREAMREC_WEB_PORT=str(self.port),
         )
         self.t0 = time.perf_counter()
-        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamrec.cli", "--log-level", "INFO", "worker", "--model", str(model)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        self.proc = launch(["--log-level", "INFO", "worker", "--model", str(model)], env, log, append=True)
         self.log = log
 
     def url(self, path: str) -> str:
@@ -378,18 +354,7 @@ class Worker:
 
     def wait_ready(self, timeout: float) -> float:
         """Seconds from process start to /health 200."""
-        deadline = self.t0 + timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"worker exited with {self.proc.returncode}; see {self.log}")
-            try:
-                with urllib.request.urlopen(self.url("/health"), timeout=5) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - self.t0
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit(f"worker not ready after {timeout:.0f}s; see {self.log}")
+        return wait_healthy(self.proc, self.port, self.log, timeout, since=self.t0)
 
     def metrics(self) -> dict[str, float]:
         return scrape(self.url("/metrics"))
@@ -407,13 +372,7 @@ class Worker:
         return time.perf_counter() - self.t0, kind
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        stop(self.proc, 120)
 
 
 def ensure_model(args: argparse.Namespace, work: Path) -> Path:
@@ -421,29 +380,9 @@ def ensure_model(args: argparse.Namespace, work: Path) -> Path:
         return Path(args.model)
     out, d = work / "model", bench_data()
     print(f"training a model on Beauty for {args.train_seconds}s (pass --model DIR to skip)...", flush=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamrec.cli",
-            "--log-level",
-            "WARNING",
-            "--data-dir",
-            str(work),
-            "train",
-            "--sequences",
-            str(d / "sequences.txt"),
-            "--item-text",
-            str(d / "item_text.tsv"),
-            "--out",
-            str(out),
-            "--time-budget",
-            str(args.train_seconds),
-            "--no-progress",
-        ],
-        check=True,
+    return train_model(
+        d / "sequences.txt", d / "item_text.tsv", out, args.train_seconds, cli_opts=("--data-dir", str(work))
     )
-    return out
 
 
 def drain_rate(w: Worker, settings: Settings, events, tag: str, timeout: float = 900) -> float:
@@ -472,16 +411,10 @@ def run_size(size: int, args, model: Path, bootstrap: str, work: Path, beauty: l
     tag = f"cs{size}-{uuid.uuid4().hex[:6]}"
     d = work / tag
     d.mkdir()
-    settings = Settings(
-        bootstrap_servers=bootstrap,
-        topic_events=f"{tag}.events",
-        topic_catalog=f"{tag}.catalog",
-        topic_recommendations=f"{tag}.recs",
-        topic_dlq=f"{tag}.dlq",
-        topic_model_updates=f"{tag}.models",
-        app_id=tag,
-        data_dir=d / "data",
-        partitions=4,
+    settings = tagged_settings(
+        bootstrap,
+        tag,
+        d / "data",
         index_exact_max=args.exact_max,
         hnsw_ef_construction=args.hnsw_ef_construction,
     )

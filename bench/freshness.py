@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from worker_proc import launch, stop, tagged_settings, train_model, wait_healthy, worker_env  # noqa: E402
 
 from streamrec.client import EventProducer, RecommendationSubscriber  # noqa: E402
 from streamrec.config import Settings  # noqa: E402
@@ -62,30 +64,12 @@ from streamrec.streams.topics import create_topics  # noqa: E402
 #: the new version); the matched steady baseline: this long before each announcement.
 AFTER_SWAP_S = 1.0
 BEFORE_SWAP_S = 5.0
+#: Seconds the worker and the trainer get to shut down on SIGTERM before they are killed.
+GRACE_S = 90
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    for name in (
-        "topic_events",
-        "topic_catalog",
-        "topic_recommendations",
-        "topic_dlq",
-        "topic_model_updates",
-        "app_id",
-        "partitions",
-        "data_dir",
-    ):
-        env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
-    env.update(
-        {
-            "STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(),
-            "STREAMREC_DEVICE": "cpu",
-            "PYTHONUNBUFFERED": "1",
-        },
-        **extra,
-    )
-    return env
+    return worker_env(settings, **{"PYTHONUNBUFFERED": "1", **extra})
 
 
 def get_json(url: str) -> dict:
@@ -97,33 +81,9 @@ def get_json(url: str) -> dict:
 
 
 def start_worker(settings: Settings, port: int, log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.cli", "worker"],
-            env=env_for(settings, STREAMREC_WEB_PORT=str(port)),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"worker exited; see {log}")
-        try:
-            if get_json(f"http://127.0.0.1:{port}/health").get("status") == "ok":
-                return proc
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("worker did not become healthy")
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    proc = launch(["worker"], env_for(settings, STREAMREC_WEB_PORT=str(port)), log)
+    wait_healthy(proc, port, log)
+    return proc
 
 
 def announce(settings: Settings, version: str, path: Path) -> None:
@@ -275,17 +235,7 @@ def main() -> int:
     if not bootstrap:
         started_kafka = work / "kafka"
         bootstrap = localkafka.start(started_kafka, libs=Settings().kafka_libs.expanduser()).bootstrap
-    settings = Settings(
-        bootstrap_servers=bootstrap,
-        topic_events=f"{tag}.events",
-        topic_catalog=f"{tag}.catalog",
-        topic_recommendations=f"{tag}.recs",
-        topic_dlq=f"{tag}.dlq",
-        topic_model_updates=f"{tag}.models",
-        app_id=tag,
-        data_dir=work / "data",
-        partitions=4,
-    )
+    settings = tagged_settings(bootstrap, tag, work / "data")
     sim_kw = {"seed": 3, "n_items": args.items, "n_users": args.users, "id_prefix": tag, "drift_every": args.phase}
     sim = ShopSimulator(**sim_kw)
     total = 3 * args.phase  # enough for phase 0 + live + window (never all of it)
@@ -300,30 +250,7 @@ def main() -> int:
 
     print(f"training v1 on drift phase 0 ({args.phase} events) for {args.v1_budget:.0f}s...", flush=True)
     seq, text = write_dataset(ShopSimulator(**sim_kw), work / "phase0", n_events=args.phase, with_types=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamrec.cli",
-            "--log-level",
-            "WARNING",
-            "--device",
-            "cpu",
-            "train",
-            "--sequences",
-            str(seq),
-            "--item-text",
-            str(text),
-            "--out",
-            str(work / "v1"),
-            "--time-budget",
-            str(args.v1_budget),
-            "--no-progress",
-            "--seed",
-            "1",
-        ],
-        check=True,
-    )
+    train_model(seq, text, work / "v1", args.v1_budget, cli_opts=("--device", "cpu"), train_opts=("--seed", "1"))
     registry = ModelRegistry(settings.registry_dir)
     v1 = registry.register(work / "v1")
     registry.promote(v1)
@@ -417,22 +344,20 @@ def main() -> int:
         # -- 2. freshness with the trainer -----------------------------------------------------
         tport = localkafka.free_port()
         trainer_log = work / "trainer.log"
-        with open(trainer_log, "wb") as out:  # the child keeps its own copy of the descriptor
-            trainer = subprocess.Popen(
-                [sys.executable, "-m", "streamrec.cli", "trainer"],
-                env=env_for(
-                    settings,
-                    STREAMREC_RETRAIN_INTERVAL_S=str(args.interval),
-                    STREAMREC_RETRAIN_MIN_EVENTS=str(args.min_events),
-                    STREAMREC_RETRAIN_TIME_BUDGET_S=str(args.budget),
-                    STREAMREC_RETRAIN_HOLDOUT_USERS=str(args.holdout),
-                    STREAMREC_TRAINLOG_SEGMENT_S="1",
-                    STREAMREC_TRAINLOG_MAX_AGE_S="1e9",
-                    STREAMREC_TRAINER_WEB_PORT=str(tport),
-                ),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        trainer = launch(
+            ["trainer"],
+            env_for(
+                settings,
+                STREAMREC_RETRAIN_INTERVAL_S=str(args.interval),
+                STREAMREC_RETRAIN_MIN_EVENTS=str(args.min_events),
+                STREAMREC_RETRAIN_TIME_BUDGET_S=str(args.budget),
+                STREAMREC_RETRAIN_HOLDOUT_USERS=str(args.holdout),
+                STREAMREC_TRAINLOG_SEGMENT_S="1",
+                STREAMREC_TRAINLOG_MAX_AGE_S="1e9",
+                STREAMREC_TRAINER_WEB_PORT=str(tport),
+            ),
+            trainer_log,
+        )
         t_trainer = time.time()
         print(
             f"part 2: trainer every {args.interval:.0f}s ({args.budget:.0f}s budget), traffic at "
@@ -461,7 +386,7 @@ def main() -> int:
         if live_start is None:
             raise SystemExit(f"the trainer promoted nothing within {args.max_live:.0f}s; see {trainer_log}")
         live_end = len(sender.order)
-        stop(trainer)
+        stop(trainer, GRACE_S)
         trainer = None
         rounds = rounds_from_log(trainer_log.read_text(errors="replace"))
         promoted = [(n, v) for n, v, _, _ in rounds if v and v in rec.first_seen]
@@ -477,10 +402,10 @@ def main() -> int:
         sender.send(window_recs, args.train_rate * 4)
         time.sleep(3)
     finally:
-        stop(trainer)
+        stop(trainer, GRACE_S)
         if rec is not None:
             rec.close()
-        stop(worker)
+        stop(worker, GRACE_S)
         if started_kafka is not None:
             localkafka.stop(started_kafka)
 

@@ -36,7 +36,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from worker_proc import FIELDS, launch, stop, train_model, wait_healthy, worker_env  # noqa: E402
 
 from streamrec.client import EventProducer, RecommendationSubscriber  # noqa: E402
 from streamrec.config import Settings  # noqa: E402
@@ -101,27 +103,7 @@ def ensure_model(args: argparse.Namespace, work: Path) -> Path:
     out = work / "model"
     d = data_dir()
     print(f"training a model on Beauty for {args.train_seconds}s (pass --model DIR to skip)...", flush=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamrec.cli",
-            "--log-level",
-            "WARNING",
-            "train",
-            "--sequences",
-            str(d / "sequences.txt"),
-            "--item-text",
-            str(d / "item_text.tsv"),
-            "--out",
-            str(out),
-            "--time-budget",
-            str(args.train_seconds),
-            "--no-progress",
-        ],
-        check=True,
-    )
-    return out
+    return train_model(d / "sequences.txt", d / "item_text.tsv", out, args.train_seconds)
 
 
 def raw_consume(settings: Settings, n: int) -> float:
@@ -313,49 +295,18 @@ def start_worker(
 ) -> subprocess.Popen:
     """A `streamrec worker` process on ``settings``' topics; ``insights`` "on"/"off" sets
     ``STREAMREC_RECOMMENDATION_INSIGHTS`` (None: the worker's default)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    env.update(WORKER_ENV)
-    env["STREAMREC_PROCESSING_GUARANTEE"] = guarantee
+    switches = {"STREAMREC_PROCESSING_GUARANTEE": guarantee}
     if insights is not None:
-        env["STREAMREC_RECOMMENDATION_INSIGHTS"] = "true" if insights == "on" else "false"
-    for name in (
-        "topic_events",
-        "topic_catalog",
-        "topic_recommendations",
-        "topic_dlq",
-        "topic_model_updates",
-        "topic_profiles",
-        "topic_deletions",
-        "app_id",
-        "partitions",
-        "data_dir",
-    ):
-        env[f"STREAMREC_{name.upper()}"] = str(getattr(settings, name))
-    env.update(
-        {
-            "STREAMREC_BOOTSTRAP_SERVERS": settings.resolved_bootstrap(),
-            "STREAMREC_WEB_PORT": str(port),
-            "STREAMREC_DEVICE": "cpu",
-        }
+        switches["STREAMREC_RECOMMENDATION_INSIGHTS"] = "true" if insights == "on" else "false"
+    env = worker_env(
+        settings,
+        (*FIELDS, "topic_profiles", "topic_deletions"),
+        base={**WORKER_ENV, **switches},
+        STREAMREC_WEB_PORT=str(port),
     )
-    with open(log, "wb") as out:  # the child keeps its own copy of the fd
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.cli", "--log-level", "WARNING", "worker", "--model", str(model)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"worker exited; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit("worker did not become healthy")
+    proc = launch(["--log-level", "WARNING", "worker", "--model", str(model)], env, log)
+    wait_healthy(proc, port, log)
+    return proc
 
 
 def warm_producer(settings: Settings) -> EventProducer:
@@ -559,12 +510,7 @@ def run_worker(
     finally:
         if producer is not None:
             producer.close()
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop(worker, 60)
     return {"drain": drain, "latency": lat}
 
 

@@ -59,23 +59,9 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def kafka_settings(kafka_bootstrap: str, unique: Callable[[str], str], data_dir: Path):
     """Settings with this test's own topic names, app id and data dir, on the session broker."""
-    from streamrec.config import Settings
+    from tests.integration.worker_harness import tagged_settings
 
-    tag = unique("t")
-    return Settings(
-        bootstrap_servers=kafka_bootstrap,
-        topic_events=f"{tag}.events",
-        topic_catalog=f"{tag}.catalog",
-        topic_recommendations=f"{tag}.recs",
-        topic_dlq=f"{tag}.dlq",
-        topic_model_updates=f"{tag}.models",
-        topic_deletions=f"{tag}.deletions",
-        topic_catalog_dlq=f"{tag}.catalog-dlq",
-        topic_profiles=f"{tag}.profiles",
-        app_id=f"app-{tag}",
-        partitions=2,
-        data_dir=data_dir,
-    )
+    return tagged_settings(kafka_bootstrap, data_dir, unique("t"))
 
 
 @pytest.fixture(scope="session")

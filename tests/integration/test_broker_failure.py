@@ -16,7 +16,7 @@ from streamrec.devtools import localkafka
 from streamrec.devtools.pacing import Pacer
 from streamrec.schemas import ShopEvent
 from streamrec.streams.topics import create_topics
-from tests.integration.worker_harness import start_worker
+from tests.integration.worker_harness import start_worker, tagged_settings
 
 RATE = 20.0  # events per second, steady
 DOWN_S = 20.0
@@ -35,19 +35,7 @@ def test_broker_killed_under_load_every_event_answered_and_outage_logged_once(si
     libs = Settings().kafka_libs.expanduser()
     broker = localkafka.start(kafka_dir, libs=libs, heap="384m", timeout=180)
     tag = f"drill-{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        bootstrap_servers=broker.bootstrap,
-        topic_events=f"{tag}.events",
-        topic_catalog=f"{tag}.catalog",
-        topic_recommendations=f"{tag}.recs",
-        topic_dlq=f"{tag}.dlq",
-        topic_model_updates=f"{tag}.models",
-        topic_deletions=f"{tag}.deletions",
-        topic_catalog_dlq=f"{tag}.catalog-dlq",
-        app_id=f"app-{tag}",
-        partitions=2,
-        data_dir=tmp_path / "data",
-    )
+    settings = tagged_settings(broker.bootstrap, tmp_path / "data", tag)
     w = None
     try:
         create_topics(settings)

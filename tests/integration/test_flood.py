@@ -15,11 +15,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
 from streamrec.schemas import Recommendation, ShopEvent
-from streamrec.streams.topics import create_topics
-from tests.integration.worker_harness import start_worker
+from tests.integration.worker_harness import produce_waiting, running_worker, shop_producer
 
 FLOOD_S = float(os.environ.get("STREAMREC_FLOOD_SECONDS", "3"))
 WARMUP = 1000
@@ -40,18 +39,8 @@ def metric(text: str, name: str) -> float:
 @pytest.mark.timeout(600 + int(30 * FLOOD_S))  # a burst of B s takes about 10 B s to drain
 def test_flood_at_ten_times_the_drain_rate_lag_drains_nothing_lost(kafka_settings, sim_model, shop, tmp_path):
     settings = kafka_settings
-    create_topics(settings)
     items = [c.item_id for c in shop.catalog() if c.in_stock]
-    raw = Producer(
-        {
-            "bootstrap.servers": settings.resolved_bootstrap(),
-            "partitioner": "murmur2_random",
-            "linger.ms": 20,
-            "queue.buffering.max.messages": 1_000_000,
-        }
-    )
-    for item in shop.catalog():
-        raw.produce(settings.topic_catalog, key=item.item_id.encode(), value=item.to_bytes())
+    raw = shop_producer(settings, shop, **{"queue.buffering.max.messages": 1_000_000})
     tag = uuid.uuid4().hex[:6]
     n = 0
 
@@ -67,18 +56,11 @@ def test_flood_at_ten_times_the_drain_rate_lag_drains_nothing_lost(kafka_setting
                 type="view",
                 ts=int(time.time() * 1000),
             )
-            while True:
-                try:
-                    raw.produce(settings.topic_events, key=e.user_id.encode(), value=e.to_bytes())
-                    break
-                except BufferError:
-                    raw.poll(0.05)
+            produce_waiting(raw, settings.topic_events, e.user_id.encode(), e.to_bytes())
             n += 1
         raw.poll(0)
 
-    w = start_worker(settings, sim_model, tmp_path)
-    try:
-        w.wait_healthy()
+    with running_worker(settings, sim_model, tmp_path) as w:
         # the drain rate, measured on this machine now
         t0 = time.monotonic()
         send(WARMUP)
@@ -149,5 +131,3 @@ def test_flood_at_ten_times_the_drain_rate_lag_drains_nothing_lost(kafka_setting
             f"flood drain_rate={drain_rate:.0f}/s burst={burst} in {FLOOD_S}s max_lag={max(lags):.0f} "
             f"rss baseline={baseline_rss:.0f}MiB peak={peak:.0f}MiB"
         )
-    finally:
-        w.stop()

@@ -13,14 +13,13 @@ import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
 from streamrec.devtools.fuzz import catalog_fuzz_batch, fuzz_batch
 from streamrec.errors import SchemaError
 from streamrec.schemas import CatalogItem, DeadLetter, Recommendation, ShopEvent
 from streamrec.schemas.contracts import MAX_ORIGINAL_BYTES
-from streamrec.streams.topics import create_topics
-from tests.integration.worker_harness import start_worker
+from tests.integration.worker_harness import produce_waiting, running_worker, shop_producer
 
 N = int(os.environ.get("STREAMREC_FUZZ_DRILL_N", "5000"))
 
@@ -63,18 +62,8 @@ def metric(w, name: str) -> int:
 @pytest.mark.timeout(600 + N // 40)  # the full 100k drill takes longer than pytest's default 600 s
 def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim_model, shop, tmp_path):
     settings = kafka_settings
-    create_topics(settings)
     catalog = [c.item_id for c in shop.catalog() if c.in_stock]
-    raw = Producer(
-        {
-            "bootstrap.servers": settings.resolved_bootstrap(),
-            "partitioner": "murmur2_random",
-            "linger.ms": 20,
-            "message.max.bytes": 1_000_000,
-        }
-    )
-    for item in shop.catalog():
-        raw.produce(settings.topic_catalog, key=item.item_id.encode(), value=item.to_bytes())
+    raw = shop_producer(settings, shop, **{"message.max.bytes": 1_000_000})
     # the catalog topic is fuzzed too: a malformed item goes to the catalog dead-letter topic
     catalog_refused: list[bytes] = []
     # valid fuzzed items take the texts of the shop's items (text-cache hits: the drill's time goes
@@ -104,16 +93,9 @@ def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim
             keys.append(ev.user_id.encode())  # keyed by user, as a shop does: a user's events stay in order
     assert 0 < len(refused) < len(messages)
 
-    w = start_worker(settings, sim_model, tmp_path)
-    try:
-        w.wait_healthy()
+    with running_worker(settings, sim_model, tmp_path) as w:
         for i, m in enumerate(messages):
-            while True:
-                try:
-                    raw.produce(settings.topic_events, key=keys[i], value=m)
-                    break
-                except BufferError:
-                    raw.poll(0.1)
+            produce_waiting(raw, settings.topic_events, keys[i], m, wait=0.1)
             raw.poll(0)
         assert raw.flush(120) == 0
 
@@ -162,5 +144,3 @@ def test_fuzzed_stream_every_message_served_or_dead_lettered(kafka_settings, sim
         all_answered(read_until(settings, settings.topic_recommendations, all_answered, 300))
         missing = [u for u, e in last_valid.items() if e not in got.get(u, ())]
         assert not missing, f"{len(missing)} users never answered, e.g. {missing[:3]}"
-    finally:
-        w.stop()

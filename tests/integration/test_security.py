@@ -24,7 +24,7 @@ from streamrec.devtools import localkafka
 from streamrec.devtools.tls import make_test_pki
 from streamrec.errors import KafkaAuthError
 from streamrec.schemas import ShopEvent
-from tests.integration.worker_harness import settings_env, start_worker
+from tests.integration.worker_harness import settings_env, start_worker, tagged_settings
 
 USER, PASSWORD = "streamrec-test", "s3cret-for-tests-only"
 
@@ -49,24 +49,15 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[lo
 
 def secure_settings(secure_broker, data_dir: Path, *, password: str = PASSWORD) -> Settings:
     state, ca = secure_broker
-    tag = f"sec-{uuid.uuid4().hex[:8]}"
-    return Settings(
-        bootstrap_servers=state.sasl_ssl_bootstrap,
+    return tagged_settings(
+        state.sasl_ssl_bootstrap,
+        data_dir,
+        f"sec-{uuid.uuid4().hex[:8]}",
         security_protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-512",
         sasl_username=USER,
         sasl_password=password,
         ssl_cafile=ca,
-        topic_events=f"{tag}.events",
-        topic_catalog=f"{tag}.catalog",
-        topic_recommendations=f"{tag}.recs",
-        topic_dlq=f"{tag}.dlq",
-        topic_model_updates=f"{tag}.models",
-        topic_deletions=f"{tag}.deletions",
-        topic_catalog_dlq=f"{tag}.catalog-dlq",
-        app_id=f"app-{tag}",
-        partitions=2,
-        data_dir=data_dir,
     )
 
 

@@ -1,4 +1,4 @@
-"""Start real `streamrec worker` processes for integration tests, and a small trained model."""
+"""Start real `streamrec worker` processes for integration tests, and feed them a shop's records."""
 
 from __future__ import annotations
 
@@ -11,13 +11,38 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from streamrec.config import Settings
 from streamrec.devtools.localkafka import free_port
+from streamrec.devtools.simulator import ShopSimulator
+from streamrec.streams.topics import create_topics
+
+
+def tagged_settings(bootstrap: str, data_dir: Path, tag: str, **overrides: Any) -> Settings:
+    """Settings on ``bootstrap`` with topics and an app id of their own, named after ``tag``
+    (``<tag>.events`` ... ``app-<tag>``), 2 partitions, state under ``data_dir``; ``overrides`` on top."""
+    fields: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "topic_events": f"{tag}.events",
+        "topic_catalog": f"{tag}.catalog",
+        "topic_recommendations": f"{tag}.recs",
+        "topic_dlq": f"{tag}.dlq",
+        "topic_model_updates": f"{tag}.models",
+        "topic_deletions": f"{tag}.deletions",
+        "topic_catalog_dlq": f"{tag}.catalog-dlq",
+        "topic_profiles": f"{tag}.profiles",
+        "app_id": f"app-{tag}",
+        "partitions": 2,
+        "data_dir": data_dir,
+    }
+    return Settings(**(fields | overrides))
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -137,6 +162,39 @@ def start_worker(
             stdin=subprocess.DEVNULL,
         )
     return WorkerProcess(proc, port, log_path)
+
+
+@contextmanager
+def running_worker(settings: Settings, model_dir: Path | None, log_dir: Path, **kwargs: Any) -> Iterator[WorkerProcess]:
+    """:func:`start_worker` (same arguments), healthy on entry, stopped on exit."""
+    w = start_worker(settings, model_dir, log_dir, **kwargs)
+    try:
+        w.wait_healthy()
+        yield w
+    finally:
+        w.stop()
+
+
+def shop_producer(settings: Settings, shop: ShopSimulator, **config: Any) -> Producer:
+    """Create ``settings``' topics; a raw producer (random partitioner, 20 ms linger, then
+    ``config``) that has queued ``shop``'s catalog on the catalog topic, ready for the events."""
+    create_topics(settings)
+    raw = Producer(
+        {"bootstrap.servers": settings.resolved_bootstrap(), "partitioner": "murmur2_random", "linger.ms": 20, **config}
+    )
+    for item in shop.catalog():
+        raw.produce(settings.topic_catalog, key=item.item_id.encode(), value=item.to_bytes())
+    return raw
+
+
+def produce_waiting(producer: Producer, topic: str, key: bytes, value: bytes, wait: float = 0.05) -> None:
+    """``producer.produce``; while its local queue is full (BufferError), serve it for ``wait`` s and retry."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:
+            producer.poll(wait)
 
 
 def changelog(settings) -> dict[bytes, list[bytes | None]]:

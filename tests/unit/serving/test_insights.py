@@ -6,31 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrec.indexer import ItemIndex
-from streamrec.model.inference import Recommender
 from streamrec.model.intent import fit_intent
 from streamrec.schemas import CatalogItem, Profile, Recommendation, ShopEvent
 from streamrec.serving.profile import InterestProfile, ProfileWeights
 from streamrec.serving.session import FEATURE_NAMES, SessionStats, features
 from streamrec.serving.state import UserState
 from streamrec.streams.pipeline import Pipeline
+from tests.unit.serving.tiny_shop import TS, item, tiny_pipeline
 
-TS = 1_767_225_600_000
-TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase")
 HOUR = 3_600_000
-
-
-def item(i: int, *, title: str | None = None, category: str = "makeup", brand: str = "Tiny") -> CatalogItem:
-    colour = ("red", "green", "blue")[i % 3]
-    return CatalogItem(
-        item_id=f"i{i}",
-        title=title if title is not None else f"{colour} lipstick shade {i}",
-        category=category,
-        brand=brand,
-        price=9.0,
-        in_stock=True,
-        updated_ts=TS,
-    )
 
 
 def event(user: str, i: int, type_: str = "view", n: int = 0, session: str = "s") -> ShopEvent:
@@ -46,17 +30,7 @@ def event(user: str, i: int, type_: str = "view", n: int = 0, session: str = "s"
 
 @pytest.fixture
 def pipeline(tiny_checkpoint) -> Pipeline:
-    rec = Recommender.load(tiny_checkpoint, device="cpu")
-    p = Pipeline(
-        recommender=rec,
-        index=ItemIndex(rec.dim, kind="flat"),
-        top_k=5,
-        history_len=10,
-        purchased_max=3,
-        trigger_types=TYPES,
-    )
-    p.apply_catalog([(f"i{i}", item(i)) for i in range(1, 25)])
-    return p
+    return tiny_pipeline(tiny_checkpoint, history_len=10)
 
 
 # -- session counters ------------------------------------------------------------------------------

@@ -4,44 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from streamrec.indexer import ItemIndex
-from streamrec.model.inference import Recommender
-from streamrec.schemas import CatalogItem, ShopEvent
+from streamrec.schemas import ShopEvent
 from streamrec.serving.metrics import Metrics
 from streamrec.serving.popularity import Popularity
 from streamrec.serving.state import UserState
 from streamrec.streams.pipeline import Pipeline
-
-TS = 1_767_225_600_000
-TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase")
-
-
-def item(i: int, *, in_stock: bool = True, title: str | None = None) -> CatalogItem:
-    colour = ("red", "green", "blue")[i % 3]
-    return CatalogItem(
-        item_id=f"i{i}",
-        title=title if title is not None else f"{colour} lipstick shade {i}",
-        category="makeup",
-        brand="Tiny",
-        price=9.0,
-        in_stock=in_stock,
-        updated_ts=TS,
-    )
+from tests.unit.serving.tiny_shop import TS, TYPES, item, tiny_pipeline
 
 
 @pytest.fixture
 def pipeline(tiny_checkpoint) -> Pipeline:
-    rec = Recommender.load(tiny_checkpoint, device="cpu")
-    p = Pipeline(
-        recommender=rec,
-        index=ItemIndex(rec.dim, kind="flat"),
-        top_k=5,
-        history_len=4,
-        purchased_max=3,
-        trigger_types=TYPES,
-    )
-    p.apply_catalog([(f"i{i}", item(i)) for i in range(1, 25)])
-    return p
+    return tiny_pipeline(tiny_checkpoint, history_len=4)
 
 
 def event(user: str, i: int, type_: str = "view", n: int = 0) -> ShopEvent:
