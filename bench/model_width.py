@@ -1,0 +1,103 @@
+"""What a wider model costs at inference: ``encode_users`` and the exact search, d_model 64 vs others.
+
+Usage (from the repo root; ~1 min on 2 CPU cores)::
+
+    .venv/bin/python bench/model_width.py [--widths 64,128] [--rounds 3]
+
+Builds the default model (``bench/quality.py``'s MODEL_CONFIG, the text channel included) at each
+``d_model`` over Beauty's catalog and titles, untrained (throughput does not depend on the weights),
+and measures in the same run, alternating the widths ``--rounds`` times: ``Recommender.encode_users``
+sequences/s at batch 256 (Beauty histories) and exact FAISS top-10 queries/s at batch 256 over the
+catalog's served vectors (one thread). The ratios to the first width are what compare.
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from quality import MODEL_CONFIG, data_dir, read_data, throughput  # noqa: E402
+
+from streamrec.model.checkpoint import save_checkpoint  # noqa: E402
+from streamrec.model.data import vocab_from  # noqa: E402
+from streamrec.model.inference import Recommender  # noqa: E402
+from streamrec.model.sasrec import SASRec, SASRecConfig  # noqa: E402
+from streamrec.model.train import fit_catalog_basis, item_text_matrix  # noqa: E402
+
+
+def search_qps(items: np.ndarray, queries: np.ndarray, seconds: float = 2.0) -> float:
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    index = faiss.IndexFlatIP(items.shape[1])
+    index.add(items)
+    index.search(queries[:256], 10)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        index.search(queries[n % (len(queries) - 256) :][:256], 10)
+        n += 256
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--widths", default="64,128")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
+    args = ap.parse_args()
+    d = data_dir()
+    if not (d / "sequences.txt").is_file():
+        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
+        return 2
+    torch.manual_seed(0)
+    data, text = read_data(d)
+    vocab = vocab_from(data)
+    titles = torch.cat([torch.zeros(1, 384), item_text_matrix(vocab, text, cache_file=args.text_cache)])
+    hist = [[(i, "view") for i in s[:-1]] for s in data.items]
+    recs: dict[int, Recommender] = {}
+    tmp = tempfile.TemporaryDirectory()
+    for w in (int(x) for x in args.widths.split(",")):
+        model = SASRec(SASRecConfig(**(MODEL_CONFIG | {"d_model": w}), n_items=len(vocab)))
+        model.text_emb = titles.clone()
+        fit_catalog_basis(model, vocab, text)
+        save_checkpoint(model, vocab, Path(tmp.name) / f"d{w}")
+        recs[w] = Recommender.load(Path(tmp.name) / f"d{w}", device="cpu")
+    seq: dict[int, list[float]] = {w: [] for w in recs}
+    qps: dict[int, list[float]] = {w: [] for w in recs}
+    for _ in range(args.rounds):
+        for w, rec in recs.items():
+            seq[w].append(throughput(rec, hist, 256))
+            _ids, vecs = rec.item_vectors()
+            users = np.asarray(rec.encode_users(hist[:4096]), dtype=np.float32)
+            qps[w].append(search_qps(np.ascontiguousarray(vecs, dtype=np.float32), users))
+    base = min(recs)
+    print(
+        f"\n| d_model | vector dims | encode_users seq/s, batch 256 | vs d_model {base} "
+        f"| exact search q/s, batch 256 | vs d_model {base} |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    out = {}
+    for w, rec in recs.items():
+        s, q = float(np.median(seq[w])), float(np.median(qps[w]))
+        sb, qb = float(np.median(seq[base])), float(np.median(qps[base]))
+        print(f"| {w} | {rec.dim} | {s:,.0f} | {sb / s:.2f}x cost | {q:,.0f} | {qb / q:.2f}x cost |")
+        out[str(w)] = {"dim": rec.dim, "seq_per_s_batch_256": round(s), "search_q_per_s_batch_256": round(q)}
+    print(json.dumps({"medians_of_rounds": args.rounds, "widths": out}))
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
