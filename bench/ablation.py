@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import MODEL_CONFIG, TRAIN, data_dir, read_data  # noqa: E402
+from quality import MODEL_CONFIG, TRAIN, data_dir, data_missing, read_data  # noqa: E402
 
 from streamrec.model.train import TrainSettings, train  # noqa: E402
 
@@ -42,8 +42,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     d = data_dir()
-    if not (d / "sequences.txt").is_file():
-        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
+    if data_missing(d):
         return 2
     data, text = read_data(d)
     cfg = MODEL_CONFIG | args.config

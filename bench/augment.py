@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import MODEL_CONFIG, TRAIN, data_dir, read_data  # noqa: E402
+from quality import MODEL_CONFIG, TRAIN, data_dir, data_missing, read_data  # noqa: E402
 
 from streamrec.model.augment import parse_ops  # noqa: E402
 from streamrec.model.train import TrainSettings, train  # noqa: E402
@@ -124,8 +124,7 @@ def main() -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
     d = data_dir()
-    if not (d / "sequences.txt").is_file():
-        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
+    if data_missing(d):
         return 2
     data, text = read_data(d)
     print(

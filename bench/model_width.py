@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import MODEL_CONFIG, data_dir, read_data, throughput  # noqa: E402
+from quality import MODEL_CONFIG, data_dir, data_missing, read_data, throughput  # noqa: E402
 
 from streamrec.model.checkpoint import save_checkpoint  # noqa: E402
 from streamrec.model.data import vocab_from  # noqa: E402
@@ -58,8 +58,7 @@ def main() -> int:
     ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
     args = ap.parse_args()
     d = data_dir()
-    if not (d / "sequences.txt").is_file():
-        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
+    if data_missing(d):
         return 2
     torch.manual_seed(0)
     data, text = read_data(d)

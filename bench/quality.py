@@ -83,6 +83,14 @@ def data_dir() -> Path:
     return Path(os.environ.get("STREAMREC_BENCH_DATA", REPO.parent / "shared" / "data" / "beauty"))
 
 
+def data_missing(d: Path) -> bool:
+    """True (after saying so) when ``d`` holds no Beauty-format ``sequences.txt``."""
+    if (d / "sequences.txt").is_file():
+        return False
+    print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
+    return True
+
+
 def read_data(d: Path) -> tuple[Interactions, dict[str, str | None]]:
     """A Beauty-format directory: its sequences and item titles (none when it has no titles)."""
     data = read_sequences(d / "sequences.txt")
@@ -218,8 +226,7 @@ def main() -> int:
     np.random.seed(args.seed)
 
     d = data_dir()
-    if not (d / "sequences.txt").is_file():
-        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
+    if data_missing(d):
         return 2
     data, text = read_data(d)
     print(

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import data_dir, hidden_items, read_data, simulated_shop  # noqa: E402
+from quality import data_dir, data_missing, hidden_items, read_data, simulated_shop  # noqa: E402
 
 from streamrec.model.data import (  # noqa: E402
     Encoded,
@@ -49,8 +49,7 @@ def main() -> int:
     ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
     args = ap.parse_args()
     d = data_dir()
-    if not (d / "sequences.txt").is_file():
-        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
+    if data_missing(d):
         return 2
     cache = Path(args.text_cache)
     data, text = read_data(d)

@@ -50,6 +50,7 @@ from quality import (  # noqa: E402
     MODEL_CONFIG,
     TRAIN,
     data_dir,
+    data_missing,
     hidden_items,
     hide_items,
     read_data,
@@ -182,8 +183,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     d = data_dir()
-    if not (d / "sequences.txt").is_file():
-        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
+    if data_missing(d):
         return 2
     t0 = time.monotonic()
     cfg = MODEL_CONFIG | args.config

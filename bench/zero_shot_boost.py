@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from quality import MODEL_CONFIG, TRAIN, data_dir, hidden_items, hide_items  # noqa: E402
+from quality import MODEL_CONFIG, TRAIN, data_dir, data_missing, hidden_items, hide_items  # noqa: E402
 
 from streamrec.model.data import Encoded, encode, read_item_text, read_sequences  # noqa: E402
 from streamrec.model.evaluate import model_score_fn, rank_all  # noqa: E402
@@ -47,8 +47,7 @@ def main() -> int:
     args = ap.parse_args()
     boosts = [float(b) for b in args.boosts.split(",")]
     d = data_dir()
-    if not (d / "sequences.txt").is_file():
-        print(f"data not found: {d / 'sequences.txt'} (set STREAMREC_BENCH_DATA)")
+    if data_missing(d):
         return 2
     t0 = time.monotonic()
     data = read_sequences(d / "sequences.txt")
