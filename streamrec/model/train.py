@@ -158,14 +158,12 @@ def fit_catalog_basis(
     if len(keys) > SASRec.BASIS_FIT_ROWS:  # evenly spaced: bounded memory and title encoding
         keys = [keys[k] for k in np.linspace(0, len(keys) - 1, SASRec.BASIS_FIT_ROWS).astype(np.int64)]
     rows = [vocab.row(i) for i in keys if i in vocab]
-    extra = [i for i in keys if i not in vocab and item_text.get(i)]
+    extra = [i for i in keys if i not in vocab]  # titled (filtered above), not in the model yet
     parts = [model.text_emb[torch.tensor(rows, dtype=torch.long, device=model.text_emb.device)].float().cpu()]
     if extra:
         parts.append(item_text_matrix(vocab, item_text, extra, cache_file=cache_file, device=device).float())
-    emb = torch.cat(parts)
-    emb = emb[emb.abs().sum(1) > 0]
-    model.set_text_basis(emb=emb)
-    return int(emb.shape[0])
+    model.set_text_basis(emb=torch.cat(parts))  # (it skips any title that embeds to zeros)
+    return len(keys)
 
 
 @torch.no_grad()
