@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from quality import MODEL_CONFIG, TRAIN, data_dir, data_missing, read_data  # noqa: E402
 
+from streamrec.model.checkpoint import save_checkpoint  # noqa: E402
 from streamrec.model.train import TrainSettings, train  # noqa: E402
 
 
@@ -37,6 +38,8 @@ def main() -> int:
     ap.add_argument("--train", type=json.loads, default={}, help="JSON overrides of TRAIN")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", default=None, help="also write the trained model (a checkpoint directory) here")
     ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -47,10 +50,12 @@ def main() -> int:
     data, text = read_data(d)
     cfg = MODEL_CONFIG | args.config
     tr = TRAIN | {"max_epochs": args.epochs, "patience": args.epochs} | args.train
-    s = TrainSettings(seed=0, progress=False, text_cache=args.text_cache, device="cpu", **tr)
+    s = TrainSettings(seed=args.seed, progress=False, text_cache=args.text_cache, device="cpu", **tr)
     t0 = time.monotonic()
     res = train(data, item_text=text, config=cfg, settings=s)
     val = [round(e["val_ndcg@10"], 4) for e in res.metrics["history"]]
+    if args.save:
+        save_checkpoint(res.model, res.vocab, args.save, metrics=res.metrics)
     print("| epoch | " + " | ".join(str(k + 1) for k in range(len(val))) + " |")
     print("|---|" + "---:|" * len(val))
     print(f"| {args.name} | " + " | ".join(f"{v:.4f}" for v in val) + " |")

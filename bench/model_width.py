@@ -8,7 +8,9 @@ Builds the default model (``bench/quality.py``'s MODEL_CONFIG, the text channel 
 ``d_model`` over Beauty's catalog and titles, untrained (throughput does not depend on the weights),
 and measures in the same run, alternating the widths ``--rounds`` times: ``Recommender.encode_users``
 sequences/s at batch 256 (Beauty histories) and exact FAISS top-10 queries/s at batch 256 over the
-catalog's served vectors (one thread). The ratios to the first width are what compare.
+catalog's served vectors (one thread). The ratios to the first row are what compare: the first
+width with the serving pass as it was before the last block learned to compute only the newest
+position (``SASRec.encode(last_only=True)``), every position through every block.
 Last line: one JSON object.
 """
 
@@ -35,6 +37,14 @@ from streamrec.model.data import vocab_from  # noqa: E402
 from streamrec.model.inference import Recommender  # noqa: E402
 from streamrec.model.sasrec import SASRec, SASRecConfig  # noqa: E402
 from streamrec.model.train import fit_catalog_basis, item_text_matrix  # noqa: E402
+
+
+class FullPass(SASRec):
+    """The serving pass before ``last_only``: every position through every block, then the last."""
+
+    def encode(self, item_ids, type_ids, table, *, last_only=False):  # type: ignore[no-untyped-def]
+        h = super().encode(item_ids, type_ids, table)
+        return h[:, -1:] if last_only else h
 
 
 def search_qps(items: np.ndarray, queries: np.ndarray, seconds: float = 2.0) -> float:
@@ -65,26 +75,30 @@ def main() -> int:
     vocab = vocab_from(data)
     titles = torch.cat([torch.zeros(1, 384), item_text_matrix(vocab, text, cache_file=args.text_cache)])
     hist = [[(i, "view") for i in s[:-1]] for s in data.items]
-    recs: dict[int, Recommender] = {}
+    recs: dict[str, Recommender] = {}
     tmp = tempfile.TemporaryDirectory()
     for w in (int(x) for x in args.widths.split(",")):
         model = SASRec(SASRecConfig(**(MODEL_CONFIG | {"d_model": w}), n_items=len(vocab)))
         model.text_emb = titles.clone()
         fit_catalog_basis(model, vocab, text)
         save_checkpoint(model, vocab, Path(tmp.name) / f"d{w}")
-        recs[w] = Recommender.load(Path(tmp.name) / f"d{w}", device="cpu")
-    seq: dict[int, list[float]] = {w: [] for w in recs}
-    qps: dict[int, list[float]] = {w: [] for w in recs}
+        if not recs:
+            before = Recommender.load(Path(tmp.name) / f"d{w}", device="cpu")
+            before.model.__class__ = FullPass  # same weights, the old pass
+            recs[f"{w}, full pass (before)"] = before
+        recs[str(w)] = Recommender.load(Path(tmp.name) / f"d{w}", device="cpu")
+    seq: dict[str, list[float]] = {w: [] for w in recs}
+    qps: dict[str, list[float]] = {w: [] for w in recs}
     for _ in range(args.rounds):
         for w, rec in recs.items():
             seq[w].append(throughput(rec, hist, 256))
             _ids, vecs = rec.item_vectors()
             users = np.asarray(rec.encode_users(hist[:4096]), dtype=np.float32)
             qps[w].append(search_qps(np.ascontiguousarray(vecs, dtype=np.float32), users))
-    base = min(recs)
+    base = next(iter(recs))
     print(
-        f"\n| d_model | vector dims | encode_users seq/s, batch 256 | vs d_model {base} "
-        f"| exact search q/s, batch 256 | vs d_model {base} |"
+        f"\n| d_model | vector dims | encode_users seq/s, batch 256 | vs {base} "
+        f"| exact search q/s, batch 256 | vs {base} |"
     )
     print("|---:|---:|---:|---:|---:|---:|")
     out = {}
@@ -92,7 +106,7 @@ def main() -> int:
         s, q = float(np.median(seq[w])), float(np.median(qps[w]))
         sb, qb = float(np.median(seq[base])), float(np.median(qps[base]))
         print(f"| {w} | {rec.dim} | {s:,.0f} | {sb / s:.2f}x cost | {q:,.0f} | {qb / q:.2f}x cost |")
-        out[str(w)] = {"dim": rec.dim, "seq_per_s_batch_256": round(s), "search_q_per_s_batch_256": round(q)}
+        out[w] = {"dim": rec.dim, "seq_per_s_batch_256": round(s), "search_q_per_s_batch_256": round(q)}
     print(json.dumps({"medians_of_rounds": args.rounds, "widths": out}))
     tmp.cleanup()
     return 0

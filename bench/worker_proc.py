@@ -36,23 +36,10 @@ FIELDS = (
 
 
 def tagged_settings(bootstrap: str, tag: str, data_dir: Path, **overrides: Any) -> Settings:
-    """Settings on ``bootstrap`` with topics of their own named after ``tag`` (``<tag>.events``,
-    ``.catalog``, ``.recs``, ``.dlq``, ``.models``), app id ``tag``, 4 partitions, state under
-    ``data_dir``; ``overrides`` on top."""
-    from streamrec.config import Settings
+    """``streamrec.devtools.tagged.tagged_settings`` with 4 partitions (a bench worker's default)."""
+    from streamrec.devtools.tagged import tagged_settings as tagged
 
-    fields: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
-        "topic_events": f"{tag}.events",
-        "topic_catalog": f"{tag}.catalog",
-        "topic_recommendations": f"{tag}.recs",
-        "topic_dlq": f"{tag}.dlq",
-        "topic_model_updates": f"{tag}.models",
-        "app_id": tag,
-        "data_dir": data_dir,
-        "partitions": 4,
-    }
-    return Settings(**(fields | overrides))
+    return tagged(bootstrap, tag, data_dir, **({"partitions": 4} | overrides))
 
 
 def worker_env(

@@ -61,7 +61,7 @@ def kafka_settings(kafka_bootstrap: str, unique: Callable[[str], str], data_dir:
     """Settings with this test's own topic names, app id and data dir, on the session broker."""
     from tests.integration.worker_harness import tagged_settings
 
-    return tagged_settings(kafka_bootstrap, data_dir, unique("t"))
+    return tagged_settings(kafka_bootstrap, unique("t"), data_dir)
 
 
 @pytest.fixture(scope="session")

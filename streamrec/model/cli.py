@@ -198,6 +198,14 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         help="the filter's low pass: recency-weighted mean of the positions so far, weight exp(-DECAY * age)",
     )
     g.add_argument(
+        "--pos-mode",
+        choices=["right", "left", "relative"],
+        default=d.pos_mode,
+        help="positions: embedding by distance from the newest item (SASRec's), from the oldest, or a "
+        "relative attention bias (the last two read every training prefix as served; no gain on "
+        "Beauty's validation split: bench/RESULTS.md)",
+    )
+    g.add_argument(
         "--new-item-boost",
         type=float,
         default=d.new_item_boost,
@@ -389,6 +397,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         new_item_boost=args.new_item_boost,
         freq_mix=args.freq_mix,
         freq_decay=args.freq_decay,
+        pos_mode=args.pos_mode,
     )
     if not -10.0 <= args.new_item_boost <= 10.0:
         raise ValueError(f"--new-item-boost {args.new_item_boost}: must be in -10..10")

@@ -105,6 +105,12 @@ class SASRecConfig(PreTrainedConfig):
     # (0 = off, plain attention)
     freq_decay: float = 0.5  # the low-pass filter: recency-weighted mean of the positions so far,
     # weight exp(-freq_decay * age)
+    pos_mode: str = "right"  # how positions enter: "right", a learned embedding per distance from
+    # the newest item of the whole input (SASRec's; an inner position of a training sequence then
+    # sees other embeddings than the same history at serving time), "left" (counted from the
+    # oldest item: every prefix reads as it would alone) or "relative" (no position embedding; a
+    # learned attention bias per head and query-key distance: every prefix reads as it would
+    # alone, and the newest item is always at distance 0)
 
 
 def _version(t: torch.Tensor) -> int:
@@ -124,17 +130,33 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.attn_dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        # pos_mode "relative": a learned bias per head and distance (query - key), 0 at init
+        self.rel_bias = nn.Parameter(torch.zeros(cfg.n_heads, cfg.max_len)) if cfg.pos_mode == "relative" else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """Attention of every position (or only the last one: (B, 1, d)) over the positions up to it."""
         B, T, d = x.shape  # (B, T, d)
-        q, k, v = self.qkv(x).split(d, dim=2)  # 3 x (B, T, d)
-        q = q.view(B, T, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, h, T, d/h)
-        k = k.view(B, T, self.n_heads, d // self.n_heads).transpose(1, 2)
-        v = v.view(B, T, self.n_heads, d // self.n_heads).transpose(1, 2)
+        h = self.n_heads
+        if last_only:
+            q = F.linear(x[:, -1:], self.qkv.weight[:d], self.qkv.bias[:d])  # (B, 1, d)
+            k, v = F.linear(x, self.qkv.weight[d:], self.qkv.bias[d:]).split(d, dim=2)  # 2 x (B, T, d)
+            mask = mask[:, :, -1:]  # (B, 1, 1, T)
+        else:
+            q, k, v = self.qkv(x).split(d, dim=2)  # 3 x (B, T, d)
+        Tq = q.shape[1]
+        q = q.view(B, Tq, h, d // h).transpose(1, 2)  # (B, h, Tq, d/h)
+        k = k.view(B, T, h, d // h).transpose(1, 2)  # (B, h, T, d/h)
+        v = v.view(B, T, h, d // h).transpose(1, 2)
+        attn_mask = mask
+        if self.rel_bias is not None:
+            qpos = torch.arange(T - Tq, T, device=x.device)
+            dist = (qpos[:, None] - torch.arange(T, device=x.device)[None, :]).clamp(0, self.rel_bias.shape[1] - 1)
+            bias = self.rel_bias[:, dist]  # (h, Tq, T)
+            attn_mask = bias[None].to(q.dtype).masked_fill(~mask, float("-inf"))  # (B, h, Tq, T)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
-        )  # (B, h, T, d/h)
-        y = y.transpose(1, 2).contiguous().view(B, T, d)  # (B, T, d)
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, h, Tq, d/h)
+        y = y.transpose(1, 2).contiguous().view(B, Tq, d)  # (B, Tq, d)
         return self.resid_dropout(self.proj(y))
 
 
@@ -178,13 +200,18 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """(B, T, d), or only the last position (B, 1, d): what a serving pass needs of the
+        last block, at a fraction of the work (keys and values still read every position)."""
         h = self.ln_1(x)
         if self.filter is None:
-            x = x + self.attn(h, mask)  # (B, T, d)
+            x = (x[:, -1:] if last_only else x) + self.attn(h, mask, last_only=last_only)  # (B, T', d)
         else:
-            x = x + (1 - self.mix) * self.attn(h, mask) + self.mix * self.filter(h, mask)
-        x = x + self.mlp(self.ln_2(x))  # (B, T, d)
+            f = self.filter(h, mask)
+            if last_only:
+                x, f = x[:, -1:], f[:, -1:]
+            x = x + (1 - self.mix) * self.attn(h, mask, last_only=last_only) + self.mix * f
+        x = x + self.mlp(self.ln_2(x))  # (B, T', d)
         return x
 
 
@@ -210,7 +237,9 @@ class SASRec(PreTrainedModel):
         d = cfg.d_model
         self.id_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=PAD_ID)
         self.text_proj = nn.Linear(cfg.text_dim, d)
-        self.pos_emb = nn.Embedding(cfg.max_len, d)
+        if cfg.pos_mode not in ("right", "left", "relative"):
+            raise ValueError(f"pos_mode must be 'right', 'left' or 'relative', got {cfg.pos_mode!r}")
+        self.pos_emb = nn.Embedding(cfg.max_len, d) if cfg.pos_mode != "relative" else None
         self.type_emb = nn.Embedding(cfg.n_event_types, d, padding_idx=0)
         self.emb_drop = nn.Dropout(cfg.emb_dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
@@ -516,15 +545,18 @@ class SASRec(PreTrainedModel):
     ) -> torch.Tensor:
         """Scored user vector after the whole (left-padded) history, (B, output_dim).
         ``low``/``new_rows``: see :meth:`_user_text_parts`."""
-        h = self.encode(item_ids, type_ids, table)[:, -1:]  # (B, 1, d)
+        h = self.encode(item_ids, type_ids, table, last_only=True)  # (B, 1, d)
         if not self.config.hybrid:
             return h[:, -1]
         return self._fuse(h, item_ids, last_only=True, low=low, new_rows=new_rows)[:, -1]
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def encode(self, item_ids: torch.Tensor, type_ids: torch.Tensor | None, table: torch.Tensor) -> torch.Tensor:
-        """Hidden state at every position of LEFT-padded histories. (B, T, d).
+    def encode(
+        self, item_ids: torch.Tensor, type_ids: torch.Tensor | None, table: torch.Tensor, *, last_only: bool = False
+    ) -> torch.Tensor:
+        """Hidden state at every position of LEFT-padded histories, (B, T, d); with
+        ``last_only`` only after the whole history, (B, 1, d) (the last block computes nothing else).
 
         Position embeddings count from the right (the newest item always gets the same one), so
         a history padded to any length gives the same output.
@@ -538,8 +570,12 @@ class SASRec(PreTrainedModel):
         if type_ids is None:
             type_ids = torch.full_like(item_ids, EVENT_TYPE_IDS[DEFAULT_EVENT_TYPE])
         x = x + self.type_emb(type_ids * valid)  # (B, T, d)
-        pos = torch.arange(self.config.max_len - T, self.config.max_len, device=item_ids.device)
-        x = x + self.pos_emb(pos)[None]  # (B, T, d)
+        if self.pos_emb is not None and self.config.pos_mode == "left":
+            pos = (valid.long().cumsum(1) - 1).clamp(min=0)  # (B, T) from the oldest item
+            x = x + self.pos_emb(pos)  # (B, T, d)
+        elif self.pos_emb is not None:
+            pos = torch.arange(self.config.max_len - T, self.config.max_len, device=item_ids.device)
+            x = x + self.pos_emb(pos)[None]  # (B, T, d)
         x = self.emb_drop(x) * valid[..., None]  # (B, T, d) padding zeroed
         # Attention mask: causal AND key is a real item, OR the diagonal. The diagonal keeps
         # every row (also fully padded ones) with at least one key, so softmax never sees an
@@ -548,9 +584,13 @@ class SASRec(PreTrainedModel):
         eye = torch.eye(T, dtype=torch.bool, device=item_ids.device)
         mask = (causal[None] & valid[:, None, :]) | eye[None]  # (B, T, T)
         mask = mask[:, None]  # (B, 1, T, T) broadcast over heads
-        for block in self.blocks:
-            x = block(x, mask) * valid[..., None]  # (B, T, d)
-        return self.ln_f(x) * valid[..., None]  # (B, T, d)
+        n = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last_only=last_only and i == n - 1)  # (B, T', d)
+            x = x * valid[:, -x.shape[1] :, None]  # padding zeroed
+        if last_only and n == 0:
+            x = x[:, -1:]
+        return self.ln_f(x) * valid[:, -x.shape[1] :, None]  # (B, T', d)
 
     def forward(
         self,

@@ -35,7 +35,7 @@ def test_broker_killed_under_load_every_event_answered_and_outage_logged_once(si
     libs = Settings().kafka_libs.expanduser()
     broker = localkafka.start(kafka_dir, libs=libs, heap="384m", timeout=180)
     tag = f"drill-{uuid.uuid4().hex[:8]}"
-    settings = tagged_settings(broker.bootstrap, tmp_path / "data", tag)
+    settings = tagged_settings(broker.bootstrap, tag, tmp_path / "data")
     w = None
     try:
         create_topics(settings)

@@ -51,8 +51,8 @@ def secure_settings(secure_broker, data_dir: Path, *, password: str = PASSWORD) 
     state, ca = secure_broker
     return tagged_settings(
         state.sasl_ssl_bootstrap,
-        data_dir,
         f"sec-{uuid.uuid4().hex[:8]}",
+        data_dir,
         security_protocol="SASL_SSL",
         sasl_mechanism="SCRAM-SHA-512",
         sasl_username=USER,

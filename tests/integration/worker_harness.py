@@ -22,27 +22,10 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from streamrec.config import Settings
 from streamrec.devtools.localkafka import free_port
 from streamrec.devtools.simulator import ShopSimulator
+from streamrec.devtools.tagged import tagged_settings
 from streamrec.streams.topics import create_topics
 
-
-def tagged_settings(bootstrap: str, data_dir: Path, tag: str, **overrides: Any) -> Settings:
-    """Settings on ``bootstrap`` with topics and an app id of their own, named after ``tag``
-    (``<tag>.events`` ... ``app-<tag>``), 2 partitions, state under ``data_dir``; ``overrides`` on top."""
-    fields: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
-        "topic_events": f"{tag}.events",
-        "topic_catalog": f"{tag}.catalog",
-        "topic_recommendations": f"{tag}.recs",
-        "topic_dlq": f"{tag}.dlq",
-        "topic_model_updates": f"{tag}.models",
-        "topic_deletions": f"{tag}.deletions",
-        "topic_catalog_dlq": f"{tag}.catalog-dlq",
-        "topic_profiles": f"{tag}.profiles",
-        "app_id": f"app-{tag}",
-        "partitions": 2,
-        "data_dir": data_dir,
-    }
-    return Settings(**(fields | overrides))
+__all__ = ["tagged_settings"]  # re-exported for the tests
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:

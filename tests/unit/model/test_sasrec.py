@@ -44,7 +44,24 @@ def _filtered(**kw) -> SASRec:
     return m
 
 
-@pytest.mark.parametrize("make", [_model, _filtered], ids=["attention", "attention+filter"])
+def _relative(**kw) -> SASRec:
+    """Relative positions (an attention bias per distance), the bias non-zero."""
+    m = _model(pos_mode="relative", **kw)
+    with torch.no_grad():
+        for block in m.blocks:
+            block.attn.rel_bias.normal_()
+    return m
+
+
+def _left(**kw) -> SASRec:
+    return _model(pos_mode="left", **kw)
+
+
+MAKERS = [_model, _filtered, _relative, _left]
+MAKER_IDS = ["attention", "attention+filter", "relative", "left"]
+
+
+@pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
 def test_no_future_leakage(make):
     m = make().eval()
     x = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
@@ -57,7 +74,24 @@ def test_no_future_leakage(make):
     assert not torch.allclose(h1[0, 6:], h2[0, 6:])
 
 
-@pytest.mark.parametrize("make", [_model, _filtered], ids=["attention", "attention+filter"])
+def _relative(**kw) -> SASRec:
+    """Relative positions (an attention bias per distance), the bias non-zero."""
+    m = _model(pos_mode="relative", **kw)
+    with torch.no_grad():
+        for block in m.blocks:
+            block.attn.rel_bias.normal_()
+    return m
+
+
+def _left(**kw) -> SASRec:
+    return _model(pos_mode="left", **kw)
+
+
+MAKERS = [_model, _filtered, _relative, _left]
+MAKER_IDS = ["attention", "attention+filter", "relative", "left"]
+
+
+@pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
 def test_no_nan_with_left_right_and_full_padding(make):
     m = make()
     for train_mode in (True, False):
@@ -73,7 +107,24 @@ def test_no_nan_with_left_right_and_full_padding(make):
         m.zero_grad()
 
 
-@pytest.mark.parametrize("make", [_model, _filtered], ids=["attention", "attention+filter"])
+def _relative(**kw) -> SASRec:
+    """Relative positions (an attention bias per distance), the bias non-zero."""
+    m = _model(pos_mode="relative", **kw)
+    with torch.no_grad():
+        for block in m.blocks:
+            block.attn.rel_bias.normal_()
+    return m
+
+
+def _left(**kw) -> SASRec:
+    return _model(pos_mode="left", **kw)
+
+
+MAKERS = [_model, _filtered, _relative, _left]
+MAKER_IDS = ["attention", "attention+filter", "relative", "left"]
+
+
+@pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
 def test_padding_length_does_not_change_output(make):
     m = make().eval()
     table = m.item_table()
@@ -119,3 +170,30 @@ def test_grow_keeps_old_rows_and_new_rows_are_text_only():
     t = m.item_table()
     assert torch.equal(t[:31], old_table)
     assert torch.allclose(t[31:], m.text_proj(new_text), atol=1e-6)
+
+
+@pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
+def test_last_only_is_the_full_pass_at_the_last_position(make):
+    m = make().eval()
+    table = m.item_table()
+    x = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 0]])
+    full = m.encode(x, None, table)[:, -1:]
+    last = m.encode(x, None, table, last_only=True)
+    assert last.shape == (3, 1, 16)
+    assert torch.allclose(full, last, atol=1e-6)
+
+
+@pytest.mark.parametrize(("make", "consistent"), [(_model, False), (_relative, True), (_left, True)])
+def test_which_position_modes_read_a_prefix_as_it_reads_alone(make, consistent):
+    """Training scores every position of a sequence; with "left" and "relative" positions the
+    state after an inner position is exactly the state of that prefix served alone."""
+    m = make().eval()
+    table = m.item_table()
+    h = m.encode(torch.tensor([[0, 3, 4, 5, 6, 7]]), None, table)
+    alone = m.encode(torch.tensor([[3, 4, 5]]), None, table)
+    assert torch.allclose(h[0, 3], alone[0, -1], atol=1e-5) is consistent
+
+
+def test_unknown_position_mode_is_refused():
+    with pytest.raises(ValueError, match="pos_mode"):
+        _model(pos_mode="absolute")
