@@ -77,6 +77,29 @@ log = logging.getLogger(__name__)
 
 KINDS = ("flat", "hnsw", "ivf")
 DEVICES = ("auto", "cpu", "cuda")
+#: Exact (flat) CPU search of at least this many queries at once goes through one BLAS matrix
+#: product; smaller batches scan the vectors query by query. FAISS picks between the two by its
+#: process-wide ``distance_compute_blas_threshold``, whose faiss 1.15 default (128,000) never took
+#: BLAS for a worker's batches over a 12k catalog: BLAS is 1.2x faster there at 16 queries,
+#: 2.3x at 50 and 3.3x at 256, and up to 8x slower for one query (``bench/flat_blas.py``,
+#: bench/RESULTS.md, Pipeline). So every CPU search sets the switch for its own batch
+#: (:func:`blas_threshold`); it is process-wide, so two threads searching at once may take each
+#: other's path: a matter of speed, never of results. Searches restricted by an ``IDSelector``
+#: (items out of stock) scan query by query in any case.
+FLAT_BLAS_MIN_QUERIES = 12
+_FAISS_BLAS_DEFAULT = int(faiss.cvar.distance_compute_blas_threshold)  # the library's own
+_BLAS_ALWAYS, _BLAS_NEVER = 1, 1 << 30
+
+
+def blas_threshold(kind: str, n_queries: int) -> int:
+    """The ``distance_compute_blas_threshold`` a CPU search of ``n_queries`` on a ``kind`` index
+    runs with: BLAS always for flat batches of ``FLAT_BLAS_MIN_QUERIES`` or more, never for
+    smaller ones, and the library's default for the other kinds (their coarse quantizers)."""
+    if kind != "flat":
+        return _FAISS_BLAS_DEFAULT
+    return _BLAS_ALWAYS if n_queries >= FLAT_BLAS_MIN_QUERIES else _BLAS_NEVER
+
+
 MAX_FETCH = 2048  # most candidates asked of FAISS per query before the exact fallback (GPU k cap)
 _EXACT = object()  # _params() sentinel: scan exactly instead of asking FAISS
 _CATCH_UP_BATCH = 64  # replay logged changes off the lock until fewer than this remain
@@ -360,6 +383,7 @@ class ItemIndex:
         if st.device == "cuda":
             with self._gpu_lock:
                 return st.index.search(q, k)
+        faiss.cvar.distance_compute_blas_threshold = blas_threshold(st.kind, len(q))
         return st.index.search(q, k, params=params)
 
     def vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
