@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamrec.indexer.faiss_index import FLAT_BLAS_MIN_QUERIES, blas_threshold  # noqa: E402
+from streamrec.indexer.faiss_index import FLAT_BLAS_MIN_QUERIES, blas_threshold
 
 
 def us_per_query(index: faiss.Index, q: np.ndarray, k: int, seconds: float = 0.5) -> float:
