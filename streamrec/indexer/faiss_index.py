@@ -91,7 +91,7 @@ _FAISS_BLAS_DEFAULT = int(faiss.cvar.distance_compute_blas_threshold)  # the lib
 _BLAS_ALWAYS, _BLAS_NEVER = 1, 1 << 30
 
 
-def blas_threshold(kind: str, n_queries: int) -> int:
+def blas_threshold(kind: str | None, n_queries: int) -> int:
     """The ``distance_compute_blas_threshold`` a CPU search of ``n_queries`` on a ``kind`` index
     runs with: BLAS always for flat batches of ``FLAT_BLAS_MIN_QUERIES`` or more, never for
     smaller ones, and the library's default for the other kinds (their coarse quantizers)."""
