@@ -74,23 +74,6 @@ def test_no_future_leakage(make):
     assert not torch.allclose(h1[0, 6:], h2[0, 6:])
 
 
-def _relative(**kw) -> SASRec:
-    """Relative positions (an attention bias per distance), the bias non-zero."""
-    m = _model(pos_mode="relative", **kw)
-    with torch.no_grad():
-        for block in m.blocks:
-            block.attn.rel_bias.normal_()
-    return m
-
-
-def _left(**kw) -> SASRec:
-    return _model(pos_mode="left", **kw)
-
-
-MAKERS = [_model, _filtered, _relative, _left]
-MAKER_IDS = ["attention", "attention+filter", "relative", "left"]
-
-
 @pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
 def test_no_nan_with_left_right_and_full_padding(make):
     m = make()
@@ -105,23 +88,6 @@ def test_no_nan_with_left_right_and_full_padding(make):
         for name, p in m.named_parameters():
             assert p.grad is None or torch.isfinite(p.grad).all(), name
         m.zero_grad()
-
-
-def _relative(**kw) -> SASRec:
-    """Relative positions (an attention bias per distance), the bias non-zero."""
-    m = _model(pos_mode="relative", **kw)
-    with torch.no_grad():
-        for block in m.blocks:
-            block.attn.rel_bias.normal_()
-    return m
-
-
-def _left(**kw) -> SASRec:
-    return _model(pos_mode="left", **kw)
-
-
-MAKERS = [_model, _filtered, _relative, _left]
-MAKER_IDS = ["attention", "attention+filter", "relative", "left"]
 
 
 @pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
