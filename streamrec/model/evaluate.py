@@ -107,7 +107,7 @@ def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu", text_ch
         if text_channel:
             u = model.user_vectors(x.to(device), t.to(device), table)  # (B, D) as encode_users
         else:
-            u = model.encode(x.to(device), t.to(device), table)[:, -1]  # (B, d) model part only
+            u = model.encode(x.to(device), t.to(device), table, last_only=True)[:, -1]  # (B, d) model part only
         return u @ out.T  # (B, N+1)
 
     return fn
