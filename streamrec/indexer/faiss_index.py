@@ -80,8 +80,8 @@ DEVICES = ("auto", "cpu", "cuda")
 #: Exact (flat) CPU search of at least this many queries at once goes through one BLAS matrix
 #: product; smaller batches scan the vectors query by query. FAISS picks between the two by its
 #: process-wide ``distance_compute_blas_threshold``, whose faiss 1.15 default (128,000) never took
-#: BLAS for a worker's batches over a 12k catalog: BLAS is 1.2x faster there at 16 queries,
-#: 2.3x at 50 and 3.3x at 256, and up to 8x slower for one query (``bench/flat_blas.py``,
+#: BLAS for a worker's batches over a 12k catalog: BLAS is 1.6x faster there at 16 queries,
+#: 2.4x at 50 and 3.6x at 256, and up to 8x slower for one query (``bench/flat_blas.py``,
 #: bench/RESULTS.md, Pipeline). So every CPU search sets the switch for its own batch
 #: (:func:`blas_threshold`); it is process-wide, so two threads searching at once may take each
 #: other's path: a matter of speed, never of results. Searches restricted by an ``IDSelector``

@@ -204,13 +204,11 @@ class Block(nn.Module):
         """(B, T, d), or only the last position (B, 1, d): what a serving pass needs of the
         last block, at a fraction of the work (keys and values still read every position)."""
         h = self.ln_1(x)
-        if self.filter is None:
-            x = (x[:, -1:] if last_only else x) + self.attn(h, mask, last_only=last_only)  # (B, T', d)
-        else:
-            f = self.filter(h, mask)
-            if last_only:
-                x, f = x[:, -1:], f[:, -1:]
-            x = x + (1 - self.mix) * self.attn(h, mask, last_only=last_only) + self.mix * f
+        update = self.attn(h, mask, last_only=last_only)  # (B, T', d)
+        if self.filter is not None:
+            f = self.filter(h, mask)  # (B, T, d): it reads every position
+            update = (1 - self.mix) * update + self.mix * (f[:, -1:] if last_only else f)
+        x = (x[:, -1:] if last_only else x) + update  # (B, T', d)
         x = x + self.mlp(self.ln_2(x))  # (B, T', d)
         return x
 
