@@ -124,6 +124,19 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         20, ge=0, le=1500, description="... or this many milliseconds, whichever comes first (aiokafka fetch)"
     )
+    changelog_linger_ms: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Faust's producer (the users table's changelog; exactly_once: every output) waits this "
+        "long to fill a request; the offset commit flushes it first, so no state is lost by waiting",
+    )
+    changelog_batch_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="largest record batch per partition of Faust's producer (aiokafka max_batch_size)",
+    )
     top_k: int = Field(10, ge=1, le=1000, description="items per recommendation")
     history_len: int = Field(50, ge=1, le=1000, description="interactions kept per user")
     purchased_max: int = Field(500, ge=0, le=100_000, description="purchased items kept per user")

@@ -148,7 +148,8 @@ def create_app(
         web_bind=settings.web_host,
         web_host=settings.web_host if settings.web_host != "0.0.0.0" else "localhost",
         producer_acks=-1,
-        producer_linger_ms=1,
+        producer_linger_ms=settings.changelog_linger_ms,
+        producer_max_batch_size=settings.changelog_batch_bytes,
         broker_commit_interval=settings.commit_interval_s,
         processing_guarantee=settings.processing_guarantee,
         # A worker that dies (SIGKILL, OOM) holds its partitions until the session times out;
