@@ -125,14 +125,14 @@ class Settings(BaseSettings):
         20, ge=0, le=1500, description="... or this many milliseconds, whichever comes first (aiokafka fetch)"
     )
     changelog_linger_ms: int = Field(
-        1,
+        10,
         ge=0,
         le=1000,
         description="Faust's producer (the users table's changelog; exactly_once: every output) waits this "
         "long to fill a request; the offset commit flushes it first, so no state is lost by waiting",
     )
     changelog_batch_bytes: int = Field(
-        16_384,
+        262_144,
         ge=1024,
         le=16 * 1024 * 1024,
         description="largest record batch per partition of Faust's producer (aiokafka max_batch_size)",
