@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         description="at_least_once: send recommendations and profiles through librdkafka instead of "
         "Faust's producer (the worker's offsets still commit only after they are acknowledged)",
     )
+    overlap_batches: bool = Field(
+        True,
+        description="at_least_once: take and parse the next batch while one is scored, and publish a "
+        "batch while the next is scored (each batch is still acknowledged only once published)",
+    )
     fetch_min_bytes: int = Field(
         16_384,
         ge=1,

@@ -18,6 +18,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 # Private: Faust has no public setter for the current event. Checked against faust-streaming
@@ -50,6 +51,23 @@ def as_current(event: Any) -> None:
     _current_event.set(weakref.ref(event))
 
 
+@dataclass
+class Prepared:
+    """One batch parsed and applied to its users' states, its scoring submitted to the model
+    thread (``scoring``); what :meth:`BatchHandler.finish` publishes and writes."""
+
+    batch: list[Any]
+    states: dict[str, UserState] = field(default_factory=dict)
+    answer: dict[str, ShopEvent] = field(default_factory=dict)  # user -> latest triggering event
+    source: dict[str, Any] = field(default_factory=dict)  # user -> the Faust event of its latest message
+    fresh: list[ShopEvent] = field(default_factory=list)
+    #: users whose state was taken from the batch still in flight: user -> that batch's state
+    #: object, whose ``latest`` and ``profile_sent`` its publish sets after this batch was prepared
+    carried: dict[str, UserState] = field(default_factory=dict)
+    model: ServingModel | None = None
+    scoring: asyncio.Future[Any] | None = None
+
+
 class BatchHandler:
     """Handles the events agent's batches (see the module docstring).
 
@@ -77,9 +95,12 @@ class BatchHandler:
         self.profiles = profiles
         self.insights = insights
         self.now_ms = now_ms
-        #: Held while a batch or a deletion runs: a user erased while a batch holds the user's
-        #: state in memory would otherwise be written back when the batch ends.
+        #: Held while a batch is prepared or handled, and while a deletion runs (which first
+        #: waits for the batch in flight): a user erased while a batch holds the user's state in
+        #: memory would otherwise be written back when the batch ends.
         self.lock = asyncio.Lock()
+        #: overlapped batches (see :func:`consume_events`): the batch being scored and published
+        self._inflight: tuple[Prepared, asyncio.Task[None]] | None = None
 
     # -- the policy --------------------------------------------------------------------------
 
@@ -140,15 +161,22 @@ class BatchHandler:
     async def handle(self, batch: list[Any]) -> None:
         """Parse, update each user's state in memory, score once, publish, then write each
         touched user's state once (bound to that user's own event, see :func:`as_current`)."""
+        await self.finish(await self.prepare(batch))
+
+    async def prepare(self, batch: list[Any], overlay: dict[str, UserState] | None = None) -> Prepared:
+        """Parse ``batch``, apply each event to its user's state (loaded once) and submit the
+        scoring to the model thread; the returned :class:`Prepared` is for :meth:`finish`.
+
+        ``overlay``: the states of a batch still in flight (prepared, not yet written). A user of
+        that batch starts from a copy of its state there, as if read back from the table, not
+        from the table, which does not have that batch's events yet."""
         pipeline = self.pipeline
         metrics = pipeline.metrics
         metrics.events_in.inc(len(batch))
         metrics.batches.inc()
         metrics.batch_size.observe(len(batch))
-        states: dict[str, UserState] = {}
-        answer: dict[str, ShopEvent] = {}  # user -> latest triggering event
-        source: dict[str, Any] = {}  # user -> the Faust event of that user's latest message
-        fresh: list[ShopEvent] = []
+        p = Prepared(batch=batch)
+        states, answer, source, fresh = p.states, p.answer, p.source, p.fresh
         t_parse = t_state = 0.0
         for event in batch:
             t0 = time.perf_counter()
@@ -162,7 +190,12 @@ class BatchHandler:
             state = states.get(ev.user_id)
             if state is None:
                 t0 = time.perf_counter()
-                state = await self.load_state(ev.user_id, event)
+                prev = overlay.get(ev.user_id) if overlay else None
+                if prev is not None:
+                    state = UserState.from_json(prev.to_json())  # a copy, as the table would return it
+                    p.carried[ev.user_id] = prev
+                else:
+                    state = await self.load_state(ev.user_id, event)
                 t_state += time.perf_counter() - t0
                 if state is None:
                     continue
@@ -178,32 +211,43 @@ class BatchHandler:
                 answer[ev.user_id] = ev
         metrics.stage_seconds.labels(stage="parse").observe(t_parse)
         metrics.stage_seconds.labels(stage="state_read").observe(t_state)
+        # one model for the whole batch (see Pipeline.model); the model thread runs one call at
+        # a time, in order, so this batch is scored after the one in flight
+        p.model = model = pipeline.model
+        score = pipeline.score_explained if self.insights else pipeline.score
+        p.scoring = pipeline.submit(score, [states[u] for u in answer], fresh, model)
+        return p
+
+    async def finish(self, p: Prepared) -> None:
+        """Publish ``p``'s recommendations and profiles, then write each touched user's state."""
+        for user, prev in p.carried.items():  # what the previous batch's publish set
+            state = p.states.get(user)
+            if state is not None:
+                state.latest, state.profile_sent = prev.latest, prev.profile_sent
         try:
-            await self.publish(states, answer, source, fresh)
+            await self.publish(p)
         finally:  # state changes are kept even when scoring fails (those events went to the DLQ)
-            with metrics.stage("state_write"):
-                for user, state in states.items():
-                    as_current(source[user])
+            with self.pipeline.metrics.stage("state_write"):
+                for user, state in p.states.items():
+                    as_current(p.source[user])
                     self.users[user] = state.to_json()
 
-    async def publish(
-        self, states: dict[str, UserState], answer: dict[str, ShopEvent], source: dict[str, Any], fresh: list[ShopEvent]
-    ) -> None:
-        """Score the triggering users with one model (taken once), send their recommendations."""
+    async def publish(self, p: Prepared) -> None:
+        """Wait for ``p``'s scoring, send the recommendations (and the profiles)."""
         pipeline = self.pipeline
         metrics = pipeline.metrics
+        states, answer, source, fresh = p.states, p.answer, p.source, p.fresh
         events = list(answer.values())
         lists: Sequence[Sequence[tuple[str, float, tuple[str, str | None] | None]]]
         intents: list[float | None]
-        model: ServingModel = pipeline.model  # one reference for the whole batch (see Pipeline.model)
+        model = p.model
+        assert model is not None and p.scoring is not None, "publish() takes a prepared batch"
         try:
             with metrics.stage("score"):
                 if self.insights:
-                    lists, intents = await pipeline.run(
-                        pipeline.score_explained, [states[e.user_id] for e in events], fresh, model
-                    )
+                    lists, intents = await p.scoring
                 else:
-                    plain = await pipeline.run(pipeline.score, [states[e.user_id] for e in events], fresh, model)
+                    plain = await p.scoring
                     lists, intents = [[(i, s, None) for i, s in r] for r in plain], [None] * len(plain)
         except Exception as exc:
             log.error("scoring failed users=%d", len(events), exc_info=exc)
@@ -271,6 +315,33 @@ class BatchHandler:
             except Exception as exc:  # noqa: BLE001 - the error policy decides
                 await self.on_error(Stage.PRODUCE, exc, source[user], user=user)
 
+    # -- overlapped batches ------------------------------------------------------------------
+
+    @property
+    def inflight_states(self) -> dict[str, UserState] | None:
+        """The states of the batch in flight (prepared, not yet written), if any."""
+        return self._inflight[0].states if self._inflight is not None else None
+
+    def start(self, p: Prepared, ack: Callable[[Any], Any]) -> None:
+        """Finish ``p`` in the background (the batch in flight), then ``await ack(event)`` each of
+        its events. At most one batch is in flight: :meth:`wait_inflight` first."""
+        assert self._inflight is None, "wait_inflight() before starting the next batch"
+        task = asyncio.ensure_future(self._finish_and_ack(p, ack))
+        task.add_done_callback(_log_failure)
+        self._inflight = (p, task)
+
+    async def _finish_and_ack(self, p: Prepared, ack: Callable[[Any], Any]) -> None:
+        await self.finish(p)
+        for event in p.batch:
+            await ack(event)
+
+    async def wait_inflight(self) -> None:
+        """Wait until the batch in flight is published, written and acknowledged; raises what it
+        raised (its events stay unacknowledged then, so they are delivered again)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight[1]
+
     # -- the right to erasure ---------------------------------------------------------------
 
     async def delete_user(self, event: Any) -> str | None:
@@ -285,6 +356,7 @@ class BatchHandler:
             await self.on_error(Stage.PARSE, exc, event)
             return None
         async with self.lock:
+            await self.wait_inflight()  # its states are written before the user is erased
             as_current(event)
             with contextlib.suppress(KeyError):  # nothing stored here; the tombstone was written all the same
                 del self.users[req.user_id]
@@ -302,6 +374,12 @@ class BatchHandler:
         return req.user_id
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """Log at once a batch in flight that failed (its error is raised with the next batch)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("batch failed; its events stay unacknowledged", exc_info=task.exception())
+
+
 async def consume_deletions(stream: Any, handler: BatchHandler) -> None:
     """The deletions agent's body: one :class:`UserDeletion` at a time."""
     async for event in stream.events():
@@ -315,8 +393,21 @@ async def consume_events(
     batch_max: int,
     within_s: float,
     catalog_timeout_s: float = CATALOG_READY_TIMEOUT_S,
+    overlap: bool = False,
 ) -> None:
-    """The events agent's body: wait for the catalog, then hand batches to ``handler``."""
+    """The events agent's body: wait for the catalog, then hand batches to ``handler``.
+
+    With ``overlap`` (at_least_once only), batch N+1 is taken, parsed and applied on the event
+    loop while batch N is scored on the model thread, and N+1's scoring is queued right behind
+    N's, so the loop publishes N while N+1 is scored. Batches still finish one after another, in
+    order. A batch's events are acknowledged only once it is published and its states written:
+    each event's message gets one more reference here (Faust's ``Message.incref``), which
+    ``take_events`` does not release (it releases its own when the next batch is taken) and the
+    finished batch does (``stream.ack``). So the committed offsets never pass an event whose
+    recommendation was not handed to the producer, as without overlap. Faust internals relied on
+    (faust-streaming 0.15.3): ``take_events`` acks a batch's events when the next one is taken,
+    and a message's offset is committable when its reference count reaches zero
+    (``Message.ack``; ``tests/unit/streams/test_internals.py``)."""
     ready = handler.pipeline.catalog_ready
     log.info("events agent waiting for the catalog")
     if not ready.is_set():
@@ -324,7 +415,21 @@ async def consume_events(
             await asyncio.wait_for(ready.wait(), catalog_timeout_s)
         except TimeoutError:
             log.warning("catalog not caught up after %.0fs; scoring with what is loaded", catalog_timeout_s)
-    log.info("events agent consuming batch_max=%d within_s=%s", batch_max, within_s)
-    async for batch in stream.take_events(batch_max, within=within_s):
-        async with handler.lock:
-            await handler.handle(batch)
+    log.info("events agent consuming batch_max=%d within_s=%s overlap=%s", batch_max, within_s, overlap)
+    if not overlap:
+        async for batch in stream.take_events(batch_max, within=within_s):
+            async with handler.lock:
+                await handler.handle(batch)
+        return
+    try:
+        async for batch in stream.take_events(batch_max, within=within_s):
+            for event in batch:
+                event.message.incref()  # released by the finished batch (see above)
+            async with handler.lock:
+                prepared = await handler.prepare(batch, overlay=handler.inflight_states)
+                await handler.wait_inflight()
+                handler.start(prepared, stream.ack)
+    finally:
+        # a stopping worker finishes the batch in flight (a few ms); unfinished, it is redelivered
+        with contextlib.suppress(Exception):
+            await handler.wait_inflight()

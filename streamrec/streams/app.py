@@ -220,7 +220,13 @@ def create_app(
 
     @app.agent(events_topic, concurrency=1)
     async def process_events(stream: Any) -> None:
-        await consume_events(stream, handler, batch_max=settings.batch_max, within_s=settings.batch_within_s)
+        await consume_events(
+            stream,
+            handler,
+            batch_max=settings.batch_max,
+            within_s=settings.batch_within_s,
+            overlap=settings.overlap_batches and not exactly_once,
+        )
 
     @app.agent(deletions_topic, concurrency=1)
     async def process_deletions(stream: Any) -> None:

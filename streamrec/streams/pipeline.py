@@ -166,7 +166,12 @@ class Pipeline:
         return self.scorer.model_version
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self.submit(fn, *args)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue ``fn(*args)`` on the model thread now (calls run one at a time, in the order
+        submitted); await the returned future for its result."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # -- catalog -----------------------------------------------------------------------------
 

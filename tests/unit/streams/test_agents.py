@@ -296,3 +296,111 @@ def test_processing_guarantee_setting_reaches_faust(tiny_checkpoint, tmp_path):
         assert app.conf.processing_guarantee.value == guarantee
         assert app.conf.broker_commit_interval == 0.25
         pipeline._executor.shutdown(wait=True)
+
+
+async def run_overlapped(harness: Harness, batches: list[list[Any]]) -> list[tuple[str, str, list[str]]]:
+    """Feed ``batches`` as the overlapping agent does (prepare N+1 while N is in flight); returns,
+    for each ack, (event id, the state the table then holds: its history's event ids)."""
+    handler = harness.handler
+    acks: list[tuple[str, str, list[str]]] = []
+
+    async def ack(event: Any) -> None:
+        ev = ShopEvent.from_bytes(event.message.value)
+        stored = UserState.from_json(harness.users.get(ev.user_id))
+        acks.append((ev.event_id, ev.user_id, [h[3] for h in stored.history]))
+
+    for batch in batches:
+        prepared = await handler.prepare(batch, overlay=handler.inflight_states)
+        await handler.wait_inflight()
+        handler.start(prepared, ack)
+    await handler.wait_inflight()
+    return acks
+
+
+async def test_overlapped_batches_read_the_batch_in_flight_and_ack_only_what_is_written(harness):
+    """A user in two overlapping batches: the second starts from the first's state (not from the
+    table, which does not have it yet), carries the recommendation the first one published, and
+    each event is acknowledged only once its state is in the table and its recommendation sent."""
+    harness.pipeline.trigger_types = frozenset({"view"})  # a cart below publishes nothing
+    first = [harness.shop("u", 1, n=1), harness.shop("u", 2, n=2), harness.shop("v", 3, n=3)]
+    second = [harness.shop("u", 4, n=4), harness.shop("v", 5, "add_to_cart", n=5)]
+    third = [harness.shop("w", 6, n=6)]
+    acks = await run_overlapped(harness, [first, second, third])
+
+    assert [a[0] for a in acks] == [ShopEvent.from_bytes(e.value).event_id for e in first + second + third]
+    for event_id, _user, stored in acks:  # the table held the event when it was acknowledged
+        assert event_id in stored
+    u = UserState.from_json(harness.users.get("u"))
+    v = UserState.from_json(harness.users.get("v"))
+    assert [h[0] for h in u.history] == ["i1", "i2", "i4"] and [h[0] for h in v.history] == ["i3", "i5"]
+    recs = harness.recommendations()
+    assert [(r.user_id, r.event_id) for r in recs] == [
+        ("u", "u-2-view-2"),
+        ("v", "v-3-view-3"),
+        ("u", "u-4-view-4"),
+        ("w", "w-6-view-6"),
+    ]
+    assert u.latest["event_id"] == "u-4-view-4"
+    # v's cart published nothing: v keeps the list (and the profile record) the first batch sent
+    assert v.latest is not None and v.latest["event_id"] == "v-3-view-3"
+    assert v.profile_sent is not None
+
+
+async def test_overlapped_batches_match_one_batch_at_a_time(harness):
+    """The same events give the same stored states and recommendations with or without overlap."""
+    harness.pipeline.trigger_types = frozenset({"view", "purchase"})
+    clock = [TS]
+    harness.handler.now_ms = lambda: clock[0]
+
+    def batches(prefix: str) -> list[list[Any]]:
+        n = iter(range(1000))
+        return [
+            [harness.shop(f"{prefix}{u}", (u * 7 + k) % 24 + 1, t, n=next(n)) for u, k, t in rows]
+            for rows in (
+                [(1, 0, "view"), (2, 1, "view"), (1, 2, "add_to_cart")],
+                [(1, 3, "purchase"), (3, 4, "view")],
+                [(2, 5, "add_to_cart"), (1, 6, "view"), (3, 7, "view")],
+                [(2, 8, "view")],
+            )
+        ]
+
+    for batch in batches("seq"):
+        await harness.handler.handle(batch)
+    sequential = harness.recommendations()
+    await run_overlapped(harness, batches("ovl"))
+    overlapped = harness.recommendations()
+
+    def shape(r: Recommendation) -> tuple[Any, ...]:
+        return (r.user_id[3:], r.event_id[3:], [(i.item_id, round(i.score, 5)) for i in r.items])
+
+    assert [shape(r) for r in overlapped] == [shape(r) for r in sequential]
+    for u in (1, 2, 3):
+        a = UserState.from_json(harness.users.get(f"seq{u}")).to_json()
+        b = UserState.from_json(harness.users.get(f"ovl{u}")).to_json()
+        for d in (a, b):
+            d["h"] = [h[:3] for h in d["h"]]
+            if d["r"]:
+                d["r"] = {k: v for k, v in d["r"].items() if k != "event_id"}
+        assert a == b
+
+
+async def test_a_batch_in_flight_that_cannot_produce_is_never_acknowledged(harness):
+    """A produce error raises (the batch is redelivered): its events are not acknowledged, and
+    the error comes out of the next wait."""
+
+    class Down:
+        async def send(self, *, key: bytes, value: bytes) -> None:
+            raise ConnectionError("broker gone")
+
+    harness.handler.recommendations = Down()
+    acked: list[Any] = []
+
+    async def ack(event: Any) -> None:
+        acked.append(event)
+
+    handler = harness.handler
+    handler.start(await handler.prepare([harness.shop("u", 1, n=1)]), ack)
+    with pytest.raises(ConnectionError):
+        await handler.wait_inflight()
+    assert acked == []
+    await handler.wait_inflight()  # nothing in flight any more

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+from typing import Any
 
 import faust
 import faust.streams
@@ -112,3 +113,27 @@ async def test_worker_consumer_batches_fetches_through_aiokafkas_private_fetch_s
         assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (1234, 7)
     finally:
         pipeline._executor.shutdown(wait=True)
+
+
+def test_faust_acks_a_message_when_its_last_reference_is_released_and_take_events_acks_each_batch():
+    """streams.agents.consume_events (overlap) holds one more reference per message, so that
+    ``take_events``' ack (when the next batch is taken) does not make the offset committable; the
+    finished batch's ack does."""
+    from faust.types.tuples import ConsumerMessage
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.acked: list[Any] = []
+
+        def ack(self, message: Any) -> bool:
+            self.acked.append(message.offset)
+            return True
+
+    consumer = Consumer()
+    msg = ConsumerMessage("t", 0, 7, 0.0, 0, [], b"k", b"v", None)
+    msg.incref()  # the conductor's reference (one channel)
+    msg.incref()  # the agent's
+    assert msg.ack(consumer) is False and consumer.acked == [] and msg.refcount == 1  # take_events
+    assert msg.ack(consumer) is True and consumer.acked == [7]  # the finished batch
+    src = inspect.getsource(faust.streams.Stream.take_events)
+    assert "yield list(events)" in src and "await self.ack(event)" in src and "self.enable_acks = False" in src
