@@ -116,9 +116,10 @@ class Settings(BaseSettings):
         "Faust's producer (the worker's offsets still commit only after they are acknowledged)",
     )
     overlap_batches: bool = Field(
-        True,
+        False,
         description="at_least_once: take and parse the next batch while one is scored, and publish a "
-        "batch while the next is scored (each batch is still acknowledged only once published)",
+        "batch while the next is scored (each batch is still acknowledged only once published). Off: "
+        "on 2 cores the two Python threads contend for the GIL and the worker drained less (bench/RESULTS.md)",
     )
     fetch_min_bytes: int = Field(
         16_384,
