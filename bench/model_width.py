@@ -8,7 +8,7 @@ Builds the default model (``bench/quality.py``'s MODEL_CONFIG, the text channel 
 ``d_model`` over Beauty's catalog and titles, untrained (throughput does not depend on the weights),
 and measures in the same run, alternating the widths ``--rounds`` times: ``Recommender.encode_users``
 sequences/s at batch 256 (Beauty histories) and exact FAISS top-10 queries/s at batch 256 over the
-catalog's served vectors (one thread). The ratios to the first row are what compare: the first
+catalog's served vectors (one thread, BLAS as a worker's ``ItemIndex`` uses it at that batch size). The ratios to the first row are what compare: the first
 width with the serving pass as it was before the last block learned to compute only the newest
 position (``SASRec.encode(last_only=True)``), every position through every block.
 Last line: one JSON object.
@@ -50,7 +50,11 @@ class FullPass(SASRec):
 def search_qps(items: np.ndarray, queries: np.ndarray, seconds: float = 2.0) -> float:
     import faiss
 
+    from streamrec.indexer.faiss_index import blas_threshold
+
     faiss.omp_set_num_threads(1)
+    # as a worker's ItemIndex searches a batch of 256 (BLAS; faiss's own default scans query by query)
+    faiss.cvar.distance_compute_blas_threshold = blas_threshold("flat", 256)
     index = faiss.IndexFlatIP(items.shape[1])
     index.add(items)
     index.search(queries[:256], 10)  # warm-up

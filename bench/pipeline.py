@@ -20,6 +20,13 @@ script started the broker itself, the per-stage time per event from the worker's
 py-spy profile (200 Hz, raw collapsed stacks, one file per phase; summarise them with
 ``bench/profile_summary.py``).
 
+A broker the script starts itself is fresh: its JVM compiles Kafka's request paths (the C2 and C1
+compiler threads) during the first minute or two of traffic, on the same 2 cores as the worker.
+Measured per broker thread, the compiler threads took as much CPU as the request handling during
+the first drain. A shop's broker is long-running, so before the measured runs a warm-up worker
+(``--warmup-events``, default 10,000; 0: none) drains a backlog of its own on topics of its own
+and stops; its figures are not reported.
+
 Data: Amazon Beauty (../shared/data/beauty or $STREAMREC_BENCH_DATA) replayed as events, its items
 as the catalog, and a model trained on it (``--model DIR``, else a short training run here).
 Starts a local Kafka unless STREAMREC_BOOTSTRAP_SERVERS is set. The last line is one JSON object.
@@ -415,16 +422,19 @@ class Variant:
     insights: str | None = None
     rep: int = 0
     reps: int = 1
+    warmup: bool = False  # the broker's warm-up run (not reported)
 
     @property
     def name(self) -> str:
         out = self.guarantee if self.insights is None else f"{self.guarantee}, insights {self.insights}"
+        out = f"warm-up, {out}" if self.warmup else out
         return out if self.reps == 1 else f"{out} #{self.rep + 1}"
 
     @property
     def key(self) -> str:
         """Topic-safe tag."""
         out = self.guarantee if self.insights is None else f"{self.guarantee}-ins{self.insights}"
+        out = f"warmup-{out}" if self.warmup else out
         return out if self.reps == 1 else f"{out}-{self.rep}"
 
 
@@ -629,6 +639,13 @@ def main() -> int:
         help="write each rate's answered events (sent time, latency, worker share) to DIR/<run>/latency-<rate>.csv",
     )
     ap.add_argument("--profile", help="directory for py-spy profiles of each phase (py-spy must be on PATH)")
+    ap.add_argument(
+        "--warmup-events",
+        type=int,
+        default=10_000,
+        help="a warm-up worker first drains this many events on topics of its own, so that the broker's "
+        "JVM has compiled its hot paths before the measured runs (0: none; see the module docstring)",
+    )
     args = ap.parse_args()
     guarantees = [g.strip() for g in args.guarantees.split(",") if g.strip()]
     if not guarantees or any(g not in ("at_least_once", "exactly_once") for g in guarantees):
@@ -685,6 +702,7 @@ def main() -> int:
         batch_max=args.batch,
     )
     runs = variants(guarantees, insights, args.repeat)
+    warmup = Variant(runs[0].guarantee, warmup=True) if args.warmup_events > 0 and started is not None else None
     per_v = {
         v: base.model_copy(
             update={
@@ -695,20 +713,35 @@ def main() -> int:
                 "app_id": f"{tag}-{v.key}",
             }
         )
-        for v in runs
+        for v in ([warmup] if warmup else []) + runs
     }
     results: dict[Variant, dict] = {}
     try:
         print(f"producing {len(catalog)} catalog items and {len(events)} events per worker run...", flush=True)
         now = int(time.time() * 1000)
-        for k, settings in enumerate(per_v.values()):
+        for k, (v, settings) in enumerate(per_v.items()):
             create_topics(settings)
             with EventProducer.from_settings(settings) as producer:
                 if k == 0:
                     for c in catalog:
                         producer.send_catalog(c)
-                for e in events:
+                for e in events[: args.warmup_events] if v is warmup else events:
                     producer.send(e.model_copy(update={"ts": now}))
+        if warmup is not None:
+            n_warm = min(args.warmup_events, len(events))
+            print(f"warm-up: a worker drains {n_warm:,} events on its own topics (not reported)...", flush=True)
+            run_worker(
+                per_v.pop(warmup),
+                model,
+                work,
+                variant=warmup,
+                n_events=n_warm,
+                events=events,
+                rates=[],
+                rate_seconds=args.rate_seconds,
+                broker_pid=broker_pid,
+                profile=None,
+            )
 
         first = per_v[runs[0]]
         raw = raw_consume(first, len(events))
