@@ -14,6 +14,13 @@ On 2 cores shared with the broker, the model thread runs torch and FAISS on ONE 
 (``STREAMREC_TORCH_THREADS`` = 0 picks "all cores but one", which is 1 here): a second intra-op
 thread would only take CPU from the event loop, which does most of the per-event work (see
 ``bench/RESULTS.md``). FAISS's OpenMP threads spin while idle; with one of them nothing spins.
+
+The loop and the model thread take turns on a batch by default: the loop waits while the batch
+is scored. ``STREAMREC_OVERLAP_BATCHES`` lets them work on two batches at once
+(:func:`streamrec.streams.agents.consume_events`), but both are Python threads under one GIL:
+the model thread's many small torch calls each wait for the loop to release it, and on 2 cores
+the model stage took about twice as long and the worker drained less (``bench/RESULTS.md``,
+Pipeline, sixth session). So it is off.
 """
 
 from __future__ import annotations
