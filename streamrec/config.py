@@ -115,6 +115,13 @@ class Settings(BaseSettings):
         description="at_least_once: send recommendations and profiles through librdkafka instead of "
         "Faust's producer (the worker's offsets still commit only after they are acknowledged)",
     )
+    direct_linger_ms: int = Field(
+        2,
+        ge=0,
+        le=1000,
+        description="the librdkafka producer of recommendations and profiles waits this long to fill a "
+        "request (adds at most this to an answer's latency)",
+    )
     overlap_batches: bool = Field(
         False,
         description="at_least_once: take and parse the next batch while one is scored, and publish a "

@@ -51,7 +51,7 @@ class DirectProducer:
                 "client.id": f"{settings.app_id}-direct",
                 "acks": "all",
                 "enable.idempotence": True,
-                "linger.ms": 2,
+                "linger.ms": settings.direct_linger_ms,
                 "message.timeout.ms": 0,  # never give up on a message: the commit waits for it
                 "partitioner": "murmur2_random",  # Kafka's (Java) default, as Faust/aiokafka use
                 "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
