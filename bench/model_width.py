@@ -8,9 +8,10 @@ Builds the default model (``bench/quality.py``'s MODEL_CONFIG, the text channel 
 ``d_model`` over Beauty's catalog and titles, untrained (throughput does not depend on the weights),
 and measures in the same run, alternating the widths ``--rounds`` times: ``Recommender.encode_users``
 sequences/s at batch 256 (Beauty histories) and exact FAISS top-10 queries/s at batch 256 over the
-catalog's served vectors (one thread, BLAS as a worker's ``ItemIndex`` uses it at that batch size). The ratios to the first row are what compare: the first
-width with the serving pass as it was before the last block learned to compute only the newest
-position (``SASRec.encode(last_only=True)``), every position through every block.
+catalog's served vectors (one thread, BLAS as a worker's ``ItemIndex`` uses it at that batch size).
+The ratios to the first row are what compare: the first width with the serving pass as it was
+before the last block learned to compute only the newest position
+(``SASRec.encode(last_only=True)``), every position through every block.
 Last line: one JSON object.
 """
 
