@@ -275,11 +275,15 @@ def test_new_catalog_item_is_recommended_from_its_text(kafka_settings, worker, s
         raise ZeroShotRankGap(f"the new related item is not in the top {top_k}: {after}")
 
 
-def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(kafka_settings, worker, shop, tmp_path):
+@pytest.mark.parametrize("overlap", ["false", "true"], ids=["one-batch-at-a-time", "overlap"])
+def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(
+    kafka_settings, worker, shop, tmp_path, overlap
+):
     """SIGKILL mid-stream under the default at_least_once: the restarted worker restores each
     user's state from the changelog and every event is answered by a list for it or a later event
-    of its user, possibly twice (its exactly_once twin, below, allows no second answer)."""
-    w = worker()
+    of its user, possibly twice (its exactly_once twin, below, allows no second answer). Also with
+    overlapped batches (STREAMREC_OVERLAP_BATCHES), whose acknowledgements wait for the batch."""
+    w = worker(STREAMREC_OVERLAP_BATCHES=overlap)
     catalog = [c.item_id for c in shop.catalog() if c.in_stock]
     users = [f"user{i}" for i in range(12)]
     bought = {u: catalog[i] for i, u in enumerate(users)}
@@ -302,7 +306,7 @@ def test_worker_killed_mid_stream_recovers_state_and_answers_every_event(kafka_s
                     w.kill()
         committed, end = group_offsets(kafka_settings)
         owed = sum(end[p] - max(committed[p], 0) for p in end)  # all of it if nothing was committed
-        w2 = worker()
+        w2 = worker(STREAMREC_OVERLAP_BATCHES=overlap)
         last = {e.user_id: e for e in sent}
         try:
             got = wait_for(
