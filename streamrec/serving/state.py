@@ -16,7 +16,6 @@ from typing import Any
 from streamrec.serving.profile import InterestProfile, ProfileWeights
 from streamrec.serving.session import SessionStats
 
-
 #: a history entry's event id (entries are ``[item_id, type, ts, event_id]``)
 _EVENT_ID = itemgetter(3)
 
