@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         "batch while the next is scored (each batch is still acknowledged only once published). Off: "
         "on 2 cores the two Python threads contend for the GIL and the worker drained less (bench/RESULTS.md)",
     )
+    gc_freeze: bool = Field(
+        True,
+        description="once the catalog is loaded, move every object alive then (model, catalog, libraries) out "
+        "of Python's cyclic garbage collector, whose full collections otherwise scan them all (a pause "
+        "of every thread; streamrec_gc_pause_seconds)",
+    )
     fetch_min_bytes: int = Field(
         16_384,
         ge=1,

@@ -118,6 +118,12 @@ class Metrics:
         self.loop_lag = self.histogram(
             "streamrec_loop_lag_seconds", "How late the event loop woke a periodic timer, s.", STAGE_BUCKETS_S
         )
+        self.gc_pause = self.histogram(
+            "streamrec_gc_pause_seconds",
+            "Python's cyclic garbage collections (every thread waits for them), s.",
+            STAGE_BUCKETS_S,
+            ("generation",),
+        )
         self.registry.register(ThreadCpuCollector())
         # catalog scale: the text cache, the index kind, memory per part
         self.titles_embedded = self.counter(

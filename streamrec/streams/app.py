@@ -29,7 +29,7 @@ from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
 from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, register_state_codec
 from streamrec.streams.transactions import TransactionalSink
-from streamrec.streams.tuning import watch_loop_lag
+from streamrec.streams.tuning import freeze_heap, watch_gc_pauses, watch_loop_lag
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,13 @@ def create_app(
     @app.task
     async def loop_lag() -> None:
         await watch_loop_lag(pipeline.metrics)
+
+    @app.task
+    async def gc_tuning() -> None:
+        watch_gc_pauses(pipeline.metrics)
+        if settings.gc_freeze:
+            await pipeline.catalog_ready.wait()
+            log.info("garbage collector: %d objects frozen after the catalog load", freeze_heap())
 
     @app.timer(MEMORY_GAUGE_INTERVAL_S)
     async def memory_gauges() -> None:

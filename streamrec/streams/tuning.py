@@ -26,9 +26,11 @@ Pipeline, sixth session). So it is off.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,35 @@ def quiet_third_party_loggers(level: int = logging.WARNING) -> None:
         return
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(level)
+
+
+def watch_gc_pauses(metrics: Any) -> Callable[[str, dict[str, int]], None]:
+    """Observe every cyclic garbage collection's duration in ``streamrec_gc_pause_seconds`` (by
+    generation); returns the callback, installed in ``gc.callbacks``."""
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            metrics.gc_pause.labels(generation=str(info.get("generation", -1))).observe(
+                time.perf_counter() - started.pop()
+            )
+
+    gc.callbacks.append(on_gc)
+    return on_gc
+
+
+def freeze_heap() -> int:
+    """Collect once, then move every object alive now into the collector's permanent generation
+    (``gc.freeze``): later full collections scan only what was made after. A worker that has
+    loaded its model, its libraries and its catalog holds several hundred thousand such objects,
+    and a full collection over them took ~0.1-0.2 s here, a stall of the event loop and the model
+    thread alike (``bench/RESULTS.md``). Objects frozen are still freed by reference counting;
+    only garbage cycles among them are kept. Returns the number of objects frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 async def watch_loop_lag(metrics: Any, interval: float = LOOP_PROBE_S) -> None:

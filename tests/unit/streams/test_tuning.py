@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import faiss
@@ -12,8 +13,10 @@ from streamrec.serving.metrics import Metrics
 from streamrec.streams.tuning import (
     QUIET_LOGGERS,
     compute_threads,
+    freeze_heap,
     quiet_third_party_loggers,
     set_compute_threads,
+    watch_gc_pauses,
     watch_loop_lag,
 )
 
@@ -62,3 +65,32 @@ async def test_loop_lag_probe_sees_a_blocked_loop():
     task.cancel()
     assert m.value("streamrec_loop_lag_seconds_count") >= 1
     assert m.value("streamrec_loop_lag_seconds_bucket", le="0.1") < m.value("streamrec_loop_lag_seconds_count")
+
+
+def test_gc_pauses_are_observed_by_generation():
+    m = Metrics()
+    cb = watch_gc_pauses(m)
+    try:
+        gc.collect(1)
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(cb)
+    text = m.render(model_version="v")
+    assert 'streamrec_gc_pause_seconds_count{generation="1"}' in text
+    assert 'streamrec_gc_pause_seconds_count{generation="2"}' in text
+
+
+def test_freeze_heap_takes_the_live_objects_out_of_the_collectors_scans():
+    class Cycle:
+        pass
+
+    live = Cycle()
+    live.me = live  # type: ignore[attr-defined]
+    try:
+        frozen = freeze_heap()
+        assert frozen > 1000 and gc.get_freeze_count() == frozen
+        # a full collection now scans only objects made after the freeze
+        assert not any(o is live for o in gc.get_objects(generation=2))
+    finally:
+        gc.unfreeze()
+    assert any(o is live for o in gc.get_objects())
