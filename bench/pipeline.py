@@ -262,6 +262,9 @@ class Probe:
             "stages_us": {st: d.get(f"streamrec_stage_seconds_sum{{stage={st}}}", 0.0) * per for st in STAGES},
             "commits": d.get("streamrec_stage_seconds_count{stage=commit}", 0.0),
             "loop_lag_over_100ms": lag_late,
+            # full (generation 2) garbage collections in the phase and their total pause
+            "gc2_n": d.get("streamrec_gc_pause_seconds_count{generation=2}", 0.0),
+            "gc2_ms": d.get("streamrec_gc_pause_seconds_sum{generation=2}", 0.0) * 1000,
         }
 
 
@@ -792,15 +795,15 @@ def main() -> int:
     print()
     print(
         "| run | rate ev/s | sent | answered | p50 ms | p95 ms | p99 ms | p99 ms worker (event ts -> produced) "
-        "| worker CPU µs/event | broker CPU µs/event | loop stalls > 100 ms | load |"
+        "| worker CPU µs/event | broker CPU µs/event | loop stalls > 100 ms | full GCs (ms in all) | load |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for v, res in results.items():
         for r in res["latency"]:
             print(
                 f"| {v.name} | {r['rate']:.0f} | {r['sent']} | {r['answered']} | {r['p50']:.1f} | {r['p95']:.1f} "
                 f"| {r['p99']:.1f} | {r['worker_p99']:.1f} | {r['cpu_us']:.0f} | {fmt(r['broker_cpu_us'])} "
-                f"| {r['loop_lag_over_100ms']:.0f} | {r['load']:.1f} |"
+                f"| {r['loop_lag_over_100ms']:.0f} | {r['gc2_n']:.0f} ({r['gc2_ms']:.0f}) | {r['load']:.1f} |"
             )
     print()
     print(
