@@ -94,3 +94,22 @@ def test_freeze_heap_takes_the_live_objects_out_of_the_collectors_scans():
     finally:
         gc.unfreeze()
     assert any(o is live for o in gc.get_objects())
+
+
+def test_a_replaced_model_version_is_freed_without_the_cyclic_collector(tiny_checkpoint):
+    """With the startup heap frozen (freeze_heap), garbage cycles among frozen objects are never
+    collected; a model version replaced by a hot swap must not need the collector to be freed."""
+    import weakref
+
+    from streamrec.indexer import ItemIndex
+    from streamrec.model.inference import Recommender
+
+    gc.disable()
+    try:
+        rec = Recommender.load(tiny_checkpoint, device="cpu")
+        index = ItemIndex(rec.dim, kind="flat")
+        refs = [weakref.ref(rec), weakref.ref(rec.model), weakref.ref(index)]
+        del rec, index
+        assert [r() is None for r in refs] == [True, True, True]
+    finally:
+        gc.enable()
