@@ -91,12 +91,12 @@ def freeze_heap() -> int:
     """Collect once, then move every object alive now into the collector's permanent generation
     (``gc.freeze``): later full collections scan only what was made after. A worker that has
     loaded its model, its libraries and its catalog holds several hundred thousand such objects,
-    and a full collection over them paused a worker for 263-286 ms here, a stall of the event loop
-    and the model thread alike (``bench/RESULTS.md``, Pipeline, sixth session). Objects frozen
-    are still freed by reference counting; only garbage cycles among them are kept. A model version replaced by a hot swap holds no such
-    cycle (the model, its torch module and its index are freed by reference counting alone: unit
-    test), and a new version adds only thousands of objects to what full collections scan.
-    Returns the number of objects frozen."""
+    and a full collection over them paused a worker for 263-286 ms here, a stall of the event
+    loop and the model thread alike (``bench/RESULTS.md``, Pipeline, sixth session). Objects
+    frozen are still freed by reference counting; only garbage cycles among them are kept. A
+    model version replaced by a hot swap holds no such cycle (the model, its torch module and its
+    index are freed by reference counting alone: unit test), and a new version adds only
+    thousands of objects to what full collections scan. Returns the number of objects frozen."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
