@@ -43,6 +43,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,7 @@ from streamrec.devtools import localkafka  # noqa: E402
 from streamrec.devtools.replay import catalog_from_dataset, dataset_items  # noqa: E402
 from streamrec.schemas import ShopEvent  # noqa: E402
 from streamrec.streams.topics import create_topics  # noqa: E402
+from streamrec.streams.tuning import compute_threads  # noqa: E402
 
 
 def data_dir() -> Path:
@@ -141,14 +143,19 @@ def raw_consume(settings: Settings, n: int) -> float:
     return asyncio.run(run())
 
 
-def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int) -> tuple[float, float]:
-    """The worker's batch path without Kafka: parse bytes, update state, score, build messages.
-    Returns (events/s, CPU seconds per event of this process)."""
+def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int, threads: int) -> tuple[float, float]:
+    """The worker's batch path without Kafka: parse bytes, update state, score, build messages,
+    with the worker's torch and FAISS threads (``threads``; on these 2 cores one thread is also
+    the faster: bench/RESULTS.md, Pipeline, seventh session). Returns (events/s, CPU seconds per
+    event of this process)."""
     from streamrec.indexer import ItemIndex
     from streamrec.model.inference import Recommender
     from streamrec.schemas import Recommendation, ScoredItem
     from streamrec.serving.state import UserState
     from streamrec.streams.pipeline import Pipeline
+    from streamrec.streams.tuning import set_compute_threads
+
+    set_compute_threads(threads)  # this thread scores (FAISS's OpenMP setting is per thread)
 
     rec = Recommender.load(model, device="cpu")
     index = ItemIndex(rec.dim)
@@ -273,9 +280,11 @@ def py_spy(pid: int, out: Path | None, seconds: int) -> subprocess.Popen | None:
     if out is None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
+    # the venv's own py-spy (the dev extra) when the venv is not on PATH
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     return subprocess.Popen(
         [
-            "py-spy",
+            exe,
             "record",
             "-r",
             "200",
@@ -749,8 +758,13 @@ def main() -> int:
         first = per_v[runs[0]]
         raw = raw_consume(first, len(events))
         print(f"raw consume: {raw:,.0f} events/s", flush=True)
-        alone, alone_cpu = model_index_alone(model, catalog, events, args.batch)
-        print(f"model+index alone: {alone:,.0f} events/s, {alone_cpu * 1e6:.0f} µs CPU/event", flush=True)
+        threads = compute_threads(int(WORKER_ENV.get("STREAMREC_TORCH_THREADS", Settings().torch_threads)))
+        alone, alone_cpu = model_index_alone(model, catalog, events, args.batch, threads)
+        print(
+            f"model+index alone ({threads} thread{'s' if threads > 1 else ''}): {alone:,.0f} events/s, "
+            f"{alone_cpu * 1e6:.0f} µs CPU/event",
+            flush=True,
+        )
         for v, settings in per_v.items():
             results[v] = run_worker(
                 settings,
@@ -780,7 +794,8 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|---:|")
     print(f"| raw consume (bare aiokafka, ceiling) | {raw:,.0f} | 1.00 | | | |")
     print(
-        f"| model+index alone, batch {args.batch} (ceiling) | {alone:,.0f} | 1.00 | {alone_cpu * 1e6:.0f} "
+        f"| model+index alone, batch {args.batch}, {threads} compute thread(s) (ceiling) | {alone:,.0f} | 1.00 "
+        f"| {alone_cpu * 1e6:.0f} "
         f"(this process) | | |"
     )
     for v, res in results.items():

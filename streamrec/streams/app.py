@@ -29,7 +29,7 @@ from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
 from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, register_state_codec
 from streamrec.streams.transactions import TransactionalSink
-from streamrec.streams.tuning import freeze_heap, watch_gc_pauses, watch_loop_lag
+from streamrec.streams.tuning import compute_threads, freeze_heap, watch_gc_pauses, watch_loop_lag
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ def create_app(
         new_index=lambda dim: new_index(settings, dim),
         loader=loader,
         index_dir=index_dir(settings),
+        compute_threads=compute_threads(settings.torch_threads),
     )
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)

@@ -65,10 +65,23 @@ SWAP_CATCH_UP = 64
 SWAP_THREAD_NICE = 10
 
 
-def _lower_priority() -> None:
-    """Initializer of the swap thread: lower its priority (best effort; only Linux has per-thread nice)."""
+def _lower_priority(threads: int | None = None) -> None:
+    """Initializer of the swap thread: lower its priority (best effort; only Linux has per-thread
+    nice), and give it the model thread's compute threads."""
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SWAP_THREAD_NICE)
+    _thread_compute(threads)
+
+
+def _thread_compute(threads: int | None) -> None:
+    """Initializer of the model thread: FAISS's OpenMP thread count is a per-thread setting
+    (``omp_set_num_threads`` sets it for the calling thread only; a new thread starts from the
+    default, all cores), so the worker's ``torch_threads`` must be set in the thread that searches,
+    not only in the one that started the worker (``bench/RESULTS.md``, Pipeline, seventh session)."""
+    if threads:
+        from streamrec.streams.tuning import set_compute_threads
+
+        set_compute_threads(threads)
 
 
 MEMORY_EVERY_S = 10.0  # catalog batches measure the memory gauges at most this often
@@ -113,7 +126,10 @@ class Pipeline:
         new_index: Callable[[int], Any] | None = None,
         loader: VersionLoader | None = None,
         index_dir: Path | None = None,
+        compute_threads: int | None = None,
     ) -> None:
+        """``compute_threads``: torch and FAISS threads of the model and swap threads (None: the
+        libraries' defaults, as in tests and benchmarks that set them themselves)."""
         self.metrics = Metrics()
         #: where the index is saved after a rebuild and at a clean stop (None: never saved)
         self.index_dir = index_dir
@@ -137,7 +153,12 @@ class Pipeline:
         self._group_ids: dict[tuple[str, str], int] = {}
         self.catalog_ready = asyncio.Event()
         self._memory_at = 0.0  # monotonic time of the last memory measurement
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="streamrec-model",
+            initializer=_thread_compute,
+            initargs=(compute_threads,),
+        )
         # -- hot swap (see swap_model) --
         self.new_index = new_index  # dim -> an empty index with the worker's settings
         self.loader = loader  # how another version is loaded (None: this pipeline cannot swap)
@@ -147,7 +168,7 @@ class Pipeline:
         #: (streams.catalog.read_catalog_topic); ``self.catalog`` keeps no texts
         self.catalog_source: Callable[[], Iterable[list[Change]]] | None = None
         self._swap_executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="streamrec-swap", initializer=_lower_priority
+            max_workers=1, thread_name_prefix="streamrec-swap", initializer=_lower_priority, initargs=(compute_threads,)
         )
         self._swap_lock = asyncio.Lock()
         self.swap_pending: str | None = None  # the version being built

@@ -14,6 +14,9 @@ On 2 cores shared with the broker, the model thread runs torch and FAISS on ONE 
 (``STREAMREC_TORCH_THREADS`` = 0 picks "all cores but one", which is 1 here): a second intra-op
 thread would only take CPU from the event loop, which does most of the per-event work (see
 ``bench/RESULTS.md``). FAISS's OpenMP threads spin while idle; with one of them nothing spins.
+OpenMP's thread count is a per-thread setting, so the model and swap threads set it themselves
+(their executors' initializer, :class:`streamrec.streams.pipeline.Pipeline`): set only in the
+thread that starts the worker, the model thread's FAISS searches ran on 2 OpenMP threads.
 
 The loop and the model thread take turns on a batch by default: the loop waits while the batch
 is scored. ``STREAMREC_OVERLAP_BATCHES`` lets them work on two batches at once

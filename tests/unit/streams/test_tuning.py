@@ -113,3 +113,35 @@ def test_a_replaced_model_version_is_freed_without_the_cyclic_collector(tiny_che
         assert [r() is None for r in refs] == [True, True, True]
     finally:
         gc.enable()
+
+
+def test_the_model_thread_sets_its_own_compute_threads():
+    """FAISS's OpenMP thread count is a per-thread setting: a new thread starts from the default
+    (all cores) whatever the main thread set, so the model thread sets the worker's own."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamrec.streams.pipeline import Pipeline
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    p = Pipeline(
+        recommender=object(),
+        index=object(),
+        top_k=1,
+        history_len=1,
+        purchased_max=1,
+        trigger_types=("view",),
+        compute_threads=1,
+    )
+    try:
+        probe = lambda: (faiss.omp_get_max_threads(), torch.get_num_threads())  # noqa: E731
+        assert p._executor.submit(probe).result() == (1, 1)
+        assert p._swap_executor.submit(probe).result() == (1, 1)
+        if (os.cpu_count() or 1) > 1 and "OMP_NUM_THREADS" not in os.environ:
+            with ThreadPoolExecutor(1) as plain:  # what the model thread had before
+                assert plain.submit(faiss.omp_get_max_threads).result() > 1
+    finally:
+        p._executor.shutdown()
+        p._swap_executor.shutdown()
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
