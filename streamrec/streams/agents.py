@@ -375,9 +375,11 @@ class BatchHandler:
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
-    """Log at once a batch in flight that failed (its error is raised with the next batch)."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("batch failed; its events stay unacknowledged", exc_info=task.exception())
+    """Log at once, in one line, a batch in flight that failed: its error, with the traceback,
+    is raised (and logged by Faust's agent) when the next batch waits for it."""
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None:
+        log.error("batch failed; its events stay unacknowledged reason=%s: %s", type(exc).__name__, exc)
 
 
 async def consume_deletions(stream: Any, handler: BatchHandler) -> None:
