@@ -191,6 +191,9 @@ class Settings(BaseSettings):
     )
     ivf_nlist: int = Field(1024, ge=1, le=1_000_000)
     ivf_nprobe: int = Field(64, ge=1, le=1_000_000)
+    flat_blas_min_queries: int = Field(
+        12, ge=1, le=1_000_000, description="exact search: batches of this many queries or more use one BLAS product"
+    )
 
     # --- trainer (`streamrec trainer`: training log, retraining cadence, gate) ----------------
     retrain_interval_s: float = Field(300.0, gt=0, le=7 * 86400, description="seconds between retraining checks")

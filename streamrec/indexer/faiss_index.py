@@ -91,13 +91,14 @@ _FAISS_BLAS_DEFAULT = int(faiss.cvar.distance_compute_blas_threshold)  # the lib
 _BLAS_ALWAYS, _BLAS_NEVER = 1, 1 << 30
 
 
-def blas_threshold(kind: str | None, n_queries: int) -> int:
+def blas_threshold(kind: str | None, n_queries: int, min_queries: int = FLAT_BLAS_MIN_QUERIES) -> int:
     """The ``distance_compute_blas_threshold`` a CPU search of ``n_queries`` on a ``kind`` index
-    runs with: BLAS always for flat batches of ``FLAT_BLAS_MIN_QUERIES`` or more, never for
-    smaller ones, and the library's default for the other kinds (their coarse quantizers)."""
+    runs with: BLAS always for flat batches of ``min_queries`` (default
+    ``FLAT_BLAS_MIN_QUERIES``) or more, never for smaller ones, and the library's default for the
+    other kinds (their coarse quantizers)."""
     if kind != "flat":
         return _FAISS_BLAS_DEFAULT
-    return _BLAS_ALWAYS if n_queries >= FLAT_BLAS_MIN_QUERIES else _BLAS_NEVER
+    return _BLAS_ALWAYS if n_queries >= min_queries else _BLAS_NEVER
 
 
 MAX_FETCH = 2048  # most candidates asked of FAISS per query before the exact fallback (GPU k cap)
@@ -224,10 +225,13 @@ class ItemIndex:
     Options: ``kind`` "auto" | "flat" | "hnsw" | "ivf"; ``exact_max`` the largest catalog "auto"
     serves exactly; ``hnsw_m`` / ``hnsw_ef_construction`` shape the HNSW graph (build time,
     memory) and ``hnsw_ef_search`` trades q/s for recall; ``ivf_nlist`` inverted lists (capped
-    at n/39) and ``ivf_nprobe`` lists scanned per query; ``device`` "auto" | "cpu" | "cuda".
+    at n/39) and ``ivf_nprobe`` lists scanned per query; ``device`` "auto" | "cpu" | "cuda";
+    ``flat_blas_min_queries`` the smallest exact CPU batch searched by one BLAS product
+    (:data:`FLAT_BLAS_MIN_QUERIES`).
     Defaults come from ``bench/retrieval.py`` (bench/RESULTS.md): at 1M items, 64-d, HNSW
     M=32, efConstruction=200, efSearch=128 gave recall@10 0.958 at ~30x the exact q/s.
-    Search-time options (``hnsw_ef_search``, ``ivf_nprobe``) may be changed on a live index.
+    Search-time options (``hnsw_ef_search``, ``ivf_nprobe``, ``flat_blas_min_queries``) may be
+    changed on a live index.
     """
 
     def __init__(
@@ -243,6 +247,7 @@ class ItemIndex:
         ivf_nprobe: int = 64,
         device: str = "auto",
         hnsw_storage: str = "flat",
+        flat_blas_min_queries: int = FLAT_BLAS_MIN_QUERIES,
     ) -> None:
         if hnsw_storage not in HNSW_STORAGES:
             raise ValueError(f"hnsw_storage must be one of {HNSW_STORAGES}, got {hnsw_storage!r}")
@@ -257,6 +262,7 @@ class ItemIndex:
             ("hnsw_ef_search", hnsw_ef_search),
             ("ivf_nlist", ivf_nlist),
             ("ivf_nprobe", ivf_nprobe),
+            ("flat_blas_min_queries", flat_blas_min_queries),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "exact_max" else 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -264,6 +270,7 @@ class ItemIndex:
         self.exact_max, self.hnsw_m = exact_max, hnsw_m
         self.hnsw_ef_construction, self.hnsw_ef_search = hnsw_ef_construction, hnsw_ef_search
         self.ivf_nlist, self.ivf_nprobe = ivf_nlist, ivf_nprobe
+        self.flat_blas_min_queries = flat_blas_min_queries
         self._kind_req = kind
         self.hnsw_storage = hnsw_storage
         self._device = select_device(device)
@@ -383,7 +390,7 @@ class ItemIndex:
         if st.device == "cuda":
             with self._gpu_lock:
                 return st.index.search(q, k)
-        faiss.cvar.distance_compute_blas_threshold = blas_threshold(st.kind, len(q))
+        faiss.cvar.distance_compute_blas_threshold = blas_threshold(st.kind, len(q), self.flat_blas_min_queries)
         return st.index.search(q, k, params=params)
 
     def vectors(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

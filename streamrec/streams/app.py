@@ -62,6 +62,7 @@ def index_options(settings: Settings) -> dict[str, Any]:
         "hnsw_storage": settings.hnsw_storage,
         "ivf_nlist": settings.ivf_nlist,
         "ivf_nprobe": settings.ivf_nprobe,
+        "flat_blas_min_queries": settings.flat_blas_min_queries,
         "device": settings.device,
     }
 
