@@ -25,6 +25,8 @@ training log; this module decides everything else:
    worse than the current version by more than ``tolerance`` (absolute) on either metric.
 6. **Registry.** A promoted candidate is registered with its metrics (the gate's decision and
    both metric sets under ``"gate"``) and made current; old versions beyond ``keep`` are pruned.
+   Its purchase-intent model is refitted on the log's sessions when that is better on the log's
+   latest sessions than the one it replaces, else carried over (:func:`refresh_intent`).
    A rejected candidate is not registered: its decision is returned (and appended to the
    trainer's ``decisions.jsonl``).
 """
@@ -90,6 +92,7 @@ class Decision:
     base_version: str | None  # the version fine-tuned from (None: from scratch)
     version: str | None = None  # the registered version when promoted
     decided_ts: float = field(default_factory=time.time)
+    intent: str = ""  # what a promoted version's purchase-intent model is (see refresh_intent)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,7 +259,8 @@ def evaluate_holdout(model: SASRec, vocab: ItemVocab, holdout: HoldOut, *, devic
 def carry_intent(base_dir: Path | None, out_dir: Path) -> bool:
     """Copy the base version's purchase-intent model (``intent.*``) into a new checkpoint: it
     reads session counters, not item ids, so it stays valid when the recommender is retrained
-    (a retraining round does not retrain it). True when there was one to copy."""
+    (:func:`refresh_intent` carries it when a refit on the log is not better). True when there
+    was one to copy."""
     from streamrec.model.intent import INTENT_CONFIG, INTENT_WEIGHTS
 
     if base_dir is None or not (Path(base_dir) / INTENT_CONFIG).is_file():
@@ -264,6 +268,76 @@ def carry_intent(base_dir: Path | None, out_dir: Path) -> bool:
     for name in (INTENT_WEIGHTS, INTENT_CONFIG):
         shutil.copyfile(Path(base_dir) / name, out_dir / name)
     return True
+
+
+def intent_sessions_from_log(table: pa.Table) -> dict[str, list[Any]]:
+    """Every logged event as a :class:`~streamrec.typed_events.TypedEvent` per user, oldest
+    first (all types: the intent features count carts, removals and purchases too)."""
+    from streamrec.typed_events import TypedEvent
+
+    users = cast("list[str]", table.column("user_id").to_pylist())
+    items = cast("list[str]", table.column("item_id").to_pylist())
+    types = cast("list[str]", table.column("type").to_pylist())
+    ts = cast("list[int]", table.column("ts").to_pylist())
+    out: dict[str, list[Any]] = {}
+    for u, i, t, when in zip(users, items, types, ts):
+        out.setdefault(u, []).append(TypedEvent(u, i, "", t, when, t))
+    for seq in out.values():
+        seq.sort(key=lambda e: e.ts_ms)  # stable: the log's order among equal times
+    return out
+
+
+def refresh_intent(
+    table: pa.Table, base_dir: Path | None, out_dir: Path, *, holdout: float = 0.2, seed: int = 0, steps: int = 400
+) -> str:
+    """Give the version in ``out_dir`` a purchase-intent model, and say which (``Decision.intent``).
+
+    The log's sessions become intent examples (:func:`streamrec.model.intent.intent_examples`:
+    each row sees only its session so far); the latest ``holdout`` share of the sessions (by
+    start) is held out. A model fitted on the rest replaces the base version's when its hold-out
+    log loss is no worse than the base model's on the same rows (or there is no base model); it
+    is then refitted on every session and saved. Otherwise, or when the log cannot train one (no
+    session with a later purchase, or none without), the base version's model is carried over."""
+    from streamrec.errors import CheckpointError
+    from streamrec.model.intent import INTENT_CONFIG, IntentModel, fit_intent, intent_examples, log_loss
+    from streamrec.serving.session import FEATURE_NAMES, columns
+
+    base: IntentModel | None = None
+    if base_dir is not None and (Path(base_dir) / INTENT_CONFIG).is_file():
+        try:
+            base = IntentModel.load(base_dir)
+        except CheckpointError as exc:  # never carried over: refitted if the log allows
+            log.warning("base version's intent model unusable, not carried: %s", exc)
+            base_dir = None
+
+    def carry(why: str) -> str:
+        return f"carried ({why})" if carry_intent(base_dir, out_dir) else f"none ({why})"
+
+    ex = intent_examples(intent_sessions_from_log(table))
+    if len(ex.y) == 0 or ex.y.min() == ex.y.max():
+        return carry("the log has no sessions both with and without a later purchase")
+    cut = float(np.quantile(np.unique(ex.session_start_ms), 1.0 - holdout))
+    tr, te = ex.select(ex.session_end_ms < cut), ex.select(ex.session_start_ms >= cut)
+    if not (len(tr.y) and len(te.y) and 0 < tr.y.mean() < 1 and 0 < te.y.mean() < 1):
+        return carry("too few sessions to hold some out")
+    fitted = log_loss(te.y, fit_intent(tr.x, tr.y, feature_names=FEATURE_NAMES, steps=steps, seed=seed).predict(te.x))
+    old = None
+    if base is not None:
+        try:  # a model on a subset of today's features is served (and so compared) on that subset
+            old = log_loss(te.y, base.predict(te.x[:, columns(tuple(base.cfg.feature_names))]))
+        except ValueError:  # features this version no longer computes: the worker cannot serve it
+            old = None
+    if old is not None and fitted > old:
+        return carry(f"hold-out log loss {old:.4f}, refitted {fitted:.4f}")
+    model = fit_intent(ex.x, ex.y, feature_names=FEATURE_NAMES, steps=steps, seed=seed)
+    model.cfg.metrics = {
+        "examples": len(ex.y),
+        "positive_rate": round(float(ex.y.mean()), 4),
+        "holdout": {"examples": len(te.y), "model_log_loss": round(fitted, 4), "replaced_log_loss": old},
+    }
+    model.save(out_dir)
+    was = "no model before" if old is None else f"{old:.4f} before"
+    return f"retrained (hold-out log loss {fitted:.4f}, {was}; {len(ex.y)} examples)"
 
 
 def retrain(
@@ -399,7 +473,7 @@ def retrain(
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=registry.root))
         try:
             save_checkpoint(res.model.cpu(), res.vocab, tmp, metrics=metrics, train_settings=res.settings)
-            carry_intent(base_dir, tmp)
+            decision.intent = refresh_intent(table, base_dir, tmp, seed=cfg.seed)
             decision.version = registry.register(tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -408,7 +482,7 @@ def retrain(
             registry.prune(cfg.keep)
     log.info(
         "retrain decision=%s mode=%s version=%s base=%s candidate_ndcg@10=%.4f candidate_hr@10=%.4f "
-        "current_ndcg@10=%s current_hr@10=%s holdout_users=%d train_users=%d seconds=%.1f reason=%s",
+        "current_ndcg@10=%s current_hr@10=%s holdout_users=%d train_users=%d seconds=%.1f reason=%s intent=%s",
         "promoted" if ok else "rejected",
         decision.mode,
         decision.version,
@@ -421,6 +495,7 @@ def retrain(
         decision.train_users,
         train_seconds,
         reason,
+        decision.intent or "-",
     )
     return decision
 

@@ -127,3 +127,58 @@ def test_a_retrained_version_keeps_the_intent_model(tmp_path):
     fit_intent(x, np.r_[np.zeros(5), np.ones(5)].astype(np.float32), feature_names=("a", "b"), steps=20).save(base)
     assert carry_intent(base, new) and IntentModel.load(new) is not None
     assert not carry_intent(bare, tmp_path) and not carry_intent(None, tmp_path)
+
+
+def _log_table(*, n_users: int = 80, informative_from: float = 0.0, buys: bool = True, seed: int = 0):
+    """A training-log table (the columns a round reads) of 6 sessions per user, 2 h apart. Sessions
+    that start at or after ``informative_from`` (a share of the time span) follow "a cart is
+    followed by a purchase"; earlier ones buy at random, whatever they did."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[str, str, str, int]] = []
+    span = 6 * 7200_000
+    for u in range(n_users):
+        t = T0 + int(rng.integers(0, 3_600_000))
+        for s in range(6):
+            start = t + s * 7200_000
+            carts = rng.random() < 0.3
+            informative = (start - T0) >= informative_from * span
+            buyer = buys and (carts if informative else rng.random() < 0.3)
+            for k in range(int(rng.integers(2, 6))):
+                kind = "add_to_cart" if carts and k == 1 else "view"
+                rows.append((f"u{u}", f"i{k}", kind, start + 30_000 * k))
+            if buyer:
+                rows.append((f"u{u}", "i1", "purchase", start + 400_000))
+    rows.sort(key=lambda r: r[3])
+    cols = list(zip(*rows))
+    return pa.table({"user_id": cols[0], "item_id": cols[1], "type": cols[2], "ts": list(cols[3])})
+
+
+def test_a_round_refits_the_intent_model_only_when_the_log_does_better(tmp_path):
+    """``refresh_intent``: a log that teaches the pattern gives the new version a refitted model;
+    a log whose training part is noise keeps the better base model (its hold-out log loss is
+    lower); a log without purchases keeps the base model, or none when there is none."""
+    from streamrec.model.retrain import refresh_intent
+
+    first, good, noisy, nobuy, bare = (tmp_path / n for n in ("first", "good", "noisy", "nobuy", "bare"))
+    for d in (first, good, noisy, nobuy, bare):
+        d.mkdir()
+    said = refresh_intent(_log_table(), None, first)  # no base: fitted on the log
+    assert said.startswith("retrained") and "no model before" in said
+    fitted = IntentModel.load(first)
+    assert fitted is not None and fitted.cfg.metrics["holdout"]["replaced_log_loss"] is None
+
+    said = refresh_intent(_log_table(seed=1), first, good)  # as good as the base or better
+    assert said.startswith("retrained"), said
+    assert IntentModel.load(good).cfg.metrics["holdout"]["replaced_log_loss"] is not None
+
+    # the log's older sessions (its training part) buy at random, the latest (the last of each
+    # user's 6 sessions: the hold-out) follow the pattern
+    said = refresh_intent(_log_table(informative_from=0.8, seed=2), first, noisy, holdout=1 / 6)
+    assert said.startswith("carried (hold-out log loss"), said
+    assert (noisy / "intent.json").read_bytes() == (first / "intent.json").read_bytes()
+
+    assert refresh_intent(_log_table(buys=False), first, nobuy).startswith("carried (the log has no")
+    assert refresh_intent(_log_table(buys=False), None, bare).startswith("none (")
+    assert IntentModel.load(bare) is None

@@ -156,6 +156,9 @@ def test_rounds_bootstrap_refuse_a_worse_candidate_then_promote(sim_log, tmp_pat
     )
     boot = retrain(table, reg, text, cfg)  # empty registry: a full retrain, promoted
     assert boot.promoted and boot.mode == "full" and boot.current is None
+    # the simulator's sessions end in purchases or not: the first version gets an intent model
+    assert boot.intent.startswith("retrained"), boot.intent
+    assert (reg.current_path() / "intent.json").is_file()
     assert reg.current_version() == boot.version
     assert boot.candidate["ndcg@10"] > 0.08  # random over 200 items: ~0.02
 
@@ -168,6 +171,7 @@ def test_rounds_bootstrap_refuse_a_worse_candidate_then_promote(sim_log, tmp_pat
     lenient = RetrainConfig(**{**cfg.__dict__, "time_budget_s": 3, "tolerance": 1.0})
     ft = retrain(table, reg, text, lenient)
     assert ft.promoted and ft.mode == "finetune" and ft.base_version == boot.version
+    assert ft.intent.startswith(("retrained", "carried (hold-out")), ft.intent  # never dropped
     assert reg.current_version() == ft.version != boot.version
     stored = reg.list()[-1].metrics["gate"]
     assert stored["candidate"]["ndcg@10"] == ft.candidate["ndcg@10"]
