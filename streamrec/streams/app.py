@@ -8,6 +8,7 @@ new versions (:mod:`streamrec.streams.model_follower`) and the web views
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -29,10 +30,13 @@ from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
 from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, register_state_codec
 from streamrec.streams.transactions import TransactionalSink
-from streamrec.streams.tuning import compute_threads, freeze_heap, watch_gc_pauses, watch_loop_lag
+from streamrec.streams.tuning import Refreezer, compute_threads, freeze_heap, watch_gc_pauses, watch_loop_lag
 from streamrec.streams.views import register_views
 
 log = logging.getLogger(__name__)
+
+#: How often the worker checks whether its catalog grew enough to freeze the heap again, seconds.
+REFREEZE_CHECK_S = 60.0
 
 MEMORY_GAUGE_INTERVAL_S = 10.0  # how often the per-part memory gauges are measured
 
@@ -271,6 +275,12 @@ def create_app(
         if settings.gc_freeze:
             await pipeline.catalog_ready.wait()
             log.info("garbage collector: %d objects frozen after the catalog load", freeze_heap())
+            refreezer = Refreezer(len(pipeline.catalog))
+            while True:  # a catalog that keeps growing: freeze what it added, now and then
+                await asyncio.sleep(REFREEZE_CHECK_S)
+                frozen = refreezer.maybe(len(pipeline.catalog))
+                if frozen is not None:
+                    log.info("garbage collector: %d objects frozen, catalog items=%d", frozen, len(pipeline.catalog))
 
     @app.timer(MEMORY_GAUGE_INTERVAL_S)
     async def memory_gauges() -> None:

@@ -105,6 +105,30 @@ def freeze_heap() -> int:
     return gc.get_freeze_count()
 
 
+#: Catalog items added since the last freeze after which the heap is frozen again: each added
+#: item leaves about two objects for the cyclic collector (24,202 items added to a frozen worker:
+#: 51,654 objects, a full collection 18 ms; bench/RESULTS.md, Pipeline, seventh session), so a
+#: catalog that grows by hundreds of thousands of items would bring the long pauses back.
+REFREEZE_ITEMS = 100_000
+
+
+class Refreezer:
+    """Freezes the heap again (:func:`freeze_heap`) once the catalog has grown by ``every`` items
+    since the last freeze; that one collection scans only what was made since (tens of ms)."""
+
+    def __init__(self, catalog_size: int, every: int = REFREEZE_ITEMS) -> None:
+        self.frozen_at = catalog_size
+        self.every = every
+
+    def maybe(self, catalog_size: int) -> int | None:
+        """Freeze if due; returns the number of objects frozen then, else None."""
+        if catalog_size - self.frozen_at < self.every:
+            self.frozen_at = min(self.frozen_at, catalog_size)  # removals: count growth from here
+            return None
+        self.frozen_at = catalog_size
+        return freeze_heap()
+
+
 async def watch_loop_lag(metrics: Any, interval: float = LOOP_PROBE_S) -> None:
     """Observe how late the event loop wakes a ``interval`` timer (``streamrec_loop_lag_seconds``):
     the stalls every event in flight waits out."""

@@ -145,3 +145,25 @@ def test_the_model_thread_sets_its_own_compute_threads():
         p._swap_executor.shutdown()
         torch.set_num_threads(before[0])
         faiss.omp_set_num_threads(before[1])
+
+
+def test_the_heap_is_frozen_again_once_the_catalog_has_grown():
+    """Objects made after the first freeze (a growing catalog's) are frozen again once the
+    catalog has grown by ``every`` items since; growth is counted from the last freeze, and from
+    the smallest size seen when items are removed."""
+    from streamrec.streams.tuning import Refreezer
+
+    r = Refreezer(1000, every=500)
+    try:
+        first = freeze_heap()
+        assert r.maybe(1499) is None and gc.get_freeze_count() == first
+        made_since = [[k] for k in range(2000)]  # tracked objects made after the freeze
+        frozen = r.maybe(1500)
+        assert frozen is not None and frozen >= first + 2000 and r.frozen_at == 1500
+        assert not any(o is made_since[0] for o in gc.get_objects(generation=2))
+        assert r.maybe(1999) is None  # counted from the new freeze
+        shrinking = Refreezer(1000, every=500)
+        assert shrinking.maybe(200) is None and shrinking.frozen_at == 200
+        assert shrinking.maybe(700) is not None
+    finally:
+        gc.unfreeze()
