@@ -38,6 +38,7 @@ from streamrec.model.data import (  # noqa: E402
     vocab_from,
 )
 from streamrec.model.evaluate import rank_all, text_similarity_score_fn  # noqa: E402
+from streamrec.model.sasrec import SASRec, text_basis  # noqa: E402
 from streamrec.model.train import item_text_matrix  # noqa: E402
 
 
@@ -65,13 +66,13 @@ def main() -> int:
             np.array([enc.items[k][-2] for k in idx], dtype=np.int64),
         )
 
-    def fitted(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Centre and principal directions (rows) of the title vectors E with text."""
-        E = E[E.abs().sum(1) > 0]
-        return E.mean(0), torch.linalg.svd(E - E.mean(0), full_matrices=False)[2]
+    def fitted(E: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centre (d,) and top r principal directions (d, r) of the title vectors E, float32: the
+        served channel's own fit (``streamrec.model.sasrec.text_basis``)."""
+        mean, basis = text_basis(E, r, max_rows=SASRec.BASIS_FIT_ROWS)
+        return mean.float(), basis.float()
 
     known = np.array([r for r in range(1, len(T)) if r not in hidden and bool(T[r].any())])
-    _, vh = fitted(T[known])
     shop, shop_text = simulated_shop(seed=7, n_items=2000, n_users=3000, n_events=100_000, prefix="ts")
     sv = vocab_from(shop)
     sv.add(list(shop_text))
@@ -84,9 +85,10 @@ def main() -> int:
         f"\n| title vector | Beauty val, all users ({len(v_all[1])}) | Beauty val, hidden-item "
         f"targets ({len(v_hid[1])}) | simulator shop ({len(s_y)} users) |\n|---|---:|---:|---:|"
     )
-    own_beauty, own_shop = fitted(T[1:]), fitted(ST[1:])
     out: dict[str, list[float]] = {}
     for r in (int(x) for x in args.dims.split(",")):
+        k = max(r, 1)  # r 0 reads only the centres
+        own_beauty, own_shop, beauty_known = fitted(T[1:], k), fitted(ST[1:], k), fitted(T[known], k)
         # (name, key, centre, directions) for Beauty's rows and for the simulator shop's rows;
         # "own": fitted on the ranked catalog's own titles, as the served channel is
         # (SASRec.set_text_basis: centred, then the top r directions)
@@ -100,20 +102,20 @@ def main() -> int:
                 (
                     f"PCA {r} of Beauty's known titles, uncentred (the channel before)",
                     str(r),
-                    (None, vh[:r].T),
-                    (None, vh[:r].T),
+                    (None, beauty_known[1]),
+                    (None, beauty_known[1]),
                 ),
                 (
                     f"PCA {r} of the ranked catalog's titles, uncentred",
                     f"{r}_own",
-                    (None, own_beauty[1][:r].T),
-                    (None, own_shop[1][:r].T),
+                    (None, own_beauty[1]),
+                    (None, own_shop[1]),
                 ),
                 (
                     f"PCA {r} of the ranked catalog's titles, centred (the channel now)",
                     f"{r}_own_centred",
-                    (own_beauty[0], own_beauty[1][:r].T),
-                    (own_shop[0], own_shop[1][:r].T),
+                    (own_beauty[0], own_beauty[1]),
+                    (own_shop[0], own_shop[1]),
                 ),
             ]
         )
@@ -161,10 +163,10 @@ def main() -> int:
         for centred in (False, True) if r == 0 else (True,):
             row = []
             for _sd, rows_h, inp, y in shops:
-                mean, vhs = fitted(T[rows_h])
+                mean, basis = fitted(T[rows_h], max(r, 1))
                 has = (T.abs().sum(1, keepdim=True) > 0).to(T.dtype)
                 X = (T - mean) * has if centred else T
-                X = X if r == 0 else X @ vhs[:r].T
+                X = X if r == 0 else X @ basis
                 row.append(rank_all(text_similarity_score_fn(X), inp, y, len(T) - 1, catalog_rows=rows_h)["ndcg@10"])
             name = (
                 ("full 384-d" + (", centred" if centred else " (the text-similarity baseline)"))

@@ -113,6 +113,26 @@ class SASRecConfig(PreTrainedConfig):
     # alone, and the newest item is always at distance 0)
 
 
+def text_basis(emb: torch.Tensor, r: int, *, max_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text channel's reduction fitted to title vectors ``emb`` (k, d): their centre (d,) and
+    top ``r`` principal directions (d, r), float64. Rows of zeros (no title) are skipped; more
+    than ``max_rows`` titles are thinned evenly. Fewer titles than ``r`` (or than 2): no centre
+    and the first ``r`` unit vectors. (:meth:`SASRec.set_text_basis`; ``bench/text_similarity.py``.)"""
+    d = emb.shape[1]
+    src = emb[emb.abs().sum(1) > 0].to(torch.float64)
+    if max_rows is not None and src.shape[0] > max_rows:
+        src = src[torch.linspace(0, src.shape[0] - 1, max_rows, device=src.device).long()]
+    mean = torch.zeros(d, dtype=torch.float64, device=src.device)
+    basis = torch.eye(d, dtype=torch.float64, device=src.device)[:, :r]
+    if src.shape[0] >= max(r, 2):
+        mean = src.mean(0)
+        centred = src - mean
+        evals, evecs = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+        if r < d:
+            basis = evecs[:, torch.argsort(evals, descending=True)[:r]]
+    return mean, basis
+
+
 def _version(t: torch.Tensor) -> int:
     """In-place modification counter (-1 for inference-mode tensors, which have none)."""
     try:
@@ -368,20 +388,8 @@ class SASRec(PreTrainedModel):
         than 2): no fit, the identity and no centring."""
         if not self.config.hybrid:
             return
-        r = self.text_basis.shape[1]
-        d = self.config.text_dim
         src = emb if emb is not None else (self.text_emb[1:] if rows is None else self.text_emb[rows])
-        src = src[src.abs().sum(1) > 0].to(self.text_basis.device, torch.float64)
-        if src.shape[0] > self.BASIS_FIT_ROWS:
-            src = src[torch.linspace(0, src.shape[0] - 1, self.BASIS_FIT_ROWS, device=src.device).long()]
-        mean = torch.zeros(d, dtype=torch.float64, device=src.device)
-        basis = torch.eye(d, dtype=torch.float64, device=src.device)[:, :r]
-        if src.shape[0] >= max(r, 2):
-            mean = src.mean(0)
-            centred = src - mean
-            evals, evecs = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
-            if r < d:
-                basis = evecs[:, torch.argsort(evals, descending=True)[:r]]
+        mean, basis = text_basis(src.to(self.text_basis.device), self.text_basis.shape[1], max_rows=self.BASIS_FIT_ROWS)
         self.text_basis.copy_(basis.to(self.text_basis.dtype))
         self.text_mean.copy_(mean.to(self.text_mean.dtype))
         self._low_cache = None

@@ -279,3 +279,20 @@ def test_titles_grown_in_inference_mode_still_score():
         m.grow(torch.randn(2, TEXT_DIM))
         out = m.output_table()
     assert out.shape == (33, m.output_dim)
+
+
+def test_text_basis_spans_the_top_principal_directions():
+    """``text_basis`` (the channel's fit, also ``bench/text_similarity.py``'s): the centre of the
+    titled rows and the span of their top principal directions (the same projector as an SVD's)."""
+    from streamrec.model.sasrec import text_basis
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(200, 16, generator=g) @ torch.diag(torch.linspace(3.0, 0.1, 16))
+    emb[:10] = 0.0  # untitled rows are skipped
+    mean, basis = text_basis(emb, 4)
+    x = emb[10:].double()
+    assert basis.shape == (16, 4) and torch.allclose(mean, x.mean(0))
+    vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)[2][:4].T
+    assert torch.allclose(basis @ basis.T, vh @ vh.T, atol=1e-8)
+    few_mean, few = text_basis(emb[:13], 4)  # 3 titles for 4 directions: no fit
+    assert torch.equal(few, torch.eye(16, dtype=torch.float64)[:, :4]) and not few_mean.any()
