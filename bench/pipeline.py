@@ -487,8 +487,10 @@ def run_worker(
         url = f"http://127.0.0.1:{port}/metrics"
         spy = py_spy(worker.pid, profile / f"{key}-drain.txt" if profile else None, 12)
         probe, first = None, None
+        # the poll reads one counter (/metrics?name[]=...), not every histogram of the worker
+        count_url = f"{url}?name[]=streamrec_events_in_total"
         while True:
-            m = scrape(url)
+            m = scrape(count_url)
             n = m.get("streamrec_events_in_total", 0)
             if n > 0 and first is None:
                 first = (time.perf_counter(), n)
@@ -497,7 +499,7 @@ def run_worker(
                 break
             if time.perf_counter() - t_start > 600:
                 raise SystemExit("worker did not drain the backlog in 10 minutes")
-            time.sleep(0.25)  # each scrape costs the worker's event loop a few ms
+            time.sleep(0.25)
         t1 = time.perf_counter()
         drain = probe.stop()
         if spy is not None:

@@ -192,14 +192,19 @@ class Metrics:
 
         return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
 
-    def render(self, *, model_version: str, consumer_lag: dict[str, int] | None = None) -> str:
-        """The text exposition format; the model version and the lag are set as of now."""
+    def render(
+        self, *, model_version: str, consumer_lag: dict[str, int] | None = None, names: Sequence[str] = ()
+    ) -> str:
+        """The text exposition format; the model version and the lag are set as of now. ``names``
+        (Prometheus's ``name[]`` query parameter): only these samples, e.g.
+        ``streamrec_events_in_total`` (the other collectors are not run)."""
         self.model_info.clear()
         self.model_info.labels(version=model_version).set(1)
         self.consumer_lag.clear()
         for tp, lag in (consumer_lag or {}).items():
             self.consumer_lag.labels(partition=tp).set(lag)
-        return generate_latest(self.registry).decode("utf-8")
+        registry: Any = self.registry.restricted_registry(names) if names else self.registry
+        return generate_latest(registry).decode("utf-8")
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from streamrec.serving.state import UserState
@@ -31,9 +32,24 @@ def health_body(pipeline: Pipeline) -> tuple[dict[str, Any], int]:
     }, 200 if ready else 503
 
 
-def metrics_text(pipeline: Pipeline, consumer_lag: dict[str, int] | None = None) -> str:
+#: most ``name[]`` parameters one /metrics request may name, and the longest name read
+MAX_METRIC_NAMES, MAX_METRIC_NAME_LEN = 64, 200
+
+
+def metric_names(query: Any) -> list[str]:
+    """The ``name[]`` query parameters of a /metrics request (Prometheus's filter; none: every
+    metric), bounded: at most ``MAX_METRIC_NAMES`` names of at most ``MAX_METRIC_NAME_LEN``
+    characters are read."""
+    getall = getattr(query, "getall", None)
+    raw = getall("name[]", []) if getall is not None else []
+    return [str(n)[:MAX_METRIC_NAME_LEN] for n in raw[:MAX_METRIC_NAMES]]
+
+
+def metrics_text(pipeline: Pipeline, consumer_lag: dict[str, int] | None = None, names: Sequence[str] = ()) -> str:
+    """/metrics: every metric, or only the samples ``names`` (a poll that wants one counter
+    then costs the worker's event loop a fraction of a full scrape)."""
     pipeline.refresh_gauges()
-    return pipeline.metrics.render(model_version=pipeline.model_version, consumer_lag=consumer_lag)
+    return pipeline.metrics.render(model_version=pipeline.model_version, consumer_lag=consumer_lag, names=names)
 
 
 def user_recommendations_body(stored: Any, user_id: str) -> tuple[dict[str, Any], int]:
@@ -91,7 +107,9 @@ def register_views(app: Any, pipeline: Pipeline, users: Any, *, events_topic: st
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
-        text = metrics_text(pipeline, await consumer_lag(app, events_topic))
+        names = metric_names(request.query)
+        lag = await consumer_lag(app, events_topic) if not names or "streamrec_consumer_lag" in names else None
+        text = metrics_text(pipeline, lag, names)
         return web.text(text, content_type="text/plain", headers={"X-Prometheus-Format": "0.0.4"})
 
     @app.page("/users/{user_id}/recommendations")

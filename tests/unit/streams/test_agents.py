@@ -410,3 +410,21 @@ async def test_a_batch_in_flight_that_cannot_produce_is_never_acknowledged(harne
     assert len(failed) == 1 and "ConnectionError: broker gone" in failed[0].getMessage()
     assert failed[0].exc_info is None
     await handler.wait_inflight()  # nothing in flight any more
+
+
+def test_metrics_can_be_restricted_to_named_samples(harness):
+    """/metrics?name[]=...: only the samples named (Prometheus's filter), so that a poll of one
+    counter does not render every histogram; the names read from a request are bounded."""
+    from multidict import MultiDict
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from streamrec.streams.views import MAX_METRIC_NAME_LEN, MAX_METRIC_NAMES, metric_names, metrics_text
+
+    only = metrics_text(harness.pipeline, names=["streamrec_events_in_total"])
+    samples = [s.name for f in text_string_to_metric_families(only) for s in f.samples]
+    assert samples == ["streamrec_events_in_total"]
+    assert len(metrics_text(harness.pipeline)) > 20 * len(only)
+    query = MultiDict([("name[]", "a" * 1000)] + [("name[]", f"n{k}") for k in range(100)] + [("x", "y")])
+    got = metric_names(query)
+    assert len(got) == MAX_METRIC_NAMES and len(got[0]) == MAX_METRIC_NAME_LEN
+    assert metric_names(MultiDict()) == [] and metric_names({}) == []
