@@ -38,7 +38,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -121,6 +121,16 @@ class Decision:
 Step = tuple[str, str, int]  # (item_id, event type, ts ms)
 
 
+def _log_rows(table: pa.Table) -> Iterator[tuple[str, str, str, int]]:
+    """(user, item, type, ts) of each log row, in the table's order."""
+    # Every row was a validated ShopEvent: these columns hold no nulls (Arrow types them optional).
+    users = cast("list[str]", table.column("user_id").to_pylist())
+    items = cast("list[str]", table.column("item_id").to_pylist())
+    types = cast("list[str]", table.column("type").to_pylist())
+    ts = cast("list[int]", table.column("ts").to_pylist())
+    return zip(users, items, types, ts)
+
+
 def sequences_from_log(table: pa.Table) -> dict[str, list[Step]]:
     """Per-user interest sequences from log rows (ordered by ts, as :meth:`TrainLog.read` gives).
 
@@ -129,13 +139,8 @@ def sequences_from_log(table: pa.Table) -> dict[str, list[Step]]:
     >>> sequences_from_log(t)
     {'u': [('a', 'add_to_cart', 2), ('b', 'view', 3)]}
     """
-    # Every row was a validated ShopEvent: these columns hold no nulls (Arrow types them optional).
-    users = cast("list[str]", table.column("user_id").to_pylist())
-    items = cast("list[str]", table.column("item_id").to_pylist())
-    types = cast("list[str]", table.column("type").to_pylist())
-    ts = cast("list[int]", table.column("ts").to_pylist())
     out: dict[str, list[Step]] = {}
-    for u, i, t, when in zip(users, items, types, ts):
+    for u, i, t, when in _log_rows(table):
         if t not in INTEREST_TYPES:
             continue
         seq = out.setdefault(u, [])
@@ -275,12 +280,8 @@ def intent_sessions_from_log(table: pa.Table) -> dict[str, list[Any]]:
     first (all types: the intent features count carts, removals and purchases too)."""
     from streamrec.typed_events import TypedEvent
 
-    users = cast("list[str]", table.column("user_id").to_pylist())
-    items = cast("list[str]", table.column("item_id").to_pylist())
-    types = cast("list[str]", table.column("type").to_pylist())
-    ts = cast("list[int]", table.column("ts").to_pylist())
     out: dict[str, list[Any]] = {}
-    for u, i, t, when in zip(users, items, types, ts):
+    for u, i, t, when in _log_rows(table):
         out.setdefault(u, []).append(TypedEvent(u, i, "", t, when, t))
     for seq in out.values():
         seq.sort(key=lambda e: e.ts_ms)  # stable: the log's order among equal times
