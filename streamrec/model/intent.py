@@ -164,6 +164,15 @@ class IntentExamples:
     user: list[str]
     ts_ms: np.ndarray  # (N,) int64, the scored event's time
 
+    def split_by_time(self, holdout: float) -> tuple[IntentExamples, IntentExamples] | None:
+        """(earlier, latest): the latest ``holdout`` share of the sessions (by start) and the
+        sessions that ended before them; None when either part lacks positives or negatives."""
+        cut = float(np.quantile(np.unique(self.session_start_ms), 1.0 - holdout))
+        tr, te = self.select(self.session_end_ms < cut), self.select(self.session_start_ms >= cut)
+        if len(tr.y) and len(te.y) and 0 < tr.y.mean() < 1 and 0 < te.y.mean() < 1:
+            return tr, te
+        return None
+
     def select(self, mask: np.ndarray) -> IntentExamples:
         idx = np.flatnonzero(mask)
         return IntentExamples(
@@ -273,10 +282,10 @@ def train_intent(
     ex = intent_examples(users)
     if len(ex.y) == 0 or ex.y.min() == ex.y.max():
         return None, {"skipped": "the events need sessions with and without a later purchase"}
-    cut = float(np.quantile(np.unique(ex.session_start_ms), 1.0 - holdout))
-    tr, te = ex.select(ex.session_end_ms < cut), ex.select(ex.session_start_ms >= cut)
+    split = ex.split_by_time(holdout)
     metrics: dict[str, Any] = {"examples": len(ex.y), "positive_rate": round(float(ex.y.mean()), 4)}
-    if len(tr.y) and len(te.y) and 0 < tr.y.mean() < 1 and 0 < te.y.mean() < 1:
+    if split is not None:
+        tr, te = split
         cols = columns(BASELINE_FEATURES)
         m = fit_intent(tr.x, tr.y, feature_names=FEATURE_NAMES, steps=steps, seed=seed)
         b = fit_intent(tr.x[:, cols], tr.y, feature_names=BASELINE_FEATURES, steps=steps, seed=seed)

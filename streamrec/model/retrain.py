@@ -317,10 +317,10 @@ def refresh_intent(
     ex = intent_examples(intent_sessions_from_log(table))
     if len(ex.y) == 0 or ex.y.min() == ex.y.max():
         return carry("the log has no sessions both with and without a later purchase")
-    cut = float(np.quantile(np.unique(ex.session_start_ms), 1.0 - holdout))
-    tr, te = ex.select(ex.session_end_ms < cut), ex.select(ex.session_start_ms >= cut)
-    if not (len(tr.y) and len(te.y) and 0 < tr.y.mean() < 1 and 0 < te.y.mean() < 1):
+    split = ex.split_by_time(holdout)
+    if split is None:
         return carry("too few sessions to hold some out")
+    tr, te = split
     fitted = log_loss(te.y, fit_intent(tr.x, tr.y, feature_names=FEATURE_NAMES, steps=steps, seed=seed).predict(te.x))
     old = None
     if base is not None:

@@ -65,7 +65,7 @@ SWAP_CATCH_UP = 64
 SWAP_THREAD_NICE = 10
 
 
-def _lower_priority(threads: int | None = None) -> None:
+def _swap_thread_init(threads: int | None = None) -> None:
     """Initializer of the swap thread: lower its priority (best effort; only Linux has per-thread
     nice), and give it the model thread's compute threads."""
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
@@ -168,7 +168,10 @@ class Pipeline:
         #: (streams.catalog.read_catalog_topic); ``self.catalog`` keeps no texts
         self.catalog_source: Callable[[], Iterable[list[Change]]] | None = None
         self._swap_executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="streamrec-swap", initializer=_lower_priority, initargs=(compute_threads,)
+            max_workers=1,
+            thread_name_prefix="streamrec-swap",
+            initializer=_swap_thread_init,
+            initargs=(compute_threads,),
         )
         self._swap_lock = asyncio.Lock()
         self.swap_pending: str | None = None  # the version being built
