@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         description="at_least_once: send recommendations and profiles through librdkafka instead of "
         "Faust's producer (the worker's offsets still commit only after they are acknowledged)",
     )
+    direct_changelog: bool = Field(
+        True,
+        description="with direct_produce: the users table's changelog goes through the same librdkafka "
+        "producer instead of Faust's (false: Faust's producer, as under exactly_once)",
+    )
     direct_linger_ms: int = Field(
         2,
         ge=0,

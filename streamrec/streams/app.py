@@ -28,7 +28,7 @@ from streamrec.streams.model_follower import follow_model_updates
 from streamrec.streams.outage import BrokerWatch
 from streamrec.streams.outage import install as mute_client_noise
 from streamrec.streams.pipeline import Pipeline
-from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, register_state_codec
+from streamrec.streams.tables import USERS_CHANGELOG_CONFIG, UsersTable, register_state_codec
 from streamrec.streams.transactions import TransactionalSink
 from streamrec.streams.tuning import Refreezer, compute_threads, freeze_heap, watch_gc_pauses, watch_loop_lag
 from streamrec.streams.views import register_views
@@ -167,6 +167,7 @@ def create_app(
         autodiscover=False,
         web_in_thread=False,
         logging_config=None,
+        Table=UsersTable,  # Faust's table; its changelog may go through librdkafka (below)
     )
     # Table writes queue changelog messages in Faust's producer buffer; past 100 (its default) the
     # stream pauses to drain it ("producer buffer full"), which every full batch of users hit.
@@ -213,6 +214,8 @@ def create_app(
         direct = DirectProducer(settings)  # see streams.direct: the consumer's commit waits for it
         recs_out = direct.channel(settings.topic_recommendations)
         profiles_out = direct.channel(settings.topic_profiles)
+        if settings.direct_changelog:  # the users table's changelog too (streams.tables.UsersTable)
+            cast(UsersTable, users).direct = direct
     handler = BatchHandler(
         pipeline=pipeline,
         users=users,
@@ -293,6 +296,13 @@ def create_app(
             await pipeline.run(pipeline.save_index)
 
     app.on_before_shutdown.connect(cast(Any, save_index))  # mode's stub wants a plain callable
+
+    if direct is not None:
+
+        async def handover(sender: Any, *args: Any, **kwargs: Any) -> None:
+            await direct.handover()  # see DirectProducer.handover
+
+        app.on_partitions_revoked.connect(cast(Any, handover))
 
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]

@@ -99,6 +99,11 @@ class Consumer(faust_aiokafka.Consumer):
                     self._deferred_logged = now
                     log.warning("commit deferred: %d recommendation message(s) not yet acknowledged", direct.pending())
                 return False
+            if direct is not None:  # the table changelog offsets now acknowledged, into the stores
+                for table in self.app.tables.values():
+                    persist = getattr(table, "persist_delivered", None)
+                    if persist is not None:
+                        persist()
             return await super().commit(topics, start_new_transaction=start_new_transaction)
         finally:
             pipeline = getattr(self.app, "streamrec_pipeline", None)

@@ -21,7 +21,14 @@ apply them with ``kafka-configs --alter``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.types import TP
+
+if TYPE_CHECKING:
+    from streamrec.streams.direct import DirectProducer
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +102,81 @@ def register_state_codec() -> str:
 
         codecs.register(STATE_CODEC, StateCodec())
     return STATE_CODEC
+
+
+class UsersTable(faust.Table):
+    """Faust's table, whose changelog can go through librdkafka (:mod:`streamrec.streams.direct`).
+
+    With :attr:`direct` set (the worker under at_least_once with ``STREAMREC_DIRECT_PRODUCE``), a
+    write or a deletion hands its changelog message to the direct producer instead of Faust's
+    ``send_changelog`` (``Topic.send_soon``, the producer buffer and aiokafka's sender, all on the
+    event loop): same topic, same partition (the current event's), the same key and value bytes
+    (the table's own codecs), a tombstone for a deletion. The store is written by Faust as before.
+
+    Faust records, per changelog partition, the offset up to which the local RocksDB store holds
+    the changelog (``Store.set_persisted_offset``, read at recovery to skip what is already there);
+    it does so on each delivery. Here deliveries are noted (on librdkafka's callback thread) and
+    written to the store by :meth:`persist_delivered`, which the worker's commit calls once every
+    direct message sent before it is acknowledged (:class:`streamrec.streams.consumer.Consumer`).
+    The persisted offset may so lag the store by up to a commit interval; a recovery then reads a
+    few records it already holds again, in order, which is harmless.
+
+    Faust internals relied on (faust-streaming 0.15.3; ``tests/unit/streams/test_internals.py``):
+    ``Table.on_key_set`` / ``on_key_del`` (called by every write / deletion) and what they call,
+    ``partition_for_key``, ``_maybe_set_key_ttl`` / ``_maybe_del_key_ttl`` and the sensors.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the librdkafka producer of the changelog (None: Faust's own, as under exactly_once)
+        self.direct: DirectProducer | None = None
+        self._delivered: dict[int, int] = {}  # changelog partition -> highest offset acknowledged
+        self._delivered_lock = threading.Lock()
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        if self.direct is None:
+            super().on_key_set(key, value)
+            return
+        partition = self._send_direct(key, value)
+        self._maybe_set_key_ttl(key, partition)
+        self._sensor_on_set(self, key, value)
+
+    def on_key_del(self, key: Any) -> None:
+        if self.direct is None:
+            super().on_key_del(key)
+            return
+        partition = self._send_direct(key, None)
+        self._maybe_del_key_ttl(key, partition)
+        self._sensor_on_del(self, key)
+
+    def _send_direct(self, key: Any, value: Any) -> int:
+        assert self.direct is not None
+        partition = self.partition_for_key(key)  # the current event's (the table does not partition)
+        if partition is None:
+            raise RuntimeError("the users table must not use a partitioner")
+        serializers = self.app.serializers
+        key_bytes = serializers.dumps_key(self.key_type, key, serializer=self.key_serializer) or b""
+        value_bytes = (
+            None if value is None else serializers.dumps_value(self.value_type, value, serializer=self.value_serializer)
+        )
+        self.direct.produce_nowait(
+            self.changelog_topic.get_topic_name(), key_bytes, value_bytes, partition=partition, delivered=self._noted
+        )
+        return partition
+
+    def _noted(self, partition: int, offset: int) -> None:
+        with self._delivered_lock:
+            if offset > self._delivered.get(partition, -1):
+                self._delivered[partition] = offset
+
+    def persist_delivered(self) -> int:
+        """Write the acknowledged changelog offsets to the local store (see the class docstring;
+        on the event loop, at a commit). Returns how many partitions were written."""
+        with self._delivered_lock:
+            done, self._delivered = self._delivered, {}
+        if not done:
+            return 0
+        topic = self.changelog_topic.get_topic_name()
+        for partition, offset in done.items():
+            self.data.set_persisted_offset(TP(topic, partition), offset)
+        return len(done)

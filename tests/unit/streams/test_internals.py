@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import re
 from typing import Any
 
 import faust
@@ -137,3 +138,22 @@ def test_faust_acks_a_message_when_its_last_reference_is_released_and_take_event
     assert msg.ack(consumer) is True and consumer.acked == [7]  # the finished batch
     src = inspect.getsource(faust.streams.Stream.take_events)
     assert "yield list(events)" in src and "await self.ack(event)" in src and "self.enable_acks = False" in src
+
+
+def test_faust_table_writes_go_through_on_key_set_and_on_key_del_as_users_table_overrides_them():
+    """streams.tables.UsersTable replaces the changelog send of on_key_set / on_key_del and
+    keeps the rest of what they do: that must be all they do (faust-streaming 0.15.3)."""
+    from faust.tables.base import Collection
+    from faust.tables.table import Table
+    from mode.utils.collections import ManagedUserDict
+
+    for name, rest in (
+        ("on_key_set", ["_maybe_set_key_ttl", "_sensor_on_set"]),
+        ("on_key_del", ["_maybe_del_key_ttl", "_sensor_on_del"]),
+    ):
+        src = inspect.getsource(getattr(Table, name))
+        calls = set(re.findall(r"self\.(\w+)\(", src))
+        assert calls == {"send_changelog", "partition_for_key", *rest}, (name, calls)
+    assert "self.on_key_set(" in inspect.getsource(ManagedUserDict.__setitem__)
+    assert "self.on_key_del(" in inspect.getsource(ManagedUserDict.__delitem__)
+    assert "set_persisted_offset" in inspect.getsource(Collection._on_changelog_sent)
