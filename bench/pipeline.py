@@ -7,6 +7,12 @@ Measured in one run, each figure beside its ceiling:
   3. pipeline: a real `streamrec worker` process draining a backlog of the same events;
   4. latency: produce -> recommendation received, p50/p95/p99 at 100, 500 and 1000 events/s.
 
+``--loop-bound`` adds one more worker that drains the same backlog with a model stage that costs
+nothing (``bench/free_model_worker.py``: fixed answers, everything else as in the worker): the
+drain that no change to the model or the index can lift. Beside each drain, the CPU bound: the
+cores divided by the worker's and the broker's CPU per event (what the drain would be with every
+core busy on them and nothing waiting).
+
 Steps 3-4 run once per processing guarantee (``--guarantees``, default at_least_once and
 exactly_once, each a fresh worker on its own topics). ``--insights off,on`` runs them once more
 per value, back to back, each worker started with ``STREAMREC_RECOMMENDATION_INSIGHTS=false`` /
@@ -33,6 +39,7 @@ Starts a local Kafka unless STREAMREC_BOOTSTRAP_SERVERS is set. The last line is
 
     .venv/bin/python bench/pipeline.py [--model DIR] [--events 30000] [--rate-seconds 15]
         [--guarantees at_least_once,exactly_once] [--insights off,on [--repeat N]] [--profile DIR]
+        [--loop-bound]
 """
 
 from __future__ import annotations
@@ -310,10 +317,18 @@ WORKER_ENV: dict[str, str] = {}
 
 
 def start_worker(
-    settings: Settings, model: Path, port: int, log: Path, guarantee: str, insights: str | None = None
+    settings: Settings,
+    model: Path,
+    port: int,
+    log: Path,
+    guarantee: str,
+    insights: str | None = None,
+    *,
+    free_model: bool = False,
 ) -> subprocess.Popen:
     """A `streamrec worker` process on ``settings``' topics; ``insights`` "on"/"off" sets
-    ``STREAMREC_RECOMMENDATION_INSIGHTS`` (None: the worker's default)."""
+    ``STREAMREC_RECOMMENDATION_INSIGHTS`` (None: the worker's default); ``free_model``: the worker
+    of ``bench/free_model_worker.py`` (its model stage costs nothing)."""
     switches = {"STREAMREC_PROCESSING_GUARANTEE": guarantee}
     if insights is not None:
         switches["STREAMREC_RECOMMENDATION_INSIGHTS"] = "true" if insights == "on" else "false"
@@ -323,7 +338,8 @@ def start_worker(
         base={**WORKER_ENV, **switches},
         STREAMREC_WEB_PORT=str(port),
     )
-    proc = launch(["--log-level", "WARNING", "worker", "--model", str(model)], env, log)
+    entry = (str(REPO / "bench" / "free_model_worker.py"),) if free_model else ("-m", "streamrec.cli")
+    proc = launch(["--log-level", "WARNING", "worker", "--model", str(model)], env, log, entry=entry)
     wait_healthy(proc, port, log)
     return proc
 
@@ -435,11 +451,13 @@ class Variant:
     rep: int = 0
     reps: int = 1
     warmup: bool = False  # the broker's warm-up run (not reported)
+    free_model: bool = False  # --loop-bound: the model stage costs nothing (bench/free_model_worker.py)
 
     @property
     def name(self) -> str:
         out = self.guarantee if self.insights is None else f"{self.guarantee}, insights {self.insights}"
         out = f"warm-up, {out}" if self.warmup else out
+        out = f"{out}, model stage free (loop bound)" if self.free_model else out
         return out if self.reps == 1 else f"{out} #{self.rep + 1}"
 
     @property
@@ -447,6 +465,7 @@ class Variant:
         """Topic-safe tag."""
         out = self.guarantee if self.insights is None else f"{self.guarantee}-ins{self.insights}"
         out = f"warmup-{out}" if self.warmup else out
+        out = f"{out}-free" if self.free_model else out
         return out if self.reps == 1 else f"{out}-{self.rep}"
 
 
@@ -482,7 +501,15 @@ def run_worker(
     t_start = time.perf_counter()
     producer: EventProducer | None = None
     name, key = variant.name, variant.key
-    worker = start_worker(settings, model, port, work / f"worker-{key}.log", variant.guarantee, variant.insights)
+    worker = start_worker(
+        settings,
+        model,
+        port,
+        work / f"worker-{key}.log",
+        variant.guarantee,
+        variant.insights,
+        free_model=variant.free_model,
+    )
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         spy = py_spy(worker.pid, profile / f"{key}-drain.txt" if profile else None, 12)
@@ -654,6 +681,12 @@ def main() -> int:
     )
     ap.add_argument("--profile", help="directory for py-spy profiles of each phase (py-spy must be on PATH)")
     ap.add_argument(
+        "--loop-bound",
+        action="store_true",
+        help="one more worker (first guarantee) drains the backlog with a model stage that costs nothing "
+        "(bench/free_model_worker.py): what everything but the model and the index allows",
+    )
+    ap.add_argument(
         "--warmup-events",
         type=int,
         default=10_000,
@@ -716,6 +749,8 @@ def main() -> int:
         batch_max=args.batch,
     )
     runs = variants(guarantees, insights, args.repeat)
+    if args.loop_bound:
+        runs.append(Variant(runs[0].guarantee, free_model=True))
     warmup = Variant(runs[0].guarantee, warmup=True) if args.warmup_events > 0 and started is not None else None
     per_v = {
         v: base.model_copy(
@@ -775,7 +810,7 @@ def main() -> int:
                 variant=v,
                 n_events=len(events),
                 events=events,
-                rates=rates,
+                rates=[] if v.free_model else rates,  # the loop bound: its drain only
                 rate_seconds=args.rate_seconds,
                 broker_pid=broker_pid,
                 profile=profile,
@@ -792,20 +827,25 @@ def main() -> int:
         f"at end {load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f} (1 / 5 / 15 min)"
     )
     print()
-    print("| measure | events/s | vs ceiling | worker CPU µs/event | broker CPU µs/event | load |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| raw consume (bare aiokafka, ceiling) | {raw:,.0f} | 1.00 | | | |")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    print(
+        f"| measure | events/s | vs ceiling | worker CPU µs/event | broker CPU µs/event "
+        f"| CPU bound, events/s ({cores} cores / worker + broker CPU per event) | load |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| raw consume (bare aiokafka, ceiling) | {raw:,.0f} | 1.00 | | | | |")
     print(
         f"| model+index alone, batch {args.batch}, {threads} compute thread(s) (ceiling) | {alone:,.0f} | 1.00 "
         f"| {alone_cpu * 1e6:.0f} "
-        f"(this process) | | |"
+        f"(this process) | | | |"
     )
     for v, res in results.items():
         dr = res["drain"]
+        both = dr["cpu_us"] + dr["broker_cpu_us"]  # NaN when the broker is not this script's
         print(
             f"| pipeline, one worker, {v.name} (draining) | {dr['events_per_s']:,.0f} | "
             f"{dr['events_per_s'] / alone:.2f} of model+index | {dr['cpu_us']:.0f} | {fmt(dr['broker_cpu_us'])} "
-            f"| {dr['load']:.1f} |"
+            f"| {fmt(cores * 1e6 / both) if both > 0 else '-'} | {dr['load']:.1f} |"
         )
     print()
     print("Latency, produce -> recommendation received:")
@@ -868,6 +908,10 @@ def main() -> int:
         summary[f"{g}_cpu_us_per_event"] = round(res["drain"]["cpu_us"], 1)
         a = {r["rate"]: r for r in res["latency"]}
         summary[f"{g}_p99_ms_at_500"] = round(a[500.0]["p99"], 1) if 500.0 in a else None
+    free = [res for v, res in results.items() if v.free_model]
+    if free:
+        summary["loop_bound_events_per_s"] = round(free[0]["drain"]["events_per_s"], 1)
+        summary["loop_bound_cpu_us_per_event"] = round(free[0]["drain"]["cpu_us"], 1)
     summary.update(compared)
     print(json.dumps(summary))
     return 0

@@ -58,12 +58,19 @@ def worker_env(
     return env
 
 
-def launch(command: Sequence[str], env: Mapping[str, str], log: Path, *, append: bool = False) -> subprocess.Popen:
-    """``python -m streamrec.cli *command``, its stdout and stderr into ``log`` (appended to with
-    ``append``, else truncated)."""
+def launch(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    append: bool = False,
+    entry: Sequence[str] = ("-m", "streamrec.cli"),
+) -> subprocess.Popen:
+    """``python -m streamrec.cli *command`` (or ``python *entry *command``), its stdout and stderr
+    into ``log`` (appended to with ``append``, else truncated)."""
     with open(log, "ab" if append else "wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "streamrec.cli", *command],
+            [sys.executable, *entry, *command],
             env=dict(env),
             stdout=out,
             stderr=subprocess.STDOUT,
