@@ -231,6 +231,9 @@ class BatchHandler:
                 for user, state in p.states.items():
                     as_current(p.source[user])
                     self.users[user] = state.to_json()
+        wait_backlog = getattr(self.users, "wait_backlog", None)  # a broker taking no writes pauses us
+        if wait_backlog is not None:
+            await wait_backlog()
 
     async def publish(self, p: Prepared) -> None:
         """Wait for ``p``'s scoring, send the recommendations (and the profiles)."""

@@ -42,6 +42,10 @@ from streamrec.config import Settings
 
 log = logging.getLogger(__name__)
 
+#: Most :meth:`DirectProducer.produce_nowait` messages held back (librdkafka's queue full) before
+#: the events agent waits for room (librdkafka's own queue holds 100,000 by default)
+BACKLOG_MAX = 10_000
+
 #: ``delivered(partition, offset)``: called with where the broker stored a message
 Delivered = Callable[[int, int], None]
 
@@ -142,6 +146,20 @@ class DirectProducer:
             except BufferError:
                 return
             backlog.popleft()
+
+    def backlog(self) -> int:
+        """Messages waiting for room in librdkafka's queue (see :meth:`produce_nowait`)."""
+        return len(self._backlog)
+
+    async def wait_backlog(self, max_messages: int = BACKLOG_MAX) -> None:
+        """Wait until at most ``max_messages`` wait in the backlog: the events agent calls this
+        after each batch, so that a broker that takes no writes pauses the stream (as Faust's full
+        producer buffer does) instead of growing the worker's memory."""
+        while len(self._backlog) > max_messages:
+            self._producer.poll(0)
+            self._send_backlog()
+            if len(self._backlog) > max_messages:
+                await asyncio.sleep(0.01)
 
     def _send_backlog(self) -> None:
         if self._backlog:

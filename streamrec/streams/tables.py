@@ -164,6 +164,12 @@ class UsersTable(faust.Table):
         )
         return partition
 
+    async def wait_backlog(self) -> None:
+        """Wait while too many changelog messages wait for room in librdkafka's queue
+        (:meth:`~streamrec.streams.direct.DirectProducer.wait_backlog`); at once without one."""
+        if self.direct is not None:
+            await self.direct.wait_backlog()
+
     def _noted(self, partition: int, offset: int) -> None:
         with self._delivered_lock:
             if offset > self._delivered.get(partition, -1):

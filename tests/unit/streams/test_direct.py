@@ -4,8 +4,11 @@ table's changelog through the direct producer (streams.tables.UsersTable)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
+
+import pytest
 
 from streamrec.config import Settings
 from streamrec.devtools.localkafka import free_port
@@ -55,6 +58,9 @@ class Recording:
     def produce_nowait(self, topic: str, key: bytes, value: bytes | None, *, partition: int, delivered: Any) -> None:
         self.sent.append((topic, key, value, partition, delivered))
 
+    async def wait_backlog(self) -> None:
+        self.waited = True
+
 
 async def test_the_users_changelog_goes_to_the_direct_producer_with_fausts_bytes(harness):  # noqa: F811
     """With a direct producer, each user's write is one message on the changelog topic, on that
@@ -66,6 +72,7 @@ async def test_the_users_changelog_goes_to_the_direct_producer_with_fausts_bytes
     rec = users.direct = Recording()
     await h.handler.handle([h.shop("a", 1, n=1, partition=0), h.shop("b", 2, n=2, partition=1)])
     assert h.app.producer.buffer.pending.empty()
+    assert rec.waited  # the batch ended with the backlog check
     topic = users.changelog_topic.get_topic_name()
     codecs = h.app.serializers  # as a recovering worker reads the changelog back
     sent = {
@@ -128,3 +135,17 @@ def test_the_worker_waits_for_its_direct_deliveries_when_partitions_are_revoked(
         assert ("handover" in names) is direct
         assert (app.streamrec_handler.users.direct is not None) is direct
         pipeline._executor.shutdown(wait=True)
+
+
+async def test_the_agent_waits_while_the_backlog_is_over_its_bound():
+    p = DirectProducer(
+        Settings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
+        config={"log_level": 0, "queue.buffering.max.messages": 1},
+    )
+    for i in range(3):
+        p.produce_nowait("t", f"u{i}".encode(), b"{}", partition=0)
+    assert p.backlog() == 2
+    await asyncio.wait_for(p.wait_backlog(2), 1)  # within the bound: at once
+    with pytest.raises(TimeoutError):  # over it: waits for room (none comes: no broker)
+        await asyncio.wait_for(p.wait_backlog(1), 0.2)
+    p._producer.purge()
