@@ -36,3 +36,39 @@ def test_worker_app_builds_the_rewinding_consumer():
     app = StreamApp("unit-consumer", broker="kafka://127.0.0.1:9", autodiscover=False)
     assert isinstance(app.transport, Transport)
     assert app.transport.Consumer is Consumer
+
+
+async def test_a_recovery_seek_waits_for_the_fetch_in_flight(monkeypatch):
+    """The recovery's seek of a changelog partition runs only once no fetch is in flight: a
+    fetch returning after it, while the flow is stopped, would have its records dropped and the
+    recovery would wait forever for them (see Consumer.seek_wait)."""
+    import asyncio
+
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    app = StreamApp("unit-consumer-seek", broker="kafka://127.0.0.1:9", autodiscover=False)
+    consumer = app.consumer
+    assert isinstance(consumer, Consumer)
+    seeks: list[dict] = []
+
+    async def seek_wait(self, partitions):
+        seeks.append(dict(partitions))
+
+    fetched = asyncio.Event()
+
+    async def getmany(self, active_partitions, timeout):  # noqa: ASYNC109 - a fetch, returning when told
+        await fetched.wait()
+        return {}
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek_wait", seek_wait)
+    monkeypatch.setattr(faust_aiokafka.Consumer, "_getmany", getmany)
+    fetch = asyncio.ensure_future(consumer._getmany(set(), 1.0))
+    await asyncio.sleep(0.01)
+    task = asyncio.ensure_future(consumer.seek_wait({TP("app-users-changelog", 0): 0}))
+    await asyncio.sleep(0.05)
+    assert seeks == []  # it waits for the fetch in flight
+    fetched.set()  # the fetch returns
+    await asyncio.wait_for(asyncio.gather(fetch, task), 1)
+    assert seeks == [{TP("app-users-changelog", 0): 0}]
+    await asyncio.wait_for(consumer.seek_wait({TP("app-users-changelog", 1): 3}), 1)  # no fetch: at once
+    assert seeks[-1] == {TP("app-users-changelog", 1): 3}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import re
+import sys
 from typing import Any
 
 import faust
@@ -157,3 +158,21 @@ def test_faust_table_writes_go_through_on_key_set_and_on_key_del_as_users_table_
     assert "self.on_key_set(" in inspect.getsource(ManagedUserDict.__setitem__)
     assert "self.on_key_del(" in inspect.getsource(ManagedUserDict.__delitem__)
     assert "set_persisted_offset" in inspect.getsource(Collection._on_changelog_sent)
+
+
+def test_faust_recovery_seeks_changelogs_with_seek_wait_and_a_fetch_in_flight_is_signalled():
+    """streams.consumer.Consumer.seek_wait relies on these (faust-streaming 0.15.3): the recovery
+    positions its changelog partitions with ``consumer.seek_wait``; a fetch returning while the
+    flow is stopped has its records dropped; a fetch goes through ``_getmany`` only when the
+    flow is active (else it waits for it to resume); and Faust's own in-flight signal is never
+    cleared (why the worker tracks the fetch itself: if this changes, revisit seek_wait)."""
+    from faust.tables.recovery import Recovery
+    from faust.transport.consumer import Consumer as FaustConsumer
+
+    assert "consumer.seek_wait(" in inspect.getsource(Recovery._seek_offsets)
+    getmany = inspect.getsource(FaustConsumer.getmany)
+    assert "if self.flow_active:" in getmany and "await self.perform_seek()" in getmany
+    wait_next = inspect.getsource(FaustConsumer._wait_next_records)
+    assert wait_next.index("await self.wait(self.can_resume_flow)") < wait_next.index("await self._getmany(")
+    faust_src = inspect.getsource(sys.modules[FaustConsumer.__module__])
+    assert "not_waiting_next_records.clear()" not in faust_src
