@@ -92,13 +92,14 @@ class Consumer(faust_aiokafka.Consumer):
         t0 = time.perf_counter()
         try:
             direct = getattr(self.app, "streamrec_direct", None)
-            # recommendations sent through librdkafka (streams.direct) must be stored before the
-            # offsets of their events are committed; while some still wait, skip this commit
+            # what went out through librdkafka (streams.direct: answers, profiles, the users
+            # changelog) must be stored before the offsets of their events are committed; while
+            # some still wait, skip this commit
             if direct is not None and not await direct.wait_delivered(DIRECT_WAIT_S):
                 now = time.monotonic()
                 if now - getattr(self, "_deferred_logged", -1e9) >= 30.0:  # a broker outage: rarely
                     self._deferred_logged = now
-                    log.warning("commit deferred: %d recommendation message(s) not yet acknowledged", direct.pending())
+                    log.warning("commit deferred: %d output message(s) not yet acknowledged", direct.pending())
                 return False
             if direct is not None:  # the table changelog offsets now acknowledged, into the stores
                 for table in self.app.tables.values():
