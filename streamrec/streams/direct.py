@@ -171,9 +171,7 @@ class DirectProducer:
         self._send_backlog()
         while True:
             try:
-                self._producer.produce(
-                    topic, value=value, key=key, on_delivery=lambda err, msg: self._report(seq, err, msg)
-                )
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._reporter(seq, None))
                 break
             except BufferError:  # local queue full (the broker is slow or away): wait, retry
                 self._producer.poll(0)

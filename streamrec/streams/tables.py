@@ -155,7 +155,9 @@ class UsersTable(faust.Table):
         if partition is None:
             raise RuntimeError("the users table must not use a partitioner")
         serializers = self.app.serializers
-        key_bytes = serializers.dumps_key(self.key_type, key, serializer=self.key_serializer) or b""
+        key_bytes = serializers.dumps_key(self.key_type, key, serializer=self.key_serializer)
+        if key_bytes is None:  # a table key is never None (Faust's own path would send it keyless)
+            raise ValueError("the users table takes no None key")
         value_bytes = (
             None if value is None else serializers.dumps_value(self.value_type, value, serializer=self.value_serializer)
         )
