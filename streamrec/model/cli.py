@@ -23,7 +23,7 @@ from streamrec.argtypes import (
     probability,
 )
 from streamrec.config import Settings
-from streamrec.model.sasrec import SASRecConfig
+from streamrec.model.sasrec import FREQ_KERNELS, SASRecConfig
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,13 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
     )
     a.add_argument("--contrastive-temp", type=positive_float, default=1.0, help="its temperature")
     p.add_argument(
+        "--samples",
+        choices=("positions", "prefixes"),
+        default="positions",
+        help="positions: every position of a sequence predicts its next item (SASRec's); prefixes: "
+        "one (prefix, next item) pair per row (BSARec's; --freq-kernel window needs it)",
+    )
+    p.add_argument(
         "--ema",
         type=probability,
         default=0.0,
@@ -196,6 +203,17 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         type=_non_negative_float,
         default=d.freq_decay,
         help="the filter's low pass: recency-weighted mean of the positions so far, weight exp(-DECAY * age)",
+    )
+    g.add_argument(
+        "--freq-kernel",
+        choices=FREQ_KERNELS,
+        default=d.freq_kernel,
+        help="the low pass: exp (above), fft (BSARec's FFT low pass as its newest position sees it, "
+        "causal) or window (BSARec's filter as it is: every position sees the whole window; needs "
+        "--samples prefixes)",
+    )
+    g.add_argument(
+        "--freq-beta", type=_non_negative_float, default=d.freq_beta, help="initial scale of the high-pass part"
     )
     g.add_argument(
         "--pos-mode",
@@ -300,6 +318,7 @@ def _settings(args: argparse.Namespace, settings: Settings):
         contrastive=args.contrastive,
         contrastive_temp=args.contrastive_temp,
         ema=args.ema,
+        samples=args.samples,
     )
     if args.lr is not None:
         kw["lr"] = args.lr
@@ -397,6 +416,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         new_item_boost=args.new_item_boost,
         freq_mix=args.freq_mix,
         freq_decay=args.freq_decay,
+        freq_kernel=args.freq_kernel,
+        freq_beta=args.freq_beta,
         pos_mode=args.pos_mode,
     )
     if not -10.0 <= args.new_item_boost <= 10.0:

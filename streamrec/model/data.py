@@ -309,6 +309,38 @@ def training_batches(
         yield _tensors(seqs, tys, augment, rng)
 
 
+def prefix_count(train: Encoded) -> int:
+    """How many (prefix, next item) pairs :func:`prefix_batches` draws from ``train``."""
+    return sum(max(len(s) - 1, 0) for s in train.items)
+
+
+def prefix_batches(
+    train: Encoded, *, max_len: int, batch_size: int, rng: np.random.Generator
+) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Shuffled (inputs, types, targets) batches of one (prefix, next item) pair per row: every
+    prefix of every sequence (its newest ``max_len`` items) predicts the item after it, the
+    target at the last position and PAD elsewhere (BSARec's and S3-Rec's training samples; for
+    a model whose positions read later ones, ``SASRecConfig.freq_kernel`` "window")."""
+    seq = np.array([k for k, s in enumerate(train.items) for _ in range(len(s) - 1)], dtype=np.int64)
+    end = np.array([i for s in train.items for i in range(1, len(s))], dtype=np.int64)  # target index
+    lens = np.minimum(end, max_len)
+    order = rng.permutation(len(seq))
+    pool = 50 * batch_size  # length bucketing, as in _chunks
+    batches: list[np.ndarray] = []
+    for p in range(0, len(order), pool):
+        part = order[p : p + pool]
+        part = part[np.argsort(lens[part], kind="stable")]
+        batches.extend(part[s : s + batch_size] for s in range(0, len(part), batch_size))
+    for b in rng.permutation(len(batches)):
+        rows = batches[b]
+        xs = [train.items[seq[j]][max(0, end[j] - max_len) : end[j]] for j in rows]
+        ts = [train.types[seq[j]][max(0, end[j] - max_len) : end[j]] for j in rows]
+        x, t = history_batch(xs, ts, max_len)
+        y = torch.zeros_like(x)
+        y[:, -1] = torch.as_tensor([train.items[seq[j]][end[j]] for j in rows], dtype=torch.long)
+        yield x, t, y
+
+
 ViewPair = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 

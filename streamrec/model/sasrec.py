@@ -105,6 +105,15 @@ class SASRecConfig(PreTrainedConfig):
     # (0 = off, plain attention)
     freq_decay: float = 0.5  # the low-pass filter: recency-weighted mean of the positions so far,
     # weight exp(-freq_decay * age)
+    freq_kernel: str = "exp"  # "exp" (above) or "fft": BSARec's own low pass, the lowest
+    # freq_cutoff // 2 + 1 frequencies of an FFT over a window of max_len positions, as the
+    # window's newest position sees it (one fixed causal kernel over the ages 0..max_len-1), or
+    # "window": BSARec's filter as it is, every position seeing the whole window (not causal: a
+    # position reads later items, so only the newest position may be trained and served; train
+    # with TrainSettings(samples="prefixes"))
+    freq_cutoff: int = 5  # BSARec's c (its Beauty setting)
+    freq_beta: float = 0.0  # initial rescaling of the high-pass part (0: pure smoothing; BSARec
+    # draws it around 1, which starts the branch as the identity)
     pos_mode: str = "right"  # how positions enter: "right", a learned embedding per distance from
     # the newest item of the whole input (SASRec's; an inner position of a training sequence then
     # sees other embeddings than the same history at serving time), "left" (counted from the
@@ -185,21 +194,61 @@ class CausalFilter(nn.Module):
     sequence with an FFT, which lets every position see later ones; here the low pass ``LP`` is
     the recency-weighted mean of the positions up to t (weight exp(-decay * age), real items
     only), and the branch rescales what it removes, per dimension:
-    ``LP(x) + beta * (x - LP(x)) - x``, beta learned (0 at init: pure smoothing)."""
+    ``LP(x) + beta * (x - LP(x)) - x``, beta learned (``freq_beta`` at init: 0 is pure smoothing,
+    1 the identity). ``freq_kernel`` picks the low pass (see :class:`SASRecConfig`)."""
+
+    kernel: torch.Tensor
+    low_pass: torch.Tensor
 
     def __init__(self, cfg: SASRecConfig) -> None:
         super().__init__()
+        if cfg.freq_kernel not in FREQ_KERNELS:
+            raise ValueError(f"freq_kernel must be one of {FREQ_KERNELS}, got {cfg.freq_kernel!r}")
         self.decay = float(cfg.freq_decay)
-        self.beta = nn.Parameter(torch.zeros(cfg.d_model))
+        self.normalise = cfg.freq_kernel == "exp"
+        self.window = cfg.freq_kernel == "window"
+        age = torch.arange(cfg.max_len, dtype=torch.float32)
+        kernel = torch.exp(-self.decay * age) if self.normalise else fft_kernel(cfg.max_len, cfg.freq_cutoff)
+        self.register_buffer("kernel", kernel, persistent=False)  # (max_len,) weight by age
+        # "window": the whole low-pass matrix (row t: what position t receives), not causal
+        self.register_buffer("low_pass", fft_low_pass(cfg.max_len, cfg.freq_cutoff), persistent=False)
+        self.beta = nn.Parameter(torch.full((cfg.d_model,), float(cfg.freq_beta)))
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """(B, T, d) update, or only the last position's (B, 1, d)."""
         T = x.shape[1]
         age = torch.arange(T, device=x.device)
-        diff = (age[:, None] - age[None, :]).clamp(min=0).to(x.dtype)  # (T, T)
-        w = torch.exp(-self.decay * diff) * mask[:, 0].to(x.dtype)  # (B, T, T) causal real keys
-        low = (w / w.sum(-1, keepdim=True)) @ x  # (B, T, d)
+        q = age[-1:] if last_only else age  # (T',) the positions computed
+        if self.window:  # the window of max_len positions ends at the newest item; its left part is padding
+            real = mask[:, 0, -1:].to(x.dtype)  # (B, 1, T) the real items (the last row sees them all)
+            w = self.low_pass[-T:, -T:][q].to(x.dtype) * real  # (B, T', T)
+        else:
+            diff = (q[:, None] - age[None, :]).clamp(min=0)  # (T', T)
+            w = self.kernel[diff].to(x.dtype) * mask[:, 0, -q.shape[0] :].to(x.dtype)  # (B, T', T) causal real keys
+        if self.normalise:
+            w = w / w.sum(-1, keepdim=True)
+        low = w @ x  # (B, T', d)
+        x = x[:, -1:] if last_only else x
         return self.dropout(low + self.beta * (x - low) - x)
+
+
+FREQ_KERNELS = ("exp", "fft", "window")
+
+
+def fft_low_pass(window: int, cutoff: int) -> torch.Tensor:
+    """BSARec's low pass over ``window`` positions as a matrix: ``low = M @ x``, (window, window)."""
+    f = torch.fft.rfft(torch.eye(window), dim=0, norm="ortho")  # (window // 2 + 1, window)
+    f[cutoff // 2 + 1 :] = 0
+    return torch.fft.irfft(f, n=window, dim=0, norm="ortho")
+
+
+def fft_kernel(window: int, cutoff: int) -> torch.Tensor:
+    """BSARec's low pass (keep the lowest ``cutoff // 2 + 1`` frequencies of an orthonormal FFT
+    over ``window`` positions) seen from the window's newest position: weight per age, (window,).
+    With a zero-padded window, that position's output is exactly this causal kernel applied to
+    the sequence, so every-position training reads each prefix as BSARec's last position does."""
+    return fft_low_pass(window, cutoff)[-1].flip(0).contiguous()  # weight of the position ``age`` steps back
 
 
 class Block(nn.Module):
@@ -226,8 +275,8 @@ class Block(nn.Module):
         h = self.ln_1(x)
         update = self.attn(h, mask, last_only=last_only)  # (B, T', d)
         if self.filter is not None:
-            f = self.filter(h, mask)  # (B, T, d): it reads every position
-            update = (1 - self.mix) * update + self.mix * (f[:, -1:] if last_only else f)
+            f = self.filter(h, mask, last_only=last_only)  # (B, T', d): it reads every position
+            update = (1 - self.mix) * update + self.mix * f
         x = (x[:, -1:] if last_only else x) + update  # (B, T', d)
         x = x + self.mlp(self.ln_2(x))  # (B, T', d)
         return x
@@ -291,6 +340,12 @@ class SASRec(PreTrainedModel):
             self.reset_gates()
 
     # -- init ------------------------------------------------------------------------------------
+
+    @property
+    def needs_prefixes(self) -> bool:
+        """True when a position's state reads later positions (``freq_kernel`` "window"): only
+        the newest position of an input may then be trained on or served."""
+        return self.config.freq_mix > 0 and self.config.freq_kernel == "window"
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std
@@ -604,17 +659,26 @@ class SASRec(PreTrainedModel):
         type_ids: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         text_channel: bool | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``item_ids`` (B, T) left-padded rows; ``targets`` (B, T) the next row at each position
         (PAD where there is none). Returns (hidden (B, T, d), mean cross-entropy or None).
         The loss scores the full user states (:meth:`user_states`) against
         :meth:`output_table`, or (``text_channel=False``) the hidden states against the input
-        item table alone (the model part; the gates are then fitted afterwards)."""
+        item table alone (the model part; the gates are then fitted afterwards).
+        ``last_only``: only the newest position is computed and trained (hidden (B, 1, d); the
+        targets must then be PAD everywhere else), as for one (prefix, next item) pair per row."""
         keep = self.id_keep(self.id_emb.weight.shape[0])
         table = self.item_table(keep=keep)  # (N+1, d)
-        h = self.encode(item_ids, type_ids, table)  # (B, T, d)
+        if self.needs_prefixes and targets is not None and not last_only:
+            raise ValueError("freq_kernel 'window' reads later positions: train on prefixes (last_only)")
+        h = self.encode(item_ids, type_ids, table, last_only=last_only)  # (B, T', d)
         if targets is None:
             return h, None
+        if last_only:
+            if bool((targets[:, :-1] != PAD_ID).any()):
+                raise ValueError("last_only trains the newest position only: the other targets must be PAD")
+            h = torch.cat([h.new_zeros(h.shape[0], targets.shape[1] - 1, h.shape[2]), h], dim=1)  # (B, T, d)
         item_ids = item_ids.masked_fill(item_ids == MASK_ID, PAD_ID)  # hidden items carry no title
         sel = targets != PAD_ID  # (B, T)
         y = targets[sel]  # (M,)

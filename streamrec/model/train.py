@@ -39,6 +39,8 @@ from streamrec.model.data import (
     encode,
     history_batch,
     leave_one_out,
+    prefix_batches,
+    prefix_count,
     training_batches,
     vocab_from,
 )
@@ -100,6 +102,10 @@ class TrainSettings:
     # NDCG@10 over 10 epochs, bench/RESULTS.md)
     contrastive: float = 0.0
     contrastive_temp: float = 1.0  # temperature of the dot-product similarity
+    samples: str = "positions"  # "positions": every position of a sequence predicts the next
+    # item (SASRec's); "prefixes": one (prefix, next item) pair per row, only the newest position
+    # trained (BSARec's, S3-Rec's; always, for a model with SASRecConfig.freq_kernel "window";
+    # behind "positions" on Beauty's validation split, bench/RESULTS.md)
     ema: float = 0.0  # decay of an exponential moving average of the weights, updated every
     # step; validation, early stopping and the result use the averaged weights (0 = off)
 
@@ -221,6 +227,15 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     lr_at(s, 0, 0.0)  # validates lr_schedule before any work
     augment = Augmenter.from_settings(s)  # validates the augmentation settings too
     views = Augmenter.views_from_settings(s)
+    if s.samples not in ("positions", "prefixes"):
+        raise ValueError(f"unknown samples {s.samples!r}: use 'positions' or 'prefixes'")
+    # a model whose positions read later ones (freq_kernel "window") only ever trains on prefixes,
+    # also when a fine-tune (the trainer's rounds) asks for the default
+    prefixes = s.samples == "prefixes" or model.needs_prefixes
+    if prefixes:
+        if augment is not None or views is not None:
+            raise ValueError("training on prefixes takes no augmentation or contrastive term")
+        n_batches = math.ceil(prefix_count(split.train) / s.batch_size)
     if s.hybrid_fit not in ("post", "joint"):
         raise ValueError(f"unknown hybrid_fit {s.hybrid_fit!r}: use 'post' or 'joint'")
     post = model.config.hybrid and s.hybrid_fit == "post"  # channel fitted after the model part
@@ -229,11 +244,17 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
     params = [p for p in model.parameters() if p.requires_grad]
     shadow = [p.detach().clone() for p in params] if s.ema > 0 else None
     step = 0
+    shape = {"max_len": model.config.max_len, "batch_size": s.batch_size}
     for epoch in range(1, s.max_epochs + 1):
         model.train()
         losses = []
+        batches = (
+            ((x, t, y, None) for x, t, y in prefix_batches(split.train, **shape, rng=rng))
+            if prefixes
+            else _epoch_batches(split.train, model.config.max_len, s.batch_size, rng, augment, views)
+        )
         bar = tqdm(
-            _epoch_batches(split.train, model.config.max_len, s.batch_size, rng, augment, views),
+            batches,
             total=n_batches,
             desc=f"epoch {epoch}",
             disable=not s.progress,
@@ -247,7 +268,7 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
             for group in opt.param_groups:
                 group["lr"] = lr_at(s, step, progress)
             step += 1
-            _, loss = model(x.to(dev), t.to(dev), y.to(dev), text_channel=not post)
+            _, loss = model(x.to(dev), t.to(dev), y.to(dev), text_channel=not post, last_only=prefixes)
             if pair is not None:
                 loss = loss + s.contrastive * contrastive_loss(model, pair, s.contrastive_temp, dev)
             opt.zero_grad(set_to_none=True)
@@ -400,6 +421,8 @@ def fit_gates(
     model runs in eval mode (no dropout). Returns the fitted gate weights (for the record)."""
     if not model.config.hybrid:
         return {}
+    if targets is None and model.needs_prefixes:
+        raise ValueError("this model's positions read later ones (freq_kernel 'window'): fit the gates on pairs")
     dev = torch.device(device) if isinstance(device, str) else device
     gates = [model.gate_item, model.gate_user, model.bias_item]
     params = [p for g in gates for p in g.parameters()]

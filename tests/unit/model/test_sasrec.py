@@ -44,6 +44,11 @@ def _filtered(**kw) -> SASRec:
     return m
 
 
+def _fft(**kw) -> SASRec:
+    """BSARec's own low pass (an FFT window seen from its newest position), BSARec's alpha."""
+    return _model(freq_mix=0.7, freq_kernel="fft", freq_cutoff=3, freq_beta=0.5, **kw)
+
+
 def _relative(**kw) -> SASRec:
     """Relative positions (an attention bias per distance), the bias non-zero."""
     m = _model(pos_mode="relative", **kw)
@@ -57,8 +62,8 @@ def _left(**kw) -> SASRec:
     return _model(pos_mode="left", **kw)
 
 
-MAKERS = [_model, _filtered, _relative, _left]
-MAKER_IDS = ["attention", "attention+filter", "relative", "left"]
+MAKERS = [_model, _filtered, _fft, _relative, _left]
+MAKER_IDS = ["attention", "attention+filter", "attention+fft-filter", "relative", "left"]
 
 
 @pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
@@ -160,6 +165,70 @@ def test_which_position_modes_read_a_prefix_as_it_reads_alone(make, consistent):
     assert torch.allclose(h[0, 3], alone[0, -1], atol=1e-5) is consistent
 
 
+def test_fft_kernel_is_the_window_low_pass_at_its_newest_position():
+    """BSARec low-passes a zero-padded window of max_len positions by FFT; what its newest
+    position receives is the fixed causal kernel applied to the real items."""
+    from streamrec.model.sasrec import fft_kernel
+
+    torch.manual_seed(1)
+    window, cutoff, n = 12, 5, 7
+    x = torch.randn(n, 4)
+    padded = torch.cat([torch.zeros(window - n, 4), x])  # (window, 4), the newest item last
+    f = torch.fft.rfft(padded, dim=0, norm="ortho")
+    f[cutoff // 2 + 1 :] = 0
+    low = torch.fft.irfft(f, n=window, dim=0, norm="ortho")[-1]  # (4,)
+    k = fft_kernel(window, cutoff)  # weight by age
+    assert torch.allclose(low, (k[:n].flip(0)[:, None] * x).sum(0), atol=1e-6)
+    with pytest.raises(ValueError, match="freq_kernel"):
+        _model(freq_mix=0.5, freq_kernel="fourier")
+
+
 def test_unknown_position_mode_is_refused():
     with pytest.raises(ValueError, match="pos_mode"):
         _model(pos_mode="absolute")
+
+
+def _window(**kw) -> SASRec:
+    """BSARec's filter as it is (every position sees the whole window), two blocks."""
+    m = _model(freq_mix=0.7, freq_kernel="window", freq_cutoff=3, freq_beta=1.0, **kw)
+    with torch.no_grad():
+        for block in m.blocks:
+            block.filter.beta.normal_()
+    return m
+
+
+def test_window_filter_reads_later_positions_so_it_trains_on_prefixes_only():
+    m = _window().eval()
+    assert m.needs_prefixes and not _fft().needs_prefixes
+    table = m.item_table()
+    x = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    x2 = x.clone()
+    x2[0, 6] = 20
+    # an inner position sees a later item: not causal, unlike every other maker above
+    assert not torch.allclose(m.encode(x, None, table)[0, :6], m.encode(x2, None, table)[0, :6])
+    # the newest position is what serving reads: last_only computes exactly it, whatever the padding
+    full = m.encode(x, None, table)[:, -1:]
+    assert torch.allclose(full, m.encode(x, None, table, last_only=True), atol=1e-6)
+    short = m.encode(torch.tensor([[3, 4, 5, 6, 7, 8]]), None, table, last_only=True)
+    assert torch.allclose(full, short, atol=1e-6)
+    y = torch.tensor([[0, 0, 4, 5, 6, 7, 8, 9]])
+    with pytest.raises(ValueError, match="prefixes"):
+        m.train()(x, None, y)  # every-position targets would read the answers
+    with pytest.raises(ValueError, match="PAD"):
+        m(x, None, y, last_only=True)
+    y_last = torch.zeros_like(y)
+    y_last[0, -1] = 9
+    _, loss = m(x, None, y_last, last_only=True)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert m.blocks[0].filter.beta.grad is not None
+
+
+def test_last_only_loss_is_the_full_loss_at_the_last_position():
+    m = _model(hybrid=False).eval()
+    x = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
+    y = torch.zeros_like(x)
+    y[:, -1] = torch.tensor([6, 7])
+    _, full = m(x, None, y)
+    _, last = m(x, None, y, last_only=True)
+    assert torch.allclose(full, last, atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,31 @@ def test_cosine_schedule_reaches_the_floor_by_max_epochs(tiny_data, tiny_text):
     assert seen[0] == pytest.approx(1e-2)
     assert seen == sorted(seen, reverse=True)
     assert seen[-1] < 0.25e-2  # the last step starts at progress (3 - 1/steps_per_epoch) / 3
+
+
+def test_prefix_batches_give_every_prefix_once_with_its_next_item():
+    from streamrec.model.data import Encoded, prefix_batches, prefix_count
+
+    train = Encoded([[1, 2, 3, 4], [5, 6], [7]], [[1] * 4, [1] * 2, [1]])
+    assert prefix_count(train) == 4
+    rows = []
+    for x, _t, y in prefix_batches(train, max_len=2, batch_size=3, rng=np.random.default_rng(0)):
+        assert bool((y[:, :-1] == 0).all())
+        rows += [(tuple(a.tolist()), int(b)) for a, b in zip(x, y[:, -1])]
+    assert sorted(rows) == [((0, 1), 2), ((0, 5), 6), ((1, 2), 3), ((2, 3), 4)]  # newest max_len items
+
+
+def test_a_window_model_trains_on_prefixes_whatever_it_is_asked(tiny_data, tiny_text):
+    from streamrec.model.train import train
+
+    data, text = tiny_data, tiny_text
+    cfg = TINY_CONFIG | {"freq_mix": 0.7, "freq_kernel": "window", "freq_beta": 1.0}
+    base = {"max_epochs": 1, "progress": False, "device": "cpu", "batch_size": 16}
+    a = train(data, item_text=text, config=cfg, settings=TrainSettings(**base))  # "positions", the default
+    b = train(data, item_text=text, config=cfg, settings=TrainSettings(**base, samples="prefixes"))
+    assert np.isfinite(a.metrics["history"][0]["loss"]) and "test" in a.metrics
+    assert a.metrics["history"][0]["loss"] == b.metrics["history"][0]["loss"]  # the same prefix batches
+    with pytest.raises(ValueError, match="augmentation"):
+        train(data, item_text=text, config=cfg, settings=TrainSettings(**base, augment="crop"))
+    with pytest.raises(ValueError, match="samples"):
+        train(data, item_text=text, config=cfg, settings=TrainSettings(**base, samples="pairs"))
