@@ -165,7 +165,9 @@ def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int,
     set_compute_threads(threads)  # this thread scores (FAISS's OpenMP setting is per thread)
 
     rec = Recommender.load(model, device="cpu")
-    index = ItemIndex(rec.dim)
+    # the worker's exact search (--worker-env STREAMREC_INDEX_EXACT_BACKEND=faiss measures FAISS's own)
+    backend = WORKER_ENV.get("STREAMREC_INDEX_EXACT_BACKEND", Settings().index_exact_backend)
+    index = ItemIndex(rec.dim, exact_backend=backend)
     p = Pipeline(
         recommender=rec,
         index=index,

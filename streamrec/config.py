@@ -197,7 +197,15 @@ class Settings(BaseSettings):
     ivf_nlist: int = Field(1024, ge=1, le=1_000_000)
     ivf_nprobe: int = Field(64, ge=1, le=1_000_000)
     flat_blas_min_queries: int = Field(
-        12, ge=1, le=1_000_000, description="exact search: batches of this many queries or more use one BLAS product"
+        12,
+        ge=1,
+        le=1_000_000,
+        description="exact search through FAISS: batches of this many queries or more use one BLAS product",
+    )
+    index_exact_backend: Literal["torch", "faiss"] = Field(
+        "torch",
+        description="how an exact CPU index is searched: one torch matrix product over FAISS's vectors "
+        "(2.4-3.7x faster here than the BLAS in faiss-cpu's wheel) or FAISS's own search",
     )
 
     # --- trainer (`streamrec trainer`: training log, retraining cadence, gate) ----------------

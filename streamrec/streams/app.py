@@ -67,6 +67,7 @@ def index_options(settings: Settings) -> dict[str, Any]:
         "ivf_nlist": settings.ivf_nlist,
         "ivf_nprobe": settings.ivf_nprobe,
         "flat_blas_min_queries": settings.flat_blas_min_queries,
+        "exact_backend": settings.index_exact_backend,
         "device": settings.device,
     }
 

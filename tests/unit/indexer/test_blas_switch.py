@@ -1,8 +1,9 @@
-"""FAISS exact search: the BLAS switch per batch size."""
+"""Exact search: FAISS's BLAS switch per batch size, and the torch product (the default)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from streamrec.indexer import ItemIndex
 
@@ -19,7 +20,7 @@ def test_flat_search_switches_to_blas_by_batch_size_with_the_same_results():
     assert blas_threshold("hnsw", 500) == blas_threshold("ivf", 1)  # the library's own default
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((300, 16)).astype(np.float32)
-    ix = ItemIndex(16, kind="flat")
+    ix = ItemIndex(16, kind="flat", exact_backend="faiss")
     ix.rebuild([f"i{j}" for j in range(300)], vecs, background=False)
     q = rng.standard_normal((FLAT_BLAS_MIN_QUERIES + 3, 16)).astype(np.float32)
     batched = ix.search(q, 7)
@@ -39,7 +40,7 @@ def test_the_blas_batch_size_is_an_index_option():
 
     rng = np.random.default_rng(1)
     vecs = rng.standard_normal((50, 8)).astype(np.float32)
-    ix = ItemIndex(8, kind="flat", flat_blas_min_queries=4)
+    ix = ItemIndex(8, kind="flat", flat_blas_min_queries=4, exact_backend="faiss")
     ix.rebuild([f"i{j}" for j in range(50)], vecs, background=False)
     ix.search(rng.standard_normal((4, 8)).astype(np.float32), 3)
     assert faiss.cvar.distance_compute_blas_threshold <= 1  # 4 queries: BLAS here, not by default
@@ -55,3 +56,48 @@ def test_the_worker_passes_its_blas_setting_to_the_index():
 
     ix = new_index(Settings(flat_blas_min_queries=40, device="cpu"), 8)
     assert ix.flat_blas_min_queries == 40
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_the_torch_exact_search_is_the_exact_top_k_with_stock_and_exclusions(monkeypatch, chunk):
+    """The default CPU exact search (a torch product over FAISS's vectors, topk per chunk of the
+    catalog, merged) returns what FAISS's own search does: the exact top-k of the eligible items,
+    out-of-stock, removed and excluded ones left out, whatever the chunking."""
+    from streamrec.indexer import faiss_index
+
+    if chunk is not None:  # many chunks: the merge across them is what is tested
+        monkeypatch.setattr(faiss_index, "_TOPK_CELLS", chunk)
+        monkeypatch.setattr(faiss_index, "_TOPK_MIN_CHUNK", chunk)
+    rng = np.random.default_rng(2)
+    vecs = rng.standard_normal((120, 16)).astype(np.float32)
+    ids = [f"i{j}" for j in range(120)]
+    torch_ix, faiss_ix = ItemIndex(16, kind="flat"), ItemIndex(16, kind="flat", exact_backend="faiss")
+    assert torch_ix.exact_backend == "torch"
+    for ix in (torch_ix, faiss_ix):
+        ix.rebuild(ids, vecs, background=False)
+        ix.set_in_stock(["i3", "i40"], False)
+        ix.remove(["i7"])
+        ix.upsert(["i9"], -vecs[9:10])  # a changed vector: its old slot is dead
+    q = rng.standard_normal((20, 16)).astype(np.float32)
+    exclude = [{"i1", "i2", "nope"} if r % 2 else set() for r in range(20)]
+    got = torch_ix.search(q, 10, exclude=exclude)
+    want = faiss_ix.search(q, 10, exclude=exclude)
+    vec = vecs.copy()
+    vec[9] = -vecs[9]
+    for r, (g, w) in enumerate(zip(got, want)):
+        assert [i for i, _ in g] == [i for i, _ in w]
+        assert np.allclose([s for _, s in g], [s for _, s in w], atol=1e-5)
+        allowed = [j for j in range(120) if f"i{j}" not in {"i3", "i40", "i7"} | exclude[r]]
+        best = sorted(allowed, key=lambda j: -float(q[r] @ vec[j]))[:10]
+        assert [i for i, _ in g] == [f"i{j}" for j in best]
+    assert torch_ix.search(q[:1], 500)[0].__len__() == 120 - 3  # k past the catalog: every eligible item
+    with pytest.raises(ValueError, match="exact_backend"):
+        ItemIndex(8, exact_backend="numpy")
+
+
+def test_the_worker_passes_its_exact_backend_to_the_index():
+    from streamrec.config import Settings
+    from streamrec.streams.app import new_index
+
+    assert new_index(Settings(device="cpu"), 8).exact_backend == "torch"
+    assert new_index(Settings(index_exact_backend="faiss", device="cpu"), 8).exact_backend == "faiss"
