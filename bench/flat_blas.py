@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamrec.indexer import ItemIndex  # noqa: E402
-from streamrec.indexer.faiss_index import FLAT_BLAS_MIN_QUERIES  # noqa: E402
+from streamrec.indexer import ItemIndex
+from streamrec.indexer.faiss_index import FLAT_BLAS_MIN_QUERIES
 
 
 def us_per_query(search: Callable[[], object], nq: int, seconds: float = 0.5) -> float:
