@@ -64,7 +64,8 @@ def main() -> int:
         by[backend].rebuild(ids, vecs, background=False)
     default = faiss.cvar.distance_compute_blas_threshold
     print(
-        f"\n{args.items:,} items, {args.dim} dims, top-{args.k}, one thread; faiss {faiss.__version__}, torch {torch.__version__}"
+        f"\n{args.items:,} items, {args.dim} dims, top-{args.k}, one thread; "
+        f"faiss {faiss.__version__}, torch {torch.__version__}"
     )
     print(
         f"| queries per search | µs/query, bare faiss (threshold {default:,}) "
