@@ -262,10 +262,17 @@ def _chunks(
     """Shuffled batches of (sequences, types), each sequence its newest ``max_len + 1`` items."""
     idx = np.array([i for i, s in enumerate(train.items) if len(s) >= 2], dtype=np.int64)
     lens = np.array([min(len(train.items[i]), max_len + 1) for i in idx])
-    # Length bucketing: shuffle, sort within pools of 50 batches by length, shuffle the batches.
-    # Short histories then share a batch and are not padded to the longest one (most shop
-    # histories are short, so this saves most of the transformer's work).
-    order = rng.permutation(len(idx))
+    for rows in _bucketed(lens, batch_size, rng):
+        chunk = [int(idx[j]) for j in rows]
+        yield [train.items[i][-(max_len + 1) :] for i in chunk], [train.types[i][-(max_len + 1) :] for i in chunk]
+
+
+def _bucketed(lens: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterable[np.ndarray]:
+    """Batches of row numbers (of ``lens``), by length bucketing: shuffle, sort within pools of 50
+    batches by length, shuffle the batches. Short histories then share a batch and are not padded
+    to the longest one (most shop histories are short, so this saves most of the transformer's
+    work)."""
+    order = rng.permutation(len(lens))
     pool = 50 * batch_size
     batches: list[np.ndarray] = []
     for p in range(0, len(order), pool):
@@ -273,8 +280,7 @@ def _chunks(
         part = part[np.argsort(lens[part], kind="stable")]
         batches.extend(part[s : s + batch_size] for s in range(0, len(part), batch_size))
     for b in rng.permutation(len(batches)):
-        chunk = [int(idx[j]) for j in batches[b]]
-        yield [train.items[i][-(max_len + 1) :] for i in chunk], [train.types[i][-(max_len + 1) :] for i in chunk]
+        yield batches[b]
 
 
 def _tensors(
@@ -323,16 +329,7 @@ def prefix_batches(
     a model whose positions read later ones, ``SASRecConfig.freq_kernel`` "window")."""
     seq = np.array([k for k, s in enumerate(train.items) for _ in range(len(s) - 1)], dtype=np.int64)
     end = np.array([i for s in train.items for i in range(1, len(s))], dtype=np.int64)  # target index
-    lens = np.minimum(end, max_len)
-    order = rng.permutation(len(seq))
-    pool = 50 * batch_size  # length bucketing, as in _chunks
-    batches: list[np.ndarray] = []
-    for p in range(0, len(order), pool):
-        part = order[p : p + pool]
-        part = part[np.argsort(lens[part], kind="stable")]
-        batches.extend(part[s : s + batch_size] for s in range(0, len(part), batch_size))
-    for b in rng.permutation(len(batches)):
-        rows = batches[b]
+    for rows in _bucketed(np.minimum(end, max_len), batch_size, rng):
         xs = [train.items[seq[j]][max(0, end[j] - max_len) : end[j]] for j in rows]
         ts = [train.types[seq[j]][max(0, end[j] - max_len) : end[j]] for j in rows]
         x, t = history_batch(xs, ts, max_len)
