@@ -1,4 +1,4 @@
-"""``streamrec train | finetune | evaluate | models`` subcommands.
+"""``streamrec train | finetune | adapt | evaluate | models`` subcommands.
 
 The top-level ``streamrec/cli.py`` calls :func:`add_commands`, builds the settings and calls
 ``args.func(args, settings)``; it prints any ``StreamrecError`` / ``ValueError`` as one line with
@@ -244,6 +244,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _train_args(p, model_flags=False)
     p.set_defaults(func=cmd_finetune)
 
+    p = subparsers.add_parser(
+        "adapt",
+        help="fit a model's text channel to a new shop's catalog (no training): serve a new shop "
+        "from its titles before its first event",
+    )
+    p.add_argument("--model", type=Path, default=None, help="checkpoint dir (default: the registry's current model)")
+    p.add_argument("--item-text", type=Path, required=True, help="the shop's catalog: 'item_id<TAB>title' per line")
+    p.add_argument(
+        "--text-cache",
+        type=Path,
+        default=None,
+        help="text-cache directory of MiniLM title vectors "
+        "(default: STREAMREC_TEXT_CACHE_DIR, else DATA_DIR/text-cache)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="write the checkpoint here (default: register a version)")
+    p.set_defaults(func=cmd_adapt)
+
     p = subparsers.add_parser("evaluate", help="leave-one-out full-ranking HR/NDCG@5/10/20")
     p.add_argument("--model", type=Path, default=None, help="checkpoint dir (default: the registry's current model)")
     _data_args(p)
@@ -452,6 +469,33 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
     res = finetune(model, vocab, data, item_text=text, settings=_settings(args, settings))
     _summary(res, _publish(res, args, settings))
     print(f"items added to the vocabulary: {res.metrics.get('added_items', 0)}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace, settings: Settings) -> int:
+    """The text channel's centre and directions fitted to the titles of ``--item-text`` (the
+    catalog a version will serve), everything else as it was; published like a fine-tune. A model
+    trained on one shop otherwise ranks a new shop's items in its old shop's title directions until
+    its first fine-tune (bench/RESULTS.md, "Hybrid scoring", fourth session)."""
+    from streamrec.model.checkpoint import load_checkpoint
+    from streamrec.model.data import read_item_text
+    from streamrec.model.train import TrainResult, fit_catalog_basis
+
+    source = _model_dir(args, settings)
+    model, vocab = load_checkpoint(source)
+    text = read_item_text(args.item_text)
+    titled = [i for i, t in text.items() if t]
+    if not titled:
+        raise ValueError(f"--item-text {args.item_text}: no item with a title")
+    if not model.config.hybrid:
+        raise ValueError(
+            f"--model {source}: this model has no text channel to fit (trained with --no-hybrid or --no-text)"
+        )
+    cache = args.text_cache or settings.text_cache_path
+    n = fit_catalog_basis(model, vocab, text, titled, cache_file=cache, device=settings.device)
+    res = TrainResult(model, vocab, metrics={"adapted_from": str(source), "catalog_titles": n}, settings={})
+    print(f"saved: {_publish(res, args, settings)}")
+    print(f"text channel fitted to {n} catalog titles of {args.item_text}")
     return 0
 
 

@@ -189,3 +189,37 @@ def test_augment_flags(tmp_path, settings, tiny_data, capsys):
     assert _run(["finetune", *argv, "--augment", "crop", "--contrastive", "0.1"], settings) == 0
     saved = json.loads((ft / "train_settings.json").read_text())
     assert saved["augment"] == "crop" and saved["contrastive"] == 0.1 and saved["contrastive_temp"] == 1.0
+
+
+def test_adapt_fits_the_text_channel_to_a_new_shops_catalog(tmp_path, settings, tiny_checkpoint):
+    """``streamrec adapt`` refits only the text channel (centre and directions) to the titles of
+    the catalog given, for a model to serve a shop it never saw before its first event; the ids,
+    the transformer and the vocabulary stay as trained."""
+    import torch
+
+    from streamrec.model.checkpoint import load_checkpoint
+    from streamrec.model.text import TextEncoder
+
+    shop = tmp_path / "shop.tsv"
+    # more titles than the channel's 192 directions (a smaller catalog keeps the identity)
+    titles = [
+        f"{c} {m} {k} for the garden"
+        for c in ("green", "red", "blue", "black", "white", "grey", "brown", "yellow")
+        for m in ("steel", "oak", "cedar", "plastic", "clay")
+        for k in ("hose", "rake", "pot", "bench", "lamp")
+    ]
+    rows = "".join(f"g{k}\t{t}\n" for k, t in enumerate(titles))
+    shop.write_text("item_id\ttitle\n" + rows + "g999\t\n")  # the last one without a title
+    out = tmp_path / "adapted"
+    assert _run(["adapt", "--model", str(tiny_checkpoint), "--item-text", str(shop), "--out", str(out)], settings) == 0
+    before, vocab0 = load_checkpoint(tiny_checkpoint)
+    after, vocab1 = load_checkpoint(out)
+    assert vocab1.ids == vocab0.ids  # no item added: the shop's items stay zero-shot at serving
+    assert torch.equal(after.id_emb.weight, before.id_emb.weight)
+    want = torch.from_numpy(TextEncoder(device="cpu").encode(titles)).float().mean(0)
+    assert torch.allclose(after.text_mean, want, atol=1e-4)  # centred on the new shop's titles
+    assert not torch.allclose(after.text_mean, before.text_mean, atol=1e-3)
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("item_id\ttitle\ng1\t\n")
+    with pytest.raises(ValueError, match=r"empty\.tsv: no item with a title"):
+        _run(["adapt", "--model", str(tiny_checkpoint), "--item-text", str(empty), "--out", str(out)], settings)
