@@ -18,7 +18,7 @@ Design, and why:
   indexes keep a host copy of the vectors (their FAISS structures cannot always be read back).
 * **Filtering.** Search asks FAISS for more than K (scaled by the share of ineligible entries and
   the exclude sets), drops removed / out-of-stock / excluded items, widens (x4) while rows lack
-  K, and falls back to an exact numpy scan over the stored vectors if widening reaches
+  K, and falls back to an exact scan over the stored vectors if widening reaches
   ``MAX_FETCH``: a row gets exactly ``min(k, eligible - excluded)`` items.
 * **Exact search on CPU.** A flat CPU index is searched by one torch matrix product over FAISS's
   own copy of the vectors (read in place, no copy) and ``torch.topk``, in chunks of the catalog
@@ -348,7 +348,7 @@ class ItemIndex:
                     max_ex = max(max_ex, slots.size)
         ntotal = st.index.ntotal
         if st.kind == "flat" and st.device == "cpu" and self.exact_backend == "torch":
-            self._flat_topk(st, q, target, excl, out)
+            self._exact(st, q, np.arange(nq), target, excl, out)
             return out
         frac = st.n_elig / ntotal  # share of the FAISS entries that may be returned
         cap = min(ntotal, MAX_FETCH)
@@ -385,52 +385,6 @@ class ItemIndex:
         log.debug("exact scan for %d of %d queries (k=%d, eligible=%d of %d)", rows.size, nq, k, st.n_elig, ntotal)
         self._exact(st, q, rows, target, excl, out)
         return out
-
-    @staticmethod
-    def _flat_topk(
-        st: _State,
-        q: np.ndarray,
-        target: np.ndarray,
-        excl: list[np.ndarray | None],
-        out: list[list[tuple[str, float]]],
-    ) -> None:
-        """Exact top-k of every query over a CPU ``IndexFlatIP``: a torch product with FAISS's
-        vectors read in place, ineligible and excluded slots at -inf, ``torch.topk`` per chunk of
-        the catalog (the score matrix stays under 64 MiB), merged across chunks."""
-        import torch
-
-        n = int(st.index.ntotal)
-        kk = int(min(target.max(), n))
-        if kk <= 0:
-            return
-        xb = torch.from_numpy(faiss.rev_swig_ptr(st.index.get_xb(), n * st.dim).reshape(n, st.dim))
-        qt = torch.from_numpy(q)
-        ineligible = None if st.n_elig == n else torch.from_numpy(~st.elig[:n])
-        chunk = max(_TOPK_MIN_CHUNK, _TOPK_CELLS // max(1, len(q)))
-        best_s: torch.Tensor | None = None
-        best_i: torch.Tensor | None = None
-        for start in range(0, n, chunk):
-            end = min(n, start + chunk)
-            scores = qt @ xb[start:end].T  # (nq, end - start)
-            if ineligible is not None:
-                scores.masked_fill_(ineligible[start:end], -math.inf)
-            for r, ex in enumerate(excl):
-                if ex is not None:
-                    ex = ex[(ex >= start) & (ex < end)]
-                    if ex.size:
-                        scores[r, torch.from_numpy(ex - start)] = -math.inf
-            s, i = torch.topk(scores, min(kk, end - start), dim=1)
-            i += start
-            if best_s is not None and best_i is not None:
-                merged = torch.cat([best_s, s], dim=1)
-                s, j = torch.topk(merged, min(kk, merged.shape[1]), dim=1)
-                i = torch.gather(torch.cat([best_i, i], dim=1), 1, j)
-            best_s, best_i = s, i
-        assert best_s is not None and best_i is not None
-        top_s, top_i = best_s.numpy(), best_i.numpy()
-        for r in range(len(q)):
-            t = int(target[r])
-            out[r] = list(zip(st.ext[top_i[r, :t]].tolist(), top_s[r, :t].tolist()))
 
     def _params(self, st: _State, fetch: int, frac: float) -> Any:
         """FAISS search parameters restricted to eligible slots; _EXACT where exact is cheaper."""
@@ -482,6 +436,9 @@ class ItemIndex:
         """Vectors of slots ``start..end-1`` (dead ones may be zeros or stale)."""
         if st.vecs is not None:
             return st.vecs[start:end]
+        if isinstance(st.index, faiss.IndexFlat):  # CPU flat: FAISS's own array, read in place
+            n = int(st.index.ntotal)
+            return faiss.rev_swig_ptr(st.index.get_xb(), n * st.dim).reshape(n, st.dim)[start:end]
         out = np.zeros((end - start, st.dim), np.float32)
         if st.index is not None and end > start:
             st.index.reconstruct_n(start, end - start, out)
@@ -497,35 +454,45 @@ class ItemIndex:
         excl: list[np.ndarray | None],
         out: list[list[tuple[str, float]]],
     ) -> None:
-        """Brute force over the stored vectors for ``rows`` of ``q`` (the guaranteed path), read
-        in chunks of slots so that no full copy of the vectors is made."""
+        """Brute force over the stored vectors for ``rows`` of ``q``: a flat CPU index's search
+        (``exact_backend`` "torch") and every kind's guaranteed fallback. One torch product per
+        chunk of slots (the score matrix under 64 MiB; read in place where FAISS allows, so no
+        full copy of the vectors is made), ineligible and excluded slots at -inf, ``torch.topk``
+        per chunk, merged across chunks."""
+        import torch
+
         n = st.n_slots
         kk = int(min(target[rows].max(), n))
         if kk <= 0:
             return
-        qr = q[rows]
-        best_s = np.full((rows.size, 0), -np.inf, np.float32)
-        best_i = np.zeros((rows.size, 0), np.int64)
-        chunk = max(1024, min(_BUILD_CHUNK, (1 << 24) // max(1, rows.size)))  # (rows, chunk) <= 64 MiB
+        qr = torch.from_numpy(np.ascontiguousarray(q[rows]))
+        ineligible = None if st.n_elig == n else torch.from_numpy(~st.elig[:n])
+        chunk = max(_TOPK_MIN_CHUNK, min(_BUILD_CHUNK, _TOPK_CELLS // max(1, rows.size)))
+        best_s: torch.Tensor | None = None
+        best_i: torch.Tensor | None = None
         for start in range(0, n, chunk):
             end = min(n, start + chunk)
-            scores = np.where(st.elig[start:end], qr @ cls._read_range(st, start, end).T, -np.inf).astype(np.float32)
+            scores = qr @ torch.from_numpy(cls._read_range(st, start, end)).T  # (rows, end - start)
+            if ineligible is not None:
+                scores.masked_fill_(ineligible[start:end], -math.inf)
             for j, qi in enumerate(rows):
                 ex = excl[qi]
                 if ex is not None:
                     ex = ex[(ex >= start) & (ex < end)]
-                    scores[j, ex - start] = -np.inf
-            cand_s = np.concatenate([best_s, scores], axis=1)
-            cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, end), scores.shape)], axis=1)
-            if cand_s.shape[1] > kk:
-                top = np.argpartition(-cand_s, kk - 1, axis=1)[:, :kk]
-                cand_s, cand_i = np.take_along_axis(cand_s, top, 1), np.take_along_axis(cand_i, top, 1)
-            best_s, best_i = cand_s, cand_i
-        order = np.argsort(-best_s, axis=1, kind="stable")
-        best_s, best_i = np.take_along_axis(best_s, order, 1), np.take_along_axis(best_i, order, 1)
+                    if ex.size:
+                        scores[j, torch.from_numpy(ex - start)] = -math.inf
+            s, i = torch.topk(scores, min(kk, end - start), dim=1)
+            i += start
+            if best_s is not None and best_i is not None:
+                merged = torch.cat([best_s, s], dim=1)
+                s, m = torch.topk(merged, min(kk, merged.shape[1]), dim=1)
+                i = torch.gather(torch.cat([best_i, i], dim=1), 1, m)
+            best_s, best_i = s, i
+        assert best_s is not None and best_i is not None
+        top_s, top_i = best_s.numpy(), best_i.numpy()
         for j, qi in enumerate(rows):
             t = int(target[qi])
-            out[qi] = list(zip(st.ext[best_i[j, :t]].tolist(), best_s[j, :t].astype(np.float32).tolist()))
+            out[qi] = list(zip(st.ext[top_i[j, :t]].tolist(), top_s[j, :t].tolist()))
 
     # ---- incremental changes -------------------------------------------------------------
     def upsert(
