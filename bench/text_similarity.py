@@ -13,7 +13,10 @@ vector; r > 0 projects every title on the top r principal directions first, as
 ``SASRecConfig.text_sim_dim`` does, which shrinks the hybrid model's vectors (and the FAISS
 search): either those of Beauty's known (non-hidden) titles for every catalog (the channel before
 the fourth session), or, as the served channel now is (``SASRec.set_text_basis``), the centre and
-directions of the ranked catalog's own titles. Last line: one JSON object.
+directions of the ranked catalog's own titles. ``--small-shops`` adds shops with fewer titles than
+the channel's directions (Beauty's most clicked hidden items, and simulator shops): the channel as
+fitted before the tenth session (no fit: MiniLM's first r raw dimensions) against now (centred, the
+shop's own directions first). Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +51,12 @@ def main() -> int:
     ap.add_argument("--dims", default="0,64,128,192")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shop-seeds", default="0,1,2", help="hidden-item seeds of the Beauty shops ('' = none)")
+    ap.add_argument(
+        "--small-shops",
+        default="40,100,150",
+        help="catalog sizes of the small shops, each under the channel's directions ('' = none)",
+    )
+    ap.add_argument("--channel-dim", type=int, default=192, help="the channel's directions (text_sim_dim)")
     ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
     args = ap.parse_args()
     d = data_dir()
@@ -175,8 +185,87 @@ def main() -> int:
             )
             print(f"| {name} | " + " | ".join(f"{x:.4f}" for x in row) + " |")
             shop_out[f"{r}{'_centred' if centred else ''}"] = [round(x, 4) for x in row]
-    print(json.dumps({"ndcg_at_10_by_dims": out, "hidden_shops_ndcg_at_10_by_dims": shop_out}))
+    small_out = small_shops(args, T, enc, vocab, data, cache)
+    summary = {"ndcg_at_10_by_dims": out, "hidden_shops_ndcg_at_10_by_dims": shop_out}
+    print(json.dumps({**summary, "small_shops_ndcg_at_10": small_out}))
     return 0
+
+
+def small_shops(
+    args: argparse.Namespace, T: torch.Tensor, enc: Encoded, vocab: Any, data: Any, cache: Path
+) -> dict[str, list[float]]:
+    """Shops with fewer titled items than the channel has directions (``--channel-dim``): the
+    channel as fitted before the tenth session (no fit below r titles: no centre, the first r
+    of MiniLM's raw dimensions) and now (centred on the shop's titles, the directions they span
+    first), beside the full 384-d vectors, raw (the baseline) and centred. Two kinds of shop per
+    size n: Beauty's n most clicked hidden items (seed 0), each user's history restricted to them
+    (users with >= 2), and a simulator shop of n items. The last item ranked among the shop's
+    own n items."""
+    sizes = [int(x) for x in args.small_shops.split(",") if x]
+    if not sizes:
+        return {}
+    r = args.channel_dim
+    counts: dict[int, int] = {}
+    hid = {vocab.row(i) for i in hidden_items(data, 0)}
+    for s in enc.items:
+        for i in s:
+            if i in hid:
+                counts[i] = counts.get(i, 0) + 1
+    by_count = sorted(counts, key=lambda i: (-counts[i], i))
+    cases = []  # (label, title matrix with a pad row, catalog rows, histories, targets)
+    for n in sizes:
+        rows_h = np.array(sorted(by_count[:n]), dtype=np.int64)
+        keep = set(rows_h.tolist())
+        seqs = [q for q in ([i for i in s if i in keep] for s in enc.items) if len(q) >= 2]
+        cases.append(
+            (
+                f"Beauty, {n} hidden items ({len(seqs)} users)",
+                T,
+                rows_h,
+                Encoded([q[:-1] for q in seqs], [[1] * (len(q) - 1) for q in seqs]),
+                np.array([q[-1] for q in seqs], dtype=np.int64),
+            )
+        )
+        shop, shop_text = simulated_shop(seed=11, n_items=n, n_users=600, n_events=12_000, prefix=f"sm{n}")
+        sv = vocab_from(shop)
+        sv.add(list(shop_text))
+        ST = torch.cat([torch.zeros(1, 384), item_text_matrix(sv, shop_text, cache_file=cache)])
+        senc = encode(shop, sv)
+        keep_s = [k for k, q in enumerate(senc.items) if len(q) >= 2]
+        cases.append(
+            (
+                f"simulator, {len(ST) - 1} items ({len(keep_s)} users)",
+                ST,
+                np.arange(1, len(ST), dtype=np.int64),
+                Encoded([senc.items[k][:-1] for k in keep_s], [senc.types[k][:-1] for k in keep_s]),
+                np.array([senc.items[k][-1] for k in keep_s], dtype=np.int64),
+            )
+        )
+    print(f"\n| title vector (shops under {r} titles) | " + " | ".join(c[0] for c in cases) + " |")
+    print("|---|" + "---:|" * len(cases))
+    ways = [
+        ("full 384-d (the text-similarity baseline)", "full"),
+        ("full 384-d, centred on the shop", "full_centred"),
+        (f"channel before: first {r} raw dims, uncentred (no fit under {r} titles)", "before"),
+        (f"channel now: centred, the shop's directions first ({r} in all)", "now"),
+    ]
+    res: dict[str, list[float]] = {}
+    for name, key in ways:
+        row = []
+        for _label, M, rows_c, inp, y in cases:
+            has = (M.abs().sum(1, keepdim=True) > 0).to(M.dtype)
+            if key == "full":
+                X = M
+            elif key == "before":
+                X = M[:, :r]
+            else:
+                mean, basis = text_basis(M[rows_c], r)
+                X = (M - mean.float()) * has
+                X = X if key == "full_centred" else X @ basis.float()
+            row.append(rank_all(text_similarity_score_fn(X), inp, y, len(M) - 1, catalog_rows=rows_c)["ndcg@10"])
+        print(f"| {name} | " + " | ".join(f"{x:.4f}" for x in row) + " |")
+        res[key] = [round(x, 4) for x in row]
+    return res
 
 
 if __name__ == "__main__":

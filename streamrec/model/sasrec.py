@@ -125,15 +125,17 @@ class SASRecConfig(PreTrainedConfig):
 def text_basis(emb: torch.Tensor, r: int, *, max_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The text channel's reduction fitted to title vectors ``emb`` (k, d): their centre (d,) and
     top ``r`` principal directions (d, r), float64. Rows of zeros (no title) are skipped; more
-    than ``max_rows`` titles are thinned evenly. Fewer titles than ``r`` (or than 2): no centre
-    and the first ``r`` unit vectors. (:meth:`SASRec.set_text_basis`; ``bench/text_similarity.py``.)"""
+    than ``max_rows`` titles are thinned evenly. A catalog of k <= r titles spans at most k - 1
+    directions once centred: those come first and keep every centred cosine among its titles
+    exactly, the rest complete an orthonormal basis. Fewer than 2 titles: no centre and the first
+    ``r`` unit vectors. (:meth:`SASRec.set_text_basis`; ``bench/text_similarity.py``.)"""
     d = emb.shape[1]
     src = emb[emb.abs().sum(1) > 0].to(torch.float64)
     if max_rows is not None and src.shape[0] > max_rows:
         src = src[torch.linspace(0, src.shape[0] - 1, max_rows, device=src.device).long()]
     mean = torch.zeros(d, dtype=torch.float64, device=src.device)
     basis = torch.eye(d, dtype=torch.float64, device=src.device)[:, :r]
-    if src.shape[0] >= max(r, 2):
+    if src.shape[0] >= 2:
         mean = src.mean(0)
         centred = src - mean
         evals, evecs = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
@@ -439,8 +441,9 @@ class SASRec(PreTrainedModel):
 
         Centring removes what every title of the catalog shares ("a beauty product"), which
         otherwise dominates the cosine; on the catalogs measured it lifts plain text
-        similarity by 2.6-12 % (``bench/text_similarity.py``). Fewer titles than directions (or
-        than 2): no fit, the identity and no centring."""
+        similarity by 2.6-12 % (``bench/text_similarity.py``). A catalog of fewer titles than
+        directions keeps every centred cosine among its titles exactly (:func:`text_basis`);
+        fewer than 2 titles: no fit, the identity and no centring."""
         if not self.config.hybrid:
             return
         src = emb if emb is not None else (self.text_emb[1:] if rows is None else self.text_emb[rows])

@@ -138,9 +138,18 @@ def test_text_basis_is_centred_on_the_fitted_catalog():
     assert not torch.allclose(before, m.text_low())
 
 
-def test_text_basis_needs_as_many_titles_as_directions():
+def test_a_catalog_smaller_than_the_channel_keeps_its_centred_cosines():
+    """5 titles for 8 directions: centred on them, and the channel keeps every centred title
+    vector exactly (they span 4 directions), so their cosines are those of the full vectors. One
+    title: no fit (the identity, no centre)."""
     m = _model(text_sim_dim=8)
-    m.set_text_basis(emb=torch.randn(5, TEXT_DIM))
+    catalog = torch.randn(5, TEXT_DIM, generator=torch.Generator().manual_seed(1))
+    m.set_text_basis(emb=catalog)
+    torch.testing.assert_close(m.text_mean, catalog.mean(0))
+    torch.testing.assert_close(m.text_basis.T @ m.text_basis, torch.eye(8), atol=1e-5, rtol=0)
+    low, full = m.reduce_text(catalog), catalog - catalog.mean(0)
+    torch.testing.assert_close(low @ low.T, full @ full.T, atol=1e-3, rtol=1e-4)
+    m.set_text_basis(emb=catalog[:1])
     torch.testing.assert_close(m.text_basis, torch.eye(TEXT_DIM)[:, :8])
     assert torch.all(m.text_mean == 0)
 
@@ -294,5 +303,10 @@ def test_text_basis_spans_the_top_principal_directions():
     assert basis.shape == (16, 4) and torch.allclose(mean, x.mean(0))
     vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)[2][:4].T
     assert torch.allclose(basis @ basis.T, vh @ vh.T, atol=1e-8)
-    few_mean, few = text_basis(emb[:13], 4)  # 3 titles for 4 directions: no fit
-    assert torch.equal(few, torch.eye(16, dtype=torch.float64)[:, :4]) and not few_mean.any()
+    few_mean, few = text_basis(emb[:13], 4)  # 3 titles for 4 directions: their 2 centred ones first
+    x = emb[10:13].double() - few_mean
+    assert torch.allclose(few_mean, emb[10:13].double().mean(0))
+    assert torch.allclose(few.T @ few, torch.eye(4, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(x @ few[:, :2] @ few[:, :2].T, x, atol=1e-10)
+    one_mean, one = text_basis(emb[:11], 4)  # 1 title: no fit
+    assert torch.equal(one, torch.eye(16, dtype=torch.float64)[:, :4]) and not one_mean.any()
