@@ -85,6 +85,10 @@ class TrainSettings:
     gate_shop_dropout: float = 0.2  # share of gate-fit batches with every id dropped (new shop)
     gate_data: str = "val"  # fit the gates on the validation pairs (held out from the model
     # part: an honest calibration; chosen on validation, see bench/RESULTS.md) or on "train"
+    gate_catalog_max: int = 20_000  # the serving catalog's items without a row (a titled item
+    # of item_text that no training sequence holds) join the gate fit's candidates as new items,
+    # as the worker's index will rank them: at most this many, sampled, their logits corrected
+    # by log(all / sampled) (0 = none)
     train_on_last: bool = False  # also train on each user's last item (the caller holds out its
     # own test set, as the retraining gate does); no "test" metrics are reported then
     # Sequence data augmentation (CL4SRec's operators, applied to training sequences; see
@@ -172,6 +176,26 @@ def fit_catalog_basis(
     return len(keys)
 
 
+def catalog_candidates(
+    model: SASRec, vocab: ItemVocab, item_text: dict[str, str | None] | None, settings: TrainSettings
+) -> tuple[torch.Tensor | None, int]:
+    """The serving catalog's titled items without a row in ``model`` (in ``item_text``, not in
+    ``vocab``): the title vectors of at most ``settings.gate_catalog_max`` of them (a seeded
+    sample: only those are embedded) and how many there are, for :func:`fit_gates`. (None, 0)
+    without a hybrid model or such items."""
+    if not model.config.hybrid or not item_text or settings.gate_catalog_max <= 0:
+        return None, 0
+    extra = [i for i, t in item_text.items() if t and i not in vocab]
+    if not extra:
+        return None, 0
+    total = len(extra)
+    if total > settings.gate_catalog_max:
+        pick = np.random.default_rng(settings.seed).choice(total, settings.gate_catalog_max, replace=False)
+        extra = [extra[k] for k in np.sort(pick)]
+    emb = item_text_matrix(vocab, item_text, extra, cache_file=settings.text_cache, device=settings.device)
+    return emb.float(), total
+
+
 @torch.no_grad()
 def _swap_weights(params: list[torch.nn.Parameter], values: list[torch.Tensor]) -> list[torch.Tensor]:
     """Load ``values`` into ``params``; returns the values they held."""
@@ -206,8 +230,19 @@ def lr_at(s: TrainSettings, step: int, progress: float) -> float:
     return lr
 
 
-def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSettings) -> TrainResult:
-    """The training loop shared by :func:`train` and :func:`finetune`."""
+def fit(
+    model: SASRec,
+    vocab: ItemVocab,
+    data: Interactions,
+    settings: TrainSettings,
+    *,
+    catalog_text: torch.Tensor | None = None,
+    catalog_total: int | None = None,
+) -> TrainResult:
+    """The training loop shared by :func:`train` and :func:`finetune`. ``catalog_text`` (k,
+    text_dim): title vectors of (a sample of ``catalog_total``) serving-catalog items that have no
+    row in the model, new candidates of the hybrid gate fit (:func:`fit_gates`,
+    :func:`catalog_candidates`)."""
     s = settings
     t0 = time.monotonic()
     dev = resolve_device(s.device)
@@ -336,9 +371,20 @@ def fit(model: SASRec, vocab: ItemVocab, data: Interactions, settings: TrainSett
         if s.gate_data not in ("val", "train"):
             raise ValueError(f"unknown gate_data {s.gate_data!r}: use 'val' or 'train'")
         if s.gate_data == "val" and has_val:
-            metrics["gates"] = fit_gates(model, split.val_inputs, s, rng=rng, device=dev, targets=split.val_targets)
+            metrics["gates"] = fit_gates(
+                model,
+                split.val_inputs,
+                s,
+                rng=rng,
+                device=dev,
+                targets=split.val_targets,
+                catalog_text=catalog_text,
+                catalog_total=catalog_total,
+            )
         else:
-            metrics["gates"] = fit_gates(model, split.train, s, rng=rng, device=dev)
+            metrics["gates"] = fit_gates(
+                model, split.train, s, rng=rng, device=dev, catalog_text=catalog_text, catalog_total=catalog_total
+            )
     train_seconds = time.monotonic() - t0
     model.eval()
     metrics |= {
@@ -408,6 +454,8 @@ def fit_gates(
     rng: np.random.Generator,
     device: torch.device | str = "cpu",
     targets: np.ndarray | None = None,
+    catalog_text: torch.Tensor | None = None,
+    catalog_total: int | None = None,
 ) -> dict[str, Any]:
     """Fit only the hybrid channel's gates (alpha, beta, b) with everything else frozen, by the
     full-softmax loss of the hybrid scores: on ``train_enc``'s next-item targets, or, with
@@ -418,7 +466,15 @@ def fit_gates(
     "New" is simulated as in training: each batch drops the ids of a random ``id_dropout``
     share of the items (those then count as new, in the candidates and in the histories), and
     a ``gate_shop_dropout`` share of the batches drops every id (a whole new shop). The frozen
-    model runs in eval mode (no dropout). Returns the fitted gate weights (for the record)."""
+    model runs in eval mode (no dropout). Returns the fitted gate weights (for the record).
+
+    ``catalog_text`` (k, text_dim): title vectors of the serving catalog's items without a row
+    (a shop's catalog beyond what its first users clicked). They compete as new items (their
+    text projection, no id), as the worker's index ranks them: without them the gates are
+    calibrated on a pool with few new items, and a catalog where most items are new is flooded
+    by them (``bench/few_shot.py``). At most ``gate_catalog_max`` of them, sampled once, with
+    ``log(catalog_total / sampled)`` added to their logits (the softmax's sum over all of them,
+    estimated; ``catalog_total``: how many there are, default ``k``)."""
     if not model.config.hybrid:
         return {}
     if targets is None and model.needs_prefixes:
@@ -437,6 +493,19 @@ def fit_gates(
         ids = model.id_emb.weight  # (N+1, d)
         base = model.item_table() - ids  # the text part of every row (N+1, d)
         unit_t = torch.nn.functional.normalize(model.text_low(), dim=-1)[1:].T.contiguous()  # (r, N)
+        extra_in = extra_unit = None
+        extra_shift = 0.0
+        if catalog_text is not None and len(catalog_text) and s.gate_catalog_max > 0:
+            k = len(catalog_text)
+            pick = catalog_text
+            if k > s.gate_catalog_max:
+                pick = catalog_text[torch.as_tensor(np.sort(rng.choice(k, s.gate_catalog_max, replace=False)))]
+            extra_shift = math.log(max(catalog_total or k, k) / len(pick))
+            pick = pick.to(dev, torch.float32)
+            extra_in = model.text_proj(pick) if model.config.use_text else torch.zeros(len(pick), ids.shape[1])
+            extra_in = extra_in.to(dev)  # (k', d): a new item's input vector (no id row)
+            extra_unit = torch.nn.functional.normalize(model.reduce_text(pick), dim=-1).T.contiguous()  # (r, k')
+            extra_new = torch.ones(len(pick), device=dev)
     if targets is None:
         n_batches = math.ceil(sum(len(x) >= 2 for x in train_enc.items) / s.batch_size)
     else:
@@ -470,6 +539,13 @@ def fit_gates(
                     cos = qn[pos[:, 0], pos[:, 1]] @ unit_t  # (m, N)
                 beta, b = model.item_gates(keep, serving=False)
                 logits = model_logits + some * (alpha * cos * beta[1:] + b[1:])
+                if extra_in is not None and extra_unit is not None:
+                    with torch.no_grad():
+                        x_model = (h * scale[pos[:, 0], pos[:, 1]]) @ extra_in.T  # (m, k')
+                        x_cos = qn[pos[:, 0], pos[:, 1]] @ extra_unit  # (m, k')
+                    x_beta, x_b = model._gates(extra_new, torch.zeros_like(extra_new), serving=False)
+                    x_logits = x_model + some * (alpha * x_cos * x_beta + x_b) + extra_shift
+                    logits = torch.cat([logits, x_logits], dim=1)
                 loss = torch.nn.functional.cross_entropy(logits, y[pos[:, 0], pos[:, 1]] - 1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -488,6 +564,7 @@ def fit_gates(
     out |= {
         "steps": done,
         "data": "train" if targets is None else "pairs",
+        "catalog_candidates": 0 if extra_in is None else len(extra_in),
         "loss_first": losses[0] if losses else None,
         "loss_last_20": float(np.mean(losses[-20:])) if losses else None,
     }
@@ -537,7 +614,8 @@ def train(
         # the channel's centre and directions: the catalog's titles (the training items and
         # every other item of item_text: what will be served)
         fit_catalog_basis(model, vocab, text, cache_file=settings.text_cache, device=settings.device)
-    return fit(model, vocab, data, settings)
+    extra, total = catalog_candidates(model, vocab, text, settings)
+    return fit(model, vocab, data, settings, catalog_text=extra, catalog_total=total)
 
 
 def add_items(
@@ -581,6 +659,7 @@ def finetune(
         fit_catalog_basis(
             model, vocab, item_text, [*new, *item_text], cache_file=settings.text_cache, device=settings.device
         )
-    res = fit(model, vocab, data, settings)
+    extra, total = catalog_candidates(model, vocab, item_text, settings)
+    res = fit(model, vocab, data, settings, catalog_text=extra, catalog_total=total)
     res.metrics["added_items"] = len(added)
     return res

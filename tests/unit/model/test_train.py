@@ -190,3 +190,33 @@ def test_a_window_model_trains_on_prefixes_whatever_it_is_asked(tiny_data, tiny_
         train(data, item_text=text, config=cfg, settings=TrainSettings(**base, augment="crop"))
     with pytest.raises(ValueError, match="samples"):
         train(data, item_text=text, config=cfg, settings=TrainSettings(**base, samples="pairs"))
+
+
+def test_the_gate_fit_ranks_against_the_catalog_beyond_the_clicked_items(tiny_data, tiny_text):
+    """The serving catalog's titled items that no sequence holds join the gate fit as new
+    candidates (as the worker's index ranks them): with 60 such items, never an answer, the
+    fitted bias of a new item is lower than when the fit sees only the clicked items. At most
+    ``gate_catalog_max`` of them are embedded, and all of them are counted."""
+    from dataclasses import replace
+
+    from streamrec.model.sasrec import TEXT_DIM
+    from streamrec.model.train import catalog_candidates, train
+
+    from .conftest import COLOURS
+
+    text = dict(tiny_text) | {f"d{k}": f"{COLOURS[k % 3]} lipstick shade {100 + k}" for k in range(60)}
+    s = TrainSettings(max_epochs=3, device="cpu", progress=False, batch_size=8)
+    with_catalog = train(tiny_data, item_text=text, config=TINY_CONFIG, settings=s)
+    alone = train(tiny_data, item_text=text, config=TINY_CONFIG, settings=replace(s, gate_catalog_max=0))
+    assert with_catalog.metrics["gates"]["catalog_candidates"] == 60
+    assert alone.metrics["gates"]["catalog_candidates"] == 0
+    assert "d0" not in with_catalog.vocab  # candidates of the fit only, not rows of the model
+
+    def new_item_bias(res) -> float:
+        with torch.no_grad():
+            return float(res.model._gates(torch.ones(1), torch.zeros(1), serving=False)[1])
+
+    assert new_item_bias(with_catalog) < new_item_bias(alone)
+    extra, total = catalog_candidates(with_catalog.model, with_catalog.vocab, text, replace(s, gate_catalog_max=7))
+    assert extra is not None and extra.shape == (7, TEXT_DIM) and total == 60
+    assert catalog_candidates(with_catalog.model, with_catalog.vocab, tiny_text, s) == (None, 0)
