@@ -481,6 +481,20 @@ class SASRec(PreTrainedModel):
         new = self.item_count <= 0
         return new if keep is None else new | ~keep
 
+    @torch.no_grad()
+    def clear_new_ids(self) -> int:
+        """Zero the id rows of the items with no training count (not PAD): such an item was in
+        the vocabulary (a validation or test target, an item added from its title) but in no
+        training sequence, so its id learned only "never the answer" as a negative of the
+        softmax. Cleared, it is scored from its title alone, as an item added to the catalog later
+        is (:meth:`grow`) and as the gates treat it. Returns how many rows were cleared."""
+        if not self.config.hybrid:
+            return 0
+        new = self.item_new()
+        new[0] = False
+        self.id_emb.weight[new] = 0.0
+        return int(new.sum())
+
     def item_gates(
         self, keep: torch.Tensor | None = None, *, serving: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -362,7 +362,7 @@ def fit(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {"ids_cleared": model.clear_new_ids()}  # served (and gated) from titles
     if post:
         if has_val:
             metrics["val_model_part"] = evaluate_model(

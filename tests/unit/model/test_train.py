@@ -220,3 +220,23 @@ def test_the_gate_fit_ranks_against_the_catalog_beyond_the_clicked_items(tiny_da
     extra, total = catalog_candidates(with_catalog.model, with_catalog.vocab, text, replace(s, gate_catalog_max=7))
     assert extra is not None and extra.shape == (7, TEXT_DIM) and total == 60
     assert catalog_candidates(with_catalog.model, with_catalog.vocab, tiny_text, s) == (None, 0)
+
+
+def test_an_item_no_training_sequence_holds_is_served_from_its_title(tiny_data, tiny_text):
+    """An item that is only ever a held-out target has a row, but its id only learned "never the
+    answer" as a softmax negative: after training its id row is zero (scored from its title, as
+    an item added later), while trained items keep theirs."""
+    from streamrec.model.train import train
+
+    data = Interactions(
+        [*tiny_data.users, "solo-user"],
+        [*tiny_data.items, ["i1", "i4", "i7", "solo"]],  # "solo": this user's test item only
+        [*tiny_data.types, ["view"] * 4],
+    )
+    text = dict(tiny_text, solo="red lipstick shade 99")
+    s = TrainSettings(max_epochs=2, device="cpu", progress=False, batch_size=8)
+    res = train(data, item_text=text, config=TINY_CONFIG, settings=s)
+    row = res.vocab.row("solo")
+    w = res.model.id_emb.weight.detach()
+    assert res.metrics["ids_cleared"] >= 1 and res.model.item_count[row] == 0
+    assert torch.all(w[row] == 0) and w[res.vocab.row("i1")].abs().sum() > 0
