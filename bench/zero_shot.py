@@ -78,7 +78,7 @@ from streamrec.model.train import (  # noqa: E402
     TrainSettings,
     add_items,
     catalog_candidates,
-    fit_gates,
+    fit_split_gates,
     train,
     with_text_channel,
 )
@@ -215,18 +215,7 @@ def main() -> int:
             model.item_count += torch.bincount(rows, minlength=len(vocab) + 1).float()
             rng = np.random.default_rng(args.seed)
             extra, total = catalog_candidates(model, vocab, text, settings)  # as train() does
-            if settings.gate_data == "val":
-                g = fit_gates(
-                    model,
-                    split.val_inputs,
-                    settings,
-                    rng=rng,
-                    targets=split.val_targets,
-                    catalog_text=extra,
-                    catalog_total=total,
-                )
-            else:
-                g = fit_gates(model, split.train, settings, rng=rng, catalog_text=extra, catalog_total=total)
+            g = fit_split_gates(model, split, settings, rng=rng, catalog_text=extra, catalog_total=total)
             metrics = dict(metrics) | {"gates": g}
     hist = metrics.get("history", [])
     print(

@@ -34,6 +34,7 @@ from streamrec.model.data import (
     Encoded,
     Interactions,
     ItemVocab,
+    Split,
     ViewPair,
     contrastive_batches,
     encode,
@@ -368,23 +369,9 @@ def fit(
             metrics["val_model_part"] = evaluate_model(
                 model, split.val_inputs, split.val_targets, device=dev, text_channel=False
             )
-        if s.gate_data not in ("val", "train"):
-            raise ValueError(f"unknown gate_data {s.gate_data!r}: use 'val' or 'train'")
-        if s.gate_data == "val" and has_val:
-            metrics["gates"] = fit_gates(
-                model,
-                split.val_inputs,
-                s,
-                rng=rng,
-                device=dev,
-                targets=split.val_targets,
-                catalog_text=catalog_text,
-                catalog_total=catalog_total,
-            )
-        else:
-            metrics["gates"] = fit_gates(
-                model, split.train, s, rng=rng, device=dev, catalog_text=catalog_text, catalog_total=catalog_total
-            )
+        metrics["gates"] = fit_split_gates(
+            model, split, s, rng=rng, device=dev, catalog_text=catalog_text, catalog_total=catalog_total
+        )
     train_seconds = time.monotonic() - t0
     model.eval()
     metrics |= {
@@ -446,6 +433,33 @@ def _pair_batches(inputs: Encoded, targets: np.ndarray, *, max_len: int, batch_s
         yield x, t, y
 
 
+def fit_split_gates(
+    model: SASRec,
+    split: Split,
+    s: TrainSettings,
+    *,
+    rng: np.random.Generator,
+    device: torch.device | str = "cpu",
+    catalog_text: torch.Tensor | None = None,
+    catalog_total: int | None = None,
+) -> dict[str, Any]:
+    """The "post" phase of :func:`fit`: :func:`fit_gates` on the split's validation pairs
+    (``gate_data`` "val", when it has any) or on its training sequences."""
+    if s.gate_data not in ("val", "train"):
+        raise ValueError(f"unknown gate_data {s.gate_data!r}: use 'val' or 'train'")
+    pairs = s.gate_data == "val" and len(split.val_targets) > 0
+    return fit_gates(
+        model,
+        split.val_inputs if pairs else split.train,
+        s,
+        rng=rng,
+        device=device,
+        targets=split.val_targets if pairs else None,
+        catalog_text=catalog_text,
+        catalog_total=catalog_total,
+    )
+
+
 def fit_gates(
     model: SASRec,
     train_enc: Encoded,
@@ -472,9 +486,9 @@ def fit_gates(
     (a shop's catalog beyond what its first users clicked). They compete as new items (their
     text projection, no id), as the worker's index ranks them: without them the gates are
     calibrated on a pool with few new items, and a catalog where most items are new is flooded
-    by them (``bench/few_shot.py``). At most ``gate_catalog_max`` of them, sampled once, with
-    ``log(catalog_total / sampled)`` added to their logits (the softmax's sum over all of them,
-    estimated; ``catalog_total``: how many there are, default ``k``)."""
+    by them (``bench/few_shot.py``). When they are a sample (:func:`catalog_candidates`: at most
+    ``gate_catalog_max``) of ``catalog_total`` such items, ``log(catalog_total / k)`` is added to
+    their logits (the softmax's sum over all of them, estimated)."""
     if not model.config.hybrid:
         return {}
     if targets is None and model.needs_prefixes:
@@ -495,17 +509,13 @@ def fit_gates(
         unit_t = torch.nn.functional.normalize(model.text_low(), dim=-1)[1:].T.contiguous()  # (r, N)
         extra_in = extra_unit = None
         extra_shift = 0.0
-        if catalog_text is not None and len(catalog_text) and s.gate_catalog_max > 0:
+        if catalog_text is not None and len(catalog_text):
             k = len(catalog_text)
-            pick = catalog_text
-            if k > s.gate_catalog_max:
-                pick = catalog_text[torch.as_tensor(np.sort(rng.choice(k, s.gate_catalog_max, replace=False)))]
-            extra_shift = math.log(max(catalog_total or k, k) / len(pick))
-            pick = pick.to(dev, torch.float32)
-            extra_in = model.text_proj(pick) if model.config.use_text else torch.zeros(len(pick), ids.shape[1])
-            extra_in = extra_in.to(dev)  # (k', d): a new item's input vector (no id row)
-            extra_unit = torch.nn.functional.normalize(model.reduce_text(pick), dim=-1).T.contiguous()  # (r, k')
-            extra_new = torch.ones(len(pick), device=dev)
+            extra_shift = math.log(max(catalog_total or k, k) / k)
+            pick = catalog_text.to(dev, torch.float32)
+            extra_in = model.text_proj(pick)  # (k, d): a new item's input vector (no id row; hybrid has text)
+            extra_unit = torch.nn.functional.normalize(model.reduce_text(pick), dim=-1).T.contiguous()  # (r, k)
+        one, zero = torch.ones(1, device=dev), torch.zeros(1, device=dev)  # an extra item: new, no count
     if targets is None:
         n_batches = math.ceil(sum(len(x) >= 2 for x in train_enc.items) / s.batch_size)
     else:
@@ -543,7 +553,7 @@ def fit_gates(
                     with torch.no_grad():
                         x_model = (h * scale[pos[:, 0], pos[:, 1]]) @ extra_in.T  # (m, k')
                         x_cos = qn[pos[:, 0], pos[:, 1]] @ extra_unit  # (m, k')
-                    x_beta, x_b = model._gates(extra_new, torch.zeros_like(extra_new), serving=False)
+                    x_beta, x_b = model._gates(one, zero, serving=False)  # the same for every extra item
                     x_logits = x_model + some * (alpha * x_cos * x_beta + x_b) + extra_shift
                     logits = torch.cat([logits, x_logits], dim=1)
                 loss = torch.nn.functional.cross_entropy(logits, y[pos[:, 0], pos[:, 1]] - 1)
