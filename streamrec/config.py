@@ -247,6 +247,13 @@ class Settings(BaseSettings):
         5.0, gt=0, le=3600, description="a partly filled segment is written after this many seconds"
     )
     trainer_web_port: int = Field(6067, ge=0, le=65535, description="trainer's /metrics port")
+    trainer_adapt_below: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="the trainer fits the current version's text channel to the catalog's titles when "
+        "the version holds less than this share of them (a model from another shop; 0: never)",
+    )
     registry_keep: int = Field(
         20, ge=1, le=100_000, description="trainer keeps this many newest versions (plus current)"
     )

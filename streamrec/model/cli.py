@@ -476,26 +476,29 @@ def cmd_adapt(args: argparse.Namespace, settings: Settings) -> int:
     """The text channel's centre and directions fitted to the titles of ``--item-text`` (the
     catalog a version will serve), everything else as it was; published like a fine-tune. A model
     trained on one shop otherwise ranks a new shop's items in its old shop's title directions until
-    its first fine-tune (bench/RESULTS.md, "Hybrid scoring", fourth session)."""
+    its first fine-tune (bench/RESULTS.md, "Hybrid scoring", fourth session). The trainer does the
+    same on its own before its first round (:func:`streamrec.model.retrain.adapt_current`)."""
     from streamrec.model.checkpoint import load_checkpoint
     from streamrec.model.data import read_item_text
-    from streamrec.model.train import TrainResult, fit_catalog_basis
+    from streamrec.model.intent import INTENT_CONFIG, IntentModel
+    from streamrec.model.retrain import adapt_checkpoint
+    from streamrec.model.train import TrainResult
 
     source = _model_dir(args, settings)
-    model, vocab = load_checkpoint(source)
     text = read_item_text(args.item_text)
-    titled = [i for i, t in text.items() if t]
-    if not titled:
+    if not any(text.values()):
         raise ValueError(f"--item-text {args.item_text}: no item with a title")
-    if not model.config.hybrid:
+    if not load_checkpoint(source)[0].config.hybrid:
         raise ValueError(
             f"--model {source}: this model has no text channel to fit (trained with --no-hybrid or --no-text)"
         )
     cache = args.text_cache or settings.text_cache_path
-    n = fit_catalog_basis(model, vocab, text, titled, cache_file=cache, device=settings.device)
-    res = TrainResult(model, vocab, metrics={"adapted_from": str(source), "catalog_titles": n}, settings={})
+    model, vocab, metrics = adapt_checkpoint(source, text, text_cache=cache, device=settings.device)
+    res = TrainResult(model, vocab, metrics=metrics | {"adapted_from": str(source)}, settings={})
+    # the purchase-intent model reads session counters, not items: it goes with the weights
+    res.intent = IntentModel.load(source) if (source / INTENT_CONFIG).is_file() else None  # type: ignore[attr-defined]
     print(f"saved: {_publish(res, args, settings)}")
-    print(f"text channel fitted to {n} catalog titles of {args.item_text}")
+    print(f"text channel fitted to {metrics['catalog_titles']} catalog titles of {args.item_text}")
     return 0
 
 

@@ -29,6 +29,9 @@ training log; this module decides everything else:
    latest sessions than the one it replaces, else carried over (:func:`refresh_intent`).
    A rejected candidate is not registered: its decision is returned (and appended to the
    trainer's ``decisions.jsonl``).
+
+Before the first round, a version that barely knows the catalog (a model moved from another
+shop) is adapted to it by :func:`adapt_current`: its text channel fitted to the catalog's titles.
 """
 
 from __future__ import annotations
@@ -509,3 +512,112 @@ def append_decision(path: str | Path, decision: Decision, *, max_bytes: int = 16
         p.replace(p.with_name(p.name + ".1"))
     with p.open("a", encoding="utf-8") as f:
         f.write(json.dumps(decision.to_dict(), sort_keys=True) + "\n")
+
+
+# -- a new shop's catalog, before its first round ----------------------------------------------
+
+
+def catalog_known_share(vocab: ItemVocab, item_text: dict[str, str | None]) -> tuple[float, int]:
+    """The share of the catalog's titled items that ``vocab`` holds, and how many are titled."""
+    titled = [i for i, t in item_text.items() if t]
+    if not titled:
+        return 0.0, 0
+    return sum(1 for i in titled if i in vocab) / len(titled), len(titled)
+
+
+def _base_cut_ms(base_dir: Path) -> int | None:
+    """When the weights in ``base_dir`` last saw training data (epoch ms): its ``data_cut_ts``,
+    else its registration time (the registry's ``.created``), else None."""
+    from streamrec.model.checkpoint import read_metrics
+
+    cut = read_metrics(base_dir).get("data_cut_ts")
+    if isinstance(cut, (int, float)) and not isinstance(cut, bool):
+        return int(cut)
+    try:
+        return int(float((base_dir / ".created").read_text().strip()) * 1000)
+    except (OSError, ValueError):
+        return None
+
+
+def adapt_checkpoint(
+    base_dir: str | Path,
+    item_text: dict[str, str | None],
+    *,
+    text_cache: str | Path | None,
+    device: str = "auto",
+) -> tuple[SASRec, ItemVocab, dict[str, Any]]:
+    """The model in ``base_dir`` with its text channel's centre and directions fitted to the
+    titles of ``item_text`` (the catalog a version will serve; no training), and the metrics to
+    save with it. ValueError when the catalog has no title or the model no text channel.
+
+    The metrics carry the base's ``data_cut_ts`` (or its registration time): the weights are the
+    base's, so a user deletion that predates the base also predates this version
+    (:meth:`~streamrec.model.registry.ModelRegistry.versions_trained_before`)."""
+    from streamrec.model.checkpoint import load_checkpoint
+    from streamrec.model.train import fit_catalog_basis
+
+    base = Path(base_dir)
+    model, vocab = load_checkpoint(base)
+    known, n_titled = catalog_known_share(vocab, item_text)
+    if n_titled == 0:
+        raise ValueError("the catalog has no item with a title")
+    if not model.config.hybrid:
+        raise ValueError(f"model {str(base)!r} has no text channel to fit (trained with --no-hybrid or --no-text)")
+    titled = [i for i, t in item_text.items() if t]
+    n = fit_catalog_basis(model, vocab, item_text, titled, cache_file=text_cache, device=device)
+    metrics: dict[str, Any] = {"adapted_from": base.name, "catalog_titles": n, "catalog_known_share": round(known, 4)}
+    cut = _base_cut_ms(base)
+    if cut is not None:
+        metrics["data_cut_ts"] = cut
+    return model, vocab, metrics
+
+
+def adapt_current(
+    registry: Any,
+    item_text: dict[str, str | None],
+    *,
+    below: float,
+    text_cache: str | Path | None,
+    device: str = "auto",
+) -> str | None:
+    """Adapt the registry's current version to a catalog it barely knows, before any round.
+
+    A model trained on another shop ranks this shop's new items in its old shop's title
+    directions until its first fine-tune (which refits them). When the current version holds less
+    than ``below`` of the catalog's titled items, and is neither adapted already nor the output of
+    a retraining round (both fitted to a catalog), its channel is fitted to ``item_text``
+    (:func:`adapt_checkpoint`); the result is registered (with the base's purchase-intent model)
+    and promoted. Returns the new version, or None when nothing was done."""
+    from streamrec.model.checkpoint import ITEM_MAP, read_metrics, save_checkpoint
+
+    version = registry.current_version()
+    if version is None:
+        return None
+    base_dir = registry.version_path(version)
+    stored = read_metrics(base_dir)
+    if "adapted_from" in stored or "gate" in stored:
+        return None
+    try:
+        known, n_titled = catalog_known_share(ItemVocab.load(base_dir / ITEM_MAP), item_text)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # an unreadable version: loading it reports why, elsewhere
+    if n_titled < 2 or known >= below:
+        return None
+    model, vocab, metrics = adapt_checkpoint(base_dir, item_text, text_cache=text_cache, device=device)
+    registry.root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=registry.root))
+    try:
+        save_checkpoint(model.cpu(), vocab, tmp, metrics=metrics)
+        carry_intent(base_dir, tmp)
+        new = registry.register(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    registry.promote(new)
+    log.info(
+        "adapted version=%s base=%s catalog_titles=%d known_share=%.3f",
+        new,
+        version,
+        metrics["catalog_titles"],
+        known,
+    )
+    return new

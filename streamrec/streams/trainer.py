@@ -12,6 +12,12 @@ Its own process and consumer group (``<app id>-trainer``), independent of the wo
   them.
 * **Catalog**: a group-less reader of the compacted catalog topic, from the beginning, keeps
   ``item_id -> text`` in memory (tombstones delete).
+* **Adapt**: once the catalog reader has caught up with the topic, a current version that holds
+  less than ``trainer_adapt_below`` of the catalog's titled items (a model moved from another
+  shop) gets its text channel fitted to the catalog's titles, with no training, and the result is
+  promoted and announced (:func:`streamrec.model.retrain.adapt_current`): the shop's new items are
+  ranked in their own title directions before the first round, which needs events. Each version is
+  checked once.
 * **Erasure**: a consumer of the deletions topic (group ``<app id>-trainer-deletions``) drops
   the user's buffered events and purges the user from the log
   (:meth:`TrainLog.purge_user`, durable and redone after a crash) before committing the
@@ -74,6 +80,9 @@ class TrainerMetrics:
             "streamrec_trainer_retrain_errors", "rounds that failed or were skipped", ["reason"], registry=r
         )
         self.decisions = Counter("streamrec_trainer_gate_decisions", "gate decisions", ["decision"], registry=r)
+        self.adapted = Counter(
+            "streamrec_trainer_adapted", "versions adapted to the catalog's titles (no training)", registry=r
+        )
         self.gate_metric = Gauge(
             "streamrec_trainer_gate_metric", "hold-out metrics of the last decision", ["model", "metric"], registry=r
         )
@@ -152,6 +161,9 @@ class Trainer:
         self.job: threading.Thread | None = None
         self._consumer: Any = None
         self._catalog_consumer: Any = None
+        # catalog partition -> its end offset when the trainer started; emptied as the reader
+        # gets there (None: not known, no adapting)
+        self._catalog_end: dict[int, int] | None = None
         self._deletions_consumer: Any = None
         self._last_malformed_log = 0.0
         self._malformed_unlogged = 0
@@ -227,9 +239,19 @@ class Trainer:
             log.warning("catalog topic not found topic=%s: items are learned without text", s.topic_catalog)
             return
         # Group-less: assigned by hand from the beginning, never committed.
-        self._catalog_consumer.assign(
-            [TopicPartition(s.topic_catalog, p, OFFSET_BEGINNING) for p in sorted(topic.partitions)]
-        )
+        parts = [TopicPartition(s.topic_catalog, p, OFFSET_BEGINNING) for p in sorted(topic.partitions)]
+        end: dict[int, int] = {}
+        for tp in parts:
+            try:
+                low, high = self._catalog_consumer.get_watermark_offsets(tp, timeout=10)
+            except KafkaException as exc:
+                log.warning("catalog end unknown partition=%d reason=%s: no adapting", tp.partition, exc)
+                break
+            if high > low:
+                end[tp.partition] = high
+        else:
+            self._catalog_end = end
+        self._catalog_consumer.assign(parts)
 
     def _close(self) -> None:
         for c in (self._consumer, self._catalog_consumer, self._deletions_consumer):
@@ -277,6 +299,7 @@ class Trainer:
             if m.error() is not None:
                 continue
             key = (m.key() or b"").decode("utf-8", "replace")
+            self._catalog_read(m.partition(), m.offset())
             if m.value() is None:
                 self.catalog.pop(key, None)
                 continue
@@ -286,6 +309,15 @@ class Trainer:
                 continue  # the workers dead-letter bad catalog records too
             self.catalog[item.item_id] = item.text()
         self.metrics.catalog_items.set(len(self.catalog))
+
+    def _catalog_read(self, partition: int, offset: int) -> None:
+        if self._catalog_end and offset + 1 >= self._catalog_end.get(partition, 0):
+            self._catalog_end.pop(partition, None)
+
+    @property
+    def catalog_caught_up(self) -> bool:
+        """Whether the catalog reader has read every record that was there when the trainer started."""
+        return self._catalog_end is not None and not self._catalog_end
 
     def apply_deletions(self, messages: list[Any]) -> None:
         """Erase each :class:`UserDeletion`'s user from the buffer and the log, then commit."""
@@ -363,6 +395,47 @@ class Trainer:
             log.debug("retrain not due new_events=%d min_events=%d", new, self.settings.retrain_min_events)
             return None
         return full
+
+    def maybe_adapt(self) -> None:
+        """Start adapting the current version to the catalog (see the module docstring) when the
+        catalog has been read, no job runs and this version was not checked yet."""
+        if self.settings.trainer_adapt_below <= 0 or not self.catalog_caught_up:
+            return
+        if self.job is not None and self.job.is_alive():
+            return
+        version = self.registry.current_version()
+        if version is None or version == self.state.get("adapt_checked"):
+            return
+        self.state["adapt_checked"] = version
+        _write_state(self.state_path, self.state)
+        self.job = threading.Thread(target=self._adapt, args=(dict(self.catalog),), name="adapt", daemon=True)
+        self.job.start()
+
+    def _adapt(self, catalog: dict[str, str | None]) -> None:
+        from streamrec.model.retrain import adapt_current
+        from streamrec.streams.model_updates import publish, update_for
+
+        try:
+            version = adapt_current(
+                self.registry,
+                catalog,
+                below=self.settings.trainer_adapt_below,
+                text_cache=self.settings.text_cache_path,
+                device=self.settings.device,
+            )
+        except Exception:
+            self.metrics.retrain_errors.labels(reason="adapt").inc()
+            log.exception("adapting the current version to the catalog failed")
+            return
+        if version is None:
+            return
+        self.metrics.adapted.inc()
+        self.metrics.set_current(version)
+        try:
+            publish(self.settings, update_for(self.registry, version, {"adapted": 1.0}))
+        except KafkaRuntimeError as exc:
+            self.metrics.publish_failures.inc()
+            log.error("model update not announced version=%s reason=%s", version, exc)
 
     def maybe_retrain(self, now: float | None = None) -> None:
         full = self._due(time.monotonic() if now is None else now)
@@ -452,6 +525,7 @@ class Trainer:
                     self._last_retention = now
                     if self.log.enforce_retention():
                         self._update_log_gauges()
+                self.maybe_adapt()
                 self.maybe_retrain(now)
             self.flush()
         finally:

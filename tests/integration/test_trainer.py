@@ -167,9 +167,12 @@ def read_updates(settings: Settings, n: int, timeout: float) -> list[ModelUpdate
 
 
 @pytest.mark.slow  # trains a model (session fixture) and runs a retraining round
-def test_trainer_promotes_and_announces_then_rollback_announces(
+def test_trainer_adapts_promotes_and_announces_then_rollback_announces(
     kafka_settings: Settings, sim_model: Path, tmp_path: Path
 ) -> None:
+    """The current version knows none of this shop's item ids: once the trainer has read the
+    catalog it adapts the version's text channel to the catalog (no training) and announces that
+    version; then its first round promotes a fine-tune of it."""
     s = kafka_settings
     create_topics(s)
     reg = ModelRegistry(s.registry_dir)
@@ -186,7 +189,7 @@ def test_trainer_promotes_and_announces_then_rollback_announces(
     proc = start_trainer(
         s,
         log_path,
-        STREAMREC_RETRAIN_INTERVAL_S="3",
+        STREAMREC_RETRAIN_INTERVAL_S="10",  # the catalog is read well before the first round
         STREAMREC_RETRAIN_MIN_EVENTS="500",
         STREAMREC_RETRAIN_TIME_BUDGET_S="8",
         STREAMREC_RETRAIN_GATE_TOLERANCE="1.0",
@@ -196,15 +199,21 @@ def test_trainer_promotes_and_announces_then_rollback_announces(
     )
     try:
         url = metrics_url(log_path, proc)
-        [update] = read_updates(s, 1, timeout=300)
+        adapted, update = read_updates(s, 2, timeout=300)
         assert proc.poll() is None, log_path.read_text()[-4000:]
-        assert update.version != first and update.version == reg.current_version()
+        assert adapted.metrics == {"adapted": 1.0} and adapted.version not in (first, update.version)
+        meta = reg.list()
+        by_name = {v.version: v for v in meta}
+        assert by_name[adapted.version].metrics["adapted_from"] == first
+        assert by_name[adapted.version].metrics["catalog_known_share"] == 0.0
+        assert update.version == reg.current_version()
         assert Path(update.path) == reg.version_path(update.version).resolve()
         assert {"holdout_ndcg@10", "holdout_hr@10", "current_ndcg@10", "current_hr@10"} <= set(update.metrics)
-        gate = reg.list()[-1].metrics["gate"]
-        assert gate["promoted"] and gate["base_version"] == first
+        gate = by_name[update.version].metrics["gate"]
+        assert gate["promoted"] and gate["base_version"] == adapted.version
         assert gate["candidate"]["ndcg@10"] == update.metrics["holdout_ndcg@10"]
         m = scrape(url)
+        assert m["streamrec_trainer_adapted_total"] == 1
         assert m['streamrec_trainer_gate_decisions_total{decision="promoted"}'] >= 1
         assert m['streamrec_trainer_gate_metric{metric="ndcg@10",model="current"}'] == pytest.approx(
             update.metrics["current_ndcg@10"]

@@ -13,10 +13,11 @@ import pytest
 
 from streamrec.devtools.simulator import ShopSimulator
 from streamrec.model.data import Interactions
-from streamrec.model.registry import ModelRegistry
+from streamrec.model.registry import ModelRegistry, data_cut_ms
 from streamrec.model.retrain import (
     Decision,
     RetrainConfig,
+    adapt_current,
     append_decision,
     gate,
     retrain,
@@ -214,3 +215,36 @@ def test_a_round_trains_and_gates_on_cuda(sim_log, tmp_path: Path) -> None:
     assert settings["device_used"].startswith("cuda")
     model, vocab = load_checkpoint(reg.current_path(), device="cpu")  # serves anywhere
     assert len(vocab) == model.config.n_items >= 200
+
+
+def test_a_version_from_another_shop_is_adapted_to_the_catalog_once(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Before its first round the trainer fits a foreign model's text channel to the shop's
+    catalog (``adapt_current``): a new version, promoted, with the base's weights and data cut;
+    not again for that version, and never for a model that knows the catalog."""
+    import torch
+
+    from streamrec.model.checkpoint import load_checkpoint, read_metrics
+    from streamrec.model.text import TextEncoder
+
+    reg = ModelRegistry(tmp_path / "registry")
+    base = reg.register(tiny_checkpoint)
+    reg.promote(base)
+    own = {f"i{i}": f"lipstick shade {i}" for i in range(1, 25)}  # the catalog it was trained on
+    assert adapt_current(reg, own, below=0.5, text_cache=None, device="cpu") is None
+    titles = [f"{c} {k} for the garden" for c in ("green", "red", "blue", "grey") for k in ("hose", "rake", "pot")]
+    shop = {f"g{k}": t for k, t in enumerate(titles)} | {"i1": "red lipstick", "g99": None}
+    new = adapt_current(reg, shop, below=0.5, text_cache=None, device="cpu")
+    assert new is not None and reg.current_version() == new
+    before, vocab0 = load_checkpoint(reg.version_path(base))
+    after, vocab1 = load_checkpoint(reg.version_path(new))
+    assert vocab1.ids == vocab0.ids and torch.equal(after.id_emb.weight, before.id_emb.weight)
+    want = torch.from_numpy(TextEncoder(device="cpu").encode([*titles, "red lipstick"])).float()
+    # the shop's titles, with the known item's title as the model holds it
+    want[-1] = before.text_emb[vocab0.row("i1")]
+    assert torch.allclose(after.text_mean, want.mean(0), atol=1e-4)
+    m = read_metrics(reg.version_path(new))
+    assert m["adapted_from"] == base and m["catalog_titles"] == 13 and m["catalog_known_share"] == round(1 / 13, 4)
+    assert m["data_cut_ts"] == data_cut_ms(reg.list()[0])  # the base's weights: the base's cut
+    assert adapt_current(reg, shop, below=0.5, text_cache=None, device="cpu") is None  # adapted already
+    reg.promote(base)
+    assert adapt_current(reg, shop, below=0.05, text_cache=None, device="cpu") is None  # knows enough

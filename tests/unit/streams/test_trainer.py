@@ -83,6 +83,27 @@ def test_catalog_is_followed_with_tombstones(tmp_path: Path) -> None:
     assert t.catalog == {} and sample(t, "streamrec_trainer_catalog_items") == 0
 
 
+def test_adapting_waits_for_the_whole_catalog_and_checks_each_version_once(tmp_path: Path) -> None:
+    """The adapt check starts only once every catalog partition is read up to where it ended when
+    the trainer started (a tombstone or a bad record counts as read), and once per version."""
+    t = trainer(tmp_path)
+    assert not t.catalog_caught_up  # the end is not known before the reader is opened
+    t._catalog_end = {0: 3, 1: 1}
+    t.follow_catalog([Msg(b"bad", 0), Msg(None, 1, _key=b"i1")])
+    t.maybe_adapt()
+    assert not t.catalog_caught_up and t.job is None and "adapt_checked" not in t.state
+    t.follow_catalog([Msg(None, 0, _partition=1, _key=b"i2")])
+    assert not t.catalog_caught_up
+    t.follow_catalog([Msg(None, 2, _key=b"i3")])
+    assert t.catalog_caught_up
+    t.maybe_adapt()  # no current version: nothing to check
+    assert t.job is None and "adapt_checked" not in t.state
+    t.state["adapt_checked"] = "v0001-x"
+    t.registry.current_version = lambda: "v0001-x"  # type: ignore[method-assign]
+    t.maybe_adapt()  # checked already (the state survives a restart)
+    assert t.job is None
+
+
 def test_cadence_needs_the_interval_and_enough_new_events(tmp_path: Path) -> None:
     t = trainer(tmp_path)
     start = t.next_check - 10
