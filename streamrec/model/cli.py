@@ -82,7 +82,11 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         help="hard stop, and the length of the cosine learning-rate schedule",
     )
     p.add_argument(
-        "--patience", type=positive_int, default=10, help="epochs without validation NDCG@10 gain before stopping"
+        "--patience",
+        type=positive_int,
+        default=10,
+        help="epochs without validation NDCG@10 gain before stopping (with --time-budget the cosine schedule "
+        "anneals at the budget's end: a patience shorter than the run can stop it first)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=positive_float, default=None)

@@ -602,6 +602,7 @@ def adapt_current(
     except (OSError, ValueError, TypeError, KeyError):
         return None  # an unreadable version: loading it reports why, elsewhere
     if n_titled < 2 or known >= below:
+        log.info("adapt not needed version=%s catalog_titles=%d known_share=%.3f", version, n_titled, known)
         return None
     model, vocab, metrics = adapt_checkpoint(base_dir, item_text, text_cache=text_cache, device=device)
     registry.root.mkdir(parents=True, exist_ok=True)

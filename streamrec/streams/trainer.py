@@ -12,7 +12,7 @@ Its own process and consumer group (``<app id>-trainer``), independent of the wo
   them.
 * **Catalog**: a group-less reader of the compacted catalog topic, from the beginning, keeps
   ``item_id -> text`` in memory (tombstones delete).
-* **Adapt**: once the catalog reader has caught up with the topic, a current version that holds
+* **Adapt**: once the catalog reader has reached the end of the topic, a current version that holds
   less than ``trainer_adapt_below`` of the catalog's titled items (a model moved from another
   shop) gets its text channel fitted to the catalog's titles, with no training, and the result is
   promoted and announced (:func:`streamrec.model.retrain.adapt_current`): the shop's new items are
@@ -161,9 +161,10 @@ class Trainer:
         self.job: threading.Thread | None = None
         self._consumer: Any = None
         self._catalog_consumer: Any = None
-        # catalog partition -> its end offset when the trainer started; emptied as the reader
-        # gets there (None: not known, no adapting)
-        self._catalog_end: dict[int, int] | None = None
+        # the catalog partitions whose end the reader has not reached yet (librdkafka's
+        # partition EOF: offsets alone cannot tell, as transaction markers and compaction leave
+        # gaps); None before the reader is opened
+        self._catalog_pending: set[int] | None = None
         self._deletions_consumer: Any = None
         self._last_malformed_log = 0.0
         self._malformed_unlogged = 0
@@ -229,7 +230,7 @@ class Trainer:
         self._consumer.subscribe([s.topic_events], on_assign=self._on_assign, on_revoke=self._on_revoke)
         self._deletions_consumer = Consumer(self._conf(f"{s.trainer_group}-deletions"))
         self._deletions_consumer.subscribe([s.topic_deletions])
-        self._catalog_consumer = Consumer(self._conf(f"{s.trainer_group}-catalog"))
+        self._catalog_consumer = Consumer(self._conf(f"{s.trainer_group}-catalog") | {"enable.partition.eof": True})
         try:
             meta = self._catalog_consumer.list_topics(s.topic_catalog, timeout=30)
         except KafkaException as exc:
@@ -239,19 +240,10 @@ class Trainer:
             log.warning("catalog topic not found topic=%s: items are learned without text", s.topic_catalog)
             return
         # Group-less: assigned by hand from the beginning, never committed.
-        parts = [TopicPartition(s.topic_catalog, p, OFFSET_BEGINNING) for p in sorted(topic.partitions)]
-        end: dict[int, int] = {}
-        for tp in parts:
-            try:
-                low, high = self._catalog_consumer.get_watermark_offsets(tp, timeout=10)
-            except KafkaException as exc:
-                log.warning("catalog end unknown partition=%d reason=%s: no adapting", tp.partition, exc)
-                break
-            if high > low:
-                end[tp.partition] = high
-        else:
-            self._catalog_end = end
-        self._catalog_consumer.assign(parts)
+        self._catalog_pending = set(topic.partitions)
+        self._catalog_consumer.assign(
+            [TopicPartition(s.topic_catalog, p, OFFSET_BEGINNING) for p in sorted(topic.partitions)]
+        )
 
     def _close(self) -> None:
         for c in (self._consumer, self._catalog_consumer, self._deletions_consumer):
@@ -293,13 +285,16 @@ class Trainer:
                 self._malformed(m.topic(), m.partition(), m.offset(), reason)
 
     def follow_catalog(self, messages: list[Any]) -> None:
+        from confluent_kafka import KafkaError
+
         from streamrec.schemas import CatalogItem
 
         for m in messages:
             if m.error() is not None:
+                if self._catalog_pending and m.error().code() == KafkaError._PARTITION_EOF:
+                    self._catalog_pending.discard(m.partition())
                 continue
             key = (m.key() or b"").decode("utf-8", "replace")
-            self._catalog_read(m.partition(), m.offset())
             if m.value() is None:
                 self.catalog.pop(key, None)
                 continue
@@ -310,14 +305,10 @@ class Trainer:
             self.catalog[item.item_id] = item.text()
         self.metrics.catalog_items.set(len(self.catalog))
 
-    def _catalog_read(self, partition: int, offset: int) -> None:
-        if self._catalog_end and offset + 1 >= self._catalog_end.get(partition, 0):
-            self._catalog_end.pop(partition, None)
-
     @property
     def catalog_caught_up(self) -> bool:
-        """Whether the catalog reader has read every record that was there when the trainer started."""
-        return self._catalog_end is not None and not self._catalog_end
+        """Whether the catalog reader has reached the end of every catalog partition once."""
+        return self._catalog_pending is not None and not self._catalog_pending
 
     def apply_deletions(self, messages: list[Any]) -> None:
         """Erase each :class:`UserDeletion`'s user from the buffer and the log, then commit."""

@@ -238,7 +238,6 @@ def test_trainer_promotes_and_the_worker_swaps_while_every_event_is_answered(
             trainer_log,
             STREAMREC_RETRAIN_INTERVAL_S="3",
             STREAMREC_RETRAIN_MIN_EVENTS="500",
-            STREAMREC_TRAINER_ADAPT_BELOW="0",  # the round's swap, not an adapted version's
             STREAMREC_RETRAIN_TIME_BUDGET_S="8",
             STREAMREC_RETRAIN_GATE_TOLERANCE="1.0",
             STREAMREC_RETRAIN_HOLDOUT_USERS="60",

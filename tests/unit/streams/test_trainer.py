@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streamrec.config import Settings
 from streamrec.schemas import CatalogItem, ShopEvent
@@ -83,18 +84,26 @@ def test_catalog_is_followed_with_tombstones(tmp_path: Path) -> None:
     assert t.catalog == {} and sample(t, "streamrec_trainer_catalog_items") == 0
 
 
+@dataclass
+class Eof(Msg):
+    """librdkafka's partition-EOF event (``enable.partition.eof``): the reader is at the end."""
+
+    def error(self) -> Any:
+        from confluent_kafka import KafkaError
+
+        return KafkaError(KafkaError._PARTITION_EOF)
+
+
 def test_adapting_waits_for_the_whole_catalog_and_checks_each_version_once(tmp_path: Path) -> None:
-    """The adapt check starts only once every catalog partition is read up to where it ended when
-    the trainer started (a tombstone or a bad record counts as read), and once per version."""
+    """The adapt check starts only once the catalog reader has reached the end of every catalog
+    partition, and once per version."""
     t = trainer(tmp_path)
-    assert not t.catalog_caught_up  # the end is not known before the reader is opened
-    t._catalog_end = {0: 3, 1: 1}
-    t.follow_catalog([Msg(b"bad", 0), Msg(None, 1, _key=b"i1")])
+    assert not t.catalog_caught_up  # the reader is not opened yet
+    t._catalog_pending = {0, 1}
+    t.follow_catalog([Msg(b"bad", 0), Msg(None, 1, _key=b"i1"), Eof(None, 2)])
     t.maybe_adapt()
     assert not t.catalog_caught_up and t.job is None and "adapt_checked" not in t.state
-    t.follow_catalog([Msg(None, 0, _partition=1, _key=b"i2")])
-    assert not t.catalog_caught_up
-    t.follow_catalog([Msg(None, 2, _key=b"i3")])
+    t.follow_catalog([Msg(None, 0, _partition=1, _key=b"i2"), Eof(None, 1, _partition=1)])
     assert t.catalog_caught_up
     t.maybe_adapt()  # no current version: nothing to check
     assert t.job is None and "adapt_checked" not in t.state
