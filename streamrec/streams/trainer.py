@@ -17,7 +17,7 @@ Its own process and consumer group (``<app id>-trainer``), independent of the wo
   shop) gets its text channel fitted to the catalog's titles, with no training, and the result is
   promoted and announced (:func:`streamrec.model.retrain.adapt_current`): the shop's new items are
   ranked in their own title directions before the first round, which needs events. Each version is
-  checked once.
+  checked once, so a rollback to a version checked before (``models promote``) is not undone.
 * **Erasure**: a consumer of the deletions topic (group ``<app id>-trainer-deletions``) drops
   the user's buffered events and purges the user from the log
   (:meth:`TrainLog.purge_user`, durable and redone after a crash) before committing the
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 RETENTION_EVERY_S = 60.0
 MALFORMED_LOG_EVERY_S = 30.0
+ADAPT_CHECKED_KEEP = 1000  # versions whose adapting was checked, remembered in the trainer's state
 
 
 class TrainerMetrics:
@@ -395,9 +396,11 @@ class Trainer:
         if self.job is not None and self.job.is_alive():
             return
         version = self.registry.current_version()
-        if version is None or version == self.state.get("adapt_checked"):
-            return
-        self.state["adapt_checked"] = version
+        checked = self.state.get("adapt_checked")
+        checked = checked if isinstance(checked, list) else []
+        if version is None or version in checked:
+            return  # once per version: a rollback to a version checked before stays as promoted
+        self.state["adapt_checked"] = [*checked, version][-ADAPT_CHECKED_KEEP:]
         _write_state(self.state_path, self.state)
         self.job = threading.Thread(target=self._adapt, args=(dict(self.catalog),), name="adapt", daemon=True)
         self.job.start()
