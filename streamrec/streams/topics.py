@@ -48,9 +48,21 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+class _DebugLog:
+    """librdkafka's own log lines (``logger``), at DEBUG: the admin client's callers turn what
+    matters into one clear error (:class:`ConnectionWatch`, :func:`cluster_metadata`), and
+    librdkafka printed a burst of raw ``%3|FAIL`` lines to stderr around it, sometimes after it.
+    Served by the client's ``poll``, in the caller's thread."""
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("librdkafka %s", msg % args if args else msg)
+
+
 def admin_client(settings: Settings, watch: ConnectionWatch | None = None) -> AdminClient:
     conf: dict[str, Any] = settings.confluent_config()
     conf["log_level"] = 3
+    conf["logger"] = _DebugLog()
     if watch is not None:
         watch.install(conf)
     return AdminClient(conf)
