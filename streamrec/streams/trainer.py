@@ -171,6 +171,7 @@ class Trainer:
         self._malformed_unlogged = 0
         self._last_error_log = 0.0
         self._last_retention = 0.0
+        self._next_adapt_check = 0.0
         # one poll never overfills a segment
         self._take = max(1, min(1000, settings.trainlog_segment_events))
         self.metrics.set_current(self.registry.current_version())
@@ -407,7 +408,6 @@ class Trainer:
 
     def _adapt(self, catalog: dict[str, str | None]) -> None:
         from streamrec.model.retrain import adapt_current
-        from streamrec.streams.model_updates import publish, update_for
 
         try:
             version = adapt_current(
@@ -424,12 +424,24 @@ class Trainer:
         if version is None:
             return
         self.metrics.adapted.inc()
+        self._announce(version, {"adapted": 1.0})
+
+    def _announce(self, version: str, metrics: dict[str, float]) -> None:
+        """Announce a promoted ``version`` on the model-updates topic (a failure is counted and
+        logged: the registry's CURRENT is already set)."""
+        from streamrec.streams.model_updates import publish, update_for
+
         self.metrics.set_current(version)
         try:
-            publish(self.settings, update_for(self.registry, version, {"adapted": 1.0}))
+            publish(self.settings, update_for(self.registry, version, metrics))
         except KafkaRuntimeError as exc:
             self.metrics.publish_failures.inc()
-            log.error("model update not announced version=%s reason=%s", version, exc)
+            log.error(
+                "model update not announced version=%s reason=%s (the registry's CURRENT "
+                "is set; workers that restart pick it up)",
+                version,
+                exc,
+            )
 
     def maybe_retrain(self, now: float | None = None) -> None:
         full = self._due(time.monotonic() if now is None else now)
@@ -447,7 +459,6 @@ class Trainer:
         import torch  # imported here: ingestion starts without waiting for torch
 
         from streamrec.model.retrain import append_decision, retrain
-        from streamrec.streams.model_updates import publish, update_for
 
         torch.set_num_threads(self.settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
         t0 = time.monotonic()
@@ -481,17 +492,7 @@ class Trainer:
         except OSError as exc:
             log.warning("could not append the decision file=%s reason=%s", self.decisions_path, exc)
         if decision.promoted and decision.version:
-            self.metrics.set_current(decision.version)
-            try:
-                publish(self.settings, update_for(self.registry, decision.version, decision.flat_metrics()))
-            except KafkaRuntimeError as exc:
-                self.metrics.publish_failures.inc()
-                log.error(
-                    "model update not announced version=%s reason=%s (the registry's CURRENT "
-                    "is set; workers that restart pick it up)",
-                    decision.version,
-                    exc,
-                )
+            self._announce(decision.version, decision.flat_metrics())
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -519,7 +520,9 @@ class Trainer:
                     self._last_retention = now
                     if self.log.enforce_retention():
                         self._update_log_gauges()
-                self.maybe_adapt()
+                if now >= self._next_adapt_check:  # the registry's CURRENT read at most once a second
+                    self._next_adapt_check = now + 1.0
+                    self.maybe_adapt()
                 self.maybe_retrain(now)
             self.flush()
         finally:
