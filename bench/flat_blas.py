@@ -10,10 +10,11 @@ of 1..256 queries, in the same run:
   2. ``ItemIndex(exact_backend="faiss")``: FAISS's search with the value ``ItemIndex`` sets for that
      batch (``blas_threshold``: one BLAS product from ``FLAT_BLAS_MIN_QUERIES`` queries on, a scan
      query by query below);
-  3. ``ItemIndex()`` (``exact_backend="torch"``, the default): one torch product over FAISS's vectors
-     and ``torch.topk``.
-One thread for torch and FAISS (a worker's model thread on 2 cores). Prints µs per query and the
-ratios. Last line: one JSON object.
+  3. ``ItemIndex(exact_backend="torch")``: one torch product over FAISS's vectors and ``torch.topk``;
+  4. ``ItemIndex(exact_backend="numpy")``: the same with the product through numpy's BLAS (the
+     OpenBLAS in numpy's wheel), ``torch.topk`` as in 3.
+One thread for torch, FAISS and numpy's BLAS (a worker's model thread on 2 cores). Prints µs per
+query and the ratios. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamrec.indexer import ItemIndex
 from streamrec.indexer.faiss_index import FLAT_BLAS_MIN_QUERIES
+from streamrec.streams.tuning import set_compute_threads
 
 
 def us_per_query(search: Callable[[], object], nq: int, seconds: float = 0.5) -> float:
@@ -51,15 +53,14 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=30)
     ap.add_argument("--batches", default="1,2,4,8,12,16,32,50,80,256")
     args = ap.parse_args()
-    faiss.omp_set_num_threads(1)
-    torch.set_num_threads(1)
+    set_compute_threads(1)
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((args.items, args.dim)).astype(np.float32)
     bare = faiss.IndexFlatIP(args.dim)
     bare.add(vecs)
     ids = [f"i{j}" for j in range(args.items)]
     by = {}
-    for backend in ("faiss", "torch"):
+    for backend in ("faiss", "torch", "numpy"):
         by[backend] = ItemIndex(args.dim, kind="flat", device="cpu", exact_backend=backend)
         by[backend].rebuild(ids, vecs, background=False)
     default = faiss.cvar.distance_compute_blas_threshold
@@ -70,9 +71,9 @@ def main() -> int:
     print(
         f"| queries per search | µs/query, bare faiss (threshold {default:,}) "
         f"| µs/query, ItemIndex faiss (BLAS from {FLAT_BLAS_MIN_QUERIES} queries) "
-        "| µs/query, ItemIndex torch (default) | torch vs ItemIndex faiss |"
+        "| µs/query, ItemIndex torch | µs/query, ItemIndex numpy | torch vs ItemIndex faiss | numpy vs torch |"
     )
-    print("|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     rows = {}
     for nq in (int(x) for x in args.batches.split(",")):
         q = rng.standard_normal((nq, args.dim)).astype(np.float32)
@@ -80,8 +81,14 @@ def main() -> int:
         a = us_per_query(lambda q=q: bare.search(q, args.k), nq)
         b = us_per_query(lambda q=q: by["faiss"].search(q, args.k), nq)
         c = us_per_query(lambda q=q: by["torch"].search(q, args.k), nq)
-        print(f"| {nq} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {b / c:.2f}x faster |")
-        rows[nq] = {"bare_faiss_us": round(a), "itemindex_faiss_us": round(b), "itemindex_torch_us": round(c)}
+        d = us_per_query(lambda q=q: by["numpy"].search(q, args.k), nq)
+        print(f"| {nq} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {d:,.0f} | {b / c:.2f}x faster | {c / d:.2f}x faster |")
+        rows[nq] = {
+            "bare_faiss_us": round(a),
+            "itemindex_faiss_us": round(b),
+            "itemindex_torch_us": round(c),
+            "itemindex_numpy_us": round(d),
+        }
     faiss.cvar.distance_compute_blas_threshold = default
     print(
         json.dumps(

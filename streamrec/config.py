@@ -202,10 +202,10 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="exact search through FAISS: batches of this many queries or more use one BLAS product",
     )
-    index_exact_backend: Literal["torch", "faiss"] = Field(
-        "torch",
-        description="how an exact CPU index is searched: one torch matrix product over FAISS's vectors "
-        "(2.4-3.7x faster here than the BLAS in faiss-cpu's wheel) or FAISS's own search",
+    index_exact_backend: Literal["numpy", "torch", "faiss"] = Field(
+        "numpy",
+        description="how an exact CPU index is searched: one matrix product over FAISS's vectors through "
+        "numpy's BLAS or torch's, or FAISS's own search (the fastest depends on the CPU: bench/flat_blas.py)",
     )
 
     # --- trainer (`streamrec trainer`: training log, retraining cadence, gate) ----------------

@@ -20,12 +20,17 @@ Design, and why:
   the exclude sets), drops removed / out-of-stock / excluded items, widens (x4) while rows lack
   K, and falls back to an exact scan over the stored vectors if widening reaches
   ``MAX_FETCH``: a row gets exactly ``min(k, eligible - excluded)`` items.
-* **Exact search on CPU.** A flat CPU index is searched by one torch matrix product over FAISS's
-  own copy of the vectors (read in place, no copy) and ``torch.topk``, in chunks of the catalog
-  (``exact_backend`` "torch", the default): on 2 cores the BLAS that faiss-cpu's wheel bundles
-  took 2.4-3.7x as long for the same product as torch's at a worker's batches of 32-256 queries
-  over a 12k catalog (``bench/flat_blas.py``). It uses torch's threads (the worker's
-  ``torch_threads``). "faiss": FAISS's own search, with the BLAS switch below.
+* **Exact search on CPU.** A flat CPU index is searched by one matrix product over FAISS's own
+  copy of the vectors (read in place, no copy) and ``torch.topk``, in chunks of the catalog.
+  ``exact_backend`` "numpy" (the default) takes the product through numpy's BLAS (the OpenBLAS in
+  numpy's wheel), with one matrix-vector product per query below ``_GEMV_BELOW`` queries (a
+  matrix product packs the whole block of item vectors on every call); "torch" through torch's
+  (MKL in its x86 wheels); "faiss" is FAISS's own search, with the BLAS switch below. Which BLAS
+  is fastest depends on the CPU: on one 2-core machine torch's product was 2-2.8x faster than
+  FAISS's own search, on another (an AMD EPYC) numpy's was 1.1-2x faster than torch's and torch's
+  was slower than FAISS's (``bench/flat_blas.py`` measures all three; ``bench/RESULTS.md``,
+  Pipeline). Threads: the worker's ``torch_threads`` for all of them
+  (:func:`streamrec.streams.tuning.set_compute_threads`).
 * **Kind by size.** ``kind="auto"`` picks exact ``IndexFlatIP`` up to ``exact_max`` items and an
   approximate index above (HNSW on CPU, IVF on GPU). The kind is chosen when the structure is
   built (first upsert into an empty index, :meth:`ItemIndex.rebuild`, :meth:`ItemIndex.compact`),
@@ -112,10 +117,14 @@ _EXACT = object()  # _params() sentinel: scan exactly instead of asking FAISS
 _CATCH_UP_BATCH = 64  # replay logged changes off the lock until fewer than this remain
 _IVF_TRAIN_PER_LIST = 64  # k-means training sample: this many vectors per inverted list
 HNSW_STORAGES = ("flat", "fp16", "sq8")
-EXACT_BACKENDS = ("torch", "faiss")  # how a flat CPU index is searched (module docstring)
-_TOPK_CELLS = 1 << 24  # torch exact search: scores per chunk (64 MiB of float32) ...
+EXACT_BACKENDS = ("torch", "numpy", "faiss")  # how a flat CPU index is searched (module docstring)
+_TOPK_CELLS = 1 << 24  # exact search by a product: scores per chunk (64 MiB of float32) ...
 _TOPK_MIN_CHUNK = 1024  # ... and at least this many catalog rows per chunk
 _SQ = {"fp16": "QT_fp16", "sq8": "QT_8bit"}
+#: numpy exact search: fewer queries than this are scored by one matrix-vector product each. A
+#: matrix product (GEMM) packs the whole block of item vectors on every call, which at 1-3 queries
+#: costs more than one pass over it per query (``bench/flat_blas.py``).
+_GEMV_BELOW = 4
 _BUILD_CHUNK = 65_536  # vectors read / added per step of a rebuild (bounds its transient memory)
 _TRAIN_SAMPLE = 65_536  # vectors a scalar quantiser is trained on
 _LAYOUT = 2  # checkpoint layout: 2 = slots are FAISS rows / ids, nothing removed from FAISS
@@ -257,7 +266,7 @@ class ItemIndex:
         device: str = "auto",
         hnsw_storage: str = "flat",
         flat_blas_min_queries: int = FLAT_BLAS_MIN_QUERIES,
-        exact_backend: str = "torch",
+        exact_backend: str = "numpy",
     ) -> None:
         if exact_backend not in EXACT_BACKENDS:
             raise ValueError(f"exact_backend must be one of {EXACT_BACKENDS}, got {exact_backend!r}")
@@ -347,8 +356,8 @@ class ItemIndex:
                     target[i] = min(k, st.n_elig - slots.size)
                     max_ex = max(max_ex, slots.size)
         ntotal = st.index.ntotal
-        if st.kind == "flat" and st.device == "cpu" and self.exact_backend == "torch":
-            self._exact(st, q, np.arange(nq), target, excl, out)
+        if st.kind == "flat" and st.device == "cpu" and self.exact_backend != "faiss":
+            self._exact(st, q, np.arange(nq), target, excl, out, product=self.exact_backend)
             return out
         frac = st.n_elig / ntotal  # share of the FAISS entries that may be returned
         cap = min(ntotal, MAX_FETCH)
@@ -383,7 +392,7 @@ class ItemIndex:
                 break
             fetch = min(cap, fetch * 4)
         log.debug("exact scan for %d of %d queries (k=%d, eligible=%d of %d)", rows.size, nq, k, st.n_elig, ntotal)
-        self._exact(st, q, rows, target, excl, out)
+        self._exact(st, q, rows, target, excl, out, product="torch" if self.exact_backend == "torch" else "numpy")
         return out
 
     def _params(self, st: _State, fetch: int, frac: float) -> Any:
@@ -453,26 +462,39 @@ class ItemIndex:
         target: np.ndarray,
         excl: list[np.ndarray | None],
         out: list[list[tuple[str, float]]],
+        *,
+        product: str = "numpy",
     ) -> None:
         """Brute force over the stored vectors for ``rows`` of ``q``: a flat CPU index's search
-        (``exact_backend`` "torch") and every kind's guaranteed fallback. One torch product per
-        chunk of slots (the score matrix under 64 MiB; read in place where FAISS allows, so no
-        full copy of the vectors is made), ineligible and excluded slots at -inf, ``torch.topk``
-        per chunk, merged across chunks."""
+        (``exact_backend`` "torch" or "numpy") and every kind's guaranteed fallback. One matrix
+        product per chunk of slots (``product``: torch's BLAS or numpy's; the score matrix under
+        64 MiB; read in place where FAISS allows, so no full copy of the vectors is made),
+        ineligible and excluded slots at -inf, ``torch.topk`` per chunk, merged across chunks."""
         import torch
 
         n = st.n_slots
         kk = int(min(target[rows].max(), n))
         if kk <= 0:
             return
-        qr = torch.from_numpy(np.ascontiguousarray(q[rows]))
+        qn = np.ascontiguousarray(q[rows])
+        qr = torch.from_numpy(qn)
         ineligible = None if st.n_elig == n else torch.from_numpy(~st.elig[:n])
         chunk = max(_TOPK_MIN_CHUNK, min(_BUILD_CHUNK, _TOPK_CELLS // max(1, rows.size)))
         best_s: torch.Tensor | None = None
         best_i: torch.Tensor | None = None
         for start in range(0, n, chunk):
             end = min(n, start + chunk)
-            scores = qr @ torch.from_numpy(cls._read_range(st, start, end)).T  # (rows, end - start)
+            block = cls._read_range(st, start, end)
+            if product == "numpy":  # numpy's own BLAS (OpenBLAS in its wheels)
+                if len(qn) < _GEMV_BELOW:  # one matrix-vector product per query
+                    sc = np.empty((len(qn), end - start), np.float32)
+                    for j in range(len(qn)):
+                        np.matmul(block, qn[j], out=sc[j])
+                else:
+                    sc = qn @ block.T
+                scores = torch.from_numpy(sc)  # (rows, end - start)
+            else:
+                scores = qr @ torch.from_numpy(block).T
             if ineligible is not None:
                 scores.masked_fill_(ineligible[start:end], -math.inf)
             for j, qi in enumerate(rows):

@@ -52,12 +52,16 @@ def compute_threads(torch_threads: int) -> int:
 
 
 def set_compute_threads(n: int) -> None:
-    """Give torch and FAISS ``n`` threads each (they run one after the other on the model thread)."""
+    """Give torch, FAISS and numpy's BLAS ``n`` threads each (they run one after the other on the
+    model thread). numpy's OpenBLAS (the "numpy" exact search) would otherwise start one
+    spinning thread per core; its setting is process-wide, FAISS's OpenMP one per thread."""
     import faiss
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
+    threadpool_limits(limits=n, user_api="blas")
 
 
 def quiet_third_party_loggers(level: int = logging.WARNING) -> None:

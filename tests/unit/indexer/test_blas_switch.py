@@ -58,11 +58,13 @@ def test_the_worker_passes_its_blas_setting_to_the_index():
     assert ix.flat_blas_min_queries == 40
 
 
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
 @pytest.mark.parametrize("chunk", [None, 7])
-def test_the_torch_exact_search_is_the_exact_top_k_with_stock_and_exclusions(monkeypatch, chunk):
-    """The default CPU exact search (a torch product over FAISS's vectors, topk per chunk of the
-    catalog, merged) returns what FAISS's own search does: the exact top-k of the eligible items,
-    out-of-stock, removed and excluded ones left out, whatever the chunking."""
+def test_the_product_exact_search_is_the_exact_top_k_with_stock_and_exclusions(monkeypatch, chunk, backend):
+    """The CPU exact search by one matrix product over FAISS's vectors (torch's or numpy's BLAS;
+    numpy's one matrix-vector product per query below ``_GEMV_BELOW`` queries), topk per chunk of
+    the catalog, merged, returns what FAISS's own search does: the exact top-k of the eligible
+    items, out-of-stock, removed and excluded ones left out, whatever the chunking and the batch."""
     from streamrec.indexer import faiss_index
 
     if chunk is not None:  # many chunks: the merge across them is what is tested
@@ -71,33 +73,41 @@ def test_the_torch_exact_search_is_the_exact_top_k_with_stock_and_exclusions(mon
     rng = np.random.default_rng(2)
     vecs = rng.standard_normal((120, 16)).astype(np.float32)
     ids = [f"i{j}" for j in range(120)]
-    torch_ix, faiss_ix = ItemIndex(16, kind="flat"), ItemIndex(16, kind="flat", exact_backend="faiss")
-    assert torch_ix.exact_backend == "torch"
-    for ix in (torch_ix, faiss_ix):
+    prod_ix, faiss_ix = (
+        ItemIndex(16, kind="flat", exact_backend=backend),
+        ItemIndex(16, kind="flat", exact_backend="faiss"),
+    )
+    assert prod_ix.exact_backend == backend
+    for ix in (prod_ix, faiss_ix):
         ix.rebuild(ids, vecs, background=False)
         ix.set_in_stock(["i3", "i40"], False)
         ix.remove(["i7"])
         ix.upsert(["i9"], -vecs[9:10])  # a changed vector: its old slot is dead
     q = rng.standard_normal((20, 16)).astype(np.float32)
     exclude = [{"i1", "i2", "nope"} if r % 2 else set() for r in range(20)]
-    got = torch_ix.search(q, 10, exclude=exclude)
-    want = faiss_ix.search(q, 10, exclude=exclude)
     vec = vecs.copy()
     vec[9] = -vecs[9]
-    for r, (g, w) in enumerate(zip(got, want)):
-        assert [i for i, _ in g] == [i for i, _ in w]
-        assert np.allclose([s for _, s in g], [s for _, s in w], atol=1e-5)
-        allowed = [j for j in range(120) if f"i{j}" not in {"i3", "i40", "i7"} | exclude[r]]
-        best = sorted(allowed, key=lambda j: -float(q[r] @ vec[j]))[:10]
-        assert [i for i, _ in g] == [f"i{j}" for j in best]
-    assert torch_ix.search(q[:1], 500)[0].__len__() == 120 - 3  # k past the catalog: every eligible item
+    assert faiss_index._GEMV_BELOW > 1
+    for n in (20, faiss_index._GEMV_BELOW - 1, 1):  # a matrix product, then one product per query
+        got = prod_ix.search(q[:n], 10, exclude=exclude[:n])
+        want = faiss_ix.search(q[:n], 10, exclude=exclude[:n])
+        assert len(got) == n
+        for r, (g, w) in enumerate(zip(got, want)):
+            assert [i for i, _ in g] == [i for i, _ in w]
+            assert np.allclose([s for _, s in g], [s for _, s in w], atol=1e-5)
+            allowed = [j for j in range(120) if f"i{j}" not in {"i3", "i40", "i7"} | exclude[r]]
+            best = sorted(allowed, key=lambda j: -float(q[r] @ vec[j]))[:10]
+            assert [i for i, _ in g] == [f"i{j}" for j in best]
+    assert prod_ix.search(q[:1], 500)[0].__len__() == 120 - 3  # k past the catalog: every eligible item
     with pytest.raises(ValueError, match="exact_backend"):
-        ItemIndex(8, exact_backend="numpy")
+        ItemIndex(8, exact_backend="blas")
 
 
 def test_the_worker_passes_its_exact_backend_to_the_index():
     from streamrec.config import Settings
     from streamrec.streams.app import new_index
 
-    assert new_index(Settings(device="cpu"), 8).exact_backend == "torch"
+    assert new_index(Settings(device="cpu"), 8).exact_backend == "numpy"
+    assert ItemIndex(8).exact_backend == "numpy"
+    assert new_index(Settings(index_exact_backend="torch", device="cpu"), 8).exact_backend == "torch"
     assert new_index(Settings(index_exact_backend="faiss", device="cpu"), 8).exact_backend == "faiss"

@@ -28,14 +28,24 @@ def test_compute_threads_default_leaves_one_core_to_the_event_loop(monkeypatch):
     assert compute_threads(0) == 7 and compute_threads(3) == 3
 
 
-def test_set_compute_threads_sets_torch_and_faiss():
+def test_set_compute_threads_sets_torch_faiss_and_numpys_blas():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def numpy_blas() -> list[int]:  # the BLAS loaded by numpy (its wheel's OpenBLAS)
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+
     before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    assert numpy_blas(), "numpy's BLAS is not visible to threadpoolctl"
     try:
+        set_compute_threads(2)
+        assert numpy_blas() == [2]
         set_compute_threads(1)
         assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+        assert numpy_blas() == [1]
     finally:
         torch.set_num_threads(before[0])
         faiss.omp_set_num_threads(before[1])
+        threadpool_limits(limits=before[0], user_api="blas")
 
 
 def test_hot_path_loggers_stop_debug_records_even_under_a_debug_root():
