@@ -12,9 +12,10 @@ of 1..256 queries, in the same run:
      query by query below);
   3. ``ItemIndex(exact_backend="torch")``: one torch product over FAISS's vectors and ``torch.topk``;
   4. ``ItemIndex(exact_backend="numpy")``: the same with the product through numpy's BLAS (the
-     OpenBLAS in numpy's wheel), ``torch.topk`` as in 3.
-One thread for torch, FAISS and numpy's BLAS (a worker's model thread on 2 cores). Prints µs per
-query and the ratios. Last line: one JSON object.
+     OpenBLAS in numpy's wheel), ``torch.topk`` as in 3;
+and which of the two products ``exact_backend="auto"`` (the default) picks on this CPU, with the
+calibration's own timings. One thread for torch, FAISS and numpy's BLAS (a worker's model thread
+on 2 cores). Prints µs per query and the ratios. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streamrec.indexer import ItemIndex
-from streamrec.indexer.faiss_index import FLAT_BLAS_MIN_QUERIES
+from streamrec.indexer.faiss_index import FLAT_BLAS_MIN_QUERIES, PRODUCTS, exact_product, time_products
 from streamrec.streams.tuning import set_compute_threads
 
 
@@ -90,9 +91,21 @@ def main() -> int:
             "itemindex_numpy_us": round(d),
         }
     faiss.cvar.distance_compute_blas_threshold = default
+    auto = exact_product("auto")
+    calib = time_products()  # a fresh calibration, as "auto" measures it
+    print(
+        f"\nexact_backend=auto picks {auto} on this CPU; a calibration now: "
+        + ", ".join(f"{p} {calib[p] * 1e3:.2f} ms" for p in PRODUCTS)
+    )
     print(
         json.dumps(
-            {"faiss_default_threshold": default, "blas_from_queries": FLAT_BLAS_MIN_QUERIES, "per_query_us": rows}
+            {
+                "faiss_default_threshold": default,
+                "blas_from_queries": FLAT_BLAS_MIN_QUERIES,
+                "auto_product": auto,
+                "calibration_ms": {p: round(calib[p] * 1e3, 3) for p in PRODUCTS},
+                "per_query_us": rows,
+            }
         )
     )
     return 0

@@ -168,6 +168,8 @@ def model_index_alone(model: Path, catalog, events: list[ShopEvent], batch: int,
     # the worker's exact search (--worker-env STREAMREC_INDEX_EXACT_BACKEND=faiss measures FAISS's own)
     backend = WORKER_ENV.get("STREAMREC_INDEX_EXACT_BACKEND", Settings().index_exact_backend)
     index = ItemIndex(rec.dim, exact_backend=backend)
+    if backend != "faiss":
+        print(f"model+index alone: exact search {backend}, product {index.exact_product}", flush=True)
     p = Pipeline(
         recommender=rec,
         index=index,

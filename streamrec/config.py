@@ -202,10 +202,11 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="exact search through FAISS: batches of this many queries or more use one BLAS product",
     )
-    index_exact_backend: Literal["numpy", "torch", "faiss"] = Field(
-        "numpy",
+    index_exact_backend: Literal["auto", "numpy", "torch", "faiss"] = Field(
+        "auto",
         description="how an exact CPU index is searched: one matrix product over FAISS's vectors through "
-        "numpy's BLAS or torch's, or FAISS's own search (the fastest depends on the CPU: bench/flat_blas.py)",
+        "numpy's BLAS or torch's (auto: the faster on this CPU, timed once at the first search), or FAISS's "
+        "own search (the fastest depends on the CPU: bench/flat_blas.py)",
     )
 
     # --- trainer (`streamrec trainer`: training log, retraining cadence, gate) ----------------

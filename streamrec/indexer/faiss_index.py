@@ -22,14 +22,15 @@ Design, and why:
   ``MAX_FETCH``: a row gets exactly ``min(k, eligible - excluded)`` items.
 * **Exact search on CPU.** A flat CPU index is searched by one matrix product over FAISS's own
   copy of the vectors (read in place, no copy) and ``torch.topk``, in chunks of the catalog.
-  ``exact_backend`` "numpy" (the default) takes the product through numpy's BLAS (the OpenBLAS in
-  numpy's wheel), with one matrix-vector product per query below ``_GEMV_BELOW`` queries (a
-  matrix product packs the whole block of item vectors on every call); "torch" through torch's
-  (MKL in its x86 wheels); "faiss" is FAISS's own search, with the BLAS switch below. Which BLAS
-  is fastest depends on the CPU: on one 2-core machine torch's product was 2-2.8x faster than
-  FAISS's own search, on another (an AMD EPYC) numpy's was 1.1-2x faster than torch's and torch's
-  was slower than FAISS's (``bench/flat_blas.py`` measures all three; ``bench/RESULTS.md``,
-  Pipeline). Threads: the worker's ``torch_threads`` for all of them
+  ``exact_backend`` "numpy" takes the product through numpy's BLAS (the OpenBLAS in numpy's
+  wheel), with one matrix-vector product per query below ``_GEMV_BELOW`` queries (a matrix
+  product packs the whole block of item vectors on every call); "torch" through torch's (MKL in
+  its x86 wheels); "auto" (the default) times both once per process on a small and a large batch
+  and takes the faster (:func:`exact_product`); "faiss" is FAISS's own search, with the BLAS
+  switch below. Which BLAS is fastest depends on the CPU: on one 2-core machine torch's product
+  was 2-2.8x faster than FAISS's own search, on another (an AMD EPYC) numpy's was 1.1-2x faster
+  than torch's, and torch's slower than FAISS's (``bench/flat_blas.py`` measures all three;
+  ``bench/RESULTS.md``, Pipeline). Threads: the worker's ``torch_threads`` for all of them
   (:func:`streamrec.streams.tuning.set_compute_threads`).
 * **Kind by size.** ``kind="auto"`` picks exact ``IndexFlatIP`` up to ``exact_max`` items and an
   approximate index above (HNSW on CPU, IVF on GPU). The kind is chosen when the structure is
@@ -63,6 +64,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -117,7 +119,10 @@ _EXACT = object()  # _params() sentinel: scan exactly instead of asking FAISS
 _CATCH_UP_BATCH = 64  # replay logged changes off the lock until fewer than this remain
 _IVF_TRAIN_PER_LIST = 64  # k-means training sample: this many vectors per inverted list
 HNSW_STORAGES = ("flat", "fp16", "sq8")
-EXACT_BACKENDS = ("torch", "numpy", "faiss")  # how a flat CPU index is searched (module docstring)
+#: how a flat CPU index is searched (module docstring): "auto" takes the faster of the two products
+#: on this CPU (:func:`exact_product`), "numpy" / "torch" one of them, "faiss" FAISS's own search.
+EXACT_BACKENDS = ("auto", "numpy", "torch", "faiss")
+PRODUCTS = ("numpy", "torch")  # the matrix products of the exact search (:func:`product_scores`)
 _TOPK_CELLS = 1 << 24  # exact search by a product: scores per chunk (64 MiB of float32) ...
 _TOPK_MIN_CHUNK = 1024  # ... and at least this many catalog rows per chunk
 _SQ = {"fp16": "QT_fp16", "sq8": "QT_8bit"}
@@ -125,6 +130,8 @@ _SQ = {"fp16": "QT_fp16", "sq8": "QT_8bit"}
 #: matrix product (GEMM) packs the whole block of item vectors on every call, which at 1-3 queries
 #: costs more than one pass over it per query (``bench/flat_blas.py``).
 _GEMV_BELOW = 4
+_AUTO: dict[str, Any] = {}  # "product" and "seconds": what exact_product("auto") measured, once per process
+_AUTO_LOCK = threading.Lock()
 _BUILD_CHUNK = 65_536  # vectors read / added per step of a rebuild (bounds its transient memory)
 _TRAIN_SAMPLE = 65_536  # vectors a scalar quantiser is trained on
 _LAYOUT = 2  # checkpoint layout: 2 = slots are FAISS rows / ids, nothing removed from FAISS
@@ -237,6 +244,66 @@ class _State:
         return cached[2]
 
 
+def product_scores(product: str, block: np.ndarray, queries: np.ndarray) -> Any:
+    """The scores (queries x vectors) of C-contiguous float32 ``queries`` (q, d) against ``block``
+    (n, d), as a float32 torch tensor, through numpy's BLAS ("numpy": one matrix-vector product
+    per query below ``_GEMV_BELOW`` queries) or torch's ("torch")."""
+    import torch
+
+    if product == "numpy":
+        if len(queries) < _GEMV_BELOW:
+            sc = np.empty((len(queries), len(block)), np.float32)
+            for j in range(len(queries)):
+                np.matmul(block, queries[j], out=sc[j])
+        else:
+            sc = queries @ block.T
+        return torch.from_numpy(sc)
+    if product == "torch":
+        return torch.from_numpy(queries) @ torch.from_numpy(block).T
+    raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
+
+
+def time_products(
+    rows: int = 8192, dim: int = 256, batches: Sequence[int] = (2, 64), reps: int = 3
+) -> dict[str, float]:
+    """Seconds each product takes to score a small and a large batch (``batches`` queries, as a
+    worker's batches at low and high rates) against ``rows`` random vectors: for each batch the
+    best of ``reps`` runs, the products interleaved so that a change of load hits both; summed."""
+    rng = np.random.default_rng(0)
+    block = rng.standard_normal((rows, dim), dtype=np.float32)
+    best = {p: [math.inf] * len(batches) for p in PRODUCTS}
+    for b, n in enumerate(batches):
+        queries = rng.standard_normal((n, dim), dtype=np.float32)
+        for _ in range(reps):
+            for p in PRODUCTS:
+                t0 = time.perf_counter()
+                product_scores(p, block, queries)
+                best[p][b] = min(best[p][b], time.perf_counter() - t0)
+    return {p: float(sum(v)) for p, v in best.items()}
+
+
+def exact_product(backend: str) -> str:
+    """The product an exact search with ``backend`` uses: "numpy" or "torch" as asked; for "auto"
+    the faster of the two on this CPU, measured once per process (:func:`time_products`, about
+    0.1 s, in the thread of the first search, so with its thread settings) and logged. Which
+    is faster depends on the CPU's BLAS support (``bench/RESULTS.md``, Pipeline, twelfth session)."""
+    if backend in PRODUCTS:
+        return backend
+    if backend != "auto":
+        raise ValueError(f"backend must be 'auto' or one of {PRODUCTS}, got {backend!r}")
+    with _AUTO_LOCK:
+        if "product" not in _AUTO:
+            secs = time_products()
+            _AUTO["seconds"] = secs
+            _AUTO["product"] = min(PRODUCTS, key=secs.__getitem__)
+            log.info(
+                "exact search product: %s (%s)",
+                _AUTO["product"],
+                ", ".join(f"{p} {s * 1e3:.2f} ms" for p, s in secs.items()),
+            )
+        return str(_AUTO["product"])
+
+
 class ItemIndex:
     """Candidate retrieval over the live catalog; see the module docstring for the design.
 
@@ -266,7 +333,7 @@ class ItemIndex:
         device: str = "auto",
         hnsw_storage: str = "flat",
         flat_blas_min_queries: int = FLAT_BLAS_MIN_QUERIES,
-        exact_backend: str = "numpy",
+        exact_backend: str = "auto",
     ) -> None:
         if exact_backend not in EXACT_BACKENDS:
             raise ValueError(f"exact_backend must be one of {EXACT_BACKENDS}, got {exact_backend!r}")
@@ -317,6 +384,13 @@ class ItemIndex:
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._state.ids
 
+    @property
+    def exact_product(self) -> str:
+        """The matrix product ("numpy" or "torch") of this index's exact searches on CPU: the
+        flat kind's with ``exact_backend`` "auto", "numpy" or "torch", and every kind's exact
+        fallback ("auto"'s choice under "faiss")."""
+        return exact_product("auto" if self.exact_backend == "faiss" else self.exact_backend)
+
     def is_eligible(self, item_id: str) -> bool:
         st = self._state
         slot = st.ids.get(item_id)
@@ -357,7 +431,7 @@ class ItemIndex:
                     max_ex = max(max_ex, slots.size)
         ntotal = st.index.ntotal
         if st.kind == "flat" and st.device == "cpu" and self.exact_backend != "faiss":
-            self._exact(st, q, np.arange(nq), target, excl, out, product=self.exact_backend)
+            self._exact(st, q, np.arange(nq), target, excl, out, product=self.exact_product)
             return out
         frac = st.n_elig / ntotal  # share of the FAISS entries that may be returned
         cap = min(ntotal, MAX_FETCH)
@@ -392,7 +466,7 @@ class ItemIndex:
                 break
             fetch = min(cap, fetch * 4)
         log.debug("exact scan for %d of %d queries (k=%d, eligible=%d of %d)", rows.size, nq, k, st.n_elig, ntotal)
-        self._exact(st, q, rows, target, excl, out, product="torch" if self.exact_backend == "torch" else "numpy")
+        self._exact(st, q, rows, target, excl, out, product=self.exact_product)
         return out
 
     def _params(self, st: _State, fetch: int, frac: float) -> Any:
@@ -477,24 +551,13 @@ class ItemIndex:
         if kk <= 0:
             return
         qn = np.ascontiguousarray(q[rows])
-        qr = torch.from_numpy(qn)
         ineligible = None if st.n_elig == n else torch.from_numpy(~st.elig[:n])
         chunk = max(_TOPK_MIN_CHUNK, min(_BUILD_CHUNK, _TOPK_CELLS // max(1, rows.size)))
         best_s: torch.Tensor | None = None
         best_i: torch.Tensor | None = None
         for start in range(0, n, chunk):
             end = min(n, start + chunk)
-            block = cls._read_range(st, start, end)
-            if product == "numpy":  # numpy's own BLAS (OpenBLAS in its wheels)
-                if len(qn) < _GEMV_BELOW:  # one matrix-vector product per query
-                    sc = np.empty((len(qn), end - start), np.float32)
-                    for j in range(len(qn)):
-                        np.matmul(block, qn[j], out=sc[j])
-                else:
-                    sc = qn @ block.T
-                scores = torch.from_numpy(sc)  # (rows, end - start)
-            else:
-                scores = qr @ torch.from_numpy(block).T
+            scores = product_scores(product, cls._read_range(st, start, end), qn)  # (rows, end - start)
             if ineligible is not None:
                 scores.masked_fill_(ineligible[start:end], -math.inf)
             for j, qi in enumerate(rows):

@@ -296,7 +296,8 @@ class Pipeline:
 
     def catalog_loaded(self) -> None:
         """The initial catalog is in (runs on the model thread): drop what a loaded index holds
-        that the catalog no longer lists, then pick the index kind for the catalog's size."""
+        that the catalog no longer lists, pick the exact search's product, then pick the index kind
+        for the catalog's size."""
         index = self.scorer.index
         ids = getattr(index, "ids", None)
         if ids is not None:
@@ -304,7 +305,14 @@ class Pipeline:
             if stale:
                 index.remove(stale)
                 log.info("index: removed items the catalog no longer lists count=%d", len(stale))
-        log.info("catalog loaded items=%d index_kind=%s", len(self.catalog), getattr(index, "kind", "?"))
+        # the exact search's product (timed here, once per process, with "auto"), not at the first batch
+        product = getattr(index, "exact_product", "?")
+        log.info(
+            "catalog loaded items=%d index_kind=%s exact_product=%s",
+            len(self.catalog),
+            getattr(index, "kind", "?"),
+            product,
+        )
         self.retune_index()
         self.update_memory()
 

@@ -58,7 +58,7 @@ def test_the_worker_passes_its_blas_setting_to_the_index():
     assert ix.flat_blas_min_queries == 40
 
 
-@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("backend", ["torch", "numpy", "auto"])
 @pytest.mark.parametrize("chunk", [None, 7])
 def test_the_product_exact_search_is_the_exact_top_k_with_stock_and_exclusions(monkeypatch, chunk, backend):
     """The CPU exact search by one matrix product over FAISS's vectors (torch's or numpy's BLAS;
@@ -103,11 +103,59 @@ def test_the_product_exact_search_is_the_exact_top_k_with_stock_and_exclusions(m
         ItemIndex(8, exact_backend="blas")
 
 
+def test_auto_takes_the_faster_product_timed_once_per_process(monkeypatch):
+    """ "auto" times the two products once (the first exact search in the process), takes the
+    faster, and keeps it; an explicit product is used as asked, without timing anything."""
+    from streamrec.indexer import faiss_index
+
+    calls: list[int] = []
+    timings = {"numpy": 2.0, "torch": 1.0}
+
+    def fake_timings() -> dict[str, float]:
+        calls.append(1)
+        return dict(timings)
+
+    monkeypatch.setattr(faiss_index, "_AUTO", {})
+    monkeypatch.setattr(faiss_index, "time_products", fake_timings)
+    assert faiss_index.exact_product("numpy") == "numpy" and faiss_index.exact_product("torch") == "torch"
+    assert calls == []
+    ix = ItemIndex(8, kind="flat")
+    assert ix.exact_backend == "auto" and ix.exact_product == "torch" and len(calls) == 1
+    timings.update(numpy=0.5)  # measured once: a later index keeps the first choice
+    assert ItemIndex(8, kind="flat").exact_product == "torch" and len(calls) == 1
+    assert ItemIndex(8, kind="flat", exact_backend="numpy").exact_product == "numpy"
+    assert ItemIndex(8, kind="flat", exact_backend="faiss").exact_product == "torch"  # its exact fallback
+    monkeypatch.setattr(faiss_index, "_AUTO", {})
+    assert faiss_index.exact_product("auto") == "numpy" and len(calls) == 2
+    with pytest.raises(ValueError, match="backend"):
+        faiss_index.exact_product("blas")
+
+
+def test_the_products_time_and_score_alike():
+    """The calibration runs both real products; both score a block exactly as numpy's reference
+    (one matrix-vector product per query below _GEMV_BELOW, one matrix product from it)."""
+    from streamrec.indexer import faiss_index
+
+    secs = faiss_index.time_products(rows=512, dim=16, batches=(1, 8), reps=2)
+    assert set(secs) == set(faiss_index.PRODUCTS) and all(0 < v < 10 for v in secs.values())
+    rng = np.random.default_rng(3)
+    block = rng.standard_normal((300, 16)).astype(np.float32)
+    for n in (1, faiss_index._GEMV_BELOW - 1, faiss_index._GEMV_BELOW, 9):
+        q = rng.standard_normal((n, 16)).astype(np.float32)
+        want = q.astype(np.float64) @ block.T.astype(np.float64)
+        for product in faiss_index.PRODUCTS:
+            got = faiss_index.product_scores(product, block, q)
+            assert tuple(got.shape) == (n, 300) and np.allclose(got.numpy(), want, atol=1e-4)
+    with pytest.raises(ValueError, match="product"):
+        faiss_index.product_scores("blas", block, q)
+
+
 def test_the_worker_passes_its_exact_backend_to_the_index():
     from streamrec.config import Settings
     from streamrec.streams.app import new_index
 
-    assert new_index(Settings(device="cpu"), 8).exact_backend == "numpy"
-    assert ItemIndex(8).exact_backend == "numpy"
+    assert new_index(Settings(device="cpu"), 8).exact_backend == "auto"
+    assert ItemIndex(8).exact_backend == "auto"
+    assert new_index(Settings(index_exact_backend="numpy", device="cpu"), 8).exact_backend == "numpy"
     assert new_index(Settings(index_exact_backend="torch", device="cpu"), 8).exact_backend == "torch"
     assert new_index(Settings(index_exact_backend="faiss", device="cpu"), 8).exact_backend == "faiss"
