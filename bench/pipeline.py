@@ -697,7 +697,29 @@ def main() -> int:
         help="a warm-up worker first drains this many events on topics of its own, so that the broker's "
         "JVM has compiled its hot paths before the measured runs (0: none; see the module docstring)",
     )
+    ap.add_argument(
+        "--broker-prop",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a server.properties line for the broker this script starts (repeatable)",
+    )
+    ap.add_argument(
+        "--broker-jvm", action="append", default=[], metavar="OPTION", help="a JVM option for that broker (repeatable)"
+    )
     args = ap.parse_args()
+    broker_props = {}
+    for kv in args.broker_prop:
+        key, sep, value = kv.partition("=")
+        if not sep or not key.strip():
+            print(f"--broker-prop: expected KEY=VALUE, got {kv!r}", file=sys.stderr)
+            return 2
+        broker_props[key.strip()] = value.strip()
+    try:
+        localkafka.check_broker_options(broker_props, tuple(args.broker_jvm))
+    except ValueError as e:
+        print(f"--broker-prop/--broker-jvm: {e}", file=sys.stderr)
+        return 2
     guarantees = [g.strip() for g in args.guarantees.split(",") if g.strip()]
     if not guarantees or any(g not in ("at_least_once", "exactly_once") for g in guarantees):
         print(f"--guarantees: expected at_least_once and/or exactly_once, got {args.guarantees!r}", file=sys.stderr)
@@ -740,7 +762,12 @@ def main() -> int:
     bootstrap = os.environ.get("STREAMREC_BOOTSTRAP_SERVERS")
     if not bootstrap:
         started = work / "kafka"
-        state = localkafka.start(started, libs=Settings().kafka_libs.expanduser())
+        state = localkafka.start(
+            started,
+            libs=Settings().kafka_libs.expanduser(),
+            extra_props=broker_props,
+            jvm_options=tuple(args.broker_jvm),
+        )
         bootstrap, broker_pid = state.bootstrap, state.pid
     tag = f"bench{uuid.uuid4().hex[:6]}"
     base = Settings(
@@ -830,6 +857,8 @@ def main() -> int:
         f"load average at start {load_start[0]:.1f} / {load_start[1]:.1f} / {load_start[2]:.1f}, "
         f"at end {load_end[0]:.1f} / {load_end[1]:.1f} / {load_end[2]:.1f} (1 / 5 / 15 min)"
     )
+    if broker_props or args.broker_jvm:
+        print(f"broker: {' '.join(f'{k}={v}' for k, v in broker_props.items())} {' '.join(args.broker_jvm)}".rstrip())
     print()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     print(

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -241,6 +242,31 @@ def broker_reachable(
     return bool(md.brokers)
 
 
+_PROP_KEY = re.compile(r"[a-z][a-z0-9._-]{0,199}")
+_JVM_OPTION = re.compile(r"-[A-Za-z][A-Za-z0-9:+=._/-]{0,199}")
+
+
+def check_broker_options(props: Mapping[str, str], jvm_options: tuple[str, ...]) -> None:
+    """``ValueError`` naming the first property or JVM option :func:`start` would not pass on:
+    a key that is not a Kafka property name, a value with a line break or over 1,000 characters,
+    a JVM option that is not one ``-X...`` word (no spaces, no shell characters).
+
+    >>> check_broker_options({"num.io.threads": "2"}, ("-XX:TieredStopAtLevel=1",))
+    >>> check_broker_options({"num.io.threads": "2\\nlisteners=x"}, ())
+    Traceback (most recent call last):
+    ...
+    ValueError: broker property num.io.threads: a value must be one line of at most 1000 characters
+    """
+    for key, value in props.items():
+        if not _PROP_KEY.fullmatch(key):
+            raise ValueError(f"broker property {key!r}: not a property name (lower case, digits, '.', '_', '-')")
+        if "\n" in value or "\r" in value or len(value) > 1000:
+            raise ValueError(f"broker property {key}: a value must be one line of at most 1000 characters")
+    for opt in jvm_options:
+        if not _JVM_OPTION.fullmatch(opt):
+            raise ValueError(f"broker JVM option {opt!r}: expected one word such as -XX:TieredStopAtLevel=1")
+
+
 def start(
     kafka_dir: Path,
     *,
@@ -249,13 +275,18 @@ def start(
     port: int | None = None,
     timeout: float = 90.0,
     sasl_ssl: SaslSslListener | None = None,
+    extra_props: dict[str, str] | None = None,
+    jvm_options: tuple[str, ...] = (),
 ) -> BrokerState:
     """Format (first time) and start a broker; return once an admin client sees it.
 
     The broker runs in its own session (it outlives this process) until :func:`stop`. It listens
     on the ports recorded in the data dir (see the module docstring); ``port`` sets the plaintext
     one. With ``sasl_ssl`` it also opens a SASL_SSL listener and creates its SCRAM users.
+    ``extra_props`` are added to (and override) its ``server.properties``; ``jvm_options`` go to its
+    JVM (``bench/pipeline.py --broker-prop`` / ``--broker-jvm`` measure them).
     """
+    check_broker_options(extra_props or {}, jvm_options)
     existing = read_state(kafka_dir)
     if existing is not None:
         if broker_reachable(existing.bootstrap, timeout=5):
@@ -314,6 +345,7 @@ def start(
                 "group.initial.rebalance.delay.ms=0",
                 "log.retention.hours=24",
                 "log.segment.bytes=67108864",
+                *(f"{k}={v}" for k, v in (extra_props or {}).items()),
                 "",
             ]
         )
@@ -326,6 +358,7 @@ def start(
         f"-Xmx{heap}",
         f"-Xms{heap}",
         "-XX:+UseG1GC",
+        *jvm_options,
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.properties'}",
         "-cp",

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -18,7 +19,17 @@ from streamrec.devtools import localkafka
 @pytest.mark.slow
 def test_kafka_up_after_sigkill_restarts_on_the_recorded_ports(tmp_path):
     kafka_dir = tmp_path / "d" / "kafka"
-    state = localkafka.start(kafka_dir, libs=Settings().kafka_libs.expanduser(), heap="384m", timeout=180)
+    state = localkafka.start(
+        kafka_dir,
+        libs=Settings().kafka_libs.expanduser(),
+        heap="384m",
+        timeout=180,
+        extra_props={"num.io.threads": "2"},  # what bench/pipeline.py --broker-prop / --broker-jvm pass on
+        jvm_options=("-XX:TieredStopAtLevel=1",),
+    )
+    assert "\nnum.io.threads=2\n" in (kafka_dir / "server.properties").read_text()
+    cmdline = (Path("/proc") / str(state.pid) / "cmdline").read_bytes().split(b"\0")
+    assert b"-XX:TieredStopAtLevel=1" in cmdline
     topic = f"crash-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env["STREAMREC_DATA_DIR"] = str(tmp_path / "d")

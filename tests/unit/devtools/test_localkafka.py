@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import pytest
@@ -35,3 +36,19 @@ def test_damaged_ports_file_is_ignored(tmp_path):
     assert localkafka.recorded_ports(tmp_path) == {}
     (tmp_path / localkafka.PORTS_FILE).write_text(json.dumps({"plaintext": 70000, "controller": "x"}))
     assert localkafka.recorded_ports(tmp_path) == {}
+
+
+@pytest.mark.parametrize(
+    ("props", "jvm", "names"),
+    [
+        ({"Num.IO": "2"}, (), "'Num.IO'"),
+        ({"num.io.threads": "2\nlisteners=PLAINTEXT://0.0.0.0:1"}, (), "num.io.threads"),
+        ({"log.dirs": "x" * 1001}, (), "log.dirs"),
+        ({}, ("-Xmx1g; rm -rf /",), "'-Xmx1g; rm -rf /'"),
+        ({}, ("XX:+UseG1GC",), "'XX:+UseG1GC'"),
+    ],
+)
+def test_broker_options_that_would_change_more_than_one_setting_are_refused(tmp_path, props, jvm, names):
+    with pytest.raises(ValueError, match=re.escape(names)):
+        localkafka.start(tmp_path / "kafka", libs=tmp_path / "libs", extra_props=props, jvm_options=jvm)
+    assert not (tmp_path / "kafka").exists()  # refused before anything was written or started
