@@ -156,6 +156,7 @@ def fit_catalog_basis(
     *,
     cache_file: str | Path | None = None,
     device: str = "auto",
+    cache: TextCache | None = None,
 ) -> int:
     """Fit the text channel's centre and directions (:meth:`SASRec.set_text_basis`) to the titles
     of the catalog that will be served: ``ids`` (default: the vocabulary and every item of
@@ -172,13 +173,20 @@ def fit_catalog_basis(
     extra = [i for i in keys if i not in vocab]  # titled (filtered above), not in the model yet
     parts = [model.text_emb[torch.tensor(rows, dtype=torch.long, device=model.text_emb.device)].float().cpu()]
     if extra:
-        parts.append(item_text_matrix(vocab, item_text, extra, cache_file=cache_file, device=device).float())
+        parts.append(
+            item_text_matrix(vocab, item_text, extra, cache_file=cache_file, device=device, cache=cache).float()
+        )
     model.set_text_basis(emb=torch.cat(parts))  # (it skips any title that embeds to zeros)
     return len(keys)
 
 
 def catalog_candidates(
-    model: SASRec, vocab: ItemVocab, item_text: dict[str, str | None] | None, settings: TrainSettings
+    model: SASRec,
+    vocab: ItemVocab,
+    item_text: dict[str, str | None] | None,
+    settings: TrainSettings,
+    *,
+    cache: TextCache | None = None,
 ) -> tuple[torch.Tensor | None, int]:
     """The serving catalog's titled items without a row in ``model`` (in ``item_text``, not in
     ``vocab``): the title vectors of at most ``settings.gate_catalog_max`` of them (a seeded
@@ -193,7 +201,7 @@ def catalog_candidates(
     if total > settings.gate_catalog_max:
         pick = np.random.default_rng(settings.seed).choice(total, settings.gate_catalog_max, replace=False)
         extra = [extra[k] for k in np.sort(pick)]
-    emb = item_text_matrix(vocab, item_text, extra, cache_file=settings.text_cache, device=settings.device)
+    emb = item_text_matrix(vocab, item_text, extra, cache_file=settings.text_cache, device=settings.device, cache=cache)
     return emb.float(), total
 
 
@@ -614,17 +622,15 @@ def train(
         log.warning("no item text for any item: the model uses id embeddings only")
     torch.manual_seed(settings.seed)
     model = SASRec(cfg)
-    if cfg.use_text:
-        model.text_emb = torch.cat(
-            [
-                torch.zeros(1, cfg.text_dim),
-                item_text_matrix(vocab, text, cache_file=settings.text_cache, device=settings.device),
-            ]
-        )
-        # the channel's centre and directions: the catalog's titles (the training items and
-        # every other item of item_text: what will be served)
-        fit_catalog_basis(model, vocab, text, cache_file=settings.text_cache, device=settings.device)
-    extra, total = catalog_candidates(model, vocab, text, settings)
+    # one text cache for the three title lookups below (in memory without settings.text_cache),
+    # so that no title is embedded twice
+    with TextCache(settings.text_cache, device=settings.device) as cache:
+        if cfg.use_text:
+            model.text_emb = torch.cat([torch.zeros(1, cfg.text_dim), item_text_matrix(vocab, text, cache=cache)])
+            # the channel's centre and directions: the catalog's titles (the training items and
+            # every other item of item_text: what will be served)
+            fit_catalog_basis(model, vocab, text, cache=cache)
+        extra, total = catalog_candidates(model, vocab, text, settings, cache=cache)
     return fit(model, vocab, data, settings, catalog_text=extra, catalog_total=total)
 
 
@@ -637,12 +643,13 @@ def add_items(
     encoder: TextEncoder | None = None,
     cache_file: str | Path | None = None,
     device: str = "auto",
+    cache: TextCache | None = None,
 ) -> list[str]:
     """Grow ``model`` and ``vocab`` by the ``ids`` not yet known; returns the new ones."""
     new = [i for i in dict.fromkeys(ids) if i not in vocab]
     if not new:
         return []
-    emb = item_text_matrix(vocab, item_text, new, encoder=encoder, cache_file=cache_file, device=device)
+    emb = item_text_matrix(vocab, item_text, new, encoder=encoder, cache_file=cache_file, device=device, cache=cache)
     model.grow(emb)
     vocab.add(new)
     return new
@@ -662,14 +669,13 @@ def finetune(
     new: list[str] = []
     for seq in data.items:
         new.extend(i for i in seq if i not in vocab)
-    added = add_items(model, vocab, new, item_text or {}, cache_file=settings.text_cache, device=settings.device)
-    if item_text:
-        # the text channel follows the catalog being trained for (a new shop: its own titles);
-        # the gates are then fitted with it
-        fit_catalog_basis(
-            model, vocab, item_text, [*new, *item_text], cache_file=settings.text_cache, device=settings.device
-        )
-    extra, total = catalog_candidates(model, vocab, item_text, settings)
+    with TextCache(settings.text_cache, device=settings.device) as cache:  # as in train()
+        added = add_items(model, vocab, new, item_text or {}, cache=cache)
+        if item_text:
+            # the text channel follows the catalog being trained for (a new shop: its own titles);
+            # the gates are then fitted with it
+            fit_catalog_basis(model, vocab, item_text, [*new, *item_text], cache=cache)
+        extra, total = catalog_candidates(model, vocab, item_text, settings, cache=cache)
     res = fit(model, vocab, data, settings, catalog_text=extra, catalog_total=total)
     res.metrics["added_items"] = len(added)
     return res

@@ -237,3 +237,37 @@ def test_an_item_no_training_sequence_holds_is_served_from_its_title(tiny_data, 
     w = res.model.id_emb.weight.detach()
     assert res.metrics["ids_cleared"] >= 1 and res.model.item_count[row] == 0
     assert torch.all(w[row] == 0) and w[res.vocab.row("i1")].abs().sum() > 0
+
+
+def test_train_and_finetune_embed_each_title_once_without_a_text_cache(tiny_data, tiny_text, monkeypatch):
+    """With no ``text_cache`` set, ``train`` and ``finetune`` still share one (in-memory) cache
+    across the model's titles, the channel's basis fit and the gate fit's catalog candidates:
+    the catalog's extra titles are read by the last two, and embedded once."""
+    from collections import Counter
+
+    from streamrec.model.text import TextEncoder
+    from streamrec.model.train import train
+
+    from .conftest import COLOURS
+
+    seen: list[str] = []
+    original = TextEncoder.encode
+
+    def counting(self, texts, batch_size=128):
+        seen.extend(t for t in texts if t)
+        return original(self, texts, batch_size)
+
+    monkeypatch.setattr(TextEncoder, "encode", counting)
+    text = dict(tiny_text) | {f"d{k}": f"{COLOURS[k % 3]} lipstick shade {100 + k}" for k in range(20)}
+    s = TrainSettings(max_epochs=1, device="cpu", progress=False, batch_size=8)
+    res = train(tiny_data, item_text=text, config=TINY_CONFIG, settings=s)
+    assert res.metrics["gates"]["catalog_candidates"] == 20
+    counts = Counter(seen)
+    assert set(counts) == {t for t in text.values() if t}  # every title, the extra ones included
+    assert max(counts.values()) == 1, counts.most_common(3)
+
+    seen.clear()
+    more = text | {f"e{k}": f"{COLOURS[k % 3]} mascara {k}" for k in range(5)}
+    finetune(res.model, res.vocab, tiny_data, item_text=more, settings=s)
+    counts = Counter(seen)
+    assert counts and max(counts.values()) == 1, counts.most_common(3)
