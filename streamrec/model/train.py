@@ -606,6 +606,14 @@ def with_text_channel(model: SASRec, **config: Any) -> SASRec:
     return out.to(model.id_emb.weight.device).train(model.training)
 
 
+def _title_cache(settings: TrainSettings, item_text: dict[str, str | None] | None) -> TextCache:
+    """One text cache for all the title lookups of a ``train`` or ``finetune`` call, so that no
+    title is embedded twice: ``settings.text_cache``, opened only when there are titles to look up,
+    else in memory."""
+    path = settings.text_cache if item_text and any(item_text.values()) else None
+    return TextCache(path, device=settings.device)
+
+
 def train(
     data: Interactions,
     *,
@@ -622,9 +630,7 @@ def train(
         log.warning("no item text for any item: the model uses id embeddings only")
     torch.manual_seed(settings.seed)
     model = SASRec(cfg)
-    # one text cache for the three title lookups below (in memory without settings.text_cache),
-    # so that no title is embedded twice
-    with TextCache(settings.text_cache, device=settings.device) as cache:
+    with _title_cache(settings, text) as cache:
         if cfg.use_text:
             model.text_emb = torch.cat([torch.zeros(1, cfg.text_dim), item_text_matrix(vocab, text, cache=cache)])
             # the channel's centre and directions: the catalog's titles (the training items and
@@ -669,7 +675,7 @@ def finetune(
     new: list[str] = []
     for seq in data.items:
         new.extend(i for i in seq if i not in vocab)
-    with TextCache(settings.text_cache, device=settings.device) as cache:  # as in train()
+    with _title_cache(settings, item_text) as cache:
         added = add_items(model, vocab, new, item_text or {}, cache=cache)
         if item_text:
             # the text channel follows the catalog being trained for (a new shop: its own titles);
