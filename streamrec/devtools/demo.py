@@ -128,17 +128,30 @@ class LiveStats:
 
 
 def describe(items: list[tuple[str, str | None, str | None]], titles: dict[str, str], n: int = 3) -> str:
-    """``title (why)`` for the first ``n`` items; an item without a known title shows its id.
+    """``title (why)`` for the first ``n`` items; an item without a known title shows its id, and
+    a title that two of the items shown share (the simulator's titles repeat) is followed by the id.
 
     >>> describe([("a", "similar_to", "b"), ("c", "popular", None), ("d", "new_item", None)],
     ...          {"a": "Red lipstick", "b": "Pink lipstick", "d": "Blue gloss"})
     'Red lipstick (like Pink lipstick); c (popular); Blue gloss (new item)'
+    >>> describe([("a", "similar_to", "b")], {"a": "Red lipstick", "b": "Red lipstick"})
+    'Red lipstick [a] (like Red lipstick [b])'
     """
+    shown = items[:n]
+    ids = {i for item, _, about in shown for i in (item, about) if i}
+    seen: dict[str, set[str]] = {}
+    for i in ids:
+        seen.setdefault(titles.get(i) or i, set()).add(i)
+
+    def name(i: str, width: int) -> str:
+        title = titles.get(i) or i
+        return f"{title[:width]} [{i}]" if len(seen.get(title, ())) > 1 else title[:width]
+
     out = []
-    for item, kind, about in items[:n]:
-        title = (titles.get(item) or item)[:40]
+    for item, kind, about in shown:
+        title = name(item, 40)
         if kind == "similar_to" and about:
-            out.append(f"{title} (like {(titles.get(about) or about)[:30]})")
+            out.append(f"{title} (like {name(about, 30)})")
         elif kind == "popular":
             out.append(f"{title} (popular)")
         elif kind == "new_item":

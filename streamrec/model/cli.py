@@ -482,7 +482,6 @@ def cmd_adapt(args: argparse.Namespace, settings: Settings) -> int:
     trained on one shop otherwise ranks a new shop's items in its old shop's title directions until
     its first fine-tune (bench/RESULTS.md, "Hybrid scoring", fourth session). The trainer does the
     same on its own before its first round (:func:`streamrec.model.retrain.adapt_current`)."""
-    from streamrec.model.checkpoint import load_checkpoint
     from streamrec.model.data import read_item_text
     from streamrec.model.intent import INTENT_CONFIG, IntentModel
     from streamrec.model.retrain import adapt_checkpoint
@@ -492,11 +491,8 @@ def cmd_adapt(args: argparse.Namespace, settings: Settings) -> int:
     text = read_item_text(args.item_text)
     if not any(text.values()):
         raise ValueError(f"--item-text {args.item_text}: no item with a title")
-    if not load_checkpoint(source)[0].config.hybrid:
-        raise ValueError(
-            f"--model {source}: this model has no text channel to fit (trained with --no-hybrid or --no-text)"
-        )
     cache = args.text_cache or settings.text_cache_path
+    # loads the checkpoint once, and refuses a model without a text channel (naming it) before any title is embedded
     model, vocab, metrics = adapt_checkpoint(source, text, text_cache=cache, device=settings.device)
     res = TrainResult(model, vocab, metrics=metrics | {"adapted_from": str(source)}, settings={})
     # the purchase-intent model reads session counters, not items: it goes with the weights

@@ -223,3 +223,21 @@ def test_adapt_fits_the_text_channel_to_a_new_shops_catalog(tmp_path, settings, 
     empty.write_text("item_id\ttitle\ng1\t\n")
     with pytest.raises(ValueError, match=r"empty\.tsv: no item with a title"):
         _run(["adapt", "--model", str(tiny_checkpoint), "--item-text", str(empty), "--out", str(out)], settings)
+
+
+def test_adapt_refuses_a_model_without_a_text_channel(tmp_path, settings):
+    from streamrec.model.checkpoint import save_checkpoint
+    from streamrec.model.train import TrainSettings, train
+
+    data = make_interactions(20)
+    res = train(
+        data, config=TINY_CONFIG | {"hybrid": False}, settings=TrainSettings(max_epochs=1, device="cpu", progress=False)
+    )
+    plain = tmp_path / "plain"
+    save_checkpoint(res.model, res.vocab, plain)
+    shop = tmp_path / "shop.tsv"
+    shop.write_text("item_id\ttitle\ng1\tgreen steel hose\ng2\tred oak bench\n")
+    out = tmp_path / "adapted"
+    with pytest.raises(ValueError, match=r"plain'? has no text channel to fit"):
+        _run(["adapt", "--model", str(plain), "--item-text", str(shop), "--out", str(out)], settings)
+    assert not out.exists()
