@@ -319,7 +319,8 @@ class Settings(BaseSettings):
         return "127.0.0.1:9092"
 
     def confluent_config(self) -> dict[str, Any]:
-        """librdkafka (confluent-kafka) client settings: bootstrap plus SASL/SSL pass-through."""
+        """librdkafka (confluent-kafka) client settings: bootstrap plus SASL/SSL pass-through, and
+        librdkafka's log lines routed to Python logging (:func:`streamrec.client.connection.route_logs`)."""
         conf: dict[str, Any] = {
             "bootstrap.servers": self.resolved_bootstrap(),
             "security.protocol": self.security_protocol,
@@ -336,7 +337,9 @@ class Settings(BaseSettings):
             conf["ssl.certificate.location"] = str(self.ssl_certfile)
         if self.ssl_keyfile:
             conf["ssl.key.location"] = str(self.ssl_keyfile)
-        return conf
+        from streamrec.client.connection import route_logs  # needs confluent_kafka, as the caller does
+
+        return route_logs(conf)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -21,6 +21,11 @@ from streamrec.errors import KafkaAuthError
 
 log = logging.getLogger(__name__)
 
+#: librdkafka's own log lines (levels as syslog's: 3 is ERROR, 4 WARNING, 7 DEBUG) go through this
+#: logger instead of straight to stderr. Its name starts with "kafka" so that the worker's outage
+#: filter (streams.outage.CLIENT_LOGGERS) rate-limits them like aiokafka's.
+LIBRDKAFKA_LOGGER = "kafka.librdkafka"
+
 #: librdkafka error codes that mean "this configuration will never connect".
 FATAL_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED})
 
@@ -55,7 +60,9 @@ class ConnectionWatch:
             raise KafkaAuthError(self.error)
 
     def install(self, conf: dict[str, Any]) -> dict[str, Any]:
-        """``conf`` with this watch as its ``error_cb`` (a caller's own ``error_cb`` is kept and chained)."""
+        """``conf`` with this watch as its ``error_cb`` (a caller's own ``error_cb`` is kept and
+        chained), and librdkafka's log lines routed to Python logging (:func:`route_logs`)."""
+        route_logs(conf)
         theirs = conf.get("error_cb")
         if theirs is None:
             conf["error_cb"] = self
@@ -67,3 +74,16 @@ class ConnectionWatch:
 
             conf["error_cb"] = both
         return conf
+
+
+def route_logs(conf: dict[str, Any]) -> dict[str, Any]:
+    """``conf`` with librdkafka's log lines going to the :data:`LIBRDKAFKA_LOGGER` logger (a
+    caller's own ``logger`` is kept). librdkafka hands them over in the thread that calls the
+    client's ``poll``/``flush``/``consume``, at their own level, so an application's logging
+    config decides where they go; without it they were raw ``%3|...|FAIL|`` lines on stderr.
+
+    >>> route_logs({})["logger"].name
+    'kafka.librdkafka'
+    """
+    conf.setdefault("logger", logging.getLogger(LIBRDKAFKA_LOGGER))
+    return conf

@@ -228,6 +228,19 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         "Beauty's validation split: bench/RESULTS.md)",
     )
     g.add_argument(
+        "--cosine-scale",
+        type=_non_negative_float,
+        default=d.cosine_scale,
+        help="score = SCALE * cosine of unit user and item vectors (a softmax temperature of 1/SCALE); "
+        "0 = plain inner products (bench/RESULTS.md, 'Cosine scores')",
+    )
+    g.add_argument(
+        "--label-smoothing",
+        type=probability,
+        default=d.label_smoothing,
+        help="label smoothing of the softmax cross-entropy (0 = none)",
+    )
+    g.add_argument(
         "--new-item-boost",
         type=float,
         default=d.new_item_boost,
@@ -440,7 +453,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         freq_kernel=args.freq_kernel,
         freq_beta=args.freq_beta,
         pos_mode=args.pos_mode,
+        cosine_scale=args.cosine_scale,
+        label_smoothing=args.label_smoothing,
     )
+    if args.cosine_scale > 100:
+        raise ValueError(f"--cosine-scale {args.cosine_scale}: must be in 0..100")
     if not -10.0 <= args.new_item_boost <= 10.0:
         raise ValueError(f"--new-item-boost {args.new_item_boost}: must be in -10..10")
     if not 0 <= args.text_sim_dim <= 384:

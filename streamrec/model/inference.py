@@ -382,7 +382,7 @@ class Recommender:
             vec = self.model.text_proj(text)  # (k, d)
         else:
             vec = torch.zeros(text.shape[0], self._d, device=dev)
-        return vec + self._impute_ids(text)
+        return self.model.item_vec(self._impute_ids(text), vec)
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held per part (measured from the arrays, not estimated)."""

@@ -114,6 +114,10 @@ class SASRecConfig(PreTrainedConfig):
     freq_cutoff: int = 5  # BSARec's c (its Beauty setting)
     freq_beta: float = 0.0  # initial rescaling of the high-pass part (0: pure smoothing; BSARec
     # draws it around 1, which starts the branch as the identity)
+    cosine_scale: float = 0.0  # > 0: item vectors (input and output, tied) are unit vectors and a
+    # user's state is a unit vector times this scale, so a score is scale * cosine (a softmax
+    # temperature of 1 / scale); 0 = plain inner products of unnormalised vectors
+    label_smoothing: float = 0.0  # label smoothing of the full-softmax cross-entropy
     pos_mode: str = "right"  # how positions enter: "right", a learned embedding per distance from
     # the newest item of the whole input (SASRec's; an inner position of a training sequence then
     # sees other embeddings than the same history at serving time), "left" (counted from the
@@ -317,6 +321,10 @@ class SASRec(PreTrainedModel):
         # parameter and not saved in model.safetensors: the checkpoint keeps them in its own
         # text-embedding cache file, so loading never re-encodes the catalog.
         self.register_buffer("text_emb", torch.zeros(cfg.n_items + 1, cfg.text_dim), persistent=False)
+        if not 0.0 <= cfg.cosine_scale <= 100.0:
+            raise ValueError(f"cosine_scale must be in [0, 100], got {cfg.cosine_scale}")
+        if not 0.0 <= cfg.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
         if not 0.0 <= cfg.freq_mix <= 1.0:
             raise ValueError(f"freq_mix must be in [0, 1], got {cfg.freq_mix}")
         if cfg.hybrid and not cfg.use_text:
@@ -410,7 +418,14 @@ class SASRec(PreTrainedModel):
         if not self.config.use_text:
             return ids
         text = self.text_emb if rows is None else self.text_emb[rows]  # (N, text_dim)
-        return ids + self.text_proj(text)  # (N, d)
+        return self.item_vec(ids, self.text_proj(text))  # (N, d)
+
+    def item_vec(self, ids: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """An item's vector (k, d) from its id part and its projected title ``text_proj(t)``:
+        their sum, a unit vector with ``cosine_scale``. Every item vector is made here (the
+        table, a new item's, the gate fit's)."""
+        vec = ids + text
+        return F.normalize(vec, dim=-1) if self.config.cosine_scale > 0 else vec
 
     def default_vector(self) -> torch.Tensor:
         """Output vector of an item with no text and no learned row. (output_dim,)
@@ -419,7 +434,7 @@ class SASRec(PreTrainedModel):
         zero and its bias that of a new item."""
         if not self.config.use_text:
             return torch.zeros(self.config.d_model, device=self.id_emb.weight.device)
-        v = self.text_proj.bias.detach().clone()
+        v = self.item_vec(torch.zeros_like(self.text_proj.bias), self.text_proj.bias).detach().clone()
         if not self.config.hybrid:
             return v
         feat = torch.tensor([[1.0, 1.0, 0.0]], device=v.device)
@@ -668,7 +683,10 @@ class SASRec(PreTrainedModel):
             x = x * valid[:, -x.shape[1] :, None]  # padding zeroed
         if last_only and n == 0:
             x = x[:, -1:]
-        return self.ln_f(x) * valid[:, -x.shape[1] :, None]  # (B, T', d)
+        x = self.ln_f(x)
+        if self.config.cosine_scale > 0:
+            x = F.normalize(x, dim=-1) * self.config.cosine_scale
+        return x * valid[:, -x.shape[1] :, None]  # (B, T', d)
 
     def forward(
         self,
@@ -709,13 +727,13 @@ class SASRec(PreTrainedModel):
             with torch.no_grad():
                 cos = qn[sel] @ F.normalize(self.text_low(), dim=-1)[1:].T  # (M, N)
             logits = (h[sel] * scale[sel]) @ table[1:].T + some * (alpha * cos * beta[1:] + b[1:])  # (M, N)
-            return h, F.cross_entropy(logits, y - 1)
+            return h, F.cross_entropy(logits, y - 1, label_smoothing=self.config.label_smoothing)
         u = h if not channel else self._fuse(h, item_ids, keep)
         out = self.output_table(table, keep, serving=not self.training) if channel else table
         h_sel = u[sel]  # (M, D)
         if self.config.loss == "full":
             logits = h_sel @ out[1:].T  # (M, N) PAD row excluded
-            loss = F.cross_entropy(logits, y - 1)
+            loss = F.cross_entropy(logits, y - 1, label_smoothing=self.config.label_smoothing)
         elif self.config.loss == "sampled":
             loss = self._sampled_loss(h_sel, y, out)
         else:

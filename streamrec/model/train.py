@@ -513,7 +513,7 @@ def fit_gates(
     n_rows = model.id_emb.weight.shape[0]
     with torch.no_grad():
         ids = model.id_emb.weight  # (N+1, d)
-        base = model.item_table() - ids  # the text part of every row (N+1, d)
+        base = model.text_proj(model.text_emb)  # the text part of every row (N+1, d); hybrid has text
         unit_t = torch.nn.functional.normalize(model.text_low(), dim=-1)[1:].T.contiguous()  # (r, N)
         extra_in = extra_unit = None
         extra_shift = 0.0
@@ -521,7 +521,8 @@ def fit_gates(
             k = len(catalog_text)
             extra_shift = math.log(max(catalog_total or k, k) / k)
             pick = catalog_text.to(dev, torch.float32)
-            extra_in = model.text_proj(pick)  # (k, d): a new item's input vector (no id row; hybrid has text)
+            text_in = model.text_proj(pick)  # (k, d): a new item's input vector (no id row; hybrid has text)
+            extra_in = model.item_vec(torch.zeros_like(text_in), text_in)
             extra_unit = torch.nn.functional.normalize(model.reduce_text(pick), dim=-1).T.contiguous()  # (r, k)
         one, zero = torch.ones(1, device=dev), torch.zeros(1, device=dev)  # an extra item: new, no count
     if targets is None:
@@ -551,7 +552,7 @@ def fit_gates(
                 alpha, qn, some, scale = model._user_text_parts(x, keep)
                 alpha, some = alpha[pos[:, 0], pos[:, 1]], some[pos[:, 0], pos[:, 1]]  # (m, 1)
                 with torch.no_grad():
-                    table = ids * keep[:, None] + base  # (N+1, d)
+                    table = model.item_vec(ids * keep[:, None], base)  # (N+1, d)
                     h = model.encode(x, t, table)[pos[:, 0], pos[:, 1]]  # (m, d)
                     model_logits = (h * scale[pos[:, 0], pos[:, 1]]) @ table[1:].T  # (m, N)
                     cos = qn[pos[:, 0], pos[:, 1]] @ unit_t  # (m, N)

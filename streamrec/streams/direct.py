@@ -49,10 +49,6 @@ BACKLOG_MAX = 10_000
 #: ``delivered(partition, offset)``: called with where the broker stored a message
 Delivered = Callable[[int, int], None]
 
-#: librdkafka's own log lines go through this logger. Its name starts with "kafka" so that the
-#: worker's outage filter (streams.outage.CLIENT_LOGGERS) rate-limits them like aiokafka's.
-LIBRDKAFKA_LOGGER = "kafka.librdkafka"
-
 
 class DirectProducer:
     """One librdkafka producer for the worker's output topics; see the module docstring.
@@ -71,7 +67,6 @@ class DirectProducer:
                 "linger.ms": settings.direct_linger_ms,
                 "message.timeout.ms": 0,  # never give up on a message: the commit waits for it
                 "partitioner": "murmur2_random",  # Kafka's (Java) default, as Faust/aiokafka use
-                "logger": logging.getLogger(LIBRDKAFKA_LOGGER),
             }
         )
         conf.update(config or {})

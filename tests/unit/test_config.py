@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 from pydantic import ValidationError
 
@@ -63,3 +65,31 @@ def test_event_types_have_one_home() -> None:
     assert config.EVENT_TYPES is schemas.EVENT_TYPES
     assert Settings().trigger_types == schemas.EVENT_TYPES
     assert list(sasrec.EVENT_TYPE_IDS) == list(schemas.EVENT_TYPES)
+
+
+def test_librdkafka_log_lines_go_to_python_logging_not_stderr(caplog, capfd):
+    """A client built from the settings (or a shop's client, through ConnectionWatch) hands
+    librdkafka's own log lines to the ``kafka.librdkafka`` logger; none reach stderr raw."""
+    import socket
+    import time
+
+    from confluent_kafka import Producer
+
+    from streamrec.client.connection import LIBRDKAFKA_LOGGER, ConnectionWatch
+
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conf = Settings(bootstrap_servers=f"127.0.0.1:{port}").confluent_config()
+    assert conf["logger"].name == LIBRDKAFKA_LOGGER
+    assert ConnectionWatch("x").install({})["logger"].name == LIBRDKAFKA_LOGGER
+    caplog.set_level(logging.DEBUG, logger=LIBRDKAFKA_LOGGER)
+    producer = Producer(conf | {"client.id": "log-routing-test"})
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not any(r.name == LIBRDKAFKA_LOGGER for r in caplog.records):
+        producer.poll(0.2)
+    lines = [r for r in caplog.records if r.name == LIBRDKAFKA_LOGGER]
+    assert lines, "no librdkafka log line reached Python logging"
+    assert any("Connection refused" in r.getMessage() or "FAIL" in r.getMessage() for r in lines)
+    del producer
+    assert "|FAIL|" not in capfd.readouterr().err

@@ -64,8 +64,9 @@ def test_score_decomposes_into_model_text_and_bias():
     torch.testing.assert_close(out @ u, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_fast_loss_equals_inner_product_loss():
-    m = _model(id_dropout=0.0, dropout=0.0, emb_dropout=0.0).train()
+@pytest.mark.parametrize("cosine_scale", [0.0, 8.0])
+def test_fast_loss_equals_inner_product_loss(cosine_scale):
+    m = _model(id_dropout=0.0, dropout=0.0, emb_dropout=0.0, cosine_scale=cosine_scale).train()
     _, fast = m(X, None, Y)
     table = m.item_table()
     u, out = m.user_states(X, None, table), m.output_table(table)
@@ -75,6 +76,32 @@ def test_fast_loss_equals_inner_product_loss():
     fast.backward()
     for lin in (m.gate_item, m.gate_user, m.bias_item):
         assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
+
+
+def test_cosine_scale_scores_scaled_cosines():
+    """With ``cosine_scale`` every item vector (input and output) is a unit vector and a user's
+    state one times the scale: the model part of a served score is scale * cosine."""
+    m = _model(cosine_scale=8.0).eval()
+    table = m.item_table()
+    torch.testing.assert_close(table[1:].norm(dim=1), torch.ones(30))
+    h = m.encode(X, None, table)  # (3, 6, d)
+    real = X != PAD_ID
+    torch.testing.assert_close(h[real].norm(dim=1), torch.full((int(real.sum()),), 8.0))
+    assert torch.all(h[~real] == 0)
+    u, out = m.user_vectors(X[:1], None, table)[0], m.output_table(table)
+    beta, b = m.item_gates()
+    w = torch.exp(-0.7 * torch.tensor([3.0, 2.0, 1.0, 0.0]))
+    q = F.normalize((w[:, None] * m.text_emb[1:5]).sum(0), dim=0)
+    cos_text = F.normalize(m.text_emb, dim=-1) @ q
+    cos_model = table @ F.normalize(h[0, -1], dim=0)
+    alpha = u[16 : 16 + TEXT_DIM].norm()
+    expected = 0.75 * 8.0 * cos_model + alpha * beta * cos_text + b
+    torch.testing.assert_close(out @ u, expected, atol=1e-5, rtol=1e-5)
+    # an item vector made anywhere else goes through item_vec: a new item's is its unit text part
+    text = m.text_proj(m.text_emb[3:4])
+    torch.testing.assert_close(m.item_vec(torch.zeros_like(text), text), F.normalize(text, dim=-1))
+    with pytest.raises(ValueError, match="cosine_scale"):
+        _model(cosine_scale=-1.0)
 
 
 def test_gates_see_new_items_and_new_histories():

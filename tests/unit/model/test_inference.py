@@ -93,3 +93,33 @@ def test_pad_left_matches_a_plain_loop():
             seqs = [[int(x) for x in rng.integers(1, 99, size=rng.integers(0, 70))] for _ in range(rng.integers(0, 30))]
             assert torch.equal(pad_left(seqs, length), reference(seqs, length))
     assert pad_left([(1, 2), range(3, 6)], 3).tolist() == [[0, 1, 2], [3, 4, 5]]  # any sequence type
+
+
+def test_a_cosine_model_serves_unit_items_and_scaled_users(tiny_data, tiny_text, tmp_path):
+    """A model trained with ``cosine_scale`` serves what it trained on: every item's model part a
+    unit vector (a new item's too, made from its title alone) and a user's the scale times the
+    share of the history the model knows; the hybrid gates fitted on top stay finite."""
+    from streamrec.model.checkpoint import save_checkpoint
+    from streamrec.model.train import TrainSettings, train
+
+    from .conftest import TINY_CONFIG
+
+    res = train(
+        tiny_data,
+        item_text=tiny_text,
+        config=TINY_CONFIG | {"cosine_scale": 8.0},
+        settings=TrainSettings(max_epochs=2, device="cpu", progress=False, batch_size=32),
+    )
+    assert np.isfinite(res.metrics["val"]["ndcg@10"])
+    save_checkpoint(res.model, res.vocab, tmp_path / "cos")
+    rec = Recommender.load(tmp_path / "cos", device="cpu")
+    d = rec.model.config.d_model
+    ids, vecs = rec.item_vectors()
+    np.testing.assert_allclose(np.linalg.norm(vecs[:, :d], axis=1), 1.0, atol=1e-5)
+    new = rec.add_items([("new-a", "red lipstick shade 99")])
+    assert np.linalg.norm(new[0, :d]) == pytest.approx(1.0, abs=1e-5)
+    known = next(i for i in ids if rec.model.item_count[rec.vocab.row(i)] > 0)
+    u = rec.encode_users([[(known, "view")], [(known, "view"), ("new-a", "view")]])
+    assert np.linalg.norm(u[0, :d]) == pytest.approx(8.0, rel=1e-4)
+    assert np.linalg.norm(u[1, :d]) == pytest.approx(4.0, rel=1e-4)  # one of its two items known
+    np.testing.assert_allclose(rec.score(u, ["new-a"])[:, 0], u @ new[0], rtol=1e-4, atol=1e-5)
