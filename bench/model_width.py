@@ -2,7 +2,7 @@
 
 Usage (from the repo root; ~1 min on 2 CPU cores)::
 
-    .venv/bin/python bench/model_width.py [--widths 64,128] [--rounds 3]
+    .venv/bin/python bench/model_width.py [--widths 64,128] [--rounds 3] [--cosine-scales 0,16]
 
 Builds the default model (``bench/quality.py``'s MODEL_CONFIG, the text channel included) at each
 ``d_model`` over Beauty's catalog and titles, untrained (throughput does not depend on the weights),
@@ -70,6 +70,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--widths", default="64,128")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--cosine-scales",
+        default="",
+        help="comma list of SASRecConfig.cosine_scale values: one row per width and scale (default: the default's)",
+    )
     ap.add_argument("--text-cache", default=str(REPO / ".cache" / "streamrec" / "text-cache"))
     args = ap.parse_args()
     d = data_dir()
@@ -82,16 +87,20 @@ def main() -> int:
     hist = [[(i, "view") for i in s[:-1]] for s in data.items]
     recs: dict[str, Recommender] = {}
     tmp = tempfile.TemporaryDirectory()
+    scales: list[float | None] = [float(x) for x in args.cosine_scales.split(",")] if args.cosine_scales else [None]
     for w in (int(x) for x in args.widths.split(",")):
-        model = SASRec(SASRecConfig(**(MODEL_CONFIG | {"d_model": w}), n_items=len(vocab)))
-        model.text_emb = titles.clone()
-        fit_catalog_basis(model, vocab, text)
-        save_checkpoint(model, vocab, Path(tmp.name) / f"d{w}")
-        if not recs:
-            before = Recommender.load(Path(tmp.name) / f"d{w}", device="cpu")
-            before.model.__class__ = FullPass  # same weights, the old pass
-            recs[f"{w}, full pass (before)"] = before
-        recs[str(w)] = Recommender.load(Path(tmp.name) / f"d{w}", device="cpu")
+        for c in scales:
+            extra = {} if c is None else {"cosine_scale": c}
+            model = SASRec(SASRecConfig(**(MODEL_CONFIG | {"d_model": w} | extra), n_items=len(vocab)))
+            model.text_emb = titles.clone()
+            fit_catalog_basis(model, vocab, text)
+            name = str(w) if c is None else f"{w}, cosine scale {c:g}"
+            save_checkpoint(model, vocab, Path(tmp.name) / name)
+            if not recs:
+                before = Recommender.load(Path(tmp.name) / name, device="cpu")
+                before.model.__class__ = FullPass  # same weights, the old pass
+                recs[f"{name}, full pass (before)"] = before
+            recs[name] = Recommender.load(Path(tmp.name) / name, device="cpu")
     seq: dict[str, list[float]] = {w: [] for w in recs}
     qps: dict[str, list[float]] = {w: [] for w in recs}
     for _ in range(args.rounds):

@@ -99,6 +99,8 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
     cfg_dict.setdefault("hybrid", False)
     # ... and those written before text_sim_dim defaulted to 128 used the full title vector
     cfg_dict.setdefault("text_sim_dim", 0)
+    # ... and those written before cosine scores were the default scored plain inner products
+    cfg_dict.setdefault("cosine_scale", 0.0)
     try:
         config = SASRecConfig.from_dict(cfg_dict)
         vocab = ItemVocab.load(p / ITEM_MAP)

@@ -232,7 +232,7 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         type=_non_negative_float,
         default=d.cosine_scale,
         help="score = SCALE * cosine of unit user and item vectors (a softmax temperature of 1/SCALE); "
-        "0 = plain inner products (bench/RESULTS.md, 'Cosine scores')",
+        "0 = plain inner products (bench/RESULTS.md, fourteenth session: cosine scores)",
     )
     g.add_argument(
         "--label-smoothing",

@@ -17,6 +17,8 @@ with probability ``id_dropout`` so that the text path alone already ranks items 
 
 The same item table embeds the input sequence and scores the next item (tied weights), so a
 user's vector is the last hidden state and a score is the inner product ``user_vec . item_vec``.
+With ``cosine_scale`` s > 0 (the default) both are unit vectors before the user's is scaled by s,
+so the score is ``s * cos(user, item)``: still one inner product, at a softmax temperature of 1/s.
 
 Hybrid scoring (``hybrid=True``, the default of new models): a text-similarity channel is fused
 into both vectors, so ONE inner product still scores everything (FAISS stays the only search):
@@ -114,9 +116,11 @@ class SASRecConfig(PreTrainedConfig):
     freq_cutoff: int = 5  # BSARec's c (its Beauty setting)
     freq_beta: float = 0.0  # initial rescaling of the high-pass part (0: pure smoothing; BSARec
     # draws it around 1, which starts the branch as the identity)
-    cosine_scale: float = 0.0  # > 0: item vectors (input and output, tied) are unit vectors and a
-    # user's state is a unit vector times this scale, so a score is scale * cosine (a softmax
-    # temperature of 1 / scale); 0 = plain inner products of unnormalised vectors
+    cosine_scale: float = 16.0  # > 0: item vectors (input and output, tied) are unit vectors and
+    # a user's state is a unit vector times this scale, so a model score is scale * cosine (a
+    # softmax temperature of 1 / scale); 0 = plain inner products of unnormalised vectors (the
+    # default before; checkpoints without the field load with 0). 16 beat 10, 24 and 0 on Beauty's
+    # validation split (bench/RESULTS.md, fourteenth session: cosine scores)
     label_smoothing: float = 0.0  # label smoothing of the full-softmax cross-entropy
     pos_mode: str = "right"  # how positions enter: "right", a learned embedding per distance from
     # the newest item of the whole input (SASRec's; an inner position of a training sequence then

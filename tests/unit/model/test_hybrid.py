@@ -227,6 +227,24 @@ def test_old_checkpoint_without_hybrid_loads_as_before(tiny_checkpoint, tmp_path
     torch.testing.assert_close(model.output_table(), new.item_table())
 
 
+def test_a_checkpoint_from_before_cosine_scores_loads_with_plain_inner_products(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from streamrec.model.checkpoint import load_checkpoint
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_checkpoint, old)
+    cfg = json.loads((old / "config.json").read_text())
+    assert cfg["cosine_scale"] == SASRecConfig().cosine_scale > 0  # new models: cosine scores
+    cfg.pop("cosine_scale")
+    (old / "config.json").write_text(json.dumps(cfg))
+    model, _ = load_checkpoint(old)
+    new, _ = load_checkpoint(tiny_checkpoint)
+    assert model.config.cosine_scale == 0.0
+    assert not torch.allclose(model.item_table()[1:].norm(dim=1), torch.ones(model.config.n_items))
+    torch.testing.assert_close(new.item_table(), F.normalize(model.item_table(), dim=-1))
+
+
 def test_served_user_vector_reads_only_the_weights_that_matter():
     """user_vectors skips history items whose recency weight is < 1e-4 of the newest: the
     same vector as the all-positions path, up to rounding."""

@@ -140,7 +140,9 @@ def test_grow_keeps_old_rows_and_new_rows_are_text_only():
     assert m.config.n_items == 32
     t = m.item_table()
     assert torch.equal(t[:31], old_table)
-    assert torch.allclose(t[31:], m.text_proj(new_text), atol=1e-6)
+    text = m.text_proj(new_text)
+    assert torch.allclose(t[31:], m.item_vec(torch.zeros_like(text), text), atol=1e-6)  # no id part
+    assert torch.allclose(t[31:], torch.nn.functional.normalize(text, dim=-1), atol=1e-6)  # cosine default
 
 
 @pytest.mark.parametrize("make", MAKERS, ids=MAKER_IDS)
