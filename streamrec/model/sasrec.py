@@ -420,15 +420,15 @@ class SASRec(PreTrainedModel):
         if keep is not None:
             ids = ids * keep[:, None]
         if not self.config.use_text:
-            return ids
+            return self.item_vec(ids, None)
         text = self.text_emb if rows is None else self.text_emb[rows]  # (N, text_dim)
         return self.item_vec(ids, self.text_proj(text))  # (N, d)
 
-    def item_vec(self, ids: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """An item's vector (k, d) from its id part and its projected title ``text_proj(t)``:
-        their sum, a unit vector with ``cosine_scale``. Every item vector is made here (the
-        table, a new item's, the gate fit's)."""
-        vec = ids + text
+    def item_vec(self, ids: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """An item's vector (k, d) from its id part and its projected title ``text_proj(t)``
+        (None: an id-only model): their sum, a unit vector with ``cosine_scale``. Every item
+        vector is made here (the table, a new item's, the gate fit's)."""
+        vec = ids if text is None else ids + text
         return F.normalize(vec, dim=-1) if self.config.cosine_scale > 0 else vec
 
     def default_vector(self) -> torch.Tensor:

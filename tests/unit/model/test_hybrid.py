@@ -102,6 +102,8 @@ def test_cosine_scale_scores_scaled_cosines():
     torch.testing.assert_close(m.item_vec(torch.zeros_like(text), text), F.normalize(text, dim=-1))
     with pytest.raises(ValueError, match="cosine_scale"):
         _model(cosine_scale=-1.0)
+    ids_only = SASRec(SASRecConfig(n_items=30, d_model=16, n_heads=2, d_ff=32, max_len=8, use_text=False)).eval()
+    torch.testing.assert_close(ids_only.item_table()[1:].norm(dim=1), torch.ones(30))  # an id-only model too
 
 
 def test_gates_see_new_items_and_new_histories():
