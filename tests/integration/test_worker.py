@@ -207,19 +207,6 @@ NEW_TITLES = {
 }
 
 
-class ZeroShotRankGap(AssertionError):
-    """The new related item missed the top 10: what the model cannot do yet (issue #13)."""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=ZeroShotRankGap,
-    reason=(
-        "model issue #13: a new item with a new but related title (same brand and category) ranks "
-        "outside the top 10 of 300+ items for this user (rank ~22 offline with the test's model; 2 of "
-        "the 12 categories reach the top 10). Remove this marker when the model passes."
-    ),
-)
 def test_new_catalog_item_is_recommended_from_its_text(kafka_settings, worker, shop):
     """A fair zero-shot drill at the default TOP_K (10): a user who looks at one brand's items in one
     category; the shop lists a new item of that brand and category under a title its catalog never
@@ -271,8 +258,9 @@ def test_new_catalog_item_is_recommended_from_its_text(kafka_settings, worker, s
     after = [i.item_id for i in next(r for r in recs if r.event_id == again.event_id).items]
     assert len(after) == top_k
     assert "sku-other-new" not in after  # an unrelated new item is not pushed at her
-    if "sku-brand-new" not in after:
-        raise ZeroShotRankGap(f"the new related item is not in the top {top_k}: {after}")
+    # issue #13: it ranked ~22nd with plain inner products (an xfail until the fourteenth session);
+    # with cosine scores a title-only item's vector is as long as a clicked one's
+    assert "sku-brand-new" in after, f"the new related item is not in the top {top_k}: {after}"
 
 
 @pytest.mark.parametrize("overlap", ["false", "true"], ids=["one-batch-at-a-time", "overlap"])
