@@ -424,11 +424,12 @@ class SASRec(PreTrainedModel):
         text = self.text_emb if rows is None else self.text_emb[rows]  # (N, text_dim)
         return self.item_vec(ids, self.text_proj(text))  # (N, d)
 
-    def item_vec(self, ids: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
-        """An item's vector (k, d) from its id part and its projected title ``text_proj(t)``
-        (None: an id-only model): their sum, a unit vector with ``cosine_scale``. Every item
-        vector is made here (the table, a new item's, the gate fit's)."""
-        vec = ids if text is None else ids + text
+    def item_vec(self, ids: torch.Tensor | None, text: torch.Tensor | None) -> torch.Tensor:
+        """An item's vector (k, d) from its id part (None: a new item, no id row) and its
+        projected title ``text_proj(t)`` (None: an id-only model): their sum, a unit vector with
+        ``cosine_scale``. Every item vector is made here (the table, a new item's, the gate fit's)."""
+        parts = [p for p in (ids, text) if p is not None]
+        vec = parts[0] if len(parts) == 1 else parts[0] + parts[1]
         return F.normalize(vec, dim=-1) if self.config.cosine_scale > 0 else vec
 
     def default_vector(self) -> torch.Tensor:
@@ -438,7 +439,7 @@ class SASRec(PreTrainedModel):
         zero and its bias that of a new item."""
         if not self.config.use_text:
             return torch.zeros(self.config.d_model, device=self.id_emb.weight.device)
-        v = self.item_vec(torch.zeros_like(self.text_proj.bias), self.text_proj.bias).detach().clone()
+        v = self.item_vec(None, self.text_proj.bias).detach().clone()
         if not self.config.hybrid:
             return v
         feat = torch.tensor([[1.0, 1.0, 0.0]], device=v.device)

@@ -521,8 +521,9 @@ def fit_gates(
             k = len(catalog_text)
             extra_shift = math.log(max(catalog_total or k, k) / k)
             pick = catalog_text.to(dev, torch.float32)
-            text_in = model.text_proj(pick)  # (k, d): a new item's input vector (no id row; hybrid has text)
-            extra_in = model.item_vec(torch.zeros_like(text_in), text_in)
+            extra_in = model.item_vec(
+                None, model.text_proj(pick)
+            )  # (k, d): a new item's input vector (hybrid has text)
             extra_unit = torch.nn.functional.normalize(model.reduce_text(pick), dim=-1).T.contiguous()  # (r, k)
         one, zero = torch.ones(1, device=dev), torch.zeros(1, device=dev)  # an extra item: new, no count
     if targets is None:
