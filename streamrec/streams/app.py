@@ -293,17 +293,32 @@ def create_app(
 
     async def save_index(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         # a clean stop saves the index, so the next start serves it at once (no rebuild)
-        if pipeline.catalog_ready.is_set():
-            await pipeline.run(pipeline.save_index)
+        try:
+            if pipeline.catalog_ready.is_set():
+                await pipeline.run(pipeline.save_index)
+        finally:
+            disconnect_receivers()
 
-    app.on_before_shutdown.connect(cast(Any, save_index))  # mode's stub wants a plain callable
-
+    revoked: Any = None  # the receiver of app.on_partitions_revoked, if any
     if direct is not None:
 
         async def handover(sender: Any, *args: Any, **kwargs: Any) -> None:
             await direct.handover()  # see DirectProducer.handover
 
+        revoked = handover
         app.on_partitions_revoked.connect(cast(Any, handover))
+
+    def disconnect_receivers() -> None:
+        # mode keeps every app's receivers in one class-level mapping keyed by hash(app), the app's
+        # address, and holds them strongly: once this app stops, a later app of the same process
+        # at the same address would run them (a dead producer's handover, a dead pipeline's index
+        # save), and they keep this pipeline alive. A stopped app drops them (mode-streaming 0.7.1's
+        # disconnect matches strong receivers; tests/unit/streams/test_direct.py checks it).
+        app.on_before_shutdown.disconnect(cast(Any, save_index))
+        if revoked is not None:
+            app.on_partitions_revoked.disconnect(revoked)
+
+    app.on_before_shutdown.connect(cast(Any, save_index))  # mode's stub wants a plain callable
 
     register_views(app, pipeline, users, events_topic=settings.topic_events)
     app.streamrec_pipeline = pipeline  # type: ignore[attr-defined]

@@ -145,6 +145,37 @@ def test_the_worker_waits_for_its_direct_deliveries_when_partitions_are_revoked(
         pipeline._executor.shutdown(wait=True)
 
 
+def test_a_stopped_app_drops_its_receivers(tiny_checkpoint, tmp_path):
+    # mode files receivers under hash(app) (an address) in a mapping shared by every app and holds
+    # them strongly: a stopped app must drop its own, or a later app at the same address runs them
+    from streamrec.indexer import ItemIndex
+    from streamrec.model.inference import Recommender
+    from streamrec.streams.app import create_app
+
+    rec = Recommender.load(tiny_checkpoint, device="cpu")
+    settings = Settings(data_dir=tmp_path, app_id="unit-direct-drop", direct_produce=True)
+    app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat"), store="memory://")
+    direct = app.streamrec_handler.users.direct
+
+    def ours(signal: Any, name: str) -> list[Any]:
+        return [
+            r
+            for r in signal._filter_receivers[signal._create_id(app)]
+            if getattr(r, "__name__", "") == name
+            and any(
+                c.cell_contents is direct or c.cell_contents is pipeline
+                for c in (getattr(r, "__closure__", None) or ())
+            )
+        ]
+
+    assert len(ours(app.on_partitions_revoked, "handover")) == 1
+    assert len(ours(app.on_before_shutdown, "save_index")) == 1
+    asyncio.run(app.on_before_shutdown.send())  # what Faust's App.on_stop sends
+    assert ours(app.on_partitions_revoked, "handover") == []
+    assert ours(app.on_before_shutdown, "save_index") == []
+    pipeline._executor.shutdown(wait=True)
+
+
 async def test_the_agent_waits_while_the_backlog_is_over_its_bound():
     p = DirectProducer(
         Settings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
