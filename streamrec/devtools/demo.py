@@ -136,6 +136,8 @@ def describe(items: list[tuple[str, str | None, str | None]], titles: dict[str, 
     'Red lipstick (like Pink lipstick); c (popular); Blue gloss (new item)'
     >>> describe([("a", "similar_to", "b")], {"a": "Red lipstick", "b": "Red lipstick"})
     'Red lipstick [a] (like Red lipstick [b])'
+    >>> describe([("a", "similar_to", "b")], {"a": "Mascara", "b": "Torura Luminous Mascara Shade 03"})
+    'Mascara (like Torura Luminous Mascara Shade…)'
     """
     shown = items[:n]
     ids = {i for item, _, about in shown for i in (item, about) if i}
@@ -145,7 +147,8 @@ def describe(items: list[tuple[str, str | None, str | None]], titles: dict[str, 
 
     def name(i: str, width: int) -> str:
         title = titles.get(i) or i
-        return f"{title[:width]} [{i}]" if len(seen.get(title, ())) > 1 else title[:width]
+        short = title if len(title) <= width else title[: width - 1].rstrip() + "…"  # cut, and says so
+        return f"{short} [{i}]" if len(seen.get(title, ())) > 1 else short
 
     out = []
     for item, kind, about in shown:
