@@ -521,9 +521,8 @@ def fit_gates(
             k = len(catalog_text)
             extra_shift = math.log(max(catalog_total or k, k) / k)
             pick = catalog_text.to(dev, torch.float32)
-            extra_in = model.item_vec(
-                None, model.text_proj(pick)
-            )  # (k, d): a new item's input vector (hybrid has text)
+            # (k, d): a new item's input vector (no id row; hybrid has text)
+            extra_in = model.item_vec(None, model.text_proj(pick))
             extra_unit = torch.nn.functional.normalize(model.reduce_text(pick), dim=-1).T.contiguous()  # (r, k)
         one, zero = torch.ones(1, device=dev), torch.zeros(1, device=dev)  # an extra item: new, no count
     if targets is None:

@@ -119,6 +119,18 @@ async def test_a_handover_waits_for_what_was_sent_and_says_when_it_could_not(cap
     p._producer.purge()
 
 
+def receivers_of(app: Any, signal: Any, name: str, owner: Any) -> list[Any]:
+    """The receivers ``name`` that mode files for ``app`` on ``signal`` and whose closure holds
+    ``owner``. mode files them under hash(app), an address: an app of an earlier test, freed, can
+    have left its own under the same key, so only this app's own (by what they hold) count."""
+    return [
+        r
+        for r in signal._filter_receivers[signal._create_id(app)]
+        if getattr(r, "__name__", "") == name
+        and any(c.cell_contents is owner for c in (getattr(r, "__closure__", None) or ()))
+    ]
+
+
 def test_the_worker_waits_for_its_direct_deliveries_when_partitions_are_revoked(tiny_checkpoint, tmp_path):
     from streamrec.indexer import ItemIndex
     from streamrec.model.inference import Recommender
@@ -133,15 +145,7 @@ def test_the_worker_waits_for_its_direct_deliveries_when_partitions_are_revoked(
         signal = app.on_partitions_revoked  # mode keeps receivers per sender (the app)
         users = app.streamrec_handler.users
         assert (users.direct is not None) is direct
-        # mode files them under hash(app), an address: an app of an earlier test, freed, can have
-        # left its own handover under the same key, so count only the handovers of this app's producer
-        ours = [
-            r
-            for r in signal._filter_receivers[signal._create_id(app)]
-            if getattr(r, "__name__", "") == "handover"
-            and any(c.cell_contents is users.direct for c in (getattr(r, "__closure__", None) or ()))
-        ]
-        assert len(ours) == (1 if direct else 0)
+        assert len(receivers_of(app, signal, "handover", users.direct)) == (1 if direct else 0)
         pipeline._executor.shutdown(wait=True)
 
 
@@ -156,23 +160,12 @@ def test_a_stopped_app_drops_its_receivers(tiny_checkpoint, tmp_path):
     settings = Settings(data_dir=tmp_path, app_id="unit-direct-drop", direct_produce=True)
     app, pipeline = create_app(settings, recommender=rec, index=ItemIndex(rec.dim, kind="flat"), store="memory://")
     direct = app.streamrec_handler.users.direct
-
-    def ours(signal: Any, name: str) -> list[Any]:
-        return [
-            r
-            for r in signal._filter_receivers[signal._create_id(app)]
-            if getattr(r, "__name__", "") == name
-            and any(
-                c.cell_contents is direct or c.cell_contents is pipeline
-                for c in (getattr(r, "__closure__", None) or ())
-            )
-        ]
-
-    assert len(ours(app.on_partitions_revoked, "handover")) == 1
-    assert len(ours(app.on_before_shutdown, "save_index")) == 1
-    asyncio.run(app.on_before_shutdown.send())  # what Faust's App.on_stop sends
-    assert ours(app.on_partitions_revoked, "handover") == []
-    assert ours(app.on_before_shutdown, "save_index") == []
+    revoked, shutdown = app.on_partitions_revoked, app.on_before_shutdown
+    assert len(receivers_of(app, revoked, "handover", direct)) == 1
+    assert len(receivers_of(app, shutdown, "save_index", pipeline)) == 1
+    asyncio.run(shutdown.send())  # what Faust's App.on_stop sends
+    assert receivers_of(app, revoked, "handover", direct) == []
+    assert receivers_of(app, shutdown, "save_index", pipeline) == []
     pipeline._executor.shutdown(wait=True)
 
 
