@@ -22,6 +22,8 @@ from streamrec.errors import CheckpointError
 from streamrec.fsutil import atomic_write, atomic_write_text
 from streamrec.model.data import ItemVocab
 from streamrec.model.sasrec import SASRec, SASRecConfig
+from streamrec.model.transitions import FILE as TRANSITIONS
+from streamrec.model.transitions import Transitions
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -60,6 +62,11 @@ def save_checkpoint(
     vocab.save(out / ITEM_MAP)
     text_emb = model.text_emb.detach().cpu().contiguous()
     atomic_write(out / TEXT_EMB, lambda tmp: save_file({"text_emb": text_emb}, str(tmp)))
+    table = getattr(model, "transitions", None)
+    if table is not None:
+        table.save(out)
+    else:
+        (out / TRANSITIONS).unlink(missing_ok=True)
     if metrics is not None:
         write_json(out / METRICS, metrics)
     if train_settings is not None:
@@ -127,6 +134,15 @@ def load_checkpoint(path: str | Path, *, device: torch.device | str = "cpu") -> 
             f"expected {(config.n_items + 1, config.text_dim)}"
         )
     model.text_emb = text.float()
+    try:
+        model.transitions = Transitions.load(p)  # optional (written since the sixteenth session)
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {str(p)!r}: {exc}") from None
+    if model.transitions is not None and model.transitions.n_items > config.n_items:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r}: {TRANSITIONS} covers {model.transitions.n_items} items, "
+            f"config says {config.n_items}"
+        )
     return model.to(device).eval(), vocab
 
 

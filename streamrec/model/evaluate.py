@@ -25,6 +25,8 @@ import torch
 
 from streamrec.model.data import Encoded, history_batch
 from streamrec.model.sasrec import PAD_ID, SASRec
+from streamrec.model.transitions import WEIGHTS as TRANSITION_WEIGHTS
+from streamrec.model.transitions import Transitions
 
 KS = (5, 10, 20)
 ScoreFn = Callable[[list[list[int]], list[list[int]]], torch.Tensor]  # -> (B, N+1)
@@ -93,9 +95,16 @@ def rank_all(
     return out
 
 
-def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu", text_channel: bool = True) -> ScoreFn:
+def model_score_fn(
+    model: SASRec, *, device: torch.device | str = "cpu", text_channel: bool = True, transitions: bool = True
+) -> ScoreFn:
     """Scores of all rows for a batch of histories: the served user vector . the served item
-    vectors (with hybrid scoring both carry the gated text-similarity channel)."""
+    vectors (with hybrid scoring both carry the gated text-similarity channel), plus the model's
+    transitions term when it has one with a weight (``model.transitions``,
+    :mod:`streamrec.model.transitions`; ``transitions=False``: the inner product alone)."""
+    table_t = getattr(model, "transitions", None) if transitions else None
+    if table_t is not None and table_t.weight <= 0:
+        table_t = None
     model.eval()
     with torch.inference_mode():
         table = model.item_table()  # (N+1, d), once per evaluation
@@ -108,9 +117,49 @@ def model_score_fn(model: SASRec, *, device: torch.device | str = "cpu", text_ch
             u = model.user_vectors(x.to(device), t.to(device), table)  # (B, D) as encode_users
         else:
             u = model.encode(x.to(device), t.to(device), table, last_only=True)[:, -1]  # (B, d) model part only
-        return u @ out.T  # (B, N+1)
+        s = u @ out.T  # (B, N+1)
+        if table_t is not None:
+            s = s + table_t.weight * table_t.dense(items, s.shape[1]).to(s.device)
+        return s
 
     return fn
+
+
+@torch.inference_mode()
+def fit_transition_weight(
+    model: SASRec,
+    table: Transitions,
+    inputs: Encoded,
+    targets: np.ndarray,
+    *,
+    weights: Sequence[float] = TRANSITION_WEIGHTS,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+) -> tuple[float, dict[str, float]]:
+    """The weight of ``table``'s term (:mod:`streamrec.model.transitions`) with the best NDCG@10
+    on these (held-out) pairs, history excluded as in :func:`rank_all`, and NDCG@10 per weight.
+    One pass: the model's scores are computed once per batch. Ties go to the smaller weight."""
+    base = model_score_fn(model, device=device, transitions=False)
+    ranks = {w: np.empty(len(targets), dtype=np.int64) for w in weights}
+    for s in range(0, len(targets), batch_size):
+        idx = np.arange(s, min(s + batch_size, len(targets)))
+        items = [inputs.items[i] for i in idx]
+        types = [inputs.types[i] for i in idx]
+        m = base(items, types).float().cpu()
+        m[:, PAD_ID] = float("-inf")
+        rows = torch.as_tensor(np.repeat(np.arange(len(items)), [len(h) for h in items]))
+        cols = torch.as_tensor([i for h in items for i in h], dtype=torch.long)
+        m[rows, cols] = float("-inf")
+        term = table.dense(items, m.shape[1])
+        y = torch.as_tensor(targets[idx], dtype=torch.long)[:, None]
+        for w in weights:
+            sc = m + w * term
+            r = (sc > sc.gather(1, y)).sum(1)
+            r[torch.isneginf(sc.gather(1, y)[:, 0])] = 1 << 40
+            ranks[w][idx] = r.numpy()
+    ndcg = {str(w): metrics_from_ranks(r, (10,))["ndcg@10"] for w, r in ranks.items()}
+    best = max(weights, key=lambda w: (ndcg[str(w)], -w))
+    return float(best), ndcg
 
 
 def evaluate_model(
@@ -123,11 +172,12 @@ def evaluate_model(
     batch_size: int = 512,
     catalog_rows: np.ndarray | None = None,
     text_channel: bool = True,
+    transitions: bool = True,
 ) -> dict[str, float]:
     was_training = model.training
     try:
         return rank_all(
-            model_score_fn(model, device=device, text_channel=text_channel),
+            model_score_fn(model, device=device, text_channel=text_channel, transitions=transitions),
             inputs,
             targets,
             model.config.n_items,

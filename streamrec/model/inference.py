@@ -489,6 +489,32 @@ class Recommender:
             kind[unknown] = 2
             return vecs.float().cpu().numpy(), kind
 
+    @property
+    def transitions(self) -> Any:
+        """The model's item-to-item transitions with a weight (:mod:`streamrec.model.transitions`), or None."""
+        table = getattr(self.model, "transitions", None)
+        return table if table is not None and table.weight > 0 else None
+
+    def transition_terms(self, histories: Sequence[Sequence[tuple[str, str]]]) -> list[tuple[list[str], np.ndarray]]:
+        """Per history: the items its newest items were followed by in training, and each one's
+        term of the served score (``weight * log1p(score)``; float32). Rows that a new item has
+        taken over since training neither give nor get transitions. Empty without a table."""
+        table = self.transitions
+        if table is None:
+            return [([], np.zeros(0, np.float32)) for _ in histories]
+        with self._lock:
+            get = self.vocab.rows.get
+            rows = [[get(str(item), PAD_ID) for item, _ in h[-table.recent :]] for h in histories]
+            user, col, term = table.sparse(rows, usable=self._learned)
+            ids = self.vocab.ids
+            names = [ids[c - 1] for c in col.tolist()]
+        cut = np.searchsorted(user, np.arange(len(histories) + 1))
+        term = (term * np.float32(table.weight)).astype(np.float32)
+        out: list[tuple[list[str], np.ndarray]] = []
+        for a, b in zip(cut[:-1].tolist(), cut[1:].tolist()):
+            out.append(([n for n in names[a:b] if n is not None], term[a:b][[n is not None for n in names[a:b]]]))
+        return out
+
     def score(self, user_vecs: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
         """(B, len(item_ids)) inner products; unknown ids score with the default item vector."""
         u = np.asarray(user_vecs, dtype=np.float32)

@@ -299,6 +299,9 @@ class SASRec(PreTrainedModel):
     base_model_prefix = "sasrec"
     main_input_name = "item_ids"
     text_emb: torch.Tensor  # a buffer (register_buffer below)
+    #: item-to-item transitions added to the score (streamrec.model.transitions.Transitions, or
+    #: None); not a weight: counted after training, saved beside the weights
+    transitions: Any
     text_basis: torch.Tensor  # hybrid buffers (register_buffer below)
     text_mean: torch.Tensor
     item_count: torch.Tensor
@@ -325,6 +328,7 @@ class SASRec(PreTrainedModel):
         # parameter and not saved in model.safetensors: the checkpoint keeps them in its own
         # text-embedding cache file, so loading never re-encodes the catalog.
         self.register_buffer("text_emb", torch.zeros(cfg.n_items + 1, cfg.text_dim), persistent=False)
+        self.transitions = None
         if not 0.0 <= cfg.cosine_scale <= 100.0:
             raise ValueError(f"cosine_scale must be in [0, 100], got {cfg.cosine_scale}")
         if not 0.0 <= cfg.label_smoothing < 1.0:

@@ -16,6 +16,7 @@ inner products from one batched product.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,7 +132,10 @@ class Scorer:
                 vecs = model.recommender.encode_users([pairs[i] for i in warm])
         if vecs is not None:
             with stage("index"):
-                found = index.search(np.asarray(vecs, dtype=np.float32), k, exclude=[states[i].purchased for i in warm])
+                bought = [states[i].purchased for i in warm]
+                found = index.search(np.asarray(vecs, dtype=np.float32), k, exclude=bought)
+                if getattr(model.recommender, "transitions", None) is not None:
+                    found = self._with_transitions(model, vecs, [pairs[i] for i in warm], found, bought, k)
         with stage("filter"):
             if vecs is not None:
                 if explain:
@@ -145,6 +149,48 @@ class Scorer:
                 if len(results[i]) < k:
                     results[i] = self._fill(model, results[i], state.purchased, k, explain=explain)
         return results
+
+    @staticmethod
+    def _with_transitions(
+        model: ServingModel,
+        vecs: np.ndarray,
+        histories: Sequence[Sequence[tuple[str, str]]],
+        found: list[list[tuple[str, float]]],
+        bought: Sequence[set[str]],
+        k: int,
+    ) -> list[list[tuple[str, float]]]:
+        """Add the model's transition terms (:mod:`streamrec.model.transitions`) to the index's
+        results, and score the items its table names that the index did not return (eligible, not
+        purchased): the top ``k`` of the summed score is then what a full ranking gives (exactly,
+        for an exact index), since a term only ever raises an item above its inner product."""
+        rec, index = model.recommender, model.index
+        terms = rec.transition_terms(histories)
+        extra_user: list[int] = []
+        extra_ids: list[str] = []
+        merged: list[dict[str, float] | None] = []
+        pending: list[dict[str, float]] = []
+        for u, ((ids, term), items, skip) in enumerate(zip(terms, found, bought)):
+            if not ids:
+                merged.append(None)
+                pending.append({})
+                continue
+            add = dict(zip(ids, term.tolist()))
+            row = {item: score + add.pop(item, 0.0) for item, score in items}
+            for item in add:
+                if item not in skip and index.is_eligible(item):
+                    extra_user.append(u)
+                    extra_ids.append(item)
+            merged.append(row)
+            pending.append(add)
+        if extra_ids:
+            item_vecs = rec.lookup(extra_ids)[0]
+            inner = np.einsum("ij,ij->i", np.asarray(vecs, dtype=np.float32)[extra_user], item_vecs)
+            for u, item, score in zip(extra_user, extra_ids, inner.tolist()):
+                merged[u][item] = score + pending[u][item]  # type: ignore[index]
+        return [
+            items if row is None else heapq.nlargest(k, row.items(), key=lambda kv: kv[1])
+            for items, row in zip(found, merged)
+        ]
 
     def _similar_reasons(
         self, model: ServingModel, states: Sequence[UserState], found: Sequence[Sequence[tuple[str, float]]]
