@@ -68,6 +68,8 @@ def main() -> int:
                 "val_ndcg_at_10_by_epoch": val,
                 "best_val_ndcg_at_10": max(val),
                 "best_epoch": res.metrics["best_epoch"],
+                # the served score's validation NDCG@10 by transitions weight (fitted after training)
+                "transitions": res.metrics.get("transitions"),
                 "seconds": round(time.monotonic() - t0),
             }
         )

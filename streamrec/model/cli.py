@@ -167,6 +167,12 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         help="validate and keep an exponential moving average of the weights with this decay "
         "per step (0 = off, the last weights)",
     )
+    p.add_argument(
+        "--no-transitions",
+        action="store_true",
+        help="serve the model's inner product alone: no item-to-item transitions term (by default "
+        "what followed each item in the training part is counted and its weight chosen on validation)",
+    )
     if not model_flags:
         return
     d = SASRecConfig()
@@ -353,6 +359,7 @@ def _settings(args: argparse.Namespace, settings: Settings):
         contrastive_temp=args.contrastive_temp,
         ema=args.ema,
         samples=args.samples,
+        transitions=not args.no_transitions,
     )
     if args.lr is not None:
         kw["lr"] = args.lr

@@ -48,7 +48,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -397,11 +397,13 @@ class Recommender:
                     used += (len(self.vocab) + 1) * extra.element_size()
             model = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
             text = self.model.text_emb.numel() * self.model.text_emb.element_size()
+            table = getattr(self.model, "transitions", None)
             return {
                 "item_vectors_used": used,
                 "item_vectors_capacity": store,
                 "model_weights": model,
                 "model_text_emb": text,
+                "transitions": 0 if table is None else int(table.indptr.nbytes + table.cols.nbytes + table.vals.nbytes),
             }
 
     @torch.no_grad()
@@ -495,25 +497,41 @@ class Recommender:
         table = getattr(self.model, "transitions", None)
         return table if table is not None and table.weight > 0 else None
 
-    def transition_terms(self, histories: Sequence[Sequence[tuple[str, str]]]) -> list[tuple[list[str], np.ndarray]]:
-        """Per history: the items its newest items were followed by in training, and each one's
-        term of the served score (``weight * log1p(score)``; float32). Rows that a new item has
-        taken over since training neither give nor get transitions. Empty without a table."""
+    def transition_terms(
+        self, histories: Sequence[Sequence[tuple[str, str]]]
+    ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """The items the histories' newest items were followed by in training, and each one's term
+        of the served score (``weight * log1p(score)``), flat: ``(rows, ids, terms, cut)``,
+        history ``u``'s part being ``[cut[u]:cut[u + 1]]``. Rows that a new item has taken over
+        since training (or freed) neither give nor get transitions. Empty without a table."""
         table = self.transitions
         if table is None:
-            return [([], np.zeros(0, np.float32)) for _ in histories]
+            return np.zeros(0, np.int64), [], np.zeros(0, np.float32), np.zeros(len(histories) + 1, np.int64)
         with self._lock:
             get = self.vocab.rows.get
             rows = [[get(str(item), PAD_ID) for item, _ in h[-table.recent :]] for h in histories]
             user, col, term = table.sparse(rows, usable=self._learned)
-            ids = self.vocab.ids
-            names = [ids[c - 1] for c in col.tolist()]
+            # a learned row always holds its item (remove_items clears the flag with the row)
+            names = cast(list[str], list(map(self.vocab.ids.__getitem__, (col - 1).tolist())))
         cut = np.searchsorted(user, np.arange(len(histories) + 1))
-        term = (term * np.float32(table.weight)).astype(np.float32)
-        out: list[tuple[list[str], np.ndarray]] = []
-        for a, b in zip(cut[:-1].tolist(), cut[1:].tolist()):
-            out.append(([n for n in names[a:b] if n is not None], term[a:b][[n is not None for n in names[a:b]]]))
-        return out
+        return col, names, term * np.float32(table.weight), cut
+
+    def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Each id's row (int64; 0 for an id the model does not know)."""
+        with self._lock:
+            return np.fromiter(
+                map(self.vocab.rows.get, map(str, item_ids), itertools.repeat(PAD_ID)), np.int64, len(item_ids)
+            )
+
+    def row_scores(self, user_vecs: np.ndarray, users: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Inner products of pairs: ``user_vecs[users[j]] . vector(rows[j])`` (float32), rows being
+        live rows (:meth:`rows_of`, :meth:`transition_terms`)."""
+        if len(rows) == 0:
+            return np.zeros(0, np.float32)
+        with self._lock:
+            v = self._row_vectors(np.asarray(rows, dtype=np.int64)).float().cpu().numpy()
+        u = np.asarray(user_vecs, dtype=np.float32)[np.asarray(users, dtype=np.int64)]
+        return np.einsum("ij,ij->i", u, v)
 
     def score(self, user_vecs: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
         """(B, len(item_ids)) inner products; unknown ids score with the default item vector."""

@@ -24,6 +24,7 @@ take the old item's transitions (the caller filters by its own record of learned
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,18 +119,16 @@ class Transitions:
         ``usable`` (bool per row): rows that still hold the item the table was built for; other
         rows neither contribute nor are candidates."""
         n = self.n_items
-        users, srcs, ages = [], [], []
-        for u, h in enumerate(histories):
-            for age, i in enumerate(reversed(h[-self.recent :])):
-                users.append(u)
-                srcs.append(i)
-                ages.append(age)
-        src = np.asarray(srcs, dtype=np.int64)
+        newest = [h[-self.recent :] for h in histories]
+        lens = np.fromiter(map(len, newest), np.int64, len(newest))
+        src = np.fromiter(itertools.chain.from_iterable(newest), np.int64, int(lens.sum()))
+        user = np.repeat(np.arange(len(newest)), lens)
+        age = np.repeat(np.cumsum(lens), lens) - 1 - np.arange(len(src))  # 0 = the newest
         ok = (src > 0) & (src <= n)
         if usable is not None:
             ok &= usable[np.minimum(src, len(usable) - 1)] & (src < len(usable))
-        src, user = src[ok], np.asarray(users, dtype=np.int64)[ok]
-        w = self.decay ** np.asarray(ages, dtype=np.float64)[ok]
+        src, user = src[ok], user[ok]
+        w = self.decay ** age[ok].astype(np.float64)
         start, cnt = self.indptr[src], self.indptr[src + 1] - self.indptr[src]
         total = int(cnt.sum())
         empty = np.zeros(0, np.int64)

@@ -16,7 +16,6 @@ inner products from one batched product.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -164,33 +163,56 @@ class Scorer:
         purchased): the top ``k`` of the summed score is then what a full ranking gives (exactly,
         for an exact index), since a term only ever raises an item above its inner product."""
         rec, index = model.recommender, model.index
-        terms = rec.transition_terms(histories)
-        extra_user: list[int] = []
-        extra_ids: list[str] = []
-        merged: list[dict[str, float] | None] = []
-        pending: list[dict[str, float]] = []
-        for u, ((ids, term), items, skip) in enumerate(zip(terms, found, bought)):
-            if not ids:
-                merged.append(None)
-                pending.append({})
-                continue
-            add = dict(zip(ids, term.tolist()))
-            row = {item: score + add.pop(item, 0.0) for item, score in items}
-            for item in add:
-                if item not in skip and index.is_eligible(item):
-                    extra_user.append(u)
-                    extra_ids.append(item)
-            merged.append(row)
-            pending.append(add)
-        if extra_ids:
-            item_vecs = rec.lookup(extra_ids)[0]
-            inner = np.einsum("ij,ij->i", np.asarray(vecs, dtype=np.float32)[extra_user], item_vecs)
-            for u, item, score in zip(extra_user, extra_ids, inner.tolist()):
-                merged[u][item] = score + pending[u][item]  # type: ignore[index]
-        return [
-            items if row is None else heapq.nlargest(k, row.items(), key=lambda kv: kv[1])
-            for items, row in zip(found, merged)
-        ]
+        c_rows, names, terms, cut = rec.transition_terms(histories)
+        if len(c_rows) == 0:
+            return found
+        B = len(found)
+        f_len = np.fromiter(map(len, found), np.int64, B)
+        f_ids = [item for items in found for item, _ in items]
+        f_score = np.fromiter((s for items in found for _, s in items), np.float64, len(f_ids))
+        f_user = np.repeat(np.arange(B), f_len)
+        c_user = np.repeat(np.arange(B), np.diff(cut))
+        base = np.int64(1 << 40)  # (user, row) as one key
+        f_key = f_user * base + rec.rows_of(f_ids)
+        c_key = c_user * base + c_rows
+        # the index's results, each with its term (if the table names it)
+        by_key = np.argsort(c_key)
+        at = np.minimum(np.searchsorted(c_key[by_key], f_key), len(c_key) - 1)
+        hit = c_key[by_key][at] == f_key
+        f_total = f_score + np.where(hit, terms[by_key][at], 0.0)
+        # the items the index did not return: an item scores at most the best inner product (the
+        # first result) plus its term, and the k-th score only rises; one whose term cannot lift
+        # it above the k-th result is never needed (its vector is never read)
+        ends = np.cumsum(f_len)
+        full = f_len >= k
+        floor = np.full(B, -np.inf)
+        floor[full] = f_score[ends[full] - 1] - f_score[ends[full] - f_len[full]]
+        keep = ~np.isin(c_key, f_key) & (terms >= floor[c_user])
+        e_user, e_rows = c_user[keep], c_rows[keep]
+        e_score = rec.row_scores(vecs, e_user, e_rows) + terms[keep]
+        e_names = [names[j] for j in np.flatnonzero(keep).tolist()]
+        # merge, best first per user; purchased or ineligible items are skipped (only the
+        # table's items need the check: the index's results passed it) until k are taken
+        every_user = np.concatenate([f_user, e_user])
+        every_score = np.concatenate([f_total, e_score.astype(np.float64)])
+        every_name = f_ids + e_names
+        n_found = len(f_ids)
+        order = np.lexsort((-every_score, every_user))
+        starts = np.searchsorted(every_user[order], np.arange(B + 1)).tolist()
+        order_l, score_l = order.tolist(), every_score.tolist()
+        out: list[list[tuple[str, float]]] = []
+        for u in range(B):
+            picked: list[tuple[str, float]] = []
+            skip = bought[u]
+            for j in order_l[starts[u] : starts[u + 1]]:
+                name = every_name[j]
+                if j >= n_found and (name in skip or not index.is_eligible(name)):
+                    continue
+                picked.append((name, score_l[j]))
+                if len(picked) == k:
+                    break
+            out.append(picked)
+        return out
 
     def _similar_reasons(
         self, model: ServingModel, states: Sequence[UserState], found: Sequence[Sequence[tuple[str, float]]]

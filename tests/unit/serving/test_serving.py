@@ -151,3 +151,37 @@ def test_thread_cpu_is_exported_per_thread():
     assert cpu.get("spinner-test", 0.0) > 0.0 and "MainThread" in cpu
     text = Metrics().render(model_version="v1")
     assert 'streamrec_thread_cpu_seconds_total{thread="MainThread"}' in text
+
+
+def test_transition_candidates_join_the_index_results_with_their_term(pipeline):
+    """An item that followed the user's newest item in training gets its term on top of its inner
+    product, also when the index did not return it; purchased or out-of-stock ones never come."""
+    import numpy as np
+
+    from streamrec.model.transitions import Transitions
+
+    rec = pipeline.scorer.recommender
+    n = rec.model.config.n_items
+    st = UserState()
+    pipeline.apply_event(st, event("u", 1, "view", 0))
+    [plain] = pipeline.score([st], [])
+    outside = next(f"i{i}" for i in range(24, 1, -1) if f"i{i}" not in dict(plain))  # not in the top 5
+    to, skip = rec.vocab.row(outside), rec.vocab.row("i2")
+    # i1 was followed by `outside` (weight 3) and by i2; i2 is bought below
+    indptr = np.zeros(n + 2, np.int64)
+    indptr[rec.vocab.row("i1") + 1 :] = 2
+    rec.model.transitions = Transitions(indptr, np.array([to, skip]), np.array([3.0, 9.0]), weight=10.0)
+    pipeline.apply_event(st, event("u", 2, "purchase", 1))
+    pipeline.apply_event(st, event("u", 1, "view", 2))  # the newest item is i1 again
+    [recs] = pipeline.score([st], [])
+    got = dict(recs)
+    inner = float(rec.score(rec.encode_users([st.history_pairs()]), [outside])[0, 0])
+    # history i1 (age 2), i2 (age 1: no followers), i1 (age 0): 3 * (1 + 0.5 ** 2)
+    assert recs[0][0] == outside and got[outside] == pytest.approx(inner + 10.0 * np.log1p(3.75), rel=1e-5)
+    assert "i2" not in got and len(recs) == 5
+    pipeline.apply_catalog([(outside, item(int(outside[1:]), in_stock=False))])
+    [recs] = pipeline.score([st], [])
+    assert outside not in dict(recs) and len(recs) == 5
+    rec.model.transitions.weight = 0.0  # weight 0: not served
+    [recs] = pipeline.score([st], [])
+    assert recs == pipeline.score([st], [])[0] and rec.transitions is None

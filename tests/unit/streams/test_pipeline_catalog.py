@@ -130,6 +130,7 @@ def test_memory_report_names_every_part(tiny_checkpoint, tmp_path):
     for part in (
         "item_vectors_used",
         "model_weights",
+        "transitions",
         "index_arrays",
         "index_faiss",
         "catalog_dict",
