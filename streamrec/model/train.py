@@ -117,8 +117,9 @@ class TrainSettings:
     # Item-to-item transitions (streamrec.model.transitions): after training, count what followed
     # each item in the training part (within transitions_window steps, the transitions_top_m
     # heaviest per item) and choose the weight of their term on the validation pairs (0 when none
-    # helps; no validation pairs: not served). On by default: +7-8 % validation NDCG@10 on Beauty
-    # and on the simulator's shop (bench/RESULTS.md, sixteenth session).
+    # helps; no validation pairs: not served). On by default: +7 % validation NDCG@10 on Beauty;
+    # on the simulator's shop, whose sequences follow tastes rather than items, every weight
+    # lowered validation and 0 was chosen (bench/RESULTS.md, sixteenth session).
     transitions: bool = True
     transitions_window: int = 3
     transitions_top_m: int = 50
