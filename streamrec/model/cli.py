@@ -168,10 +168,11 @@ def _train_args(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
         "per step (0 = off, the last weights)",
     )
     p.add_argument(
-        "--no-transitions",
+        "--transitions",
         action="store_true",
-        help="serve the model's inner product alone: no item-to-item transitions term (by default "
-        "what followed each item in the training part is counted and its weight chosen on validation)",
+        help="add an item-to-item transitions term to the served score: what followed each item in "
+        "the training part, its weight chosen on validation (+6.9 %% test NDCG@10 on Beauty; it ranks "
+        "known followers above new catalog items, so it is off by default)",
     )
     if not model_flags:
         return
@@ -359,7 +360,7 @@ def _settings(args: argparse.Namespace, settings: Settings):
         contrastive_temp=args.contrastive_temp,
         ema=args.ema,
         samples=args.samples,
-        transitions=not args.no_transitions,
+        transitions=args.transitions,
     )
     if args.lr is not None:
         kw["lr"] = args.lr

@@ -8,7 +8,8 @@ neither the model's width nor its regularisation moved it. The table is built fr
 training part the model learns from (never a validation or test item), and the weight is chosen on
 validation pairs (:func:`streamrec.model.evaluate.fit_transition_weight`); 0 when no weight helps,
 as on the simulator's shop, whose sequences follow tastes rather than items: the table is then not
-served.
+served. Off by default (``TrainSettings.transitions``, ``--transitions``): a new catalog item has no
+followers yet, so the items the table names rise above it.
 
 - :meth:`Transitions.fit`: for each item row ``a``, the rows ``b`` that followed it within
   ``window`` steps of a training sequence, weighted ``1 / distance``, at most ``top_m`` per item

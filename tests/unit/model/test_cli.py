@@ -112,6 +112,13 @@ def test_train_to_out_dir(tmp_path, settings, tiny_data):
     assert _run(["train", "--sequences", str(seq), "--out", str(out), "--no-text", *_tiny_flags()], settings) == 0
     assert (out / "model.safetensors").is_file() and (out / "train_settings.json").is_file()
     assert not settings.registry_dir.exists() or not any(settings.registry_dir.iterdir())
+    assert not (out / "transitions.safetensors").exists()  # off by default
+    with_t = tmp_path / "ckpt-t"
+    flags = ["--out", str(with_t), "--no-text", "--transitions", *_tiny_flags()]
+    assert _run(["train", "--sequences", str(seq), *flags], settings) == 0
+    fitted = json.loads((with_t / "metrics.json").read_text())["transitions"]
+    assert json.loads((with_t / "train_settings.json").read_text())["transitions"] is True
+    assert (with_t / "transitions.safetensors").is_file() == (fitted["weight"] > 0)
 
 
 def test_evaluate_candidates_and_text_baseline(tmp_path, settings, tiny_checkpoint, capsys):

@@ -73,15 +73,40 @@ def test_file_round_trip_and_bad_tables_are_refused(tmp_path):
         Transitions(t.indptr, t.cols, t.vals, weight=-1.0)
 
 
-def test_training_chooses_a_weight_on_validation_and_the_checkpoint_keeps_it(tiny_checkpoint, tiny_data):
+@pytest.fixture(scope="module")
+def tiny_with_transitions(tmp_path_factory, tiny_data, tiny_text):
+    """The model tests' tiny model, trained with the transitions term on (off by default)."""
+    from streamrec.model.checkpoint import save_checkpoint
+    from streamrec.model.train import TrainSettings, train
+    from tests.unit.model.conftest import TINY_CONFIG
+
+    res = train(
+        tiny_data,
+        item_text=tiny_text,
+        config=TINY_CONFIG,
+        settings=TrainSettings(max_epochs=3, device="cpu", progress=False, batch_size=32, transitions=True),
+    )
+    out = tmp_path_factory.mktemp("ckpt") / "tiny-transitions"
+    save_checkpoint(res.model, res.vocab, out, metrics=res.metrics)
+    return out
+
+
+def test_off_by_default(tiny_checkpoint):
+    from streamrec.model.checkpoint import load_checkpoint, read_metrics
+
+    assert load_checkpoint(tiny_checkpoint)[0].transitions is None and not (tiny_checkpoint / FILE).exists()
+    assert "transitions" not in read_metrics(tiny_checkpoint)
+
+
+def test_training_chooses_a_weight_on_validation_and_the_checkpoint_keeps_it(tiny_with_transitions, tiny_data):
     """The tiny shop's users walk through a family in order: what follows an item is known from
     training, so the transitions term must help on the validation pairs and be kept."""
     from streamrec.model.checkpoint import load_checkpoint, read_metrics
     from streamrec.model.data import encode, leave_one_out
     from streamrec.model.evaluate import evaluate_model, fit_transition_weight
 
-    fitted = read_metrics(tiny_checkpoint)["transitions"]
-    model, vocab = load_checkpoint(tiny_checkpoint)
+    fitted = read_metrics(tiny_with_transitions)["transitions"]
+    model, vocab = load_checkpoint(tiny_with_transitions)
     assert model.transitions is not None and model.transitions.weight == fitted["weight"] > 0
     by_weight = fitted["val_ndcg@10_by_weight"]
     assert by_weight[str(fitted["weight"])] == max(by_weight.values()) > by_weight["0.0"]
@@ -96,10 +121,10 @@ def test_training_chooses_a_weight_on_validation_and_the_checkpoint_keeps_it(tin
     assert without["ndcg@10"] == pytest.approx(by_weight["0.0"])
 
 
-def test_a_model_without_transitions_saves_no_table(tiny_checkpoint, tmp_path):
+def test_a_model_without_transitions_saves_no_table(tiny_with_transitions, tmp_path):
     from streamrec.model.checkpoint import load_checkpoint, save_checkpoint
 
-    model, vocab = load_checkpoint(tiny_checkpoint)
+    model, vocab = load_checkpoint(tiny_with_transitions)
     save_checkpoint(model, vocab, tmp_path / "a")
     assert (tmp_path / "a" / FILE).is_file()
     model.transitions = None

@@ -130,7 +130,6 @@ def test_memory_report_names_every_part(tiny_checkpoint, tmp_path):
     for part in (
         "item_vectors_used",
         "model_weights",
-        "transitions",
         "index_arrays",
         "index_faiss",
         "catalog_dict",
