@@ -160,8 +160,9 @@ class Scorer:
     ) -> list[list[tuple[str, float]]]:
         """Add the model's transition terms (:mod:`streamrec.model.transitions`) to the index's
         results, and score the items its table names that the index did not return (eligible, not
-        purchased): the top ``k`` of the summed score is then what a full ranking gives (exactly,
-        for an exact index), since a term only ever raises an item above its inner product."""
+        purchased) where their term can lift them into the top ``k``: the top ``k`` of the summed
+        score is then what a full ranking gives (exactly, for an exact index), since a term only
+        ever raises an item above its inner product."""
         rec, index = model.recommender, model.index
         c_rows, names, terms, cut = rec.transition_terms(histories)
         if len(c_rows) == 0:
@@ -180,14 +181,19 @@ class Scorer:
         at = np.minimum(np.searchsorted(c_key[by_key], f_key), len(c_key) - 1)
         hit = c_key[by_key][at] == f_key
         f_total = f_score + np.where(hit, terms[by_key][at], 0.0)
-        # the items the index did not return: an item scores at most the best inner product (the
-        # first result) plus its term, and the k-th score only rises; one whose term cannot lift
-        # it above the k-th result is never needed (its vector is never read)
+        # the items the index did not return: with k results, such an item's inner product is at
+        # most the k-th result's (an exact index), so it can enter only when its term lifts it
+        # above the lowest summed score of the results; others are never scored (their vectors
+        # are never read). With fewer than k results every one is scored.
         ends = np.cumsum(f_len)
         full = f_len >= k
         floor = np.full(B, -np.inf)
-        floor[full] = f_score[ends[full] - 1] - f_score[ends[full] - f_len[full]]
-        keep = ~np.isin(c_key, f_key) & (terms >= floor[c_user])
+        if full.any():
+            lowest = np.minimum.reduceat(f_total, np.maximum(ends - f_len, 0)[f_len > 0])  # per user with results
+            low = np.full(B, np.inf)
+            low[f_len > 0] = lowest
+            floor[full] = low[full] - f_score[ends[full] - 1]
+        keep = ~np.isin(c_key, f_key) & (terms > floor[c_user])
         e_user, e_rows = c_user[keep], c_rows[keep]
         e_score = rec.row_scores(vecs, e_user, e_rows) + terms[keep]
         e_names = [names[j] for j in np.flatnonzero(keep).tolist()]
