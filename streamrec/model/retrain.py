@@ -383,6 +383,9 @@ def retrain(
         data = transform(data, rng)
     if sum(len(s) >= 2 for s in data.items) == 0:
         raise ValueError(f"cannot retrain: no training sequence of 2+ items among {len(data)} users")
+    current = None
+    if base_dir is not None:
+        current = load_checkpoint(base_dir, device=dev)
     settings = TrainSettings(
         time_budget=cfg.time_budget_s,
         max_epochs=cfg.max_epochs,
@@ -393,10 +396,10 @@ def retrain(
         text_cache=cfg.text_cache,
         val_users=cfg.val_users,
         train_on_last=True,
+        # a version that serves item-to-item transitions keeps them: the round counts its own
+        # table on its training data and chooses the weight again on its validation users
+        transitions=current is not None and current[0].transitions is not None,
     )
-    current = None
-    if base_dir is not None:
-        current = load_checkpoint(base_dir, device=dev)
     if full:
         config = None
         if current is not None:

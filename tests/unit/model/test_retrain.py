@@ -196,6 +196,39 @@ def test_rounds_bootstrap_refuse_a_worse_candidate_then_promote(sim_log, tmp_pat
     assert ft.current["ndcg@10"] == pytest.approx(boot.candidate["ndcg@10"], abs=1e-6)
 
 
+@pytest.mark.slow  # ~25 s: two short training rounds
+def test_a_version_with_transitions_keeps_them_in_its_rounds(sim_log, tmp_path: Path) -> None:
+    """The term is off by default; once the current version serves it (a shop trained it with
+    --transitions), the trainer's rounds fit it again instead of dropping it."""
+    import shutil
+
+    import torch
+
+    from streamrec.model.checkpoint import load_checkpoint
+    from streamrec.model.transitions import Transitions
+
+    torch.set_num_threads(1)
+    table, text = sim_log
+    reg = ModelRegistry(tmp_path / "models")
+    cfg = RetrainConfig(
+        time_budget_s=3, holdout_users=300, tolerance=1.0, device="cpu", seed=1, val_users=64, max_epochs=200, keep=3
+    )
+    assert retrain(table, reg, text, cfg).promoted
+
+    def settings_of_current() -> dict:
+        return json.loads((reg.require_current() / "train_settings.json").read_text())
+
+    assert settings_of_current()["transitions"] is False
+    with_table = tmp_path / "with-table"
+    shutil.copytree(reg.require_current(), with_table)
+    n = load_checkpoint(with_table)[0].config.n_items
+    Transitions(np.zeros(n + 2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), weight=1.0).save(with_table)
+    reg.promote(reg.register(with_table))
+    ft = retrain(table, reg, text, cfg)
+    assert ft.promoted and ft.mode == "finetune"
+    assert settings_of_current()["transitions"] is True
+
+
 @pytest.mark.gpu
 def test_a_round_trains_and_gates_on_cuda(sim_log, tmp_path: Path) -> None:
     from streamrec.model.checkpoint import load_checkpoint
