@@ -590,6 +590,8 @@ def evaluate_dir(
         "exclude_seen": exclude_seen,
         "candidates": candidates,
         "candidate_items": int(model.config.n_items if rows is None else len(rows)),
+        # the item-to-item transitions term in the scores (0: the inner product alone)
+        "transitions_weight": float(model.transitions.weight) if model.transitions is not None else 0.0,
     }
     report["model_metrics"] = evaluate_model(
         model, inputs, targets, device=dev, exclude_seen=exclude_seen, catalog_rows=rows
