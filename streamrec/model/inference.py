@@ -477,8 +477,7 @@ class Recommender:
         2 unknown to the model."""
         with self._lock:
             table = self._item_table()
-            ids = map(str, item_ids)  # vocab.row per id, without a Python-level call per id
-            rows = np.fromiter(map(self.vocab.rows.get, ids, itertools.repeat(PAD_ID)), np.int64, len(item_ids))
+            rows = self.rows_of(item_ids)
             vecs = self._row_vectors(rows)
             unknown = rows == PAD_ID
             if unknown.any():
@@ -517,7 +516,7 @@ class Recommender:
         return col, names, term * np.float32(table.weight), cut
 
     def rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Each id's row (int64; 0 for an id the model does not know)."""
+        """Each id's row (int64; 0 for an id the model does not know), without a Python-level call per id."""
         with self._lock:
             return np.fromiter(
                 map(self.vocab.rows.get, map(str, item_ids), itertools.repeat(PAD_ID)), np.int64, len(item_ids)

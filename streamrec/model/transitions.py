@@ -45,6 +45,11 @@ MAX_TOP_M = 1000
 MAX_RECENT = 50
 
 
+def _flag(flags: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``flags[rows]``, False for rows beyond ``flags`` (rows added after it was made)."""
+    return (rows < len(flags)) & flags[np.minimum(rows, len(flags) - 1)]
+
+
 @dataclass
 class Transitions:
     """A CSR table over item rows 0..n: the followers of row ``a`` are
@@ -129,7 +134,7 @@ class Transitions:
         age = np.repeat(np.cumsum(lens), lens) - 1 - np.arange(len(src))  # 0 = the newest
         ok = (src > 0) & (src <= n)
         if usable is not None:
-            ok &= usable[np.minimum(src, len(usable) - 1)] & (src < len(usable))
+            ok &= _flag(usable, src)
         src, user = src[ok], user[ok]
         w = self.decay ** age[ok].astype(np.float64)
         start, cnt = self.indptr[src], self.indptr[src + 1] - self.indptr[src]
@@ -142,7 +147,7 @@ class Transitions:
         val = self.vals[offs] * np.repeat(w, cnt)
         row_user = np.repeat(user, cnt)
         if usable is not None:
-            keep = (col < len(usable)) & usable[np.minimum(col, len(usable) - 1)]
+            keep = _flag(usable, col)
             col, val, row_user = col[keep], val[keep], row_user[keep]
         uniq, inv = np.unique(row_user * (n + 1) + col, return_inverse=True)
         score = np.log1p(np.bincount(inv, weights=val, minlength=len(uniq))).astype(np.float32)
