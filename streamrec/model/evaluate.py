@@ -44,6 +44,27 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, f
 
 
 @torch.inference_mode()
+def _exclude(scores: torch.Tensor, items: Sequence[Sequence[int]], *, outside: torch.Tensor | None, seen: bool) -> None:
+    """Set (in place) to -inf what can never be ranked: the padding row, rows ``outside`` the
+    catalog and, with ``seen``, each history's own items. ``scores`` (B, N+1), row b for ``items[b]``."""
+    scores[:, PAD_ID] = float("-inf")
+    if outside is not None:
+        scores[:, outside] = float("-inf")
+    if seen:
+        rows = torch.as_tensor(np.repeat(np.arange(len(items)), [len(h) for h in items]))
+        cols = torch.as_tensor([i for h in items for i in h], dtype=torch.long)
+        scores[rows, cols] = float("-inf")
+
+
+def _target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each target (B,) among its row of ``scores`` (B, N+1); an excluded target
+    (-inf: seen, or outside the catalog) gets a rank past any cutoff, a miss."""
+    tgt = scores.gather(1, targets[:, None])  # (B, 1)
+    r = (scores > tgt).sum(1)
+    r[torch.isneginf(tgt[:, 0])] = 1 << 40
+    return r
+
+
 def rank_all(
     score_fn: ScoreFn,
     inputs: Encoded,
@@ -75,17 +96,8 @@ def rank_all(
         types = [inputs.types[i] for i in idx]
         y = torch.as_tensor(targets[idx], dtype=torch.long)
         scores = score_fn(items, types).float().cpu()  # (B, N+1)
-        scores[:, PAD_ID] = float("-inf")
-        if outside is not None:
-            scores[:, outside] = float("-inf")
-        if exclude_seen:
-            rows = torch.as_tensor(np.repeat(np.arange(len(items)), [len(h) for h in items]))
-            cols = torch.as_tensor([i for h in items for i in h], dtype=torch.long)
-            scores[rows, cols] = float("-inf")
-        tgt = scores.gather(1, y[:, None])  # (B, 1)
-        r = (scores > tgt).sum(1)
-        r[torch.isneginf(tgt[:, 0])] = 1 << 40  # excluded target (seen, or outside the catalog): a miss
-        ranks[idx] = r.numpy()
+        _exclude(scores, items, outside=outside, seen=exclude_seen)
+        ranks[idx] = _target_ranks(scores, y).numpy()
         top = scores.topk(min(10, n_items), dim=1)
         seen_top[top.indices[torch.isfinite(top.values)].numpy()] = True
     out = metrics_from_ranks(ranks, ks)
@@ -146,17 +158,11 @@ def fit_transition_weight(
         items = [inputs.items[i] for i in idx]
         types = [inputs.types[i] for i in idx]
         m = base(items, types).float().cpu()
-        m[:, PAD_ID] = float("-inf")
-        rows = torch.as_tensor(np.repeat(np.arange(len(items)), [len(h) for h in items]))
-        cols = torch.as_tensor([i for h in items for i in h], dtype=torch.long)
-        m[rows, cols] = float("-inf")
+        _exclude(m, items, outside=None, seen=True)
         term = table.dense(items, m.shape[1])
-        y = torch.as_tensor(targets[idx], dtype=torch.long)[:, None]
+        y = torch.as_tensor(targets[idx], dtype=torch.long)
         for w in weights:
-            sc = m + w * term
-            r = (sc > sc.gather(1, y)).sum(1)
-            r[torch.isneginf(sc.gather(1, y)[:, 0])] = 1 << 40
-            ranks[w][idx] = r.numpy()
+            ranks[w][idx] = _target_ranks(m + w * term, y).numpy()
     ndcg = {str(w): metrics_from_ranks(r, (10,))["ndcg@10"] for w, r in ranks.items()}
     best = max(weights, key=lambda w: (ndcg[str(w)], -w))
     return float(best), ndcg
