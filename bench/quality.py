@@ -1,6 +1,6 @@
 """Model quality on Amazon Beauty: the standard leave-one-out full-ranking protocol.
 
-Usage (from the repo root; fits in < 30 min on 2 CPU cores with the defaults)::
+Usage (from the repo root; the headline model trains in < 30 min on 2 CPU cores, about 23 min here)::
 
     .venv/bin/python bench/quality.py [--time-budget 1500] [--zero-shot-budget 300]
 
