@@ -62,7 +62,7 @@ def save_checkpoint(
     vocab.save(out / ITEM_MAP)
     text_emb = model.text_emb.detach().cpu().contiguous()
     atomic_write(out / TEXT_EMB, lambda tmp: save_file({"text_emb": text_emb}, str(tmp)))
-    table = getattr(model, "transitions", None)
+    table = model.transitions
     if table is not None:
         table.save(out)
     else:

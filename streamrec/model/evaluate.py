@@ -43,7 +43,6 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, f
     return out
 
 
-@torch.inference_mode()
 def _exclude(scores: torch.Tensor, items: Sequence[Sequence[int]], *, outside: torch.Tensor | None, seen: bool) -> None:
     """Set (in place) to -inf what can never be ranked: the padding row, rows ``outside`` the
     catalog and, with ``seen``, each history's own items. ``scores`` (B, N+1), row b for ``items[b]``."""
@@ -65,6 +64,7 @@ def _target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return r
 
 
+@torch.inference_mode()
 def rank_all(
     score_fn: ScoreFn,
     inputs: Encoded,
@@ -114,7 +114,7 @@ def model_score_fn(
     vectors (with hybrid scoring both carry the gated text-similarity channel), plus the model's
     transitions term when it has one with a weight (``model.transitions``,
     :mod:`streamrec.model.transitions`; ``transitions=False``: the inner product alone)."""
-    table_t = getattr(model, "transitions", None) if transitions else None
+    table_t = model.transitions if transitions else None
     if table_t is not None and table_t.weight <= 0:
         table_t = None
     model.eval()

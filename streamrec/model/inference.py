@@ -397,7 +397,7 @@ class Recommender:
                     used += (len(self.vocab) + 1) * extra.element_size()
             model = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
             text = self.model.text_emb.numel() * self.model.text_emb.element_size()
-            table = getattr(self.model, "transitions", None)
+            table = self.model.transitions
             return {
                 "item_vectors_used": used,
                 "item_vectors_capacity": store,
@@ -493,7 +493,7 @@ class Recommender:
     @property
     def transitions(self) -> Any:
         """The model's item-to-item transitions with a weight (:mod:`streamrec.model.transitions`), or None."""
-        table = getattr(self.model, "transitions", None)
+        table = self.model.transitions
         return table if table is not None and table.weight > 0 else None
 
     def transition_terms(
