@@ -133,7 +133,7 @@ class Scorer:
             with stage("index"):
                 bought = [states[i].purchased for i in warm]
                 found = index.search(np.asarray(vecs, dtype=np.float32), k, exclude=bought)
-                if getattr(model.recommender, "transitions", None) is not None:
+                if model.recommender.transitions is not None:
                     found = self._with_transitions(model, vecs, [pairs[i] for i in warm], found, bought, k)
         with stage("filter"):
             if vecs is not None:

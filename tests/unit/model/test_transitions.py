@@ -131,3 +131,16 @@ def test_a_model_without_transitions_saves_no_table(tiny_with_transitions, tmp_p
     save_checkpoint(model, vocab, tmp_path / "a")  # overwritten in place: the old table goes
     assert not (tmp_path / "a" / FILE).exists() and load_checkpoint(tmp_path / "a")[0].transitions is None
     assert torch.equal(load_checkpoint(tmp_path / "a")[0].text_emb, model.text_emb)
+
+
+def test_memory_report_counts_the_table_of_a_served_model(tiny_checkpoint, tiny_with_transitions):
+    """The worker's memory report (``streamrec_memory_bytes{part="transitions"}``) names the table's
+    three arrays, and 0 for a model without one."""
+    from streamrec.model.inference import Recommender
+
+    rec = Recommender.load(tiny_with_transitions, device="cpu")
+    table = rec.transitions
+    assert table is not None
+    expected = table.indptr.nbytes + table.cols.nbytes + table.vals.nbytes
+    assert rec.memory_bytes()["transitions"] == expected > 0
+    assert Recommender.load(tiny_checkpoint, device="cpu").memory_bytes()["transitions"] == 0
