@@ -7,6 +7,13 @@ Measured in one run, each figure beside its ceiling:
   3. pipeline: a real `streamrec worker` process draining a backlog of the same events;
   4. latency: produce -> recommendation received, p50/p95/p99 at 100, 500 and 1000 events/s.
 
+``--workers 1,2`` runs each guarantee once per number of worker processes, back to back (with
+``--repeat N``, N times, the order reversed every other time): the workers of a run share its
+topics and consumer group (4 partitions), and each has its own Python interpreter, so one
+worker's event loop and another's model thread never wait for the same GIL. In such runs every
+backlog is produced only once all of the run's workers are ready (so that no rebalance falls
+inside the drain), and the CPU, /metrics and stage figures are summed over the workers.
+
 ``--loop-bound`` adds one more worker that drains the same backlog with a model stage that costs
 nothing (``bench/free_model_worker.py``: fixed answers, everything else as in the worker): the
 drain that no change to the model or the index can lift. Beside each drain, the CPU bound: the
@@ -39,7 +46,7 @@ Starts a local Kafka unless STREAMREC_BOOTSTRAP_SERVERS is set. The last line is
 
     .venv/bin/python bench/pipeline.py [--model DIR] [--events 30000] [--rate-seconds 15]
         [--guarantees at_least_once,exactly_once] [--insights off,on [--repeat N]] [--profile DIR]
-        [--loop-bound]
+        [--loop-bound] [--workers 1,2 [--repeat N]]
 """
 
 from __future__ import annotations
@@ -241,21 +248,36 @@ def proc_cpu(pid: int | None) -> float:
 STAGES = ("parse", "state_read", "model", "index", "filter", "score", "produce", "state_write", "commit")
 
 
-class Probe:
-    """One phase of a worker run: what its /metrics and CPU counters moved by, per event."""
+def scrape_all(urls: list[str]) -> dict[str, float]:
+    """:func:`scrape` of each worker's /metrics, every sample summed over the workers."""
+    out: dict[str, float] = {}
+    for url in urls:
+        for k, v in scrape(url).items():
+            out[k] = out.get(k, 0.0) + v
+    return out
 
-    def __init__(self, url: str, worker_pid: int, broker_pid: int | None) -> None:
-        self.url, self.worker_pid, self.broker_pid = url, worker_pid, broker_pid
+
+class Probe:
+    """One phase of a worker run: what its /metrics and CPU counters moved by, per event (summed
+    over the run's workers when it has several)."""
+
+    def __init__(self, urls: str | list[str], worker_pids: int | list[int], broker_pid: int | None) -> None:
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self.worker_pids = [worker_pids] if isinstance(worker_pids, int) else list(worker_pids)
+        self.worker_pid, self.broker_pid = self.worker_pids[0], broker_pid  # py-spy follows the first
         self.start()
 
+    def _worker_cpu(self) -> float:
+        return sum(proc_cpu(pid) for pid in self.worker_pids)
+
     def start(self) -> None:
-        self.m0 = scrape(self.url)
-        self.w0, self.b0, self.t0 = proc_cpu(self.worker_pid), proc_cpu(self.broker_pid), time.perf_counter()
+        self.m0 = scrape_all(self.urls)
+        self.w0, self.b0, self.t0 = self._worker_cpu(), proc_cpu(self.broker_pid), time.perf_counter()
         self.load0 = os.getloadavg()[0]
 
     def stop(self) -> dict:
-        m1 = scrape(self.url)
-        w1, b1, t1 = proc_cpu(self.worker_pid), proc_cpu(self.broker_pid), time.perf_counter()
+        m1 = scrape_all(self.urls)
+        w1, b1, t1 = self._worker_cpu(), proc_cpu(self.broker_pid), time.perf_counter()
         d = {k: v - self.m0.get(k, 0.0) for k, v in m1.items()}
         n = d.get("streamrec_events_in_total", 0.0)
         per = 1e6 / n if n else float("nan")  # seconds per phase -> µs per event
@@ -329,10 +351,12 @@ def start_worker(
     insights: str | None = None,
     *,
     free_model: bool = False,
+    wait: bool = True,
 ) -> subprocess.Popen:
     """A `streamrec worker` process on ``settings``' topics; ``insights`` "on"/"off" sets
     ``STREAMREC_RECOMMENDATION_INSIGHTS`` (None: the worker's default); ``free_model``: the worker
-    of ``bench/free_model_worker.py`` (its model stage costs nothing)."""
+    of ``bench/free_model_worker.py`` (its model stage costs nothing); ``wait``: return once it
+    is ready (else at once)."""
     switches = {"STREAMREC_PROCESSING_GUARANTEE": guarantee}
     if insights is not None:
         switches["STREAMREC_RECOMMENDATION_INSIGHTS"] = "true" if insights == "on" else "false"
@@ -344,7 +368,8 @@ def start_worker(
     )
     entry = (str(REPO / "bench" / "free_model_worker.py"),) if free_model else ("-m", "streamrec.cli")
     proc = launch(["--log-level", "WARNING", "worker", "--model", str(model)], env, log, entry=entry)
-    wait_healthy(proc, port, log)
+    if wait:
+        wait_healthy(proc, port, log)
     return proc
 
 
@@ -456,10 +481,12 @@ class Variant:
     reps: int = 1
     warmup: bool = False  # the broker's warm-up run (not reported)
     free_model: bool = False  # --loop-bound: the model stage costs nothing (bench/free_model_worker.py)
+    workers: int = 1  # worker processes sharing the run's topics (--workers)
 
     @property
     def name(self) -> str:
         out = self.guarantee if self.insights is None else f"{self.guarantee}, insights {self.insights}"
+        out = out if self.workers == 1 else f"{out}, {self.workers} workers"
         out = f"warm-up, {out}" if self.warmup else out
         out = f"{out}, model stage free (loop bound)" if self.free_model else out
         return out if self.reps == 1 else f"{out} #{self.rep + 1}"
@@ -468,14 +495,28 @@ class Variant:
     def key(self) -> str:
         """Topic-safe tag."""
         out = self.guarantee if self.insights is None else f"{self.guarantee}-ins{self.insights}"
+        out = out if self.workers == 1 else f"{out}-w{self.workers}"
         out = f"warmup-{out}" if self.warmup else out
         out = f"{out}-free" if self.free_model else out
         return out if self.reps == 1 else f"{out}-{self.rep}"
 
 
-def variants(guarantees: list[str], insights: list[str], repeat: int) -> list[Variant]:
-    """Per guarantee: the insights values back to back, ``repeat`` times, the order reversed every
-    other time (off,on,on,off,...) so that a drifting load hits both alike."""
+def variants(
+    guarantees: list[str], insights: list[str], repeat: int, workers: list[int] | None = None
+) -> list[Variant]:
+    """Per guarantee: the insights values (or the worker counts) back to back, ``repeat`` times,
+    the order reversed every other time (off,on,on,off,...) so that a drifting load hits both alike.
+
+    >>> [v.key for v in variants(["at_least_once"], [], 2, [1, 2])]
+    ['at_least_once-0', 'at_least_once-w2-0', 'at_least_once-w2-1', 'at_least_once-1']
+    """
+    if workers and workers != [1]:
+        return [
+            Variant(g, rep=rep, reps=repeat, workers=w)
+            for g in guarantees
+            for rep in range(repeat)
+            for w in (workers if rep % 2 == 0 else workers[::-1])
+        ]
     if not insights:
         return [Variant(g) for g in guarantees]
     out = []
@@ -499,33 +540,52 @@ def run_worker(
     broker_pid: int | None,
     profile: Path | None,
     dump: Path | None = None,
+    backlog: list[ShopEvent] | None = None,
 ) -> dict:
-    """One worker run (``variant``): drain the backlog on its topics, then the latency phases."""
-    port = localkafka.free_port()
+    """One worker run (``variant``): drain the backlog on its topics, then the latency phases.
+    ``backlog``: events to produce once the run's workers are all ready (else it is on the topic
+    already)."""
+    ports = [localkafka.free_port() for _ in range(variant.workers)]
     t_start = time.perf_counter()
     producer: EventProducer | None = None
     name, key = variant.name, variant.key
-    worker = start_worker(
-        settings,
-        model,
-        port,
-        work / f"worker-{key}.log",
-        variant.guarantee,
-        variant.insights,
-        free_model=variant.free_model,
-    )
+    procs: list[subprocess.Popen] = []
     try:
-        url = f"http://127.0.0.1:{port}/metrics"
+        for i, port in enumerate(ports):
+            procs.append(
+                start_worker(
+                    settings,
+                    model,
+                    port,
+                    work / (f"worker-{key}.log" if i == 0 else f"worker-{key}-{i + 1}.log"),
+                    variant.guarantee,
+                    variant.insights,
+                    free_model=variant.free_model,
+                    wait=variant.workers == 1,
+                )
+            )
+        if variant.workers > 1:  # all launched at once; ready once each has its partitions
+            for proc, port, i in zip(procs, ports, range(len(procs))):
+                wait_healthy(proc, port, work / f"worker-{key}-{i + 1}.log", since=t_start)
+        if backlog is not None:
+            time.sleep(5.0)  # the group's last rebalance settles before the backlog arrives
+            now = int(time.time() * 1000)
+            with EventProducer.from_settings(settings) as p:
+                for e in backlog:
+                    p.send(e.model_copy(update={"ts": now}))
+        worker = procs[0]
+        urls = [f"http://127.0.0.1:{port}/metrics" for port in ports]
+        pids = [p.pid for p in procs]
         spy = py_spy(worker.pid, profile / f"{key}-drain.txt" if profile else None, 12)
         probe, first = None, None
         # the poll reads one counter (/metrics?name[]=...), not every histogram of the worker
-        count_url = f"{url}?name[]=streamrec_events_in_total"
+        count_urls = [f"{url}?name[]=streamrec_events_in_total" for url in urls]
         while True:
-            m = scrape(count_url)
+            m = scrape_all(count_urls)
             n = m.get("streamrec_events_in_total", 0)
             if n > 0 and first is None:
                 first = (time.perf_counter(), n)
-                probe = Probe(url, worker.pid, broker_pid)
+                probe = Probe(urls, pids, broker_pid)
             if n >= n_events:
                 break
             if time.perf_counter() - t_start > 600:
@@ -551,7 +611,7 @@ def run_worker(
                 events,
                 r,
                 rate_seconds,
-                Probe(url, worker.pid, broker_pid),
+                Probe(urls, pids, broker_pid),
                 prof,
                 dump / key if dump else None,
                 producer,
@@ -565,7 +625,8 @@ def run_worker(
     finally:
         if producer is not None:
             producer.close()
-        stop(worker, 60)
+        for proc in procs:
+            stop(proc, 60)
     return {"drain": drain, "latency": lat}
 
 
@@ -670,7 +731,13 @@ def main() -> int:
         "--repeat",
         type=int,
         default=1,
-        help="with --insights: run the values this many times, order reversed every other time",
+        help="with --insights or --workers: run the values this many times, order reversed every other time",
+    )
+    ap.add_argument(
+        "--workers",
+        default="1",
+        help="worker processes per run, e.g. 1,2: each guarantee once per count, back to back (with "
+        "--repeat, the order reversed every other time); a run's workers share its topics (4 partitions)",
     )
     ap.add_argument(
         "--worker-env",
@@ -734,6 +801,19 @@ def main() -> int:
             print(f"--worker-env: expected STREAMREC_NAME=VALUE (not the guarantee), got {kv!r}", file=sys.stderr)
             return 2
         WORKER_ENV[name] = value
+    try:
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        workers = []
+    if not workers or any(not 1 <= w <= 4 for w in workers) or len(set(workers)) != len(workers):
+        print(
+            f"--workers: expected distinct counts of 1..4 (one per partition at most), got {args.workers!r}",
+            file=sys.stderr,
+        )
+        return 2
+    if insights and workers != [1]:
+        print("--workers and --insights: give one or the other", file=sys.stderr)
+        return 2
     if not 1 <= args.repeat <= 20:
         print(f"--repeat: expected 1..20, got {args.repeat}", file=sys.stderr)
         return 2
@@ -779,7 +859,8 @@ def main() -> int:
         partitions=4,
         batch_max=args.batch,
     )
-    runs = variants(guarantees, insights, args.repeat)
+    runs = variants(guarantees, insights, args.repeat, workers)
+    late = workers != [1]  # each run's backlog produced once its workers are ready (see the docstring)
     if args.loop_bound:
         runs.append(Variant(runs[0].guarantee, free_model=True))
     warmup = Variant(runs[0].guarantee, warmup=True) if args.warmup_events > 0 and started is not None else None
@@ -805,7 +886,7 @@ def main() -> int:
                 if k == 0:
                     for c in catalog:
                         producer.send_catalog(c)
-                for e in events[: args.warmup_events] if v is warmup else events:
+                for e in events[: args.warmup_events] if v is warmup else [] if late else events:
                     producer.send(e.model_copy(update={"ts": now}))
         if warmup is not None:
             n_warm = min(args.warmup_events, len(events))
@@ -824,6 +905,12 @@ def main() -> int:
             )
 
         first = per_v[runs[0]]
+        if late:  # the runs' topics are still empty: the raw consume reads a backlog of its own
+            first = base.model_copy(update={"topic_events": f"{tag}.raw.events", "app_id": f"{tag}-raw"})
+            create_topics(first)
+            with EventProducer.from_settings(first) as producer:
+                for e in events:
+                    producer.send(e.model_copy(update={"ts": now}))
         raw = raw_consume(first, len(events))
         print(f"raw consume: {raw:,.0f} events/s", flush=True)
         threads = compute_threads(int(WORKER_ENV.get("STREAMREC_TORCH_THREADS", Settings().torch_threads)))
@@ -846,6 +933,7 @@ def main() -> int:
                 broker_pid=broker_pid,
                 profile=profile,
                 dump=Path(args.dump_latencies) if args.dump_latencies else None,
+                backlog=events if late else None,
             )
     finally:
         if started is not None:
@@ -876,7 +964,7 @@ def main() -> int:
         dr = res["drain"]
         both = dr["cpu_us"] + dr["broker_cpu_us"]  # NaN when the broker is not this script's
         print(
-            f"| pipeline, one worker, {v.name} (draining) | {dr['events_per_s']:,.0f} | "
+            f"| pipeline, {'one worker, ' if v.workers == 1 else ''}{v.name} (draining) | {dr['events_per_s']:,.0f} | "
             f"{dr['events_per_s'] / alone:.2f} of model+index | {dr['cpu_us']:.0f} | {fmt(dr['broker_cpu_us'])} "
             f"| {fmt(cores * 1e6 / both) if both > 0 else '-'} | {dr['load']:.1f} |"
         )
