@@ -549,24 +549,25 @@ def run_worker(
     t_start = time.perf_counter()
     producer: EventProducer | None = None
     name, key = variant.name, variant.key
+    logs = [work / (f"worker-{key}.log" if i == 0 else f"worker-{key}-{i + 1}.log") for i in range(len(ports))]
     procs: list[subprocess.Popen] = []
     try:
-        for i, port in enumerate(ports):
+        for port, log in zip(ports, logs):
             procs.append(
                 start_worker(
                     settings,
                     model,
                     port,
-                    work / (f"worker-{key}.log" if i == 0 else f"worker-{key}-{i + 1}.log"),
+                    log,
                     variant.guarantee,
                     variant.insights,
                     free_model=variant.free_model,
                     wait=variant.workers == 1,
                 )
             )
-        if variant.workers > 1:  # all launched at once; ready once each has its partitions
-            for proc, port, i in zip(procs, ports, range(len(procs))):
-                wait_healthy(proc, port, work / f"worker-{key}-{i + 1}.log", since=t_start)
+        if variant.workers > 1:  # all launched at once, so that they join the group together
+            for proc, port, log in zip(procs, ports, logs):
+                wait_healthy(proc, port, log, since=t_start)
         if backlog is not None:
             time.sleep(5.0)  # the group's last rebalance settles before the backlog arrives
             now = int(time.time() * 1000)
