@@ -129,6 +129,19 @@ def ensure_model(args: argparse.Namespace, work: Path) -> Path:
     return train_model(d / "sequences.txt", d / "item_text.tsv", out, args.train_seconds)
 
 
+def produce_backlog(
+    settings: Settings, events: list[ShopEvent], *, catalog: list | None = None, ts_ms: int | None = None
+) -> None:
+    """Produce ``catalog`` (if given) and ``events`` to ``settings``' topics, every event stamped
+    ``ts_ms`` (default: now), and wait until the broker has them all."""
+    now = int(time.time() * 1000) if ts_ms is None else ts_ms
+    with EventProducer.from_settings(settings) as producer:
+        for c in catalog or ():
+            producer.send_catalog(c)
+        for e in events:
+            producer.send(e.model_copy(update={"ts": now}))
+
+
 def raw_consume(settings: Settings, n: int) -> float:
     from aiokafka import AIOKafkaConsumer
 
@@ -261,10 +274,9 @@ class Probe:
     """One phase of a worker run: what its /metrics and CPU counters moved by, per event (summed
     over the run's workers when it has several)."""
 
-    def __init__(self, urls: str | list[str], worker_pids: int | list[int], broker_pid: int | None) -> None:
-        self.urls = [urls] if isinstance(urls, str) else list(urls)
-        self.worker_pids = [worker_pids] if isinstance(worker_pids, int) else list(worker_pids)
-        self.worker_pid, self.broker_pid = self.worker_pids[0], broker_pid  # py-spy follows the first
+    def __init__(self, urls: list[str], worker_pids: list[int], broker_pid: int | None) -> None:
+        self.urls, self.worker_pids, self.broker_pid = urls, worker_pids, broker_pid
+        self.worker_pid = worker_pids[0]  # py-spy follows the first
         self.start()
 
     def _worker_cpu(self) -> float:
@@ -570,10 +582,7 @@ def run_worker(
                 wait_healthy(proc, port, log, since=t_start)
         if backlog is not None:
             time.sleep(5.0)  # the group's last rebalance settles before the backlog arrives
-            now = int(time.time() * 1000)
-            with EventProducer.from_settings(settings) as p:
-                for e in backlog:
-                    p.send(e.model_copy(update={"ts": now}))
+            produce_backlog(settings, backlog)
         worker = procs[0]
         urls = [f"http://127.0.0.1:{port}/metrics" for port in ports]
         pids = [p.pid for p in procs]
@@ -883,12 +892,8 @@ def main() -> int:
         now = int(time.time() * 1000)
         for k, (v, settings) in enumerate(per_v.items()):
             create_topics(settings)
-            with EventProducer.from_settings(settings) as producer:
-                if k == 0:
-                    for c in catalog:
-                        producer.send_catalog(c)
-                for e in events[: args.warmup_events] if v is warmup else [] if late else events:
-                    producer.send(e.model_copy(update={"ts": now}))
+            backlog = events[: args.warmup_events] if v is warmup else [] if late else events
+            produce_backlog(settings, backlog, catalog=catalog if k == 0 else None, ts_ms=now)
         if warmup is not None:
             n_warm = min(args.warmup_events, len(events))
             print(f"warm-up: a worker drains {n_warm:,} events on its own topics (not reported)...", flush=True)
@@ -909,9 +914,7 @@ def main() -> int:
         if late:  # the runs' topics are still empty: the raw consume reads a backlog of its own
             first = base.model_copy(update={"topic_events": f"{tag}.raw.events", "app_id": f"{tag}-raw"})
             create_topics(first)
-            with EventProducer.from_settings(first) as producer:
-                for e in events:
-                    producer.send(e.model_copy(update={"ts": now}))
+            produce_backlog(first, events, ts_ms=now)
         raw = raw_consume(first, len(events))
         print(f"raw consume: {raw:,.0f} events/s", flush=True)
         threads = compute_threads(int(WORKER_ENV.get("STREAMREC_TORCH_THREADS", Settings().torch_threads)))
