@@ -257,6 +257,21 @@ def proc_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def with_children(pids: list[int]) -> list[int]:
+    """``pids`` and every process below them (a worker's model process, with
+    ``STREAMREC_MODEL_PROCESS``), so that a worker's CPU counts all of its processes."""
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 #: the worker's stages, in pipeline order (see streamrec/serving/metrics.py)
 STAGES = ("parse", "state_read", "model", "index", "filter", "score", "produce", "state_write", "commit")
 
@@ -275,8 +290,9 @@ class Probe:
     over the run's workers when it has several)."""
 
     def __init__(self, urls: list[str], worker_pids: list[int], broker_pid: int | None) -> None:
-        self.urls, self.worker_pids, self.broker_pid = urls, worker_pids, broker_pid
+        self.urls, self.broker_pid = urls, broker_pid
         self.worker_pid = worker_pids[0]  # py-spy follows the first
+        self.worker_pids = with_children(worker_pids)
         self.start()
 
     def _worker_cpu(self) -> float:
