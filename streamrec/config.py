@@ -133,12 +133,6 @@ class Settings(BaseSettings):
         "batch while the next is scored (each batch is still acknowledged only once published). Off: "
         "on 2 cores the two Python threads contend for the GIL and the worker drained less (bench/RESULTS.md)",
     )
-    model_process: bool = Field(
-        False,
-        description="run the model, its index and the hot swaps in a process of their own, fed by the "
-        "worker's event loop over a pipe, so that scoring a batch shares no GIL with parsing and "
-        "publishing the next (batches then overlap; bench/RESULTS.md, nineteenth session)",
-    )
     gc_freeze: bool = Field(
         True,
         description="once the catalog is loaded, move every object alive then (model, catalog, libraries) out "

@@ -110,10 +110,24 @@ def saved_or_new_index(settings: Settings, recommender: Any) -> Any:
     return index
 
 
-def new_pipeline(settings: Settings, *, recommender: Any, index: Any, loader: VersionLoader | None) -> Pipeline:
-    """The worker's :class:`Pipeline` (the model side) with the worker's settings; a model
-    process (:mod:`streamrec.streams.model_process`) builds its own with this too."""
-    return Pipeline(
+def create_app(
+    settings: Settings,
+    *,
+    recommender: Any,
+    index: Any,
+    store: str = "rocksdb://",
+    loader: VersionLoader | None = None,
+    follow_models: bool = True,
+) -> tuple[faust.App, Pipeline]:
+    """Build the worker app around a loaded model and an (empty or restored) item index.
+
+    ``store`` is the table store (``memory://`` in unit tests). ``loader`` says how the worker
+    loads the versions it hot-swaps (sharing ``recommender``'s title encoder or text cache; see
+    :func:`streamrec.streams.cli.build_worker`); without one it serves ``recommender`` only.
+    ``follow_models`` starts the model-updates reader. The app carries its :class:`BatchHandler`
+    as ``app.streamrec_handler`` and the pipeline as ``app.streamrec_pipeline``.
+    """
+    pipeline = Pipeline(
         recommender=recommender,
         index=index,
         top_k=settings.top_k,
@@ -127,31 +141,6 @@ def new_pipeline(settings: Settings, *, recommender: Any, index: Any, loader: Ve
         index_dir=index_dir(settings),
         compute_threads=compute_threads(settings.torch_threads),
     )
-
-
-def create_app(
-    settings: Settings,
-    *,
-    recommender: Any = None,
-    index: Any = None,
-    store: str = "rocksdb://",
-    loader: VersionLoader | None = None,
-    follow_models: bool = True,
-    pipeline: Pipeline | None = None,
-) -> tuple[faust.App, Pipeline]:
-    """Build the worker app around a loaded model and an (empty or restored) item index.
-
-    ``store`` is the table store (``memory://`` in unit tests). ``loader`` says how the worker
-    loads the versions it hot-swaps (sharing ``recommender``'s title encoder or text cache; see
-    :func:`streamrec.streams.cli.build_worker`); without one it serves ``recommender`` only.
-    ``pipeline``: a pipeline built already, instead of ``recommender``, ``index`` and ``loader``
-    (the worker's :class:`~streamrec.streams.model_process.RemotePipeline`, whose model lives in a
-    process of its own). ``follow_models`` starts the model-updates reader. The app carries its
-    :class:`BatchHandler` as ``app.streamrec_handler`` and the pipeline as ``app.streamrec_pipeline``.
-    """
-    remote = pipeline is not None
-    if pipeline is None:
-        pipeline = new_pipeline(settings, recommender=recommender, index=index, loader=loader)
     datadir = worker_datadir(settings)
     datadir.mkdir(parents=True, exist_ok=True)
     app = StreamApp(
@@ -246,8 +235,7 @@ def create_app(
             handler,
             batch_max=settings.batch_max,
             within_s=settings.batch_within_s,
-            # a model in its own process scores without the loop's GIL: overlap is what it is for
-            overlap=(settings.overlap_batches or remote) and not exactly_once,
+            overlap=settings.overlap_batches and not exactly_once,
         )
 
     @app.agent(deletions_topic, concurrency=1)
@@ -273,11 +261,9 @@ def create_app(
 
         await watch.run(on_change=on_change)
 
-    if follow_models and (loader is not None or remote):
+    if follow_models and loader is not None:
         # a new version is built from the catalog topic itself (the source of truth), as at a start
-        # (a model process reads it itself)
-        if not remote:
-            pipeline.catalog_source = lambda: read_catalog_topic(settings)
+        pipeline.catalog_source = lambda: read_catalog_topic(settings)
 
         @app.task
         async def follow_models_task() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from streamrec.config import Settings
@@ -115,30 +116,33 @@ def check_credentials(settings: Settings, *, timeout: float = 20.0) -> None:
         log.warning("kafka not reachable yet bootstrap=%s reason=%s", settings.resolved_bootstrap(), exc)
 
 
-def model_location(settings: Settings, model_path: str | None) -> tuple[str, str | None]:
-    """The checkpoint dir to serve and its registry version (None: named by ``--model``); a
-    clear error when the registry has no current model."""
-    from streamrec.model.registry import ModelRegistry
+def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[Any, Any]:
+    """Load the model (clear error if there is none) and build the app; returns (app, pipeline).
 
-    if model_path:
-        return model_path, None
-    registry = ModelRegistry(settings.registry_dir)
-    return str(registry.require_current()), registry.current_version()
-
-
-def load_model_side(settings: Settings, path: str, version: str | None) -> tuple[Any, Any, Any]:
-    """Load the model, its (saved or new) index and the loader of hot-swapped versions:
-    ``(recommender, index, loader)``. Threads and log levels are set here, once per process (see
-    :mod:`streamrec.streams.tuning`)."""
+    Threads and log levels are set here, once per process (see :mod:`streamrec.streams.tuning`).
+    """
     from streamrec.model.inference import Recommender
+    from streamrec.model.registry import ModelRegistry
     from streamrec.model.text import TextEncoder
     from streamrec.model.textcache import TextCache
     from streamrec.serving.swap import VersionLoader
-    from streamrec.streams.app import saved_or_new_index
-    from streamrec.streams.tuning import compute_threads, quiet_third_party_loggers, set_compute_threads
+    from streamrec.streams.app import create_app, saved_or_new_index
+    from streamrec.streams.tuning import (
+        compute_threads,
+        quiet_third_party_loggers,
+        set_compute_threads,
+    )
 
     set_compute_threads(compute_threads(settings.torch_threads))
     quiet_third_party_loggers()
+    path: str | Path
+    version: str | None
+    if model_path:
+        path, version = model_path, None
+    else:
+        registry = ModelRegistry(settings.registry_dir)
+        path = registry.require_current()
+        version = registry.current_version()
     # one text cache for the serving version and every version hot-swapped in
     cache = TextCache(
         settings.text_cache_path, encoder=TextEncoder(device=settings.device), max_items=settings.text_cache_max_items
@@ -147,25 +151,6 @@ def load_model_side(settings: Settings, path: str, version: str | None) -> tuple
     loader = VersionLoader.with_text_cache(cache, device=settings.device)
     index = saved_or_new_index(settings, recommender)
     log.info("model loaded version=%s dim=%d path=%s", recommender.version, recommender.dim, path)
-    return recommender, index, loader
-
-
-def build_worker(settings: Settings, *, model_path: str | None = None) -> tuple[Any, Any]:
-    """Load the model (clear error if there is none) and build the app; returns (app, pipeline).
-
-    With ``model_process`` the model, its index and the hot swaps live in a process of their own
-    (:mod:`streamrec.streams.model_process`), started here; this process then loads no model.
-    """
-    from streamrec.streams.app import create_app
-    from streamrec.streams.tuning import quiet_third_party_loggers
-
-    path, version = model_location(settings, model_path)
-    if settings.model_process:
-        from streamrec.streams.model_process import RemotePipeline
-
-        quiet_third_party_loggers()
-        return create_app(settings, pipeline=RemotePipeline.start(settings, path=path, version=version))
-    recommender, index, loader = load_model_side(settings, path, version)
     return create_app(settings, recommender=recommender, index=index, loader=loader)
 
 

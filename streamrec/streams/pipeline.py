@@ -235,7 +235,12 @@ class Pipeline:
                 log.warning("catalog full (%d items): dropping item=%s", MAX_CATALOG_ITEMS, item_id)
                 continue
             self.catalog[item_id] = entry
-            self._set_group(item)
+            pair = (item.category, item.brand)
+            gid = self._group_ids.get(pair)
+            if gid is None:
+                gid = self._group_ids[pair] = len(self._groups)
+                self._groups.append(pair)
+            self.item_group[item_id] = gid
         for flag, ids in stock_only.items():
             if ids:
                 index.set_in_stock(ids, flag)
@@ -258,15 +263,6 @@ class Pipeline:
         self._count_titles(model)
         if time.monotonic() - self._memory_at >= MEMORY_EVERY_S:
             self.update_memory()
-
-    def _set_group(self, item: CatalogItem) -> None:
-        """Remember the item's (category, brand) for the interest profile (:meth:`apply_event`)."""
-        pair = (item.category, item.brand)
-        gid = self._group_ids.get(pair)
-        if gid is None:
-            gid = self._group_ids[pair] = len(self._groups)
-            self._groups.append(pair)
-        self.item_group[item.item_id] = gid
 
     def _reuse_indexed(self, model: ServingModel, items: list[CatalogItem]) -> list[CatalogItem]:
         """Items the (loaded) index already holds with the same text, for this model version:
@@ -442,7 +438,10 @@ class Pipeline:
                 self.metrics.model_swap_in_progress.set(0)
             total = time.perf_counter() - started
             stats = built.stats
-            self.count_swap(stats, total)
+            self.metrics.model_swaps.inc()
+            self.metrics.model_swap_seconds.observe(total)
+            self.metrics.model_swap_titles.labels(source="reused").inc(stats.titles_reused)
+            self.metrics.model_swap_titles.labels(source="encoded").inc(stats.titles_encoded)
             log.info(
                 "model swapped version=%s items=%d titles_reused=%d titles_encoded=%d replayed=%d "
                 "build_s=%.2f total_s=%.2f",
@@ -455,13 +454,6 @@ class Pipeline:
                 total,
             )
             return stats
-
-    def count_swap(self, stats: SwapStats, total_s: float) -> None:
-        """Count a version swapped in (``total_s``: announcement to serving) in the metrics."""
-        self.metrics.model_swaps.inc()
-        self.metrics.model_swap_seconds.observe(total_s)
-        self.metrics.model_swap_titles.labels(source="reused").inc(stats.titles_reused)
-        self.metrics.model_swap_titles.labels(source="encoded").inc(stats.titles_encoded)
 
     def _begin_swap(self, change_log: list[Change]) -> Callable[[], Iterable[list[Change]]]:
         """(model thread) Start logging catalog changes in ``change_log``; returns where the build
