@@ -380,12 +380,15 @@ def start_worker(
     *,
     free_model: bool = False,
     wait: bool = True,
+    extra_env: str = "",
 ) -> subprocess.Popen:
     """A `streamrec worker` process on ``settings``' topics; ``insights`` "on"/"off" sets
     ``STREAMREC_RECOMMENDATION_INSIGHTS`` (None: the worker's default); ``free_model``: the worker
     of ``bench/free_model_worker.py`` (its model stage costs nothing); ``wait``: return once it
-    is ready (else at once)."""
+    is ready (else at once); ``extra_env``: "NAME=VALUE ..." settings of this worker only
+    (``--compare-env``)."""
     switches = {"STREAMREC_PROCESSING_GUARANTEE": guarantee}
+    switches.update(kv.split("=", 1) for kv in extra_env.split())
     if insights is not None:
         switches["STREAMREC_RECOMMENDATION_INSIGHTS"] = "true" if insights == "on" else "false"
     env = worker_env(
@@ -510,11 +513,13 @@ class Variant:
     warmup: bool = False  # the broker's warm-up run (not reported)
     free_model: bool = False  # --loop-bound: the model stage costs nothing (bench/free_model_worker.py)
     workers: int = 1  # worker processes sharing the run's topics (--workers)
+    env: str = ""  # --compare-env: the settings this run adds ("NAME=VALUE ..."; "": none)
 
     @property
     def name(self) -> str:
         out = self.guarantee if self.insights is None else f"{self.guarantee}, insights {self.insights}"
         out = out if self.workers == 1 else f"{out}, {self.workers} workers"
+        out = f"{out}, {self.env}" if self.env else out
         out = f"warm-up, {out}" if self.warmup else out
         out = f"{out}, model stage free (loop bound)" if self.free_model else out
         return out if self.reps == 1 else f"{out} #{self.rep + 1}"
@@ -524,20 +529,31 @@ class Variant:
         """Topic-safe tag."""
         out = self.guarantee if self.insights is None else f"{self.guarantee}-ins{self.insights}"
         out = out if self.workers == 1 else f"{out}-w{self.workers}"
+        out = f"{out}-env" if self.env else out
         out = f"warmup-{out}" if self.warmup else out
         out = f"{out}-free" if self.free_model else out
         return out if self.reps == 1 else f"{out}-{self.rep}"
 
 
 def variants(
-    guarantees: list[str], insights: list[str], repeat: int, workers: list[int] | None = None
+    guarantees: list[str], insights: list[str], repeat: int, workers: list[int] | None = None, compare_env: str = ""
 ) -> list[Variant]:
-    """Per guarantee: the insights values (or the worker counts) back to back, ``repeat`` times,
-    the order reversed every other time (off,on,on,off,...) so that a drifting load hits both alike.
+    """Per guarantee: the insights values (or the worker counts, or without and with
+    ``compare_env``) back to back, ``repeat`` times, the order reversed every other time
+    (off,on,on,off,...) so that a drifting load hits both alike.
 
     >>> [v.key for v in variants(["at_least_once"], [], 2, [1, 2])]
     ['at_least_once-0', 'at_least_once-w2-0', 'at_least_once-w2-1', 'at_least_once-1']
+    >>> [v.name for v in variants(["at_least_once"], [], 2, compare_env="STREAMREC_X=1")]
+    ['at_least_once #1', 'at_least_once, STREAMREC_X=1 #1', 'at_least_once, STREAMREC_X=1 #2', 'at_least_once #2']
     """
+    if compare_env:
+        return [
+            Variant(g, rep=rep, reps=repeat, env=env)
+            for g in guarantees
+            for rep in range(repeat)
+            for env in (("", compare_env) if rep % 2 == 0 else (compare_env, ""))
+        ]
     if workers and workers != [1]:
         return [
             Variant(g, rep=rep, reps=repeat, workers=w)
@@ -591,6 +607,7 @@ def run_worker(
                     variant.insights,
                     free_model=variant.free_model,
                     wait=variant.workers == 1,
+                    extra_env=variant.env,
                 )
             )
         if variant.workers > 1:  # all launched at once, so that they join the group together
@@ -772,6 +789,13 @@ def main() -> int:
         "STREAMREC_DIRECT_PRODUCE=false to measure Faust's own producer against the default",
     )
     ap.add_argument(
+        "--compare-env",
+        default="",
+        metavar="SETTINGS",
+        help="STREAMREC_NAME=VALUE settings (space-separated): each guarantee runs without and with them, "
+        "back to back on the same broker (with --repeat, the order reversed every other time)",
+    )
+    ap.add_argument(
         "--dump-latencies",
         metavar="DIR",
         help="write each rate's answered events (sent time, latency, worker share) to DIR/<run>/latency-<rate>.csv",
@@ -827,6 +851,12 @@ def main() -> int:
             print(f"--worker-env: expected STREAMREC_NAME=VALUE (not the guarantee), got {kv!r}", file=sys.stderr)
             return 2
         WORKER_ENV[name] = value
+    for kv in args.compare_env.split():
+        name, sep, _ = kv.partition("=")
+        if not sep or not name.startswith("STREAMREC_") or name in ("STREAMREC_PROCESSING_GUARANTEE",):
+            print(f"--compare-env: expected STREAMREC_NAME=VALUE (not the guarantee), got {kv!r}", file=sys.stderr)
+            return 2
+    compare_env = " ".join(args.compare_env.split())
     try:
         workers = [int(w) for w in args.workers.split(",") if w.strip()]
     except ValueError:
@@ -837,8 +867,8 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    if insights and workers != [1]:
-        print("--workers and --insights: give one or the other", file=sys.stderr)
+    if sum(map(bool, (insights, workers != [1], compare_env))) > 1:
+        print("--workers, --insights and --compare-env: give one of them", file=sys.stderr)
         return 2
     if not 1 <= args.repeat <= 20:
         print(f"--repeat: expected 1..20, got {args.repeat}", file=sys.stderr)
@@ -885,7 +915,7 @@ def main() -> int:
         partitions=4,
         batch_max=args.batch,
     )
-    runs = variants(guarantees, insights, args.repeat, workers)
+    runs = variants(guarantees, insights, args.repeat, workers, compare_env)
     late = workers != [1]  # each run's backlog produced once its workers are ready (see the docstring)
     if args.loop_bound:
         runs.append(Variant(runs[0].guarantee, free_model=True))

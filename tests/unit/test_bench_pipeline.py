@@ -1,4 +1,4 @@
-"""bench/pipeline.py: the runs ``--workers`` asks for, and its refusals (no broker needed)."""
+"""bench/pipeline.py: the runs ``--workers`` and ``--compare-env`` ask for, and its refusals (no broker needed)."""
 
 from __future__ import annotations
 
@@ -26,13 +26,23 @@ def test_workers_runs_alternate_and_have_their_own_topics() -> None:
     ]
 
 
+def test_compare_env_runs_alternate_with_and_without_the_settings() -> None:
+    runs = pipeline.variants(["at_least_once"], [], 2, [1], "STREAMREC_X=1 STREAMREC_Y=2")
+    assert [v.env for v in runs] == ["", "STREAMREC_X=1 STREAMREC_Y=2", "STREAMREC_X=1 STREAMREC_Y=2", ""]
+    assert len({v.key for v in runs}) == 4
+    assert runs[1].name == "at_least_once, STREAMREC_X=1 STREAMREC_Y=2 #1"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--workers", "0"], "--workers: expected distinct counts of 1..4"),
         (["--workers", "2,2"], "--workers: expected distinct counts"),
         (["--workers", "x"], "--workers: expected distinct counts"),
-        (["--workers", "1,2", "--insights", "on"], "--workers and --insights"),
+        (["--workers", "1,2", "--insights", "on"], "--workers, --insights and --compare-env: give one"),
+        (["--compare-env", "STREAMREC_X=1", "--insights", "on"], "--workers, --insights and --compare-env: give one"),
+        (["--compare-env", "DIRECT_PRODUCE=false"], "--compare-env: expected STREAMREC_NAME=VALUE"),
+        (["--compare-env", "STREAMREC_PROCESSING_GUARANTEE=exactly_once"], "--compare-env: expected"),
     ],
 )
 def test_bad_workers_exit_2_naming_the_value(args: list[str], message: str) -> None:
