@@ -115,7 +115,7 @@ def model_score_fn(
     transitions term when it has one with a weight (``model.transitions``,
     :mod:`streamrec.model.transitions`; ``transitions=False``: the inner product alone)."""
     table_t = model.transitions if transitions else None
-    if table_t is not None and table_t.weight <= 0:
+    if table_t is not None and not table_t.served:
         table_t = None
     model.eval()
     with torch.inference_mode():

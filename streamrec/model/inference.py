@@ -494,7 +494,7 @@ class Recommender:
     def transitions(self) -> Any:
         """The model's item-to-item transitions with a weight (:mod:`streamrec.model.transitions`), or None."""
         table = self.model.transitions
-        return table if table is not None and table.weight > 0 else None
+        return table if table is not None and table.served else None
 
     def transition_terms(
         self, histories: Sequence[Sequence[tuple[str, str]]]

@@ -87,6 +87,11 @@ class Transitions:
     def n_items(self) -> int:
         return len(self.indptr) - 2
 
+    @property
+    def served(self) -> bool:
+        """Whether the term is part of the served score (a weight of 0 keeps the table unused)."""
+        return self.weight > 0
+
     @classmethod
     def fit(
         cls, sequences: Sequence[Sequence[int]], n_items: int, *, window: int = WINDOW, top_m: int = TOP_M

@@ -144,3 +144,24 @@ def test_memory_report_counts_the_table_of_a_served_model(tiny_checkpoint, tiny_
     expected = table.indptr.nbytes + table.cols.nbytes + table.vals.nbytes
     assert rec.memory_bytes()["transitions"] == expected > 0
     assert Recommender.load(tiny_checkpoint, device="cpu").memory_bytes()["transitions"] == 0
+
+
+def test_a_table_of_weight_0_is_served_nowhere(tiny_with_transitions):
+    """One rule for the served model and the evaluation: a weight of 0 keeps the table unused."""
+    import dataclasses
+
+    import torch
+
+    from streamrec.model.evaluate import model_score_fn
+    from streamrec.model.inference import Recommender
+
+    rec = Recommender.load(tiny_with_transitions, device="cpu")
+    table = rec.model.transitions
+    assert table is not None and table.served and rec.transitions is table
+    rec.model.transitions = dataclasses.replace(table, weight=0.0)
+    assert not rec.model.transitions.served and rec.transitions is None
+    hist, types = [[1, 2], [3, 4, 5]], [[0, 0], [0, 0, 0]]
+    plain = model_score_fn(rec.model, transitions=False)(hist, types)
+    assert torch.equal(model_score_fn(rec.model)(hist, types), plain)
+    rec.model.transitions = table  # with its weight, the term changes the scores
+    assert not torch.equal(model_score_fn(rec.model)(hist, types), plain)
