@@ -43,6 +43,7 @@ def test_compare_env_runs_alternate_with_and_without_the_settings() -> None:
         (["--compare-env", "STREAMREC_X=1", "--insights", "on"], "--workers, --insights and --compare-env: give one"),
         (["--compare-env", "DIRECT_PRODUCE=false"], "--compare-env: expected STREAMREC_NAME=VALUE"),
         (["--compare-env", "STREAMREC_PROCESSING_GUARANTEE=exactly_once"], "--compare-env: expected"),
+        (["--warmup-rounds", "0"], "--warmup-rounds: expected 1..10, got 0"),
     ],
 )
 def test_bad_workers_exit_2_naming_the_value(args: list[str], message: str) -> None:
