@@ -262,8 +262,8 @@ def proc_cpu(pid: int | None) -> float:
 
 
 def with_children(pids: list[int]) -> list[int]:
-    """``pids`` and every process below them (a worker's model process, with
-    ``STREAMREC_MODEL_PROCESS``), so that a worker's CPU counts all of its processes."""
+    """``pids`` and every process below them, so that a worker's CPU counts all of its processes
+    (a worker that starts helpers, e.g. branch ``experiment/model-process``'s model process)."""
     out, todo = [], list(pids)
     while todo:
         pid = todo.pop()
@@ -827,7 +827,7 @@ def main() -> int:
         type=int,
         default=4,
         help="at most this many warm-up drains, each on topics of its own, until the broker's CPU per event "
-        f"falls by less than {1 - 1 / 1.25:.0%} from one to the next",
+        f"falls by less than {1 - 1 / WARM_SETTLED:.0%} from one to the next",
     )
     ap.add_argument(
         "--broker-prop",
@@ -860,17 +860,13 @@ def main() -> int:
     if any(i not in ("off", "on") for i in insights) or len(set(insights)) != len(insights):
         print(f"--insights: expected off and/or on, got {args.insights!r}", file=sys.stderr)
         return 2
-    for kv in args.worker_env.split():
-        name, sep, value = kv.partition("=")
-        if not sep or not name.startswith("STREAMREC_") or name in ("STREAMREC_PROCESSING_GUARANTEE",):
-            print(f"--worker-env: expected STREAMREC_NAME=VALUE (not the guarantee), got {kv!r}", file=sys.stderr)
-            return 2
-        WORKER_ENV[name] = value
-    for kv in args.compare_env.split():
-        name, sep, _ = kv.partition("=")
-        if not sep or not name.startswith("STREAMREC_") or name in ("STREAMREC_PROCESSING_GUARANTEE",):
-            print(f"--compare-env: expected STREAMREC_NAME=VALUE (not the guarantee), got {kv!r}", file=sys.stderr)
-            return 2
+    for flag, text in (("--worker-env", args.worker_env), ("--compare-env", args.compare_env)):
+        for kv in text.split():
+            name, sep, _ = kv.partition("=")
+            if not sep or not name.startswith("STREAMREC_") or name in ("STREAMREC_PROCESSING_GUARANTEE",):
+                print(f"{flag}: expected STREAMREC_NAME=VALUE (not the guarantee), got {kv!r}", file=sys.stderr)
+                return 2
+    WORKER_ENV.update(kv.split("=", 1) for kv in args.worker_env.split())
     compare_env = " ".join(args.compare_env.split())
     try:
         workers = [int(w) for w in args.workers.split(",") if w.strip()]
@@ -959,21 +955,21 @@ def main() -> int:
         print(f"producing {len(catalog)} catalog items and {len(events)} events per worker run...", flush=True)
         now = int(time.time() * 1000)
         n_warm = min(args.warmup_events, len(events))
-        for k, (v, settings) in enumerate(per_v.items()):
-            if v.warmup and v.rep > 0:
-                continue  # produced when its round comes (see below)
-            create_topics(settings)
-            backlog = events[:n_warm] if v.warmup else [] if late else events
-            produce_backlog(settings, backlog, catalog=catalog if k == 0 else None, ts_ms=now)
+        shared = next(iter(per_v.values()))  # the catalog topic is every run's (made with the first run's)
+        create_topics(shared)
+        produce_backlog(shared, [], catalog=catalog)
+        for v, settings in per_v.items():
+            if not v.warmup:  # a warm-up's backlog is produced when its round comes (below)
+                create_topics(settings)
+                produce_backlog(settings, [] if late else events, ts_ms=now)
         previous: float | None = None  # the broker's CPU per event in the previous warm-up drain
         settled = False
         for v in warmups:  # until the broker's CPU per event stops falling (see the module docstring)
             settings = per_v.pop(v)
             if settled:
                 continue
-            if v.rep > 0:
-                create_topics(settings)
-                produce_backlog(settings, events[:n_warm], ts_ms=now)
+            create_topics(settings)
+            produce_backlog(settings, events[:n_warm], ts_ms=now)
             print(
                 f"warm-up {v.rep + 1}: a worker drains {n_warm:,} events on its own topics (not reported)...",
                 flush=True,
